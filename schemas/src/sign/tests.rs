@@ -1,0 +1,56 @@
+use super::*;
+
+fn key(i: u8) -> SigningKey {
+    signing_key_from_seed([i; 32])
+}
+
+#[test]
+fn sign_then_verify() {
+    let k = key(1);
+    let sig = Signature::from_bytes(&sign(&k, b"hello"));
+    assert_eq!(verify(&k.verifying_key(), b"hello", &sig), Ok(()));
+    assert_eq!(verify(&k.verifying_key(), b"hellO", &sig), Err(SignatureError::Invalid));
+    // The prefix is part of the message: a plain signature over the payload does not verify.
+    let plain = k.sign(b"hello");
+    assert_eq!(verify(&k.verifying_key(), b"hello", &plain), Err(SignatureError::Invalid));
+}
+
+#[test]
+fn weak_and_malformed_keys_are_refused() {
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    assert_eq!(parse_public_key(&identity), Err(KeyError::Weak));
+    assert_eq!(parse_public_key(&[1u8; 31]), Err(KeyError::Length(31)));
+    assert!(parse_public_key(key(3).verifying_key().as_bytes()).is_ok());
+}
+
+#[test]
+fn batch_finds_exactly_the_bad_items() {
+    let keys: Vec<SigningKey> = (0..37).map(key).collect();
+    let vks: Vec<VerifyingKey> = keys.iter().map(|k| k.verifying_key()).collect();
+    let payloads: Vec<Vec<u8>> = (0..37u8).map(|i| vec![i; 20]).collect();
+    let mut sigs: Vec<Signature> = keys
+        .iter()
+        .zip(&payloads)
+        .map(|(k, p)| Signature::from_bytes(&sign(k, p)))
+        .collect();
+    let bad = [3usize, 4, 20, 36];
+    for &b in &bad {
+        // Signature by another key.
+        sigs[b] = Signature::from_bytes(&sign(&keys[(b + 1) % 37], &payloads[b]));
+    }
+    let items: Vec<BatchItem<'_>> = (0..37)
+        .map(|i| BatchItem { key: &vks[i], payload: &payloads[i], signature: &sigs[i] })
+        .collect();
+    let (ok, stats) = verify_batch(&items);
+    for (i, v) in ok.iter().enumerate() {
+        assert_eq!(*v, !bad.contains(&i), "item {i}");
+    }
+    // Bisection never falls back to checking all 37 singly.
+    assert!(stats.single_checks < 37, "{stats:?}");
+
+    let good: Vec<BatchItem<'_>> = items.iter().enumerate().filter(|(i, _)| !bad.contains(i)).map(|(_, x)| *x).collect();
+    let (ok, stats) = verify_batch(&good);
+    assert!(ok.iter().all(|v| *v));
+    assert_eq!(stats, BatchStats { batch_checks: 1, single_checks: 0 });
+}

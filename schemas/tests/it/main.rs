@@ -1,0 +1,4 @@
+//! Integration tests of the wire contract: the vectors in `schemas/testdata/` and round-trip properties.
+
+mod roundtrip;
+mod vectors;
