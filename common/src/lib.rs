@@ -1,1 +1,12 @@
-//! x
+//! Shared plumbing of the Hexpulse services, kept small on purpose: layered config loading, Kafka
+//! client settings and topic creation, shutdown signalling, and telemetry set-up.
+//!
+//! Services (`ingest`, `processors`, `query`) depend on this crate and on `schemas`, never on each
+//! other.
+
+pub mod config;
+pub mod kafka;
+pub mod registry;
+pub mod shutdown;
+pub mod telemetry;
+pub mod testenv;

@@ -27,7 +27,10 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(reason: RejectReason, message: impl Into<String>) -> Self {
-        Rejection { reason, message: message.into() }
+        Rejection {
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -52,9 +55,16 @@ pub fn decode_payload(item: &SignedReading) -> Result<Reading, Rejection> {
         Ok(PayloadFormat::Protobuf) => Reading::decode(item.payload.as_ref())
             .map_err(|e| Rejection::new(RejectReason::Malformed, format!("payload: {e}"))),
         Ok(PayloadFormat::Json) => json::parse_reading(&item.payload).or_else(|e| match e {
-            JsonReadingError::Malformed(m) => Err(Rejection::new(RejectReason::Malformed, format!("payload_json: {m}"))),
+            JsonReadingError::Malformed(m) => Err(Rejection::new(
+                RejectReason::Malformed,
+                format!("payload_json: {m}"),
+            )),
             // Reported by the kind check below, like a protobuf payload without a known kind.
-            JsonReadingError::NoKnownKind => Ok(Reading { schema_version: 0, kind: None, ..Default::default() }),
+            JsonReadingError::NoKnownKind => Ok(Reading {
+                schema_version: 0,
+                kind: None,
+                ..Default::default()
+            }),
         }),
         Err(_) => Err(Rejection::new(
             RejectReason::UnsupportedKindOrVersion,
@@ -68,7 +78,10 @@ pub fn decode_item(item: &SignedReading) -> Result<DecodedItem, Rejection> {
     if item.public_key.len() != PUBLIC_KEY_LEN {
         return Err(Rejection::new(
             RejectReason::Malformed,
-            format!("public_key must be {PUBLIC_KEY_LEN} bytes, got {}", item.public_key.len()),
+            format!(
+                "public_key must be {PUBLIC_KEY_LEN} bytes, got {}",
+                item.public_key.len()
+            ),
         ));
     }
     let signature = sign::parse_signature(&item.signature)
@@ -83,12 +96,20 @@ pub fn decode_item(item: &SignedReading) -> Result<DecodedItem, Rejection> {
     if reading.schema_version != SCHEMA_VERSION {
         return Err(Rejection::new(
             RejectReason::UnsupportedKindOrVersion,
-            format!("schema_version {} is not supported (expected {SCHEMA_VERSION})", reading.schema_version),
+            format!(
+                "schema_version {} is not supported (expected {SCHEMA_VERSION})",
+                reading.schema_version
+            ),
         ));
     }
     let key = sign::parse_public_key(&item.public_key)
         .map_err(|e| Rejection::new(RejectReason::WeakKey, e.to_string()))?;
-    Ok(DecodedItem { key, signature, reading, kind })
+    Ok(DecodedItem {
+        key,
+        signature,
+        reading,
+        kind,
+    })
 }
 
 /// All stateless checks of one item, with a single signature verification.

@@ -18,8 +18,8 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
 use crate::wire::{
-    self, Heartbeat, Kind, Location, Measurement, Metric, ObservationType, PayloadFormat, RadioTech,
-    Reading, Road, Sensor, SignedReading, SpeedTest,
+    self, Heartbeat, Kind, Location, Measurement, Metric, ObservationType, PayloadFormat,
+    RadioTech, Reading, Road, Sensor, SignedReading, SpeedTest,
 };
 
 /// Body of `POST /v1/readings` with `Content-Type: application/json`.
@@ -151,10 +151,17 @@ pub enum JsonReadingError {
 
 /// Short enum names: the protobuf name without its prefix, lower-cased (`RADIO_TECH_WIFI` -> `wifi`).
 fn short_name(full: &str, prefix: &str) -> String {
-    full.strip_prefix(prefix).unwrap_or(full).to_ascii_lowercase()
+    full.strip_prefix(prefix)
+        .unwrap_or(full)
+        .to_ascii_lowercase()
 }
 
-fn from_short<T>(name: &str, prefix: &str, parse: impl Fn(&str) -> Option<T>, what: &str) -> Result<T, JsonReadingError> {
+fn from_short<T>(
+    name: &str,
+    prefix: &str,
+    parse: impl Fn(&str) -> Option<T>,
+    what: &str,
+) -> Result<T, JsonReadingError> {
     parse(&format!("{prefix}{}", name.to_ascii_uppercase()))
         .ok_or_else(|| JsonReadingError::Malformed(format!("unknown {what} {name:?}")))
 }
@@ -163,13 +170,18 @@ fn from_short<T>(name: &str, prefix: &str, parse: impl Fn(&str) -> Option<T>, wh
 pub fn parse_reading(bytes: &[u8]) -> Result<Reading, JsonReadingError> {
     let doc: JsonReading =
         serde_json::from_slice(bytes).map_err(|e| JsonReadingError::Malformed(e.to_string()))?;
-    let kinds = [doc.heartbeat.is_some(), doc.sensor.is_some(), doc.road.is_some()];
+    let kinds = [
+        doc.heartbeat.is_some(),
+        doc.sensor.is_some(),
+        doc.road.is_some(),
+    ];
     let kind = match kinds.iter().filter(|k| **k).count() {
         0 => return Err(JsonReadingError::NoKnownKind),
         1 => {
             if let Some(h) = doc.heartbeat {
                 Kind::Heartbeat(Heartbeat {
-                    radio: from_short(&h.radio, "RADIO_TECH_", RadioTech::from_str_name, "radio")? as i32,
+                    radio: from_short(&h.radio, "RADIO_TECH_", RadioTech::from_str_name, "radio")?
+                        as i32,
                     signal_dbm: h.signal_dbm,
                     speed_test: h.speed_test.map(|s| SpeedTest {
                         download_mbps: s.download_mbps,
@@ -183,7 +195,12 @@ pub fn parse_reading(bytes: &[u8]) -> Result<Reading, JsonReadingError> {
                     .into_iter()
                     .map(|m| {
                         Ok(Measurement {
-                            metric: from_short(&m.metric, "METRIC_", Metric::from_str_name, "metric")? as i32,
+                            metric: from_short(
+                                &m.metric,
+                                "METRIC_",
+                                Metric::from_str_name,
+                                "metric",
+                            )? as i32,
                             value: m.value,
                         })
                     })
@@ -191,8 +208,12 @@ pub fn parse_reading(bytes: &[u8]) -> Result<Reading, JsonReadingError> {
                 Kind::Sensor(Sensor { measurements })
             } else if let Some(r) = doc.road {
                 Kind::Road(Road {
-                    observation: from_short(&r.observation, "OBSERVATION_TYPE_", ObservationType::from_str_name, "observation")?
-                        as i32,
+                    observation: from_short(
+                        &r.observation,
+                        "OBSERVATION_TYPE_",
+                        ObservationType::from_str_name,
+                        "observation",
+                    )? as i32,
                     heading_deg: r.heading_deg,
                     speed_kmh: r.speed_kmh,
                     confidence: r.confidence,
@@ -201,7 +222,11 @@ pub fn parse_reading(bytes: &[u8]) -> Result<Reading, JsonReadingError> {
                 unreachable!("one kind is set")
             }
         }
-        _ => return Err(JsonReadingError::Malformed("more than one kind present".into())),
+        _ => {
+            return Err(JsonReadingError::Malformed(
+                "more than one kind present".into(),
+            ));
+        }
     };
     Ok(Reading {
         schema_version: doc.schema_version,
@@ -223,7 +248,11 @@ pub fn to_reading_document(r: &Reading) -> JsonReading {
         schema_version: r.schema_version,
         device_time_ms: r.device_time_ms,
         seq: r.seq,
-        location: JsonLocation { lat: loc.lat, lng: loc.lng, accuracy_m: loc.accuracy_m },
+        location: JsonLocation {
+            lat: loc.lat,
+            lng: loc.lng,
+            accuracy_m: loc.accuracy_m,
+        },
         heartbeat: None,
         sensor: None,
         road: None,

@@ -102,7 +102,10 @@ mod tests {
     fn codes_round_trip_and_match_serde() {
         for r in RejectReason::ALL {
             assert_eq!(r.as_str().parse::<RejectReason>().unwrap(), r);
-            assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{}\"", r.as_str()));
+            assert_eq!(
+                serde_json::to_string(&r).unwrap(),
+                format!("\"{}\"", r.as_str())
+            );
         }
     }
 }

@@ -59,7 +59,9 @@ pub fn signing_key_from_seed(seed: [u8; 32]) -> SigningKey {
 
 /// Parses a public key and refuses invalid and weak (small-order) ones.
 pub fn parse_public_key(bytes: &[u8]) -> Result<VerifyingKey, KeyError> {
-    let arr: &[u8; PUBLIC_KEY_LEN] = bytes.try_into().map_err(|_| KeyError::Length(bytes.len()))?;
+    let arr: &[u8; PUBLIC_KEY_LEN] = bytes
+        .try_into()
+        .map_err(|_| KeyError::Length(bytes.len()))?;
     let key = VerifyingKey::from_bytes(arr).map_err(|_| KeyError::NotAPoint)?;
     if key.is_weak() {
         return Err(KeyError::Weak);
@@ -76,7 +78,11 @@ pub fn parse_signature(bytes: &[u8]) -> Result<Signature, SignatureError> {
 }
 
 /// Verifies one signature over `DOMAIN_PREFIX || payload`.
-pub fn verify(key: &VerifyingKey, payload: &[u8], signature: &Signature) -> Result<(), SignatureError> {
+pub fn verify(
+    key: &VerifyingKey,
+    payload: &[u8],
+    signature: &Signature,
+) -> Result<(), SignatureError> {
     key.verify_strict(&signing_message(payload), signature)
         .map_err(|_| SignatureError::Invalid)
 }
@@ -109,7 +115,10 @@ pub fn verify_batch(items: &[BatchItem<'_>]) -> (Vec<bool>, BatchStats) {
         return (ok, stats);
     }
     // Build every signed message once, in one buffer.
-    let total: usize = items.iter().map(|i| DOMAIN_PREFIX.len() + i.payload.len()).sum();
+    let total: usize = items
+        .iter()
+        .map(|i| DOMAIN_PREFIX.len() + i.payload.len())
+        .sum();
     let mut buf = Vec::with_capacity(total);
     let mut bounds = Vec::with_capacity(items.len());
     for item in items {
@@ -151,8 +160,22 @@ fn bisect(
         return;
     }
     let mid = n / 2;
-    bisect(&messages[..mid], &signatures[..mid], &keys[..mid], offset, ok, stats);
-    bisect(&messages[mid..], &signatures[mid..], &keys[mid..], offset + mid, ok, stats);
+    bisect(
+        &messages[..mid],
+        &signatures[..mid],
+        &keys[..mid],
+        offset,
+        ok,
+        stats,
+    );
+    bisect(
+        &messages[mid..],
+        &signatures[mid..],
+        &keys[mid..],
+        offset + mid,
+        ok,
+        stats,
+    );
 }
 
 /// True when the signature's `R` decodes to a point of small order (refused by `verify_strict`).

@@ -36,7 +36,11 @@ pub fn common_fields(h3_resolutions: &[u8]) -> Vec<Field> {
         Field::new("lng", DataType::Float64, false),
         Field::new("accuracy_m", DataType::Float32, false),
     ];
-    f.extend(h3_resolutions.iter().map(|r| Field::new(h3_column(*r), DataType::UInt64, false)));
+    f.extend(
+        h3_resolutions
+            .iter()
+            .map(|r| Field::new(h3_column(*r), DataType::UInt64, false)),
+    );
     f.extend(provenance_fields());
     f
 }
@@ -146,8 +150,15 @@ mod tests {
         ];
         for s in schemas {
             for f in s.fields() {
-                let name = if f.name().starts_with("h3_r") { "h3_r{res}" } else { f.name().as_str() };
-                assert!(doc.contains(&format!("`{name}`")), "column {name} is not documented in TABLES.md");
+                let name = if f.name().starts_with("h3_r") {
+                    "h3_r{res}"
+                } else {
+                    f.name().as_str()
+                };
+                assert!(
+                    doc.contains(&format!("`{name}`")),
+                    "column {name} is not documented in TABLES.md"
+                );
             }
         }
     }

@@ -15,7 +15,9 @@ pub use v1::{
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// The kind of a reading, as a stable lower-case name (`heartbeat`, `sensor`, `road`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum KindName {
     Heartbeat,
@@ -57,4 +59,12 @@ impl std::str::FromStr for KindName {
             .find(|k| k.as_str() == s)
             .ok_or_else(|| format!("unknown kind {s:?} (expected heartbeat, sensor or road)"))
     }
+}
+
+/// Kafka record headers set by ingest on every raw reading.
+pub mod headers {
+    /// Receive time at ingest, milliseconds since the Unix epoch, as decimal ASCII.
+    pub const RECEIVED_MS: &str = "hexpulse-received-ms";
+    /// Name of the ingest node that accepted the reading.
+    pub const INGEST_NODE: &str = "hexpulse-ingest-node";
 }

@@ -9,10 +9,16 @@ fn sign_then_verify() {
     let k = key(1);
     let sig = Signature::from_bytes(&sign(&k, b"hello"));
     assert_eq!(verify(&k.verifying_key(), b"hello", &sig), Ok(()));
-    assert_eq!(verify(&k.verifying_key(), b"hellO", &sig), Err(SignatureError::Invalid));
+    assert_eq!(
+        verify(&k.verifying_key(), b"hellO", &sig),
+        Err(SignatureError::Invalid)
+    );
     // The prefix is part of the message: a plain signature over the payload does not verify.
     let plain = k.sign(b"hello");
-    assert_eq!(verify(&k.verifying_key(), b"hello", &plain), Err(SignatureError::Invalid));
+    assert_eq!(
+        verify(&k.verifying_key(), b"hello", &plain),
+        Err(SignatureError::Invalid)
+    );
 }
 
 #[test]
@@ -40,7 +46,11 @@ fn batch_finds_exactly_the_bad_items() {
         sigs[b] = Signature::from_bytes(&sign(&keys[(b + 1) % 37], &payloads[b]));
     }
     let items: Vec<BatchItem<'_>> = (0..37)
-        .map(|i| BatchItem { key: &vks[i], payload: &payloads[i], signature: &sigs[i] })
+        .map(|i| BatchItem {
+            key: &vks[i],
+            payload: &payloads[i],
+            signature: &sigs[i],
+        })
         .collect();
     let (ok, stats) = verify_batch(&items);
     for (i, v) in ok.iter().enumerate() {
@@ -49,8 +59,19 @@ fn batch_finds_exactly_the_bad_items() {
     // Bisection never falls back to checking all 37 singly.
     assert!(stats.single_checks < 37, "{stats:?}");
 
-    let good: Vec<BatchItem<'_>> = items.iter().enumerate().filter(|(i, _)| !bad.contains(i)).map(|(_, x)| *x).collect();
+    let good: Vec<BatchItem<'_>> = items
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !bad.contains(i))
+        .map(|(_, x)| *x)
+        .collect();
     let (ok, stats) = verify_batch(&good);
     assert!(ok.iter().all(|v| *v));
-    assert_eq!(stats, BatchStats { batch_checks: 1, single_checks: 0 });
+    assert_eq!(
+        stats,
+        BatchStats {
+            batch_checks: 1,
+            single_checks: 0
+        }
+    );
 }

@@ -13,35 +13,59 @@ use prost::Message;
 
 fn kind() -> impl Strategy<Value = Kind> {
     prop_oneof![
-        (0i32..5, -130.0f32..0.0, proptest::option::of((0.0f32..2000.0, 0.0f32..500.0, 0.0f32..900.0))).prop_map(
-            |(radio, signal_dbm, st)| Kind::Heartbeat(Heartbeat {
+        (
+            0i32..5,
+            -130.0f32..0.0,
+            proptest::option::of((0.0f32..2000.0, 0.0f32..500.0, 0.0f32..900.0))
+        )
+            .prop_map(|(radio, signal_dbm, st)| Kind::Heartbeat(Heartbeat {
                 radio,
                 signal_dbm,
-                speed_test: st.map(|(d, u, l)| SpeedTest { download_mbps: d, upload_mbps: u, latency_ms: l }),
-            })
-        ),
-        proptest::collection::vec((1i32..9, -100.0f64..5000.0), 1..5).prop_map(|ms| Kind::Sensor(Sensor {
-            measurements: ms.into_iter().map(|(metric, value)| Measurement { metric, value }).collect(),
-        })),
-        (0i32..6, 0.0f32..360.0, 0.0f32..200.0, 0.0f32..1.0).prop_map(|(o, h, s, c)| Kind::Road(Road {
-            observation: o,
-            heading_deg: h,
-            speed_kmh: s,
-            confidence: c,
-        })),
+                speed_test: st.map(|(d, u, l)| SpeedTest {
+                    download_mbps: d,
+                    upload_mbps: u,
+                    latency_ms: l
+                }),
+            })),
+        proptest::collection::vec((1i32..9, -100.0f64..5000.0), 1..5).prop_map(|ms| Kind::Sensor(
+            Sensor {
+                measurements: ms
+                    .into_iter()
+                    .map(|(metric, value)| Measurement { metric, value })
+                    .collect(),
+            }
+        )),
+        (0i32..6, 0.0f32..360.0, 0.0f32..200.0, 0.0f32..1.0).prop_map(|(o, h, s, c)| Kind::Road(
+            Road {
+                observation: o,
+                heading_deg: h,
+                speed_kmh: s,
+                confidence: c,
+            }
+        )),
     ]
 }
 
 fn reading() -> impl Strategy<Value = Reading> {
-    (any::<i64>(), any::<u64>(), -90.0f64..90.0, -180.0f64..180.0, 0.0f32..1000.0, kind()).prop_map(
-        |(t, seq, lat, lng, acc, kind)| Reading {
+    (
+        any::<i64>(),
+        any::<u64>(),
+        -90.0f64..90.0,
+        -180.0f64..180.0,
+        0.0f32..1000.0,
+        kind(),
+    )
+        .prop_map(|(t, seq, lat, lng, acc, kind)| Reading {
             schema_version: 1,
             device_time_ms: t,
             seq,
-            location: Some(Location { lat, lng, accuracy_m: acc }),
+            location: Some(Location {
+                lat,
+                lng,
+                accuracy_m: acc,
+            }),
             kind: Some(kind),
-        },
-    )
+        })
 }
 
 proptest! {

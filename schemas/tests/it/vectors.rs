@@ -9,8 +9,8 @@ use hexpulse_schemas::check::check_item;
 use hexpulse_schemas::json::{JsonSignedReading, to_reading_document};
 use hexpulse_schemas::sign::{self, DOMAIN_PREFIX};
 use hexpulse_schemas::wire::{
-    Heartbeat, Kind, Location, Measurement, Metric, ObservationType, PayloadFormat, RadioTech, Reading,
-    Road, Sensor, SignedReading, SpeedTest,
+    Heartbeat, Kind, Location, Measurement, Metric, ObservationType, PayloadFormat, RadioTech,
+    Reading, Road, Sensor, SignedReading, SpeedTest,
 };
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -57,7 +57,11 @@ fn base_reading(seq: u64, kind: Kind) -> Reading {
         schema_version: 1,
         device_time_ms: 1_767_225_600_000 + seq as i64 * 60_000, // 2026-01-01T00:00:00Z + seq minutes
         seq,
-        location: Some(Location { lat: 52.520008, lng: 13.404954, accuracy_m: 5.0 }),
+        location: Some(Location {
+            lat: 52.520008,
+            lng: 13.404954,
+            accuracy_m: 5.0,
+        }),
         kind: Some(kind),
     }
 }
@@ -66,7 +70,11 @@ fn heartbeat(speed: bool) -> Kind {
     Kind::Heartbeat(Heartbeat {
         radio: RadioTech::Wifi as i32,
         signal_dbm: -67.5,
-        speed_test: speed.then_some(SpeedTest { download_mbps: 120.5, upload_mbps: 22.25, latency_ms: 18.0 }),
+        speed_test: speed.then_some(SpeedTest {
+            download_mbps: 120.5,
+            upload_mbps: 22.25,
+            latency_ms: 18.0,
+        }),
     })
 }
 
@@ -81,7 +89,13 @@ struct Case {
     expected: &'static str,
 }
 
-fn signed(name: &'static str, description: &'static str, key_seed: u8, payload: Vec<u8>, format: PayloadFormat) -> Case {
+fn signed(
+    name: &'static str,
+    description: &'static str,
+    key_seed: u8,
+    payload: Vec<u8>,
+    format: PayloadFormat,
+) -> Case {
     let s = seed(key_seed);
     let key = SigningKey::from_bytes(&s);
     Case {
@@ -99,7 +113,13 @@ fn signed(name: &'static str, description: &'static str, key_seed: u8, payload: 
 fn build() -> VectorFile {
     let hb = base_reading(1, heartbeat(false)).encode_to_vec();
     let mut cases = vec![
-        signed("valid_heartbeat", "A Wi-Fi heartbeat without speed test.", 1, hb.clone(), PayloadFormat::Protobuf),
+        signed(
+            "valid_heartbeat",
+            "A Wi-Fi heartbeat without speed test.",
+            1,
+            hb.clone(),
+            PayloadFormat::Protobuf,
+        ),
         signed(
             "valid_heartbeat_speed_test",
             "A heartbeat carrying a speed test.",
@@ -115,9 +135,18 @@ fn build() -> VectorFile {
                 7,
                 Kind::Sensor(Sensor {
                     measurements: vec![
-                        Measurement { metric: Metric::Pm25 as i32, value: 12.5 },
-                        Measurement { metric: Metric::Pm10 as i32, value: 20.0 },
-                        Measurement { metric: Metric::TemperatureC as i32, value: 21.25 },
+                        Measurement {
+                            metric: Metric::Pm25 as i32,
+                            value: 12.5,
+                        },
+                        Measurement {
+                            metric: Metric::Pm10 as i32,
+                            value: 20.0,
+                        },
+                        Measurement {
+                            metric: Metric::TemperatureC as i32,
+                            value: 21.25,
+                        },
                     ],
                 }),
             )
@@ -143,7 +172,12 @@ fn build() -> VectorFile {
     ];
     let json_doc = serde_json::to_string(&to_reading_document(&base_reading(
         4,
-        Kind::Sensor(Sensor { measurements: vec![Measurement { metric: Metric::NoiseDb as i32, value: 54.0 }] }),
+        Kind::Sensor(Sensor {
+            measurements: vec![Measurement {
+                metric: Metric::NoiseDb as i32,
+                value: 54.0,
+            }],
+        }),
     )))
     .unwrap();
     cases.push(signed(
@@ -154,17 +188,35 @@ fn build() -> VectorFile {
         PayloadFormat::Json,
     ));
 
-    let mut c = signed("bad_signature", "Valid heartbeat with the last signature byte flipped.", 1, hb.clone(), PayloadFormat::Protobuf);
+    let mut c = signed(
+        "bad_signature",
+        "Valid heartbeat with the last signature byte flipped.",
+        1,
+        hb.clone(),
+        PayloadFormat::Protobuf,
+    );
     c.signature[63] ^= 0x01;
     c.expected = "bad_signature";
     cases.push(c);
 
-    let mut c = signed("signature_by_other_key", "Signed by device 2's key, sent with device 1's public key.", 1, hb.clone(), PayloadFormat::Protobuf);
+    let mut c = signed(
+        "signature_by_other_key",
+        "Signed by device 2's key, sent with device 1's public key.",
+        1,
+        hb.clone(),
+        PayloadFormat::Protobuf,
+    );
     c.signature = sign::sign(&SigningKey::from_bytes(&seed(2)), &hb).to_vec();
     c.expected = "bad_signature";
     cases.push(c);
 
-    let mut c = signed("truncated_payload", "Signed heartbeat whose payload lost its last 3 bytes in transit.", 1, hb.clone(), PayloadFormat::Protobuf);
+    let mut c = signed(
+        "truncated_payload",
+        "Signed heartbeat whose payload lost its last 3 bytes in transit.",
+        1,
+        hb.clone(),
+        PayloadFormat::Protobuf,
+    );
     c.payload.truncate(c.payload.len() - 3);
     c.expected = "malformed";
     cases.push(c);
@@ -180,14 +232,29 @@ fn build() -> VectorFile {
     c.expected = "bad_signature";
     cases.push(c);
 
-    let mut c = signed("signature_without_domain_prefix", "Ed25519 over the payload alone, without the domain prefix.", 1, hb.clone(), PayloadFormat::Protobuf);
-    c.signature = SigningKey::from_bytes(&seed(1)).sign(&hb).to_bytes().to_vec();
+    let mut c = signed(
+        "signature_without_domain_prefix",
+        "Ed25519 over the payload alone, without the domain prefix.",
+        1,
+        hb.clone(),
+        PayloadFormat::Protobuf,
+    );
+    c.signature = SigningKey::from_bytes(&seed(1))
+        .sign(&hb)
+        .to_bytes()
+        .to_vec();
     c.expected = "bad_signature";
     cases.push(c);
 
     let mut identity = vec![0u8; 32];
     identity[0] = 1;
-    let mut c = signed("weak_public_key", "Public key is the identity point (small order).", 1, hb.clone(), PayloadFormat::Protobuf);
+    let mut c = signed(
+        "weak_public_key",
+        "Public key is the identity point (small order).",
+        1,
+        hb.clone(),
+        PayloadFormat::Protobuf,
+    );
     c.public_key = identity;
     c.seed = None;
     c.expected = "weak_key";
@@ -197,16 +264,32 @@ fn build() -> VectorFile {
         .map(|i| [i; 32])
         .find(|k| sign::parse_public_key(k) == Err(sign::KeyError::NotAPoint))
         .expect("some constant 32-byte string is not a curve point");
-    let mut c = signed("public_key_not_on_curve", "Public key bytes that do not decode to a curve point.", 1, hb.clone(), PayloadFormat::Protobuf);
+    let mut c = signed(
+        "public_key_not_on_curve",
+        "Public key bytes that do not decode to a curve point.",
+        1,
+        hb.clone(),
+        PayloadFormat::Protobuf,
+    );
     c.public_key = not_a_point.to_vec();
     c.seed = None;
     c.expected = "weak_key";
     cases.push(c);
 
     // Field 13 (a kind from the future) as an empty message, instead of heartbeat/sensor/road.
-    let mut unknown = Reading { kind: None, ..base_reading(5, heartbeat(false)) }.encode_to_vec();
+    let mut unknown = Reading {
+        kind: None,
+        ..base_reading(5, heartbeat(false))
+    }
+    .encode_to_vec();
     unknown.extend_from_slice(&[0x6a, 0x00]);
-    let mut c = signed("unknown_kind", "A properly signed payload whose kind (field 13) this version does not know.", 1, unknown, PayloadFormat::Protobuf);
+    let mut c = signed(
+        "unknown_kind",
+        "A properly signed payload whose kind (field 13) this version does not know.",
+        1,
+        unknown,
+        PayloadFormat::Protobuf,
+    );
     c.expected = "unsupported_kind_or_version";
     cases.push(c);
 
@@ -214,24 +297,48 @@ fn build() -> VectorFile {
         "unsupported_schema_version",
         "A properly signed heartbeat with schema_version 2.",
         1,
-        Reading { schema_version: 2, ..base_reading(6, heartbeat(false)) }.encode_to_vec(),
+        Reading {
+            schema_version: 2,
+            ..base_reading(6, heartbeat(false))
+        }
+        .encode_to_vec(),
         PayloadFormat::Protobuf,
     );
     c.expected = "unsupported_kind_or_version";
     cases.push(c);
 
-    let mut c = signed("short_signature", "A 63-byte signature.", 1, hb.clone(), PayloadFormat::Protobuf);
+    let mut c = signed(
+        "short_signature",
+        "A 63-byte signature.",
+        1,
+        hb.clone(),
+        PayloadFormat::Protobuf,
+    );
     c.signature.pop();
     c.expected = "malformed";
     cases.push(c);
 
-    let mut c = signed("short_public_key", "A 31-byte public key.", 1, hb.clone(), PayloadFormat::Protobuf);
+    let mut c = signed(
+        "short_public_key",
+        "A 31-byte public key.",
+        1,
+        hb.clone(),
+        PayloadFormat::Protobuf,
+    );
     c.public_key.pop();
     c.expected = "malformed";
     cases.push(c);
 
-    let mut c = signed("json_payload_reformatted", "A JSON payload re-serialised with a space after the first colon after signing.", 2, json_doc.into_bytes(), PayloadFormat::Json);
-    let text = String::from_utf8(c.payload.clone()).unwrap().replacen(':', ": ", 1);
+    let mut c = signed(
+        "json_payload_reformatted",
+        "A JSON payload re-serialised with a space after the first colon after signing.",
+        2,
+        json_doc.into_bytes(),
+        PayloadFormat::Json,
+    );
+    let text = String::from_utf8(c.payload.clone())
+        .unwrap()
+        .replacen(':', ": ", 1);
     c.payload = text.into_bytes();
     c.expected = "bad_signature";
     cases.push(c);
@@ -254,7 +361,12 @@ fn build() -> VectorFile {
                 description: c.description.into(),
                 secret_seed: c.seed.map(hex::encode),
                 public_key: hex::encode(&c.public_key),
-                payload_format: if c.format == PayloadFormat::Json { "json" } else { "protobuf" }.into(),
+                payload_format: if c.format == PayloadFormat::Json {
+                    "json"
+                } else {
+                    "protobuf"
+                }
+                .into(),
                 payload: hex::encode(&c.payload),
                 signature: hex::encode(&c.signature),
                 reading,
@@ -302,7 +414,11 @@ fn vectors_file_is_what_the_generator_makes() {
         let text = serde_json::to_string_pretty(&generated).unwrap() + "\n";
         std::fs::write(file_path(), text).unwrap();
     }
-    assert_eq!(load(), generated, "regenerate with HEXPULSE_UPDATE_VECTORS=1");
+    assert_eq!(
+        load(),
+        generated,
+        "regenerate with HEXPULSE_UPDATE_VECTORS=1"
+    );
 }
 
 #[test]
@@ -313,25 +429,45 @@ fn every_vector_has_its_expected_verdict() {
     for v in &file.vectors {
         assert_eq!(verdict(&item_of(v)), v.expected, "vector {}", v.name);
         // The JSON form carries the same signed bytes, so it has the same verdict.
-        let from_json = v.json_item.to_signed().unwrap_or_else(|e| panic!("{}: {e}", v.name));
-        assert_eq!(from_json, item_of(v), "vector {}: JSON form differs", v.name);
+        let from_json = v
+            .json_item
+            .to_signed()
+            .unwrap_or_else(|e| panic!("{}: {e}", v.name));
+        assert_eq!(
+            from_json,
+            item_of(v),
+            "vector {}: JSON form differs",
+            v.name
+        );
         if let Some(seed) = &v.secret_seed {
             let seed: [u8; 32] = hex::decode(seed).unwrap().try_into().unwrap();
             let key = SigningKey::from_bytes(&seed);
             if v.expected == "valid" {
-                assert_eq!(hex::encode(key.verifying_key().as_bytes()), v.public_key, "vector {}", v.name);
+                assert_eq!(
+                    hex::encode(key.verifying_key().as_bytes()),
+                    v.public_key,
+                    "vector {}",
+                    v.name
+                );
             }
         }
     }
     // Each kind has a valid case, and each stateless reason appears.
-    for needed in ["malformed", "unsupported_kind_or_version", "weak_key", "bad_signature"] {
-        assert!(file.vectors.iter().any(|v| v.expected == needed), "no vector for {needed}");
+    for needed in [
+        "malformed",
+        "unsupported_kind_or_version",
+        "weak_key",
+        "bad_signature",
+    ] {
+        assert!(
+            file.vectors.iter().any(|v| v.expected == needed),
+            "no vector for {needed}"
+        );
     }
     for kind in ["heartbeat", "sensor", "road"] {
         assert!(
-            file.vectors
-                .iter()
-                .any(|v| v.expected == "valid" && v.reading.as_ref().is_some_and(|r| r.get(kind).is_some())),
+            file.vectors.iter().any(|v| v.expected == "valid"
+                && v.reading.as_ref().is_some_and(|r| r.get(kind).is_some())),
             "no valid {kind} vector"
         );
     }

@@ -1,0 +1,42 @@
+# Hexpulse: the two set-up commands are `make up` and `make test`. Each installs what it needs.
+# Slow-to-build things are cached outside the clone, under $(HEXPULSE_CACHE).
+
+HEXPULSE_CACHE ?= $(HOME)/.cache/hexpulse
+export HEXPULSE_CACHE
+export CARGO_TARGET_DIR ?= $(HEXPULSE_CACHE)/target
+
+# `make up` broker: durable sqlite storage on the usual Kafka port.
+UP_BROKER_PORT ?= 9092
+UP_PARTITIONS ?= 6
+UP_ARGS ?=
+
+.PHONY: up test lint build broker-install broker-up broker-down help
+
+help:
+	@echo "make up    - run the whole pipeline on this machine (local broker, local lake, demo traffic)"
+	@echo "make test  - run the whole test suite (starts and stops its own broker)"
+	@echo "make lint  - rustfmt and clippy"
+
+build:
+	cargo build --release --locked -p hexpulse
+
+broker-install:
+	scripts/broker.sh install
+
+broker-up: broker-install
+	scripts/broker.sh start sqlite $(UP_BROKER_PORT)
+	scripts/broker.sh topics $(UP_BROKER_PORT) $(UP_PARTITIONS) raw-readings
+
+broker-down:
+	scripts/broker.sh stop $(UP_BROKER_PORT)
+
+up: broker-up build
+	HEXPULSE__KAFKA__BROKERS=127.0.0.1:$(UP_BROKER_PORT) \
+	  $(CARGO_TARGET_DIR)/release/hexpulse up $(UP_ARGS)
+
+test:
+	scripts/test.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -1,0 +1,45 @@
+//! How tests find the local broker started by `make test` (`scripts/broker.sh`).
+//!
+//! `HEXPULSE_TEST_BROKER` holds its `host:port`. Under `make test`, `HEXPULSE_REQUIRE_BROKER=1` is set
+//! too, and a missing broker is a failure. In a bare `cargo test` run, broker tests skip, loudly.
+
+/// Env variable with the test broker's bootstrap address.
+pub const BROKER_ENV: &str = "HEXPULSE_TEST_BROKER";
+/// Env variable that turns a missing broker into a test failure.
+pub const REQUIRE_ENV: &str = "HEXPULSE_REQUIRE_BROKER";
+
+/// The test broker's address, or `None` (after a loud message) when tests should skip.
+///
+/// # Panics
+/// When no broker is configured but `HEXPULSE_REQUIRE_BROKER` is set.
+pub fn broker_or_skip(test: &str) -> Option<String> {
+    match std::env::var(BROKER_ENV) {
+        Ok(b) if !b.is_empty() => Some(b),
+        _ => {
+            if std::env::var_os(REQUIRE_ENV).is_some() {
+                panic!(
+                    "{test}: {BROKER_ENV} is not set but {REQUIRE_ENV} is: the broker harness did not start"
+                );
+            }
+            eprintln!(
+                "\n*** SKIPPING {test}: no Kafka broker ({BROKER_ENV} unset). Run `make test` to run it. ***\n"
+            );
+            None
+        }
+    }
+}
+
+/// A topic name unique to this test run, so tests sharing one broker do not see each other's data.
+pub fn unique_topic(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}

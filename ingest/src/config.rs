@@ -1,0 +1,71 @@
+//! The `[ingest]` section of the config.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Address of the device-facing listener.
+    pub listen: SocketAddr,
+    /// Name of this node, sent as a Kafka header with every reading.
+    pub node_name: String,
+    /// Maximum request body size as sent (possibly compressed), bytes.
+    pub max_body_bytes: usize,
+    /// Maximum body size after decompression, bytes (zip-bomb guard).
+    pub max_decompressed_bytes: usize,
+    /// Maximum items per batch.
+    pub max_items: usize,
+    /// Maximum bytes of request bodies being processed at once; beyond it requests get 429.
+    pub max_inflight_bytes: usize,
+    /// Threads of the signature-verification pool (0 = one per core).
+    pub verify_threads: usize,
+    /// How long a produced record may wait for the broker's acknowledgement.
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// Producer queue limit (messages); when full, requests get 429.
+    pub producer_queue_messages: usize,
+    /// How long a request may take end to end (also cuts off slow clients).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Time allowed for graceful shutdown (finish requests, flush the producer).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Bearer token for `/v1/admin/*`, as the lower-case hex SHA-256 of the token. Empty disables admin.
+    #[serde(default)]
+    pub admin_token_sha256: String,
+    /// Optional TLS (rustls); plain HTTP/1.1 and h2c without it.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_pem: PathBuf,
+    pub key_pem: PathBuf,
+}
+
+impl IngestConfig {
+    /// Settings for tests and examples: loopback, port 0, small limits.
+    pub fn for_tests() -> Self {
+        IngestConfig {
+            listen: "127.0.0.1:0".parse().expect("static address"),
+            node_name: "test-node".into(),
+            max_body_bytes: 1 << 20,
+            max_decompressed_bytes: 4 << 20,
+            max_items: 1000,
+            max_inflight_bytes: 64 << 20,
+            verify_threads: 1,
+            delivery_timeout: Duration::from_secs(5),
+            producer_queue_messages: 100_000,
+            request_timeout: Duration::from_secs(15),
+            shutdown_timeout: Duration::from_secs(10),
+            admin_token_sha256: String::new(),
+            tls: None,
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Metric names of the ingest service (Prometheus, `hexpulse_ingest_*`). Label values are bounded:
+//! HTTP status codes, outcomes and the reason codes of `RejectReason`.
+
+pub const REQUESTS: &str = "hexpulse_ingest_requests_total"; // label: status
+pub const ITEMS: &str = "hexpulse_ingest_items_total"; // labels: outcome, reason
+pub const VERIFY_BATCH_SIZE: &str = "hexpulse_ingest_verify_batch_size";
+pub const VERIFY_SECONDS: &str = "hexpulse_ingest_verify_seconds";
+pub const PRODUCE_SECONDS: &str = "hexpulse_ingest_produce_seconds";
+pub const INFLIGHT_BYTES: &str = "hexpulse_ingest_inflight_bytes";
+pub const REQUEST_SECONDS: &str = "hexpulse_ingest_request_seconds";
+pub const BROKER_UP: &str = "hexpulse_ingest_broker_up";

@@ -1,0 +1,103 @@
+//! The per-item checks of a batch, run on the CPU pool (never on the I/O runtime).
+//!
+//! Order per item: the envelope decoded ([`crate::body`]); then payload decode, kind and schema version,
+//! key validity ([`hexpulse_schemas::check::decode_item`]); then device known and of the registered
+//! kind (registry); finally one batched signature verification over all items that got this far.
+
+use std::time::{Duration, Instant};
+
+use hexpulse_common::registry::Registry;
+use hexpulse_schemas::check::{Rejection, decode_item};
+use hexpulse_schemas::reasons::RejectReason;
+use hexpulse_schemas::sign::{self, BatchItem};
+
+use crate::body::RawItem;
+
+/// Verdicts of one batch, in request order.
+#[derive(Debug)]
+pub struct Checked {
+    pub verdicts: Vec<Result<(), Rejection>>,
+    /// Items that reached signature verification.
+    pub verify_batch_size: usize,
+    pub verify_time: Duration,
+}
+
+impl Checked {
+    /// True when the batch is non-empty and every item is from a device the registry does not know.
+    pub fn all_unknown_device(&self) -> bool {
+        !self.verdicts.is_empty()
+            && self
+                .verdicts
+                .iter()
+                .all(|v| matches!(v, Err(r) if r.reason == RejectReason::UnknownDevice))
+    }
+}
+
+/// Runs every check on `items`.
+pub fn check_batch(items: &[RawItem], registry: &Registry) -> Checked {
+    let mut verdicts: Vec<Result<(), Rejection>> = Vec::with_capacity(items.len());
+    let mut decoded = Vec::with_capacity(items.len());
+    {
+        let view = registry.read();
+        for item in items {
+            let verdict = item
+                .envelope
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|env| {
+                    let d = decode_item(env)?;
+                    let Some(device) = view.get(&env.public_key) else {
+                        return Err(Rejection::new(
+                            RejectReason::UnknownDevice,
+                            format!("device {} is not registered", hex::encode(&env.public_key)),
+                        ));
+                    };
+                    if device.kind != d.kind {
+                        return Err(Rejection::new(
+                            RejectReason::KindMismatch,
+                            format!(
+                                "device is registered as {}, reading is {}",
+                                device.kind, d.kind
+                            ),
+                        ));
+                    }
+                    Ok(d)
+                });
+            match verdict {
+                Ok(d) => {
+                    decoded.push((verdicts.len(), d));
+                    verdicts.push(Ok(()));
+                }
+                Err(r) => verdicts.push(Err(r)),
+            }
+        }
+    }
+
+    let start = Instant::now();
+    let batch: Vec<BatchItem<'_>> = decoded
+        .iter()
+        .map(|(i, d)| BatchItem {
+            key: &d.key,
+            payload: items[*i]
+                .envelope
+                .as_ref()
+                .map(|e| e.payload.as_ref())
+                .unwrap_or_default(),
+            signature: &d.signature,
+        })
+        .collect();
+    let (ok, _stats) = sign::verify_batch(&batch);
+    for ((i, _), valid) in decoded.iter().zip(ok) {
+        if !valid {
+            verdicts[*i] = Err(Rejection::new(
+                RejectReason::BadSignature,
+                "signature does not verify over the domain prefix and payload",
+            ));
+        }
+    }
+    Checked {
+        verdicts,
+        verify_batch_size: batch.len(),
+        verify_time: start.elapsed(),
+    }
+}

@@ -1,0 +1,170 @@
+//! The Kafka side of ingest: durable produce of accepted items, and broker reachability.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hexpulse_common::kafka::KafkaConfig;
+use hexpulse_schemas::wire::headers;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::IngestConfig;
+use crate::metrics as m;
+
+/// Why an item did not reach Kafka. Ingest-only answer codes, not lake rejection reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryFailure {
+    /// The local producer queue is full: retry later (429).
+    QueueFull,
+    /// The broker did not acknowledge in time or refused it (503).
+    NotDelivered,
+}
+
+impl DeliveryFailure {
+    pub fn code(self) -> &'static str {
+        match self {
+            DeliveryFailure::QueueFull => "queue_full",
+            DeliveryFailure::NotDelivered => "delivery_failed",
+        }
+    }
+}
+
+/// Idempotent, acks=all producer of raw readings.
+#[derive(Clone)]
+pub struct Sink {
+    producer: FutureProducer,
+    topic: String,
+    node: String,
+    broker_up: Arc<AtomicBool>,
+}
+
+impl Sink {
+    pub fn new(kafka: &KafkaConfig, cfg: &IngestConfig) -> Result<Self, KafkaError> {
+        let mut cc = kafka.producer_config(
+            &format!("hexpulse-ingest-{}", cfg.node_name),
+            cfg.delivery_timeout,
+        );
+        cc.set(
+            "queue.buffering.max.messages",
+            cfg.producer_queue_messages.to_string(),
+        );
+        Ok(Sink {
+            producer: cc.create()?,
+            topic: kafka.raw_topic.clone(),
+            node: cfg.node_name.clone(),
+            broker_up: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Whether the last reachability probe reached the broker.
+    pub fn broker_up(&self) -> bool {
+        self.broker_up.load(Ordering::Relaxed)
+    }
+
+    /// Asks the broker for the topic's metadata; updates [`Sink::broker_up`].
+    pub async fn probe(&self, timeout: Duration) -> bool {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        let up = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), timeout)
+                .map(|md| {
+                    md.topics().iter().any(|t| {
+                        t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
+                    })
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        let was = self.broker_up.swap(up, Ordering::Relaxed);
+        if was != up {
+            if up {
+                tracing::info!(topic = %self.topic, "broker reachable");
+            } else {
+                tracing::warn!(topic = %self.topic, "broker unreachable; answering 503 until it is back");
+            }
+        }
+        metrics::gauge!(m::BROKER_UP).set(if up { 1.0 } else { 0.0 });
+        up
+    }
+
+    /// Probes every `every` until `stop`.
+    pub async fn watch(self, every: Duration, stop: CancellationToken) {
+        loop {
+            self.probe(every.max(Duration::from_millis(500))).await;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    /// Produces each `(key, value)` and waits for every delivery report. `result[i]` is `Ok` only
+    /// when the broker acknowledged item `i`.
+    pub async fn produce_all(
+        &self,
+        items: &[(Bytes, Bytes)],
+        received_ms: i64,
+    ) -> Vec<Result<(), DeliveryFailure>> {
+        let start = Instant::now();
+        let received = received_ms.to_string();
+        let hdrs = OwnedHeaders::new_with_capacity(2)
+            .insert(Header {
+                key: headers::RECEIVED_MS,
+                value: Some(received.as_bytes()),
+            })
+            .insert(Header {
+                key: headers::INGEST_NODE,
+                value: Some(self.node.as_bytes()),
+            });
+        let mut pending = Vec::with_capacity(items.len());
+        let mut results = vec![Err(DeliveryFailure::QueueFull); items.len()];
+        for (i, (key, value)) in items.iter().enumerate() {
+            let record = FutureRecord::to(&self.topic)
+                .key(key.as_ref())
+                .payload(value.as_ref())
+                .headers(hdrs.clone());
+            match self.producer.send_result(record) {
+                Ok(fut) => pending.push((i, fut)),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => break,
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, "enqueue failed");
+                    results[i] = Err(DeliveryFailure::NotDelivered);
+                    break;
+                }
+            }
+        }
+        let mut failed = 0usize;
+        for (i, fut) in pending {
+            results[i] = match fut.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => {
+                    failed += 1;
+                    tracing::debug!(error = %e, "delivery failed");
+                    Err(DeliveryFailure::NotDelivered)
+                }
+                Err(_cancelled) => Err(DeliveryFailure::NotDelivered),
+            };
+        }
+        if failed > 0 {
+            // Deliveries time out when the broker is gone; stop taking work until a probe succeeds.
+            self.broker_up.store(false, Ordering::Relaxed);
+            metrics::gauge!(m::BROKER_UP).set(0.0);
+        }
+        metrics::histogram!(m::PRODUCE_SECONDS).record(start.elapsed().as_secs_f64());
+        results
+    }
+
+    /// Waits up to `timeout` for queued records to be delivered.
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(timeout) {
+            tracing::error!(error = %e, "producer flush incomplete at shutdown");
+        }
+    }
+}

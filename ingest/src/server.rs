@@ -1,0 +1,521 @@
+//! The ingest HTTP API: `POST /v1/readings`, the admin device endpoints, health and metrics.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use bytes::Bytes;
+use hexpulse_common::kafka::KafkaConfig;
+use hexpulse_common::registry::{Device, Registry};
+use hexpulse_schemas::wire::{IngestResponse, ItemRejection};
+use metrics_exporter_prometheus::PrometheusHandle;
+use prost::Message;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{self, BodyError, RawItem};
+use crate::config::IngestConfig;
+use crate::metrics as m;
+use crate::pipeline::{self, Checked};
+use crate::produce::{DeliveryFailure, Sink};
+
+/// Permits of the in-flight semaphore are KiB of request body.
+const PERMIT_BYTES: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("creating topics: {0}")]
+    Topics(#[from] hexpulse_common::kafka::KafkaError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::serve::TlsError),
+    #[error("verify pool: {0}")]
+    Pool(#[from] rayon::ThreadPoolBuildError),
+}
+
+/// Shared state of one ingest node.
+pub struct Ingest {
+    cfg: IngestConfig,
+    registry: Registry,
+    sink: Sink,
+    pool: rayon::ThreadPool,
+    inflight: Arc<Semaphore>,
+    inflight_permits: usize,
+    metrics: PrometheusHandle,
+}
+
+/// A started ingest node.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Ingest {
+    /// Creates topics if missing, probes the broker, binds the listener and serves until `shutdown`;
+    /// then finishes in-flight requests, flushes the producer and returns.
+    pub async fn start(
+        cfg: IngestConfig,
+        kafka: KafkaConfig,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) -> Result<Running, StartError> {
+        let sink = Sink::new(&kafka, &cfg)?;
+        if let Err(e) = kafka.ensure_topics(&[&kafka.raw_topic]).await {
+            // Not fatal: the broker may come up later; /readyz tells.
+            tracing::warn!(error = %e, "could not ensure topics at start");
+        }
+        sink.probe(Duration::from_secs(2)).await;
+        let tls = cfg
+            .tls
+            .as_ref()
+            .map(crate::serve::tls_acceptor)
+            .transpose()?;
+        let threads = if cfg.verify_threads == 0 {
+            num_cpus()
+        } else {
+            cfg.verify_threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("verify-{i}"))
+            .build()?;
+        let permits = (cfg.max_inflight_bytes / PERMIT_BYTES).max(1);
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let state = Arc::new(Ingest {
+            registry: registry.clone(),
+            sink: sink.clone(),
+            pool,
+            inflight: Arc::new(Semaphore::new(permits)),
+            inflight_permits: permits,
+            metrics: hexpulse_common::telemetry::metrics_handle(),
+            cfg,
+        });
+        tokio::spawn(sink.clone().watch(Duration::from_secs(1), shutdown.clone()));
+        tokio::spawn(registry.watch(Duration::from_secs(1), shutdown.clone()));
+        let router = router(state.clone());
+        let (header_timeout, grace) = (state.cfg.request_timeout, state.cfg.shutdown_timeout);
+        tracing::info!(%addr, tls = tls.is_some(), topic = %kafka.raw_topic, "ingest listening");
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            crate::serve::serve(listener, router, tls, header_timeout, shutdown, grace).await;
+            let left = grace
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_secs(1));
+            let sink = state.sink.clone();
+            let _ = tokio::task::spawn_blocking(move || sink.flush(left)).await;
+            tracing::info!("ingest stopped");
+        });
+        Ok(Running { addr, task })
+    }
+}
+
+/// Runs an ingest node until `shutdown` is cancelled.
+pub async fn run(
+    cfg: IngestConfig,
+    kafka: KafkaConfig,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let running = Ingest::start(cfg, kafka, registry, shutdown).await?;
+    let _ = running.task.await;
+    Ok(())
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// The HTTP routes.
+pub fn router(state: Arc<Ingest>) -> Router {
+    let timeout = state.cfg.request_timeout;
+    Router::new()
+        .route("/v1/readings", post(post_readings))
+        .route("/v1/admin/devices", get(list_devices).post(add_device))
+        .route("/v1/admin/devices/{key}", delete(remove_device))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(|State(s): State<Arc<Ingest>>| async move { s.metrics.render() }),
+        )
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .with_state(state)
+}
+
+/// `{error: {code, message}}` with a status.
+fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": {"code": code, "message": message.to_string()}})),
+    )
+        .into_response()
+}
+
+fn retry_after(mut r: Response, secs: u32) -> Response {
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    r
+}
+
+fn count_request(status: StatusCode) {
+    metrics::counter!(m::REQUESTS, "status" => status.as_str().to_owned()).increment(1);
+}
+
+async fn post_readings(State(s): State<Arc<Ingest>>, headers: HeaderMap, body: Body) -> Response {
+    let start = Instant::now();
+    let resp = handle_readings(&s, &headers, body).await;
+    count_request(resp.status());
+    metrics::histogram!(m::REQUEST_SECONDS).record(start.elapsed().as_secs_f64());
+    resp
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn handle_readings(s: &Arc<Ingest>, headers: &HeaderMap, body: Body) -> Response {
+    let received_ms = now_ms();
+    let format = match body::format_of(header_str(headers, header::CONTENT_TYPE)) {
+        Ok(f) => f,
+        Err(e) => {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                e,
+            );
+        }
+    };
+    let encoding = header_str(headers, header::CONTENT_ENCODING);
+    let declared =
+        header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > s.cfg.max_body_bytes) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("body exceeds {} bytes", s.cfg.max_body_bytes),
+        );
+    }
+    // Reserve in-flight budget before reading the body: past the bound, refuse instead of queueing.
+    let want = declared.unwrap_or(s.cfg.max_body_bytes);
+    let Some(mut permit) = try_reserve(s, want) else {
+        return overloaded("too many bytes in flight");
+    };
+    let raw = match axum::body::to_bytes(body, s.cfg.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|src| src.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("body exceeds {} bytes", s.cfg.max_body_bytes),
+                )
+            } else {
+                error(StatusCode::BAD_REQUEST, "body_read_failed", e)
+            };
+        }
+    };
+    let decompressed = match body::decompress(encoding, raw.clone(), s.cfg.max_decompressed_bytes) {
+        Ok(b) => b,
+        Err(e) => return body_error(e),
+    };
+    if decompressed.len() > raw.len() {
+        match try_reserve(s, decompressed.len() - raw.len()) {
+            Some(more) => permit.merge(more),
+            None => return overloaded("too many bytes in flight"),
+        }
+    }
+    metrics::gauge!(m::INFLIGHT_BYTES)
+        .set(((s.inflight_permits - s.inflight.available_permits()) * PERMIT_BYTES) as f64);
+    let max_items = s.cfg.max_items;
+    let items = match body::parse_batch(format, decompressed, max_items) {
+        Ok(i) => i,
+        Err(e) => return body_error(e),
+    };
+
+    // Checks on the CPU pool, off the I/O runtime.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let registry = s.registry.clone();
+    s.pool.spawn(move || {
+        let checked = pipeline::check_batch(&items, &registry);
+        let _ = tx.send((items, checked));
+    });
+    let Ok((items, checked)) = rx.await else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "verification task failed",
+        );
+    };
+    metrics::histogram!(m::VERIFY_BATCH_SIZE).record(checked.verify_batch_size as f64);
+    metrics::histogram!(m::VERIFY_SECONDS).record(checked.verify_time.as_secs_f64());
+    respond(s, &headers_accept(headers), items, checked, received_ms).await
+}
+
+fn try_reserve(s: &Ingest, bytes: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let n = bytes.div_ceil(PERMIT_BYTES).clamp(1, s.inflight_permits) as u32;
+    s.inflight.clone().try_acquire_many_owned(n).ok()
+}
+
+fn overloaded(why: &str) -> Response {
+    retry_after(error(StatusCode::TOO_MANY_REQUESTS, "overloaded", why), 1)
+}
+
+fn body_error(e: BodyError) -> Response {
+    match &e {
+        BodyError::UnsupportedMediaType(_) | BodyError::UnsupportedEncoding(_) => error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            e,
+        ),
+        BodyError::TooLarge(_) => error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", e),
+        BodyError::Undecodable(_) => error(StatusCode::BAD_REQUEST, "undecodable_body", e),
+    }
+}
+
+fn headers_accept(h: &HeaderMap) -> bool {
+    header_str(h, header::ACCEPT).is_some_and(|a| a.contains("application/x-protobuf"))
+}
+
+async fn respond(
+    s: &Ingest,
+    protobuf: &bool,
+    items: Vec<RawItem>,
+    checked: Checked,
+    received_ms: i64,
+) -> Response {
+    let mut rejected: Vec<ItemRejection> = Vec::new();
+    let mut to_send: Vec<(usize, (Bytes, Bytes))> = Vec::new();
+    for (i, (item, verdict)) in items.into_iter().zip(&checked.verdicts).enumerate() {
+        match verdict {
+            Ok(()) => {
+                let key = item
+                    .envelope
+                    .as_ref()
+                    .map(|e| e.public_key.clone())
+                    .unwrap_or_default();
+                to_send.push((i, (key, item.value)));
+            }
+            Err(r) => {
+                metrics::counter!(m::ITEMS, "outcome" => "rejected", "reason" => r.reason.as_str())
+                    .increment(1);
+                rejected.push(ItemRejection {
+                    index: i as u32,
+                    code: r.reason.as_str().into(),
+                    message: r.message.clone(),
+                });
+            }
+        }
+    }
+    if checked.all_unknown_device() {
+        let body = json!({
+            "error": {"code": "unknown_device", "message": "no item of the batch comes from a registered device"},
+            "accepted": 0,
+            "rejected": rejected.iter().map(rejection_json).collect::<Vec<_>>(),
+        });
+        return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+    }
+    let mut accepted = 0u32;
+    let mut not_delivered = Vec::new();
+    if !to_send.is_empty() {
+        if !s.sink.broker_up() {
+            return retry_after(
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "broker_unavailable",
+                    "the Kafka broker is unreachable; nothing was accepted",
+                ),
+                2,
+            );
+        }
+        let records: Vec<(Bytes, Bytes)> = to_send.iter().map(|(_, r)| r.clone()).collect();
+        let results = s.sink.produce_all(&records, received_ms).await;
+        for ((i, _), res) in to_send.iter().zip(results) {
+            match res {
+                Ok(()) => accepted += 1,
+                Err(f) => not_delivered.push((*i, f)),
+            }
+        }
+        metrics::counter!(m::ITEMS, "outcome" => "accepted", "reason" => "")
+            .increment(accepted.into());
+        if accepted == 0 {
+            let queue_full = not_delivered
+                .iter()
+                .all(|(_, f)| *f == DeliveryFailure::QueueFull);
+            return if queue_full {
+                overloaded("the producer queue is full; nothing was accepted")
+            } else {
+                retry_after(
+                    error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "broker_unavailable",
+                        "the broker did not acknowledge; nothing was accepted",
+                    ),
+                    2,
+                )
+            };
+        }
+        for (i, f) in not_delivered {
+            metrics::counter!(m::ITEMS, "outcome" => "not_delivered", "reason" => f.code())
+                .increment(1);
+            rejected.push(ItemRejection {
+                index: i as u32,
+                code: f.code().into(),
+                message: "not acknowledged by Kafka; retry this item".into(),
+            });
+        }
+        rejected.sort_by_key(|r| r.index);
+    }
+    let answer = IngestResponse { accepted, rejected };
+    if *protobuf {
+        let mut r = (StatusCode::OK, answer.encode_to_vec()).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        );
+        r
+    } else {
+        let body = json!({"accepted": answer.accepted, "rejected": answer.rejected.iter().map(rejection_json).collect::<Vec<_>>()});
+        (StatusCode::OK, axum::Json(body)).into_response()
+    }
+}
+
+fn rejection_json(r: &ItemRejection) -> serde_json::Value {
+    json!({"index": r.index, "code": r.code, "message": r.message})
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+async fn readyz(State(s): State<Arc<Ingest>>) -> Response {
+    let broker = s.sink.broker_up();
+    let status = if broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({"broker": broker, "registry_devices": s.registry.len()})),
+    )
+        .into_response()
+}
+
+/// Checks `Authorization: Bearer <token>` against the configured SHA-256, in constant time.
+fn admin_auth(s: &Ingest, headers: &HeaderMap) -> Result<(), Response> {
+    if s.cfg.admin_token_sha256.is_empty() {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "no admin token is configured",
+        ));
+    }
+    let Some(token) =
+        header_str(headers, header::AUTHORIZATION).and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing bearer token",
+        ));
+    };
+    let got = Sha256::digest(token.trim().as_bytes());
+    let want = hex::decode(&s.cfg.admin_token_sha256).unwrap_or_default();
+    let same = want.len() == got.len()
+        && got.iter().zip(&want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown token",
+        ))
+    }
+}
+
+async fn list_devices(State(s): State<Arc<Ingest>>, headers: HeaderMap) -> Response {
+    if let Err(r) = admin_auth(&s, &headers) {
+        return r;
+    }
+    axum::Json(s.registry.devices()).into_response()
+}
+
+async fn add_device(State(s): State<Arc<Ingest>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = admin_auth(&s, &headers) {
+        return r;
+    }
+    let device: Device = match serde_json::from_slice(&body) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_device", e),
+    };
+    match s.registry.upsert(device.clone()) {
+        Ok(()) => (StatusCode::CREATED, axum::Json(device)).into_response(),
+        Err(e @ hexpulse_common::registry::RegistryError::InvalidDevice { .. }) => {
+            error(StatusCode::BAD_REQUEST, "invalid_device", e)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "registry write failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "registry_write_failed",
+                e,
+            )
+        }
+    }
+}
+
+async fn remove_device(
+    State(s): State<Arc<Ingest>>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Response {
+    if let Err(r) = admin_auth(&s, &headers) {
+        return r;
+    }
+    let Ok(bytes) = hex::decode(&key) else {
+        return error(StatusCode::BAD_REQUEST, "invalid_device", "key is not hex");
+    };
+    match s.registry.remove(&bytes) {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, "not_found", "no such device"),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "registry_write_failed",
+            e,
+        ),
+    }
+}

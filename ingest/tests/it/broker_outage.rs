@@ -1,0 +1,170 @@
+//! With the broker stopped, requests get 503 and nothing is claimed accepted; once it is back,
+//! ingestion resumes without restarting ingest, and every accepted item is in Kafka exactly once.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hexpulse_common::testenv;
+use hexpulse_ingest::IngestConfig;
+use prost::Message;
+
+use crate::support::*;
+
+struct OwnBroker {
+    script: String,
+    cache: tempfile::TempDir,
+    port: u16,
+}
+
+impl OwnBroker {
+    fn run(&self, args: &[&str]) {
+        let out = Command::new(&self.script)
+            .args(args)
+            .env("HEXPULSE_CACHE", self.cache.path())
+            .env(
+                "TANSU_BIN",
+                std::env::var("HEXPULSE_TANSU_BIN").expect("HEXPULSE_TANSU_BIN"),
+            )
+            .output()
+            .expect("run broker.sh");
+        assert!(
+            out.status.success(),
+            "broker.sh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    fn start(&self) {
+        self.run(&["start", "sqlite", &self.port.to_string()]);
+    }
+    fn stop(&self) {
+        self.run(&["stop", &self.port.to_string()]);
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_gives_503_then_recovers() {
+    // This test runs a broker of its own, so it can stop it.
+    if testenv::broker_or_skip("broker_outage_gives_503_then_recovers").is_none() {
+        return;
+    }
+    let broker = OwnBroker {
+        script: std::env::var("HEXPULSE_BROKER_SCRIPT")
+            .expect("HEXPULSE_BROKER_SCRIPT is set by make test"),
+        cache: tempfile::tempdir().unwrap(),
+        port: free_port(),
+    };
+    broker.start();
+    let mut cfg = IngestConfig::for_tests();
+    cfg.delivery_timeout = Duration::from_secs(3);
+    let node = Node::start(
+        "it-ingest-outage",
+        &format!("127.0.0.1:{}", broker.port),
+        cfg,
+        registry(2),
+    )
+    .await;
+
+    let mut seq = 0u64;
+    let mut accepted: BTreeMap<Vec<u8>, ()> = BTreeMap::new();
+    let send = async |seq: &mut u64| {
+        let items: Vec<_> = (0..10)
+            .map(|_| {
+                *seq += 1;
+                signed(&device_key((*seq % 2) as u8), *seq)
+            })
+            .collect();
+        let (status, body, headers) = node.post("application/x-protobuf", batch(&items)).await;
+        (status, body, headers, items)
+    };
+
+    let (status, body, _, items) = send(&mut seq).await;
+    assert_eq!(status, 200, "{body}");
+    accepted.extend(items.iter().map(|i| (i.encode_to_vec(), ())));
+
+    broker.stop();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no 503 within 30 s of stopping the broker"
+        );
+        let (status, body, headers, items) = send(&mut seq).await;
+        match status {
+            200 => {
+                assert_eq!(body["accepted"], 10, "{body}");
+                accepted.extend(items.iter().map(|i| (i.encode_to_vec(), ())));
+            }
+            503 => {
+                assert_eq!(body["error"]["code"], "broker_unavailable", "{body}");
+                assert!(
+                    body.get("accepted").is_none(),
+                    "a 503 claims nothing: {body}"
+                );
+                assert!(headers.contains_key("retry-after"));
+                break;
+            }
+            other => panic!("unexpected status {other}: {body}"),
+        }
+    }
+    // Still 503 while down, answered quickly now that the outage is known.
+    let t = Instant::now();
+    let (status, _, _, _) = send(&mut seq).await;
+    assert_eq!(status, 503);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "known outage answered in {:?}",
+        t.elapsed()
+    );
+    let ready = node.http.get(node.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+
+    broker.start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "ingest did not resume within 60 s of the broker's return"
+        );
+        let (status, body, _, items) = send(&mut seq).await;
+        if status == 200 {
+            assert_eq!(body["accepted"], 10, "{body}");
+            accepted.extend(items.iter().map(|i| (i.encode_to_vec(), ())));
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let kafka = node.kafka.clone();
+    node.shutdown().await;
+    let got = tokio::task::spawn_blocking(move || read_all(&kafka))
+        .await
+        .unwrap();
+    let mut counts: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+    for r in got {
+        *counts.entry(r.value).or_default() += 1;
+    }
+    for value in accepted.keys() {
+        assert_eq!(
+            counts.get(value),
+            Some(&1),
+            "an accepted item is in Kafka exactly once"
+        );
+    }
+    assert!(counts.values().all(|c| *c == 1), "no duplicates");
+}

@@ -1,0 +1,8 @@
+//! Ingest integration tests against the real broker started by `make test`.
+
+mod admin;
+mod answers;
+mod broker_outage;
+mod delivery;
+mod overload;
+mod support;

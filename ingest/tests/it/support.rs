@@ -1,0 +1,193 @@
+//! Shared helpers: devices with known keys, signed batches, an ingest node on a fresh topic, and a
+//! reader of everything a topic holds.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use hexpulse_common::kafka::KafkaConfig;
+use hexpulse_common::registry::{Device, Registry};
+use hexpulse_common::testenv;
+use hexpulse_ingest::IngestConfig;
+use hexpulse_ingest::server::Ingest;
+use hexpulse_schemas::sign;
+use hexpulse_schemas::wire::{
+    Heartbeat, Kind, KindName, Location, PayloadFormat, Reading, ReadingBatch, SignedReading,
+};
+use prost::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message as _};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+pub fn device_key(i: u8) -> SigningKey {
+    SigningKey::from_bytes(&[i.wrapping_add(100); 32])
+}
+
+pub fn registry(n: u8) -> Registry {
+    Registry::from_devices(
+        (0..n)
+            .map(|i| Device {
+                public_key: hex::encode(device_key(i).verifying_key().as_bytes()),
+                kind: KindName::Heartbeat,
+                lat: 52.5,
+                lng: 13.4,
+                owner: "test".into(),
+            })
+            .collect(),
+    )
+    .unwrap()
+}
+
+pub fn reading(seq: u64) -> Reading {
+    Reading {
+        schema_version: 1,
+        device_time_ms: 1_767_225_600_000 + seq as i64,
+        seq,
+        location: Some(Location {
+            lat: 52.5,
+            lng: 13.4,
+            accuracy_m: 4.0,
+        }),
+        kind: Some(Kind::Heartbeat(Heartbeat {
+            radio: 1,
+            signal_dbm: -60.0,
+            speed_test: None,
+        })),
+    }
+}
+
+pub fn signed(key: &SigningKey, seq: u64) -> SignedReading {
+    let payload = reading(seq).encode_to_vec();
+    SignedReading {
+        public_key: key.verifying_key().to_bytes().to_vec().into(),
+        signature: sign::sign(key, &payload).to_vec().into(),
+        payload: payload.into(),
+        format: PayloadFormat::Protobuf as i32,
+    }
+}
+
+pub fn batch(items: &[SignedReading]) -> Vec<u8> {
+    ReadingBatch {
+        readings: items.to_vec(),
+    }
+    .encode_to_vec()
+}
+
+pub struct Node {
+    pub addr: SocketAddr,
+    pub kafka: KafkaConfig,
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+    pub http: reqwest::Client,
+}
+
+impl Node {
+    pub async fn start(test: &str, brokers: &str, cfg: IngestConfig, registry: Registry) -> Node {
+        let kafka = KafkaConfig {
+            brokers: brokers.into(),
+            raw_topic: testenv::unique_topic(test),
+            partitions: 3,
+            replication: 1,
+            extra: Default::default(),
+        };
+        let stop = CancellationToken::new();
+        let running = Ingest::start(cfg, kafka.clone(), registry, stop.clone())
+            .await
+            .expect("ingest starts");
+        Node {
+            addr: running.addr,
+            kafka,
+            stop,
+            task: running.task,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn post(
+        &self,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
+        let r = self
+            .http
+            .post(self.url("/v1/readings"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let json = r.json().await.unwrap_or(serde_json::Value::Null);
+        (status, json, headers)
+    }
+
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("stops in time")
+            .unwrap();
+    }
+}
+
+/// One record read back from Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Record {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Everything the topic holds, read from the beginning of each partition until nothing new arrives for
+/// 3 s. (tansu 0.6 reports high watermarks below the records it serves, so they cannot bound the read.)
+pub fn read_all(kafka: &KafkaConfig) -> Vec<Record> {
+    let consumer: BaseConsumer = kafka
+        .consumer_config(&format!("{}-reader", kafka.raw_topic), "reader")
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(&kafka.raw_topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(&kafka.raw_topic, *p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut idle_since = std::time::Instant::now();
+    while std::time::Instant::now() < deadline && idle_since.elapsed() < Duration::from_secs(3) {
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            idle_since = std::time::Instant::now();
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|x| {
+                            (
+                                x.key.to_string(),
+                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Record {
+                key: m.key().unwrap_or_default().to_vec(),
+                value: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+        }
+    }
+    out
+}
