@@ -163,6 +163,15 @@ impl Registry {
         })
     }
 
+    /// Adds or replaces many devices with one file write.
+    pub fn upsert_all(&self, devices: Vec<Device>) -> Result<()> {
+        let keyed = devices
+            .into_iter()
+            .map(|d| Ok((d.key_bytes()?, d)))
+            .collect::<Result<Vec<_>>>()?;
+        self.edit(|m| m.extend(keyed))
+    }
+
     /// Removes a device; returns whether it existed.
     pub fn remove(&self, key: &[u8]) -> Result<bool> {
         let Ok(key) = <[u8; 32]>::try_from(key) else {

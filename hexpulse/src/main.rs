@@ -1,1 +1,339 @@
-fn main() {}
+//! `hexpulse`: every Hexpulse role as a subcommand, or all of them in one process (`up`).
+
+mod config;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use hexpulse_common::registry::Registry;
+use hexpulse_common::{shutdown, telemetry};
+use hexpulse_ingest::server::Ingest;
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hexpulse",
+    version,
+    about = "Hexpulse: signed DePIN device data into an H3 Parquet lake"
+)]
+struct Cli {
+    /// Config file (TOML); overrides the embedded defaults. Env HEXPULSE__SECTION__KEY overrides both.
+    #[arg(long, short, env = "HEXPULSE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the ingest service (devices POST signed batches; enqueued into Kafka).
+    Ingest,
+    /// Run the stream processors (not built yet: issue #4).
+    Process,
+    /// Seal epochs (not built yet: issue #5).
+    Seal,
+    /// Run the query service (not built yet: issue #6).
+    Query,
+    /// Send simulated device traffic to an ingest endpoint.
+    Simulate(SimArgs),
+    /// Run every built role in one process, with demo traffic, and print the URLs.
+    Up {
+        /// Do not start the demo traffic.
+        #[arg(long)]
+        no_traffic: bool,
+        /// Demo traffic rate in readings per second (default from [simulate]).
+        #[arg(long)]
+        rate: Option<f64>,
+    },
+    /// Print the effective configuration (secrets removed) and exit.
+    Config,
+    /// Benchmarks (see load-tests/RESULTS.md).
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Debug, clap::Args)]
+struct SimArgs {
+    /// Ingest base URL.
+    #[arg(long)]
+    target_url: Option<String>,
+    /// Readings per second (0 = flat out).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Stop after this many readings.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this long, e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    #[arg(long)]
+    devices: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Also write the simulated devices into the registry file.
+    #[arg(long)]
+    register: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCmd {
+    /// Ingest throughput per ingest core against the raw Ed25519 batch-verify rate.
+    Ingest {
+        /// Pre-signed readings to send.
+        #[arg(long, default_value_t = 200_000)]
+        readings: usize,
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Write the JSON report here too.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Only the raw Ed25519 verify rates of one core.
+    Verify,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init_logging();
+    let cfg = Config::load(cli.config.as_deref()).context("loading configuration")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(cli.cmd, cfg))
+}
+
+fn open_registry(cfg: &Config) -> anyhow::Result<Registry> {
+    if let Some(dir) = cfg
+        .registry
+        .path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Registry::open(&cfg.registry.path)
+        .with_context(|| format!("opening registry {}", cfg.registry.path.display()))
+}
+
+async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Config => {
+            println!("{}", serde_json::to_string_pretty(&cfg.redacted())?);
+            Ok(())
+        }
+        Cmd::Ingest => {
+            tracing::info!(config = %cfg.redacted(), "starting ingest");
+            let registry = open_registry(&cfg)?;
+            let stop = shutdown::on_signals();
+            hexpulse_ingest::run(cfg.ingest, cfg.kafka, registry, stop).await?;
+            Ok(())
+        }
+        Cmd::Process => {
+            bail!("`hexpulse process` is not built yet (issue #4): nothing consumes the raw topic")
+        }
+        Cmd::Seal => bail!("`hexpulse seal` is not built yet (issue #5)"),
+        Cmd::Query => bail!("`hexpulse query` is not built yet (issue #6)"),
+        Cmd::Simulate(args) => simulate(cfg, args).await,
+        Cmd::Up { no_traffic, rate } => up(cfg, no_traffic, rate).await,
+        Cmd::Bench(b) => bench(cfg, b).await,
+    }
+}
+
+async fn simulate(mut cfg: Config, a: SimArgs) -> anyhow::Result<()> {
+    let s = &mut cfg.simulate;
+    if let Some(v) = a.target_url {
+        s.target_url = v
+    }
+    if let Some(v) = a.rate {
+        s.rate = v
+    }
+    if let Some(v) = a.count {
+        s.count = v
+    }
+    if let Some(v) = a.duration {
+        s.duration = v
+    }
+    if let Some(v) = a.devices {
+        s.devices = v
+    }
+    if let Some(v) = a.batch_size {
+        s.batch_size = v
+    }
+    if let Some(v) = a.concurrency {
+        s.concurrency = v
+    }
+    let fleet = cfg.simulate.fleet();
+    if a.register {
+        open_registry(&cfg)?.upsert_all(fleet.registry_devices())?;
+        eprintln!(
+            "registered {} simulated devices in {}",
+            cfg.simulate.devices,
+            cfg.registry.path.display()
+        );
+    }
+    let stop = shutdown::on_signals();
+    let summary = hexpulse_load_tests::sim::run(&cfg.simulate, fleet, stop, true).await;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
+
+async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Result<()> {
+    let registry = open_registry(&cfg)?;
+    let fleet = cfg.simulate.fleet();
+    registry.upsert_all(fleet.registry_devices())?;
+    tracing::info!(config = %cfg.redacted(), "starting hexpulse up");
+    let stop = shutdown::on_signals();
+    let ingest = Ingest::start(
+        cfg.ingest.clone(),
+        cfg.kafka.clone(),
+        registry,
+        stop.clone(),
+    )
+    .await?;
+    let base = format!("http://{}", ingest.addr);
+    println!();
+    println!("Hexpulse is up.");
+    println!("  ingest   POST {base}/v1/readings   (protobuf or JSON batches of signed readings)");
+    println!("  health   {base}/healthz  {base}/readyz");
+    println!("  metrics  {base}/metrics");
+    println!(
+        "  broker   {}   topic {}",
+        cfg.kafka.brokers, cfg.kafka.raw_topic
+    );
+    println!(
+        "  registry {} ({} simulated devices)",
+        cfg.registry.path.display(),
+        cfg.simulate.devices
+    );
+    println!("Not built yet: processors (#4), epochs (#5), query service and map (#6, #7).");
+    println!("Ctrl-C stops everything.");
+    println!();
+    let traffic = if no_traffic {
+        None
+    } else {
+        cfg.simulate.target_url = base;
+        if let Some(r) = rate {
+            cfg.simulate.rate = r;
+        }
+        let stop = stop.clone();
+        Some(tokio::spawn(async move {
+            hexpulse_load_tests::sim::run(&cfg.simulate, fleet, stop, true).await
+        }))
+    };
+    let _ = ingest.task.await;
+    if let Some(t) = traffic {
+        if let Ok(summary) = t.await {
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+    }
+    Ok(())
+}
+
+async fn bench(cfg: Config, b: BenchCmd) -> anyhow::Result<()> {
+    match b {
+        BenchCmd::Verify => {
+            let r = tokio::task::spawn_blocking(|| {
+                hexpulse_load_tests::bench::raw_verify_rates(Duration::from_secs(3))
+            })
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(())
+        }
+        BenchCmd::Ingest {
+            readings,
+            batch,
+            concurrency,
+            out,
+        } => bench_ingest(cfg, readings, batch, concurrency, out).await,
+    }
+}
+
+async fn bench_ingest(
+    cfg: Config,
+    readings: usize,
+    batch: usize,
+    concurrency: usize,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use hexpulse_load_tests::bench;
+    let dir = std::env::temp_dir().join(format!("hexpulse-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let registry = dir.join("devices.json");
+    let mut fleet = bench::bench_fleet(1000, &registry)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let topic = format!("bench-ingest-{}", std::process::id());
+    let log = std::fs::File::create(dir.join("ingest.log"))?;
+    eprintln!(
+        "[bench] starting ingest process on 127.0.0.1:{port} (broker {}, topic {topic})",
+        cfg.kafka.brokers
+    );
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("ingest")
+        .env("HEXPULSE__INGEST__LISTEN", format!("127.0.0.1:{port}"))
+        .env("HEXPULSE__REGISTRY__PATH", &registry)
+        .env("HEXPULSE__KAFKA__RAW_TOPIC", &topic)
+        .env("HEXPULSE__KAFKA__BROKERS", &cfg.kafka.brokers)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let ready = async {
+        for _ in 0..150 {
+            if client
+                .get(format!("{url}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    };
+    if !ready.await {
+        let _ = child.kill();
+        bail!(
+            "ingest did not become ready; see {}",
+            dir.join("ingest.log").display()
+        );
+    }
+    eprintln!("[bench] pre-signing {readings} readings in batches of {batch}...");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let bodies =
+        tokio::task::spawn_blocking(move || bench::presign(&mut fleet, readings, batch, now))
+            .await?;
+    eprintln!("[bench] driving ingest with {concurrency} concurrent requests...");
+    let report = bench::drive_ingest(&url, child.id(), bodies, batch as u64, concurrency).await;
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    let json = serde_json::to_string_pretty(&report)?;
+    println!("{json}");
+    eprintln!(
+        "[bench] ingest: {:.0} accepted/s, {:.0} per ingest core-second; raw batch verify {:.0}/s/core; ratio {:.2} (target >= 0.70)",
+        report.accepted_per_s,
+        report.accepted_per_ingest_core_s,
+        report.raw_verify.batch128_per_s,
+        report.ratio_to_raw_batch_verify
+    );
+    if let Some(p) = out {
+        std::fs::write(p, json + "\n")?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

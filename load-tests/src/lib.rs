@@ -1,1 +1,12 @@
-//! x
+//! Hexpulse load tests: the device simulator (`hexpulse simulate`, demo traffic for `make up`) and
+//! the benchmarks recorded in `load-tests/RESULTS.md`.
+//!
+//! - [`fleet`]: simulated devices with keys derived from a seed and a realistic geography: hotspots
+//!   clustered in cities, sensors at fixed sites with diurnal patterns, dashcams moving along roads.
+//! - [`sim`]: drives an ingest endpoint at a rate, with live progress and a JSON summary.
+//! - [`bench`]: the ingest benchmark against the raw Ed25519 batch-verify rate.
+
+pub mod bench;
+pub mod fleet;
+pub mod scenario;
+pub mod sim;

@@ -1,5 +1,26 @@
 //! Hexpulse stream processors: consume raw signed readings from Kafka, validate them, bin them into H3
-//! cells and write Parquet to the lake exactly once.
+//! cells, and write Parquet to the lake with every input record stored exactly once, as a valid row or
+//! as a rejection with its reason.
 //!
-//! **Not built yet** (issue #4). `hexpulse process` reports this and exits with an error rather than
-//! pretending to run.
+//! - [`validate`]: the semantic checks and per-device state (duplicates, speed, rate);
+//! - [`rules`]: the versioned thresholds file;
+//! - [`h3bin`]: H3 cells at the configured resolutions (h3o);
+//! - [`rows`]: Arrow record batches of the lake tables;
+//! - [`lake`]: object store layout, Parquet encoding, claims and publication;
+//! - [`partition`]: one partition's unit buffer and its exactly-once flush;
+//! - [`run`]: the consumer-group loop, HTTP endpoints and shutdown.
+//!
+//! The exactly-once argument is in `ARCHITECTURE.md`.
+
+pub mod config;
+pub mod h3bin;
+pub mod inspect;
+pub mod lake;
+pub mod metrics;
+pub mod partition;
+pub mod rows;
+pub mod rules;
+pub mod run;
+pub mod validate;
+
+pub use config::ProcessConfig;

@@ -1,0 +1,84 @@
+//! The whole config file: one section per role, loaded by layers (see `config/hexpulse.toml`).
+
+use std::path::{Path, PathBuf};
+
+use hexpulse_common::kafka::KafkaConfig;
+use hexpulse_ingest::IngestConfig;
+use hexpulse_load_tests::sim::SimConfig;
+use serde::{Deserialize, Serialize};
+
+/// The embedded defaults, which are also the commented example file.
+pub const DEFAULTS: &str = include_str!("../../config/hexpulse.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub registry: RegistryConfig,
+    pub ingest: IngestConfig,
+    pub simulate: SimConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    pub path: PathBuf,
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>) -> Result<Config, hexpulse_common::config::ConfigError> {
+        hexpulse_common::config::load(DEFAULTS, file)
+    }
+
+    /// The effective config as TOML-like JSON with secrets blanked, for the start-up log.
+    pub fn redacted(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("config serialises");
+        if let Some(extra) = v
+            .pointer_mut("/kafka/extra")
+            .and_then(|e| e.as_object_mut())
+        {
+            for (k, val) in extra.iter_mut() {
+                if ["password", "secret", "token", "key"]
+                    .iter()
+                    .any(|s| k.contains(s))
+                {
+                    *val = "<redacted>".into();
+                }
+            }
+        }
+        if let Some(t) = v.pointer_mut("/ingest/admin_token_sha256") {
+            if t.as_str().is_some_and(|s| !s.is_empty()) {
+                *t = "<redacted>".into();
+            }
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_loads_as_defaults_and_as_a_file() {
+        let defaults = Config::load(None).expect("embedded defaults parse");
+        assert_eq!(defaults.kafka.raw_topic, "raw-readings");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/hexpulse.toml");
+        let from_file = Config::load(Some(&path)).expect("example file parses");
+        assert_eq!(from_file.ingest.listen, defaults.ingest.listen);
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut c = Config::load(None).unwrap();
+        c.kafka
+            .extra
+            .insert("sasl.password".into(), "hunter2".into());
+        c.ingest.admin_token_sha256 = "ab".into();
+        let text = c.redacted().to_string();
+        assert!(
+            !text.contains("hunter2") && !text.contains("\"ab\""),
+            "{text}"
+        );
+    }
+}

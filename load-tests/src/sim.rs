@@ -1,0 +1,281 @@
+//! Drives an ingest endpoint with signed batches from a [`Fleet`], at a rate or flat out.
+//!
+//! A generator thread builds and signs batches (CPU work stays off the async runtime) into a bounded
+//! channel; `concurrency` senders POST them. Progress goes to stderr once a second; [`run`] returns a
+//! [`Summary`] that the CLI prints as JSON.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hexpulse_schemas::wire::ReadingBatch;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::fleet::{Fleet, KindMix};
+
+/// The `[simulate]` config section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimConfig {
+    pub target_url: String,
+    pub devices: usize,
+    pub seed: u64,
+    /// Readings per second in total; 0 = unlimited.
+    pub rate: f64,
+    pub batch_size: usize,
+    pub concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    pub count: u64,
+    pub mix_heartbeat: f64,
+    pub mix_sensor: f64,
+    pub mix_road: f64,
+}
+
+impl SimConfig {
+    pub fn mix(&self) -> KindMix {
+        KindMix {
+            heartbeat: self.mix_heartbeat,
+            sensor: self.mix_sensor,
+            road: self.mix_road,
+        }
+    }
+
+    pub fn fleet(&self) -> Fleet {
+        Fleet::new(self.devices, self.seed, self.mix())
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Summary {
+    pub sent: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub rejected_by_code: BTreeMap<String, u64>,
+    pub requests_by_status: BTreeMap<u16, u64>,
+    pub transport_errors: u64,
+    pub elapsed_s: f64,
+    pub accepted_per_s: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    transport_errors: AtomicU64,
+    detail: Mutex<Detail>,
+}
+
+#[derive(Default)]
+struct Detail {
+    latencies_us: Vec<u32>,
+    by_code: BTreeMap<String, u64>,
+    by_status: BTreeMap<u16, u64>,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    f64::from(sorted[i]) / 1000.0
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs until the duration or count is reached, or `stop` is cancelled.
+pub async fn run(
+    cfg: &SimConfig,
+    mut fleet: Fleet,
+    stop: CancellationToken,
+    progress: bool,
+) -> Summary {
+    let (tx, rx) = tokio::sync::mpsc::channel::<(u64, Vec<u8>)>(cfg.concurrency.max(1) * 2);
+    let batch_size = cfg.batch_size.max(1);
+    let count = cfg.count;
+    let gen_stop = stop.clone();
+    let generator = std::thread::Builder::new()
+        .name("sim-generator".into())
+        .spawn(move || {
+            let mut produced = 0u64;
+            while !gen_stop.is_cancelled() && (count == 0 || produced < count) {
+                let n = if count == 0 {
+                    batch_size as u64
+                } else {
+                    (count - produced).min(batch_size as u64)
+                };
+                let now = now_ms();
+                let readings = (0..n)
+                    .map(|_| {
+                        let i = fleet.pick();
+                        fleet.next_signed(i, now)
+                    })
+                    .collect();
+                produced += n;
+                if tx
+                    .blocking_send((n, ReadingBatch { readings }.encode_to_vec()))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        })
+        .expect("spawn generator");
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let counters = Arc::new(Counters::default());
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(cfg.concurrency)
+        .build()
+        .expect("http client");
+    let url = format!("{}/v1/readings", cfg.target_url.trim_end_matches('/'));
+    let start = Instant::now();
+    let deadline = (!cfg.duration.is_zero()).then(|| tokio::time::Instant::now() + cfg.duration);
+    // Pace by batches: one batch every batch_size / rate seconds, shared by all senders.
+    let pace = (cfg.rate > 0.0).then(|| Duration::from_secs_f64(batch_size as f64 / cfg.rate));
+    let ticker = Arc::new(tokio::sync::Mutex::new(pace.map(|p| {
+        let mut i = tokio::time::interval(p);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    })));
+
+    let mut senders = Vec::new();
+    for _ in 0..cfg.concurrency.max(1) {
+        let (rx, counters, client, url, stop, ticker) = (
+            rx.clone(),
+            counters.clone(),
+            client.clone(),
+            url.clone(),
+            stop.clone(),
+            ticker.clone(),
+        );
+        senders.push(tokio::spawn(async move {
+            loop {
+                if let Some(t) = ticker.lock().await.as_mut() {
+                    tokio::select! { _ = stop.cancelled() => return, _ = t.tick() => {} }
+                }
+                let next = tokio::select! { _ = stop.cancelled() => return, b = async { rx.lock().await.recv().await } => b };
+                let Some((n, body)) = next else { return };
+                if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    return;
+                }
+                send_one(&client, &url, n, body, &counters).await;
+            }
+        }));
+    }
+    let progress_task = progress.then(|| {
+        let counters = counters.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut last = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tokio::select! { _ = stop.cancelled() => return, _ = tick.tick() => {} }
+                let acc = counters.accepted.load(Ordering::Relaxed);
+                let (p50, p99) = {
+                    let mut d = counters.detail.lock().expect("lock");
+                    let mut l = std::mem::take(&mut d.latencies_us);
+                    l.sort_unstable();
+                    let r = (percentile(&l, 0.5), percentile(&l, 0.99));
+                    d.latencies_us = l;
+                    r
+                };
+                eprintln!(
+                    "[simulate] {:>6.0}s sent {} accepted {} ({}/s) rejected {} errors {} latency p50 {:.1} ms p99 {:.1} ms",
+                    start.elapsed().as_secs_f64(),
+                    counters.sent.load(Ordering::Relaxed),
+                    acc,
+                    acc - last,
+                    counters.rejected.load(Ordering::Relaxed),
+                    counters.transport_errors.load(Ordering::Relaxed),
+                    p50,
+                    p99
+                );
+                last = acc;
+            }
+        })
+    });
+    for s in senders {
+        let _ = s.await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    if let Some(p) = progress_task {
+        p.abort();
+    }
+    // Unblock and join the generator.
+    drop(rx);
+    let _ = tokio::task::spawn_blocking(move || generator.join()).await;
+
+    let mut d = std::mem::take(&mut *counters.detail.lock().expect("lock"));
+    d.latencies_us.sort_unstable();
+    let accepted = counters.accepted.load(Ordering::Relaxed);
+    Summary {
+        sent: counters.sent.load(Ordering::Relaxed),
+        accepted,
+        rejected: counters.rejected.load(Ordering::Relaxed),
+        rejected_by_code: d.by_code,
+        requests_by_status: d.by_status,
+        transport_errors: counters.transport_errors.load(Ordering::Relaxed),
+        elapsed_s: elapsed,
+        accepted_per_s: accepted as f64 / elapsed.max(1e-9),
+        latency_p50_ms: percentile(&d.latencies_us, 0.5),
+        latency_p99_ms: percentile(&d.latencies_us, 0.99),
+    }
+}
+
+async fn send_one(client: &reqwest::Client, url: &str, n: u64, body: Vec<u8>, c: &Counters) {
+    let t = Instant::now();
+    c.sent.fetch_add(n, Ordering::Relaxed);
+    let resp = client
+        .post(url)
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await;
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, "request failed");
+            c.transport_errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let status = resp.status().as_u16();
+    let json: serde_json::Value = resp.json().await.unwrap_or_default();
+    let latency = t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+    let accepted = json["accepted"].as_u64().unwrap_or(0);
+    c.accepted.fetch_add(accepted, Ordering::Relaxed);
+    c.rejected.fetch_add(n - accepted.min(n), Ordering::Relaxed);
+    let mut d = c.detail.lock().expect("lock");
+    // Bounded memory on endless demo runs: keep the most recent samples.
+    if d.latencies_us.len() >= 200_000 {
+        d.latencies_us.drain(..100_000);
+    }
+    d.latencies_us.push(latency);
+    *d.by_status.entry(status).or_default() += 1;
+    if status == 200 {
+        for r in json["rejected"].as_array().into_iter().flatten() {
+            *d.by_code
+                .entry(r["code"].as_str().unwrap_or("?").to_string())
+                .or_default() += 1;
+        }
+    } else {
+        let code = json["error"]["code"]
+            .as_str()
+            .unwrap_or("http_error")
+            .to_string();
+        *d.by_code.entry(code).or_default() += n - accepted.min(n);
+    }
+}

@@ -1,0 +1,50 @@
+//! The `[process]` section of the config.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessConfig {
+    /// Health and metrics listener.
+    pub listen: SocketAddr,
+    /// Kafka consumer group of the processors.
+    pub group_id: String,
+    /// The lake: a local directory, or an object store URL (`s3://bucket/prefix`, ...).
+    pub lake_url: String,
+    /// H3 resolutions binned on every valid row, as columns `h3_r{res}`.
+    pub h3_resolutions: Vec<u8>,
+    /// A unit (one set of files per partition) closes at this many rows, input bytes, or age.
+    pub roll_rows: usize,
+    pub roll_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub roll_age: Duration,
+    /// Validation rules file; empty = the compiled-in `config/rules.toml`.
+    #[serde(default)]
+    pub rules_path: Option<PathBuf>,
+    /// Verify every signature again (for deployments where the Kafka topic is shared).
+    pub reverify_signatures: bool,
+    /// Time allowed on SIGTERM to flush and commit.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl ProcessConfig {
+    pub fn for_tests(lake_url: &str) -> ProcessConfig {
+        ProcessConfig {
+            listen: "127.0.0.1:0".parse().expect("static"),
+            group_id: "hexpulse-processors".into(),
+            lake_url: lake_url.into(),
+            h3_resolutions: vec![12, 8],
+            roll_rows: 5_000,
+            roll_bytes: 8 << 20,
+            roll_age: Duration::from_millis(300),
+            rules_path: None,
+            reverify_signatures: false,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}

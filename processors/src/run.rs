@@ -1,0 +1,334 @@
+//! The processor's consumer loop, its HTTP endpoints and its shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use hexpulse_common::kafka::KafkaConfig;
+use hexpulse_common::registry::Registry;
+use hexpulse_schemas::wire::headers;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ProcessConfig;
+use crate::h3bin::Binner;
+use crate::lake::Lake;
+use crate::metrics as m;
+use crate::partition::{Flushed, PartitionWorker, Roll};
+use crate::rules::Rules;
+use crate::validate::Validator;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("lake: {0}")]
+    Lake(#[from] crate::lake::LakeError),
+    #[error("rules: {0}")]
+    Rules(#[from] crate::rules::RulesError),
+    #[error("{0}")]
+    Config(String),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Records partitions taken away by a rebalance, for the loop to drop their state.
+#[derive(Default, Clone)]
+struct RebalanceCtx {
+    revoked: Arc<Mutex<Vec<i32>>>,
+}
+
+impl ClientContext for RebalanceCtx {}
+
+impl ConsumerContext for RebalanceCtx {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut r = self.revoked.lock().expect("lock");
+            r.extend(tpl.elements().iter().map(|e| e.partition()));
+        }
+    }
+}
+
+/// A started processor.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<Result<(), ProcessError>>,
+}
+
+struct Shared {
+    cfg: ProcessConfig,
+    kafka: KafkaConfig,
+    lake: Lake,
+    rules: Rules,
+    registry: Registry,
+    binner: Binner,
+}
+
+/// Starts the consumer loop and the HTTP endpoints; stops (flushing and committing) on `shutdown`.
+pub async fn start(
+    cfg: ProcessConfig,
+    kafka: KafkaConfig,
+    registry: Registry,
+    lake: Lake,
+    shutdown: CancellationToken,
+) -> Result<Running, ProcessError> {
+    let rules = Rules::load(cfg.rules_path.as_deref())?;
+    let binner =
+        Binner::new(&cfg.h3_resolutions).map_err(|e| ProcessError::Config(e.to_string()))?;
+    if let Err(e) = kafka.ensure_topics(&[&kafka.raw_topic]).await {
+        tracing::warn!(error = %e, "could not ensure the raw topic exists");
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ProcessError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ProcessError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    let handle = hexpulse_common::telemetry::metrics_handle();
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/readyz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || std::future::ready(handle.render())),
+        );
+    let http_stop = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(http_stop.cancelled_owned())
+            .await;
+    });
+    tracing::info!(%addr, lake = %cfg.lake_url, rules = %rules.version, "processor starting");
+    let shared = Arc::new(Shared {
+        cfg,
+        kafka,
+        lake,
+        rules,
+        registry,
+        binner,
+    });
+    let task = tokio::spawn(consume(shared, shutdown));
+    Ok(Running { addr, task })
+}
+
+/// Runs a processor until `shutdown`.
+pub async fn run(
+    cfg: ProcessConfig,
+    kafka: KafkaConfig,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), ProcessError> {
+    let lake = Lake::open(&cfg.lake_url)?;
+    let running = start(cfg, kafka, registry, lake, shutdown).await?;
+    running
+        .task
+        .await
+        .unwrap_or_else(|e| Err(ProcessError::Config(format!("processor task failed: {e}"))))
+}
+
+fn receive_ms(msg: &BorrowedMessage<'_>) -> i64 {
+    msg.headers()
+        .and_then(|h| {
+            h.iter()
+                .find(|x| x.key == headers::RECEIVED_MS)
+                .and_then(|x| std::str::from_utf8(x.value?).ok()?.parse().ok())
+        })
+        .or_else(|| msg.timestamp().to_millis())
+        .unwrap_or(0)
+}
+
+async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), ProcessError> {
+    let ctx = RebalanceCtx::default();
+    let revoked = ctx.revoked.clone();
+    let consumer: StreamConsumer<RebalanceCtx> = s
+        .kafka
+        .consumer_config(&s.cfg.group_id, "hexpulse-processor")
+        .create_with_context(ctx)?;
+    consumer.subscribe(&[&s.kafka.raw_topic])?;
+    let roll = Roll {
+        rows: s.cfg.roll_rows,
+        bytes: s.cfg.roll_bytes,
+        age: s.cfg.roll_age,
+    };
+    let mut workers: HashMap<i32, PartitionWorker> = HashMap::new();
+    let mut tick = tokio::time::interval((s.cfg.roll_age / 2).max(Duration::from_millis(20)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let topic = s.kafka.raw_topic.clone();
+    {
+        let mut stream = consumer.stream();
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => None,
+                m = stream.next() => m,
+            };
+            for p in std::mem::take(&mut *revoked.lock().expect("lock")) {
+                if workers.remove(&p).is_some() {
+                    tracing::info!(
+                        partition = p,
+                        "partition revoked; dropping its uncommitted unit"
+                    );
+                }
+            }
+            if let Some(msg) = msg {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        continue;
+                    }
+                };
+                let (p, offset) = (msg.partition(), msg.offset());
+                let recv = receive_ms(&msg);
+                if !workers.contains_key(&p) {
+                    let w = init_worker(&s, &topic, p, offset, recv).await?;
+                    workers.insert(p, w);
+                }
+                let w = workers.get_mut(&p).expect("inserted above");
+                if w.already_done(offset) {
+                    continue;
+                }
+                w.push(offset, msg.payload().unwrap_or_default(), recv);
+            }
+            let due: Vec<i32> = workers
+                .iter()
+                .filter(|(_, w)| w.should_flush(roll))
+                .map(|(p, _)| *p)
+                .collect();
+            for p in due {
+                flush_partition(&s, &consumer, &mut workers, p, &shutdown).await;
+            }
+        }
+    }
+    // Shutdown: flush and commit what is buffered, within the limit.
+    let ps: Vec<i32> = workers.keys().copied().collect();
+    let deadline = Instant::now() + s.cfg.shutdown_timeout;
+    let never = CancellationToken::new();
+    for p in ps {
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                "shutdown limit reached; leaving the rest uncommitted (it will be re-read)"
+            );
+            break;
+        }
+        let _ = tokio::time::timeout_at(
+            deadline.into(),
+            flush_partition(&s, &consumer, &mut workers, p, &never),
+        )
+        .await;
+    }
+    tracing::info!("processor stopped");
+    Ok(())
+}
+
+async fn init_worker(
+    s: &Shared,
+    topic: &str,
+    p: i32,
+    offset: i64,
+    recv: i64,
+) -> Result<PartitionWorker, ProcessError> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let validator = Validator::new(
+            s.rules.clone(),
+            s.registry.clone(),
+            s.cfg.reverify_signatures,
+        );
+        match PartitionWorker::init(
+            topic,
+            p,
+            offset,
+            recv,
+            s.lake.clone(),
+            validator,
+            s.binner.clone(),
+            s.cfg.h3_resolutions.clone(),
+        )
+        .await
+        {
+            Ok(w) => return Ok(w),
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, ?backoff, "partition init failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Flushes one partition, retrying with backoff while the lake fails; commits on success.
+async fn flush_partition(
+    s: &Shared,
+    consumer: &StreamConsumer<RebalanceCtx>,
+    workers: &mut HashMap<i32, PartitionWorker>,
+    p: i32,
+    shutdown: &CancellationToken,
+) {
+    let Some(w) = workers.get_mut(&p) else { return };
+    let mut backoff = Duration::from_millis(100);
+    let outcome = loop {
+        match w.flush(&s.rules.version).await {
+            Ok(o) => break o,
+            Err(e) => {
+                metrics::counter!(m::FLUSH_ERRORS).increment(1);
+                tracing::warn!(partition = p, error = %e, ?backoff, "flush failed; offsets stay uncommitted, retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    let topic = &s.kafka.raw_topic;
+    match outcome {
+        Flushed::Empty => {}
+        Flushed::Committed { next_offset, rows } => {
+            let started = Instant::now();
+            let mut tpl = TopicPartitionList::new();
+            let _ = tpl.add_partition_offset(topic, p, Offset::Offset(next_offset));
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                // Harmless: the claim chain, not the Kafka offset, says where to resume.
+                tracing::debug!(partition = p, error = %e, "offset commit failed");
+            }
+            metrics::histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+            let wm = w.watermark_ms;
+            metrics::gauge!(m::WATERMARK_MS, "partition" => p.to_string()).set(wm as f64);
+            metrics::gauge!(m::LAG_MS, "partition" => p.to_string())
+                .set((now_ms() - wm).max(0) as f64);
+            tracing::debug!(partition = p, next_offset, rows, "unit committed");
+        }
+        Flushed::Fenced { next_offset } => {
+            workers.remove(&p);
+            if let Err(e) = consumer.seek(
+                topic,
+                p,
+                Offset::Offset(next_offset),
+                Duration::from_secs(5),
+            ) {
+                tracing::warn!(partition = p, error = %e, "seek after fencing failed");
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

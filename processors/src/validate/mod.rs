@@ -1,0 +1,264 @@
+//! Semantic validation of one raw record, with the per-device state that duplicates, speed and rate
+//! checks need. One [`Validator`] per Kafka partition: every device's readings share a partition
+//! (the record key is the device key), so the state of a device lives in exactly one validator.
+//!
+//! Order of checks (first failure wins; documented in schemas/REASONS.md terms):
+//! 1. stateless decode (`malformed`, `unsupported_kind_or_version`, `weak_key`), and the signature when
+//!    re-verification is on (`bad_signature`);
+//! 2. registry: `unknown_device`, `kind_mismatch`;
+//! 3. `location_invalid`;
+//! 4. `future_timestamp`, then `late` (both against ingest's receive time, so a replay of the log
+//!    decides the same way);
+//! 5. `duplicate` (same device and sequence number; an identical valid signature implies an identical
+//!    payload, hence the same sequence number);
+//! 6. `value_out_of_range` (sensor metrics);
+//! 7. `too_far_from_asserted` (heartbeats);
+//! 8. `impossible_speed` (against the device's previous valid reading);
+//! 9. `rate_exceeded`.
+//!
+//! Only valid readings enter the state, so a rejected reading never shadows a later valid one.
+
+mod checks;
+mod state;
+
+pub use checks::{distance_m, location_problem};
+pub use state::DeviceState;
+
+use std::collections::HashMap;
+
+use hexpulse_common::registry::Registry;
+use hexpulse_schemas::check::{Rejection, decode_item};
+use hexpulse_schemas::reasons::RejectReason;
+use hexpulse_schemas::sign;
+use hexpulse_schemas::wire::{Kind, KindName, Reading, SignedReading};
+use prost::Message;
+
+use crate::rules::Rules;
+
+/// A raw Kafka record to validate.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRecord<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    pub value: &'a [u8],
+    pub receive_ms: i64,
+}
+
+/// A reading that passed every check.
+#[derive(Debug, Clone)]
+pub struct ValidReading {
+    pub key: [u8; 32],
+    pub kind: KindName,
+    pub reading: Reading,
+}
+
+/// What validation decided. Rejections keep whatever could be decoded.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    Valid(ValidReading),
+    Rejected {
+        rejection: Rejection,
+        key: Option<[u8; 32]>,
+        reading: Option<Reading>,
+        kind: Option<KindName>,
+    },
+}
+
+/// Validation state and logic of one partition.
+pub struct Validator {
+    rules: Rules,
+    registry: Registry,
+    reverify: bool,
+    devices: HashMap<[u8; 32], DeviceState>,
+}
+
+impl Validator {
+    pub fn new(rules: Rules, registry: Registry, reverify: bool) -> Self {
+        Validator {
+            rules,
+            registry,
+            reverify,
+            devices: HashMap::new(),
+        }
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    /// Number of devices with state.
+    pub fn devices(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Feeds a reading already in the lake (state rebuild after a restart or a rebalance).
+    pub fn remember(&mut self, key: [u8; 32], seq: u64, event_ms: i64, lat: f64, lng: f64) {
+        let window = self.rules.rate.window.as_millis() as i64;
+        self.devices
+            .entry(key)
+            .or_default()
+            .accept(seq, event_ms, lat, lng, window);
+    }
+
+    /// Forgets sequence numbers too old to matter: anything older than the lateness plus skew before
+    /// `receive_ms` is `late` anyway.
+    pub fn prune(&mut self, receive_ms: i64) {
+        let horizon = receive_ms
+            - (self.rules.time.allowed_lateness + self.rules.time.max_future_skew).as_millis()
+                as i64;
+        let window = self.rules.rate.window.as_millis() as i64;
+        self.devices.retain(|_, d| d.prune(horizon, window));
+    }
+
+    /// Decides one record and, when valid, records it in the state.
+    pub fn validate(&mut self, rec: RawRecord<'_>) -> Verdict {
+        let reject = |reason, message: String| Verdict::Rejected {
+            rejection: Rejection::new(reason, message),
+            key: None,
+            reading: None,
+            kind: None,
+        };
+        let envelope = match SignedReading::decode(rec.value) {
+            Ok(e) => e,
+            Err(e) => return reject(RejectReason::Malformed, format!("signed reading: {e}")),
+        };
+        let key: Option<[u8; 32]> = envelope.public_key.as_ref().try_into().ok();
+        let decoded = match decode_item(&envelope) {
+            Ok(d) => d,
+            Err(rejection) => {
+                return Verdict::Rejected {
+                    rejection,
+                    key,
+                    reading: None,
+                    kind: None,
+                };
+            }
+        };
+        let key = key.expect("decode_item checked the key length");
+        let with =
+            |reason, message: String, d: &hexpulse_schemas::check::DecodedItem| Verdict::Rejected {
+                rejection: Rejection::new(reason, message),
+                key: Some(key),
+                reading: Some(d.reading.clone()),
+                kind: Some(d.kind),
+            };
+        if self.reverify
+            && sign::verify(&decoded.key, &envelope.payload, &decoded.signature).is_err()
+        {
+            return with(
+                RejectReason::BadSignature,
+                "signature does not verify (re-verification)".into(),
+                &decoded,
+            );
+        }
+        let Some(device) = self.registry.get(&key) else {
+            return with(
+                RejectReason::UnknownDevice,
+                "device is no longer registered".into(),
+                &decoded,
+            );
+        };
+        if device.kind != decoded.kind {
+            return with(
+                RejectReason::KindMismatch,
+                format!(
+                    "device is registered as {}, reading is {}",
+                    device.kind, decoded.kind
+                ),
+                &decoded,
+            );
+        }
+        let r = &decoded.reading;
+        let loc = r.location.unwrap_or_default();
+        if let Some(problem) = location_problem(
+            loc.lat,
+            loc.lng,
+            self.rules.location.null_island_epsilon_deg,
+        ) {
+            return with(RejectReason::LocationInvalid, problem, &decoded);
+        }
+        let skew = self.rules.time.max_future_skew.as_millis() as i64;
+        if r.device_time_ms > rec.receive_ms + skew {
+            return with(
+                RejectReason::FutureTimestamp,
+                format!(
+                    "device time is {} ms ahead of receive time",
+                    r.device_time_ms - rec.receive_ms
+                ),
+                &decoded,
+            );
+        }
+        let lateness = self.rules.time.allowed_lateness.as_millis() as i64;
+        if r.device_time_ms < rec.receive_ms - lateness {
+            return with(
+                RejectReason::Late,
+                format!(
+                    "device time is {} ms before receive time",
+                    rec.receive_ms - r.device_time_ms
+                ),
+                &decoded,
+            );
+        }
+        let state = self.devices.get(&key);
+        if state.is_some_and(|s| s.has_seq(r.seq)) {
+            return with(
+                RejectReason::Duplicate,
+                format!("sequence number {} already stored", r.seq),
+                &decoded,
+            );
+        }
+        if let Some(Kind::Sensor(s)) = &r.kind {
+            if let Some(problem) = checks::range_problem(s, &self.rules) {
+                return with(RejectReason::ValueOutOfRange, problem, &decoded);
+            }
+        }
+        if decoded.kind == KindName::Heartbeat {
+            let d = distance_m((loc.lat, loc.lng), (device.lat, device.lng));
+            if d > self.rules.location.max_distance_from_asserted_m {
+                return with(
+                    RejectReason::TooFarFromAsserted,
+                    format!("{d:.0} m from the asserted location"),
+                    &decoded,
+                );
+            }
+        }
+        if let Some(prev) = state.and_then(|s| s.last) {
+            if let Some(problem) = checks::speed_problem(
+                prev,
+                (r.device_time_ms, loc.lat, loc.lng),
+                decoded.kind,
+                &self.rules,
+            ) {
+                return with(RejectReason::ImpossibleSpeed, problem, &decoded);
+            }
+        }
+        let window = self.rules.rate.window.as_millis() as i64;
+        if state.is_some_and(|s| {
+            s.count_in_window(r.device_time_ms, window) >= self.rules.rate.max_per_window
+        }) {
+            return with(
+                RejectReason::RateExceeded,
+                format!(
+                    "more than {} readings in {:?}",
+                    self.rules.rate.max_per_window, self.rules.rate.window
+                ),
+                &decoded,
+            );
+        }
+        self.devices.entry(key).or_default().accept(
+            r.seq,
+            r.device_time_ms,
+            loc.lat,
+            loc.lng,
+            window,
+        );
+        Verdict::Valid(ValidReading {
+            key,
+            kind: decoded.kind,
+            reading: decoded.reading,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,204 @@
+use ed25519_dalek::SigningKey;
+use hexpulse_common::registry::{Device, Registry};
+use hexpulse_schemas::sign;
+use hexpulse_schemas::wire::{
+    Heartbeat, Kind, KindName, Location, Measurement, Metric, PayloadFormat, Reading, Sensor,
+    SignedReading,
+};
+use prost::Message;
+
+use super::*;
+
+const T0: i64 = 1_767_225_600_000;
+
+fn key(i: u8) -> SigningKey {
+    SigningKey::from_bytes(&[i; 32])
+}
+
+fn setup() -> Validator {
+    let devices = vec![
+        Device {
+            public_key: hex::encode(key(1).verifying_key().as_bytes()),
+            kind: KindName::Heartbeat,
+            lat: 52.52,
+            lng: 13.405,
+            owner: "a".into(),
+        },
+        Device {
+            public_key: hex::encode(key(2).verifying_key().as_bytes()),
+            kind: KindName::Sensor,
+            lat: 52.52,
+            lng: 13.405,
+            owner: "b".into(),
+        },
+    ];
+    Validator::new(
+        Rules::load(None).unwrap(),
+        Registry::from_devices(devices).unwrap(),
+        true,
+    )
+}
+
+fn encode(k: &SigningKey, r: &Reading) -> Vec<u8> {
+    let payload = r.encode_to_vec();
+    SignedReading {
+        public_key: k.verifying_key().to_bytes().to_vec().into(),
+        signature: sign::sign(k, &payload).to_vec().into(),
+        payload: payload.into(),
+        format: PayloadFormat::Protobuf as i32,
+    }
+    .encode_to_vec()
+}
+
+fn hb(seq: u64, t: i64, lat: f64, lng: f64) -> Reading {
+    Reading {
+        schema_version: 1,
+        device_time_ms: t,
+        seq,
+        location: Some(Location {
+            lat,
+            lng,
+            accuracy_m: 3.0,
+        }),
+        kind: Some(Kind::Heartbeat(Heartbeat {
+            radio: 1,
+            signal_dbm: -70.0,
+            speed_test: None,
+        })),
+    }
+}
+
+fn sensor(seq: u64, t: i64, metric: Metric, value: f64) -> Reading {
+    Reading {
+        kind: Some(Kind::Sensor(Sensor {
+            measurements: vec![Measurement {
+                metric: metric as i32,
+                value,
+            }],
+        })),
+        ..hb(seq, t, 52.52, 13.405)
+    }
+}
+
+fn verdict(v: &mut Validator, k: u8, r: &Reading, receive: i64) -> String {
+    let bytes = encode(&key(k), r);
+    match v.validate(RawRecord {
+        partition: 0,
+        offset: 0,
+        value: &bytes,
+        receive_ms: receive,
+    }) {
+        Verdict::Valid(_) => "valid".into(),
+        Verdict::Rejected { rejection, .. } => rejection.reason.as_str().into(),
+    }
+}
+
+#[test]
+fn each_rule_has_its_reason() {
+    let mut v = setup();
+    assert_eq!(verdict(&mut v, 1, &hb(1, T0, 52.52, 13.405), T0), "valid");
+    assert_eq!(
+        verdict(&mut v, 1, &hb(1, T0, 52.52, 13.405), T0 + 5),
+        "duplicate"
+    );
+    assert_eq!(
+        verdict(&mut v, 9, &hb(1, T0, 52.52, 13.405), T0),
+        "unknown_device"
+    );
+    assert_eq!(
+        verdict(&mut v, 2, &hb(1, T0, 52.52, 13.405), T0),
+        "kind_mismatch"
+    );
+    assert_eq!(
+        verdict(&mut v, 1, &hb(2, T0, 0.0, 0.0), T0),
+        "location_invalid"
+    );
+    assert_eq!(
+        verdict(&mut v, 1, &hb(3, T0, 95.0, 0.0), T0),
+        "location_invalid"
+    );
+    assert_eq!(
+        verdict(&mut v, 1, &hb(4, T0 + 600_000, 52.52, 13.405), T0),
+        "future_timestamp"
+    );
+    assert_eq!(
+        verdict(&mut v, 1, &hb(5, T0 - 3 * 3_600_000, 52.52, 13.405), T0),
+        "late"
+    );
+    assert_eq!(
+        verdict(&mut v, 1, &hb(6, T0 + 1000, 52.60, 13.405), T0 + 1000),
+        "too_far_from_asserted"
+    );
+    assert_eq!(
+        verdict(&mut v, 2, &sensor(1, T0, Metric::Pm25, 12.0), T0),
+        "valid"
+    );
+    assert_eq!(
+        verdict(&mut v, 2, &sensor(2, T0 + 1, Metric::Pm25, -3.0), T0),
+        "value_out_of_range"
+    );
+    assert_eq!(
+        verdict(
+            &mut v,
+            2,
+            &sensor(3, T0 + 2, Metric::HumidityPct, 130.0),
+            T0
+        ),
+        "value_out_of_range"
+    );
+    // A sensor 50 km away one second later: impossible.
+    let mut far = sensor(4, T0 + 1000, Metric::Pm25, 10.0);
+    far.location = Some(Location {
+        lat: 52.97,
+        lng: 13.405,
+        accuracy_m: 3.0,
+    });
+    assert_eq!(verdict(&mut v, 2, &far, T0 + 1000), "impossible_speed");
+    // Bad signature under re-verification.
+    let mut bytes =
+        SignedReading::decode(encode(&key(1), &hb(7, T0, 52.52, 13.405)).as_slice()).unwrap();
+    let mut sig = bytes.signature.to_vec();
+    sig[0] ^= 1;
+    bytes.signature = sig.into();
+    let raw = bytes.encode_to_vec();
+    let got = v.validate(RawRecord {
+        partition: 0,
+        offset: 0,
+        value: &raw,
+        receive_ms: T0,
+    });
+    assert!(
+        matches!(got, Verdict::Rejected { rejection, .. } if rejection.reason == RejectReason::BadSignature)
+    );
+    assert!(matches!(
+        v.validate(RawRecord { partition: 0, offset: 0, value: b"\xff\xff", receive_ms: T0 }),
+        Verdict::Rejected { rejection, .. } if rejection.reason == RejectReason::Malformed
+    ));
+}
+
+#[test]
+fn rate_limit_and_state_rebuild() {
+    let mut v = setup();
+    let max = v.rules().rate.max_per_window as u64;
+    for s in 0..max {
+        assert_eq!(
+            verdict(&mut v, 1, &hb(s + 1, T0 + s as i64, 52.52, 13.405), T0),
+            "valid",
+            "reading {s}"
+        );
+    }
+    assert_eq!(
+        verdict(&mut v, 1, &hb(max + 1, T0 + max as i64, 52.52, 13.405), T0),
+        "rate_exceeded"
+    );
+    // A rebuilt validator knows the stored readings.
+    let mut w = setup();
+    let k: [u8; 32] = *key(1).verifying_key().as_bytes();
+    w.remember(k, 1, T0, 52.52, 13.405);
+    assert_eq!(
+        verdict(&mut w, 1, &hb(1, T0, 52.52, 13.405), T0),
+        "duplicate"
+    );
+    w.prune(T0 + 10 * 3_600_000);
+    assert_eq!(w.devices(), 0);
+}

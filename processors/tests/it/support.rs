@@ -1,0 +1,138 @@
+//! Producing a scenario to a fresh topic, and waiting for the lake to hold it.
+
+use std::time::Duration;
+
+use hexpulse_common::kafka::KafkaConfig;
+use hexpulse_common::testenv;
+use hexpulse_load_tests::scenario::Scenario;
+use hexpulse_processors::inspect::{LakeSummary, summarize};
+use hexpulse_processors::lake::Lake;
+use hexpulse_schemas::wire::headers;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+pub fn kafka(brokers: &str, test: &str, partitions: i32) -> KafkaConfig {
+    KafkaConfig {
+        brokers: brokers.into(),
+        raw_topic: testenv::unique_topic(test),
+        partitions,
+        replication: 1,
+        extra: Default::default(),
+    }
+}
+
+/// Produces every record of `scenario` with ingest's headers, receive time `now_ms`.
+pub async fn produce(kafka: &KafkaConfig, scenario: &Scenario, now_ms: i64) {
+    kafka
+        .ensure_topics(&[&kafka.raw_topic])
+        .await
+        .expect("topic");
+    let producer: FutureProducer = kafka
+        .producer_config("scenario", Duration::from_secs(30))
+        .create()
+        .expect("producer");
+    let recv = now_ms.to_string();
+    let mut pending = Vec::new();
+    for r in &scenario.records {
+        let hdrs = OwnedHeaders::new()
+            .insert(Header {
+                key: headers::RECEIVED_MS,
+                value: Some(recv.as_bytes()),
+            })
+            .insert(Header {
+                key: headers::INGEST_NODE,
+                value: Some("scenario"),
+            });
+        let rec = FutureRecord::to(&kafka.raw_topic)
+            .key(&r.key)
+            .payload(&r.value)
+            .headers(hdrs);
+        pending.push(
+            producer
+                .send_result(rec)
+                .map_err(|(e, _)| e)
+                .expect("enqueue"),
+        );
+    }
+    for p in pending {
+        p.await
+            .expect("delivery")
+            .map_err(|(e, _)| e)
+            .expect("acknowledged");
+    }
+}
+
+/// Waits until the lake holds `records` distinct records (or the deadline passes), then a little
+/// longer to catch anything extra.
+pub async fn wait_for(lake: &Lake, records: usize, within: Duration) -> LakeSummary {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let s = summarize(lake).await.expect("read lake");
+        if s.distinct_records() >= records || tokio::time::Instant::now() >= deadline {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            return summarize(lake).await.expect("read lake");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Compares the lake with the scenario: every valid reading exactly once in its table, every invalid
+/// one exactly once in `rejected` with its reason, nothing else.
+pub fn assert_matches(s: &LakeSummary, scenario: &Scenario) {
+    assert_eq!(
+        s.distinct_records(),
+        scenario.records.len(),
+        "distinct (partition, offset) in the lake"
+    );
+    // Sensor readings have one row per measurement; reduce to readings.
+    let mut valid: Vec<(String, String, u64)> = s
+        .valid
+        .iter()
+        .map(|v| (v.0.clone(), v.1.clone(), v.2))
+        .collect();
+    let mut sensor_rows = std::collections::BTreeMap::<(String, u64), (usize, (i32, i64))>::new();
+    for v in s.valid.iter().filter(|v| v.0 == "sensor") {
+        let e = sensor_rows
+            .entry((v.1.clone(), v.2))
+            .or_insert((0, (v.3, v.4)));
+        e.0 += 1;
+        assert_eq!(
+            e.1,
+            (v.3, v.4),
+            "a sensor reading's rows share one provenance"
+        );
+    }
+    valid.dedup_by(|a, b| a.0 == "sensor" && a == b);
+    valid.sort();
+    valid.dedup_by(|a, b| a.0 == "sensor" && a == b);
+    assert!(
+        sensor_rows.values().all(|(n, _)| *n == 2),
+        "two measurements per sensor reading"
+    );
+    let expected_valid = scenario.expected_valid();
+    assert_eq!(valid.len(), expected_valid.len(), "valid readings");
+    assert_eq!(valid, expected_valid, "valid readings, exactly once each");
+    let mut rejected: Vec<(Vec<u8>, String)> = s
+        .rejected
+        .iter()
+        .map(|r| (r.0.clone(), r.1.clone()))
+        .collect();
+    rejected.sort();
+    assert_eq!(
+        rejected.len(),
+        scenario.expected_rejected().len(),
+        "rejected records"
+    );
+    assert_eq!(
+        rejected,
+        scenario.expected_rejected(),
+        "rejected with the expected reasons"
+    );
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
