@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use hexpulse_common::kafka::KafkaConfig;
 use hexpulse_ingest::IngestConfig;
 use hexpulse_load_tests::sim::SimConfig;
+use hexpulse_processors::ProcessConfig;
 use serde::{Deserialize, Serialize};
 
 /// The embedded defaults, which are also the commented example file.
@@ -16,6 +17,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub registry: RegistryConfig,
     pub ingest: IngestConfig,
+    pub process: ProcessConfig,
     pub simulate: SimConfig,
 }
 

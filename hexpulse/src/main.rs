@@ -31,7 +31,7 @@ struct Cli {
 enum Cmd {
     /// Run the ingest service (devices POST signed batches; enqueued into Kafka).
     Ingest,
-    /// Run the stream processors (not built yet: issue #4).
+    /// Run a stream processor (validate, H3-bin, write Parquet exactly once).
     Process,
     /// Seal epochs (not built yet: issue #5).
     Seal,
@@ -136,7 +136,12 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Process => {
-            bail!("`hexpulse process` is not built yet (issue #4): nothing consumes the raw topic")
+            tracing::info!(config = %cfg.redacted(), "starting processor");
+            let registry = open_registry(&cfg)?;
+            let stop = shutdown::on_signals();
+            tokio::spawn(registry.clone().watch(Duration::from_secs(1), stop.clone()));
+            hexpulse_processors::run::run(cfg.process, cfg.kafka, registry, stop).await?;
+            Ok(())
         }
         Cmd::Seal => bail!("`hexpulse seal` is not built yet (issue #5)"),
         Cmd::Query => bail!("`hexpulse query` is not built yet (issue #6)"),
@@ -193,7 +198,16 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
     let ingest = Ingest::start(
         cfg.ingest.clone(),
         cfg.kafka.clone(),
+        registry.clone(),
+        stop.clone(),
+    )
+    .await?;
+    let lake = hexpulse_processors::lake::Lake::open(&cfg.process.lake_url)?;
+    let processor = hexpulse_processors::run::start(
+        cfg.process.clone(),
+        cfg.kafka.clone(),
         registry,
+        lake,
         stop.clone(),
     )
     .await?;
@@ -202,7 +216,14 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
     println!("Hexpulse is up.");
     println!("  ingest   POST {base}/v1/readings   (protobuf or JSON batches of signed readings)");
     println!("  health   {base}/healthz  {base}/readyz");
-    println!("  metrics  {base}/metrics");
+    println!(
+        "  metrics  {base}/metrics   processor http://{}/metrics",
+        processor.addr
+    );
+    println!(
+        "  lake     {} (Parquet, hive-partitioned: heartbeat/ sensor/ road/ rejected/)",
+        cfg.process.lake_url
+    );
     println!(
         "  broker   {}   topic {}",
         cfg.kafka.brokers, cfg.kafka.raw_topic
@@ -212,7 +233,7 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
         cfg.registry.path.display(),
         cfg.simulate.devices
     );
-    println!("Not built yet: processors (#4), epochs (#5), query service and map (#6, #7).");
+    println!("Not built yet: epochs (#5), query service and map (#6, #7).");
     println!("Ctrl-C stops everything.");
     println!();
     let traffic = if no_traffic {
@@ -228,6 +249,11 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
         }))
     };
     let _ = ingest.task.await;
+    match processor.task.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "processor failed"),
+        Err(e) => tracing::error!(error = %e, "processor task failed"),
+        Ok(Ok(())) => {}
+    }
     if let Some(t) = traffic {
         if let Ok(summary) = t.await {
             println!("{}", serde_json::to_string_pretty(&summary)?);

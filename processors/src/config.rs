@@ -27,6 +27,10 @@ pub struct ProcessConfig {
     pub rules_path: Option<PathBuf>,
     /// Verify every signature again (for deployments where the Kafka topic is shared).
     pub reverify_signatures: bool,
+    /// Kafka group session timeout: how long a crashed processor's partitions wait before another
+    /// member takes them over.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
     /// Time allowed on SIGTERM to flush and commit.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -44,6 +48,7 @@ impl ProcessConfig {
             roll_age: Duration::from_millis(300),
             rules_path: None,
             reverify_signatures: false,
+            session_timeout: Duration::from_secs(6),
             shutdown_timeout: Duration::from_secs(10),
         }
     }

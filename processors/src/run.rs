@@ -153,9 +153,12 @@ fn receive_ms(msg: &BorrowedMessage<'_>) -> i64 {
 async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), ProcessError> {
     let ctx = RebalanceCtx::default();
     let revoked = ctx.revoked.clone();
+    let session_ms = s.cfg.session_timeout.as_millis().max(1000);
     let consumer: StreamConsumer<RebalanceCtx> = s
         .kafka
         .consumer_config(&s.cfg.group_id, "hexpulse-processor")
+        .set("session.timeout.ms", session_ms.to_string())
+        .set("heartbeat.interval.ms", (session_ms / 4).to_string())
         .create_with_context(ctx)?;
     consumer.subscribe(&[&s.kafka.raw_topic])?;
     let roll = Roll {
@@ -194,11 +197,41 @@ async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Proc
                 let (p, offset) = (msg.partition(), msg.offset());
                 let recv = receive_ms(&msg);
                 if !workers.contains_key(&p) {
-                    let w = init_worker(&s, &topic, p, offset, recv).await?;
+                    // Resume at the end of the claim chain, found from the committed offset (always a
+                    // chain boundary), never from whatever offset happened to arrive first.
+                    let from = committed_offset(&consumer, &topic, p).unwrap_or(offset);
+                    let w = init_worker(&s, &topic, p, from.min(offset), recv).await?;
+                    let resume = w.next_offset();
                     workers.insert(p, w);
+                    if offset > resume {
+                        // Records between the chain end and this one were not handled: go back.
+                        tracing::info!(
+                            partition = p,
+                            offset,
+                            resume,
+                            "seeking back to the end of the claim chain"
+                        );
+                        if let Err(e) =
+                            consumer.seek(&topic, p, Offset::Offset(resume), Duration::from_secs(5))
+                        {
+                            tracing::warn!(partition = p, error = %e, "seek failed; dropping the partition state");
+                            workers.remove(&p);
+                        }
+                        continue;
+                    }
                 }
                 let w = workers.get_mut(&p).expect("inserted above");
                 if w.already_done(offset) {
+                    continue;
+                }
+                if !w.follows(offset) {
+                    // A gap before this record (a stale prefetch after a seek): start over from the chain.
+                    tracing::info!(
+                        partition = p,
+                        offset,
+                        "non-contiguous record; re-initialising the partition"
+                    );
+                    workers.remove(&p);
                     continue;
                 }
                 w.push(offset, msg.payload().unwrap_or_default(), recv);
@@ -232,6 +265,19 @@ async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Proc
     }
     tracing::info!("processor stopped");
     Ok(())
+}
+
+/// The group's committed offset of `p`, if any.
+fn committed_offset(consumer: &StreamConsumer<RebalanceCtx>, topic: &str, p: i32) -> Option<i64> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, p);
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(5))
+        .ok()?;
+    match got.find_partition(topic, p)?.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
 }
 
 async fn init_worker(

@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Reads a Hexpulse lake with an independent Parquet reader (DuckDB) and prints a JSON report:
+row counts per table, the column names and types DuckDB sees, and distinct (partition, offset) pairs.
+
+    check_lake.py LAKE_DIR
+
+Exit status 1 if a table's columns differ from the documented schema (schemas/TABLES.md)."""
+import json
+import sys
+
+import duckdb
+
+COMMON = ["event_time", "receive_time", "device_key", "seq", "lat", "lng", "accuracy_m"]
+PROV = ["src_topic", "src_partition", "src_offset", "rules_version"]
+EXPECTED = {
+    "heartbeat": ["radio", "signal_dbm", "download_mbps", "upload_mbps", "latency_ms"],
+    "sensor": ["metric", "value", "unit"],
+    "road": ["observation", "heading_deg", "speed_kmh", "confidence"],
+}
+REJECTED = ["receive_time", "event_time", "device_key", "seq", "kind", "reason", "message", "raw"] + PROV
+
+
+def main(lake):
+    con = duckdb.connect()
+    report = {"tables": {}, "problems": []}
+    for table in ["heartbeat", "sensor", "road", "rejected"]:
+        glob = f"{lake}/{table}/*/*/*.parquet"
+        try:
+            rel = con.sql(f"SELECT * FROM read_parquet('{glob}', hive_partitioning = true)")
+        except duckdb.IOException:
+            report["tables"][table] = {"rows": 0}
+            continue
+        cols = [c for c in rel.columns if c not in ("date", "hour")]
+        types = dict(zip(rel.columns, [str(t) for t in rel.types]))
+        if table == "rejected":
+            want = REJECTED
+        else:
+            h3 = [c for c in cols if c.startswith("h3_r")]
+            want = COMMON + h3 + PROV + EXPECTED[table]
+            if not h3:
+                report["problems"].append(f"{table}: no h3_r* columns")
+        if cols != want:
+            report["problems"].append(f"{table}: columns {cols} != documented {want}")
+        rows = con.execute(f"SELECT count(*) FROM read_parquet('{glob}', hive_partitioning = true)").fetchone()[0]
+        distinct = con.execute(
+            f"SELECT count(*) FROM (SELECT DISTINCT src_partition, src_offset FROM read_parquet('{glob}'))"
+        ).fetchone()[0]
+        report["tables"][table] = {"rows": rows, "distinct_records": distinct, "types": types}
+    print(json.dumps(report, indent=2))
+    return 1 if report["problems"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
