@@ -5,7 +5,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PORT="${HEXPULSE_TEST_BROKER_PORT:-19092}"
+CACHE="${HEXPULSE_CACHE:-$HOME/.cache/hexpulse}"
 scripts/broker.sh install
+
+# An independent Parquet reader for the lake tests: DuckDB from PyPI, in a cached venv.
+VENV="$CACHE/venv"
+if ! "$VENV/bin/python" -c "import duckdb" >/dev/null 2>&1; then
+  echo "installing DuckDB into $VENV (once per machine)"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet "duckdb==2.0.0"
+fi
+export HEXPULSE_PYTHON="$VENV/bin/python"
+
 # A fresh memory broker per run: no state leaks between runs.
 scripts/broker.sh stop "$PORT" >/dev/null
 scripts/broker.sh start memory "$PORT"
@@ -15,7 +26,7 @@ export HEXPULSE_TEST_BROKER="127.0.0.1:$PORT"
 export HEXPULSE_REQUIRE_BROKER=1
 # Tests that stop and restart a broker of their own use these.
 export HEXPULSE_BROKER_SCRIPT="$PWD/scripts/broker.sh"
-export HEXPULSE_TANSU_BIN="${HEXPULSE_CACHE:-$HOME/.cache/hexpulse}/tansu/bin/tansu"
+export HEXPULSE_TANSU_BIN="$CACHE/tansu/bin/tansu"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
