@@ -48,10 +48,10 @@ impl Config {
                 }
             }
         }
-        if let Some(t) = v.pointer_mut("/ingest/admin_token_sha256") {
-            if t.as_str().is_some_and(|s| !s.is_empty()) {
-                *t = "<redacted>".into();
-            }
+        if let Some(t) = v.pointer_mut("/ingest/admin_token_sha256")
+            && t.as_str().is_some_and(|s| !s.is_empty())
+        {
+            *t = "<redacted>".into();
         }
         v
     }

@@ -254,10 +254,10 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
         Err(e) => tracing::error!(error = %e, "processor task failed"),
         Ok(Ok(())) => {}
     }
-    if let Some(t) = traffic {
-        if let Ok(summary) = t.await {
-            println!("{}", serde_json::to_string_pretty(&summary)?);
-        }
+    if let Some(t) = traffic
+        && let Ok(summary) = t.await
+    {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
     }
     Ok(())
 }

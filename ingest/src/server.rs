@@ -197,7 +197,7 @@ async fn post_readings(State(s): State<Arc<Ingest>>, headers: HeaderMap, body: B
     resp
 }
 
-fn header_str<'a>(h: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -435,9 +435,10 @@ async fn readyz(State(s): State<Arc<Ingest>>) -> Response {
 }
 
 /// Checks `Authorization: Bearer <token>` against the configured SHA-256, in constant time.
-fn admin_auth(s: &Ingest, headers: &HeaderMap) -> Result<(), Response> {
+/// `None` when authorised, else the error answer.
+fn admin_auth(s: &Ingest, headers: &HeaderMap) -> Option<Response> {
     if s.cfg.admin_token_sha256.is_empty() {
-        return Err(error(
+        return Some(error(
             StatusCode::FORBIDDEN,
             "admin_disabled",
             "no admin token is configured",
@@ -446,7 +447,7 @@ fn admin_auth(s: &Ingest, headers: &HeaderMap) -> Result<(), Response> {
     let Some(token) =
         header_str(headers, header::AUTHORIZATION).and_then(|v| v.strip_prefix("Bearer "))
     else {
-        return Err(error(
+        return Some(error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing bearer token",
@@ -456,26 +457,18 @@ fn admin_auth(s: &Ingest, headers: &HeaderMap) -> Result<(), Response> {
     let want = hex::decode(&s.cfg.admin_token_sha256).unwrap_or_default();
     let same = want.len() == got.len()
         && got.iter().zip(&want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-    if same {
-        Ok(())
-    } else {
-        Err(error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "unknown token",
-        ))
-    }
+    (!same).then(|| error(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token"))
 }
 
 async fn list_devices(State(s): State<Arc<Ingest>>, headers: HeaderMap) -> Response {
-    if let Err(r) = admin_auth(&s, &headers) {
+    if let Some(r) = admin_auth(&s, &headers) {
         return r;
     }
     axum::Json(s.registry.devices()).into_response()
 }
 
 async fn add_device(State(s): State<Arc<Ingest>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = admin_auth(&s, &headers) {
+    if let Some(r) = admin_auth(&s, &headers) {
         return r;
     }
     let device: Device = match serde_json::from_slice(&body) {
@@ -503,7 +496,7 @@ async fn remove_device(
     headers: HeaderMap,
     Path(key): Path<String>,
 ) -> Response {
-    if let Err(r) = admin_auth(&s, &headers) {
+    if let Some(r) = admin_auth(&s, &headers) {
         return r;
     }
     let Ok(bytes) = hex::decode(&key) else {

@@ -196,7 +196,7 @@ impl Fleet {
                         value: 45.0 + 10.0 * diurnal * noise(rng),
                     },
                 ];
-                if idx % 2 == 0 {
+                if idx.is_multiple_of(2) {
                     m.push(Measurement {
                         metric: Metric::TemperatureC as i32,
                         value: 12.0 + 8.0 * diurnal,

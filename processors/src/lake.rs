@@ -117,6 +117,7 @@ impl Lake {
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn staging_path(
         topic: &str,
         partition: i32,

@@ -196,13 +196,13 @@ async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Proc
                 };
                 let (p, offset) = (msg.partition(), msg.offset());
                 let recv = receive_ms(&msg);
-                if !workers.contains_key(&p) {
+                if let std::collections::hash_map::Entry::Vacant(e) = workers.entry(p) {
                     // Resume at the end of the claim chain, found from the committed offset (always a
                     // chain boundary), never from whatever offset happened to arrive first.
                     let from = committed_offset(&consumer, &topic, p).unwrap_or(offset);
                     let w = init_worker(&s, &topic, p, from.min(offset), recv).await?;
                     let resume = w.next_offset();
-                    workers.insert(p, w);
+                    e.insert(w);
                     if offset > resume {
                         // Records between the chain end and this one were not handled: go back.
                         tracing::info!(

@@ -207,10 +207,10 @@ impl Validator {
                 &decoded,
             );
         }
-        if let Some(Kind::Sensor(s)) = &r.kind {
-            if let Some(problem) = checks::range_problem(s, &self.rules) {
-                return with(RejectReason::ValueOutOfRange, problem, &decoded);
-            }
+        if let Some(Kind::Sensor(s)) = &r.kind
+            && let Some(problem) = checks::range_problem(s, &self.rules)
+        {
+            return with(RejectReason::ValueOutOfRange, problem, &decoded);
         }
         if decoded.kind == KindName::Heartbeat {
             let d = distance_m((loc.lat, loc.lng), (device.lat, device.lng));
@@ -222,15 +222,15 @@ impl Validator {
                 );
             }
         }
-        if let Some(prev) = state.and_then(|s| s.last) {
-            if let Some(problem) = checks::speed_problem(
+        if let Some(prev) = state.and_then(|s| s.last)
+            && let Some(problem) = checks::speed_problem(
                 prev,
                 (r.device_time_ms, loc.lat, loc.lng),
                 decoded.kind,
                 &self.rules,
-            ) {
-                return with(RejectReason::ImpossibleSpeed, problem, &decoded);
-            }
+            )
+        {
+            return with(RejectReason::ImpossibleSpeed, problem, &decoded);
         }
         let window = self.rules.rate.window.as_millis() as i64;
         if state.is_some_and(|s| {
