@@ -159,6 +159,9 @@ async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Proc
         .consumer_config(&s.cfg.group_id, "hexpulse-processor")
         .set("session.timeout.ms", session_ms.to_string())
         .set("heartbeat.interval.ms", (session_ms / 4).to_string())
+        // Also the rebalance timeout the group waits for members to rejoin: keep it short, or a
+        // crashed member stalls the whole group (seen with tansu) for the default five minutes.
+        .set("max.poll.interval.ms", (session_ms * 2).to_string())
         .create_with_context(ctx)?;
     consumer.subscribe(&[&s.kafka.raw_topic])?;
     let roll = Roll {
