@@ -1,5 +1,6 @@
 //! `hexpulse`: every Hexpulse role as a subcommand, or all of them in one process (`up`).
 
+mod bench;
 mod config;
 
 use std::path::PathBuf;
@@ -91,6 +92,15 @@ enum BenchCmd {
         batch: usize,
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// Write the JSON report here too.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Processor throughput per core on a pre-filled topic, re-verification off and on.
+    Process {
+        /// Readings pre-filled into the topic.
+        #[arg(long, default_value_t = 300_000)]
+        readings: usize,
         /// Write the JSON report here too.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -277,89 +287,7 @@ async fn bench(cfg: Config, b: BenchCmd) -> anyhow::Result<()> {
             batch,
             concurrency,
             out,
-        } => bench_ingest(cfg, readings, batch, concurrency, out).await,
+        } => bench::ingest(cfg, readings, batch, concurrency, out).await,
+        BenchCmd::Process { readings, out } => bench::process(cfg, readings, out).await,
     }
-}
-
-async fn bench_ingest(
-    cfg: Config,
-    readings: usize,
-    batch: usize,
-    concurrency: usize,
-    out: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    use hexpulse_load_tests::bench;
-    let dir = std::env::temp_dir().join(format!("hexpulse-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let registry = dir.join("devices.json");
-    let mut fleet = bench::bench_fleet(1000, &registry)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let topic = format!("bench-ingest-{}", std::process::id());
-    let log = std::fs::File::create(dir.join("ingest.log"))?;
-    eprintln!(
-        "[bench] starting ingest process on 127.0.0.1:{port} (broker {}, topic {topic})",
-        cfg.kafka.brokers
-    );
-    let mut child = std::process::Command::new(std::env::current_exe()?)
-        .arg("ingest")
-        .env("HEXPULSE__INGEST__LISTEN", format!("127.0.0.1:{port}"))
-        .env("HEXPULSE__REGISTRY__PATH", &registry)
-        .env("HEXPULSE__KAFKA__RAW_TOPIC", &topic)
-        .env("HEXPULSE__KAFKA__BROKERS", &cfg.kafka.brokers)
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
-    let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let ready = async {
-        for _ in 0..150 {
-            if client
-                .get(format!("{url}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        false
-    };
-    if !ready.await {
-        let _ = child.kill();
-        bail!(
-            "ingest did not become ready; see {}",
-            dir.join("ingest.log").display()
-        );
-    }
-    eprintln!("[bench] pre-signing {readings} readings in batches of {batch}...");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as i64;
-    let bodies =
-        tokio::task::spawn_blocking(move || bench::presign(&mut fleet, readings, batch, now))
-            .await?;
-    eprintln!("[bench] driving ingest with {concurrency} concurrent requests...");
-    let report = bench::drive_ingest(&url, child.id(), bodies, batch as u64, concurrency).await;
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let _ = child.wait();
-    let json = serde_json::to_string_pretty(&report)?;
-    println!("{json}");
-    eprintln!(
-        "[bench] ingest: {:.0} accepted/s, {:.0} per ingest core-second; raw batch verify {:.0}/s/core; ratio {:.2} (target >= 0.70)",
-        report.accepted_per_s,
-        report.accepted_per_ingest_core_s,
-        report.raw_verify.batch128_per_s,
-        report.ratio_to_raw_batch_verify
-    );
-    if let Some(p) = out {
-        std::fs::write(p, json + "\n")?;
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
 }

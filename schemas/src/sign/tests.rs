@@ -75,3 +75,22 @@ fn batch_finds_exactly_the_bad_items() {
         }
     );
 }
+
+#[test]
+fn small_order_table_is_exactly_the_weak_encodings() {
+    let table = small_order_encodings();
+    // y = 1, -1, 0 and the two order-8 y values, with either sign bit, plus the non-canonical
+    // p and p + 1 with either sign bit.
+    assert_eq!(table.len(), 14);
+    for e in table {
+        let k = VerifyingKey::from_bytes(e).expect("decompresses");
+        assert!(k.is_weak(), "{} is of small order", hex::encode(e));
+    }
+    // Honest signatures never have a small-order R.
+    for i in 0..200u8 {
+        let sig = Signature::from_bytes(&sign(&key(i), &[i; 9]));
+        assert!(!r_is_small_order(&sig));
+        let r = VerifyingKey::from_bytes(sig.r_bytes()).unwrap();
+        assert!(!r.is_weak());
+    }
+}

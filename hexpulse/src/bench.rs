@@ -1,0 +1,317 @@
+//! `hexpulse bench ...`: benchmarks that run a role as a child process of this binary, so that the
+//! role's CPU time and peak memory can be read from /proc and charged to it alone.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hexpulse_load_tests::bench;
+use serde::Serialize;
+
+use crate::config::Config;
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Spawns `hexpulse <role>` with `env`, logging to `dir/<role>.log`.
+fn spawn_role(role: &str, env: &[(&str, String)], dir: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(dir.join(format!("{role}.log")))?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg(role).stdout(log.try_clone()?).stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Ok(cmd.spawn()?)
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+}
+
+async fn wait_ready(url: &str) -> bool {
+    let client = reqwest::Client::new();
+    for _ in 0..150 {
+        if client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+pub async fn ingest(
+    cfg: Config,
+    readings: usize,
+    batch: usize,
+    concurrency: usize,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("hexpulse-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let registry = dir.join("devices.json");
+    let mut fleet = bench::bench_fleet(1000, &registry)?;
+    let port = free_port()?;
+    let topic = format!("bench-ingest-{}", std::process::id());
+    eprintln!(
+        "[bench] starting ingest process on 127.0.0.1:{port} (broker {}, topic {topic})",
+        cfg.kafka.brokers
+    );
+    let child = spawn_role(
+        "ingest",
+        &[
+            ("HEXPULSE__INGEST__LISTEN", format!("127.0.0.1:{port}")),
+            ("HEXPULSE__REGISTRY__PATH", registry.display().to_string()),
+            ("HEXPULSE__KAFKA__RAW_TOPIC", topic.clone()),
+            ("HEXPULSE__KAFKA__BROKERS", cfg.kafka.brokers.clone()),
+            ("RUST_LOG", "warn".into()),
+        ],
+        &dir,
+    )?;
+    let url = format!("http://127.0.0.1:{port}");
+    if !wait_ready(&format!("{url}/readyz")).await {
+        stop(child);
+        bail!(
+            "ingest did not become ready; see {}",
+            dir.join("ingest.log").display()
+        );
+    }
+    eprintln!("[bench] pre-signing {readings} readings in batches of {batch}...");
+    let now = now_ms();
+    let bodies =
+        tokio::task::spawn_blocking(move || bench::presign(&mut fleet, readings, batch, now))
+            .await?;
+    eprintln!("[bench] driving ingest with {concurrency} concurrent requests...");
+    let report = bench::drive_ingest(&url, child.id(), bodies, batch as u64, concurrency).await;
+    stop(child);
+    let json = serde_json::to_string_pretty(&report)?;
+    println!("{json}");
+    eprintln!(
+        "[bench] ingest: {:.0} accepted/s, {:.0} per ingest core-second; raw batch verify {:.0}/s/core; ratio {:.2} (target >= 0.70)",
+        report.accepted_per_s,
+        report.accepted_per_ingest_core_s,
+        report.raw_verify.batch128_per_s,
+        report.ratio_to_raw_batch_verify
+    );
+    if let Some(p) = out {
+        std::fs::write(p, json + "\n")?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// One processor run.
+#[derive(Debug, Serialize)]
+pub struct ProcessRun {
+    pub reverify: bool,
+    pub readings: usize,
+    pub wall_s: f64,
+    pub processor_cpu_s: f64,
+    pub readings_per_core_s: f64,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProcessReport {
+    pub runs: Vec<ProcessRun>,
+    pub raw_verify: bench::VerifyRates,
+    /// Re-verification on: readings per core-second over the raw batch-verify rate of one core.
+    pub reverify_ratio_to_raw_batch_verify: f64,
+    /// Re-verification off: readings per core-second over the 200k target.
+    pub plain_ratio_to_target_200k: f64,
+}
+
+pub async fn process(cfg: Config, readings: usize, out: Option<PathBuf>) -> anyhow::Result<()> {
+    use hexpulse_processors::lake::Lake;
+    let dir = std::env::temp_dir().join(format!("hexpulse-bench-process-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let registry = dir.join("devices.json");
+    let mix = hexpulse_load_tests::fleet::KindMix {
+        heartbeat: 0.6,
+        sensor: 0.3,
+        road: 0.1,
+    };
+    let mut fleet = hexpulse_load_tests::fleet::Fleet::new(5_000, 11, mix);
+    hexpulse_common::registry::Registry::open(&registry)?.upsert_all(fleet.registry_devices())?;
+    let topic = format!("bench-process-{}", std::process::id());
+    let mut kafka = cfg.kafka.clone();
+    kafka.raw_topic = topic.clone();
+    kafka.partitions = 2;
+    kafka.ensure_topics(&[&topic]).await?;
+
+    eprintln!(
+        "[bench] signing and producing {readings} readings from 5000 simulated devices to {topic}..."
+    );
+    let now = now_ms();
+    let start_ms = now - 30 * 60_000;
+    let step = (30 * 60_000) as f64 / readings as f64;
+    let records: Vec<(Vec<u8>, Vec<u8>)> = tokio::task::spawn_blocking(move || {
+        use prost::Message;
+        (0..readings)
+            .map(|i| {
+                let d = fleet.pick();
+                let s = fleet.next_signed(d, start_ms + (i as f64 * step) as i64);
+                (s.public_key.to_vec(), s.encode_to_vec())
+            })
+            .collect()
+    })
+    .await?;
+    produce_all(&kafka, &records, now).await?;
+    drop(records);
+
+    let mut runs = Vec::new();
+    for reverify in [false, true] {
+        let lake_dir = dir.join(format!("lake-{reverify}"));
+        let port = free_port()?;
+        eprintln!(
+            "[bench] processor run, re-verification {}",
+            if reverify { "on" } else { "off" }
+        );
+        let child = spawn_role(
+            "process",
+            &[
+                ("HEXPULSE__KAFKA__BROKERS", cfg.kafka.brokers.clone()),
+                ("HEXPULSE__KAFKA__RAW_TOPIC", topic.clone()),
+                ("HEXPULSE__REGISTRY__PATH", registry.display().to_string()),
+                (
+                    "HEXPULSE__PROCESS__LAKE_URL",
+                    lake_dir.display().to_string(),
+                ),
+                ("HEXPULSE__PROCESS__GROUP_ID", format!("{topic}-{reverify}")),
+                ("HEXPULSE__PROCESS__LISTEN", format!("127.0.0.1:{port}")),
+                (
+                    "HEXPULSE__PROCESS__REVERIFY_SIGNATURES",
+                    reverify.to_string(),
+                ),
+                ("RUST_LOG", "warn".into()),
+            ],
+            &dir,
+        )?;
+        let pid = child.id();
+        if !wait_ready(&format!("http://127.0.0.1:{port}/healthz")).await {
+            stop(child);
+            bail!(
+                "processor did not start; see {}",
+                dir.join("process.log").display()
+            );
+        }
+        let cpu0 = bench::process_cpu_seconds(pid).unwrap_or(0.0);
+        let t = Instant::now();
+        let lake = Lake::open(lake_dir.to_str().context("lake path")?)?;
+        let mut done = 0usize;
+        while done < readings {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            done = committed_records(&lake, &topic).await?;
+            if t.elapsed() > Duration::from_secs(600) {
+                stop(child);
+                bail!("processor did not finish in 600 s ({done} of {readings})");
+            }
+        }
+        let wall = t.elapsed().as_secs_f64();
+        let cpu = bench::process_cpu_seconds(pid).unwrap_or(0.0) - cpu0;
+        let rss = bench::peak_rss_bytes(pid);
+        stop(child);
+        eprintln!(
+            "[bench]   {readings} readings in {wall:.1} s wall, {cpu:.1} CPU-s: {:.0} readings per core-second",
+            readings as f64 / cpu
+        );
+        runs.push(ProcessRun {
+            reverify,
+            readings,
+            wall_s: wall,
+            processor_cpu_s: cpu,
+            readings_per_core_s: readings as f64 / cpu,
+            peak_rss_bytes: rss,
+        });
+    }
+    let raw =
+        tokio::task::spawn_blocking(|| bench::raw_verify_rates(Duration::from_secs(3))).await?;
+    let report = ProcessReport {
+        reverify_ratio_to_raw_batch_verify: runs[1].readings_per_core_s / raw.batch128_per_s,
+        plain_ratio_to_target_200k: runs[0].readings_per_core_s / 200_000.0,
+        runs,
+        raw_verify: raw,
+    };
+    let json = serde_json::to_string_pretty(&report)?;
+    println!("{json}");
+    if let Some(p) = out {
+        std::fs::write(p, json + "\n")?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Records covered by the claims of `topic` (each claim covers `end - start + 1` offsets).
+async fn committed_records(
+    lake: &hexpulse_processors::lake::Lake,
+    topic: &str,
+) -> anyhow::Result<usize> {
+    let mut n = 0usize;
+    for path in lake.list(&format!("_claims/{topic}/")).await? {
+        let file = path.rsplit('/').next().unwrap_or("");
+        let part = path
+            .rsplit('/')
+            .nth(1)
+            .and_then(|p| p.strip_prefix('p'))
+            .and_then(|p| p.parse::<i32>().ok());
+        let start = file
+            .strip_suffix(".json")
+            .and_then(|s| s.parse::<i64>().ok());
+        if let (Some(part), Some(start)) = (part, start)
+            && let Some(c) = lake.get_claim(topic, part, start).await?
+        {
+            n += (c.end - c.start + 1) as usize;
+        }
+    }
+    Ok(n)
+}
+
+async fn produce_all(
+    kafka: &hexpulse_common::kafka::KafkaConfig,
+    records: &[(Vec<u8>, Vec<u8>)],
+    recv_ms: i64,
+) -> anyhow::Result<()> {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = kafka
+        .producer_config("bench-prefill", Duration::from_secs(60))
+        .create()?;
+    let recv = recv_ms.to_string();
+    for chunk in records.chunks(20_000) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for (k, v) in chunk {
+            let hdrs = OwnedHeaders::new().insert(Header {
+                key: hexpulse_schemas::wire::headers::RECEIVED_MS,
+                value: Some(recv.as_bytes()),
+            });
+            let rec = FutureRecord::to(&kafka.raw_topic)
+                .key(k)
+                .payload(v)
+                .headers(hdrs);
+            pending.push(producer.send_result(rec).map_err(|(e, _)| e)?);
+        }
+        for p in pending {
+            p.await?.map_err(|(e, _)| e)?;
+        }
+    }
+    Ok(())
+}
