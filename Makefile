@@ -10,12 +10,13 @@ UP_BROKER_PORT ?= 9092
 UP_PARTITIONS ?= 6
 UP_ARGS ?=
 
-.PHONY: up test lint build broker-install broker-up broker-down help
+.PHONY: up test lint bench build broker-install broker-up broker-down help
 
 help:
 	@echo "make up    - run the whole pipeline on this machine (local broker, local lake, demo traffic)"
 	@echo "make test  - run the whole test suite (starts and stops its own broker)"
 	@echo "make lint  - rustfmt and clippy"
+	@echo "make bench - run the benchmarks (see load-tests/RESULTS.md)"
 
 build:
 	cargo build --release --locked -p hexpulse
@@ -36,6 +37,11 @@ up: broker-up build
 
 test:
 	scripts/test.sh
+
+# Benchmarks: release build, a fresh in-memory broker, results into load-tests/results/*.json.
+BENCH_BROKER_PORT ?= 19094
+bench: broker-install build
+	scripts/bench.sh $(BENCH_BROKER_PORT)
 
 lint:
 	cargo fmt --all -- --check

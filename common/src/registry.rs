@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use ed25519_dalek::VerifyingKey;
 use hexpulse_schemas::sign;
 use hexpulse_schemas::wire::KindName;
 use serde::{Deserialize, Serialize};
@@ -48,22 +49,25 @@ pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 impl Device {
     /// Decoded key bytes, refusing malformed and weak keys.
     pub fn key_bytes(&self) -> Result<[u8; 32]> {
+        self.parsed_key().map(|k| k.to_bytes())
+    }
+
+    /// The parsed key, refusing malformed and weak keys and out-of-range asserted locations.
+    pub fn parsed_key(&self) -> Result<VerifyingKey> {
         let invalid = |message: String| RegistryError::InvalidDevice {
             key: self.public_key.clone(),
             message,
         };
         let bytes = hex::decode(&self.public_key)
             .map_err(|e| invalid(format!("public_key is not hex: {e}")))?;
-        sign::parse_public_key(&bytes).map_err(|e| invalid(e.to_string()))?;
+        let key = sign::parse_public_key(&bytes).map_err(|e| invalid(e.to_string()))?;
         if !(-90.0..=90.0).contains(&self.lat) || !(-180.0..=180.0).contains(&self.lng) {
             return Err(invalid(format!(
                 "asserted location ({}, {}) out of range",
                 self.lat, self.lng
             )));
         }
-        Ok(bytes
-            .try_into()
-            .expect("length checked by parse_public_key"))
+        Ok(key)
     }
 }
 
@@ -72,14 +76,19 @@ pub struct RegistryView<'a>(std::sync::RwLockReadGuard<'a, Snapshot>);
 
 impl RegistryView<'_> {
     pub fn get(&self, key: &[u8]) -> Option<&Device> {
+        self.get_with_key(key).map(|(d, _)| d)
+    }
+
+    /// The device and its parsed (decompressed, non-weak) public key.
+    pub fn get_with_key(&self, key: &[u8]) -> Option<(&Device, &VerifyingKey)> {
         let key: &[u8; 32] = key.try_into().ok()?;
-        self.0.devices.get(key)
+        self.0.devices.get(key).map(|(d, k)| (d, k))
     }
 }
 
 #[derive(Debug, Default)]
 struct Snapshot {
-    devices: HashMap<[u8; 32], Device>,
+    devices: HashMap<[u8; 32], (Device, VerifyingKey)>,
     stamp: Option<(SystemTime, u64)>,
 }
 
@@ -111,7 +120,8 @@ impl Registry {
     fn replace(&self, devices: Vec<Device>) -> Result<()> {
         let mut map = HashMap::with_capacity(devices.len());
         for d in devices {
-            map.insert(d.key_bytes()?, d);
+            let k = d.parsed_key()?;
+            map.insert(k.to_bytes(), (d, k));
         }
         self.inner.write().expect("registry lock").devices = map;
         Ok(())
@@ -125,7 +135,7 @@ impl Registry {
             .expect("registry lock")
             .devices
             .get(key)
-            .cloned()
+            .map(|(d, _)| d.clone())
     }
 
     /// A read view for many look-ups under one lock. Do not hold it across an `.await`.
@@ -149,7 +159,7 @@ impl Registry {
             .expect("registry lock")
             .devices
             .values()
-            .cloned()
+            .map(|(d, _)| d.clone())
             .collect();
         v.sort_by(|a, b| a.public_key.cmp(&b.public_key));
         v
@@ -157,9 +167,9 @@ impl Registry {
 
     /// Adds or replaces a device, persisting the file if there is one.
     pub fn upsert(&self, device: Device) -> Result<()> {
-        let key = device.key_bytes()?;
+        let key = device.parsed_key()?;
         self.edit(|m| {
-            m.insert(key, device);
+            m.insert(key.to_bytes(), (device, key));
         })
     }
 
@@ -167,7 +177,10 @@ impl Registry {
     pub fn upsert_all(&self, devices: Vec<Device>) -> Result<()> {
         let keyed = devices
             .into_iter()
-            .map(|d| Ok((d.key_bytes()?, d)))
+            .map(|d| {
+                let k = d.parsed_key()?;
+                Ok((k.to_bytes(), (d, k)))
+            })
             .collect::<Result<Vec<_>>>()?;
         self.edit(|m| m.extend(keyed))
     }
@@ -182,11 +195,11 @@ impl Registry {
         Ok(existed)
     }
 
-    fn edit(&self, f: impl FnOnce(&mut HashMap<[u8; 32], Device>)) -> Result<()> {
+    fn edit(&self, f: impl FnOnce(&mut HashMap<[u8; 32], (Device, VerifyingKey)>)) -> Result<()> {
         let mut snap = self.inner.write().expect("registry lock");
         f(&mut snap.devices);
         if let Some(path) = &self.path {
-            let mut devices: Vec<&Device> = snap.devices.values().collect();
+            let mut devices: Vec<&Device> = snap.devices.values().map(|(d, _)| d).collect();
             devices.sort_by(|a, b| a.public_key.cmp(&b.public_key));
             write_file(path, &devices)?;
             snap.stamp = file_stamp(path);

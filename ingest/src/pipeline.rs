@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use hexpulse_common::registry::Registry;
-use hexpulse_schemas::check::{Rejection, decode_item};
+use hexpulse_schemas::check::{Rejection, decode_envelope, parse_key};
 use hexpulse_schemas::reasons::RejectReason;
 use hexpulse_schemas::sign::{self, BatchItem};
 
@@ -45,8 +45,11 @@ pub fn check_batch(items: &[RawItem], registry: &Registry) -> Checked {
                 .as_ref()
                 .map_err(Clone::clone)
                 .and_then(|env| {
-                    let d = decode_item(env)?;
-                    let Some(device) = view.get(&env.public_key) else {
+                    let d = decode_envelope(env)?;
+                    // Known devices carry their parsed key; only unknown keys are parsed here, to tell
+                    // a weak key from an unregistered one.
+                    let Some((device, key)) = view.get_with_key(&env.public_key) else {
+                        parse_key(env)?;
                         return Err(Rejection::new(
                             RejectReason::UnknownDevice,
                             format!("device {} is not registered", hex::encode(&env.public_key)),
@@ -61,7 +64,7 @@ pub fn check_batch(items: &[RawItem], registry: &Registry) -> Checked {
                             ),
                         ));
                     }
-                    Ok(d)
+                    Ok((*key, d))
                 });
             match verdict {
                 Ok(d) => {
@@ -76,8 +79,8 @@ pub fn check_batch(items: &[RawItem], registry: &Registry) -> Checked {
     let start = Instant::now();
     let batch: Vec<BatchItem<'_>> = decoded
         .iter()
-        .map(|(i, d)| BatchItem {
-            key: &d.key,
+        .map(|(i, (key, d))| BatchItem {
+            key,
             payload: items[*i]
                 .envelope
                 .as_ref()

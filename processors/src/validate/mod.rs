@@ -3,9 +3,9 @@
 //! (the record key is the device key), so the state of a device lives in exactly one validator.
 //!
 //! Order of checks (first failure wins; documented in schemas/REASONS.md terms):
-//! 1. stateless decode (`malformed`, `unsupported_kind_or_version`, `weak_key`), and the signature when
-//!    re-verification is on (`bad_signature`);
-//! 2. registry: `unknown_device`, `kind_mismatch`;
+//! 1. stateless decode (`malformed`, `unsupported_kind_or_version`);
+//! 2. registry: `unknown_device` (or `weak_key` for a key no registry could hold), then the signature
+//!    when re-verification is on (`bad_signature`), then `kind_mismatch`;
 //! 3. `location_invalid`;
 //! 4. `future_timestamp`, then `late` (both against ingest's receive time, so a replay of the log
 //!    decides the same way);
@@ -27,7 +27,7 @@ pub use state::DeviceState;
 use std::collections::HashMap;
 
 use hexpulse_common::registry::Registry;
-use hexpulse_schemas::check::{Rejection, decode_item};
+use hexpulse_schemas::check::{DecodedEnvelope, Rejection, decode_envelope, parse_key};
 use hexpulse_schemas::reasons::RejectReason;
 use hexpulse_schemas::sign;
 use hexpulse_schemas::wire::{Kind, KindName, Reading, SignedReading};
@@ -123,7 +123,7 @@ impl Validator {
             Err(e) => return reject(RejectReason::Malformed, format!("signed reading: {e}")),
         };
         let key: Option<[u8; 32]> = envelope.public_key.as_ref().try_into().ok();
-        let decoded = match decode_item(&envelope) {
+        let decoded = match decode_envelope(&envelope) {
             Ok(d) => d,
             Err(rejection) => {
                 return Verdict::Rejected {
@@ -134,36 +134,43 @@ impl Validator {
                 };
             }
         };
-        let key = key.expect("decode_item checked the key length");
-        let with =
-            |reason, message: String, d: &hexpulse_schemas::check::DecodedItem| Verdict::Rejected {
-                rejection: Rejection::new(reason, message),
-                key: Some(key),
-                reading: Some(d.reading.clone()),
-                kind: Some(d.kind),
-            };
-        if self.reverify
-            && sign::verify(&decoded.key, &envelope.payload, &decoded.signature).is_err()
-        {
+        let with = |reason, message: String, d: &DecodedEnvelope| Verdict::Rejected {
+            rejection: Rejection::new(reason, message),
+            key,
+            reading: Some(d.reading.clone()),
+            kind: Some(d.kind),
+        };
+        // The registry holds each known device's parsed key, so keys are not decompressed per record.
+        let (kind, asserted, vk) = {
+            let view = self.registry.read();
+            match view.get_with_key(&envelope.public_key) {
+                Some((d, vk)) => (d.kind, (d.lat, d.lng), *vk),
+                None => {
+                    let (reason, message) = match parse_key(&envelope) {
+                        Err(r) => (r.reason, r.message),
+                        Ok(_) => (
+                            RejectReason::UnknownDevice,
+                            "device is no longer registered".into(),
+                        ),
+                    };
+                    return with(reason, message, &decoded);
+                }
+            }
+        };
+        let key = vk.to_bytes();
+        if self.reverify && sign::verify(&vk, &envelope.payload, &decoded.signature).is_err() {
             return with(
                 RejectReason::BadSignature,
                 "signature does not verify (re-verification)".into(),
                 &decoded,
             );
         }
-        let Some(device) = self.registry.get(&key) else {
-            return with(
-                RejectReason::UnknownDevice,
-                "device is no longer registered".into(),
-                &decoded,
-            );
-        };
-        if device.kind != decoded.kind {
+        if kind != decoded.kind {
             return with(
                 RejectReason::KindMismatch,
                 format!(
-                    "device is registered as {}, reading is {}",
-                    device.kind, decoded.kind
+                    "device is registered as {kind}, reading is {}",
+                    decoded.kind
                 ),
                 &decoded,
             );
@@ -213,7 +220,7 @@ impl Validator {
             return with(RejectReason::ValueOutOfRange, problem, &decoded);
         }
         if decoded.kind == KindName::Heartbeat {
-            let d = distance_m((loc.lat, loc.lng), (device.lat, device.lng));
+            let d = distance_m((loc.lat, loc.lng), asserted);
             if d > self.rules.location.max_distance_from_asserted_m {
                 return with(
                     RejectReason::TooFarFromAsserted,
