@@ -3,7 +3,7 @@
 //! Layout under the lake root:
 //! ```text
 //! {table}/date=YYYY-MM-DD/hour=HH/{topic}-p{partition}-{start}-{end}.parquet   published data
-//! _staging/{topic}/p{partition}/{start}-{end}-{writer}/{table}-{date}-{hour}.parquet   written first
+//! _staging/{topic}/p{partition}/{start}-{end}-{writer}/{table}-{date}-{hour}.parquet   written first, then moved
 //! _claims/{topic}/p{partition}/{start}.json                                         one per unit
 //! ```
 //! See `ARCHITECTURE.md`, "Exactly-once rows", for why this order makes every (partition, offset)
@@ -197,16 +197,25 @@ impl Lake {
             })
     }
 
-    /// Makes every file of `claim` visible at its published path (idempotent: copies only what is missing).
+    /// Makes every file of `claim` visible at its published path by moving it out of staging.
+    /// Idempotent: a file already published is left alone, and a concurrent publisher that moved it
+    /// first is not an error.
     pub async fn publish(&self, claim: &Claim) -> Result<(), LakeError> {
         for f in &claim.files {
-            if !self.exists(&f.published).await? {
-                self.store
-                    .copy(
-                        &Path::from(f.staging.as_str()),
-                        &Path::from(f.published.as_str()),
-                    )
-                    .await?;
+            if self.exists(&f.published).await? {
+                continue;
+            }
+            let moved = self
+                .store
+                .rename(
+                    &Path::from(f.staging.as_str()),
+                    &Path::from(f.published.as_str()),
+                )
+                .await;
+            match moved {
+                Ok(()) => {}
+                Err(object_store::Error::NotFound { .. }) if self.exists(&f.published).await? => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())

@@ -210,11 +210,6 @@ impl PartitionWorker {
         self.next_offset
     }
 
-    /// Whether `offset` directly follows what this worker has seen (no records skipped in between).
-    pub fn follows(&self, offset: i64) -> bool {
-        offset == self.unit.last.map_or(self.next_offset, |l| l + 1)
-    }
-
     /// Whether a record at `offset` was already handled by a published unit.
     pub fn already_done(&self, offset: i64) -> bool {
         offset < self.next_offset || self.unit.last.is_some_and(|l| offset <= l)

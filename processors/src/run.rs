@@ -207,34 +207,20 @@ async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Proc
                     let resume = w.next_offset();
                     e.insert(w);
                     if offset > resume {
-                        // Records between the chain end and this one were not handled: go back.
-                        tracing::info!(
+                        // No seek needed: the consumer starts at the committed offset, which is at or
+                        // before the chain end, so nothing exists in the log between the chain end and
+                        // this record (tansu leaves such offset gaps). The next unit starts at the
+                        // chain end and covers the gap. (Seeking into a gap stalls tansu's fetches.)
+                        tracing::debug!(
                             partition = p,
                             offset,
                             resume,
-                            "seeking back to the end of the claim chain"
+                            "offset gap after the chain end"
                         );
-                        if let Err(e) =
-                            consumer.seek(&topic, p, Offset::Offset(resume), Duration::from_secs(5))
-                        {
-                            tracing::warn!(partition = p, error = %e, "seek failed; dropping the partition state");
-                            workers.remove(&p);
-                        }
-                        continue;
                     }
                 }
                 let w = workers.get_mut(&p).expect("inserted above");
                 if w.already_done(offset) {
-                    continue;
-                }
-                if !w.follows(offset) {
-                    // A gap before this record (a stale prefetch after a seek): start over from the chain.
-                    tracing::info!(
-                        partition = p,
-                        offset,
-                        "non-contiguous record; re-initialising the partition"
-                    );
-                    workers.remove(&p);
                     continue;
                 }
                 w.push(offset, msg.payload().unwrap_or_default(), recv);
