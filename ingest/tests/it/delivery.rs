@@ -119,3 +119,35 @@ async fn accepted_items_reach_kafka_exactly_once() {
     );
     assert_eq!(got, expected, "byte-identical and keyed by device");
 }
+
+/// HTTP/2 without TLS (h2c, prior knowledge) is served on the same port as HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_clients_are_served() {
+    let Some(brokers) = testenv::broker_or_skip("h2c_clients_are_served") else {
+        return;
+    };
+    let node = Node::start(
+        "it-ingest-h2c",
+        &brokers,
+        IngestConfig::for_tests(),
+        registry(2),
+    )
+    .await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let items: Vec<_> = (0..5).map(|i| signed(&device_key(1), 500 + i)).collect();
+    let r = h2
+        .post(node.url("/v1/readings"))
+        .header("content-type", "application/x-protobuf")
+        .body(batch(&items))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["accepted"], 5);
+    node.shutdown().await;
+}
