@@ -10,3 +10,4 @@ pub mod registry;
 pub mod shutdown;
 pub mod telemetry;
 pub mod testenv;
+pub mod time;

@@ -1,6 +1,7 @@
 //! `hexpulse bench ...`: benchmarks that run a role as a child process of this binary, so that the
 //! role's CPU time and peak memory can be read from /proc and charged to it alone.
 
+use hexpulse_common::time::now_ms;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -15,13 +16,6 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Spawns `hexpulse <role>` with `env`, logging to `dir/<role>.log`.

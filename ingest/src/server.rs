@@ -1,5 +1,6 @@
 //! The ingest HTTP API: `POST /v1/readings`, the admin device endpoints, health and metrics.
 
+use hexpulse_common::time::now_ms;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -411,13 +412,6 @@ async fn respond(
 
 fn rejection_json(r: &ItemRejection) -> serde_json::Value {
     json!({"index": r.index, "code": r.code, "message": r.message})
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 async fn readyz(State(s): State<Arc<Ingest>>) -> Response {

@@ -4,6 +4,7 @@
 //! channel; `concurrency` senders POST them. Progress goes to stderr once a second; [`run`] returns a
 //! [`Summary`] that the CLI prints as JSON.
 
+use hexpulse_common::time::now_ms;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -86,13 +87,6 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     }
     let i = ((sorted.len() - 1) as f64 * p).round() as usize;
     f64::from(sorted[i]) / 1000.0
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Runs until the duration or count is reached, or `stop` is cancelled.

@@ -5,6 +5,7 @@
 //! (create-if-absent), publish the staged files, then (the caller) commit `end + 1` to Kafka. A lost
 //! claim means another writer owns these offsets: this worker is fenced and must re-initialise.
 
+use hexpulse_common::time::now_ms;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -444,13 +445,6 @@ impl PartitionWorker {
             bytes: len,
         })
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The processor's consumer loop, its HTTP endpoints and its shutdown.
 
+use hexpulse_common::time::now_ms;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -359,11 +360,4 @@ async fn flush_partition(
             }
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -130,9 +130,4 @@ pub fn assert_matches(s: &LakeSummary, scenario: &Scenario) {
     );
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+pub use hexpulse_common::time::now_ms;
