@@ -71,6 +71,44 @@ pub struct PartitionWorker {
     unit: Unit,
     /// Highest receive time seen (the partition's watermark), ms.
     pub watermark_ms: i64,
+    /// A unit was published; commit the offset of the next record that arrives.
+    pub commit_pending: bool,
+}
+
+/// The end of a partition's claim chain (the first offset no claim covers), publishing on the way
+/// every claim that ends at or after `from_offset` (a crash may have left one claimed but unpublished).
+///
+/// The chain is found by listing the partition's claims, not by walking from `from_offset`: the
+/// committed Kafka offset is the first record of a unit, which need not be a unit's start when the log
+/// has offset gaps.
+pub async fn chain_end(
+    lake: &Lake,
+    topic: &str,
+    partition: i32,
+    from_offset: i64,
+) -> Result<i64, LakeError> {
+    let prefix = format!("_claims/{topic}/p{partition:04}/");
+    let mut starts: Vec<i64> = lake
+        .list(&prefix)
+        .await?
+        .iter()
+        .filter_map(|p| p.rsplit('/').next()?.strip_suffix(".json")?.parse().ok())
+        .collect();
+    starts.sort_unstable();
+    // Claims starting at or after the last start not beyond `from_offset` may end at or after it.
+    let first = starts
+        .partition_point(|s| *s <= from_offset)
+        .saturating_sub(1);
+    let mut next = 0;
+    for start in &starts[first.min(starts.len())..] {
+        if let Some(claim) = lake.get_claim(topic, partition, *start).await? {
+            if claim.end >= from_offset {
+                lake.publish(&claim).await?;
+            }
+            next = next.max(claim.end + 1);
+        }
+    }
+    Ok(next)
 }
 
 /// Hours (as (date, hour)) of a time, UTC.
@@ -106,11 +144,7 @@ impl PartitionWorker {
         binner: Binner,
         resolutions: Vec<u8>,
     ) -> Result<PartitionWorker, LakeError> {
-        let mut next = from_offset;
-        while let Some(claim) = lake.get_claim(topic, partition, next).await? {
-            lake.publish(&claim).await?;
-            next = claim.end + 1;
-        }
+        let next = chain_end(&lake, topic, partition, from_offset).await?;
         let writer = format!("{:016x}", rand::random::<u64>());
         let mut w = PartitionWorker {
             topic: topic.to_string(),
@@ -123,6 +157,7 @@ impl PartitionWorker {
             next_offset: next,
             unit: Unit::default(),
             watermark_ms: receive_ms,
+            commit_pending: false,
         };
         let remembered = w.rebuild_state(receive_ms).await?;
         tracing::info!(

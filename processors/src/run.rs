@@ -221,6 +221,18 @@ async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Proc
                     }
                 }
                 let w = workers.get_mut(&p).expect("inserted above");
+                if w.commit_pending && !w.already_done(offset) {
+                    // Everything before this record is claimed and published.
+                    w.commit_pending = false;
+                    let started = Instant::now();
+                    let mut tpl = TopicPartitionList::new();
+                    let _ = tpl.add_partition_offset(&topic, p, Offset::Offset(offset));
+                    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                        // Harmless: the claim chain, not the Kafka offset, says where to resume.
+                        tracing::debug!(partition = p, error = %e, "offset commit failed");
+                    }
+                    metrics::histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+                }
                 if w.already_done(offset) {
                     continue;
                 }
@@ -334,14 +346,9 @@ async fn flush_partition(
     match outcome {
         Flushed::Empty => {}
         Flushed::Committed { next_offset, rows } => {
-            let started = Instant::now();
-            let mut tpl = TopicPartitionList::new();
-            let _ = tpl.add_partition_offset(topic, p, Offset::Offset(next_offset));
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                // Harmless: the claim chain, not the Kafka offset, says where to resume.
-                tracing::debug!(partition = p, error = %e, "offset commit failed");
-            }
-            metrics::histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+            // The Kafka offset is committed when the next record arrives, at that record's offset:
+            // `next_offset` itself may lie in an offset gap, where tansu's fetches stall.
+            w.commit_pending = true;
             let wm = w.watermark_ms;
             metrics::gauge!(m::WATERMARK_MS, "partition" => p.to_string()).set(wm as f64);
             metrics::gauge!(m::LAG_MS, "partition" => p.to_string())
