@@ -5,7 +5,7 @@ use arrow::datatypes::{Int32Type, Int64Type, UInt64Type};
 use hexpulse_schemas::tables;
 use hexpulse_schemas::wire::KindName;
 
-use crate::lake::{Lake, LakeError, decode_parquet};
+use crate::lake::{Lake, LakeError, column, decode_parquet};
 
 /// One valid row: (table, device key hex, seq, partition, offset).
 pub type ValidEntry = (String, String, u64, i32, i64);
@@ -58,20 +58,11 @@ pub async fn summarize(lake: &Lake) -> Result<LakeSummary, LakeError> {
                 &["device_key", "seq", "src_partition", "src_offset"]
             };
             for b in decode_parquet(bytes, Some(cols))? {
-                let part = b
-                    .column_by_name("src_partition")
-                    .expect("column")
-                    .as_primitive::<Int32Type>();
-                let off = b
-                    .column_by_name("src_offset")
-                    .expect("column")
-                    .as_primitive::<Int64Type>();
+                let part = column(&b, "src_partition").as_primitive::<Int32Type>();
+                let off = column(&b, "src_offset").as_primitive::<Int64Type>();
                 if table == tables::REJECTED_TABLE {
-                    let raw = b.column_by_name("raw").expect("column").as_binary::<i32>();
-                    let reason = b
-                        .column_by_name("reason")
-                        .expect("column")
-                        .as_string::<i32>();
+                    let raw = column(&b, "raw").as_binary::<i32>();
+                    let reason = column(&b, "reason").as_string::<i32>();
                     for i in 0..b.num_rows() {
                         s.rejected.push((
                             raw.value(i).to_vec(),
@@ -81,14 +72,8 @@ pub async fn summarize(lake: &Lake) -> Result<LakeSummary, LakeError> {
                         ));
                     }
                 } else {
-                    let key = b
-                        .column_by_name("device_key")
-                        .expect("column")
-                        .as_string::<i32>();
-                    let seq = b
-                        .column_by_name("seq")
-                        .expect("column")
-                        .as_primitive::<UInt64Type>();
+                    let key = column(&b, "device_key").as_string::<i32>();
+                    let seq = column(&b, "seq").as_primitive::<UInt64Type>();
                     for i in 0..b.num_rows() {
                         if !seq.is_null(i) {
                             s.valid.push((

@@ -254,6 +254,16 @@ pub fn encode_parquet(batch: &RecordBatch) -> Result<Bytes, LakeError> {
     Ok(buf.into())
 }
 
+/// The column `name` of a batch read with [`decode_parquet`] projected to include it.
+///
+/// # Panics
+/// When the batch has no such column (a projection bug, not a data error).
+pub fn column<'a>(batch: &'a RecordBatch, name: &str) -> &'a arrow::array::ArrayRef {
+    batch
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("projected column {name} missing"))
+}
+
 /// Record batches of a Parquet file, optionally projected to `columns`.
 pub fn decode_parquet(
     bytes: Bytes,

@@ -16,7 +16,7 @@ use hexpulse_schemas::tables;
 use hexpulse_schemas::wire::KindName;
 
 use crate::h3bin::Binner;
-use crate::lake::{Claim, ClaimedFile, Lake, LakeError, decode_parquet, encode_parquet};
+use crate::lake::{Claim, ClaimedFile, Lake, LakeError, column, decode_parquet, encode_parquet};
 use crate::metrics as m;
 use crate::rows::{Ctx, RejectedRow, Source, ValidRow, rejected_batch, valid_batch};
 use crate::validate::{RawRecord, Validator, Verdict};
@@ -199,26 +199,11 @@ impl PartitionWorker {
                         bytes,
                         Some(&["device_key", "seq", "event_time", "lat", "lng"]),
                     )? {
-                        let key = b
-                            .column_by_name("device_key")
-                            .expect("column")
-                            .as_string::<i32>();
-                        let seq = b
-                            .column_by_name("seq")
-                            .expect("column")
-                            .as_primitive::<UInt64Type>();
-                        let t = b
-                            .column_by_name("event_time")
-                            .expect("column")
-                            .as_primitive::<TimestampMillisecondType>();
-                        let lat = b
-                            .column_by_name("lat")
-                            .expect("column")
-                            .as_primitive::<Float64Type>();
-                        let lng = b
-                            .column_by_name("lng")
-                            .expect("column")
-                            .as_primitive::<Float64Type>();
+                        let key = column(&b, "device_key").as_string::<i32>();
+                        let seq = column(&b, "seq").as_primitive::<UInt64Type>();
+                        let t = column(&b, "event_time").as_primitive::<TimestampMillisecondType>();
+                        let lat = column(&b, "lat").as_primitive::<Float64Type>();
+                        let lng = column(&b, "lng").as_primitive::<Float64Type>();
                         for i in 0..b.num_rows() {
                             let mut k = [0u8; 32];
                             if hex::decode_to_slice(key.value(i), &mut k).is_ok() && !seq.is_null(i)
