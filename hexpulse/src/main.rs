@@ -49,6 +49,16 @@ enum Cmd {
         #[arg(long)]
         rate: Option<f64>,
     },
+    /// Merge the small files of closed hours in the lake (the processor also does this on a timer).
+    Compact {
+        /// Treat hours that ended before this long ago as closed (default: the rules' lateness and
+        /// skew plus `process.compact_grace`). "0s" compacts every hour that has ended.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        closed_after: Option<Duration>,
+    },
+    /// Inspect the lake.
+    #[command(subcommand)]
+    Lake(LakeCmd),
     /// Print the effective configuration (secrets removed) and exit.
     Config,
     /// Benchmarks (see load-tests/RESULTS.md).
@@ -79,6 +89,15 @@ struct SimArgs {
     /// Also write the simulated devices into the registry file.
     #[arg(long)]
     register: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum LakeCmd {
+    /// Print the valid files of a table (heartbeat, sensor, road, rejected), one path per line,
+    /// relative to the lake root: what a reader outside Hexpulse should read, compactions applied.
+    Files { table: String },
+    /// Count rows and files per table (valid files only).
+    Stats,
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,10 +174,66 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
         }
         Cmd::Seal => bail!("`hexpulse seal` is not built yet (issue #5)"),
         Cmd::Query => bail!("`hexpulse query` is not built yet (issue #6)"),
+        Cmd::Compact { closed_after } => compact(cfg, closed_after).await,
+        Cmd::Lake(c) => lake(cfg, c).await,
         Cmd::Simulate(args) => simulate(cfg, args).await,
         Cmd::Up { no_traffic, rate } => up(cfg, no_traffic, rate).await,
         Cmd::Bench(b) => bench(cfg, b).await,
     }
+}
+
+async fn compact(cfg: Config, closed_after: Option<Duration>) -> anyhow::Result<()> {
+    use hexpulse_processors::compact;
+    let lake = hexpulse_processors::lake::Lake::open(&cfg.process.lake_url)?;
+    let rules = hexpulse_processors::rules::Rules::load(cfg.process.rules_path.as_deref())?;
+    let close_after = closed_after.unwrap_or(
+        rules.time.allowed_lateness + rules.time.max_future_skew + cfg.process.compact_grace,
+    );
+    let cut = hexpulse_common::time::now_ms() - close_after.as_millis() as i64;
+    let opts = compact::CompactOptions {
+        target_bytes: cfg.process.compact_target_bytes,
+        retention: cfg.process.compact_retention,
+    };
+    eprintln!(
+        "compacting hours of {} that ended {} ago or earlier",
+        cfg.process.lake_url,
+        humantime::format_duration(close_after)
+    );
+    let done = compact::compact_closed(&lake, cut, &opts).await?;
+    for (table, date, hour, outcome) in &done {
+        println!("{table} {date} {hour:02}: {outcome:?}");
+    }
+    eprintln!("{} hour(s) compacted", done.len());
+    Ok(())
+}
+
+async fn lake(cfg: Config, c: LakeCmd) -> anyhow::Result<()> {
+    use hexpulse_processors::compact;
+    let lake = hexpulse_processors::lake::Lake::open(&cfg.process.lake_url)?;
+    match c {
+        LakeCmd::Files { table } => {
+            if !compact::tables().contains(&table.as_str()) {
+                bail!(
+                    "unknown table {table:?}; tables: {}",
+                    compact::tables().join(", ")
+                );
+            }
+            for f in compact::valid_files(&lake, &table).await? {
+                println!("{f}");
+            }
+        }
+        LakeCmd::Stats => {
+            for table in compact::tables() {
+                let mut rows = 0u64;
+                let files = compact::valid_files(&lake, table).await?;
+                for f in &files {
+                    rows += lake.row_count(f).await?;
+                }
+                println!("{table:10} {:>8} files {rows:>12} rows", files.len());
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn simulate(mut cfg: Config, a: SimArgs) -> anyhow::Result<()> {

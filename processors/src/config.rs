@@ -34,6 +34,18 @@ pub struct ProcessConfig {
     /// Time allowed on SIGTERM to flush and commit.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// How often closed hours are compacted ("0s": never; `hexpulse compact` does it on demand).
+    #[serde(with = "humantime_serde")]
+    pub compact_interval: Duration,
+    /// An hour is closed this long after its end plus the rules' allowed lateness and clock skew.
+    #[serde(with = "humantime_serde")]
+    pub compact_grace: Duration,
+    /// Merged files grow to about this many bytes.
+    pub compact_target_bytes: u64,
+    /// Replaced small files are deleted this long after the merge (readers that listed them just
+    /// before it can still read them).
+    #[serde(with = "humantime_serde")]
+    pub compact_retention: Duration,
 }
 
 impl ProcessConfig {
@@ -50,6 +62,10 @@ impl ProcessConfig {
             reverify_signatures: false,
             session_timeout: Duration::from_secs(6),
             shutdown_timeout: Duration::from_secs(10),
+            compact_interval: Duration::ZERO,
+            compact_grace: Duration::from_secs(600),
+            compact_target_bytes: 64 << 20,
+            compact_retention: Duration::from_secs(600),
         }
     }
 }

@@ -36,7 +36,7 @@ impl LakeSummary {
     }
 }
 
-/// Reads every published file of the valid and rejected tables.
+/// Reads every valid file (see [`crate::compact`]) of the valid and rejected tables.
 pub async fn summarize(lake: &Lake) -> Result<LakeSummary, LakeError> {
     let mut s = LakeSummary::default();
     for table in KindName::ALL
@@ -44,10 +44,7 @@ pub async fn summarize(lake: &Lake) -> Result<LakeSummary, LakeError> {
         .into_iter()
         .chain([tables::REJECTED_TABLE])
     {
-        for path in lake.list(&format!("{table}/")).await? {
-            if !path.ends_with(".parquet") {
-                continue;
-            }
+        for path in crate::compact::valid_files(lake, table).await? {
             let Some(bytes) = lake.get(&path).await? else {
                 continue;
             };

@@ -5,6 +5,8 @@
 //! {table}/date=YYYY-MM-DD/hour=HH/{topic}-p{partition}-{start}-{end}.parquet   published data
 //! _staging/{topic}/p{partition}/{start}-{end}-{writer}/{table}-{date}-{hour}.parquet   written first, then moved
 //! _claims/{topic}/p{partition}/{start}.json                                         one per unit
+//! {table}/date=YYYY-MM-DD/hour=HH/compacted-{gen}-{i}-{hash}.parquet              merged (compact.rs)
+//! _compaction/{table}/date=YYYY-MM-DD/hour=HH/{gen}.json                           compaction records
 //! ```
 //! See `ARCHITECTURE.md`, "Exactly-once rows", for why this order makes every (partition, offset)
 //! appear at most once among published files, and at least once after recovery.
@@ -214,7 +216,10 @@ impl Lake {
                 .await;
             match moved {
                 Ok(()) => {}
-                Err(object_store::Error::NotFound { .. }) if self.exists(&f.published).await? => {}
+                // Moved by a concurrent publisher, or moved and later merged away by compaction.
+                Err(object_store::Error::NotFound { .. })
+                    if self.exists(&f.published).await?
+                        || crate::compact::was_compacted(self, &f.published).await? => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -229,6 +234,33 @@ impl Lake {
             .try_collect()
             .await?;
         Ok(items.into_iter().map(|m| m.location.to_string()).collect())
+    }
+
+    /// Rows of a Parquet file, from its footer.
+    pub async fn row_count(&self, path: &str) -> Result<u64, LakeError> {
+        let bytes = self.get(path).await?.unwrap_or_default();
+        let meta =
+            parquet::file::metadata::ParquetMetaDataReader::new().parse_and_finish(&bytes)?;
+        Ok(meta.file_metadata().num_rows() as u64)
+    }
+
+    /// Paths, sizes and modification times (ms since the epoch) of objects under `prefix`.
+    pub async fn list_meta(&self, prefix: &str) -> Result<Vec<(String, u64, i64)>, LakeError> {
+        let items: Vec<_> = self
+            .store
+            .list(Some(&Path::from(prefix)))
+            .try_collect()
+            .await?;
+        Ok(items
+            .into_iter()
+            .map(|m| {
+                (
+                    m.location.to_string(),
+                    m.size,
+                    m.last_modified.timestamp_millis(),
+                )
+            })
+            .collect())
     }
 
     /// Deletes an object, ignoring a missing one.

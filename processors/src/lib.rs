@@ -7,11 +7,13 @@
 //! - [`h3bin`]: H3 cells at the configured resolutions (h3o);
 //! - [`rows`]: Arrow record batches of the lake tables;
 //! - [`lake`]: object store layout, Parquet encoding, claims and publication;
+//! - [`compact`]: merging the small files of closed hours, atomically for readers;
 //! - [`partition`]: one partition's unit buffer and its exactly-once flush;
 //! - [`run`]: the consumer-group loop, HTTP endpoints and shutdown.
 //!
 //! The exactly-once argument is in `ARCHITECTURE.md`.
 
+pub mod compact;
 pub mod config;
 pub mod h3bin;
 pub mod inspect;

@@ -8,3 +8,4 @@ pub const FENCED: &str = "hexpulse_processor_fenced_total";
 pub const WATERMARK_MS: &str = "hexpulse_processor_watermark_ms"; // partition
 pub const LAG_MS: &str = "hexpulse_processor_lag_ms"; // partition
 pub const FLUSH_ERRORS: &str = "hexpulse_processor_flush_errors_total";
+pub const COMPACTION_ERRORS: &str = "hexpulse_processor_compaction_errors_total";

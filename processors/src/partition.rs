@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::{Float64Type, TimestampMillisecondType, UInt64Type};
+use arrow::datatypes::{Float64Type, Int32Type, TimestampMillisecondType, UInt64Type};
 use bytes::Bytes;
 use hexpulse_schemas::tables;
 use hexpulse_schemas::wire::KindName;
@@ -183,13 +183,15 @@ impl PartitionWorker {
             let mut hour_ms = from - from.rem_euclid(3_600_000);
             while hour_ms <= now {
                 let (date, hour) = date_hour(hour_ms);
-                let prefix = format!("{}/date={date}/hour={hour:02}/", table.as_str());
-                for path in self.lake.list(&prefix).await? {
-                    if !path
+                let (files, _) =
+                    crate::compact::hour_view(&self.lake, table.as_str(), &date, hour).await?;
+                for path in files {
+                    // Our own unit files hold only this partition; merged files hold every one.
+                    let own = path
                         .rsplit('/')
                         .next()
-                        .is_some_and(|f| f.starts_with(&mine))
-                    {
+                        .is_some_and(|f| f.starts_with(&mine));
+                    if !own && !crate::compact::is_compacted(&path) {
                         continue;
                     }
                     let Some(bytes) = self.lake.get(&path).await? else {
@@ -197,14 +199,27 @@ impl PartitionWorker {
                     };
                     for b in decode_parquet(
                         bytes,
-                        Some(&["device_key", "seq", "event_time", "lat", "lng"]),
+                        Some(&[
+                            "device_key",
+                            "seq",
+                            "event_time",
+                            "lat",
+                            "lng",
+                            "src_topic",
+                            "src_partition",
+                        ]),
                     )? {
                         let key = column(&b, "device_key").as_string::<i32>();
                         let seq = column(&b, "seq").as_primitive::<UInt64Type>();
                         let t = column(&b, "event_time").as_primitive::<TimestampMillisecondType>();
                         let lat = column(&b, "lat").as_primitive::<Float64Type>();
                         let lng = column(&b, "lng").as_primitive::<Float64Type>();
+                        let topic = column(&b, "src_topic").as_string::<i32>();
+                        let part = column(&b, "src_partition").as_primitive::<Int32Type>();
                         for i in 0..b.num_rows() {
+                            if part.value(i) != self.partition || topic.value(i) != self.topic {
+                                continue;
+                            }
                             let mut k = [0u8; 32];
                             if hex::decode_to_slice(key.value(i), &mut k).is_ok() && !seq.is_null(i)
                             {

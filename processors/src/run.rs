@@ -113,6 +113,20 @@ pub async fn start(
             .await;
     });
     tracing::info!(%addr, lake = %cfg.lake_url, rules = %rules.version, "processor starting");
+    if !cfg.compact_interval.is_zero() {
+        let close_after =
+            rules.time.allowed_lateness + rules.time.max_future_skew + cfg.compact_grace;
+        tokio::spawn(crate::compact::run_compactor(
+            lake.clone(),
+            cfg.compact_interval,
+            close_after,
+            crate::compact::CompactOptions {
+                target_bytes: cfg.compact_target_bytes,
+                retention: cfg.compact_retention,
+            },
+            shutdown.clone(),
+        ));
+    }
     let shared = Arc::new(Shared {
         cfg,
         kafka,

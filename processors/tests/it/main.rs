@@ -1,6 +1,7 @@
 //! Processor integration tests against the real broker (started by `make test`) and a real
 //! local-filesystem object store.
 
+mod compaction;
 mod exactly_once;
 mod store_faults;
 pub mod support;
