@@ -10,7 +10,7 @@ import sys
 
 import duckdb
 
-COMMON = ["event_time", "receive_time", "device_key", "seq", "lat", "lng", "accuracy_m"]
+COMMON = ["event_time", "receive_time", "device_key", "seq", "lat", "lng", "accuracy_m", "asserted_distance_m"]
 PROV = ["src_topic", "src_partition", "src_offset", "rules_version"]
 EXPECTED = {
     "heartbeat": ["radio", "signal_dbm", "download_mbps", "upload_mbps", "latency_ms"],

@@ -34,8 +34,12 @@ enum Cmd {
     Ingest,
     /// Run a stream processor (validate, H3-bin, write Parquet exactly once).
     Process,
-    /// Seal epochs (not built yet: issue #5).
-    Seal,
+    /// Seal epochs into deterministic reward inputs (device summaries, hex tables, manifest with a
+    /// Merkle root). Without --epoch, seals every complete epoch not sealed yet, in order.
+    Seal(SealArgs),
+    /// Sealed epochs: list, show a manifest, prove a device's summary, verify a proof, diff results.
+    #[command(subcommand)]
+    Epoch(EpochCmd),
     /// Run the query service (not built yet: issue #6).
     Query,
     /// Send simulated device traffic to an ingest endpoint.
@@ -89,6 +93,58 @@ struct SimArgs {
     /// Also write the simulated devices into the registry file.
     #[arg(long)]
     register: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct SealArgs {
+    /// The epoch to seal.
+    #[arg(long)]
+    epoch: Option<i64>,
+    /// Seal even though some partition's watermark has not passed the epoch end plus the lateness
+    /// (recorded in the manifest as forced).
+    #[arg(long)]
+    force: bool,
+    /// Compute under these rules instead (a re-run; needs --out).
+    #[arg(long, requires = "out")]
+    rules: Option<PathBuf>,
+    /// Write the epoch folder under this directory (or object store URL) instead of the lake, leaving
+    /// the sealed epoch untouched.
+    #[arg(long)]
+    out: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum EpochCmd {
+    /// Epochs with a manifest, with their root and device count.
+    List,
+    /// Print the manifest of an epoch.
+    Show {
+        #[arg(long)]
+        epoch: i64,
+    },
+    /// Print the Merkle inclusion proof (JSON) of a device's summary row.
+    Proof {
+        #[arg(long)]
+        epoch: i64,
+        /// Device public key, hex.
+        #[arg(long)]
+        device: String,
+    },
+    /// Check a proof (JSON file, or - for stdin) against the root in the lake's manifest, or --root.
+    Verify {
+        #[arg(long)]
+        proof: PathBuf,
+        #[arg(long)]
+        root: Option<String>,
+    },
+    /// Per-device differences of an epoch between the lake and another result (e.g. a --out re-run).
+    Diff {
+        #[arg(long)]
+        epoch: i64,
+        /// The other lake (directory or URL).
+        #[arg(long)]
+        other: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,7 +228,8 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
             hexpulse_processors::run::run(cfg.process, cfg.kafka, registry, stop).await?;
             Ok(())
         }
-        Cmd::Seal => bail!("`hexpulse seal` is not built yet (issue #5)"),
+        Cmd::Seal(a) => seal(cfg, a).await,
+        Cmd::Epoch(c) => epoch(cfg, c).await,
         Cmd::Query => bail!("`hexpulse query` is not built yet (issue #6)"),
         Cmd::Compact { closed_after } => compact(cfg, closed_after).await,
         Cmd::Lake(c) => lake(cfg, c).await,
@@ -180,6 +237,149 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
         Cmd::Up { no_traffic, rate } => up(cfg, no_traffic, rate).await,
         Cmd::Bench(b) => bench(cfg, b).await,
     }
+}
+
+async fn seal(cfg: Config, a: SealArgs) -> anyhow::Result<()> {
+    use hexpulse_processors::epoch::{self, seal as s};
+    let lake = hexpulse_processors::lake::Lake::open(&cfg.process.lake_url)?;
+    let rules_path = a.rules.as_deref().or(cfg.process.rules_path.as_deref());
+    let rules = hexpulse_processors::rules::Rules::load(rules_path)?;
+    let out = match &a.out {
+        Some(o) => hexpulse_processors::lake::Lake::open(o)?,
+        None => lake.clone(),
+    };
+    let ecfg = &cfg.process.epoch;
+    let epochs: Vec<i64> = match a.epoch {
+        Some(e) => vec![e],
+        None => {
+            let Some(first) = s::next_epoch(&out, ecfg).await? else {
+                eprintln!("the lake has no data yet: nothing to seal");
+                return Ok(());
+            };
+            let lateness = rules.time.allowed_lateness.as_millis() as i64;
+            let now = hexpulse_common::time::now_ms();
+            (first..)
+                .take_while(|e| ecfg.bounds(*e).is_ok_and(|(_, end)| end + lateness <= now))
+                .collect()
+        }
+    };
+    if epochs.is_empty() {
+        eprintln!("no epoch has passed its end plus the allowed lateness yet");
+    }
+    for id in epochs {
+        let req = s::SealRequest {
+            input: &lake,
+            output: &out,
+            cfg: ecfg,
+            rules: &rules,
+            epoch: id,
+            force: a.force,
+            topic: &cfg.kafka.raw_topic,
+            partitions: cfg.kafka.partitions,
+        };
+        match s::seal(req).await {
+            Ok(sealed) => {
+                let m = sealed.manifest();
+                let what = match sealed {
+                    s::Sealed::New(_) => "sealed",
+                    s::Sealed::Already(_) => "already sealed",
+                };
+                println!(
+                    "epoch {id} {what}{}: {} .. {}, {} devices, root {}, {}",
+                    if m.forced { " (forced)" } else { "" },
+                    m.start,
+                    m.end,
+                    m.merkle_leaves,
+                    m.merkle_root,
+                    epoch::manifest_path(id)
+                );
+            }
+            Err(epoch::EpochError::NotReady(why)) => {
+                bail!("{why}\n(use --force to seal anyway; the manifest records it)")
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+async fn epoch(cfg: Config, c: EpochCmd) -> anyhow::Result<()> {
+    use hexpulse_processors::epoch::{self, seal as s};
+    let lake = hexpulse_processors::lake::Lake::open(&cfg.process.lake_url)?;
+    match c {
+        EpochCmd::List => {
+            for id in epoch::sealed_ids(&lake).await? {
+                if let Some(m) = s::read_manifest(&lake, id).await? {
+                    println!(
+                        "{id:>8}  {} .. {}  {:>6} devices  root {}{}",
+                        m.start,
+                        m.end,
+                        m.merkle_leaves,
+                        m.merkle_root,
+                        if m.forced { "  (forced)" } else { "" }
+                    );
+                }
+            }
+        }
+        EpochCmd::Show { epoch: id } => {
+            let m = s::read_manifest(&lake, id)
+                .await?
+                .with_context(|| format!("epoch {id} is not sealed"))?;
+            println!("{}", serde_json::to_string_pretty(&m)?);
+        }
+        EpochCmd::Proof { epoch: id, device } => {
+            let p = s::build_proof(&lake, id, &device.to_ascii_lowercase()).await?;
+            println!("{}", serde_json::to_string_pretty(&p)?);
+        }
+        EpochCmd::Verify { proof, root } => {
+            let text = if proof.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&proof)
+                    .with_context(|| format!("reading {}", proof.display()))?
+            };
+            let p: s::Proof = serde_json::from_str(&text).context("parsing the proof")?;
+            let root = match root {
+                Some(r) => r,
+                None => {
+                    s::read_manifest(&lake, p.epoch)
+                        .await?
+                        .with_context(|| format!("epoch {} is not sealed in this lake", p.epoch))?
+                        .merkle_root
+                }
+            };
+            s::verify_proof(&p, &root)?;
+            println!(
+                "ok: device {} has {} points in epoch {} (root {root})",
+                p.device_key,
+                p.row.get("reward_points").cloned().unwrap_or_default(),
+                p.epoch
+            );
+        }
+        EpochCmd::Diff { epoch: id, other } => {
+            let b = hexpulse_processors::lake::Lake::open(&other)?;
+            let d = s::diff(&lake, &b, id).await?;
+            if d.is_empty() {
+                println!("no differences");
+            }
+            for x in &d {
+                let show = |p: Option<u64>| p.map_or("-".to_string(), |p| p.to_string());
+                println!(
+                    "{}  points {} -> {}{}",
+                    x.device_key,
+                    show(x.points_a),
+                    show(x.points_b),
+                    x.changed
+                        .iter()
+                        .filter(|c| c.0 != "reward_points")
+                        .map(|c| format!("  {}: {} -> {}", c.0, c.1, c.2))
+                        .collect::<String>()
+                );
+            }
+            eprintln!("{} device(s) differ", d.len());
+        }
+    }
+    Ok(())
 }
 
 async fn compact(cfg: Config, closed_after: Option<Duration>) -> anyhow::Result<()> {

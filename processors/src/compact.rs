@@ -240,7 +240,10 @@ async fn merge(lake: &Lake, sources: &[String]) -> Result<(bytes::Bytes, u64), L
         take_record_batch(&all, &idx)?
     };
     let rows = sorted.num_rows() as u64;
-    Ok((encode_parquet(&sorted)?, rows))
+    Ok((
+        encode_parquet(&sorted, crate::lake::COMPACTED_ZSTD_LEVEL)?,
+        rows,
+    ))
 }
 
 fn sources_hash(sources: &[String]) -> String {

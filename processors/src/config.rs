@@ -46,6 +46,9 @@ pub struct ProcessConfig {
     /// before it can still read them).
     #[serde(with = "humantime_serde")]
     pub compact_retention: Duration,
+    /// Epochs and their sealing (`[process.epoch]`).
+    #[serde(default)]
+    pub epoch: crate::epoch::EpochConfig,
 }
 
 impl ProcessConfig {
@@ -66,6 +69,10 @@ impl ProcessConfig {
             compact_grace: Duration::from_secs(600),
             compact_target_bytes: 64 << 20,
             compact_retention: Duration::from_secs(600),
+            epoch: crate::epoch::EpochConfig {
+                seal_interval: Duration::ZERO,
+                ..Default::default()
+            },
         }
     }
 }

@@ -272,10 +272,15 @@ impl Lake {
     }
 }
 
-/// Parquet bytes of `batch`: zstd, page-level statistics (column and offset indexes on).
-pub fn encode_parquet(batch: &RecordBatch) -> Result<Bytes, LakeError> {
+/// zstd level of the files the processors write every second: the fastest, since they are short-lived.
+pub const UNIT_ZSTD_LEVEL: i32 = 1;
+/// zstd level of merged files, which live as long as the lake: smaller at some CPU cost.
+pub const COMPACTED_ZSTD_LEVEL: i32 = 6;
+
+/// Parquet bytes of `batch`: zstd at `level`, page-level statistics (column and offset indexes on).
+pub fn encode_parquet(batch: &RecordBatch, level: i32) -> Result<Bytes, LakeError> {
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(level)?))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(128 * 1024))
         .build();

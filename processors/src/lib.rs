@@ -8,6 +8,7 @@
 //! - [`rows`]: Arrow record batches of the lake tables;
 //! - [`lake`]: object store layout, Parquet encoding, claims and publication;
 //! - [`compact`]: merging the small files of closed hours, atomically for readers;
+//! - [`epoch`]: sealing epochs into deterministic reward inputs with a manifest and Merkle root;
 //! - [`partition`]: one partition's unit buffer and its exactly-once flush;
 //! - [`run`]: the consumer-group loop, HTTP endpoints and shutdown.
 //!
@@ -15,6 +16,7 @@
 
 pub mod compact;
 pub mod config;
+pub mod epoch;
 pub mod h3bin;
 pub mod inspect;
 pub mod lake;

@@ -241,6 +241,22 @@ impl PartitionWorker {
         Ok(remembered)
     }
 
+    /// Writes this partition's watermark where sealers read it (`epoch::seal::watermark_path`).
+    pub async fn publish_watermark(&self) -> Result<(), LakeError> {
+        let wm = crate::epoch::seal::Watermark {
+            partition: self.partition,
+            watermark_ms: self.watermark_ms,
+            next_offset: self.next_offset,
+        };
+        let body = serde_json::to_vec(&wm).expect("watermark serialises");
+        self.lake
+            .put(
+                &crate::epoch::seal::watermark_path(&self.topic, self.partition),
+                body.into(),
+            )
+            .await
+    }
+
     /// First offset of the next unit.
     pub fn next_offset(&self) -> i64 {
         self.next_offset
@@ -273,8 +289,6 @@ impl PartitionWorker {
                 let loc = valid.reading.location.unwrap_or_default();
                 match self.binner.cells(loc.lat, loc.lng) {
                     Some(cells) => {
-                        metrics::counter!(m::ROWS, "outcome" => "valid", "reason" => "")
-                            .increment(1);
                         self.unit.valid.push(ValidRow { src, valid, cells });
                     }
                     None => self.reject(
@@ -316,7 +330,6 @@ impl PartitionWorker {
         reason: &'static str,
         message: String,
     ) {
-        metrics::counter!(m::ROWS, "outcome" => "rejected", "reason" => reason).increment(1);
         self.unit.rejected.push(RejectedRow {
             src,
             raw: Bytes::copy_from_slice(value),
@@ -437,6 +450,16 @@ impl PartitionWorker {
     async fn published(&mut self, claim: &Claim, started: Instant) -> Result<Flushed, FlushError> {
         self.lake.publish(claim).await?;
         let rows = self.buffered();
+        // Rows by outcome count what was published, once per unit (not per row: that is hot).
+        metrics::counter!(m::ROWS, "outcome" => "valid", "reason" => "")
+            .increment(self.unit.valid.len() as u64);
+        let mut by_reason: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for r in &self.unit.rejected {
+            *by_reason.entry(r.reason).or_default() += 1;
+        }
+        for (reason, n) in by_reason {
+            metrics::counter!(m::ROWS, "outcome" => "rejected", "reason" => reason).increment(n);
+        }
         self.next_offset = claim.end + 1;
         self.unit = Unit::default();
         self.validator.prune(self.watermark_ms);
@@ -457,7 +480,7 @@ impl PartitionWorker {
         end: i64,
         batch: &arrow::array::RecordBatch,
     ) -> Result<ClaimedFile, FlushError> {
-        let bytes = encode_parquet(batch)?;
+        let bytes = encode_parquet(batch, crate::lake::UNIT_ZSTD_LEVEL)?;
         let staging = Lake::staging_path(
             &self.topic,
             self.partition,

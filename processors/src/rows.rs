@@ -76,6 +76,7 @@ fn common_columns(
     let mut lat = Float64Builder::with_capacity(n);
     let mut lng = Float64Builder::with_capacity(n);
     let mut acc = Float32Builder::with_capacity(n);
+    let mut dist = Float64Builder::with_capacity(n);
     let mut cells: Vec<UInt64Builder> = ctx
         .resolutions
         .iter()
@@ -98,6 +99,7 @@ fn common_columns(
             lat.append_value(loc.lat);
             lng.append_value(loc.lng);
             acc.append_value(loc.accuracy_m);
+            dist.append_value(r.valid.asserted_distance_m);
             for (b, c) in cells.iter_mut().zip(&r.cells) {
                 b.append_value(*c);
             }
@@ -115,6 +117,7 @@ fn common_columns(
         Arc::new(lat.finish()),
         Arc::new(lng.finish()),
         Arc::new(acc.finish()),
+        Arc::new(dist.finish()),
     ];
     cols.extend(cells.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
     cols.extend([

@@ -19,6 +19,8 @@ pub struct Rules {
     pub speed: SpeedRules,
     pub rate: RateRules,
     pub ranges: BTreeMap<String, [f64; 2]>,
+    pub rewards: RewardRules,
+    pub privacy: PrivacyRules,
     /// SHA-256 of the file's bytes (computed, not read).
     #[serde(skip)]
     pub hash: String,
@@ -55,6 +57,49 @@ pub struct RateRules {
     #[serde(with = "humantime_serde")]
     pub window: Duration,
     pub max_per_window: u32,
+}
+
+/// The points formula of sealed epochs (see `config/rules.toml` and `epoch::points`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RewardRules {
+    pub heartbeat_hour_points: u64,
+    pub sensor_hour_points: u64,
+    pub road_hour_points: u64,
+    pub hex_points: u64,
+    pub max_hexes: u64,
+    pub road_observation_points: u64,
+    pub max_road_observations: u64,
+    pub trust: TrustRules,
+    pub speed: SpeedTierRules,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrustRules {
+    pub full_m: f64,
+    pub full_bp: u64,
+    pub partial_m: f64,
+    pub partial_bp: u64,
+    pub far_bp: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SpeedTierRules {
+    pub silver_mbps: f64,
+    pub gold_mbps: f64,
+    pub gold_max_latency_ms: f64,
+    pub none_bp: u64,
+    pub bronze_bp: u64,
+    pub silver_bp: u64,
+    pub gold_bp: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyRules {
+    pub road_min_devices: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +153,7 @@ mod tests {
     #[test]
     fn default_rules_parse_and_hash_is_of_the_bytes() {
         let r = Rules::load(None).unwrap();
-        assert_eq!(r.version, "2026.11.1");
+        assert_eq!(r.version, "2026.11.2");
         assert_eq!(r.hash.len(), 64);
         let r2 = Rules::parse(&format!("{DEFAULT_RULES}\n")).unwrap();
         assert_ne!(r.hash, r2.hash, "any byte change changes the hash");

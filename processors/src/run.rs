@@ -72,6 +72,7 @@ struct Shared {
     rules: Rules,
     registry: Registry,
     binner: Binner,
+    sealed: Arc<crate::epoch::SealedEpochs>,
 }
 
 /// Starts the consumer loop and the HTTP endpoints; stops (flushing and committing) on `shutdown`.
@@ -127,6 +128,39 @@ pub async fn start(
             shutdown.clone(),
         ));
     }
+    let sealed = Arc::new(
+        crate::epoch::SealedEpochs::new(cfg.epoch.clone())
+            .map_err(|e| ProcessError::Config(e.to_string()))?,
+    );
+    if let Err(e) = sealed.refresh(&lake).await {
+        tracing::warn!(error = %e, "could not read the sealed epochs yet");
+    }
+    {
+        // Learn of epochs sealed elsewhere (another processor, `hexpulse seal`).
+        let (sealed, lake, stop) = (sealed.clone(), lake.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+                if let Err(e) = sealed.refresh(&lake).await {
+                    tracing::debug!(error = %e, "refreshing sealed epochs failed");
+                }
+            }
+        });
+    }
+    if !cfg.epoch.seal_interval.is_zero() {
+        tokio::spawn(crate::epoch::seal::run_sealer(
+            lake.clone(),
+            cfg.epoch.clone(),
+            rules.clone(),
+            kafka.raw_topic.clone(),
+            kafka.partitions,
+            sealed.clone(),
+            shutdown.clone(),
+        ));
+    }
     let shared = Arc::new(Shared {
         cfg,
         kafka,
@@ -134,6 +168,7 @@ pub async fn start(
         rules,
         registry,
         binner,
+        sealed,
     });
     let task = tokio::spawn(consume(shared, shutdown));
     Ok(Running { addr, task })
@@ -188,6 +223,9 @@ async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Proc
     let mut tick = tokio::time::interval((s.cfg.roll_age / 2).max(Duration::from_millis(20)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let topic = s.kafka.raw_topic.clone();
+    let idle_after = s.cfg.epoch.idle_after;
+    let mut last_seen: HashMap<i32, Instant> = HashMap::new();
+    let mut idle_written: HashMap<i32, Instant> = HashMap::new();
     {
         let mut stream = consumer.stream();
         loop {
@@ -214,6 +252,7 @@ async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Proc
                 };
                 let (p, offset) = (msg.partition(), msg.offset());
                 let recv = receive_ms(&msg);
+                last_seen.insert(p, Instant::now());
                 if let std::collections::hash_map::Entry::Vacant(e) = workers.entry(p) {
                     // Resume at the end of the claim chain, found from the committed offset (always a
                     // chain boundary), never from whatever offset happened to arrive first.
@@ -259,6 +298,24 @@ async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Proc
                 .collect();
             for p in due {
                 flush_partition(&s, &consumer, &mut workers, p, &shutdown).await;
+            }
+            if !idle_after.is_zero() {
+                // A partition with nothing new for `idle_after` has everything up to now minus
+                // `idle_after` (ingest produces within its delivery timeout): advance its watermark.
+                for (p, w) in workers.iter_mut() {
+                    let quiet = last_seen.get(p).is_none_or(|t| t.elapsed() >= idle_after);
+                    let due = idle_written
+                        .get(p)
+                        .is_none_or(|t| t.elapsed() >= idle_after / 2);
+                    if quiet && due && w.buffered() == 0 {
+                        w.watermark_ms =
+                            w.watermark_ms.max(now_ms() - idle_after.as_millis() as i64);
+                        idle_written.insert(*p, Instant::now());
+                        if let Err(e) = w.publish_watermark().await {
+                            tracing::debug!(partition = p, error = %e, "idle watermark write failed");
+                        }
+                    }
+                }
             }
         }
     }
@@ -309,7 +366,8 @@ async fn init_worker(
             s.rules.clone(),
             s.registry.clone(),
             s.cfg.reverify_signatures,
-        );
+        )
+        .with_sealed(s.sealed.clone());
         match PartitionWorker::init(
             topic,
             p,
@@ -363,6 +421,9 @@ async fn flush_partition(
             // The Kafka offset is committed when the next record arrives, at that record's offset:
             // `next_offset` itself may lie in an offset gap, where tansu's fetches stall.
             w.commit_pending = true;
+            if let Err(e) = w.publish_watermark().await {
+                tracing::warn!(partition = p, error = %e, "writing the watermark failed");
+            }
             let wm = w.watermark_ms;
             metrics::gauge!(m::WATERMARK_MS, "partition" => p.to_string()).set(wm as f64);
             metrics::gauge!(m::LAG_MS, "partition" => p.to_string())

@@ -35,6 +35,7 @@ pub fn common_fields(h3_resolutions: &[u8]) -> Vec<Field> {
         Field::new("lat", DataType::Float64, false),
         Field::new("lng", DataType::Float64, false),
         Field::new("accuracy_m", DataType::Float32, false),
+        Field::new("asserted_distance_m", DataType::Float64, false),
     ];
     f.extend(
         h3_resolutions
@@ -114,11 +115,13 @@ pub fn rejected_schema() -> SchemaRef {
     Arc::new(Schema::new(f))
 }
 
-/// `device_summary`: one row per device per sealed epoch (filled by the epoch sealer).
+/// `device_summary`: one row per device per sealed epoch (written by the epoch sealer). The
+/// `rejected_{reason}` columns follow [`crate::reasons::RejectReason::ALL`] order.
 pub fn device_summary_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("epoch", DataType::UInt64, false),
+    let mut f = vec![
+        Field::new("epoch", DataType::Int64, false),
         Field::new("device_key", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
         Field::new("heartbeats", DataType::UInt64, false),
         Field::new("sensor_readings", DataType::UInt64, false),
         Field::new("road_observations", DataType::UInt64, false),
@@ -126,11 +129,63 @@ pub fn device_summary_schema() -> SchemaRef {
         Field::new("distinct_hexes", DataType::UInt64, false),
         Field::new("median_distance_m", DataType::Float64, true),
         Field::new("location_trust", DataType::Float64, false),
+        Field::new("speed_tests", DataType::UInt64, false),
+        Field::new("median_download_mbps", DataType::Float64, true),
         Field::new("speed_tier", DataType::Utf8, false),
         Field::new("rejected", DataType::UInt64, false),
+    ];
+    f.extend(
+        crate::reasons::RejectReason::ALL
+            .iter()
+            .map(|r| Field::new(format!("rejected_{}", r.as_str()), DataType::UInt64, false)),
+    );
+    f.extend([
         Field::new("reward_points", DataType::UInt64, false),
         Field::new("rules_version", DataType::Utf8, false),
         Field::new("rules_hash", DataType::Utf8, false),
+    ]);
+    Arc::new(Schema::new(f))
+}
+
+/// `hex_coverage`: one row per H3 cell with heartbeats in a sealed epoch.
+pub fn hex_coverage_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("epoch", DataType::Int64, false),
+        Field::new("h3_cell", DataType::UInt64, false),
+        Field::new("devices", DataType::UInt64, false),
+        Field::new("heartbeats", DataType::UInt64, false),
+        Field::new("best_signal_dbm", DataType::Float64, false),
+        Field::new("median_signal_dbm", DataType::Float64, false),
+        Field::new("speed_tests", DataType::UInt64, false),
+        Field::new("median_download_mbps", DataType::Float64, true),
+        Field::new("median_upload_mbps", DataType::Float64, true),
+        Field::new("median_latency_ms", DataType::Float64, true),
+    ]))
+}
+
+/// `sensor_hex_hourly`: one row per H3 cell, hour and metric in a sealed epoch.
+pub fn sensor_hex_hourly_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("epoch", DataType::Int64, false),
+        Field::new("h3_cell", DataType::UInt64, false),
+        Field::new("hour", ts(), false),
+        Field::new("metric", DataType::Utf8, false),
+        Field::new("count", DataType::UInt64, false),
+        Field::new("mean", DataType::Float64, false),
+        Field::new("min", DataType::Float64, false),
+        Field::new("max", DataType::Float64, false),
+        Field::new("p95", DataType::Float64, false),
+    ]))
+}
+
+/// `road_hex`: one row per H3 cell and observation type with at least k distinct devices.
+pub fn road_hex_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("epoch", DataType::Int64, false),
+        Field::new("h3_cell", DataType::UInt64, false),
+        Field::new("observation", DataType::Utf8, false),
+        Field::new("observations", DataType::UInt64, false),
+        Field::new("devices", DataType::UInt64, false),
     ]))
 }
 
@@ -147,11 +202,16 @@ mod tests {
             road_schema(&[12, 8]),
             rejected_schema(),
             device_summary_schema(),
+            hex_coverage_schema(),
+            sensor_hex_hourly_schema(),
+            road_hex_schema(),
         ];
         for s in schemas {
             for f in s.fields() {
                 let name = if f.name().starts_with("h3_r") {
                     "h3_r{res}"
+                } else if f.name().starts_with("rejected_") {
+                    "rejected_{reason}"
                 } else {
                     f.name().as_str()
                 };

@@ -24,7 +24,7 @@ mod state;
 pub use checks::{distance_m, location_problem};
 pub use state::DeviceState;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use hexpulse_common::registry::Registry;
 use hexpulse_schemas::check::{DecodedEnvelope, Rejection, decode_envelope, parse_key};
@@ -50,6 +50,8 @@ pub struct ValidReading {
     pub key: [u8; 32],
     pub kind: KindName,
     pub reading: Reading,
+    /// Metres from the device's asserted location in the registry.
+    pub asserted_distance_m: f64,
 }
 
 /// What validation decided. Rejections keep whatever could be decoded.
@@ -70,6 +72,7 @@ pub struct Validator {
     registry: Registry,
     reverify: bool,
     devices: HashMap<[u8; 32], DeviceState>,
+    sealed: Option<std::sync::Arc<crate::epoch::SealedEpochs>>,
 }
 
 impl Validator {
@@ -78,8 +81,15 @@ impl Validator {
             rules,
             registry,
             reverify,
-            devices: HashMap::new(),
+            devices: HashMap::default(),
+            sealed: None,
         }
+    }
+
+    /// Readings of these sealed epochs are rejected as `late`.
+    pub fn with_sealed(mut self, sealed: std::sync::Arc<crate::epoch::SealedEpochs>) -> Self {
+        self.sealed = Some(sealed);
+        self
     }
 
     pub fn rules(&self) -> &Rules {
@@ -206,6 +216,17 @@ impl Validator {
                 &decoded,
             );
         }
+        if let Some(id) = self
+            .sealed
+            .as_ref()
+            .and_then(|s| s.sealed_epoch_of(r.device_time_ms))
+        {
+            return with(
+                RejectReason::Late,
+                format!("epoch {id} is already sealed"),
+                &decoded,
+            );
+        }
         let state = self.devices.get(&key);
         if state.is_some_and(|s| s.has_seq(r.seq)) {
             return with(
@@ -219,8 +240,9 @@ impl Validator {
         {
             return with(RejectReason::ValueOutOfRange, problem, &decoded);
         }
+        let asserted_distance_m = distance_m((loc.lat, loc.lng), asserted);
         if decoded.kind == KindName::Heartbeat {
-            let d = distance_m((loc.lat, loc.lng), asserted);
+            let d = asserted_distance_m;
             if d > self.rules.location.max_distance_from_asserted_m {
                 return with(
                     RejectReason::TooFarFromAsserted,
@@ -263,6 +285,7 @@ impl Validator {
             key,
             kind: decoded.kind,
             reading: decoded.reading,
+            asserted_distance_m,
         })
     }
 }

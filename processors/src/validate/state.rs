@@ -1,6 +1,6 @@
 //! Per-device validation state.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 /// What a partition remembers of one device: stored sequence numbers (with their device time, for
 /// pruning), the last valid position, and valid readings per rate window.

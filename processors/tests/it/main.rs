@@ -2,6 +2,7 @@
 //! local-filesystem object store.
 
 mod compaction;
+mod epochs;
 mod exactly_once;
 mod store_faults;
 pub mod support;

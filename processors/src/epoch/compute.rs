@@ -1,0 +1,552 @@
+//! Reading an epoch's rows from the lake and aggregating them into the epoch tables.
+//!
+//! Determinism: rows are gathered into plain vectors, every aggregate is keyed by a `BTreeMap`, and
+//! every floating-point reduction runs over values sorted by total order, so neither file order nor
+//! partitioning (which changes provenance) can change a bit of the output.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Builder, Int64Array, RecordBatch, StringArray,
+    TimestampMillisecondArray, UInt32Array, UInt64Array,
+};
+use arrow::datatypes::{
+    Float32Type, Float64Type, Int32Type, Int64Type, TimestampMillisecondType, UInt64Type,
+};
+use hexpulse_schemas::reasons::RejectReason;
+use hexpulse_schemas::tables;
+use hexpulse_schemas::wire::KindName;
+
+use super::merkle::{self, Hash};
+use super::points::{self, DeviceFacts};
+use super::{EpochConfig, EpochError, median};
+use crate::compact::valid_files;
+use crate::lake::{Lake, column, decode_parquet};
+use crate::partition::date_hour;
+use crate::rules::Rules;
+
+type Prov = (String, i32, i64);
+
+#[derive(Debug, Clone)]
+struct Hb {
+    key: String,
+    t: i64,
+    cell: u64,
+    dist: f64,
+    signal: f64,
+    down: Option<f64>,
+    up: Option<f64>,
+    latency: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+struct Sensor {
+    key: String,
+    t: i64,
+    seq: u64,
+    cell: u64,
+    dist: f64,
+    metric: String,
+    value: f64,
+}
+
+#[derive(Debug, Clone)]
+struct Road {
+    key: String,
+    t: i64,
+    cell: u64,
+    observation: String,
+}
+
+/// The rows of one epoch, and the input offsets they came from.
+#[derive(Debug, Default)]
+pub struct EpochRows {
+    hb: Vec<Hb>,
+    sensor: Vec<Sensor>,
+    road: Vec<Road>,
+    /// (device key, reason) of rejected rows that name a device.
+    rejected: Vec<(String, String)>,
+    /// (topic, partition) -> (first offset, last offset, rows).
+    pub inputs: BTreeMap<(String, i32), (i64, i64, u64)>,
+    /// Rejected rows without a device key (malformed records): counted, not attributed.
+    pub unattributed_rejections: u64,
+}
+
+impl EpochRows {
+    fn saw(&mut self, p: &Prov) {
+        let e = self
+            .inputs
+            .entry((p.0.clone(), p.1))
+            .or_insert((p.2, p.2, 0));
+        e.0 = e.0.min(p.2);
+        e.1 = e.1.max(p.2);
+        e.2 += 1;
+    }
+
+    pub fn valid_rows(&self) -> usize {
+        self.hb.len() + self.sensor.len() + self.road.len()
+    }
+}
+
+fn in_hours(path: &str, from: &(String, u32), to: &(String, u32)) -> bool {
+    let mut parts = path.split('/').skip(1);
+    let date = parts.next().and_then(|d| d.strip_prefix("date="));
+    let hour = parts
+        .next()
+        .and_then(|h| h.strip_prefix("hour="))
+        .and_then(|h| h.parse::<u32>().ok());
+    match (date, hour) {
+        (Some(d), Some(h)) => {
+            (d, h) >= (from.0.as_str(), from.1) && (d, h) <= (to.0.as_str(), to.1)
+        }
+        _ => false,
+    }
+}
+
+/// The valid files (compactions applied) of `table` whose hour overlaps `[from_ms, to_ms)`.
+pub async fn files_between(
+    lake: &Lake,
+    table: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<String>, EpochError> {
+    let (from, to) = (date_hour(from_ms), date_hour(to_ms - 1));
+    Ok(valid_files(lake, table)
+        .await?
+        .into_iter()
+        .filter(|p| in_hours(p, &from, &to))
+        .collect())
+}
+
+/// Every input file of epoch `id`: the valid tables' hours of the epoch, and the `rejected` hours
+/// from its start to its end plus the lateness and clock skew (rejected rows are filed by receive time).
+pub async fn epoch_files(
+    lake: &Lake,
+    cfg: &EpochConfig,
+    rules: &Rules,
+    id: i64,
+) -> Result<Vec<(String, String)>, EpochError> {
+    let (start, end) = cfg.bounds(id)?;
+    let mut files = Vec::new();
+    for kind in KindName::ALL {
+        for f in files_between(lake, kind.as_str(), start, end).await? {
+            files.push((kind.as_str().to_string(), f));
+        }
+    }
+    let tail = (rules.time.allowed_lateness + rules.time.max_future_skew).as_millis() as i64;
+    for f in files_between(lake, tables::REJECTED_TABLE, start, end + tail + 3_600_000).await? {
+        files.push((tables::REJECTED_TABLE.to_string(), f));
+    }
+    Ok(files)
+}
+
+/// Reads the rows of epoch `id` from `files` (as `epoch_files` lists them, in any order).
+pub async fn load_rows(
+    lake: &Lake,
+    cfg: &EpochConfig,
+    id: i64,
+    files: &[(String, String)],
+) -> Result<EpochRows, EpochError> {
+    let (start, end) = cfg.bounds(id)?;
+    let cell_col = tables::h3_column(cfg.hex_resolution);
+    let mut rows = EpochRows::default();
+    for (table, path) in files {
+        let Some(bytes) = lake.get(path).await? else {
+            return Err(EpochError::Invalid(format!(
+                "{path} vanished while sealing"
+            )));
+        };
+        for b in decode_parquet(bytes, None)? {
+            if table != tables::REJECTED_TABLE && b.column_by_name(&cell_col).is_none() {
+                return Err(EpochError::Config(format!(
+                    "{path} has no column {cell_col}: the epoch hex_resolution must be one of the \
+                     processors' h3_resolutions"
+                )));
+            }
+            let topic = column(&b, "src_topic").as_string::<i32>();
+            let part = column(&b, "src_partition").as_primitive::<Int32Type>();
+            let off = column(&b, "src_offset").as_primitive::<Int64Type>();
+            let prov = |i: usize| (topic.value(i).to_string(), part.value(i), off.value(i));
+            if table == tables::REJECTED_TABLE {
+                let et = column(&b, "event_time").as_primitive::<TimestampMillisecondType>();
+                let rt = column(&b, "receive_time").as_primitive::<TimestampMillisecondType>();
+                let key = column(&b, "device_key").as_string::<i32>();
+                let reason = column(&b, "reason").as_string::<i32>();
+                for i in 0..b.num_rows() {
+                    let t = if et.is_null(i) {
+                        rt.value(i)
+                    } else {
+                        et.value(i)
+                    };
+                    if t < start || t >= end {
+                        continue;
+                    }
+                    rows.saw(&prov(i));
+                    if key.is_null(i) {
+                        rows.unattributed_rejections += 1;
+                    } else {
+                        rows.rejected
+                            .push((key.value(i).to_string(), reason.value(i).to_string()));
+                    }
+                }
+                continue;
+            }
+            let t = column(&b, "event_time").as_primitive::<TimestampMillisecondType>();
+            let key = column(&b, "device_key").as_string::<i32>();
+            let cell = column(&b, &cell_col).as_primitive::<UInt64Type>();
+            let dist = column(&b, "asserted_distance_m").as_primitive::<Float64Type>();
+            let keep = |i: usize| t.value(i) >= start && t.value(i) < end;
+            match table.as_str() {
+                "heartbeat" => {
+                    let sig = column(&b, "signal_dbm").as_primitive::<Float32Type>();
+                    let down = column(&b, "download_mbps").as_primitive::<Float32Type>();
+                    let up = column(&b, "upload_mbps").as_primitive::<Float32Type>();
+                    let lat = column(&b, "latency_ms").as_primitive::<Float32Type>();
+                    let opt = |a: &arrow::array::Float32Array, i: usize| {
+                        (!a.is_null(i)).then(|| a.value(i) as f64)
+                    };
+                    for i in (0..b.num_rows()).filter(|i| keep(*i)) {
+                        rows.saw(&prov(i));
+                        rows.hb.push(Hb {
+                            key: key.value(i).to_string(),
+                            t: t.value(i),
+                            cell: cell.value(i),
+                            dist: dist.value(i),
+                            signal: sig.value(i) as f64,
+                            down: opt(down, i),
+                            up: opt(up, i),
+                            latency: opt(lat, i),
+                        });
+                    }
+                }
+                "sensor" => {
+                    let seq = column(&b, "seq").as_primitive::<UInt64Type>();
+                    let metric = column(&b, "metric").as_string::<i32>();
+                    let value = column(&b, "value").as_primitive::<Float64Type>();
+                    for i in (0..b.num_rows()).filter(|i| keep(*i)) {
+                        rows.saw(&prov(i));
+                        rows.sensor.push(Sensor {
+                            key: key.value(i).to_string(),
+                            t: t.value(i),
+                            seq: seq.value(i),
+                            cell: cell.value(i),
+                            dist: dist.value(i),
+                            metric: metric.value(i).to_string(),
+                            value: value.value(i),
+                        });
+                    }
+                }
+                "road" => {
+                    let obs = column(&b, "observation").as_string::<i32>();
+                    for i in (0..b.num_rows()).filter(|i| keep(*i)) {
+                        rows.saw(&prov(i));
+                        rows.road.push(Road {
+                            key: key.value(i).to_string(),
+                            t: t.value(i),
+                            cell: cell.value(i),
+                            observation: obs.value(i).to_string(),
+                        });
+                    }
+                }
+                other => return Err(EpochError::Invalid(format!("unexpected table {other}"))),
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// The epoch tables, and the Merkle leaves of the device summaries.
+#[derive(Debug)]
+pub struct EpochTables {
+    pub device_summary: RecordBatch,
+    pub hex_coverage: RecordBatch,
+    pub sensor_hex_hourly: RecordBatch,
+    pub road_hex: RecordBatch,
+    pub leaves: Vec<Hash>,
+}
+
+#[derive(Default)]
+struct Dev {
+    heartbeats: u64,
+    sensor_seqs: BTreeSet<u64>,
+    road: u64,
+    hours: BTreeSet<i64>,
+    cells: BTreeSet<u64>,
+    dists: Vec<f64>,
+    downs: Vec<f64>,
+    latencies: Vec<f64>,
+    rejected: BTreeMap<String, u64>,
+}
+
+impl Dev {
+    fn kind(&self) -> KindName {
+        if self.heartbeats > 0 {
+            KindName::Heartbeat
+        } else if !self.sensor_seqs.is_empty() {
+            KindName::Sensor
+        } else {
+            KindName::Road
+        }
+    }
+}
+
+fn sorted_sum(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.iter().sum()
+}
+
+fn f64_col(v: impl IntoIterator<Item = Option<f64>>) -> ArrayRef {
+    let mut b = Float64Builder::new();
+    for x in v {
+        b.append_option(x);
+    }
+    Arc::new(b.finish())
+}
+
+/// Aggregates the rows of epoch `id` into its tables under `rules`.
+pub fn aggregate(rows: &EpochRows, id: i64, rules: &Rules) -> Result<EpochTables, EpochError> {
+    let r = &rules.rewards;
+    let mut devs: BTreeMap<&str, Dev> = BTreeMap::new();
+    for h in &rows.hb {
+        let d = devs.entry(&h.key).or_default();
+        d.heartbeats += 1;
+        d.hours.insert(h.t.div_euclid(3_600_000));
+        d.cells.insert(h.cell);
+        d.dists.push(h.dist);
+        if let Some(x) = h.down {
+            d.downs.push(x);
+        }
+        if let Some(x) = h.latency {
+            d.latencies.push(x);
+        }
+    }
+    for s in &rows.sensor {
+        let d = devs.entry(&s.key).or_default();
+        if d.sensor_seqs.insert(s.seq) {
+            d.dists.push(s.dist);
+        }
+        d.hours.insert(s.t.div_euclid(3_600_000));
+        d.cells.insert(s.cell);
+    }
+    for o in &rows.road {
+        let d = devs.entry(&o.key).or_default();
+        d.road += 1;
+        d.hours.insert(o.t.div_euclid(3_600_000));
+        d.cells.insert(o.cell);
+    }
+    for (key, reason) in &rows.rejected {
+        if let Some(d) = devs.get_mut(key.as_str()) {
+            *d.rejected.entry(reason.clone()).or_default() += 1;
+        }
+    }
+
+    // device_summary
+    let n = devs.len();
+    let mut cols: Vec<ArrayRef> = Vec::new();
+    let mut key = Vec::with_capacity(n);
+    let mut kind = Vec::with_capacity(n);
+    let (mut hb, mut sn, mut rd, mut hours, mut hexes) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut med_dist, mut trust, mut tests, mut med_down, mut tier) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let mut rejected_total = vec![];
+    let mut by_reason: Vec<Vec<u64>> = vec![Vec::with_capacity(n); RejectReason::ALL.len()];
+    let mut pts = vec![];
+    for (k, d) in devs.iter_mut() {
+        let kd = d.kind();
+        let md = if kd == KindName::Road {
+            None
+        } else {
+            median(&mut d.dists)
+        };
+        let facts = DeviceFacts {
+            kind: kd,
+            active_hours: d.hours.len() as u32,
+            distinct_hexes: d.cells.len() as u64,
+            road_observations: d.road,
+            median_distance_m: md,
+            median_download_mbps: median(&mut d.downs),
+            median_latency_ms: median(&mut d.latencies),
+        };
+        let a = points::award(r, &facts);
+        key.push(k.to_string());
+        kind.push(kd.as_str());
+        hb.push(d.heartbeats);
+        sn.push(d.sensor_seqs.len() as u64);
+        rd.push(d.road);
+        hours.push(facts.active_hours);
+        hexes.push(facts.distinct_hexes);
+        med_dist.push(md);
+        trust.push(Some(a.trust_bp as f64 / 10_000.0));
+        tests.push(d.downs.len() as u64);
+        med_down.push(facts.median_download_mbps);
+        tier.push(a.tier);
+        rejected_total.push(d.rejected.values().sum::<u64>());
+        for (i, reason) in RejectReason::ALL.iter().enumerate() {
+            by_reason[i].push(d.rejected.get(reason.as_str()).copied().unwrap_or(0));
+        }
+        pts.push(a.points);
+    }
+    cols.push(Arc::new(Int64Array::from(vec![id; n])));
+    cols.push(Arc::new(StringArray::from(key)));
+    cols.push(Arc::new(StringArray::from(kind)));
+    cols.push(Arc::new(UInt64Array::from(hb)));
+    cols.push(Arc::new(UInt64Array::from(sn)));
+    cols.push(Arc::new(UInt64Array::from(rd)));
+    cols.push(Arc::new(UInt32Array::from(hours)));
+    cols.push(Arc::new(UInt64Array::from(hexes)));
+    cols.push(f64_col(med_dist));
+    cols.push(f64_col(trust));
+    cols.push(Arc::new(UInt64Array::from(tests)));
+    cols.push(f64_col(med_down));
+    cols.push(Arc::new(StringArray::from(tier)));
+    cols.push(Arc::new(UInt64Array::from(rejected_total)));
+    for v in by_reason {
+        cols.push(Arc::new(UInt64Array::from(v)));
+    }
+    cols.push(Arc::new(UInt64Array::from(pts)));
+    cols.push(Arc::new(StringArray::from(vec![rules.version.as_str(); n])));
+    cols.push(Arc::new(StringArray::from(vec![rules.hash.as_str(); n])));
+    let device_summary = RecordBatch::try_new(tables::device_summary_schema(), cols)?;
+    let leaves = (0..device_summary.num_rows())
+        .map(|i| merkle::encode_row(&device_summary, i).map(|e| merkle::leaf_hash(&e)))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    Ok(EpochTables {
+        device_summary,
+        hex_coverage: hex_coverage(rows, id)?,
+        sensor_hex_hourly: sensor_hourly(rows, id)?,
+        road_hex: road_hex(rows, id, rules.privacy.road_min_devices)?,
+        leaves,
+    })
+}
+
+fn hex_coverage(rows: &EpochRows, id: i64) -> Result<RecordBatch, EpochError> {
+    #[derive(Default)]
+    struct Cell<'a> {
+        devices: BTreeSet<&'a str>,
+        signals: Vec<f64>,
+        downs: Vec<f64>,
+        ups: Vec<f64>,
+        lats: Vec<f64>,
+    }
+    let mut cells: BTreeMap<u64, Cell> = BTreeMap::new();
+    for h in &rows.hb {
+        let c = cells.entry(h.cell).or_default();
+        c.devices.insert(&h.key);
+        c.signals.push(h.signal);
+        c.downs.extend(h.down);
+        c.ups.extend(h.up);
+        c.lats.extend(h.latency);
+    }
+    let n = cells.len();
+    let (mut cell, mut devices, mut hbs, mut best, mut med) =
+        (Vec::with_capacity(n), vec![], vec![], vec![], vec![]);
+    let (mut tests, mut down, mut up, mut lat) = (vec![], vec![], vec![], vec![]);
+    for (k, mut c) in cells {
+        cell.push(k);
+        devices.push(c.devices.len() as u64);
+        hbs.push(c.signals.len() as u64);
+        let m = median(&mut c.signals);
+        best.push(c.signals.last().copied());
+        med.push(m);
+        tests.push(c.downs.len() as u64);
+        down.push(median(&mut c.downs));
+        up.push(median(&mut c.ups));
+        lat.push(median(&mut c.lats));
+    }
+    Ok(RecordBatch::try_new(
+        tables::hex_coverage_schema(),
+        vec![
+            Arc::new(Int64Array::from(vec![id; n])),
+            Arc::new(UInt64Array::from(cell)),
+            Arc::new(UInt64Array::from(devices)),
+            Arc::new(UInt64Array::from(hbs)),
+            f64_col(best),
+            f64_col(med),
+            Arc::new(UInt64Array::from(tests)),
+            f64_col(down),
+            f64_col(up),
+            f64_col(lat),
+        ],
+    )?)
+}
+
+fn sensor_hourly(rows: &EpochRows, id: i64) -> Result<RecordBatch, EpochError> {
+    let mut groups: BTreeMap<(u64, i64, &str), Vec<f64>> = BTreeMap::new();
+    for s in &rows.sensor {
+        groups
+            .entry((s.cell, s.t.div_euclid(3_600_000) * 3_600_000, &s.metric))
+            .or_default()
+            .push(s.value);
+    }
+    let n = groups.len();
+    let (mut cell, mut hour, mut metric, mut count) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut mean, mut min, mut max, mut p95) = (vec![], vec![], vec![], vec![]);
+    for ((c, h, m), mut v) in groups {
+        let sum = sorted_sum(&mut v);
+        let len = v.len();
+        cell.push(c);
+        hour.push(h);
+        metric.push(m);
+        count.push(len as u64);
+        mean.push(Some(sum / len as f64));
+        min.push(Some(v[0]));
+        max.push(Some(v[len - 1]));
+        // Nearest rank: the ceil(0.95 n)-th smallest value.
+        let rank = (len * 95).div_ceil(100).max(1);
+        p95.push(Some(v[rank - 1]));
+    }
+    Ok(RecordBatch::try_new(
+        tables::sensor_hex_hourly_schema(),
+        vec![
+            Arc::new(Int64Array::from(vec![id; n])),
+            Arc::new(UInt64Array::from(cell)),
+            Arc::new(TimestampMillisecondArray::from(hour).with_timezone("UTC")),
+            Arc::new(StringArray::from(metric)),
+            Arc::new(UInt64Array::from(count)),
+            f64_col(mean),
+            f64_col(min),
+            f64_col(max),
+            f64_col(p95),
+        ],
+    )?)
+}
+
+fn road_hex(rows: &EpochRows, id: i64, k: u64) -> Result<RecordBatch, EpochError> {
+    let mut groups: BTreeMap<(u64, &str), (u64, BTreeSet<&str>)> = BTreeMap::new();
+    for o in &rows.road {
+        let g = groups.entry((o.cell, &o.observation)).or_default();
+        g.0 += 1;
+        g.1.insert(&o.key);
+    }
+    groups.retain(|_, g| g.1.len() as u64 >= k);
+    let n = groups.len();
+    let (mut cell, mut obs, mut count, mut devices) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for ((c, o), (cnt, devs)) in groups {
+        cell.push(c);
+        obs.push(o);
+        count.push(cnt);
+        devices.push(devs.len() as u64);
+    }
+    Ok(RecordBatch::try_new(
+        tables::road_hex_schema(),
+        vec![
+            Arc::new(Int64Array::from(vec![id; n])),
+            Arc::new(UInt64Array::from(cell)),
+            Arc::new(StringArray::from(obs)),
+            Arc::new(UInt64Array::from(count)),
+            Arc::new(UInt64Array::from(devices)),
+        ],
+    )?)
+}

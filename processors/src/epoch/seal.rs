@@ -1,0 +1,571 @@
+//! Sealing: the completeness gate, the epoch files, the manifest (written last), proofs and diffs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, UInt32Type, UInt64Type};
+use object_store::path::Path;
+use object_store::{PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::compute::{aggregate, epoch_files, load_rows};
+use super::merkle::{self, Step};
+use super::{EpochConfig, EpochError, SealedEpochs, epoch_dir, manifest_path};
+use crate::compact::table_hours;
+use crate::lake::{COMPACTED_ZSTD_LEVEL, Lake, decode_parquet, encode_parquet};
+use crate::rules::Rules;
+use hexpulse_schemas::tables;
+
+/// Where a partition's watermark is kept (written by the processor after each unit).
+pub fn watermark_path(topic: &str, partition: i32) -> String {
+    format!("_watermarks/{topic}/p{partition:04}.json")
+}
+
+/// A partition's published watermark.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watermark {
+    pub partition: i32,
+    /// Every record with a receive time up to this (ms) is published, or will be rejected as late.
+    pub watermark_ms: i64,
+    pub next_offset: i64,
+}
+
+/// One input range of the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputRange {
+    pub topic: String,
+    pub partition: i32,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub rows: u64,
+}
+
+/// One output file of the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFile {
+    pub table: String,
+    pub path: String,
+    pub bytes: u64,
+    pub rows: u64,
+    pub sha256: String,
+}
+
+/// The manifest of a sealed epoch: written last, it is the seal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub epoch: i64,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub start: String,
+    pub end: String,
+    pub sealed_at: String,
+    /// Sealed by operator override before every watermark passed the end plus the lateness.
+    pub forced: bool,
+    pub rules_version: String,
+    pub rules_hash: String,
+    pub allowed_lateness_ms: i64,
+    /// Partition watermarks (ms) when sealed; `None`: the partition had none.
+    pub watermarks: BTreeMap<i32, Option<i64>>,
+    pub inputs: Vec<InputRange>,
+    pub unattributed_rejections: u64,
+    pub outputs: Vec<OutputFile>,
+    pub merkle_root: String,
+    pub merkle_leaves: u64,
+    pub leaf_encoding: String,
+}
+
+impl Manifest {
+    pub fn output(&self, table: &str) -> Option<&OutputFile> {
+        self.outputs.iter().find(|o| o.table == table)
+    }
+}
+
+pub const LEAF_ENCODING: &str = "hexpulse/v1: SHA-256(0x00 || device_summary row, columns in schema order), see processors/src/epoch/merkle.rs";
+
+/// What to seal, from where, to where.
+pub struct SealRequest<'a> {
+    /// The lake holding the rows (and the watermarks).
+    pub input: &'a Lake,
+    /// Where the epoch folder and manifest go: the same lake, or another root for re-runs.
+    pub output: &'a Lake,
+    pub cfg: &'a EpochConfig,
+    pub rules: &'a Rules,
+    pub epoch: i64,
+    pub force: bool,
+    pub topic: &'a str,
+    pub partitions: i32,
+}
+
+#[derive(Debug)]
+pub enum Sealed {
+    /// This call sealed it.
+    New(Manifest),
+    /// It was sealed already (possibly by a racing sealer); the existing manifest.
+    Already(Manifest),
+}
+
+impl Sealed {
+    pub fn manifest(&self) -> &Manifest {
+        match self {
+            Sealed::New(m) | Sealed::Already(m) => m,
+        }
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
+    )
+    .to_string()
+}
+
+pub async fn read_manifest(lake: &Lake, epoch: i64) -> Result<Option<Manifest>, EpochError> {
+    let Some(bytes) = lake.get(&manifest_path(epoch)).await? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| EpochError::Invalid(format!("manifest of epoch {epoch}: {e}")))
+}
+
+/// The published watermark of every partition of `topic`.
+pub async fn watermarks(
+    lake: &Lake,
+    topic: &str,
+    partitions: i32,
+) -> Result<BTreeMap<i32, Option<i64>>, EpochError> {
+    let mut out = BTreeMap::new();
+    for p in 0..partitions {
+        let wm = match lake.get(&watermark_path(topic, p)).await? {
+            Some(b) => serde_json::from_slice::<Watermark>(&b)
+                .ok()
+                .map(|w| w.watermark_ms),
+            None => None,
+        };
+        out.insert(p, wm);
+    }
+    Ok(out)
+}
+
+/// Seals one epoch: see the module docs of [`super`].
+pub async fn seal(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
+    if let Some(m) = read_manifest(req.output, req.epoch).await? {
+        return Ok(Sealed::Already(m));
+    }
+    let (start, end) = req.cfg.bounds(req.epoch)?;
+    let lateness = req.rules.time.allowed_lateness.as_millis() as i64;
+    let wms = watermarks(req.input, req.topic, req.partitions).await?;
+    let lagging: Vec<String> = wms
+        .iter()
+        .filter(|(_, w)| w.is_none_or(|w| w < end + lateness))
+        .map(|(p, w)| match w {
+            Some(w) => format!("p{p} at {}", rfc3339(*w)),
+            None => format!("p{p} has no watermark"),
+        })
+        .collect();
+    if !lagging.is_empty() && !req.force {
+        return Err(EpochError::NotReady(format!(
+            "epoch {} is not complete: every partition's watermark must pass {} (end plus lateness); {}",
+            req.epoch,
+            rfc3339(end + lateness),
+            lagging.join(", ")
+        )));
+    }
+    let files = epoch_files(req.input, req.cfg, req.rules, req.epoch).await?;
+    let rows = load_rows(req.input, req.cfg, req.epoch, &files).await?;
+    let t = aggregate(&rows, req.epoch, req.rules)?;
+    let dir = epoch_dir(req.epoch);
+    let mut outputs = Vec::new();
+    for (table, batch) in [
+        (tables::DEVICE_SUMMARY_TABLE, &t.device_summary),
+        ("hex_coverage", &t.hex_coverage),
+        ("sensor_hex_hourly", &t.sensor_hex_hourly),
+        ("road_hex", &t.road_hex),
+    ] {
+        let bytes = encode_parquet(batch, COMPACTED_ZSTD_LEVEL)?;
+        let path = format!("{dir}{table}.parquet");
+        let entry = OutputFile {
+            table: table.to_string(),
+            path: path.clone(),
+            bytes: bytes.len() as u64,
+            rows: batch.num_rows() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+        };
+        // Deterministic content: a racing sealer writes the same bytes here.
+        req.output.put(&path, bytes).await?;
+        outputs.push(entry);
+    }
+    let manifest = Manifest {
+        epoch: req.epoch,
+        start_ms: start,
+        end_ms: end,
+        start: rfc3339(start),
+        end: rfc3339(end),
+        sealed_at: rfc3339(hexpulse_common::time::now_ms()),
+        forced: !lagging.is_empty(),
+        rules_version: req.rules.version.clone(),
+        rules_hash: req.rules.hash.clone(),
+        allowed_lateness_ms: lateness,
+        watermarks: wms,
+        inputs: rows
+            .inputs
+            .iter()
+            .map(|((topic, partition), (first, last, n))| InputRange {
+                topic: topic.clone(),
+                partition: *partition,
+                first_offset: *first,
+                last_offset: *last,
+                rows: *n,
+            })
+            .collect(),
+        unattributed_rejections: rows.unattributed_rejections,
+        outputs,
+        merkle_root: hex::encode(merkle::root(&t.leaves)),
+        merkle_leaves: t.leaves.len() as u64,
+        leaf_encoding: LEAF_ENCODING.into(),
+    };
+    let body = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+    let created = req
+        .output
+        .store()
+        .put_opts(
+            &Path::from(manifest_path(req.epoch)),
+            PutPayload::from(body),
+            PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            },
+        )
+        .await;
+    match created {
+        Ok(_) => {
+            tracing::info!(
+                epoch = req.epoch,
+                forced = manifest.forced,
+                devices = manifest.merkle_leaves,
+                root = %manifest.merkle_root,
+                "epoch sealed"
+            );
+            Ok(Sealed::New(manifest))
+        }
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            let winner = read_manifest(req.output, req.epoch)
+                .await?
+                .ok_or_else(|| EpochError::Invalid("manifest vanished".into()))?;
+            Ok(Sealed::Already(winner))
+        }
+        Err(e) => Err(EpochError::Lake(e.into())),
+    }
+}
+
+/// Reads a manifest-listed output and checks its SHA-256 against the manifest.
+pub async fn read_output(
+    lake: &Lake,
+    manifest: &Manifest,
+    table: &str,
+) -> Result<RecordBatch, EpochError> {
+    let out = manifest
+        .output(table)
+        .ok_or_else(|| EpochError::Invalid(format!("manifest lists no {table}")))?;
+    let bytes = lake
+        .get(&out.path)
+        .await?
+        .ok_or_else(|| EpochError::Invalid(format!("{} is missing", out.path)))?;
+    let sha = hex::encode(Sha256::digest(&bytes));
+    if sha != out.sha256 {
+        return Err(EpochError::Invalid(format!(
+            "{} has SHA-256 {sha}, the manifest says {}",
+            out.path, out.sha256
+        )));
+    }
+    let batches = decode_parquet(bytes, None)?;
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .unwrap_or_else(|| match table {
+            tables::DEVICE_SUMMARY_TABLE => tables::device_summary_schema(),
+            "hex_coverage" => tables::hex_coverage_schema(),
+            "sensor_hex_hourly" => tables::sensor_hex_hourly_schema(),
+            _ => tables::road_hex_schema(),
+        });
+    Ok(arrow::compute::concat_batches(&schema, &batches)?)
+}
+
+/// A row as JSON, column by column (floats as JSON numbers, which round-trip exactly).
+pub fn row_json(batch: &RecordBatch, i: usize) -> Map<String, Value> {
+    let mut m = Map::new();
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        let v = if c.is_null(i) {
+            Value::Null
+        } else {
+            match f.data_type() {
+                DataType::Int64 => Value::from(c.as_primitive::<Int64Type>().value(i)),
+                DataType::UInt64 => Value::from(c.as_primitive::<UInt64Type>().value(i)),
+                DataType::UInt32 => Value::from(c.as_primitive::<UInt32Type>().value(i)),
+                DataType::Float64 => Value::from(c.as_primitive::<Float64Type>().value(i)),
+                DataType::Utf8 => Value::from(c.as_string::<i32>().value(i)),
+                _ => Value::Null,
+            }
+        };
+        m.insert(f.name().clone(), v);
+    }
+    m
+}
+
+/// The leaf encoding of a `device_summary` row given as JSON (see [`merkle`]).
+pub fn encode_json_row(row: &Map<String, Value>) -> Result<Vec<u8>, EpochError> {
+    let schema = tables::device_summary_schema();
+    let mut out = Vec::new();
+    let bad =
+        |name: &str| EpochError::Invalid(format!("proof row: column {name} missing or mistyped"));
+    for f in schema.fields() {
+        let v = row.get(f.name()).ok_or_else(|| bad(f.name()))?;
+        if f.is_nullable() {
+            if v.is_null() {
+                out.push(0);
+                continue;
+            }
+            out.push(1);
+        }
+        match f.data_type() {
+            DataType::Int64 => out.extend(v.as_i64().ok_or_else(|| bad(f.name()))?.to_be_bytes()),
+            DataType::UInt64 => out.extend(v.as_u64().ok_or_else(|| bad(f.name()))?.to_be_bytes()),
+            DataType::UInt32 => {
+                let x = u32::try_from(v.as_u64().ok_or_else(|| bad(f.name()))?)
+                    .map_err(|_| bad(f.name()))?;
+                out.extend(x.to_be_bytes())
+            }
+            DataType::Float64 => out.extend(
+                v.as_f64()
+                    .ok_or_else(|| bad(f.name()))?
+                    .to_bits()
+                    .to_be_bytes(),
+            ),
+            DataType::Utf8 => {
+                let s = v.as_str().ok_or_else(|| bad(f.name()))?;
+                out.extend((s.len() as u32).to_be_bytes());
+                out.extend(s.as_bytes());
+            }
+            _ => return Err(bad(f.name())),
+        }
+    }
+    Ok(out)
+}
+
+/// A Merkle inclusion proof of one device's summary row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proof {
+    pub epoch: i64,
+    pub device_key: String,
+    pub index: u64,
+    pub leaves: u64,
+    pub row: Map<String, Value>,
+    pub leaf: String,
+    pub path: Vec<Step>,
+    pub root: String,
+}
+
+/// Builds the proof of `device_key` in sealed epoch `epoch`, checking the file against the manifest
+/// (SHA-256 and root) first.
+pub async fn build_proof(lake: &Lake, epoch: i64, device_key: &str) -> Result<Proof, EpochError> {
+    let m = read_manifest(lake, epoch)
+        .await?
+        .ok_or_else(|| EpochError::Invalid(format!("epoch {epoch} is not sealed")))?;
+    let batch = read_output(lake, &m, tables::DEVICE_SUMMARY_TABLE).await?;
+    let leaves = (0..batch.num_rows())
+        .map(|i| merkle::encode_row(&batch, i).map(|e| merkle::leaf_hash(&e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let root = hex::encode(merkle::root(&leaves));
+    if root != m.merkle_root {
+        return Err(EpochError::Invalid(format!(
+            "device_summary gives root {root}, the manifest says {}",
+            m.merkle_root
+        )));
+    }
+    let keys = batch
+        .column_by_name("device_key")
+        .expect("schema")
+        .as_string::<i32>();
+    let index = (0..batch.num_rows())
+        .find(|i| keys.value(*i) == device_key)
+        .ok_or_else(|| {
+            EpochError::Invalid(format!(
+                "device {device_key} has no summary in epoch {epoch}"
+            ))
+        })?;
+    Ok(Proof {
+        epoch,
+        device_key: device_key.to_string(),
+        index: index as u64,
+        leaves: leaves.len() as u64,
+        row: row_json(&batch, index),
+        leaf: hex::encode(leaves[index]),
+        path: merkle::proof(&leaves, index),
+        root,
+    })
+}
+
+/// Checks a proof against a root taken from a manifest: the leaf is recomputed from the row, so a
+/// changed row (or a changed path) fails.
+pub fn verify_proof(proof: &Proof, manifest_root: &str) -> Result<(), EpochError> {
+    if proof.row.get("device_key").and_then(Value::as_str) != Some(proof.device_key.as_str()) {
+        return Err(EpochError::Invalid("the row is not the device's".into()));
+    }
+    let leaf = merkle::leaf_hash(&encode_json_row(&proof.row)?);
+    let root = hex::encode(merkle::fold(leaf, &proof.path)?);
+    if root != manifest_root {
+        return Err(EpochError::Invalid(format!(
+            "proof leads to root {root}, not {manifest_root}"
+        )));
+    }
+    Ok(())
+}
+
+/// A per-device difference between two results of the same epoch.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceDelta {
+    pub device_key: String,
+    pub points_a: Option<u64>,
+    pub points_b: Option<u64>,
+    /// Columns whose values differ (besides the rules columns), as (column, a, b).
+    pub changed: Vec<(String, Value, Value)>,
+}
+
+/// Compares the device summaries of epoch `epoch` in two lakes (e.g. the sealed one and a re-run).
+pub async fn diff(a: &Lake, b: &Lake, epoch: i64) -> Result<Vec<DeviceDelta>, EpochError> {
+    let load = |lake: &Lake| {
+        let lake = lake.clone();
+        async move {
+            let m = read_manifest(&lake, epoch)
+                .await?
+                .ok_or_else(|| EpochError::Invalid(format!("epoch {epoch} is not sealed there")))?;
+            let batch = read_output(&lake, &m, tables::DEVICE_SUMMARY_TABLE).await?;
+            let mut rows = BTreeMap::new();
+            for i in 0..batch.num_rows() {
+                let r = row_json(&batch, i);
+                let key = r["device_key"].as_str().unwrap_or_default().to_string();
+                rows.insert(key, r);
+            }
+            Ok::<_, EpochError>(rows)
+        }
+    };
+    let (ra, rb) = (load(a).await?, load(b).await?);
+    let keys: std::collections::BTreeSet<&String> = ra.keys().chain(rb.keys()).collect();
+    let mut out = Vec::new();
+    for k in keys {
+        let (x, y) = (ra.get(k), rb.get(k));
+        let points = |r: Option<&Map<String, Value>>| r.and_then(|r| r["reward_points"].as_u64());
+        let mut changed = Vec::new();
+        if let (Some(x), Some(y)) = (x, y) {
+            for (col, vx) in x {
+                if col == "rules_version" || col == "rules_hash" {
+                    continue;
+                }
+                let vy = y.get(col).cloned().unwrap_or(Value::Null);
+                if *vx != vy {
+                    changed.push((col.clone(), vx.clone(), vy));
+                }
+            }
+        }
+        if x.is_none() || y.is_none() || !changed.is_empty() {
+            out.push(DeviceDelta {
+                device_key: k.clone(),
+                points_a: points(x),
+                points_b: points(y),
+                changed,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The first epoch the sealer should look at: after the last sealed one, or the earliest with data.
+pub async fn next_epoch(lake: &Lake, cfg: &EpochConfig) -> Result<Option<i64>, EpochError> {
+    if let Some(last) = super::sealed_ids(lake).await?.last() {
+        return Ok(Some(last + 1));
+    }
+    let mut earliest: Option<(String, u32)> = None;
+    for kind in hexpulse_schemas::wire::KindName::ALL {
+        if let Some(h) = table_hours(lake, kind.as_str()).await?.into_iter().next() {
+            earliest = Some(earliest.map_or(h.clone(), |e| e.min(h)));
+        }
+    }
+    let Some((date, hour)) = earliest else {
+        return Ok(None);
+    };
+    let t = humantime::parse_rfc3339(&format!("{date}T{hour:02}:00:00Z"))
+        .map_err(|e| EpochError::Invalid(format!("hour folder {date}/{hour}: {e}")))?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Ok(Some(cfg.id_of(ms)?))
+}
+
+/// Seals every complete epoch, in order, every `cfg.seal_interval`, until `stop`.
+pub async fn run_sealer(
+    lake: Lake,
+    cfg: EpochConfig,
+    rules: Rules,
+    topic: String,
+    partitions: i32,
+    sealed: Arc<SealedEpochs>,
+    stop: CancellationToken,
+) {
+    let lateness = rules.time.allowed_lateness.as_millis() as i64;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(cfg.seal_interval) => {}
+        }
+        if let Err(e) = sealed.refresh(&lake).await {
+            tracing::warn!(error = %e, "reading sealed epochs failed");
+            continue;
+        }
+        let mut next = match next_epoch(&lake, &cfg).await {
+            Ok(Some(n)) => n,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "finding the next epoch failed");
+                continue;
+            }
+        };
+        loop {
+            let Ok((_, end)) = cfg.bounds(next) else {
+                break;
+            };
+            if end + lateness > hexpulse_common::time::now_ms() {
+                break;
+            }
+            let req = SealRequest {
+                input: &lake,
+                output: &lake,
+                cfg: &cfg,
+                rules: &rules,
+                epoch: next,
+                force: false,
+                topic: &topic,
+                partitions,
+            };
+            match seal(req).await {
+                Ok(_) => {
+                    sealed.mark(next);
+                    next += 1;
+                }
+                Err(EpochError::NotReady(why)) => {
+                    tracing::debug!(epoch = next, %why, "not sealing yet");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(epoch = next, error = %e, "sealing failed; retrying next round");
+                    break;
+                }
+            }
+        }
+    }
+}

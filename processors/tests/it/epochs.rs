@@ -1,0 +1,400 @@
+//! Epoch sealing: deterministic bytes whatever the files and partitions, proofs that fail on
+//! tampering, and late data before and after a seal (through the real broker).
+
+use std::time::Duration;
+
+use hexpulse_common::registry::Registry;
+use hexpulse_common::testenv;
+use hexpulse_load_tests::scenario::{self, Fate, Scenario};
+use hexpulse_processors::ProcessConfig;
+use hexpulse_processors::compact::{self, CompactOptions};
+use hexpulse_processors::epoch::compute::{aggregate, epoch_files, load_rows};
+use hexpulse_processors::epoch::seal::{self, SealRequest, Sealed};
+use hexpulse_processors::epoch::{EpochConfig, EpochError, merkle};
+use hexpulse_processors::h3bin::Binner;
+use hexpulse_processors::lake::{COMPACTED_ZSTD_LEVEL, Lake, encode_parquet};
+use hexpulse_processors::partition::PartitionWorker;
+use hexpulse_processors::rules::Rules;
+use hexpulse_processors::validate::Validator;
+use hexpulse_schemas::tables;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::*;
+
+const TOPIC: &str = "raw-readings";
+
+fn day_epochs() -> EpochConfig {
+    EpochConfig {
+        length: Duration::from_secs(86_400),
+        origin: "2026-01-01T00:00:00Z".into(),
+        ..EpochConfig::default()
+    }
+}
+
+/// Writes the scenario into a lake through real partition workers (no Kafka): records go to
+/// `partitions` partitions by device key, and units close every `unit` records.
+async fn write_lake(sc: &Scenario, now: i64, partitions: i32, unit: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+    let rules = Rules::load(None).unwrap();
+    let registry = Registry::from_devices(sc.devices.clone()).unwrap();
+    let mut workers = Vec::new();
+    for p in 0..partitions {
+        workers.push(
+            PartitionWorker::init(
+                TOPIC,
+                p,
+                0,
+                now,
+                lake.clone(),
+                Validator::new(rules.clone(), registry.clone(), true),
+                Binner::new(&[12, 8]).unwrap(),
+                vec![12, 8],
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let mut next = vec![0i64; partitions as usize];
+    for r in &sc.records {
+        let p = (r.key.iter().map(|b| *b as usize).sum::<usize>() % partitions as usize) as i32;
+        let w = &mut workers[p as usize];
+        w.push(next[p as usize], &r.value, now);
+        next[p as usize] += 1;
+        if w.buffered() >= unit {
+            w.flush(&rules.version).await.unwrap();
+        }
+    }
+    for w in &mut workers {
+        w.flush(&rules.version).await.unwrap();
+    }
+    dir
+}
+
+async fn seal_forced(lake: &Lake, out: &Lake, cfg: &EpochConfig, rules: &Rules, id: i64) -> Sealed {
+    seal::seal(SealRequest {
+        input: lake,
+        output: out,
+        cfg,
+        rules,
+        epoch: id,
+        force: true,
+        topic: TOPIC,
+        partitions: 1,
+    })
+    .await
+    .unwrap()
+}
+
+async fn output_bytes(lake: &Lake, m: &seal::Manifest) -> Vec<(String, bytes::Bytes)> {
+    let mut v = Vec::new();
+    for o in &m.outputs {
+        v.push((o.table.clone(), lake.get(&o.path).await.unwrap().unwrap()));
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealing_is_byte_identical_across_files_partitions_and_compaction() {
+    let now = now_ms();
+    let sc = scenario::build(now, 30);
+    let cfg = day_epochs();
+    let rules = Rules::load(None).unwrap();
+    let id = cfg.id_of(now - 30_000).unwrap();
+
+    let a_dir = write_lake(&sc, now, 2, 37).await;
+    let b_dir = write_lake(&sc, now, 5, 11).await;
+    let a = Lake::open(a_dir.path().to_str().unwrap()).unwrap();
+    let b = Lake::open(b_dir.path().to_str().unwrap()).unwrap();
+    assert_ne!(
+        compact::valid_files(&a, "heartbeat").await.unwrap(),
+        compact::valid_files(&b, "heartbeat").await.unwrap(),
+        "the two lakes hold different files"
+    );
+
+    let ma = seal_forced(&a, &a, &cfg, &rules, id).await;
+    let mb = seal_forced(&b, &b, &cfg, &rules, id).await;
+    let (ma, mb) = (ma.manifest().clone(), mb.manifest().clone());
+    assert!(
+        ma.forced,
+        "no watermarks: sealing needed --force, and says so"
+    );
+    assert!(ma.merkle_leaves >= 10, "{} devices", ma.merkle_leaves);
+    assert_eq!(ma.merkle_root, mb.merkle_root);
+    assert_eq!(
+        ma.outputs, mb.outputs,
+        "same files, lengths, rows and SHA-256"
+    );
+    assert_eq!(output_bytes(&a, &ma).await, output_bytes(&b, &mb).await);
+    assert_ne!(ma.inputs, mb.inputs, "the inputs differ in partitioning");
+
+    // Shuffled input files give the same bytes.
+    let mut files = epoch_files(&a, &cfg, &rules, id).await.unwrap();
+    files.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(7));
+    let t = aggregate(&load_rows(&a, &cfg, id, &files).await.unwrap(), id, &rules).unwrap();
+    let summary = encode_parquet(&t.device_summary, COMPACTED_ZSTD_LEVEL).unwrap();
+    assert_eq!(
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&summary)),
+        ma.output(tables::DEVICE_SUMMARY_TABLE).unwrap().sha256
+    );
+    assert_eq!(hex::encode(merkle::root(&t.leaves)), ma.merkle_root);
+
+    // After compaction (other files, same rows), a re-run into another folder is identical too.
+    compact::compact_closed(
+        &a,
+        now + 3 * 3_600_000,
+        &CompactOptions {
+            retention: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Lake::open(out_dir.path().to_str().unwrap()).unwrap();
+    let mc = seal_forced(&a, &out, &cfg, &rules, id).await;
+    assert!(matches!(mc, Sealed::New(_)));
+    assert_eq!(mc.manifest().outputs, ma.outputs);
+    assert_eq!(mc.manifest().merkle_root, ma.merkle_root);
+
+    // Sealing again is a no-op that returns the existing manifest.
+    assert!(matches!(
+        seal_forced(&a, &a, &cfg, &rules, id).await,
+        Sealed::Already(m) if m == ma
+    ));
+
+    // Other rules: a different result in another folder, and the sealed epoch untouched.
+    let other_text = scenario_rules_with_double_hour_points();
+    let other = Rules::parse(&other_text).unwrap();
+    let rerun_dir = tempfile::tempdir().unwrap();
+    let rerun = Lake::open(rerun_dir.path().to_str().unwrap()).unwrap();
+    let mr = seal_forced(&a, &rerun, &cfg, &other, id).await;
+    assert_ne!(mr.manifest().merkle_root, ma.merkle_root);
+    assert_eq!(mr.manifest().rules_hash, other.hash);
+    let d = seal::diff(&a, &rerun, id).await.unwrap();
+    assert!(!d.is_empty());
+    assert!(
+        d.iter().all(|x| x.points_b.unwrap() >= x.points_a.unwrap()),
+        "doubling hour points never lowers a reward: {d:?}"
+    );
+    assert_eq!(seal::read_manifest(&a, id).await.unwrap().unwrap(), ma);
+}
+
+fn scenario_rules_with_double_hour_points() -> String {
+    hexpulse_processors::rules::DEFAULT_RULES
+        .replace("heartbeat_hour_points = 100", "heartbeat_hour_points = 200")
+        .replace("version = \"2026.11.2\"", "version = \"test-double\"")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_verifies_against_the_manifest_and_tampering_fails() {
+    let now = now_ms();
+    let sc = scenario::build(now, 10);
+    let cfg = day_epochs();
+    let rules = Rules::load(None).unwrap();
+    let id = cfg.id_of(now - 30_000).unwrap();
+    let dir = write_lake(&sc, now, 3, 25).await;
+    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+    let m = seal_forced(&lake, &lake, &cfg, &rules, id)
+        .await
+        .manifest()
+        .clone();
+
+    let device = match &sc.records[0].fate {
+        Fate::Valid { key, .. } => key.clone(),
+        f => panic!("first record is {f:?}"),
+    };
+    let proof = seal::build_proof(&lake, id, &device).await.unwrap();
+    seal::verify_proof(&proof, &m.merkle_root).unwrap();
+    // The proof survives a JSON round trip (what `hexpulse epoch proof` prints).
+    let back: seal::Proof =
+        serde_json::from_str(&serde_json::to_string_pretty(&proof).unwrap()).unwrap();
+    seal::verify_proof(&back, &m.merkle_root).unwrap();
+
+    // A changed row, a changed path, or another root: all refused.
+    let mut t = proof.clone();
+    let pts = t.row["reward_points"].as_u64().unwrap();
+    t.row.insert("reward_points".into(), (pts + 1).into());
+    assert!(seal::verify_proof(&t, &m.merkle_root).is_err());
+    let mut t = proof.clone();
+    t.row.insert("heartbeats".into(), 999.into());
+    assert!(seal::verify_proof(&t, &m.merkle_root).is_err());
+    let mut t = proof.clone();
+    t.path[0].hash = "00".repeat(32);
+    assert!(seal::verify_proof(&t, &m.merkle_root).is_err());
+    assert!(seal::verify_proof(&proof, &"11".repeat(32)).is_err());
+
+    // Tampering with the sealed file itself: a proof can no longer be built from it.
+    let path = &m.output(tables::DEVICE_SUMMARY_TABLE).unwrap().path;
+    let batch = seal::read_output(&lake, &m, tables::DEVICE_SUMMARY_TABLE)
+        .await
+        .unwrap();
+    let mut cols = batch.columns().to_vec();
+    let idx = batch.schema().index_of("reward_points").unwrap();
+    let mut v: Vec<u64> =
+        arrow::array::AsArray::as_primitive::<arrow::datatypes::UInt64Type>(cols[idx].as_ref())
+            .values()
+            .to_vec();
+    v[0] += 1000;
+    cols[idx] = std::sync::Arc::new(arrow::array::UInt64Array::from(v));
+    let tampered = arrow::array::RecordBatch::try_new(batch.schema(), cols).unwrap();
+    lake.put(
+        path,
+        encode_parquet(&tampered, COMPACTED_ZSTD_LEVEL).unwrap(),
+    )
+    .await
+    .unwrap();
+    let err = seal::build_proof(&lake, id, &device).await.unwrap_err();
+    assert!(err.to_string().contains("SHA-256"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_data_lands_in_its_epoch_until_the_seal_and_is_late_after() {
+    let Some(brokers) = testenv::broker_or_skip("late_data_and_the_seal") else {
+        return;
+    };
+    let now = now_ms();
+    let cfg = EpochConfig {
+        length: Duration::from_secs(600),
+        origin: "2026-01-01T00:00:00Z".into(),
+        ..EpochConfig::default()
+    };
+    // The previous 10-minute epoch has ended, but its lateness (2 h) has not passed.
+    let id = cfg.id_of(now).unwrap() - 1;
+    let (_, end) = cfg.bounds(id).unwrap();
+    // The scenario's valid heartbeats of its regular devices (not the rate-limit device, whose
+    // readings sit ten minutes earlier, in another epoch).
+    let heartbeats = |sc: Scenario, per_device: usize| {
+        let key_of = |r: &scenario::ScenarioRecord| match &r.fate {
+            Fate::Valid {
+                kind: hexpulse_schemas::wire::KindName::Heartbeat,
+                key,
+                ..
+            } => Some(key.clone()),
+            _ => None,
+        };
+        let mut counts = std::collections::HashMap::new();
+        for k in sc.records.iter().filter_map(key_of) {
+            *counts.entry(k).or_insert(0usize) += 1;
+        }
+        Scenario {
+            records: sc
+                .records
+                .iter()
+                .filter(|r| key_of(r).is_some_and(|k| counts[&k] == per_device))
+                .cloned()
+                .collect(),
+            devices: sc.devices,
+        }
+    };
+    // Readings from about a minute before the epoch's end, received now: late, but within the
+    // lateness.
+    let first = heartbeats(scenario::build(end - 5_000, 20), 20);
+    assert!(first.records.len() >= 60);
+    let kafka = kafka(&brokers, "it-epoch-late", 2);
+    produce(&kafka, &first, now).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().to_str().unwrap().to_string();
+    let registry = Registry::from_devices(first.devices.clone()).unwrap();
+    let mut pcfg = ProcessConfig::for_tests(&url);
+    pcfg.group_id = format!("{}-g", kafka.raw_topic);
+    pcfg.epoch = cfg.clone();
+    let stop = CancellationToken::new();
+    let p = hexpulse_processors::run::start(
+        pcfg,
+        kafka.clone(),
+        registry,
+        Lake::open(&url).unwrap(),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let lake = Lake::open(&url).unwrap();
+    let s = wait_for(&lake, first.records.len(), Duration::from_secs(60)).await;
+    assert_eq!(
+        s.valid.len(),
+        first.records.len(),
+        "late-but-allowed readings are valid"
+    );
+
+    // Not complete: the watermarks are far from the end plus two hours.
+    let rules = Rules::load(None).unwrap();
+    let req = |force| SealRequest {
+        input: &lake,
+        output: &lake,
+        cfg: &cfg,
+        rules: &rules,
+        epoch: id,
+        force,
+        topic: &kafka.raw_topic,
+        partitions: 2,
+    };
+    let err = seal::seal(req(false)).await.unwrap_err();
+    assert!(
+        matches!(&err, EpochError::NotReady(m) if m.contains("watermark")),
+        "{err}"
+    );
+    let m = seal::seal(req(true)).await.unwrap().manifest().clone();
+    assert!(m.forced);
+    let summary = seal::read_output(&lake, &m, tables::DEVICE_SUMMARY_TABLE)
+        .await
+        .unwrap();
+    let hb = arrow::array::AsArray::as_primitive::<arrow::datatypes::UInt64Type>(
+        summary.column_by_name("heartbeats").unwrap().as_ref(),
+    )
+    .values()
+    .iter()
+    .sum::<u64>();
+    assert_eq!(
+        hb as usize,
+        first.records.len(),
+        "the late readings are in their epoch"
+    );
+
+    // The processor learns of the seal; more readings of that epoch are now `late`.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let second = heartbeats(scenario::build(end - 5_000, 25), 25);
+    let extra: Vec<_> = second
+        .records
+        .into_iter()
+        .filter(|r| !first.records.iter().any(|f| f.value == r.value))
+        .collect();
+    let second = Scenario {
+        records: extra,
+        devices: second.devices,
+    };
+    produce(&kafka, &second, now_ms()).await;
+    let s = wait_for(
+        &lake,
+        first.records.len() + second.records.len(),
+        Duration::from_secs(60),
+    )
+    .await;
+    stop.cancel();
+    p.task.await.unwrap().unwrap();
+    let late: Vec<_> = s.rejected.iter().filter(|r| r.1 == "late").collect();
+    assert_eq!(
+        late.len(),
+        second.records.len(),
+        "every post-seal reading is late"
+    );
+    assert_eq!(s.valid.len(), first.records.len());
+
+    // The sealed epoch did not change: same manifest, every file still matches its SHA-256.
+    assert_eq!(seal::read_manifest(&lake, id).await.unwrap().unwrap(), m);
+    for t in [
+        "device_summary",
+        "hex_coverage",
+        "sensor_hex_hourly",
+        "road_hex",
+    ] {
+        seal::read_output(&lake, &m, t).await.unwrap();
+    }
+    assert!(matches!(
+        seal::seal(req(true)).await.unwrap(),
+        Sealed::Already(_)
+    ));
+}
