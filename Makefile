@@ -32,7 +32,7 @@ broker-down:
 	scripts/broker.sh stop $(UP_BROKER_PORT)
 
 up: broker-up build
-	HEXPULSE__KAFKA__BROKERS=127.0.0.1:$(UP_BROKER_PORT) \
+	HEXPULSE_CONFIG=config/demo.toml HEXPULSE__KAFKA__BROKERS=127.0.0.1:$(UP_BROKER_PORT) \
 	  $(CARGO_TARGET_DIR)/release/hexpulse up $(UP_ARGS)
 
 test:

@@ -71,6 +71,20 @@ mod tests {
     }
 
     #[test]
+    fn demo_overrides_layer_over_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/demo.toml");
+        let demo = Config::load(Some(&path)).expect("demo file parses");
+        assert_eq!(
+            demo.process.epoch.length,
+            std::time::Duration::from_secs(120)
+        );
+        assert_eq!(
+            demo.kafka.raw_topic, "raw-readings",
+            "the rest stays default"
+        );
+    }
+
+    #[test]
     fn secrets_are_redacted() {
         let mut c = Config::load(None).unwrap();
         c.kafka

@@ -518,7 +518,24 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
         cfg.registry.path.display(),
         cfg.simulate.devices
     );
-    println!("Not built yet: epochs (#5), query service and map (#6, #7).");
+    let ecfg = &cfg.process.epoch;
+    let current = ecfg.id_of(hexpulse_common::time::now_ms())?;
+    let env = std::env::var("HEXPULSE_CONFIG")
+        .map(|c| format!("HEXPULSE_CONFIG={c} "))
+        .unwrap_or_default();
+    println!(
+        "  epochs   {} long (now epoch {current}); the processor seals one when every partition's \
+         watermark is past its end plus the allowed lateness. Once epoch {current} has ended, to seal \
+         it early and prove a device:",
+        humantime::format_duration(ecfg.length)
+    );
+    println!(
+        "           {env}hexpulse seal --epoch {current} --force; {env}hexpulse epoch show --epoch {current}"
+    );
+    println!(
+        "           {env}hexpulse epoch proof --epoch {current} --device KEY > p.json; {env}hexpulse epoch verify --proof p.json"
+    );
+    println!("Not built yet: query service and map (#6, #7).");
     println!("Ctrl-C stops everything.");
     println!();
     let traffic = if no_traffic {

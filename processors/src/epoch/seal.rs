@@ -168,7 +168,14 @@ pub async fn seal(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
             None => format!("p{p} has no watermark"),
         })
         .collect();
-    if !lagging.is_empty() && !req.force {
+    // A re-run (another output, e.g. other rules) of an epoch sealed in the input lake inherits its
+    // seal: the gate was passed (or forced) then.
+    let sealed_input = read_manifest(req.input, req.epoch).await?;
+    let forced = match &sealed_input {
+        Some(m) => m.forced,
+        None => !lagging.is_empty(),
+    };
+    if sealed_input.is_none() && !lagging.is_empty() && !req.force {
         return Err(EpochError::NotReady(format!(
             "epoch {} is not complete: every partition's watermark must pass {} (end plus lateness); {}",
             req.epoch,
@@ -207,7 +214,7 @@ pub async fn seal(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
         start: rfc3339(start),
         end: rfc3339(end),
         sealed_at: rfc3339(hexpulse_common::time::now_ms()),
-        forced: !lagging.is_empty(),
+        forced,
         rules_version: req.rules.version.clone(),
         rules_hash: req.rules.hash.clone(),
         allowed_lateness_ms: lateness,
