@@ -111,6 +111,10 @@ struct SealArgs {
     /// the sealed epoch untouched.
     #[arg(long)]
     out: Option<String>,
+    /// Keep running: seal every complete epoch, then look again after this long (e.g. 1m), until
+    /// Ctrl-C. For a sealer scheduled apart from the processors.
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "epoch")]
+    every: Option<Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,7 +178,7 @@ enum BenchCmd {
     /// Processor throughput per core on a pre-filled topic, re-verification off and on.
     Process {
         /// Readings pre-filled into the topic.
-        #[arg(long, default_value_t = 300_000)]
+        #[arg(long, default_value_t = 600_000)]
         readings: usize,
         /// Write the JSON report here too.
         #[arg(long)]
@@ -240,6 +244,26 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
 }
 
 async fn seal(cfg: Config, a: SealArgs) -> anyhow::Result<()> {
+    let Some(every) = a.every else {
+        return seal_once(&cfg, &a).await;
+    };
+    let stop = shutdown::on_signals();
+    loop {
+        match seal_once(&cfg, &a).await {
+            Ok(()) => {}
+            Err(e) if e.to_string().contains("is not complete") => {
+                eprintln!("waiting: {e}");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+async fn seal_once(cfg: &Config, a: &SealArgs) -> anyhow::Result<()> {
     use hexpulse_processors::epoch::{self, seal as s};
     let lake = hexpulse_processors::lake::Lake::open(&cfg.process.lake_url)?;
     let rules_path = a.rules.as_deref().or(cfg.process.rules_path.as_deref());

@@ -64,8 +64,16 @@ async fn sigkill_at_random_points_loses_and_doubles_nothing() {
     let kafka = kafka(&brokers, "it-crash", 3);
     kafka.ensure_topics(&[&kafka.raw_topic]).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let lake_dir = dir.path().join("lake");
-    let reg_path = dir.path().join("devices.json");
+    let root = dir.path().to_path_buf();
+    // HEXPULSE_CRASH_KEEP=1 keeps the lake for a post-mortem.
+    let _dir = if std::env::var_os("HEXPULSE_CRASH_KEEP").is_some() {
+        eprintln!("keeping {}", dir.keep().display());
+        None
+    } else {
+        Some(dir)
+    };
+    let lake_dir = root.join("lake");
+    let reg_path = root.join("devices.json");
     Registry::open(&reg_path)
         .unwrap()
         .upsert_all(sc.devices.clone())
@@ -105,8 +113,9 @@ async fn sigkill_at_random_points_loses_and_doubles_nothing() {
         })
         .collect();
     let mut kills = 0;
+    let producer = producer(&kafka).await;
     for chunk in &chunks {
-        produce(&kafka, chunk, now).await;
+        produce_with(&producer, &kafka, chunk, now).await;
         tokio::time::sleep(Duration::from_millis(rng.random_range(50..900))).await;
         p.kill9();
         kills += 1;
