@@ -73,6 +73,8 @@ pub struct PartitionWorker {
     pub watermark_ms: i64,
     /// A unit was published; commit the offset of the next record that arrives.
     pub commit_pending: bool,
+    /// Records pushed so far (the run loop notices an idle partition by this not changing).
+    pub pushed: u64,
 }
 
 /// The end of a partition's claim chain (the first offset no claim covers), publishing on the way
@@ -158,6 +160,7 @@ impl PartitionWorker {
             unit: Unit::default(),
             watermark_ms: receive_ms,
             commit_pending: false,
+            pushed: 0,
         };
         let remembered = w.rebuild_state(receive_ms).await?;
         tracing::info!(
@@ -275,6 +278,7 @@ impl PartitionWorker {
             receive_ms,
         };
         self.watermark_ms = self.watermark_ms.max(receive_ms);
+        self.pushed += 1;
         let verdict = self.validator.validate(RawRecord {
             partition: self.partition,
             offset,
@@ -347,10 +351,13 @@ impl PartitionWorker {
     }
 
     pub fn should_flush(&self, roll: Roll) -> bool {
-        self.buffered() > 0
-            && (self.buffered() >= roll.rows
-                || self.unit.bytes >= roll.bytes
-                || self.unit.opened.is_some_and(|t| t.elapsed() >= roll.age))
+        self.is_full(roll)
+            || (self.buffered() > 0 && self.unit.opened.is_some_and(|t| t.elapsed() >= roll.age))
+    }
+
+    /// The unit reached its row or byte bound (no clock read: checked after every record).
+    pub fn is_full(&self, roll: Roll) -> bool {
+        self.buffered() > 0 && (self.buffered() >= roll.rows || self.unit.bytes >= roll.bytes)
     }
 
     /// Writes the unit: staged files, claim, publication. See the module docs.

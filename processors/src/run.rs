@@ -224,8 +224,8 @@ async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Proc
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let topic = s.kafka.raw_topic.clone();
     let idle_after = s.cfg.epoch.idle_after;
-    let mut last_seen: HashMap<i32, Instant> = HashMap::new();
-    let mut idle_written: HashMap<i32, Instant> = HashMap::new();
+    // Per partition: records pushed at the last change, when that was, and the last idle write.
+    let mut activity: HashMap<i32, (u64, Instant, Option<Instant>)> = HashMap::new();
     {
         let mut stream = consumer.stream();
         loop {
@@ -252,7 +252,6 @@ async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Proc
                 };
                 let (p, offset) = (msg.partition(), msg.offset());
                 let recv = receive_ms(&msg);
-                last_seen.insert(p, Instant::now());
                 if let std::collections::hash_map::Entry::Vacant(e) = workers.entry(p) {
                     // Resume at the end of the claim chain, found from the committed offset (always a
                     // chain boundary), never from whatever offset happened to arrive first.
@@ -290,7 +289,12 @@ async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Proc
                     continue;
                 }
                 w.push(offset, msg.payload().unwrap_or_default(), recv);
+                if w.is_full(roll) {
+                    flush_partition(&s, &consumer, &mut workers, p, &shutdown).await;
+                }
+                continue;
             }
+            // A tick (or the stream paused): flush units that are old enough, advance idle watermarks.
             let due: Vec<i32> = workers
                 .iter()
                 .filter(|(_, w)| w.should_flush(roll))
@@ -303,14 +307,19 @@ async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Proc
                 // A partition with nothing new for `idle_after` has everything up to now minus
                 // `idle_after` (ingest produces within its delivery timeout): advance its watermark.
                 for (p, w) in workers.iter_mut() {
-                    let quiet = last_seen.get(p).is_none_or(|t| t.elapsed() >= idle_after);
-                    let due = idle_written
-                        .get(p)
-                        .is_none_or(|t| t.elapsed() >= idle_after / 2);
+                    let a = activity
+                        .entry(*p)
+                        .or_insert((w.pushed, Instant::now(), None));
+                    if a.0 != w.pushed {
+                        *a = (w.pushed, Instant::now(), a.2);
+                        continue;
+                    }
+                    let quiet = a.1.elapsed() >= idle_after;
+                    let due = a.2.is_none_or(|t| t.elapsed() >= idle_after / 2);
                     if quiet && due && w.buffered() == 0 {
                         w.watermark_ms =
                             w.watermark_ms.max(now_ms() - idle_after.as_millis() as i64);
-                        idle_written.insert(*p, Instant::now());
+                        a.2 = Some(Instant::now());
                         if let Err(e) = w.publish_watermark().await {
                             tracing::debug!(partition = p, error = %e, "idle watermark write failed");
                         }
