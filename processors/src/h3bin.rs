@@ -12,11 +12,31 @@ pub struct Binner {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid H3 resolution {0}")]
+#[error("invalid H3 resolutions (each 0..=15, one to {MAX_RESOLUTIONS} of them): {0}")]
 pub struct BadResolution(u8);
+
+/// At most this many resolutions are binned (cells live inline in each row, no allocation).
+pub const MAX_RESOLUTIONS: usize = 4;
+
+/// The cells of one point, one per configured resolution, in the configured order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cells {
+    len: u8,
+    cells: [u64; MAX_RESOLUTIONS],
+}
+
+impl std::ops::Deref for Cells {
+    type Target = [u64];
+    fn deref(&self) -> &[u64] {
+        &self.cells[..self.len as usize]
+    }
+}
 
 impl Binner {
     pub fn new(resolutions: &[u8]) -> Result<Binner, BadResolution> {
+        if resolutions.len() > MAX_RESOLUTIONS {
+            return Err(BadResolution(resolutions.len() as u8));
+        }
         let resolutions: Vec<Resolution> = resolutions
             .iter()
             .map(|r| Resolution::try_from(*r).map_err(|_| BadResolution(*r)))
@@ -33,12 +53,16 @@ impl Binner {
     }
 
     /// Cells of `(lat, lng)` at each resolution, or `None` for a point h3o refuses.
-    pub fn cells(&self, lat: f64, lng: f64) -> Option<Vec<u64>> {
+    pub fn cells(&self, lat: f64, lng: f64) -> Option<Cells> {
         let cell = LatLng::new(lat, lng).ok()?.to_cell(self.finest);
-        self.resolutions
-            .iter()
-            .map(|r| cell.parent(*r).map(u64::from))
-            .collect()
+        let mut out = Cells {
+            len: self.resolutions.len() as u8,
+            cells: [0; MAX_RESOLUTIONS],
+        };
+        for (slot, r) in out.cells.iter_mut().zip(&self.resolutions) {
+            *slot = u64::from(cell.parent(*r)?);
+        }
+        Some(out)
     }
 }
 

@@ -23,6 +23,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -279,9 +280,28 @@ pub const COMPACTED_ZSTD_LEVEL: i32 = 6;
 
 /// Parquet bytes of `batch`: zstd at `level`, page-level statistics (column and offset indexes on).
 pub fn encode_parquet(batch: &RecordBatch, level: i32) -> Result<Bytes, LakeError> {
-    let props = WriterProperties::builder()
+    let mut props = WriterProperties::builder();
+    for col in [
+        "device_key",
+        "radio",
+        "metric",
+        "unit",
+        "observation",
+        "src_topic",
+        "rules_version",
+        "kind",
+        "reason",
+        "speed_tier",
+        "rules_hash",
+    ] {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(col), true);
+    }
+    let props = props
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(level)?))
         .set_statistics_enabled(EnabledStatistics::Page)
+        // Dictionaries only where values repeat (keys, enums, provenance); numbers, times, cells,
+        // messages and raw bytes are near-unique, and building their dictionaries costs CPU for nothing.
+        .set_dictionary_enabled(false)
         .set_max_row_group_row_count(Some(128 * 1024))
         .build();
     let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 4 + 1024);

@@ -26,7 +26,7 @@ pub struct Source {
 pub struct ValidRow {
     pub src: Source,
     pub valid: ValidReading,
-    pub cells: Vec<u64>,
+    pub cells: crate::h3bin::Cells,
 }
 
 /// A rejected record.
@@ -100,7 +100,7 @@ fn common_columns(
             lng.append_value(loc.lng);
             acc.append_value(loc.accuracy_m);
             dist.append_value(r.valid.asserted_distance_m);
-            for (b, c) in cells.iter_mut().zip(&r.cells) {
+            for (b, c) in cells.iter_mut().zip(r.cells.iter()) {
                 b.append_value(*c);
             }
             topic.append_value(ctx.topic);
