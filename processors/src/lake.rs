@@ -280,6 +280,15 @@ pub const COMPACTED_ZSTD_LEVEL: i32 = 6;
 
 /// Parquet bytes of `batch`: zstd at `level`, page-level statistics (column and offset indexes on).
 pub fn encode_parquet(batch: &RecordBatch, level: i32) -> Result<Bytes, LakeError> {
+    encode_parquet_with(batch, level, Vec::new())
+}
+
+/// [`encode_parquet`], with key-value metadata in the file footer.
+pub fn encode_parquet_with(
+    batch: &RecordBatch,
+    level: i32,
+    metadata: Vec<(String, String)>,
+) -> Result<Bytes, LakeError> {
     let mut props = WriterProperties::builder();
     for col in [
         "device_key",
@@ -303,6 +312,12 @@ pub fn encode_parquet(batch: &RecordBatch, level: i32) -> Result<Bytes, LakeErro
         // messages and raw bytes are near-unique, and building their dictionaries costs CPU for nothing.
         .set_dictionary_enabled(false)
         .set_max_row_group_row_count(Some(128 * 1024))
+        .set_key_value_metadata((!metadata.is_empty()).then(|| {
+            metadata
+                .into_iter()
+                .map(|(k, v)| parquet::file::metadata::KeyValue::new(k, v))
+                .collect()
+        }))
         .build();
     let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 4 + 1024);
     let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;

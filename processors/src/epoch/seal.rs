@@ -17,7 +17,7 @@ use super::compute::{aggregate, epoch_files, load_rows};
 use super::merkle::{self, Step};
 use super::{EpochConfig, EpochError, SealedEpochs, epoch_dir, manifest_path};
 use crate::compact::table_hours;
-use crate::lake::{COMPACTED_ZSTD_LEVEL, Lake, decode_parquet, encode_parquet};
+use crate::lake::{COMPACTED_ZSTD_LEVEL, Lake, decode_parquet, encode_parquet_with};
 use crate::rules::Rules;
 use hexpulse_schemas::tables;
 
@@ -194,7 +194,16 @@ pub async fn seal(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
         ("sensor_hex_hourly", &t.sensor_hex_hourly),
         ("road_hex", &t.road_hex),
     ] {
-        let bytes = encode_parquet(batch, COMPACTED_ZSTD_LEVEL)?;
+        // Every output names the rules it was computed under (also in the manifest).
+        let bytes = encode_parquet_with(
+            batch,
+            COMPACTED_ZSTD_LEVEL,
+            vec![
+                ("hexpulse.epoch".into(), req.epoch.to_string()),
+                ("hexpulse.rules_version".into(), req.rules.version.clone()),
+                ("hexpulse.rules_hash".into(), req.rules.hash.clone()),
+            ],
+        )?;
         let path = format!("{dir}{table}.parquet");
         let entry = OutputFile {
             table: table.to_string(),

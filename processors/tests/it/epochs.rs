@@ -35,7 +35,12 @@ fn day_epochs() -> EpochConfig {
 
 /// Writes the scenario into a lake through real partition workers (no Kafka): records go to
 /// `partitions` partitions by device key, and units close every `unit` records.
-async fn write_lake(sc: &Scenario, now: i64, partitions: i32, unit: usize) -> tempfile::TempDir {
+pub async fn write_lake(
+    sc: &Scenario,
+    now: i64,
+    partitions: i32,
+    unit: usize,
+) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
     let rules = Rules::load(None).unwrap();
@@ -130,11 +135,35 @@ async fn sealing_is_byte_identical_across_files_partitions_and_compaction() {
     assert_eq!(output_bytes(&a, &ma).await, output_bytes(&b, &mb).await);
     assert_ne!(ma.inputs, mb.inputs, "the inputs differ in partitioning");
 
-    // Shuffled input files give the same bytes.
+    // Every output names its rules in its footer.
+    for o in &ma.outputs {
+        let bytes = a.get(&o.path).await.unwrap().unwrap();
+        let meta = parquet::file::metadata::ParquetMetaDataReader::new()
+            .parse_and_finish(&bytes)
+            .unwrap();
+        let kv = meta.file_metadata().key_value_metadata().unwrap();
+        assert!(
+            kv.iter().any(|k| k.key == "hexpulse.rules_hash"
+                && k.value.as_deref() == Some(rules.hash.as_str())),
+            "{} carries the rules hash",
+            o.path
+        );
+    }
+
+    // Shuffled input files give the same bytes (the helper writes the same footer metadata).
     let mut files = epoch_files(&a, &cfg, &rules, id).await.unwrap();
     files.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(7));
     let t = aggregate(&load_rows(&a, &cfg, id, &files).await.unwrap(), id, &rules).unwrap();
-    let summary = encode_parquet(&t.device_summary, COMPACTED_ZSTD_LEVEL).unwrap();
+    let summary = hexpulse_processors::lake::encode_parquet_with(
+        &t.device_summary,
+        COMPACTED_ZSTD_LEVEL,
+        vec![
+            ("hexpulse.epoch".into(), id.to_string()),
+            ("hexpulse.rules_version".into(), rules.version.clone()),
+            ("hexpulse.rules_hash".into(), rules.hash.clone()),
+        ],
+    )
+    .unwrap();
     assert_eq!(
         hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&summary)),
         ma.output(tables::DEVICE_SUMMARY_TABLE).unwrap().sha256

@@ -4,5 +4,7 @@
 mod compaction;
 mod epochs;
 mod exactly_once;
+mod faulty;
+mod interrupted;
 mod store_faults;
 pub mod support;
