@@ -30,7 +30,6 @@ use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record
 use hexpulse_schemas::tables;
 use hexpulse_schemas::wire::KindName;
 use object_store::path::Path;
-use object_store::{PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -331,34 +330,19 @@ pub async fn compact_hour(
     };
     let record_path = format!("{}{generation:06}.json", record_prefix(table, date, hour));
     let body = serde_json::to_vec_pretty(&record).expect("record serialises");
-    let created = lake
-        .store()
-        .put_opts(
-            &Path::from(record_path.as_str()),
-            PutPayload::from(body),
-            PutOptions {
-                mode: PutMode::Create,
-                ..Default::default()
-            },
-        )
-        .await;
-    match created {
-        Ok(_) => {}
-        Err(object_store::Error::AlreadyExists { .. }) => {
-            // Someone else committed this generation. Drop our outputs that it does not list.
-            let winner = load_records(lake, &record_prefix(table, date, hour)).await?;
-            let listed: HashSet<&str> = winner
-                .iter()
-                .flat_map(|r| r.outputs.iter().map(|o| o.path.as_str()))
-                .collect();
-            for o in &outputs {
-                if !listed.contains(o.path.as_str()) {
-                    lake.delete(&o.path).await?;
-                }
+    if !lake.put_if_absent(&record_path, body).await? {
+        // Someone else committed this generation. Drop our outputs that it does not list.
+        let winner = load_records(lake, &record_prefix(table, date, hour)).await?;
+        let listed: HashSet<&str> = winner
+            .iter()
+            .flat_map(|r| r.outputs.iter().map(|o| o.path.as_str()))
+            .collect();
+        for o in &outputs {
+            if !listed.contains(o.path.as_str()) {
+                lake.delete(&o.path).await?;
             }
-            return Ok(Outcome::Raced);
         }
-        Err(e) => return Err(e.into()),
+        return Ok(Outcome::Raced);
     }
     tracing::info!(
         table,

@@ -163,23 +163,30 @@ impl Lake {
         }
     }
 
-    /// Creates the claim if no claim for its start exists. `Ok(false)`: another writer holds it.
-    pub async fn create_claim(&self, claim: &Claim) -> Result<bool, LakeError> {
-        let path = Path::from(Self::claim_path(&claim.topic, claim.partition, claim.start));
-        let body = serde_json::to_vec_pretty(claim).expect("claim serialises");
+    /// Writes `bytes` at `path` only if nothing is there (`O_EXCL` on a local disk, a conditional PUT
+    /// on S3): the commit point of claims, compaction records and epoch manifests. `Ok(false)`: an
+    /// object was there already (another writer won).
+    pub async fn put_if_absent(&self, path: &str, bytes: Vec<u8>) -> Result<bool, LakeError> {
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
         };
         match self
             .store
-            .put_opts(&path, PutPayload::from(body), opts)
+            .put_opts(&Path::from(path), PutPayload::from(bytes), opts)
             .await
         {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Creates the claim if no claim for its start exists. `Ok(false)`: another writer holds it.
+    pub async fn create_claim(&self, claim: &Claim) -> Result<bool, LakeError> {
+        let path = Self::claim_path(&claim.topic, claim.partition, claim.start);
+        let body = serde_json::to_vec_pretty(claim).expect("claim serialises");
+        self.put_if_absent(&path, body).await
     }
 
     pub async fn get_claim(

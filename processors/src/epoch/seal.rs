@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, UInt32Type, UInt64Type};
-use object_store::path::Path;
-use object_store::{PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -246,20 +244,12 @@ pub async fn seal(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
         leaf_encoding: LEAF_ENCODING.into(),
     };
     let body = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-    let created = req
+    match req
         .output
-        .store()
-        .put_opts(
-            &Path::from(manifest_path(req.epoch)),
-            PutPayload::from(body),
-            PutOptions {
-                mode: PutMode::Create,
-                ..Default::default()
-            },
-        )
-        .await;
-    match created {
-        Ok(_) => {
+        .put_if_absent(&manifest_path(req.epoch), body)
+        .await
+    {
+        Ok(true) => {
             tracing::info!(
                 epoch = req.epoch,
                 forced = manifest.forced,
@@ -269,13 +259,13 @@ pub async fn seal(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
             );
             Ok(Sealed::New(manifest))
         }
-        Err(object_store::Error::AlreadyExists { .. }) => {
+        Ok(false) => {
             let winner = read_manifest(req.output, req.epoch)
                 .await?
                 .ok_or_else(|| EpochError::Invalid("manifest vanished".into()))?;
             Ok(Sealed::Already(winner))
         }
-        Err(e) => Err(EpochError::Lake(e.into())),
+        Err(e) => Err(EpochError::Lake(e)),
     }
 }
 
