@@ -513,7 +513,8 @@ pub async fn next_epoch(lake: &Lake, cfg: &EpochConfig) -> Result<Option<i64>, E
     Ok(Some(cfg.id_of(ms)?))
 }
 
-/// Seals every complete epoch, in order, every `cfg.seal_interval`, until `stop`.
+/// Seals every complete epoch, in order, every `cfg.seal_interval`, until `stop`. Marks what it
+/// seals in `sealed`; epochs sealed elsewhere reach `sealed` through the processor's refresher.
 pub async fn run_sealer(
     lake: Lake,
     cfg: EpochConfig,
@@ -528,10 +529,6 @@ pub async fn run_sealer(
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(cfg.seal_interval) => {}
-        }
-        if let Err(e) = sealed.refresh(&lake).await {
-            tracing::warn!(error = %e, "reading sealed epochs failed");
-            continue;
         }
         let mut next = match next_epoch(&lake, &cfg).await {
             Ok(Some(n)) => n,

@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
 
-async fn physical(lake: &Lake) -> Vec<String> {
+/// Every Parquet file physically in the lake's tables, valid or not, sorted.
+pub async fn physical(lake: &Lake) -> Vec<String> {
     let mut all = Vec::new();
     for t in compact::tables() {
         all.extend(

@@ -16,6 +16,7 @@ use hexpulse_processors::inspect::summarize;
 use hexpulse_processors::lake::Lake;
 use hexpulse_processors::rules::Rules;
 
+use crate::compaction::physical;
 use crate::epochs::write_lake;
 use crate::faulty::Flaky;
 use crate::support::*;
@@ -31,21 +32,6 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), dst).unwrap();
         }
     }
-}
-
-async fn physical_parquet(lake: &Lake) -> Vec<String> {
-    let mut v = Vec::new();
-    for t in compact::tables() {
-        v.extend(
-            lake.list(&format!("{t}/"))
-                .await
-                .unwrap()
-                .into_iter()
-                .filter(|p| p.ends_with(".parquet")),
-        );
-    }
-    v.sort();
-    v
 }
 
 /// Two compaction rounds (the second deletes what the first replaced) through `lake`.
@@ -84,7 +70,7 @@ async fn compaction_dying_at_any_write_leaves_readers_exact() {
         .await
         .unwrap();
     let total = counting.writes.load(Ordering::SeqCst) as i64;
-    let clean = physical_parquet(&local).await;
+    let clean = physical(&local).await;
     assert!(total >= 8, "{total} writes");
 
     for k in 0..total {
@@ -99,11 +85,7 @@ async fn compaction_dying_at_any_write_leaves_readers_exact() {
         assert_matches(&seen, &sc);
         // The restart finishes the job: the same files as an uninterrupted run, same rows.
         compact_twice(&local, cut).await.unwrap();
-        assert_eq!(
-            physical_parquet(&local).await,
-            clean,
-            "after dying at write {k}"
-        );
+        assert_eq!(physical(&local).await, clean, "after dying at write {k}");
         assert_matches(&summarize(&local).await.unwrap(), &sc);
     }
 }
