@@ -18,6 +18,7 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub ingest: IngestConfig,
     pub process: ProcessConfig,
+    pub query: hexpulse_query::QueryConfig,
     pub simulate: SimConfig,
 }
 

@@ -40,7 +40,8 @@ enum Cmd {
     /// Sealed epochs: list, show a manifest, prove a device's summary, verify a proof, diff results.
     #[command(subcommand)]
     Epoch(EpochCmd),
-    /// Run the query service (not built yet: issue #6).
+    /// Run the query service: read-only SQL over the lake and the epoch endpoints (the maps and tiles
+    /// of issue #6 are not built yet).
     Query,
     /// Send simulated device traffic to an ingest endpoint.
     Simulate(SimArgs),
@@ -234,7 +235,12 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
         }
         Cmd::Seal(a) => seal(cfg, a).await,
         Cmd::Epoch(c) => epoch(cfg, c).await,
-        Cmd::Query => bail!("`hexpulse query` is not built yet (issue #6)"),
+        Cmd::Query => {
+            tracing::info!(config = %cfg.redacted(), "starting query service");
+            let stop = shutdown::on_signals();
+            hexpulse_query::run(cfg.query, stop).await?;
+            Ok(())
+        }
         Cmd::Compact { closed_after } => compact(cfg, closed_after).await,
         Cmd::Lake(c) => lake(cfg, c).await,
         Cmd::Simulate(args) => simulate(cfg, args).await,
@@ -520,7 +526,16 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
         stop.clone(),
     )
     .await?;
+    let mut qcfg = cfg.query.clone();
+    qcfg.lake_url = cfg.process.lake_url.clone();
+    let query = hexpulse_query::Query::start(
+        qcfg,
+        hexpulse_processors::lake::Lake::open(&cfg.process.lake_url)?,
+        stop.clone(),
+    )
+    .await?;
     let base = format!("http://{}", ingest.addr);
+    let qbase = format!("http://{}", query.addr);
     println!();
     println!("Hexpulse is up.");
     println!("  ingest   POST {base}/v1/readings   (protobuf or JSON batches of signed readings)");
@@ -559,7 +574,10 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
     println!(
         "           {env}hexpulse epoch proof --epoch {current} --device KEY > p.json; {env}hexpulse epoch verify --proof p.json"
     );
-    println!("Not built yet: query service and map (#6, #7).");
+    println!(
+        "  query    curl -s {qbase}/v1/sql -d 'SELECT count(*) AS heartbeats FROM heartbeat'   {qbase}/v1/epochs"
+    );
+    println!("Not built yet: coverage maps, tiles and the map page (#6, #7).");
     println!("Ctrl-C stops everything.");
     println!();
     let traffic = if no_traffic {

@@ -1,0 +1,162 @@
+//! The DataFusion catalog over the lake: which files each table reads.
+//!
+//! Lake tables read exactly the valid files of `hexpulse_processors::compact::valid_files` (so a
+//! compaction in progress never shows rows twice); epoch tables read exactly the files that sealed
+//! epochs' manifests list. The catalog is rebuilt every `refresh_interval` and swapped atomically;
+//! a query runs against the catalog it started with.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::datasource::MemTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use hexpulse_processors::compact::valid_files;
+use hexpulse_processors::epoch::{seal, sealed_ids};
+use hexpulse_processors::lake::Lake;
+use hexpulse_schemas::tables;
+
+/// The URL under which the lake's object store is registered with DataFusion.
+pub const LAKE_URL: &str = "hexpulse-lake://lake/";
+
+/// Tables exposed to SQL: (name, files come from the lake's valid files or from epoch manifests).
+pub const LAKE_TABLES: [&str; 3] = ["heartbeat", "sensor", "rejected"];
+pub const EPOCH_TABLES: [&str; 4] = [
+    tables::DEVICE_SUMMARY_TABLE,
+    "hex_coverage",
+    "sensor_hex_hourly",
+    "road_hex",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("lake: {0}")]
+    Lake(#[from] hexpulse_processors::lake::LakeError),
+    #[error("epochs: {0}")]
+    Epoch(#[from] hexpulse_processors::epoch::EpochError),
+    #[error("datafusion: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error("url: {0}")]
+    Url(#[from] url::ParseError),
+}
+
+/// The schema a table has when the lake holds no file of it yet.
+fn empty_schema(table: &str) -> SchemaRef {
+    match table {
+        "heartbeat" => tables::heartbeat_schema(&[12, 8]),
+        "sensor" => tables::sensor_schema(&[12, 8]),
+        "rejected" => tables::rejected_schema(),
+        "hex_coverage" => tables::hex_coverage_schema(),
+        "sensor_hex_hourly" => tables::sensor_hex_hourly_schema(),
+        "road_hex" => tables::road_hex_schema(),
+        _ => tables::device_summary_schema(),
+    }
+}
+
+async fn register(
+    ctx: &SessionContext,
+    name: &str,
+    files: &[String],
+) -> Result<(), CatalogError> {
+    if files.is_empty() {
+        let schema = empty_schema(name);
+        ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
+        return Ok(());
+    }
+    let urls = files
+        .iter()
+        .map(|f| ListingTableUrl::parse(format!("{LAKE_URL}{f}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet");
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .infer_schema(&ctx.state())
+        .await?;
+    ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
+    Ok(())
+}
+
+/// What the catalog was built from, for freshness answers.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Snapshot {
+    pub files: BTreeMap<String, usize>,
+    pub sealed_epochs: Vec<i64>,
+    pub built_at_ms: i64,
+}
+
+/// Builds a fresh context over the lake.
+pub async fn build(
+    lake: &Lake,
+    runtime: Arc<RuntimeEnv>,
+) -> Result<(SessionContext, Snapshot), CatalogError> {
+    let config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_default_catalog_and_schema("hexpulse", "lake");
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    ctx.register_object_store(&url::Url::parse(LAKE_URL)?, lake.store().clone());
+    let mut snap = Snapshot {
+        built_at_ms: hexpulse_common::time::now_ms(),
+        ..Default::default()
+    };
+    for t in LAKE_TABLES {
+        let files = valid_files(lake, t).await?;
+        snap.files.insert(t.to_string(), files.len());
+        register(&ctx, t, &files).await?;
+    }
+    let mut epoch_files: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for id in sealed_ids(lake).await? {
+        if let Some(m) = seal::read_manifest(lake, id).await? {
+            snap.sealed_epochs.push(id);
+            for o in &m.outputs {
+                if let Some(t) = EPOCH_TABLES.iter().find(|t| **t == o.table) {
+                    epoch_files.entry(t).or_default().push(o.path.clone());
+                }
+            }
+        }
+    }
+    for t in EPOCH_TABLES {
+        let files = epoch_files.remove(t).unwrap_or_default();
+        snap.files.insert(t.to_string(), files.len());
+        register(&ctx, t, &files).await?;
+    }
+    Ok((ctx, snap))
+}
+
+/// The current catalog, swapped by [`Catalog::refresh`].
+pub struct Catalog {
+    lake: Lake,
+    runtime: Arc<RuntimeEnv>,
+    current: RwLock<(SessionContext, Snapshot)>,
+}
+
+impl Catalog {
+    pub async fn open(lake: Lake, runtime: Arc<RuntimeEnv>) -> Result<Catalog, CatalogError> {
+        let current = build(&lake, runtime.clone()).await?;
+        Ok(Catalog {
+            lake,
+            runtime,
+            current: RwLock::new(current),
+        })
+    }
+
+    pub fn lake(&self) -> &Lake {
+        &self.lake
+    }
+
+    /// The context queries should use now.
+    pub fn context(&self) -> (SessionContext, Snapshot) {
+        self.current.read().expect("lock").clone()
+    }
+
+    pub async fn refresh(&self) -> Result<(), CatalogError> {
+        let next = build(&self.lake, self.runtime.clone()).await?;
+        *self.current.write().expect("lock") = next;
+        Ok(())
+    }
+}

@@ -1,0 +1,362 @@
+//! The HTTP API of the query service.
+//!
+//! - `POST /v1/sql`: body = the SQL text (or JSON `{"sql": "..."}`); answer by `Accept`:
+//!   `application/json` (default), `text/csv`, `application/vnd.apache.arrow.stream`.
+//! - `GET /v1/epochs`: sealed epochs with their root and device count.
+//! - `GET /v1/epochs/{id}/manifest`: the manifest.
+//! - `GET /v1/epochs/{id}/devices`: the device summaries, JSON, CSV or Parquet (`Accept` or
+//!   `?format=json|csv|parquet`); the Parquet answer is the sealed file itself, checked against the
+//!   manifest's SHA-256.
+//! - `GET /v1/epochs/{id}/proof/{device}`: the device's Merkle proof.
+//! - `/healthz`, `/readyz`, `/metrics`.
+//!
+//! Errors are JSON `{"error": code, "message": ...}`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query as QueryParams, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use hexpulse_processors::epoch::{seal, sealed_ids};
+use hexpulse_processors::lake::Lake;
+use hexpulse_schemas::tables;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::config::QueryConfig;
+use crate::sql::{self, Limits, SqlError};
+
+const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("catalog: {0}")]
+    Catalog(#[from] CatalogError),
+    #[error("lake: {0}")]
+    Lake(#[from] hexpulse_processors::lake::LakeError),
+    #[error("datafusion: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+struct AppState {
+    cfg: QueryConfig,
+    catalog: Catalog,
+}
+
+/// A started query service.
+pub struct Query {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": code, "message": message.to_string()})),
+    )
+        .into_response()
+}
+
+fn sql_error(e: SqlError) -> Response {
+    error(
+        StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+        e.code,
+        e.message,
+    )
+}
+
+impl Query {
+    /// Opens the lake's catalog, binds, and serves until `shutdown`.
+    pub async fn start(
+        cfg: QueryConfig,
+        lake: Lake,
+        shutdown: CancellationToken,
+    ) -> Result<Query, QueryError> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(cfg.memory_limit_bytes, 1.0)
+            .build_arc()?;
+        let catalog = Catalog::open(lake, runtime).await?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| QueryError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| QueryError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let state = Arc::new(AppState { cfg, catalog });
+        {
+            let (state, stop) = (state.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(state.cfg.refresh_interval) => {}
+                    }
+                    if let Err(e) = state.catalog.refresh().await {
+                        tracing::warn!(error = %e, "catalog refresh failed; serving the previous one");
+                    }
+                }
+            });
+        }
+        let handle = hexpulse_common::telemetry::metrics_handle();
+        let app = Router::new()
+            .route("/v1/sql", post(run_sql))
+            .route("/v1/epochs", get(list_epochs))
+            .route("/v1/epochs/{id}/manifest", get(manifest))
+            .route("/v1/epochs/{id}/devices", get(devices))
+            .route("/v1/epochs/{id}/proof/{device}", get(proof))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(ready))
+            .route(
+                "/metrics",
+                get(move || std::future::ready(handle.render())),
+            )
+            .with_state(state);
+        tracing::info!(%addr, "query service listening");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await;
+        });
+        Ok(Query { addr, task })
+    }
+}
+
+/// Runs the query service until `shutdown`.
+pub async fn run(cfg: QueryConfig, shutdown: CancellationToken) -> Result<(), QueryError> {
+    let lake = Lake::open(&cfg.lake_url)?;
+    let q = Query::start(cfg, lake, shutdown).await?;
+    let _ = q.task.await;
+    Ok(())
+}
+
+fn record(endpoint: &'static str, status: StatusCode, started: Instant) {
+    metrics::counter!("hexpulse_query_requests_total", "endpoint" => endpoint, "status" => status.as_u16().to_string())
+        .increment(1);
+    metrics::histogram!("hexpulse_query_seconds", "endpoint" => endpoint)
+        .record(started.elapsed().as_secs_f64());
+}
+
+async fn ready(State(s): State<Arc<AppState>>) -> Response {
+    let (_, snap) = s.catalog.context();
+    axum::Json(json!({"catalog": snap})).into_response()
+}
+
+/// The answer format: `?format=` first, then `Accept`.
+fn wanted_format(headers: &HeaderMap, params: &HashMap<String, String>) -> &'static str {
+    if let Some(f) = params.get("format") {
+        return match f.as_str() {
+            "csv" => "csv",
+            "parquet" => "parquet",
+            "arrow" => "arrow",
+            _ => "json",
+        };
+    }
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.contains("text/csv") {
+        "csv"
+    } else if accept.contains(ARROW_STREAM) {
+        "arrow"
+    } else if accept.contains("parquet") {
+        "parquet"
+    } else {
+        "json"
+    }
+}
+
+fn encode(
+    format: &str,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<(&'static str, Vec<u8>), String> {
+    let mut out = Vec::new();
+    match format {
+        "csv" => {
+            let mut w = datafusion::arrow::csv::Writer::new(&mut out);
+            for b in batches {
+                w.write(b).map_err(|e| e.to_string())?;
+            }
+            drop(w);
+            Ok(("text/csv", out))
+        }
+        "arrow" => {
+            let mut w = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut out, schema)
+                .map_err(|e| e.to_string())?;
+            for b in batches {
+                w.write(b).map_err(|e| e.to_string())?;
+            }
+            w.finish().map_err(|e| e.to_string())?;
+            drop(w);
+            Ok((ARROW_STREAM, out))
+        }
+        _ => {
+            let mut w = datafusion::arrow::json::ArrayWriter::new(&mut out);
+            for b in batches {
+                w.write(b).map_err(|e| e.to_string())?;
+            }
+            w.finish().map_err(|e| e.to_string())?;
+            drop(w);
+            if out.is_empty() {
+                out.extend(b"[]");
+            }
+            Ok(("application/json", out))
+        }
+    }
+}
+
+fn respond(format: &str, schema: &SchemaRef, batches: &[RecordBatch]) -> Response {
+    match encode(format, schema, batches) {
+        Ok((ct, body)) => ([(header::CONTENT_TYPE, ct)], body).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "encode", e),
+    }
+}
+
+async fn run_sql(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    QueryParams(params): QueryParams<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let text = match std::str::from_utf8(&body) {
+        Ok(t) => t,
+        Err(_) => return error(StatusCode::BAD_REQUEST, "not_utf8", "the body is not UTF-8"),
+    };
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let query = if is_json {
+        match serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| v.get("sql")?.as_str().map(str::to_string))
+        {
+            Some(q) => q,
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    "a JSON body must be {\"sql\": \"...\"}",
+                );
+            }
+        }
+    } else {
+        text.to_string()
+    };
+    if query.trim().is_empty() {
+        return error(StatusCode::BAD_REQUEST, "empty", "no SQL in the body");
+    }
+    let (ctx, _) = s.catalog.context();
+    let limits = Limits {
+        max_rows: s.cfg.max_rows,
+        timeout: s.cfg.query_timeout,
+    };
+    let resp = match sql::run(&ctx, &query, limits).await {
+        Ok((schema, batches)) => respond(wanted_format(&headers, &params), &schema, &batches),
+        Err(e) => sql_error(e),
+    };
+    record("sql", resp.status(), started);
+    resp
+}
+
+async fn list_epochs(State(s): State<Arc<AppState>>) -> Response {
+    let lake = s.catalog.lake();
+    let ids = match sealed_ids(lake).await {
+        Ok(ids) => ids,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "lake", e),
+    };
+    let mut out = Vec::new();
+    for id in ids {
+        if let Ok(Some(m)) = seal::read_manifest(lake, id).await {
+            out.push(json!({
+                "epoch": id, "status": "sealed", "forced": m.forced, "start": m.start, "end": m.end,
+                "devices": m.merkle_leaves, "merkle_root": m.merkle_root,
+                "rules_version": m.rules_version, "sealed_at": m.sealed_at,
+            }));
+        }
+    }
+    axum::Json(json!({"epochs": out})).into_response()
+}
+
+async fn load_manifest(s: &AppState, id: i64) -> Result<seal::Manifest, Response> {
+    match seal::read_manifest(s.catalog.lake(), id).await {
+        Ok(Some(m)) => Ok(m),
+        Ok(None) => Err(error(
+            StatusCode::NOT_FOUND,
+            "not_sealed",
+            format!("epoch {id} is not sealed"),
+        )),
+        Err(e) => Err(error(StatusCode::SERVICE_UNAVAILABLE, "lake", e)),
+    }
+}
+
+async fn manifest(State(s): State<Arc<AppState>>, Path(id): Path<i64>) -> Response {
+    match load_manifest(&s, id).await {
+        Ok(m) => axum::Json(m).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn devices(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    QueryParams(params): QueryParams<HashMap<String, String>>,
+) -> Response {
+    let m = match load_manifest(&s, id).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let format = wanted_format(&headers, &params);
+    let lake = s.catalog.lake();
+    if format == "parquet" {
+        let Some(out) = m.output(tables::DEVICE_SUMMARY_TABLE) else {
+            return error(StatusCode::NOT_FOUND, "no_file", "no device_summary file");
+        };
+        // Checked against the manifest first: only what the manifest lists leaves here.
+        if let Err(e) = seal::read_output(lake, &m, tables::DEVICE_SUMMARY_TABLE).await {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "integrity", e);
+        }
+        return match lake.get(&out.path).await {
+            Ok(Some(bytes)) => {
+                ([(header::CONTENT_TYPE, "application/vnd.apache.parquet")], bytes).into_response()
+            }
+            _ => error(StatusCode::NOT_FOUND, "no_file", "device_summary vanished"),
+        };
+    }
+    match seal::read_output(lake, &m, tables::DEVICE_SUMMARY_TABLE).await {
+        Ok(batch) => respond(format, &batch.schema(), &[batch]),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "integrity", e),
+    }
+}
+
+async fn proof(
+    State(s): State<Arc<AppState>>,
+    Path((id, device)): Path<(i64, String)>,
+) -> Response {
+    match seal::build_proof(s.catalog.lake(), id, &device.to_ascii_lowercase()).await {
+        Ok(p) => axum::Json(p).into_response(),
+        Err(e) => error(StatusCode::NOT_FOUND, "no_proof", e),
+    }
+}

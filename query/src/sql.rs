@@ -1,0 +1,114 @@
+//! Read-only SQL with limits.
+//!
+//! Only queries run: the plan is checked with DataFusion's `SQLOptions` (no DDL such as
+//! `CREATE EXTERNAL TABLE`, no DML such as `COPY` or `INSERT`, no statements such as `SET`), and the
+//! context knows no file or URL outside the lake (URL tables are off), so `SELECT * FROM '/etc/passwd'`
+//! finds no table. Answers stop at `max_rows` and at `query_timeout`; memory is bounded by the
+//! runtime's pool.
+
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+
+/// A refused or failed query, with the HTTP status and a stable code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl SqlError {
+    fn new(status: u16, code: &'static str, message: impl Into<String>) -> SqlError {
+        SqlError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Limits of one query.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_rows: usize,
+    pub timeout: Duration,
+}
+
+fn classify(e: DataFusionError) -> SqlError {
+    let msg = e.to_string();
+    match e {
+        DataFusionError::SQL(..) => SqlError::new(400, "sql_syntax", msg),
+        DataFusionError::Plan(..) | DataFusionError::SchemaError(..) => {
+            SqlError::new(400, "sql_plan", msg)
+        }
+        DataFusionError::ResourcesExhausted(..) => SqlError::new(413, "memory_limit", msg),
+        DataFusionError::NotImplemented(..) => SqlError::new(400, "not_supported", msg),
+        _ if msg.contains("not allowed") => SqlError::new(403, "read_only", msg),
+        _ => SqlError::new(400, "sql_error", msg),
+    }
+}
+
+/// Runs `sql` read-only within `limits`: the schema and the batches of the answer.
+pub async fn run(
+    ctx: &SessionContext,
+    sql: &str,
+    limits: Limits,
+) -> Result<(SchemaRef, Vec<RecordBatch>), SqlError> {
+    let work = async {
+        let plan = ctx
+            .state()
+            .create_logical_plan(sql)
+            .await
+            .map_err(classify)?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(|e| {
+                SqlError::new(
+                    403,
+                    "read_only",
+                    format!("only SELECT, WITH and EXPLAIN are allowed: {e}"),
+                )
+            })?;
+        let df = ctx.execute_logical_plan(plan).await.map_err(classify)?;
+        let schema = df.schema().inner().clone();
+        let mut stream = df.execute_stream().await.map_err(classify)?;
+        let mut batches = Vec::new();
+        let mut rows = 0;
+        while let Some(b) = stream.next().await {
+            let b = b.map_err(classify)?;
+            rows += b.num_rows();
+            if rows > limits.max_rows {
+                return Err(SqlError::new(
+                    413,
+                    "row_limit",
+                    format!(
+                        "the answer has more than {} rows; add a LIMIT or aggregate",
+                        limits.max_rows
+                    ),
+                ));
+            }
+            batches.push(b);
+        }
+        Ok((schema, batches))
+    };
+    match tokio::time::timeout(limits.timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(SqlError::new(
+            408,
+            "time_limit",
+            format!(
+                "the query ran longer than {} and was cancelled",
+                humantime::format_duration(limits.timeout)
+            ),
+        )),
+    }
+}
