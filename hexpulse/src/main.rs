@@ -40,8 +40,8 @@ enum Cmd {
     /// Sealed epochs: list, show a manifest, prove a device's summary, verify a proof, diff results.
     #[command(subcommand)]
     Epoch(EpochCmd),
-    /// Run the query service: read-only SQL over the lake and the epoch endpoints (the maps and tiles
-    /// of issue #6 are not built yet).
+    /// Run the query service: hex maps, vector tiles, dead zones, sensor and road aggregates,
+    /// epochs and read-only SQL over the lake (routes: /openapi.json).
     Query,
     /// Send simulated device traffic to an ingest endpoint.
     Simulate(SimArgs),
@@ -574,10 +574,19 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
     println!(
         "           {env}hexpulse epoch proof --epoch {current} --device KEY > p.json; {env}hexpulse epoch verify --proof p.json"
     );
+    println!("  query    {qbase}/openapi.json (every route)   {qbase}/v1/epochs");
+    println!("           curl -s {qbase}/v1/sql -d 'SELECT count(*) AS heartbeats FROM heartbeat'");
     println!(
-        "  query    curl -s {qbase}/v1/sql -d 'SELECT count(*) AS heartbeats FROM heartbeat'   {qbase}/v1/epochs"
+        "           {qbase}/v1/coverage?bbox=13.0,52.3,13.8,52.7&res=8   (GeoJSON hexes around Berlin)"
     );
-    println!("Not built yet: coverage maps, tiles and the map page (#6, #7).");
+    println!("           {qbase}/v1/deadzones?bbox=13.0,52.3,13.8,52.7&res=8");
+    println!(
+        "           {qbase}/v1/sensors/series?metric=pm2_5&bbox=13.0,52.3,13.8,52.7&interval=5m"
+    );
+    println!(
+        "           {qbase}/v1/tiles/coverage/{{z}}/{{x}}/{{y}}.mvt   (vector tiles: coverage, air, road)"
+    );
+    println!("Not built yet: the map page (#7).");
     println!("Ctrl-C stops everything.");
     println!();
     let traffic = if no_traffic {

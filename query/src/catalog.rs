@@ -20,12 +20,14 @@ use hexpulse_processors::compact::valid_files;
 use hexpulse_processors::epoch::{seal, sealed_ids};
 use hexpulse_processors::lake::Lake;
 use hexpulse_schemas::tables;
+use sha2::{Digest, Sha256};
 
 /// The URL under which the lake's object store is registered with DataFusion.
 pub const LAKE_URL: &str = "hexpulse-lake://lake/";
 
-/// Tables exposed to SQL: (name, files come from the lake's valid files or from epoch manifests).
-pub const LAKE_TABLES: [&str; 3] = ["heartbeat", "sensor", "rejected"];
+/// Tables read from the lake's valid files. `road` and `rejected` hold raw dashcam rows and raw
+/// payloads: SQL reaches them only with the `raw` endpoint group (see `sql::PRIVATE_TABLES`).
+pub const LAKE_TABLES: [&str; 4] = ["heartbeat", "sensor", "road", "rejected"];
 pub const EPOCH_TABLES: [&str; 4] = [
     tables::DEVICE_SUMMARY_TABLE,
     "hex_coverage",
@@ -50,6 +52,7 @@ fn empty_schema(table: &str) -> SchemaRef {
     match table {
         "heartbeat" => tables::heartbeat_schema(&[12, 8]),
         "sensor" => tables::sensor_schema(&[12, 8]),
+        "road" => tables::road_schema(&[12, 8]),
         "rejected" => tables::rejected_schema(),
         "hex_coverage" => tables::hex_coverage_schema(),
         "sensor_hex_hourly" => tables::sensor_hex_hourly_schema(),
@@ -58,11 +61,7 @@ fn empty_schema(table: &str) -> SchemaRef {
     }
 }
 
-async fn register(
-    ctx: &SessionContext,
-    name: &str,
-    files: &[String],
-) -> Result<(), CatalogError> {
+async fn register(ctx: &SessionContext, name: &str, files: &[String]) -> Result<(), CatalogError> {
     if files.is_empty() {
         let schema = empty_schema(name);
         ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
@@ -72,8 +71,8 @@ async fn register(
         .iter()
         .map(|f| ListingTableUrl::parse(format!("{LAKE_URL}{f}")))
         .collect::<Result<Vec<_>, _>>()?;
-    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-        .with_file_extension(".parquet");
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
     let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
         .infer_schema(&ctx.state())
@@ -82,12 +81,48 @@ async fn register(
     Ok(())
 }
 
-/// What the catalog was built from, for freshness answers.
+/// What the catalog was built from, for freshness answers and ETags.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Snapshot {
     pub files: BTreeMap<String, usize>,
     pub sealed_epochs: Vec<i64>,
     pub built_at_ms: i64,
+    /// Changes whenever the set of valid files or sealed epochs changes (hex, 16 digits).
+    pub version: String,
+    /// The lowest partition watermark over the lake's topics (ms): every reading received up to it
+    /// is in the lake or rejected. `None` until a processor has published one.
+    pub watermark_ms: Option<i64>,
+    /// The H3 resolutions the lake stores (columns `h3_r{res}`), finest last.
+    pub resolutions: Vec<u8>,
+}
+
+impl Snapshot {
+    pub fn finest(&self) -> u8 {
+        self.resolutions.last().copied().unwrap_or(12)
+    }
+
+    /// The stored column to derive cells at `res` from: the coarsest stored resolution ≥ `res`.
+    pub fn column_for(&self, res: u8) -> Option<(u8, String)> {
+        self.resolutions
+            .iter()
+            .copied()
+            .find(|r| *r >= res)
+            .map(|r| (r, tables::h3_column(r)))
+    }
+}
+
+/// The lowest watermark over the partitions of each topic under `_watermarks/`.
+async fn lake_watermark(lake: &Lake) -> Result<Option<i64>, CatalogError> {
+    let mut low: Option<i64> = None;
+    for path in lake.list("_watermarks/").await? {
+        let Some(bytes) = lake.get(&path).await? else {
+            continue;
+        };
+        if let Ok(w) = serde_json::from_slice::<seal::Watermark>(&bytes) {
+            low = Some(low.map_or(w.watermark_ms, |l| l.min(w.watermark_ms)));
+        }
+    }
+    Ok(low)
 }
 
 /// Builds a fresh context over the lake.
@@ -99,16 +134,30 @@ pub async fn build(
         .with_information_schema(true)
         .with_default_catalog_and_schema("hexpulse", "lake");
     let ctx = SessionContext::new_with_config_rt(config, runtime);
+    crate::udf::register(&ctx);
     ctx.register_object_store(&url::Url::parse(LAKE_URL)?, lake.store().clone());
     let mut snap = Snapshot {
         built_at_ms: hexpulse_common::time::now_ms(),
         ..Default::default()
     };
+    let mut version = Sha256::new();
     for t in LAKE_TABLES {
         let files = valid_files(lake, t).await?;
         snap.files.insert(t.to_string(), files.len());
+        for f in &files {
+            version.update(f.as_bytes());
+            version.update([0]);
+        }
         register(&ctx, t, &files).await?;
     }
+    let heartbeat = ctx.table_provider("heartbeat").await?.schema();
+    snap.resolutions = heartbeat
+        .fields()
+        .iter()
+        .filter_map(|f| f.name().strip_prefix("h3_r")?.parse::<u8>().ok())
+        .collect();
+    snap.resolutions.sort_unstable();
+    snap.watermark_ms = lake_watermark(lake).await?;
     let mut epoch_files: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for id in sealed_ids(lake).await? {
         if let Some(m) = seal::read_manifest(lake, id).await? {
@@ -120,6 +169,10 @@ pub async fn build(
             }
         }
     }
+    for id in &snap.sealed_epochs {
+        version.update(id.to_le_bytes());
+    }
+    snap.version = hex::encode(&version.finalize()[..8]);
     for t in EPOCH_TABLES {
         let files = epoch_files.remove(t).unwrap_or_default();
         snap.files.insert(t.to_string(), files.len());

@@ -1,6 +1,8 @@
 //! The `[query]` section of the config.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -12,16 +14,58 @@ pub struct QueryConfig {
     pub listen: SocketAddr,
     /// The lake (same as `process.lake_url` unless the query service reads a replica).
     pub lake_url: String,
+    /// The rules file (for the k-anonymity threshold of road data); none: the built-in rules.
+    #[serde(default)]
+    pub rules_path: Option<PathBuf>,
     /// At most this many rows in one SQL answer (more: 413 with a clear error).
     pub max_rows: usize,
+    /// At most this many hexes in one map answer (more: 413; ask for a smaller area or resolution).
+    pub max_features: usize,
     /// A query running longer than this is cancelled (408).
     #[serde(with = "humantime_serde")]
     pub query_timeout: Duration,
     /// Memory DataFusion may use for all queries together, bytes.
     pub memory_limit_bytes: usize,
+    /// At most this many queries run at once; more wait up to `query_timeout`, then get 503.
+    pub max_concurrent_queries: usize,
+    /// Threads of the runtime that executes query plans (0: the number of cores). HTTP and the
+    /// health checks stay on the I/O runtime, so heavy plans cannot starve them.
+    pub query_threads: usize,
     /// How often the catalog re-lists the lake (new files, compactions, sealed epochs).
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
+    /// Who may use what.
+    pub auth: AuthConfig,
+}
+
+/// Bearer tokens, roles and the endpoint groups each role may use.
+///
+/// Endpoint groups: `coverage` (hex maps, dead zones, coverage tiles), `sensors`, `road`, `epochs`,
+/// `sql`, `raw` (SQL over raw dashcam rows and their locations), `metrics`, `map` (the web page) and
+/// `meta` (`/openapi.json`). `/healthz` and `/readyz` are always open.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Tokens are stored as the hex SHA-256 of the token, never in clear
+    /// (`printf %s "$TOKEN" | sha256sum`).
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// Role name → endpoint groups (`*` = all).
+    #[serde(default)]
+    pub roles: BTreeMap<String, Vec<String>>,
+    /// Endpoint groups anyone may use without a token (`*` = all).
+    #[serde(default)]
+    pub public: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// A label for logs and metrics.
+    pub name: String,
+    pub role: String,
+    /// Hex SHA-256 of the bearer token.
+    pub sha256: String,
 }
 
 impl QueryConfig {
@@ -29,10 +73,18 @@ impl QueryConfig {
         QueryConfig {
             listen: "127.0.0.1:0".parse().expect("static"),
             lake_url: lake_url.into(),
+            rules_path: None,
             max_rows: 10_000,
+            max_features: 20_000,
             query_timeout: Duration::from_secs(5),
             memory_limit_bytes: 512 << 20,
+            max_concurrent_queries: 4,
+            query_threads: 2,
             refresh_interval: Duration::from_millis(500),
+            auth: AuthConfig {
+                public: vec!["*".into()],
+                ..AuthConfig::default()
+            },
         }
     }
 }

@@ -1,17 +1,27 @@
 //! Hexpulse query service: DataFusion over the Parquet lake.
 //!
-//! Built so far (issue #6 has the rest): one DataFusion catalog over the lake's valid files
-//! (compactions applied) and the manifest-listed epoch files, refreshed in the background; read-only
-//! SQL with row, time and memory limits, answering JSON, CSV or Arrow IPC; the epoch endpoints for
-//! reward oracles (list, manifest, device summaries as JSON/CSV/Parquet, Merkle proofs); health and
-//! metrics. Not built yet: H3 UDFs, coverage GeoJSON, vector tiles, dead zones, sensor series, road
-//! aggregates, auth and roles, OpenAPI. Until roles exist, the raw `road` table is not registered at
-//! all (dashcam tracks are private); road data is visible only as the k-anonymous epoch `road_hex`.
+//! - One DataFusion catalog over the lake's valid files (compactions applied) and the
+//!   manifest-listed epoch files, rebuilt in the background and swapped atomically ([`catalog`]).
+//! - H3 functions for SQL ([`udf`]), tested by `tests/slt/*.slt`.
+//! - Hex maps as GeoJSON and vector tiles, dead zones, sensor series and hex aggregates, road
+//!   aggregates under the k-anonymity rule ([`api`], [`mvt`]); each answer states its freshness.
+//! - Read-only SQL with row, time and memory limits, answering JSON, CSV or Arrow IPC ([`sql`]);
+//!   raw dashcam rows only for the `raw` group, checked on the plan.
+//! - Epoch endpoints for reward oracles (list, manifest, device summaries as JSON/CSV/Parquet,
+//!   Merkle proofs); bearer tokens → roles → endpoint groups ([`auth`]); `/openapi.json`.
+//! - Plans run on their own runtime, at most `max_concurrent_queries` at once, so HTTP and health
+//!   checks stay responsive.
 
+pub mod api;
+pub mod auth;
 pub mod catalog;
 pub mod config;
+pub mod mvt;
+pub mod openapi;
+pub mod params;
 pub mod server;
 pub mod sql;
+pub mod udf;
 
 pub use datafusion;
 

@@ -1,5 +1,7 @@
-//! The HTTP API of the query service.
+//! The HTTP API of the query service (every route, with its parameters, is in `/openapi.json`).
 //!
+//! - `GET /v1/coverage`, `/v1/deadzones`, `/v1/sensors/hexes`, `/v1/sensors/series`,
+//!   `/v1/road/hexes`, `/v1/tiles/{layer}/{z}/{x}/{y}.mvt`: see [`crate::api`].
 //! - `POST /v1/sql`: body = the SQL text (or JSON `{"sql": "..."}`); answer by `Accept`:
 //!   `application/json` (default), `text/csv`, `application/vnd.apache.arrow.stream`.
 //! - `GET /v1/epochs`: sealed epochs with their root and device count.
@@ -32,6 +34,8 @@ use hexpulse_schemas::tables;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::api;
+use crate::auth::{Auth, Caller, Denied};
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::QueryConfig;
 use crate::sql::{self, Limits, SqlError};
@@ -46,6 +50,12 @@ pub enum QueryError {
     Lake(#[from] hexpulse_processors::lake::LakeError),
     #[error("datafusion: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error("auth config: {0}")]
+    Auth(#[from] crate::auth::AuthConfigError),
+    #[error("rules: {0}")]
+    Rules(#[from] hexpulse_processors::rules::RulesError),
+    #[error("query runtime: {0}")]
+    Runtime(std::io::Error),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -53,9 +63,97 @@ pub enum QueryError {
     },
 }
 
-struct AppState {
-    cfg: QueryConfig,
-    catalog: Catalog,
+pub(crate) struct AppState {
+    pub(crate) cfg: QueryConfig,
+    pub(crate) catalog: Catalog,
+    pub(crate) auth: Auth,
+    /// Runs query plans, off the runtime that serves HTTP.
+    exec: tokio::runtime::Handle,
+    slots: tokio::sync::Semaphore,
+    /// k of the road k-anonymity rule.
+    pub(crate) road_min_devices: u64,
+}
+
+impl AppState {
+    /// Runs `sql` on the query runtime within the limits and the concurrency bound.
+    async fn run(
+        &self,
+        sql: String,
+        allow_raw: bool,
+        max_rows: usize,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), SqlError> {
+        let wait = tokio::time::timeout(self.cfg.query_timeout, self.slots.acquire()).await;
+        let Ok(Ok(_slot)) = wait else {
+            return Err(SqlError {
+                status: 503,
+                code: "busy",
+                message: format!(
+                    "{} queries are running and none finished within {}; retry later",
+                    self.cfg.max_concurrent_queries,
+                    humantime::format_duration(self.cfg.query_timeout)
+                ),
+            });
+        };
+        let (ctx, _) = self.catalog.context();
+        let limits = Limits {
+            max_rows,
+            timeout: self.cfg.query_timeout,
+        };
+        let task = self
+            .exec
+            .spawn(async move { sql::run(&ctx, &sql, limits, allow_raw).await });
+        match task.await {
+            Ok(r) => r,
+            Err(e) => Err(SqlError {
+                status: 500,
+                code: "internal",
+                message: format!("the query task failed: {e}"),
+            }),
+        }
+    }
+
+    /// A query the service itself composed (trusted text): batches, or an error answer.
+    pub(crate) async fn internal_query(&self, sql: String) -> Result<Vec<RecordBatch>, Response> {
+        let max = self
+            .cfg
+            .max_features
+            .saturating_mul(64)
+            .max(self.cfg.max_rows);
+        match self.run(sql, true, max).await {
+            Ok((_, b)) => Ok(b),
+            Err(e) => {
+                if e.status >= 500 || e.code == "sql_plan" || e.code == "sql_error" {
+                    tracing::warn!(code = e.code, message = %e.message, "internal query failed");
+                }
+                Err(sql_error(e))
+            }
+        }
+    }
+}
+
+/// The runtime that executes query plans, on its own threads; it stops with `shutdown`.
+fn query_runtime(
+    threads: usize,
+    shutdown: CancellationToken,
+) -> std::io::Result<tokio::runtime::Handle> {
+    let threads = if threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        threads
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("hexpulse-query-exec")
+        .enable_all()
+        .build()?;
+    let handle = rt.handle().clone();
+    std::thread::Builder::new()
+        .name("hexpulse-query-rt".into())
+        .spawn(move || {
+            rt.block_on(shutdown.cancelled());
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+        })?;
+    Ok(handle)
 }
 
 /// A started query service.
@@ -64,7 +162,7 @@ pub struct Query {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
+pub(crate) fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
     (
         status,
         axum::Json(json!({"error": code, "message": message.to_string()})),
@@ -91,6 +189,10 @@ impl Query {
             .with_memory_limit(cfg.memory_limit_bytes, 1.0)
             .build_arc()?;
         let catalog = Catalog::open(lake, runtime).await?;
+        let auth = Auth::new(&cfg.auth)?;
+        let rules = hexpulse_processors::rules::Rules::load(cfg.rules_path.as_deref())?;
+        let exec =
+            query_runtime(cfg.query_threads, shutdown.clone()).map_err(QueryError::Runtime)?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| QueryError::Bind {
@@ -101,7 +203,14 @@ impl Query {
             addr: cfg.listen,
             source,
         })?;
-        let state = Arc::new(AppState { cfg, catalog });
+        let state = Arc::new(AppState {
+            slots: tokio::sync::Semaphore::new(cfg.max_concurrent_queries.max(1)),
+            cfg,
+            catalog,
+            auth,
+            exec,
+            road_min_devices: rules.privacy.road_min_devices,
+        });
         {
             let (state, stop) = (state.clone(), shutdown.clone());
             tokio::spawn(async move {
@@ -117,18 +226,62 @@ impl Query {
             });
         }
         let handle = hexpulse_common::telemetry::metrics_handle();
+        let group =
+            |g: &'static str| axum::middleware::from_fn_with_state((state.clone(), g), authorize);
         let app = Router::new()
-            .route("/v1/sql", post(run_sql))
-            .route("/v1/epochs", get(list_epochs))
-            .route("/v1/epochs/{id}/manifest", get(manifest))
-            .route("/v1/epochs/{id}/devices", get(devices))
-            .route("/v1/epochs/{id}/proof/{device}", get(proof))
+            .route("/v1/coverage", get(api::coverage).layer(group("coverage")))
+            .route(
+                "/v1/deadzones",
+                get(api::deadzones).layer(group("coverage")),
+            )
+            .route(
+                "/v1/sensors/hexes",
+                get(api::sensor_hexes).layer(group("sensors")),
+            )
+            .route(
+                "/v1/sensors/series",
+                get(api::sensor_series).layer(group("sensors")),
+            )
+            .route("/v1/road/hexes", get(api::road_hexes).layer(group("road")))
+            .route(
+                "/v1/tiles/{layer}/{z}/{x}/{y}",
+                get(api::tile).layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    authorize_tile,
+                )),
+            )
+            .route("/v1/sql", post(run_sql).layer(group("sql")))
+            .route("/v1/epochs", get(list_epochs).layer(group("epochs")))
+            .route(
+                "/v1/epochs/{id}/manifest",
+                get(manifest).layer(group("epochs")),
+            )
+            .route(
+                "/v1/epochs/{id}/devices",
+                get(devices).layer(group("epochs")),
+            )
+            .route(
+                "/v1/epochs/{id}/proof/{device}",
+                get(proof).layer(group("epochs")),
+            )
+            .route(
+                "/openapi.json",
+                get(|| async { axum::Json(crate::openapi::document()) }).layer(group("meta")),
+            )
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(ready))
             .route(
                 "/metrics",
-                get(move || std::future::ready(handle.render())),
+                get(move || std::future::ready(handle.render())).layer(group("metrics")),
             )
+            .fallback(|| async {
+                error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no such endpoint; see /openapi.json",
+                )
+            })
+            .layer(axum::middleware::from_fn(count_requests))
             .with_state(state);
         tracing::info!(%addr, "query service listening");
         let task = tokio::spawn(async move {
@@ -148,11 +301,77 @@ pub async fn run(cfg: QueryConfig, shutdown: CancellationToken) -> Result<(), Qu
     Ok(())
 }
 
-fn record(endpoint: &'static str, status: StatusCode, started: Instant) {
-    metrics::counter!("hexpulse_query_requests_total", "endpoint" => endpoint, "status" => status.as_u16().to_string())
+/// Counts every request by endpoint (the route pattern) and status, with a latency histogram.
+async fn count_requests(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let endpoint = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    metrics::counter!("hexpulse_query_requests_total", "endpoint" => endpoint.clone(), "status" => resp.status().as_u16().to_string())
         .increment(1);
     metrics::histogram!("hexpulse_query_seconds", "endpoint" => endpoint)
         .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+fn denied(d: Denied) -> Response {
+    match d {
+        Denied::Unauthenticated(why) => {
+            let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", why);
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            r
+        }
+        Denied::Forbidden { role, group } => error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("role {role:?} may not use the {group} endpoints"),
+        ),
+    }
+}
+
+/// Who the caller is, checked against the route's endpoint group; the caller rides along.
+async fn authorize(
+    State((st, group)): State<(Arc<AppState>, &'static str)>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match st.auth.check(header, group) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(d) => denied(d),
+    }
+}
+
+/// Tiles belong to the group of their layer.
+async fn authorize_tile(
+    State(st): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let layer = req
+        .uri()
+        .path()
+        .trim_start_matches("/v1/tiles/")
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let group = match layer {
+        "air" => "sensors",
+        "road" => "road",
+        _ => "coverage",
+    };
+    authorize(State((st, group)), req, next).await
 }
 
 async fn ready(State(s): State<Arc<AppState>>) -> Response {
@@ -234,11 +453,13 @@ fn respond(format: &str, schema: &SchemaRef, batches: &[RecordBatch]) -> Respons
 
 async fn run_sql(
     State(s): State<Arc<AppState>>,
+    caller: Option<axum::Extension<Caller>>,
     headers: HeaderMap,
     QueryParams(params): QueryParams<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
+    let caller = caller.map(|axum::Extension(c)| c);
     let text = match std::str::from_utf8(&body) {
         Ok(t) => t,
         Err(_) => return error(StatusCode::BAD_REQUEST, "not_utf8", "the body is not UTF-8"),
@@ -267,16 +488,12 @@ async fn run_sql(
     if query.trim().is_empty() {
         return error(StatusCode::BAD_REQUEST, "empty", "no SQL in the body");
     }
-    let (ctx, _) = s.catalog.context();
-    let limits = Limits {
-        max_rows: s.cfg.max_rows,
-        timeout: s.cfg.query_timeout,
-    };
-    let resp = match sql::run(&ctx, &query, limits).await {
+    let allow_raw = caller.as_ref().is_some_and(|c| s.auth.allows(c, "raw"));
+    let resp = match s.run(query, allow_raw, s.cfg.max_rows).await {
         Ok((schema, batches)) => respond(wanted_format(&headers, &params), &schema, &batches),
         Err(e) => sql_error(e),
     };
-    record("sql", resp.status(), started);
+    tracing::debug!(caller = caller.as_ref().map_or("?", |c| c.label()), status = %resp.status(), elapsed = ?started.elapsed(), "sql");
     resp
 }
 
@@ -339,9 +556,11 @@ async fn devices(
             return error(StatusCode::INTERNAL_SERVER_ERROR, "integrity", e);
         }
         return match lake.get(&out.path).await {
-            Ok(Some(bytes)) => {
-                ([(header::CONTENT_TYPE, "application/vnd.apache.parquet")], bytes).into_response()
-            }
+            Ok(Some(bytes)) => (
+                [(header::CONTENT_TYPE, "application/vnd.apache.parquet")],
+                bytes,
+            )
+                .into_response(),
             _ => error(StatusCode::NOT_FOUND, "no_file", "device_summary vanished"),
         };
     }

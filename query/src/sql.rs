@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
@@ -33,6 +35,11 @@ impl SqlError {
     }
 }
 
+/// Tables of raw rows that identify devices' movements or carry raw payloads (dashcam tracks, rejected
+/// messages). Only callers with the `raw` group may read them; the check runs on the logical plan, so
+/// views, CTEs, joins and subqueries cannot hide a scan.
+pub const PRIVATE_TABLES: [&str; 2] = ["road", "rejected"];
+
 /// Limits of one query.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -42,7 +49,7 @@ pub struct Limits {
 
 fn classify(e: DataFusionError) -> SqlError {
     let msg = e.to_string();
-    match e {
+    match e.find_root() {
         DataFusionError::SQL(..) => SqlError::new(400, "sql_syntax", msg),
         DataFusionError::Plan(..) | DataFusionError::SchemaError(..) => {
             SqlError::new(400, "sql_plan", msg)
@@ -54,11 +61,24 @@ fn classify(e: DataFusionError) -> SqlError {
     }
 }
 
+/// The tables a plan scans, subqueries included.
+pub fn scanned_tables(plan: &LogicalPlan) -> Vec<String> {
+    let mut out = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            out.push(scan.table_name.table().to_string());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
+}
+
 /// Runs `sql` read-only within `limits`: the schema and the batches of the answer.
 pub async fn run(
     ctx: &SessionContext,
     sql: &str,
     limits: Limits,
+    allow_raw: bool,
 ) -> Result<(SchemaRef, Vec<RecordBatch>), SqlError> {
     let work = async {
         let plan = ctx
@@ -78,6 +98,22 @@ pub async fn run(
                     format!("only SELECT, WITH and EXPLAIN are allowed: {e}"),
                 )
             })?;
+        if !allow_raw {
+            let scanned = scanned_tables(&plan);
+            if let Some(t) = scanned
+                .iter()
+                .find(|t| PRIVATE_TABLES.contains(&t.as_str()))
+            {
+                return Err(SqlError::new(
+                    403,
+                    "private",
+                    format!(
+                        "table {t} holds raw device rows and needs the `raw` permission; road data is \
+                         public only as k-anonymous hexes (GET /v1/road/hexes, table road_hex)"
+                    ),
+                ));
+            }
+        }
         let df = ctx.execute_logical_plan(plan).await.map_err(classify)?;
         let schema = df.schema().inner().clone();
         let mut stream = df.execute_stream().await.map_err(classify)?;

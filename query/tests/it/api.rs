@@ -1,5 +1,6 @@
 //! The SQL and epoch endpoints over a processor-written, sealed lake.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use hexpulse_common::registry::Registry;
@@ -118,8 +119,7 @@ async fn sql_and_epochs_over_a_processed_lake() {
         .bytes()
         .await
         .unwrap();
-    let reader =
-        datafusion_arrow_reader(arrow.to_vec());
+    let reader = datafusion_arrow_reader(arrow.to_vec());
     assert_eq!(reader, 5);
 
     // Read-only, bounded, and clear about why.
@@ -129,11 +129,18 @@ async fn sql_and_epochs_over_a_processed_lake() {
             403,
             "read_only",
         ),
-        ("COPY (SELECT 1) TO '/tmp/hexpulse-copy.csv'", 403, "read_only"),
-        ("INSERT INTO heartbeat SELECT * FROM heartbeat", 403, "read_only"),
+        (
+            "COPY (SELECT 1) TO '/tmp/hexpulse-copy.csv'",
+            403,
+            "read_only",
+        ),
+        (
+            "INSERT INTO heartbeat SELECT * FROM heartbeat",
+            403,
+            "read_only",
+        ),
         ("SET datafusion.execution.batch_size = 1", 403, "read_only"),
         ("SELECT * FROM '/etc/passwd'", 400, "sql_plan"),
-        ("SELECT * FROM road", 400, "sql_plan"),
         ("SELEC 1", 400, "sql_syntax"),
         ("SELECT * FROM heartbeat", 413, "row_limit"),
         (
@@ -143,7 +150,11 @@ async fn sql_and_epochs_over_a_processed_lake() {
         ),
     ] {
         let (got, v) = sql_json(&base, q).await;
-        assert_eq!((got, v["error"].as_str().unwrap_or("")), (status, code), "{q}: {v}");
+        assert_eq!(
+            (got, v["error"].as_str().unwrap_or("")),
+            (status, code),
+            "{q}: {v}"
+        );
         assert!(!v["message"].as_str().unwrap().is_empty());
     }
     assert!(!std::path::Path::new("/tmp/hexpulse-copy.csv").exists());
@@ -155,14 +166,21 @@ async fn sql_and_epochs_over_a_processed_lake() {
     };
     let list: Value = get("/v1/epochs".into()).await.json().await.unwrap();
     assert_eq!(list["epochs"][0]["epoch"].as_i64(), Some(id));
-    assert_eq!(list["epochs"][0]["merkle_root"].as_str(), Some(m.merkle_root.as_str()));
+    assert_eq!(
+        list["epochs"][0]["merkle_root"].as_str(),
+        Some(m.merkle_root.as_str())
+    );
     let manifest: seal::Manifest = get(format!("/v1/epochs/{id}/manifest"))
         .await
         .json()
         .await
         .unwrap();
     assert_eq!(manifest, m);
-    let json: Value = get(format!("/v1/epochs/{id}/devices")).await.json().await.unwrap();
+    let json: Value = get(format!("/v1/epochs/{id}/devices"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(json.as_array().unwrap().len() as u64, m.merkle_leaves);
     let csv = get(format!("/v1/epochs/{id}/devices?format=csv"))
         .await
@@ -170,6 +188,24 @@ async fn sql_and_epochs_over_a_processed_lake() {
         .await
         .unwrap();
     assert_eq!(csv.lines().count() as u64, m.merkle_leaves + 1);
+    let mut csv_keys: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect();
+    let mut json_keys: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["device_key"].as_str().unwrap())
+        .collect();
+    csv_keys.sort_unstable();
+    json_keys.sort_unstable();
+    assert!(csv.starts_with("epoch,device_key,"), "{csv}");
+    assert_eq!(
+        csv_keys, json_keys,
+        "the CSV export reads back to the same devices"
+    );
     let parquet = get(format!("/v1/epochs/{id}/devices?format=parquet"))
         .await
         .bytes()
@@ -180,21 +216,489 @@ async fn sql_and_epochs_over_a_processed_lake() {
         m.output("device_summary").unwrap().sha256,
         "the Parquet export is the sealed file"
     );
-    let device = json[0]["device_key"].as_str().unwrap();
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(parquet.clone())
+            .unwrap()
+            .build()
+            .unwrap();
+    let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(
+        rows as u64, m.merkle_leaves,
+        "the Parquet export reads back"
+    );
+    let device = json[0]["device_key"].as_str().unwrap().to_string();
+    let device = device.as_str();
     let proof: seal::Proof = get(format!("/v1/epochs/{id}/proof/{device}"))
         .await
         .json()
         .await
         .unwrap();
     seal::verify_proof(&proof, &m.merkle_root).unwrap();
-    assert_eq!(get(format!("/v1/epochs/{}/manifest", id + 1)).await.status(), 404);
+    assert_eq!(
+        get(format!("/v1/epochs/{}/manifest", id + 1))
+            .await
+            .status(),
+        404
+    );
 
     // The epoch tables are queryable too.
     let (_, v) = sql_json(&base, "SELECT count(*) AS n FROM device_summary").await;
     assert_eq!(v[0]["n"].as_u64(), Some(m.merkle_leaves));
 
+    maps_sensors_road_and_tiles(&base, &heartbeats_sql(&base).await).await;
+    auth_and_openapi(&url, &stop, id, device).await;
+
     stop.cancel();
     p.task.await.unwrap().unwrap();
+}
+
+async fn get_json(url: String) -> (u16, Value) {
+    let r = reqwest::get(url).await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+/// RFC 7946: a Polygon whose exterior ring is closed, [lng, lat] ordered and counter-clockwise; the
+/// scenario's data is in Berlin, so positions near (13.4, 52.5) also prove the order.
+fn assert_valid_hex_geometry(f: &Value) {
+    assert_eq!(f["type"], "Feature");
+    assert_eq!(f["geometry"]["type"], "Polygon");
+    let rings = f["geometry"]["coordinates"].as_array().unwrap();
+    assert_eq!(rings.len(), 1);
+    let ring: Vec<(f64, f64)> = rings[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_f64().unwrap(), p[1].as_f64().unwrap()))
+        .collect();
+    assert!(
+        ring.len() >= 7,
+        "a hexagon has 6 vertices and a closing position"
+    );
+    assert_eq!(ring.first(), ring.last(), "closed ring");
+    for (lng, lat) in &ring {
+        assert!(
+            (12.5..14.5).contains(lng) && (52.0..53.0).contains(lat),
+            "lng, lat order: {ring:?}"
+        );
+    }
+    let area2: f64 = ring
+        .windows(2)
+        .map(|w| w[0].0 * w[1].1 - w[1].0 * w[0].1)
+        .sum();
+    assert!(area2 > 0.0, "exterior ring counter-clockwise: {ring:?}");
+}
+
+fn features(fc: &Value) -> &Vec<Value> {
+    fc["features"].as_array().expect("a FeatureCollection")
+}
+
+fn sum(fc: &Value, k: &str) -> u64 {
+    features(fc)
+        .iter()
+        .map(|f| f["properties"][k].as_u64().unwrap())
+        .sum()
+}
+
+/// (cell at res 8, distinct devices, heartbeats) from SQL over the raw table.
+async fn heartbeats_sql(base: &str) -> Vec<(String, u64, u64)> {
+    let (status, v) = sql_json(
+        base,
+        "SELECT h3_cell_to_string(h3_r8) AS cell, count(DISTINCT device_key) AS d, count(*) AS n \
+         FROM heartbeat GROUP BY 1 ORDER BY 1",
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["cell"].as_str().unwrap().to_string(),
+                r["d"].as_u64().unwrap(),
+                r["n"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+const WORLD: &str = "bbox=-180,-85,180,85";
+
+async fn maps_sensors_road_and_tiles(base: &str, by_cell: &[(String, u64, u64)]) {
+    // Coverage at res 8 is exactly what SQL counts per cell.
+    let (status, cov8) = get_json(format!("{base}/v1/coverage?{WORLD}&res=8")).await;
+    assert_eq!(status, 200, "{cov8}");
+    assert_eq!(cov8["type"], "FeatureCollection");
+    let got: Vec<(String, u64, u64)> = features(&cov8)
+        .iter()
+        .map(|f| {
+            let p = &f["properties"];
+            (
+                p["cell"].as_str().unwrap().to_string(),
+                p["devices"].as_u64().unwrap(),
+                p["heartbeats"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, by_cell);
+    for f in features(&cov8) {
+        assert_valid_hex_geometry(f);
+    }
+    assert!(
+        cov8["freshness"]["newest_event_time"].is_string(),
+        "{}",
+        cov8["freshness"]
+    );
+    assert!(
+        cov8["freshness"]["watermark"].is_string(),
+        "{}",
+        cov8["freshness"]
+    );
+
+    // Coarser resolutions are rollups of the finer cells.
+    let (_, cov5) = get_json(format!("{base}/v1/coverage?{WORLD}&res=5")).await;
+    assert_eq!(sum(&cov5, "heartbeats"), sum(&cov8, "heartbeats"));
+    for f in features(&cov5) {
+        let parent = h3o::CellIndex::from_str(f["properties"]["cell"].as_str().unwrap()).unwrap();
+        let children: u64 = by_cell
+            .iter()
+            .filter(|(c, _, _)| {
+                h3o::CellIndex::from_str(c)
+                    .unwrap()
+                    .parent(h3o::Resolution::Five)
+                    == Some(parent)
+            })
+            .map(|(_, _, n)| n)
+            .sum();
+        assert_eq!(f["properties"]["heartbeats"].as_u64().unwrap(), children);
+    }
+    // A box that holds none of the data answers an empty collection; bad parameters say which.
+    let (_, empty) = get_json(format!("{base}/v1/coverage?bbox=-10,-10,-9,-9")).await;
+    assert!(features(&empty).is_empty());
+    for (q, param) in [
+        ("bbox=1,2,3", "bbox"),
+        ("bbox=-10,-10,-9,-9&res=16", "res"),
+        ("bbox=-10,-10,-9,-9&res=13", "res"),
+        ("bbox=-10,-10,-9,-9&from=yesterday", "from"),
+        ("bbox=-10,-10,-9,-9&metric=nope", "metric"),
+    ] {
+        let (status, v) = get_json(format!("{base}/v1/coverage?{q}")).await;
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (400, Some("bad_param")),
+            "{q}: {v}"
+        );
+        assert!(
+            v["message"].as_str().unwrap().starts_with(param),
+            "{q}: {v}"
+        );
+    }
+
+    // Dead zones: uncovered hexes next to covered ones, most covered neighbours first.
+    let (status, dz) = get_json(format!("{base}/v1/deadzones?{WORLD}&res=8")).await;
+    assert_eq!(status, 200, "{dz}");
+    let covered: Vec<&str> = by_cell.iter().map(|(c, _, _)| c.as_str()).collect();
+    assert!(!features(&dz).is_empty());
+    let mut last = u64::MAX;
+    for f in features(&dz) {
+        assert_valid_hex_geometry(f);
+        let p = &f["properties"];
+        let cell = h3o::CellIndex::from_str(p["cell"].as_str().unwrap()).unwrap();
+        assert!(!covered.contains(&p["cell"].as_str().unwrap()));
+        let n = p["covered_neighbours"].as_u64().unwrap();
+        let real = cell
+            .grid_disk::<Vec<_>>(1)
+            .iter()
+            .filter(|c| covered.contains(&c.to_string().as_str()))
+            .count() as u64;
+        assert_eq!(n, real);
+        assert!(n >= 1 && n <= last);
+        last = n;
+    }
+
+    // Sensors: series and hexes count what SQL counts.
+    let (_, v) = sql_json(
+        base,
+        "SELECT count(*) AS n, avg(value) AS m FROM sensor WHERE metric = 'pm2_5'",
+    )
+    .await;
+    let pm_count = v[0]["n"].as_u64().unwrap();
+    assert!(pm_count > 0);
+    let (status, series) = get_json(format!(
+        "{base}/v1/sensors/series?metric=pm2_5&{WORLD}&interval=1m"
+    ))
+    .await;
+    assert_eq!(status, 200, "{series}");
+    let points = series["points"].as_array().unwrap();
+    let counted: u64 = points.iter().map(|p| p["count"].as_u64().unwrap()).sum();
+    assert_eq!(counted, pm_count);
+    assert!(series["freshness"]["newest_event_time"].is_string());
+    let (_, sh) = get_json(format!(
+        "{base}/v1/sensors/hexes?metric=pm2_5&{WORLD}&res=8"
+    ))
+    .await;
+    assert_eq!(sum(&sh, "count"), pm_count);
+    let cell = features(&sh)[0]["properties"]["cell"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, one) = get_json(format!(
+        "{base}/v1/sensors/series?metric=pm2_5&cell={cell}&interval=1h"
+    ))
+    .await;
+    let one_count: u64 = one["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        one_count,
+        features(&sh)[0]["properties"]["count"].as_u64().unwrap()
+    );
+    let (status, v) = get_json(format!("{base}/v1/sensors/series?metric=pm2_5")).await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (400, Some("bad_param")),
+        "{v}"
+    );
+
+    // Road: only hexes with at least k = 3 distinct dashcams, exactly as SQL over the raw rows finds.
+    for res in [5u8, 8] {
+        let (_, v) = sql_json(
+            base,
+            &format!(
+                "SELECT h3_cell_to_string(h3_cell_to_parent(h3_r8, {res})) AS cell, \
+                 count(DISTINCT device_key) AS d FROM road GROUP BY 1 ORDER BY 1"
+            ),
+        )
+        .await;
+        let all: Vec<(String, u64)> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["cell"].as_str().unwrap().to_string(),
+                    r["d"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let public: Vec<&String> = all
+            .iter()
+            .filter(|(_, d)| *d >= 3)
+            .map(|(c, _)| c)
+            .collect();
+        let (status, road) = get_json(format!("{base}/v1/road/hexes?{WORLD}&res={res}")).await;
+        assert_eq!(status, 200, "{road}");
+        let got: Vec<String> = features(&road)
+            .iter()
+            .map(|f| f["properties"]["cell"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(got.iter().collect::<Vec<_>>(), public, "res {res}");
+        assert_eq!(road["k"], 3);
+        if res == 8 {
+            assert!(
+                all.len() > got.len(),
+                "the scenario's dashcams are apart at res 8: {all:?}"
+            );
+        }
+        for f in features(&road) {
+            assert!(f["properties"]["devices"].as_u64().unwrap() >= 3);
+        }
+    }
+
+    // Vector tiles: the tile under a covered hex holds it; an unchanged lake answers 304.
+    let first = h3o::CellIndex::from_str(&by_cell[0].0).unwrap();
+    let ll = h3o::LatLng::from(first);
+    let z = 12u32;
+    let n = f64::from(1u32 << z);
+    let x = ((ll.lng() + 180.0) / 360.0 * n) as u32;
+    let lat = ll.lat().to_radians();
+    let y = ((1.0 - (lat.tan() + 1.0 / lat.cos()).ln() / std::f64::consts::PI) / 2.0 * n) as u32;
+    let now = now_ms();
+    let url = format!(
+        "{base}/v1/tiles/coverage/{z}/{x}/{y}.mvt?from={}&to={}",
+        now - 86_400_000,
+        now + 60_000
+    );
+    let r = reqwest::get(&url).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/vnd.mapbox-vector-tile"
+    );
+    assert!(r.headers().contains_key("x-hexpulse-newest-event-time"));
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    let body = r.bytes().await.unwrap();
+    let tile = <hexpulse_query::mvt::Tile as prost::Message>::decode(body.as_ref()).unwrap();
+    assert_eq!(tile.layers[0].name, "coverage");
+    assert!(!tile.layers[0].features.is_empty());
+    assert!(tile.layers[0].features.iter().any(|f| {
+        f.id == Some(u64::from(
+            first
+                .parent(
+                    hexpulse_query::params::resolution_for_zoom(z as u8)
+                        .try_into()
+                        .unwrap(),
+                )
+                .unwrap_or(first),
+        ))
+    }));
+    let again = reqwest::Client::new()
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    for bad in ["coverage/3/9/0.mvt", "nope/1/0/0.mvt", "coverage/1/0/0.png"] {
+        let (status, v) = get_json(format!("{base}/v1/tiles/{bad}")).await;
+        assert_eq!(status, 404, "{bad}: {v}");
+    }
+    let (status, air) = get_json(format!(
+        "{base}/v1/sensors/hexes?metric=no_such_metric&{WORLD}"
+    ))
+    .await;
+    assert_eq!(status, 200);
+    assert!(features(&air).is_empty());
+}
+
+fn sha(token: &str) -> String {
+    hex_sha256(token.as_bytes())
+}
+
+async fn auth_and_openapi(url: &str, stop: &CancellationToken, epoch: i64, device: &str) {
+    use hexpulse_query::config::{AuthConfig, TokenConfig};
+    let mut cfg = QueryConfig::for_tests(url);
+    let mut auth = AuthConfig {
+        public: vec!["meta".into()],
+        ..AuthConfig::default()
+    };
+    for (role, groups) in [
+        ("operator", vec!["coverage", "epochs"]),
+        ("planner", vec!["coverage", "sensors", "road", "sql"]),
+        ("admin", vec!["*"]),
+    ] {
+        auth.roles
+            .insert(role.into(), groups.into_iter().map(String::from).collect());
+        auth.tokens.push(TokenConfig {
+            name: format!("{role}-token"),
+            role: role.into(),
+            sha256: sha(&format!("secret-{role}")),
+        });
+    }
+    cfg.auth = auth;
+    let q = Query::start(cfg, Lake::open(url).unwrap(), stop.clone())
+        .await
+        .unwrap();
+    let base = format!("http://{}", q.addr);
+    let client = reqwest::Client::new();
+    let call = |method: &str, path: &str, token: Option<&str>, body: Option<&str>| {
+        let mut rb = if method == "POST" {
+            client
+                .post(format!("{base}{path}"))
+                .body(body.unwrap_or("").to_string())
+        } else {
+            client.get(format!("{base}{path}"))
+        };
+        if let Some(t) = token {
+            rb = rb.header("authorization", format!("Bearer {t}"));
+        }
+        async move {
+            let r = rb.send().await.unwrap();
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            (status, text)
+        }
+    };
+    let code = |text: &str| -> String {
+        serde_json::from_str::<Value>(text).unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let cov = format!("/v1/coverage?{WORLD}");
+    let (s, t) = call("GET", &cov, None, None).await;
+    assert_eq!((s, code(&t).as_str()), (401, "unauthorized"));
+    let (s, t) = call("GET", &cov, Some("not-a-token"), None).await;
+    assert_eq!((s, code(&t).as_str()), (401, "unauthorized"));
+    let (s, _) = call("GET", &cov, Some("secret-operator"), None).await;
+    assert_eq!(s, 200);
+    let (s, t) = call("POST", "/v1/sql", Some("secret-operator"), Some("SELECT 1")).await;
+    assert_eq!((s, code(&t).as_str()), (403, "forbidden"));
+    let (s, _) = call(
+        "POST",
+        "/v1/sql",
+        Some("secret-planner"),
+        Some("SELECT count(*) FROM heartbeat"),
+    )
+    .await;
+    assert_eq!(s, 200);
+    // Raw dashcam rows stay private below admin, however the query is dressed up.
+    for q in [
+        "SELECT lat, lng FROM road",
+        "WITH r AS (SELECT * FROM road) SELECT count(*) FROM r",
+        "SELECT (SELECT max(lat) FROM road) AS x",
+        "SELECT device_key FROM heartbeat WHERE device_key IN (SELECT device_key FROM road)",
+        "SELECT raw FROM rejected",
+        "EXPLAIN SELECT * FROM road",
+    ] {
+        let (s, t) = call("POST", "/v1/sql", Some("secret-planner"), Some(q)).await;
+        assert_eq!((s, code(&t).as_str()), (403, "private"), "{q}: {t}");
+    }
+    let (s, _) = call(
+        "GET",
+        &format!("/v1/road/hexes?{WORLD}"),
+        Some("secret-planner"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, t) = call(
+        "POST",
+        "/v1/sql",
+        Some("secret-admin"),
+        Some("SELECT count(*) AS n FROM road"),
+    )
+    .await;
+    assert_eq!(s, 200, "{t}");
+    let (s, _) = call("GET", "/healthz", None, None).await;
+    assert_eq!(s, 200);
+    let (s, t) = call("GET", "/metrics", Some("secret-planner"), None).await;
+    assert_eq!((s, code(&t).as_str()), (403, "forbidden"));
+
+    // The OpenAPI document is public here and describes every route; each described path answers.
+    let (s, doc) = call("GET", "/openapi.json", None, None).await;
+    assert_eq!(s, 200);
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    assert_eq!(paths.len(), 15, "the router serves 15 routes");
+    for (path, item) in paths {
+        let concrete = path
+            .replace("{layer}", "coverage")
+            .replace("{z}", "1")
+            .replace("{x}", "1")
+            .replace("{y}", "0.mvt")
+            .replace("{id}", &epoch.to_string())
+            .replace("{device}", device);
+        let with_query = if concrete.contains("sensors") {
+            format!("{concrete}?{WORLD}&metric=pm2_5")
+        } else if item.to_string().contains("\"bbox\"") && !concrete.contains("tiles") {
+            format!("{concrete}?{WORLD}")
+        } else {
+            concrete
+        };
+        let method = if item.get("post").is_some() {
+            "POST"
+        } else {
+            "GET"
+        };
+        let (s, t) = call(method, &with_query, Some("secret-admin"), Some("SELECT 1")).await;
+        assert_eq!(s, 200, "{method} {with_query}: {t}");
+    }
+    let (s, t) = call("GET", "/v1/nothing", Some("secret-admin"), None).await;
+    assert_eq!((s, code(&t).as_str()), (404, "not_found"));
 }
 
 fn hex_sha256(b: &[u8]) -> String {
