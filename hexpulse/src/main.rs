@@ -1,6 +1,7 @@
 //! `hexpulse`: every Hexpulse role as a subcommand, or all of them in one process (`up`).
 
 mod bench;
+mod bench_query;
 mod config;
 
 use std::path::PathBuf;
@@ -185,6 +186,22 @@ enum BenchCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The query service against DuckDB (from PyPI) on the same lake of simulated readings:
+    /// coverage for a city over an hour and a day, an hourly sensor series over a week, ad-hoc SQL.
+    Query {
+        /// Simulated readings in the lake (a week of event time).
+        #[arg(long, default_value_t = 10_000_000)]
+        readings: usize,
+        /// Timed runs of each query (after one warm-up), per engine.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// The Python with DuckDB (`make bench` passes the venv's).
+        #[arg(long, env = "HEXPULSE_PYTHON", default_value = "python3")]
+        python: PathBuf,
+        /// Write the JSON report here too.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Only the raw Ed25519 verify rates of one core.
     Verify,
 }
@@ -238,7 +255,9 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
         Cmd::Query => {
             tracing::info!(config = %cfg.redacted(), "starting query service");
             let stop = shutdown::on_signals();
-            hexpulse_query::run(cfg.query, stop).await?;
+            let mut q = cfg.query;
+            q.epoch = cfg.process.epoch.clone();
+            hexpulse_query::run(q, stop).await?;
             Ok(())
         }
         Cmd::Compact { closed_after } => compact(cfg, closed_after).await,
@@ -528,6 +547,7 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
     .await?;
     let mut qcfg = cfg.query.clone();
     qcfg.lake_url = cfg.process.lake_url.clone();
+    qcfg.epoch = cfg.process.epoch.clone();
     let query = hexpulse_query::Query::start(
         qcfg,
         hexpulse_processors::lake::Lake::open(&cfg.process.lake_url)?,
@@ -632,5 +652,11 @@ async fn bench(cfg: Config, b: BenchCmd) -> anyhow::Result<()> {
             out,
         } => bench::ingest(cfg, readings, batch, concurrency, out).await,
         BenchCmd::Process { readings, out } => bench::process(cfg, readings, out).await,
+        BenchCmd::Query {
+            readings,
+            runs,
+            python,
+            out,
+        } => bench_query::query(readings, runs, python, out).await,
     }
 }

@@ -6,6 +6,10 @@
 //! lies in the box. Coarser resolutions are rollups of the finest stored cells
 //! (`h3_cell_to_parent`), so a parent's counts are those of its children's readings.
 
+// Errors here are finished HTTP answers on the cold path of a refused request; boxing them would
+// only add an allocation where it does not matter.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;

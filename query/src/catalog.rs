@@ -73,10 +73,13 @@ async fn register(ctx: &SessionContext, name: &str, files: &[String]) -> Result<
         .collect::<Result<Vec<_>, _>>()?;
     let options =
         ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    // The schema of the newest file (files of a table differ at most by added columns, which older
+    // files read as NULL); inferring from every file would read every footer on each refresh.
+    let newest = urls.last().expect("files is not empty");
+    let schema = options.infer_schema(&ctx.state(), newest).await?;
     let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
-        .infer_schema(&ctx.state())
-        .await?;
+        .with_schema(schema);
     ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
     Ok(())
 }

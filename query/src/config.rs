@@ -36,6 +36,10 @@ pub struct QueryConfig {
     pub refresh_interval: Duration,
     /// Who may use what.
     pub auth: AuthConfig,
+    /// The epochs (length, origin): always the processors' `[process.epoch]`, copied in by the
+    /// binary, so the two cannot disagree.
+    #[serde(skip)]
+    pub epoch: hexpulse_processors::epoch::EpochConfig,
 }
 
 /// Bearer tokens, roles and the endpoint groups each role may use.
@@ -85,6 +89,7 @@ impl QueryConfig {
                 public: vec!["*".into()],
                 ..AuthConfig::default()
             },
+            epoch: Default::default(),
         }
     }
 }

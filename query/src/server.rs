@@ -72,6 +72,8 @@ pub(crate) struct AppState {
     slots: tokio::sync::Semaphore,
     /// k of the road k-anonymity rule.
     pub(crate) road_min_devices: u64,
+    /// The rules' allowed lateness (an ended epoch is sealable once the watermark passes end + it).
+    lateness_ms: i64,
 }
 
 impl AppState {
@@ -210,6 +212,7 @@ impl Query {
             auth,
             exec,
             road_min_devices: rules.privacy.road_min_devices,
+            lateness_ms: rules.time.allowed_lateness.as_millis() as i64,
         });
         {
             let (state, stop) = (state.clone(), shutdown.clone());
@@ -497,6 +500,13 @@ async fn run_sql(
     resp
 }
 
+/// Unsealed epochs listed before the current one, at most.
+const OPEN_EPOCHS_LISTED: i64 = 24;
+
+/// `GET /v1/epochs`: sealed epochs with their roots, then the unsealed ones since the last seal
+/// (at most a day's worth of epochs back) with where they stand: `open` (not ended),
+/// `awaiting_watermark` (ended; some partition's watermark is not yet past end + lateness) or
+/// `sealable` (the sealer will seal it on its next pass).
 async fn list_epochs(State(s): State<Arc<AppState>>) -> Response {
     let lake = s.catalog.lake();
     let ids = match sealed_ids(lake).await {
@@ -504,8 +514,8 @@ async fn list_epochs(State(s): State<Arc<AppState>>) -> Response {
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "lake", e),
     };
     let mut out = Vec::new();
-    for id in ids {
-        if let Ok(Some(m)) = seal::read_manifest(lake, id).await {
+    for id in &ids {
+        if let Ok(Some(m)) = seal::read_manifest(lake, *id).await {
             out.push(json!({
                 "epoch": id, "status": "sealed", "forced": m.forced, "start": m.start, "end": m.end,
                 "devices": m.merkle_leaves, "merkle_root": m.merkle_root,
@@ -513,7 +523,39 @@ async fn list_epochs(State(s): State<Arc<AppState>>) -> Response {
             }));
         }
     }
-    axum::Json(json!({"epochs": out})).into_response()
+    let snap = s.catalog.context().1;
+    let now = hexpulse_common::time::now_ms();
+    let ecfg = &s.cfg.epoch;
+    if let Ok(current) = ecfg.id_of(now) {
+        let after_sealed = ids.last().map_or(i64::MIN, |l| l + 1);
+        let first = after_sealed.max(current - OPEN_EPOCHS_LISTED);
+        for id in first..=current {
+            if ids.contains(&id) {
+                continue;
+            }
+            let Ok((start, end)) = ecfg.bounds(id) else {
+                continue;
+            };
+            let ready_at = end + s.lateness_ms;
+            let status = if end > now {
+                "open"
+            } else if snap.watermark_ms.is_some_and(|w| w >= ready_at) {
+                "sealable"
+            } else {
+                "awaiting_watermark"
+            };
+            out.push(json!({
+                "epoch": id, "status": status,
+                "start": crate::params::rfc3339(start), "end": crate::params::rfc3339(end),
+                "sealable_when_watermark_reaches": crate::params::rfc3339(ready_at),
+            }));
+        }
+    }
+    axum::Json(json!({
+        "epochs": out,
+        "freshness": crate::api::freshness(&snap, None),
+    }))
+    .into_response()
 }
 
 async fn load_manifest(s: &AppState, id: i64) -> Result<seal::Manifest, Response> {

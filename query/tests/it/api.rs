@@ -170,6 +170,21 @@ async fn sql_and_epochs_over_a_processed_lake() {
         list["epochs"][0]["merkle_root"].as_str(),
         Some(m.merkle_root.as_str())
     );
+    assert_eq!(list["epochs"][0]["status"], "sealed");
+    let listed: Vec<i64> = list["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let status = e["status"].as_str().unwrap();
+            assert!(
+                ["sealed", "open", "awaiting_watermark", "sealable"].contains(&status),
+                "{e}"
+            );
+            e["epoch"].as_i64().unwrap()
+        })
+        .collect();
+    assert!(listed.windows(2).all(|w| w[0] < w[1]), "{listed:?}");
     let manifest: seal::Manifest = get(format!("/v1/epochs/{id}/manifest"))
         .await
         .json()

@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""DuckDB side of `hexpulse bench query`: reads a JSON spec on stdin
+
+    {"runs": N, "tables": {"heartbeat": [files...], ...}, "queries": [{"name": ..., "sql": ...}]}
+
+defines each table as a view over exactly the listed Parquet files (the lake's valid files), runs
+each query once to warm up and N times timed, and prints {"version": ..., "queries": [{"name",
+"times_ms", "rows"}]} as JSON."""
+import json
+import sys
+import time
+
+import duckdb
+
+
+def main():
+    spec = json.load(sys.stdin)
+    con = duckdb.connect()
+    for table, files in spec["tables"].items():
+        if not files:
+            continue
+        listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+        con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{listed}])")
+    out = []
+    for q in spec["queries"]:
+        rows = len(con.execute(q["sql"]).fetchall())
+        times = []
+        for _ in range(spec["runs"]):
+            t = time.perf_counter()
+            rows = len(con.execute(q["sql"]).fetchall())
+            times.append((time.perf_counter() - t) * 1000.0)
+        print(f"[duckdb] {q['name']}: {sorted(times)[len(times) // 2]:.1f} ms median, {rows} rows", file=sys.stderr)
+        out.append({"name": q["name"], "times_ms": times, "rows": rows})
+    json.dump({"version": duckdb.__version__, "queries": out}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
