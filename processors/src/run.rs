@@ -3,6 +3,7 @@
 use hexpulse_common::time::now_ms;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,10 +43,14 @@ pub enum ProcessError {
     },
 }
 
-/// Records partitions taken away by a rebalance, for the loop to drop their state.
+/// Records partitions taken away by a rebalance, for the loop to drop their state, and counts
+/// completed rebalances (a join the group never answers shows as none).
 #[derive(Default, Clone)]
 struct RebalanceCtx {
     revoked: Arc<Mutex<Vec<i32>>>,
+    rebalances: Arc<AtomicU64>,
+    /// Partitions assigned by the last rebalance.
+    assigned: Arc<Mutex<Vec<i32>>>,
 }
 
 impl ClientContext for RebalanceCtx {}
@@ -55,6 +60,16 @@ impl ConsumerContext for RebalanceCtx {
         if let Rebalance::Revoke(tpl) = rebalance {
             let mut r = self.revoked.lock().expect("lock");
             r.extend(tpl.elements().iter().map(|e| e.partition()));
+            self.assigned.lock().expect("lock").clear();
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.fetch_add(1, Ordering::Relaxed);
+        if let Rebalance::Assign(tpl) = rebalance {
+            let ps: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            tracing::info!(partitions = ?ps, "partitions assigned");
+            *self.assigned.lock().expect("lock") = ps;
         }
     }
 }
@@ -200,9 +215,35 @@ fn receive_ms(msg: &BorrowedMessage<'_>) -> i64 {
         .unwrap_or(0)
 }
 
+/// Consumes until `shutdown`, joining the group again whenever a join goes unanswered.
 async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), ProcessError> {
+    while consume_session(&s, &shutdown).await? == Session::Rejoin {
+        metrics::counter!(m::REJOINS_TOTAL).increment(1);
+    }
+    Ok(())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Session {
+    Stopped,
+    Rejoin,
+}
+
+/// One group membership: subscribe, process assigned partitions, flush on shutdown.
+///
+/// If the group completes no rebalance within `join_patience` of subscribing, the join is stuck
+/// (seen with tansu after members were SIGKILLed: the new member waits for minutes). The session
+/// then ends with [`Session::Rejoin`] and a new consumer joins, as a supervisor's restart would.
+/// A member that got an assignment, even an empty one, is never cycled, so idle spare processors
+/// cause no rebalances.
+async fn consume_session(
+    s: &Arc<Shared>,
+    shutdown: &CancellationToken,
+) -> Result<Session, ProcessError> {
     let ctx = RebalanceCtx::default();
     let revoked = ctx.revoked.clone();
+    let rebalances = ctx.rebalances.clone();
+    let assigned = ctx.assigned.clone();
     let session_ms = s.cfg.session_timeout.as_millis().max(1000);
     let consumer: StreamConsumer<RebalanceCtx> = s
         .kafka
@@ -214,6 +255,8 @@ async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Proc
         .set("max.poll.interval.ms", (session_ms * 2).to_string())
         .create_with_context(ctx)?;
     consumer.subscribe(&[&s.kafka.raw_topic])?;
+    let subscribed = Instant::now();
+    let join_patience = (s.cfg.session_timeout * 4).max(Duration::from_secs(10));
     let roll = Roll {
         rows: s.cfg.roll_rows,
         bytes: s.cfg.roll_bytes,
@@ -226,6 +269,9 @@ async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Proc
     let idle_after = s.cfg.epoch.idle_after;
     // Per partition: records pushed at the last change, when that was, and the last idle write.
     let mut activity: HashMap<i32, (u64, Instant, Option<Instant>)> = HashMap::new();
+    // Re-reads under way, and partitions assigned but silent (see `Reread`).
+    let mut rereads: HashMap<i32, Reread> = HashMap::new();
+    let mut silent: HashMap<i32, (Instant, i64)> = HashMap::new();
     {
         let mut stream = consumer.stream();
         loop {
@@ -235,6 +281,8 @@ async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Proc
                 m = stream.next() => m,
             };
             for p in std::mem::take(&mut *revoked.lock().expect("lock")) {
+                rereads.remove(&p);
+                silent.remove(&p);
                 if workers.remove(&p).is_some() {
                     tracing::info!(
                         partition = p,
@@ -252,6 +300,7 @@ async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Proc
                 };
                 let (p, offset) = (msg.partition(), msg.offset());
                 let recv = receive_ms(&msg);
+                silent.remove(&p);
                 if let std::collections::hash_map::Entry::Vacant(e) = workers.entry(p) {
                     // Resume at the end of the claim chain, found from the committed offset (always a
                     // chain boundary), never from whatever offset happened to arrive first.
@@ -260,16 +309,38 @@ async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Proc
                     let resume = w.next_offset();
                     e.insert(w);
                     if offset > resume {
-                        // No seek needed: the consumer starts at the committed offset, which is at or
-                        // before the chain end, so nothing exists in the log between the chain end and
-                        // this record (tansu leaves such offset gaps). The next unit starts at the
-                        // chain end and covers the gap. (Seeking into a gap stalls tansu's fetches.)
-                        tracing::debug!(
+                        // Records past the chain end: a gap in the log, or records the broker
+                        // skipped. Only reading the log from before the chain end tells which.
+                        let r = Reread::start(resume);
+                        tracing::info!(
                             partition = p,
                             offset,
                             resume,
-                            "offset gap after the chain end"
+                            from = r.from,
+                            "first record is past the chain end; re-reading from before it"
                         );
+                        seek(&consumer, &topic, p, r.from);
+                        rereads.insert(p, r);
+                        continue;
+                    }
+                } else if let Some(r) = rereads.get_mut(&p) {
+                    match r.next(offset) {
+                        RereadStep::Reached => {
+                            rereads.remove(&p);
+                        }
+                        RereadStep::Gap => {
+                            tracing::info!(
+                                partition = p,
+                                offset,
+                                resume = r.expect,
+                                "offset gap confirmed from the start of the log"
+                            );
+                            rereads.remove(&p);
+                        }
+                        RereadStep::Again(from) => {
+                            seek(&consumer, &topic, p, from);
+                            continue;
+                        }
                     }
                 }
                 let w = workers.get_mut(&p).expect("inserted above");
@@ -293,6 +364,45 @@ async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Proc
                     flush_partition(&s, &consumer, &mut workers, p, &shutdown).await;
                 }
                 continue;
+            }
+            if rebalances.load(Ordering::Relaxed) == 0 && subscribed.elapsed() > join_patience {
+                tracing::warn!(
+                    waited = ?subscribed.elapsed(),
+                    "the group has not answered this member's join; leaving and joining again"
+                );
+                drop(stream);
+                // Closing a consumer talks to the coordinator; keep that off the async workers.
+                let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+                return Ok(Session::Rejoin);
+            }
+            // Assigned partitions that stay silent may sit at a committed offset inside a record
+            // batch: tansu 0.6 answers such a fetch with the next batch only, so with no next
+            // batch nothing ever arrives. Re-read from before the committed offset (growing the
+            // distance each time) until a record shows up or the start of the log is reached.
+            let now = Instant::now();
+            for p in assigned.lock().expect("lock").clone() {
+                if workers.contains_key(&p) || rereads.contains_key(&p) {
+                    continue;
+                }
+                let (since, window) = silent.entry(p).or_insert((now, REREAD_WINDOW));
+                if since.elapsed() < SILENT_AFTER || *window == 0 {
+                    continue;
+                }
+                match committed_offset(&consumer, &topic, p) {
+                    Some(c) if c > 0 => {
+                        let from = (c - *window).max(0);
+                        tracing::info!(
+                            partition = p,
+                            committed = c,
+                            from,
+                            "assigned partition is silent; re-reading from before its committed offset"
+                        );
+                        seek(&consumer, &topic, p, from);
+                        *window = if from == 0 { 0 } else { *window * 4 };
+                    }
+                    _ => *window = 0,
+                }
+                *since = now;
             }
             // A tick (or the stream paused): flush units that are old enough, advance idle watermarks.
             let due: Vec<i32> = workers
@@ -346,7 +456,58 @@ async fn consume(s: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Proc
         .await;
     }
     tracing::info!("processor stopped");
-    Ok(())
+    Ok(Session::Stopped)
+}
+
+/// How far before the chain end the first re-read starts; each retry reads four times as far.
+const REREAD_WINDOW: i64 = 1024;
+/// An assigned partition with no record for this long is re-read from before its committed offset.
+const SILENT_AFTER: Duration = Duration::from_secs(3);
+
+/// A re-read that proves whether records between the chain end and the first record received exist.
+///
+/// Real Kafka serves a fetch from any offset. tansu 0.6 answers a fetch from an offset inside a
+/// record batch with the *next* batch, so a consumer resuming at a committed offset inside a batch
+/// silently skips the rest of that batch (measured: fetching from 300 returned 392 first, where
+/// 300..391 were records). The re-read seeks to `from`, some way before the chain end `expect`,
+/// and widens the distance until a record at or before `expect` arrives (nothing was skipped after
+/// all, or the skipped records now arrive) or a read from offset 0 still starts past it (a real gap).
+#[derive(Debug)]
+struct Reread {
+    expect: i64,
+    from: i64,
+}
+
+enum RereadStep {
+    Reached,
+    Gap,
+    Again(i64),
+}
+
+impl Reread {
+    fn start(expect: i64) -> Reread {
+        Reread {
+            expect,
+            from: (expect - REREAD_WINDOW).max(0),
+        }
+    }
+
+    fn next(&mut self, offset: i64) -> RereadStep {
+        if offset <= self.expect {
+            RereadStep::Reached
+        } else if self.from == 0 {
+            RereadStep::Gap
+        } else {
+            self.from = (self.expect - (self.expect - self.from) * 4).max(0);
+            RereadStep::Again(self.from)
+        }
+    }
+}
+
+fn seek(consumer: &StreamConsumer<RebalanceCtx>, topic: &str, p: i32, offset: i64) {
+    if let Err(e) = consumer.seek(topic, p, Offset::Offset(offset), Duration::from_secs(5)) {
+        tracing::warn!(partition = p, offset, error = %e, "seek failed");
+    }
 }
 
 /// The group's committed offset of `p`, if any.
@@ -441,14 +602,27 @@ async fn flush_partition(
         }
         Flushed::Fenced { next_offset } => {
             workers.remove(&p);
-            if let Err(e) = consumer.seek(
-                topic,
-                p,
-                Offset::Offset(next_offset),
-                Duration::from_secs(5),
-            ) {
-                tracing::warn!(partition = p, error = %e, "seek after fencing failed");
-            }
+            // The next record re-initialises the worker (and re-reads if the broker skipped).
+            seek(consumer, topic, p, next_offset);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rereads_widen_until_they_reach_the_chain_end_or_the_log_start() {
+        let mut r = Reread::start(5000);
+        assert_eq!(r.from, 5000 - REREAD_WINDOW);
+        // The broker skipped again: read from four times as far back, then from the start.
+        assert!(matches!(r.next(6000), RereadStep::Again(f) if f == 5000 - 4 * REREAD_WINDOW));
+        assert!(matches!(r.next(6000), RereadStep::Again(0)));
+        assert!(matches!(r.next(6000), RereadStep::Gap));
+        let mut r = Reread::start(5000);
+        assert!(matches!(r.next(4990), RereadStep::Reached));
+        assert!(matches!(Reread::start(10).next(10), RereadStep::Reached));
+        assert_eq!(Reread::start(10).from, 0);
     }
 }

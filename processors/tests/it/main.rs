@@ -6,5 +6,6 @@ mod epochs;
 mod exactly_once;
 mod faulty;
 mod interrupted;
+mod resume;
 mod store_faults;
 pub mod support;

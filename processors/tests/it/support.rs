@@ -26,9 +26,8 @@ pub async fn produce(kafka: &KafkaConfig, scenario: &Scenario, now_ms: i64) {
     produce_with(&producer(kafka).await, kafka, scenario, now_ms).await;
 }
 
-/// A producer for [`produce_with`] (the topic is created first). One producer for a whole test
-/// keeps the log free of the offset gaps tansu 0.6 leaves between producer sessions, at which a
-/// consumer that has caught up can stall.
+/// A producer for [`produce_with`] (the topic is created first); tests that produce in several steps
+/// share one.
 pub async fn producer(kafka: &KafkaConfig) -> FutureProducer {
     kafka
         .ensure_topics(&[&kafka.raw_topic])
