@@ -10,7 +10,7 @@ UP_BROKER_PORT ?= 9092
 UP_PARTITIONS ?= 6
 UP_ARGS ?=
 
-.PHONY: up test lint bench build broker-install broker-up broker-down help
+.PHONY: up test lint bench build assets broker-install broker-up broker-down help
 
 help:
 	@echo "make up    - run the whole pipeline on this machine (local broker, local lake, demo traffic)"
@@ -18,7 +18,11 @@ help:
 	@echo "make lint  - rustfmt and clippy"
 	@echo "make bench - run the benchmarks (see load-tests/RESULTS.md)"
 
-build:
+# The map page's MapLibre bundle (npm), embedded into the binary.
+assets:
+	scripts/assets.sh
+
+build: assets
 	cargo build --release --locked -p hexpulse
 
 broker-install:

@@ -14,3 +14,11 @@ echo "== ingest"
 "$BIN" bench ingest --out load-tests/results/ingest.json
 echo "== processor"
 "$BIN" bench process --out load-tests/results/process.json
+# DuckDB from PyPI for the side-by-side query benchmark (the same cached venv as make test).
+VENV="${HEXPULSE_CACHE:-$HOME/.cache/hexpulse}/venv"
+if ! "$VENV/bin/python" -c "import duckdb" >/dev/null 2>&1; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet "duckdb==2.0.0"
+fi
+echo "== query service vs DuckDB (10M readings)"
+HEXPULSE_PYTHON="$VENV/bin/python" "$BIN" bench query --out load-tests/results/query.json

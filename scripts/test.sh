@@ -17,6 +17,19 @@ if ! "$VENV/bin/python" -c "import duckdb" >/dev/null 2>&1; then
 fi
 export HEXPULSE_PYTHON="$VENV/bin/python"
 
+# The map page's bundle (embedded into the binary) and, for its end-to-end test, Debian's Chromium
+# driven by playwright-core (web/e2e.mjs); no browser download.
+scripts/assets.sh
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "installing Debian's chromium (once per machine)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 ||
+    { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends chromium >/dev/null; }
+fi
+export HEXPULSE_CHROMIUM="$(command -v chromium)"
+export HEXPULSE_E2E=1
+mkdir -p test-output
+
 # A fresh memory broker per run: no state leaks between runs.
 scripts/broker.sh stop "$PORT" >/dev/null
 scripts/broker.sh start memory "$PORT"

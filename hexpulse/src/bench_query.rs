@@ -283,7 +283,7 @@ pub async fn query(
             "SELECT h3_r8 AS cell, count(DISTINCT device_key) AS devices, count(*) AS heartbeats, \
              max(signal_dbm) AS best, approx_quantile(signal_dbm, 0.5) AS median, \
              count(download_mbps) AS speed_tests, approx_quantile(download_mbps, 0.5) AS download, \
-             max(event_time) AS newest FROM heartbeat \
+             epoch_ms(max(event_time)) AS newest FROM heartbeat \
              WHERE lat BETWEEN {} AND {} AND lng BETWEEN {} AND {} \
              AND event_time >= TIMESTAMPTZ '{}' AND event_time < TIMESTAMPTZ '{}' GROUP BY 1",
             grown.south,
@@ -324,7 +324,7 @@ pub async fn query(
             None,
             format!(
                 "SELECT epoch_ms(event_time) // 3600000 * 3600000 AS t, count(*) AS n, avg(value) AS mean, \
-                 min(value) AS min, max(value) AS max, max(event_time) AS newest FROM sensor \
+                 min(value) AS min, max(value) AS max, epoch_ms(max(event_time)) AS newest FROM sensor \
                  WHERE metric = 'pm2_5' AND h3_r8 = {cell} AND event_time >= TIMESTAMPTZ '{}' \
                  AND event_time < TIMESTAMPTZ '{}' GROUP BY 1 ORDER BY 1",
                 sql_time(week_from),

@@ -594,6 +594,7 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
     println!(
         "           {env}hexpulse epoch proof --epoch {current} --device KEY > p.json; {env}hexpulse epoch verify --proof p.json"
     );
+    println!("  map      {qbase}/");
     println!("  query    {qbase}/openapi.json (every route)   {qbase}/v1/epochs");
     println!("           curl -s {qbase}/v1/sql -d 'SELECT count(*) AS heartbeats FROM heartbeat'");
     println!(
@@ -606,7 +607,6 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
     println!(
         "           {qbase}/v1/tiles/coverage/{{z}}/{{x}}/{{y}}.mvt   (vector tiles: coverage, air, road)"
     );
-    println!("Not built yet: the map page (#7).");
     println!("Ctrl-C stops everything.");
     println!();
     let traffic = if no_traffic {

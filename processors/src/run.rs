@@ -305,7 +305,7 @@ async fn consume_session(
                     // Resume at the end of the claim chain, found from the committed offset (always a
                     // chain boundary), never from whatever offset happened to arrive first.
                     let from = committed_offset(&consumer, &topic, p).unwrap_or(offset);
-                    let w = init_worker(&s, &topic, p, from.min(offset), recv).await?;
+                    let w = init_worker(s, &topic, p, from.min(offset), recv).await?;
                     let resume = w.next_offset();
                     e.insert(w);
                     if offset > resume {
@@ -361,7 +361,7 @@ async fn consume_session(
                 }
                 w.push(offset, msg.payload().unwrap_or_default(), recv);
                 if w.is_full(roll) {
-                    flush_partition(&s, &consumer, &mut workers, p, &shutdown).await;
+                    flush_partition(s, &consumer, &mut workers, p, shutdown).await;
                 }
                 continue;
             }
@@ -411,7 +411,7 @@ async fn consume_session(
                 .map(|(p, _)| *p)
                 .collect();
             for p in due {
-                flush_partition(&s, &consumer, &mut workers, p, &shutdown).await;
+                flush_partition(s, &consumer, &mut workers, p, shutdown).await;
             }
             if !idle_after.is_zero() {
                 // A partition with nothing new for `idle_after` has everything up to now minus
@@ -451,7 +451,7 @@ async fn consume_session(
         }
         let _ = tokio::time::timeout_at(
             deadline.into(),
-            flush_partition(&s, &consumer, &mut workers, p, &never),
+            flush_partition(s, &consumer, &mut workers, p, &never),
         )
         .await;
     }

@@ -394,6 +394,75 @@ pub(crate) async fn deadzones(
     go.await.unwrap_or_else(|r| r)
 }
 
+/// `GET /v1/epochs/{id}/devices/{device}/hexes`: the cells (at the epoch hex resolution) where a
+/// fixed device (hotspot or sensor) reported valid readings during the epoch, as GeoJSON. Dashcam
+/// tracks are never listed: road rows are not read here.
+pub(crate) async fn device_hexes(
+    State(st): State<Arc<AppState>>,
+    Path((id, device)): Path<(i64, String)>,
+) -> Response {
+    let snap = st.catalog.context().1;
+    let go = async {
+        let device = device.to_ascii_lowercase();
+        if device.len() != 64 || !device.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "bad_param",
+                "device: 64 hex digits",
+            ));
+        }
+        let (start, end) = st
+            .cfg
+            .epoch
+            .bounds(id)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_param", format!("epoch: {e}")))?;
+        let res = st.cfg.epoch.hex_resolution.min(snap.finest());
+        let a = Area {
+            bbox: Bbox {
+                west: -180.0,
+                south: -90.0,
+                east: 180.0,
+                north: 90.0,
+            },
+            res,
+            range: TimeRange {
+                from_ms: start,
+                to_ms: end,
+            },
+        };
+        let (cell, _) = cell_expr_and_filter(&snap, &a)?;
+        let time = a.range.sql();
+        let sql = format!(
+            "SELECT cell, sum(n) AS n, CAST(max(newest) AS BIGINT) AS newest FROM ( \
+             SELECT {cell} AS cell, count(*) AS n, max(event_time) AS newest FROM heartbeat \
+             WHERE device_key = '{device}' AND {time} GROUP BY 1 UNION ALL \
+             SELECT {cell} AS cell, count(*) AS n, max(event_time) AS newest FROM sensor \
+             WHERE device_key = '{device}' AND {time} GROUP BY 1) GROUP BY cell"
+        );
+        let batches = st.internal_query(sql).await?;
+        let mut hexes = Vec::new();
+        let mut newest = None;
+        for b in &batches {
+            let (c, n, nw) = (u64s(b, "cell"), u64s(b, "n"), i64s(b, "newest"));
+            for i in 0..b.num_rows() {
+                if let Ok(cell) = CellIndex::try_from(c[i]) {
+                    newest = newest.max(nw[i]);
+                    let mut h = Hex::new(cell);
+                    h.set("readings", n[i]);
+                    hexes.push(h);
+                }
+            }
+        }
+        hexes.sort_by_key(|h| u64::from(h.cell));
+        Ok(feature_collection(
+            hexes,
+            freshness(&snap, newest),
+            json!({"epoch": id, "device_key": device, "res": res}),
+        ))
+    };
+    go.await.unwrap_or_else(|r| r)
+}
+
 /// Dead-zone candidates: hexes that are not covered (no data, or best signal below `weak_dbm`) and
 /// border covered ones, with their number of covered neighbours; most first, then by cell.
 pub fn rank_dead_zones(

@@ -36,10 +36,35 @@ pub struct QueryConfig {
     pub refresh_interval: Duration,
     /// Who may use what.
     pub auth: AuthConfig,
+    /// The map page at `/`.
+    pub map: MapConfig,
     /// The epochs (length, origin): always the processors' `[process.epoch]`, copied in by the
     /// binary, so the two cannot disagree.
     #[serde(skip)]
     pub epoch: hexpulse_processors::epoch::EpochConfig,
+}
+
+/// The map page.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapConfig {
+    /// A MapLibre style URL for a basemap (none: a plain background with the hexes alone, and no
+    /// request leaves Hexpulse).
+    #[serde(default)]
+    pub style_url: Option<String>,
+    /// Where the map opens: [lng, lat] and zoom.
+    pub center: [f64; 2],
+    pub zoom: f64,
+}
+
+impl Default for MapConfig {
+    fn default() -> Self {
+        MapConfig {
+            style_url: None,
+            center: [13.405, 52.52],
+            zoom: 10.0,
+        }
+    }
 }
 
 /// Bearer tokens, roles and the endpoint groups each role may use.
@@ -90,6 +115,7 @@ impl QueryConfig {
                 ..AuthConfig::default()
             },
             epoch: Default::default(),
+            map: MapConfig::default(),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod catalog;
 pub mod config;
+pub mod map;
 pub mod mvt;
 pub mod openapi;
 pub mod params;

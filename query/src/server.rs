@@ -267,6 +267,19 @@ impl Query {
                 "/v1/epochs/{id}/proof/{device}",
                 get(proof).layer(group("epochs")),
             )
+            .route("/", get(crate::map::index).layer(group("map")))
+            .route(
+                "/assets/{*file}",
+                get(crate::map::asset).layer(group("map")),
+            )
+            .route(
+                "/map/config.json",
+                get(crate::map::config).layer(group("map")),
+            )
+            .route(
+                "/v1/epochs/{id}/devices/{device}/hexes",
+                get(api::device_hexes).layer(group("epochs")),
+            )
             .route(
                 "/openapi.json",
                 get(|| async { axum::Json(crate::openapi::document()) }).layer(group("meta")),

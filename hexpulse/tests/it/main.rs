@@ -1,6 +1,7 @@
 //! End-to-end tests of the `hexpulse` binary: real processes, the real broker, a real lake.
 
 mod crash;
+mod map;
 // Shared with the processor tests, which use all of it; this crate uses a part.
 #[allow(dead_code)]
 #[path = "../../../processors/tests/it/support.rs"]

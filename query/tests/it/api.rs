@@ -256,6 +256,27 @@ async fn sql_and_epochs_over_a_processed_lake() {
         404
     );
 
+    // A fixed device's hexes in the epoch: as many as its summary counts.
+    for kind in ["heartbeat", "sensor"] {
+        let row = json
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["kind"] == kind)
+            .unwrap();
+        let key = row["device_key"].as_str().unwrap();
+        let hexes: Value = get(format!("/v1/epochs/{id}/devices/{key}/hexes"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            hexes["features"].as_array().unwrap().len() as u64,
+            row["distinct_hexes"].as_u64().unwrap(),
+            "{kind} {key}: {hexes}"
+        );
+    }
+
     // The epoch tables are queryable too.
     let (_, v) = sql_json(&base, "SELECT count(*) AS n FROM device_summary").await;
     assert_eq!(v[0]["n"].as_u64(), Some(m.merkle_leaves));
@@ -688,7 +709,7 @@ async fn auth_and_openapi(url: &str, stop: &CancellationToken, epoch: i64, devic
     assert_eq!(s, 200);
     let doc: Value = serde_json::from_str(&doc).unwrap();
     let paths = doc["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 15, "the router serves 15 routes");
+    assert_eq!(paths.len(), 19, "the router serves 19 routes");
     for (path, item) in paths {
         let concrete = path
             .replace("{layer}", "coverage")
@@ -696,7 +717,8 @@ async fn auth_and_openapi(url: &str, stop: &CancellationToken, epoch: i64, devic
             .replace("{x}", "1")
             .replace("{y}", "0.mvt")
             .replace("{id}", &epoch.to_string())
-            .replace("{device}", device);
+            .replace("{device}", device)
+            .replace("{file}", "app.js");
         let with_query = if concrete.contains("sensors") {
             format!("{concrete}?{WORLD}&metric=pm2_5")
         } else if item.to_string().contains("\"bbox\"") && !concrete.contains("tiles") {

@@ -1,0 +1,343 @@
+// The Hexpulse map page. It talks to nobody but the Hexpulse query service that served it:
+// vector tiles for coverage, air and road, GeoJSON for dead zones and device hexes, epochs as JSON.
+import * as maplibregl from '/assets/vendor/maplibre-gl.mjs';
+
+const $ = (id) => document.getElementById(id);
+const origin = window.location.origin;
+let token = localStorage.getItem('hexpulse-token') || '';
+
+// Colour ramps: [min, max] per metric (values outside are clamped).
+const RANGES = {
+  devices: [1, 10], heartbeats: [1, 500], best_signal_dbm: [-110, -50], median_signal_dbm: [-110, -50],
+  speed_tests: [0, 50], median_download_mbps: [0, 500],
+  pm2_5: [0, 75], pm10: [0, 150], no2: [0, 100], o3: [0, 120], co2: [400, 2000], noise_db: [30, 90],
+  temperature_c: [-10, 40], humidity_pct: [0, 100],
+  observations: [1, 50], covered_neighbours: [1, 6],
+};
+const RAMPS = {
+  coverage: ['#fde0c5', '#2b8cbe'], air: ['#ffffcc', '#bd0026'], road: ['#e0ecf4', '#6e016b'],
+  deadzones: ['#fee391', '#d7301f'],
+};
+
+async function askToken() {
+  const dialog = $('token-dialog');
+  $('token-input').value = token;
+  dialog.showModal();
+  await new Promise((done) => dialog.addEventListener('close', done, { once: true }));
+  token = $('token-input').value.trim();
+  localStorage.setItem('hexpulse-token', token);
+  if (state.map) refreshAll();
+}
+
+/** GET a JSON resource from the service, asking for a token on 401. */
+async function api(path) {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    const r = await fetch(origin + path, { headers });
+    if (r.status === 401 && attempt === 0) {
+      await askToken();
+      continue;
+    }
+    const body = await r.json();
+    if (!r.ok) throw new Error(`${r.status} ${body.error}: ${body.message}`);
+    return body;
+  }
+  throw new Error('unauthorized');
+}
+
+const state = {
+  map: null,
+  config: null,
+  layer: 'coverage',
+  metric: 'devices',
+  rangeMs: 86_400_000,
+  window: null, // {from, to}
+  selectedEpoch: null,
+  frozen: null,
+};
+
+function timeWindow() {
+  if (state.frozen) return state.frozen; // a fixed window (tests, shared links)
+  // Rounded to the minute so tile URLs (and their ETags) stay stable between refreshes.
+  const to = Math.ceil(Date.now() / 60_000) * 60_000 + 60_000;
+  return { from: to - state.rangeMs, to };
+}
+
+function tileUrl(layer) {
+  const w = state.window;
+  let q = `from=${w.from}&to=${w.to}`;
+  if (layer === 'air') q += `&metric=${encodeURIComponent(state.layer === 'air' ? state.metric : 'pm2_5')}`;
+  return `${origin}/v1/tiles/${layer}/{z}/{x}/{y}.mvt?${q}`;
+}
+
+function fillColor(layer, metric) {
+  const [lo, hi] = RANGES[metric] || [0, 1];
+  const [a, b] = RAMPS[layer];
+  return ['interpolate', ['linear'], ['coalesce', ['to-number', ['get', metric]], lo], lo, a, hi, b];
+}
+
+function metricsFor(layer) {
+  if (layer === 'coverage') return state.config.coverage_metrics;
+  if (layer === 'air') return state.config.air_metrics;
+  if (layer === 'road') return ['observations'];
+  return ['covered_neighbours'];
+}
+
+function fillLayerId(layer) {
+  return `${layer}-fill`;
+}
+
+function applyLayer() {
+  const map = state.map;
+  for (const l of ['coverage', 'air', 'road', 'deadzones']) {
+    const vis = l === state.layer ? 'visible' : 'none';
+    map.setLayoutProperty(fillLayerId(l), 'visibility', vis);
+    map.setLayoutProperty(`${l}-line`, 'visibility', vis);
+  }
+  // Dead zones are shown over the coverage they border.
+  if (state.layer === 'deadzones') {
+    map.setLayoutProperty('coverage-fill', 'visibility', 'visible');
+    map.setPaintProperty('coverage-fill', 'fill-opacity', 0.35);
+  } else {
+    map.setPaintProperty('coverage-fill', 'fill-opacity', 0.7);
+  }
+  map.setPaintProperty(fillLayerId(state.layer), 'fill-color', fillColor(state.layer, state.metric));
+  drawLegend();
+}
+
+function drawLegend() {
+  const [lo, hi] = RANGES[state.metric] || [0, 1];
+  const [a, b] = RAMPS[state.layer];
+  $('legend').innerHTML = `<div><b>${state.layer}</b>: ${state.metric}</div>
+    <div class="ramp" style="background: linear-gradient(to right, ${a}, ${b})"></div>
+    <div class="ends"><span>${lo}</span><span>${hi}</span></div>
+    <div class="ends"><span>${new Date(state.window.from).toISOString().slice(0, 16)}Z</span>
+    <span>${new Date(state.window.to).toISOString().slice(0, 16)}Z</span></div>`;
+}
+
+function fillMetricSelect() {
+  const sel = $('metric');
+  const ms = metricsFor(state.layer);
+  sel.innerHTML = ms.map((m) => `<option value="${m}">${m}</option>`).join('');
+  if (!ms.includes(state.metric)) state.metric = ms[0];
+  sel.value = state.metric;
+}
+
+async function loadDeadZones() {
+  if (state.layer !== 'deadzones') return;
+  const b = state.map.getBounds();
+  const bbox = [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()]
+    .map((v, i) => Math.max(i % 2 ? -90 : -180, Math.min(i % 2 ? 90 : 180, v)).toFixed(5)).join(',');
+  const w = state.window;
+  try {
+    const fc = await api(`/v1/deadzones?bbox=${bbox}&zoom=${Math.round(state.map.getZoom())}&from=${w.from}&to=${w.to}&limit=500`);
+    state.map.getSource('deadzones').setData(fc);
+    status(fc.freshness);
+  } catch (e) {
+    $('status').textContent = String(e);
+  }
+}
+
+function status(fresh) {
+  if (!fresh) return;
+  $('status').textContent = `newest event ${fresh.newest_event_time || '–'} · watermark ${fresh.watermark || '–'}`;
+}
+
+function refreshAll() {
+  state.window = timeWindow();
+  for (const l of ['coverage', 'air', 'road']) state.map.getSource(l).setTiles([tileUrl(l)]);
+  drawLegend();
+  loadDeadZones();
+  api('/readyz').then((r) => {
+    const c = r.catalog || {};
+    if (c.watermark_ms) $('status').textContent = `watermark ${new Date(c.watermark_ms).toISOString()} · data version ${c.version}`;
+  }).catch(() => {});
+}
+
+/** The GeoJSON endpoint that answers for one hex of `layer`, as a path with a box around it. */
+function hexQuery(layer, props, geometry) {
+  const coords = geometry.type === 'Polygon' ? geometry.coordinates[0] : geometry.coordinates.flat(2);
+  const xs = coords.map((c) => c[0]);
+  const ys = coords.map((c) => c[1]);
+  const pad = (Math.max(...xs) - Math.min(...xs)) * 0.1;
+  const bbox = [Math.min(...xs) - pad, Math.min(...ys) - pad, Math.max(...xs) + pad, Math.max(...ys) + pad]
+    .map((v) => v.toFixed(6)).join(',');
+  const res = parseInt(props.cell[1], 16); // an H3 index's second hex digit is its resolution
+  const w = state.window;
+  const base = `bbox=${bbox}&res=${res}&from=${w.from}&to=${w.to}`;
+  if (layer === 'air') return `/v1/sensors/hexes?${base}&metric=${props.metric}`;
+  if (layer === 'road') return `/v1/road/hexes?${base}`;
+  return `/v1/coverage?${base}`;
+}
+
+const SHOWN = {
+  coverage: ['devices', 'heartbeats', 'best_signal_dbm', 'median_signal_dbm', 'speed_tests', 'median_download_mbps'],
+  air: ['metric', 'count', 'mean', 'min', 'max', 'p95'],
+  road: ['devices', 'observations', 'pothole', 'congestion', 'speed', 'sign', 'construction'],
+  deadzones: ['rank', 'status', 'covered_neighbours', 'best_signal_dbm', 'devices'],
+};
+
+function fmt(v) {
+  if (typeof v === 'number') return Number.isInteger(v) ? String(v) : v.toFixed(2);
+  return v == null ? '–' : String(v);
+}
+
+async function showHex(e, layer) {
+  const f = e.features[0];
+  const props = f.properties;
+  const rows = SHOWN[layer].filter((k) => props[k] !== undefined)
+    .map((k) => `<tr><td>${k}</td><td class="v" data-key="${k}">${fmt(props[k])}</td></tr>`).join('');
+  const html = `<div class="hex-popup" data-cell="${props.cell}" data-layer="${layer}"><b>${props.cell}</b>
+    <table>${rows}</table><div class="fresh">freshness: loading…</div></div>`;
+  const popup = new maplibregl.Popup({ maxWidth: '320px' }).setLngLat(e.lngLat).setHTML(html).addTo(state.map);
+  if (layer === 'deadzones') {
+    popup.getElement().querySelector('.fresh').textContent = '';
+    return;
+  }
+  try {
+    const fc = await api(hexQuery(layer, props, f.geometry));
+    const fresh = fc.freshness || {};
+    const el = popup.getElement().querySelector('.fresh');
+    if (el) el.textContent = `newest event ${fresh.newest_event_time || '–'}, watermark ${fresh.watermark || '–'}`;
+  } catch (err) {
+    const el = popup.getElement().querySelector('.fresh');
+    if (el) el.textContent = String(err);
+  }
+}
+
+async function loadEpochs() {
+  const list = await api('/v1/epochs');
+  const sealed = list.epochs.filter((e) => e.status === 'sealed');
+  const sel = $('epoch-select');
+  sel.innerHTML = list.epochs.map((e) => `<option value="${e.epoch}" ${e.status === 'sealed' ? '' : 'disabled'}>
+    epoch ${e.epoch} · ${e.status}${e.devices !== undefined ? ` · ${e.devices} devices` : ''}</option>`).join('');
+  if (sealed.length) {
+    sel.value = String(sealed[sealed.length - 1].epoch);
+    await loadEpoch(Number(sel.value));
+  } else {
+    $('epoch-table').textContent = 'No sealed epoch yet.';
+  }
+}
+
+async function loadEpoch(id) {
+  state.selectedEpoch = id;
+  const rows = await api(`/v1/epochs/${id}/devices`);
+  const head = '<tr><th>device</th><th>kind</th><th>readings</th><th>hexes</th><th>points</th></tr>';
+  const body = rows.map((r) => `<tr class="device" data-key="${r.device_key}">
+    <td title="${r.device_key}">${r.device_key.slice(0, 12)}…</td><td>${r.kind}</td>
+    <td>${r.heartbeats + r.sensor_readings + r.road_observations}</td><td>${r.distinct_hexes}</td>
+    <td>${r.reward_points}</td></tr>`).join('');
+  $('epoch-table').innerHTML = `<table>${head}${body}</table>`;
+  for (const tr of $('epoch-table').querySelectorAll('tr.device')) {
+    tr.addEventListener('click', () => showDevice(tr));
+  }
+}
+
+async function showDevice(tr) {
+  for (const other of $('epoch-table').querySelectorAll('tr.selected')) other.classList.remove('selected');
+  tr.classList.add('selected');
+  const fc = await api(`/v1/epochs/${state.selectedEpoch}/devices/${tr.dataset.key}/hexes`);
+  state.map.getSource('device').setData(fc);
+  if (!fc.features.length) {
+    $('status').textContent = 'no fixed hexes for this device (dashcam tracks are never shown)';
+    return;
+  }
+  const pts = fc.features.flatMap((f) => f.geometry.coordinates[0]);
+  const xs = pts.map((p) => p[0]);
+  const ys = pts.map((p) => p[1]);
+  state.map.fitBounds([[Math.min(...xs), Math.min(...ys)], [Math.max(...xs), Math.max(...ys)]], { padding: 80, maxZoom: 14 });
+}
+
+function baseStyle() {
+  const vector = (l) => ({ type: 'vector', tiles: [tileUrl(l)], minzoom: 0, maxzoom: 16 });
+  const empty = { type: 'geojson', data: { type: 'FeatureCollection', features: [] } };
+  const fill = (id, source, layer) => ({
+    id, type: 'fill', source, ...(layer ? { 'source-layer': layer } : {}),
+    layout: { visibility: 'none' }, paint: { 'fill-color': '#888', 'fill-opacity': 0.7 },
+  });
+  const line = (id, source, layer, color) => ({
+    id, type: 'line', source, ...(layer ? { 'source-layer': layer } : {}),
+    layout: { visibility: 'none' }, paint: { 'line-color': color, 'line-width': 0.5 },
+  });
+  return {
+    version: 8,
+    sources: { coverage: vector('coverage'), air: vector('air'), road: vector('road'), deadzones: empty, device: empty },
+    layers: [
+      { id: 'background', type: 'background', paint: { 'background-color': '#f3f1ec' } },
+      fill('coverage-fill', 'coverage', 'coverage'), line('coverage-line', 'coverage', 'coverage', '#1d4f73'),
+      fill('air-fill', 'air', 'air'), line('air-line', 'air', 'air', '#7a1c1c'),
+      fill('road-fill', 'road', 'road'), line('road-line', 'road', 'road', '#4b1548'),
+      fill('deadzones-fill', 'deadzones'), line('deadzones-line', 'deadzones', null, '#a50f15'),
+      { id: 'device-line', type: 'line', source: 'device', paint: { 'line-color': '#111', 'line-width': 2.5 } },
+    ],
+  };
+}
+
+async function main() {
+  state.config = await api('/map/config.json');
+  if (!state.config.bundle) {
+    $('no-bundle').hidden = false;
+    return;
+  }
+  const q = new URLSearchParams(window.location.search);
+  if (q.get('from') && q.get('to')) state.frozen = { from: Number(q.get('from')), to: Number(q.get('to')) };
+  state.window = timeWindow();
+  const map = new maplibregl.Map({
+    container: 'map',
+    style: state.config.style_url || baseStyle(),
+    center: state.config.center,
+    zoom: state.config.zoom,
+    attributionControl: false,
+    transformRequest: (url) => (url.startsWith(origin) && token
+      ? { url, headers: { Authorization: `Bearer ${token}` } } : { url }),
+  });
+  state.map = map;
+  window.hexpulse = { map, state, maplibregl, refreshAll };
+  map.addControl(new maplibregl.NavigationControl(), 'top-left');
+  map.on('load', () => {
+    if (state.config.style_url) {
+      // A basemap style: add our sources and layers on top of it.
+      const ours = baseStyle();
+      for (const [id, src] of Object.entries(ours.sources)) map.addSource(id, src);
+      for (const l of ours.layers.filter((x) => x.id !== 'background')) map.addLayer(l);
+    }
+    fillMetricSelect();
+    applyLayer();
+    loadDeadZones();
+    for (const l of ['coverage', 'air', 'road', 'deadzones']) {
+      map.on('click', fillLayerId(l), (e) => showHex(e, l));
+      map.on('mouseenter', fillLayerId(l), () => { map.getCanvas().style.cursor = 'pointer'; });
+      map.on('mouseleave', fillLayerId(l), () => { map.getCanvas().style.cursor = ''; });
+    }
+    map.on('moveend', loadDeadZones);
+    window.hexpulse.ready = true;
+  });
+  for (const input of document.querySelectorAll('input[name=layer]')) {
+    input.addEventListener('change', () => {
+      state.layer = input.value;
+      fillMetricSelect();
+      applyLayer();
+      loadDeadZones();
+    });
+  }
+  $('metric').addEventListener('change', () => {
+    state.metric = $('metric').value;
+    if (state.layer === 'air') map.getSource('air').setTiles([tileUrl('air')]);
+    applyLayer();
+  });
+  $('range').addEventListener('change', () => {
+    state.rangeMs = Number($('range').value);
+    refreshAll();
+  });
+  $('token-button').addEventListener('click', askToken);
+  $('epochs-button').addEventListener('click', () => {
+    const panel = $('epochs');
+    panel.hidden = !panel.hidden;
+    if (!panel.hidden) loadEpochs().catch((e) => { $('epoch-table').textContent = String(e); });
+  });
+  $('epoch-select').addEventListener('change', () => loadEpoch(Number($('epoch-select').value)));
+  // Live: new data shows up within a few seconds.
+  setInterval(() => { if (!document.hidden && !state.frozen) refreshAll(); }, 5000);
+}
+
+main().catch((e) => { $('status').textContent = String(e); });

@@ -1,0 +1,92 @@
+//! The map page: a single page served at `/` from assets compiled into the binary. It talks only
+//! to this service (vector tiles, GeoJSON endpoints, epochs); MapLibre GL JS comes from npm through
+//! `scripts/assets.sh` and is embedded too, so the page works with no network beyond Hexpulse.
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use std::sync::Arc;
+
+use crate::server::{AppState, error};
+
+const INDEX: &str = include_str!("../assets/index.html");
+const APP_JS: &str = include_str!("../assets/app.js");
+const APP_CSS: &str = include_str!("../assets/app.css");
+
+#[cfg(hexpulse_map_bundle)]
+const VENDOR: [(&str, &[u8]); 4] = [
+    (
+        "maplibre-gl.mjs",
+        include_bytes!("../assets/vendor/maplibre-gl.mjs"),
+    ),
+    (
+        "maplibre-gl-worker.mjs",
+        include_bytes!("../assets/vendor/maplibre-gl-worker.mjs"),
+    ),
+    (
+        "maplibre-gl-shared.mjs",
+        include_bytes!("../assets/vendor/maplibre-gl-shared.mjs"),
+    ),
+    (
+        "maplibre-gl.css",
+        include_bytes!("../assets/vendor/maplibre-gl.css"),
+    ),
+];
+#[cfg(not(hexpulse_map_bundle))]
+const VENDOR: [(&str, &[u8]); 0] = [];
+
+/// Whether this binary carries the MapLibre bundle.
+pub fn has_bundle() -> bool {
+    !VENDOR.is_empty()
+}
+
+pub(crate) async fn index() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX).into_response()
+}
+
+pub(crate) async fn asset(Path(file): Path<String>) -> Response {
+    let cache = (header::CACHE_CONTROL, "public, max-age=300");
+    match file.as_str() {
+        "app.js" => ([(header::CONTENT_TYPE, "text/javascript"), cache], APP_JS).into_response(),
+        "app.css" => ([(header::CONTENT_TYPE, "text/css"), cache], APP_CSS).into_response(),
+        f => {
+            let Some(name) = f.strip_prefix("vendor/") else {
+                return error(StatusCode::NOT_FOUND, "not_found", "no such asset");
+            };
+            match VENDOR.iter().find(|(n, _)| *n == name) {
+                Some((n, bytes)) => {
+                    let ct = if n.ends_with(".css") {
+                        "text/css"
+                    } else {
+                        "text/javascript"
+                    };
+                    ([(header::CONTENT_TYPE, ct), cache], *bytes).into_response()
+                }
+                None if !has_bundle() => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_map_bundle",
+                    "this binary was built without the MapLibre bundle; run `make assets` (or \
+                     scripts/assets.sh) and rebuild",
+                ),
+                None => error(StatusCode::NOT_FOUND, "not_found", "no such asset"),
+            }
+        }
+    }
+}
+
+/// `GET /map/config.json`: what the page needs to start.
+pub(crate) async fn config(State(st): State<Arc<AppState>>) -> Response {
+    let snap = st.catalog.context().1;
+    axum::Json(json!({
+        "style_url": st.cfg.map.style_url,
+        "center": st.cfg.map.center,
+        "zoom": st.cfg.map.zoom,
+        "finest_res": snap.finest(),
+        "bundle": has_bundle(),
+        "coverage_metrics": ["devices", "heartbeats", "best_signal_dbm", "median_signal_dbm", "speed_tests", "median_download_mbps"],
+        "air_metrics": ["pm2_5", "pm10", "no2", "o3", "co2", "noise_db", "temperature_c", "humidity_pct"],
+        "road_k": st.road_min_devices,
+    }))
+    .into_response()
+}
