@@ -111,7 +111,7 @@ function drawLegend() {
   $('legend').innerHTML = `<div><b>${state.layer}</b>: ${state.metric}</div>
     <div class="ramp" style="background: linear-gradient(to right, ${a}, ${b})"></div>
     <div class="ends"><span>${lo}</span><span>${hi}</span></div>
-    <div class="ends"><span>${new Date(state.window.from).toISOString().slice(0, 16)}Z</span>
+    <div class="ends"><span>${new Date(state.window.from).toISOString().slice(0, 16)}Z –&nbsp;</span>
     <span>${new Date(state.window.to).toISOString().slice(0, 16)}Z</span></div>`;
 }
 

@@ -849,6 +849,10 @@ pub(crate) async fn tile(
             east: e,
             north: n.min(90.0),
         };
+        // Hexes crossing the tile's edge belong to every tile they touch (each tile draws its part),
+        // so the box is grown by two hex edges for the centre test.
+        let bbox =
+            bbox.grown(params::edge_km(params::resolution_for_zoom(z).min(snap.finest())) * 2.0);
         let mut tp = p.clone();
         tp.remove("res");
         tp.insert("zoom".into(), z.to_string());

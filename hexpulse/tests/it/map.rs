@@ -64,7 +64,8 @@ fn map_page_shows_live_hexes_that_match_the_api() {
     let stdout = child.stdout.take().unwrap();
     let up = Up(child);
     let mut base = None;
-    for line in BufReader::new(stdout).lines() {
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(rest) = line.trim_start().strip_prefix("map") {
             base = rest
@@ -75,6 +76,8 @@ fn map_page_shows_live_hexes_that_match_the_api() {
         }
     }
     let base = base.expect("`hexpulse up` printed the map URL");
+    // Keep draining `up`'s stdout, or it fails printing its summary at shutdown.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
     let shot = format!("{root}/test-output/map.png");
     let _ = std::fs::create_dir_all(format!("{root}/test-output"));
     let out = Command::new("node")
