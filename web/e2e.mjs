@@ -103,6 +103,16 @@ try {
   const best = feature.properties.best_signal_dbm;
   if (Math.abs(best - Number(popup.nums.best_signal_dbm)) > 0.01) fail(`best_signal_dbm: popup ${popup.nums.best_signal_dbm}, API ${best}`);
   log('popup numbers match the API');
+
+  // The epoch view: per-device summaries of the sealed epoch; a hotspot's hexes on the map.
+  await page.click('#epochs-button');
+  await page.waitForSelector('#epoch-table tr.device', { timeout: 15_000 }).catch(() => fail('no device rows in the epoch view'));
+  const rows = await page.locator('#epoch-table tr.device').count();
+  const hotspot = page.locator('#epoch-table tr.device', { hasText: 'heartbeat' }).first();
+  await hotspot.click();
+  await page.waitForFunction(() => window.hexpulse.map.getSource('device').serialize().data.features?.length > 0, null, { timeout: 15_000 })
+    .catch(() => fail('clicking a hotspot showed none of its hexes'));
+  log(`epoch view: ${rows} devices; a hotspot's hexes shown`);
   await page.screenshot({ path: shot });
   log(`screenshot: ${shot}`);
   if (outside.length) fail(`requests left Hexpulse: ${outside.slice(0, 5).join(' ')}`);
