@@ -195,7 +195,11 @@ pub async fn load_rows(
             let t = column(&b, "event_time").as_primitive::<TimestampMillisecondType>();
             let key = column(&b, "device_key").as_string::<i32>();
             let cell = column(&b, &cell_col).as_primitive::<UInt64Type>();
-            let dist = column(&b, "asserted_distance_m").as_primitive::<Float64Type>();
+            // Files written before this column existed have no distance: NaN, left out of the median.
+            let dist = b
+                .column_by_name("asserted_distance_m")
+                .map(|c| c.as_primitive::<Float64Type>());
+            let dist_at = |i: usize| dist.map_or(f64::NAN, |d| d.value(i));
             let keep = |i: usize| t.value(i) >= start && t.value(i) < end;
             match table.as_str() {
                 "heartbeat" => {
@@ -212,7 +216,7 @@ pub async fn load_rows(
                             key: key.value(i).to_string(),
                             t: t.value(i),
                             cell: cell.value(i),
-                            dist: dist.value(i),
+                            dist: dist_at(i),
                             signal: sig.value(i) as f64,
                             down: opt(down, i),
                             up: opt(up, i),
@@ -231,7 +235,7 @@ pub async fn load_rows(
                             t: t.value(i),
                             seq: seq.value(i),
                             cell: cell.value(i),
-                            dist: dist.value(i),
+                            dist: dist_at(i),
                             metric: metric.value(i).to_string(),
                             value: value.value(i),
                         });
@@ -313,7 +317,9 @@ pub fn aggregate(rows: &EpochRows, id: i64, rules: &Rules) -> Result<EpochTables
         d.heartbeats += 1;
         d.hours.insert(h.t.div_euclid(3_600_000));
         d.cells.insert(h.cell);
-        d.dists.push(h.dist);
+        if !h.dist.is_nan() {
+            d.dists.push(h.dist);
+        }
         if let Some(x) = h.down {
             d.downs.push(x);
         }
@@ -323,7 +329,7 @@ pub fn aggregate(rows: &EpochRows, id: i64, rules: &Rules) -> Result<EpochTables
     }
     for s in &rows.sensor {
         let d = devs.entry(&s.key).or_default();
-        if d.sensor_seqs.insert(s.seq) {
+        if d.sensor_seqs.insert(s.seq) && !s.dist.is_nan() {
             d.dists.push(s.dist);
         }
         d.hours.insert(s.t.div_euclid(3_600_000));

@@ -427,3 +427,55 @@ async fn late_data_lands_in_its_epoch_until_the_seal_and_is_late_after() {
         Sealed::Already(_)
     ));
 }
+
+/// Lake files from before a column was added (here `asserted_distance_m`) still seal: the missing
+/// distance is left out of the median instead of stopping the sealer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_written_before_a_column_existed_still_seal() {
+    use arrow::array::Array;
+    let now = now_ms();
+    let sc = scenario::build(now, 10);
+    let cfg = day_epochs();
+    let rules = Rules::load(None).unwrap();
+    let id = cfg.id_of(now - 30_000).unwrap();
+    let dir = write_lake(&sc, now, 2, 25).await;
+    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+    let mut rewritten = 0;
+    for table in ["heartbeat", "sensor"] {
+        for path in lake.list(&format!("{table}/")).await.unwrap() {
+            let bytes = lake.get(&path).await.unwrap().unwrap();
+            let batches = hexpulse_processors::lake::decode_parquet(bytes, None).unwrap();
+            let b = &batches[0];
+            let keep: Vec<usize> = (0..b.num_columns())
+                .filter(|i| b.schema().field(*i).name() != "asserted_distance_m")
+                .collect();
+            let old = b.project(&keep).unwrap();
+            assert!(old.column_by_name("asserted_distance_m").is_none());
+            lake.put(&path, encode_parquet(&old, 1).unwrap())
+                .await
+                .unwrap();
+            rewritten += 1;
+        }
+    }
+    assert!(rewritten > 0);
+    let m = seal_forced(&lake, &lake, &cfg, &rules, id)
+        .await
+        .manifest()
+        .clone();
+    assert!(m.merkle_leaves > 0);
+    let summary = seal::read_output(&lake, &m, tables::DEVICE_SUMMARY_TABLE)
+        .await
+        .unwrap();
+    let dist = summary.column_by_name("median_distance_m").unwrap();
+    let heartbeats = summary.column_by_name("heartbeats").unwrap();
+    let hb = arrow::compute::cast(heartbeats, &arrow::datatypes::DataType::UInt64).unwrap();
+    let hb = hb
+        .as_any()
+        .downcast_ref::<arrow::array::UInt64Array>()
+        .unwrap();
+    for i in 0..summary.num_rows() {
+        if hb.value(i) > 0 {
+            assert!(dist.is_null(i), "no distance without the column");
+        }
+    }
+}
