@@ -12,6 +12,16 @@ use serde::Serialize;
 
 use crate::config::Config;
 
+/// Prints a benchmark's JSON report on stdout and, with `out`, writes it there too.
+pub fn emit_report<T: Serialize>(report: &T, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    println!("{json}");
+    if let Some(p) = out {
+        std::fs::write(p, json + "\n")?;
+    }
+    Ok(())
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -97,8 +107,6 @@ pub async fn ingest(
     eprintln!("[bench] driving ingest with {concurrency} concurrent requests...");
     let report = bench::drive_ingest(&url, child.id(), bodies, batch as u64, concurrency).await;
     stop(child);
-    let json = serde_json::to_string_pretty(&report)?;
-    println!("{json}");
     eprintln!(
         "[bench] ingest: {:.0} accepted/s, {:.0} per ingest core-second; raw batch verify {:.0}/s/core; ratio {:.2} (target >= 0.70)",
         report.accepted_per_s,
@@ -106,9 +114,7 @@ pub async fn ingest(
         report.raw_verify.batch128_per_s,
         report.ratio_to_raw_batch_verify
     );
-    if let Some(p) = out {
-        std::fs::write(p, json + "\n")?;
-    }
+    emit_report(&report, out)?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
@@ -272,11 +278,7 @@ pub async fn process(cfg: Config, readings: usize, out: Option<PathBuf>) -> anyh
         runs,
         raw_verify: raw,
     };
-    let json = serde_json::to_string_pretty(&report)?;
-    println!("{json}");
-    if let Some(p) = out {
-        std::fs::write(p, json + "\n")?;
-    }
+    emit_report(&report, out)?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

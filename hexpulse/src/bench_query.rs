@@ -453,11 +453,7 @@ pub async fn query(
         queries: timings,
         duckdb_version: duck["version"].as_str().unwrap_or("").to_string(),
     };
-    let json = serde_json::to_string_pretty(&report)?;
-    println!("{json}");
-    if let Some(p) = out {
-        std::fs::write(p, json + "\n")?;
-    }
+    crate::bench::emit_report(&report, out)?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

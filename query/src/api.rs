@@ -283,40 +283,37 @@ fn too_many(n: usize, max: usize) -> Response {
 pub(crate) async fn coverage(
     State(st): State<Arc<AppState>>,
     QueryParams(p): QueryParams<HashMap<String, String>>,
-) -> Response {
+) -> ApiResult<Response> {
     let snap = st.catalog.context().1;
-    let go = async {
-        let a = area(&snap, &p, 8, None)?;
-        let metric = p.get("metric").map(String::as_str).unwrap_or("devices");
-        if !COVERAGE_METRICS.contains(&metric) {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                "bad_param",
-                format!("metric: one of {COVERAGE_METRICS:?}"),
-            ));
-        }
-        let cov = coverage_cells(&st, &snap, &a).await?;
-        if cov.hexes.len() > st.cfg.max_features {
-            return Err(too_many(cov.hexes.len(), st.cfg.max_features));
-        }
-        let hexes = cov
-            .hexes
-            .iter()
-            .map(|(c, s)| {
-                let mut h = Hex::new(*c);
-                coverage_props(&mut h, s);
-                let v = h.props.get(metric).cloned().unwrap_or(Value::Null);
-                h.set("value", v);
-                h
-            })
-            .collect();
-        Ok(feature_collection(
-            hexes,
-            freshness(&snap, cov.newest_ms),
-            json!({"metric": metric, "res": a.res}),
-        ))
-    };
-    go.await.unwrap_or_else(|r| r)
+    let a = area(&snap, &p, 8, None)?;
+    let metric = p.get("metric").map(String::as_str).unwrap_or("devices");
+    if !COVERAGE_METRICS.contains(&metric) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_param",
+            format!("metric: one of {COVERAGE_METRICS:?}"),
+        ));
+    }
+    let cov = coverage_cells(&st, &snap, &a).await?;
+    if cov.hexes.len() > st.cfg.max_features {
+        return Err(too_many(cov.hexes.len(), st.cfg.max_features));
+    }
+    let hexes = cov
+        .hexes
+        .iter()
+        .map(|(c, s)| {
+            let mut h = Hex::new(*c);
+            coverage_props(&mut h, s);
+            let v = h.props.get(metric).cloned().unwrap_or(Value::Null);
+            h.set("value", v);
+            h
+        })
+        .collect();
+    Ok(feature_collection(
+        hexes,
+        freshness(&snap, cov.newest_ms),
+        json!({"metric": metric, "res": a.res}),
+    ))
 }
 
 /// `GET /v1/deadzones?bbox=&res=&from=&to=&weak_dbm=&limit=`: hexes with no or weak coverage that
@@ -324,74 +321,71 @@ pub(crate) async fn coverage(
 pub(crate) async fn deadzones(
     State(st): State<Arc<AppState>>,
     QueryParams(p): QueryParams<HashMap<String, String>>,
-) -> Response {
+) -> ApiResult<Response> {
     let snap = st.catalog.context().1;
-    let go = async {
-        let a = area(&snap, &p, 8, None)?;
-        let weak_dbm: f64 = match p.get("weak_dbm") {
-            Some(s) => s.parse().map_err(|_| {
+    let a = area(&snap, &p, 8, None)?;
+    let weak_dbm: f64 = match p.get("weak_dbm") {
+        Some(s) => s.parse().map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "bad_param",
+                "weak_dbm: a number such as -110",
+            )
+        })?,
+        None => -110.0,
+    };
+    let limit: usize = match p.get("limit") {
+        Some(s) => s
+            .parse()
+            .ok()
+            .filter(|n| (1..=st.cfg.max_features).contains(n))
+            .ok_or_else(|| {
                 error(
                     StatusCode::BAD_REQUEST,
                     "bad_param",
-                    "weak_dbm: a number such as -110",
+                    format!("limit: 1..={}", st.cfg.max_features),
                 )
             })?,
-            None => -110.0,
-        };
-        let limit: usize = match p.get("limit") {
-            Some(s) => s
-                .parse()
-                .ok()
-                .filter(|n| (1..=st.cfg.max_features).contains(n))
-                .ok_or_else(|| {
-                    error(
-                        StatusCode::BAD_REQUEST,
-                        "bad_param",
-                        format!("limit: 1..={}", st.cfg.max_features),
-                    )
-                })?,
-            None => 200,
-        };
-        // Covered hexes just outside the box still count as neighbours of hexes inside it.
-        let outer = Area {
-            bbox: a.bbox.grown(params::edge_km(a.res) * 3.0),
-            res: a.res,
-            range: a.range,
-        };
-        let cov = coverage_cells(&st, &snap, &outer).await?;
-        let stats: HashMap<CellIndex, CoverageStats> = cov.hexes.iter().copied().collect();
-        let best: Vec<(CellIndex, Option<f64>)> = cov
-            .hexes
-            .iter()
-            .map(|(c, s)| (*c, s.best_signal_dbm))
-            .collect();
-        let mut ranked = rank_dead_zones(&best, weak_dbm, &|c| centre_in(&a.bbox, c));
-        let total = ranked.len();
-        ranked.truncate(limit);
-        let hexes = ranked
-            .into_iter()
-            .enumerate()
-            .map(|(rank, (c, n))| {
-                let mut h = Hex::new(c);
-                h.set("rank", rank + 1);
-                h.set("covered_neighbours", n);
-                match stats.get(&c) {
-                    Some(s) => {
-                        h.set("status", "weak");
-                        coverage_props(&mut h, s);
-                    }
-                    None => h.set("status", "none"),
-                }
-                h
-            })
-            .collect();
-        Ok(feature_collection(
-            hexes,
-            freshness(&snap, cov.newest_ms),
-            json!({"res": a.res, "weak_dbm": weak_dbm, "candidates": total}),
-        ))
+        None => 200,
     };
-    go.await.unwrap_or_else(|r| r)
+    // Covered hexes just outside the box still count as neighbours of hexes inside it.
+    let outer = Area {
+        bbox: a.bbox.grown(params::edge_km(a.res) * 3.0),
+        res: a.res,
+        range: a.range,
+    };
+    let cov = coverage_cells(&st, &snap, &outer).await?;
+    let stats: HashMap<CellIndex, CoverageStats> = cov.hexes.iter().copied().collect();
+    let best: Vec<(CellIndex, Option<f64>)> = cov
+        .hexes
+        .iter()
+        .map(|(c, s)| (*c, s.best_signal_dbm))
+        .collect();
+    let mut ranked = rank_dead_zones(&best, weak_dbm, &|c| centre_in(&a.bbox, c));
+    let total = ranked.len();
+    ranked.truncate(limit);
+    let hexes = ranked
+        .into_iter()
+        .enumerate()
+        .map(|(rank, (c, n))| {
+            let mut h = Hex::new(c);
+            h.set("rank", rank + 1);
+            h.set("covered_neighbours", n);
+            match stats.get(&c) {
+                Some(s) => {
+                    h.set("status", "weak");
+                    coverage_props(&mut h, s);
+                }
+                None => h.set("status", "none"),
+            }
+            h
+        })
+        .collect();
+    Ok(feature_collection(
+        hexes,
+        freshness(&snap, cov.newest_ms),
+        json!({"res": a.res, "weak_dbm": weak_dbm, "candidates": total}),
+    ))
 }
 
 /// `GET /v1/epochs/{id}/devices/{device}/hexes`: the cells (at the epoch hex resolution) where a
@@ -400,67 +394,64 @@ pub(crate) async fn deadzones(
 pub(crate) async fn device_hexes(
     State(st): State<Arc<AppState>>,
     Path((id, device)): Path<(i64, String)>,
-) -> Response {
+) -> ApiResult<Response> {
     let snap = st.catalog.context().1;
-    let go = async {
-        let device = device.to_ascii_lowercase();
-        if device.len() != 64 || !device.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                "bad_param",
-                "device: 64 hex digits",
-            ));
-        }
-        let (start, end) = st
-            .cfg
-            .epoch
-            .bounds(id)
-            .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_param", format!("epoch: {e}")))?;
-        let res = st.cfg.epoch.hex_resolution.min(snap.finest());
-        let a = Area {
-            bbox: Bbox {
-                west: -180.0,
-                south: -90.0,
-                east: 180.0,
-                north: 90.0,
-            },
-            res,
-            range: TimeRange {
-                from_ms: start,
-                to_ms: end,
-            },
-        };
-        let (cell, _) = cell_expr_and_filter(&snap, &a)?;
-        let time = a.range.sql();
-        let sql = format!(
-            "SELECT cell, sum(n) AS n, CAST(max(newest) AS BIGINT) AS newest FROM ( \
+    let device = device.to_ascii_lowercase();
+    if device.len() != 64 || !device.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_param",
+            "device: 64 hex digits",
+        ));
+    }
+    let (start, end) = st
+        .cfg
+        .epoch
+        .bounds(id)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_param", format!("epoch: {e}")))?;
+    let res = st.cfg.epoch.hex_resolution.min(snap.finest());
+    let a = Area {
+        bbox: Bbox {
+            west: -180.0,
+            south: -90.0,
+            east: 180.0,
+            north: 90.0,
+        },
+        res,
+        range: TimeRange {
+            from_ms: start,
+            to_ms: end,
+        },
+    };
+    let (cell, _) = cell_expr_and_filter(&snap, &a)?;
+    let time = a.range.sql();
+    let sql = format!(
+        "SELECT cell, sum(n) AS n, CAST(max(newest) AS BIGINT) AS newest FROM ( \
              SELECT {cell} AS cell, count(*) AS n, max(event_time) AS newest FROM heartbeat \
              WHERE device_key = '{device}' AND {time} GROUP BY 1 UNION ALL \
              SELECT {cell} AS cell, count(*) AS n, max(event_time) AS newest FROM sensor \
              WHERE device_key = '{device}' AND {time} GROUP BY 1) GROUP BY cell"
-        );
-        let batches = st.internal_query(sql).await?;
-        let mut hexes = Vec::new();
-        let mut newest = None;
-        for b in &batches {
-            let (c, n, nw) = (u64s(b, "cell"), u64s(b, "n"), i64s(b, "newest"));
-            for i in 0..b.num_rows() {
-                if let Ok(cell) = CellIndex::try_from(c[i]) {
-                    newest = newest.max(nw[i]);
-                    let mut h = Hex::new(cell);
-                    h.set("readings", n[i]);
-                    hexes.push(h);
-                }
+    );
+    let batches = st.internal_query(sql).await?;
+    let mut hexes = Vec::new();
+    let mut newest = None;
+    for b in &batches {
+        let (c, n, nw) = (u64s(b, "cell"), u64s(b, "n"), i64s(b, "newest"));
+        for i in 0..b.num_rows() {
+            if let Ok(cell) = CellIndex::try_from(c[i]) {
+                newest = newest.max(nw[i]);
+                let mut h = Hex::new(cell);
+                h.set("readings", n[i]);
+                hexes.push(h);
             }
         }
-        hexes.sort_by_key(|h| u64::from(h.cell));
-        Ok(feature_collection(
-            hexes,
-            freshness(&snap, newest),
-            json!({"epoch": id, "device_key": device, "res": res}),
-        ))
-    };
-    go.await.unwrap_or_else(|r| r)
+    }
+    hexes.sort_by_key(|h| u64::from(h.cell));
+    Ok(feature_collection(
+        hexes,
+        freshness(&snap, newest),
+        json!({"epoch": id, "device_key": device, "res": res}),
+    ))
 }
 
 /// Dead-zone candidates: hexes that are not covered (no data, or best signal below `weak_dbm`) and
@@ -568,30 +559,27 @@ fn sensor_props(h: &mut Hex, s: &SensorHex) {
 pub(crate) async fn sensor_hexes(
     State(st): State<Arc<AppState>>,
     QueryParams(p): QueryParams<HashMap<String, String>>,
-) -> Response {
+) -> ApiResult<Response> {
     let snap = st.catalog.context().1;
-    let go = async {
-        let metric = metric_param(&p)?;
-        let a = area(&snap, &p, 8, None)?;
-        let (hexes, newest) = sensor_cells(&st, &snap, &a, &metric).await?;
-        if hexes.len() > st.cfg.max_features {
-            return Err(too_many(hexes.len(), st.cfg.max_features));
-        }
-        let out = hexes
-            .iter()
-            .map(|s| {
-                let mut h = Hex::new(s.cell);
-                sensor_props(&mut h, s);
-                h
-            })
-            .collect();
-        Ok(feature_collection(
-            out,
-            freshness(&snap, newest),
-            json!({"metric": metric, "res": a.res}),
-        ))
-    };
-    go.await.unwrap_or_else(|r| r)
+    let metric = metric_param(&p)?;
+    let a = area(&snap, &p, 8, None)?;
+    let (hexes, newest) = sensor_cells(&st, &snap, &a, &metric).await?;
+    if hexes.len() > st.cfg.max_features {
+        return Err(too_many(hexes.len(), st.cfg.max_features));
+    }
+    let out = hexes
+        .iter()
+        .map(|s| {
+            let mut h = Hex::new(s.cell);
+            sensor_props(&mut h, s);
+            h
+        })
+        .collect();
+    Ok(feature_collection(
+        out,
+        freshness(&snap, newest),
+        json!({"metric": metric, "res": a.res}),
+    ))
 }
 
 /// `GET /v1/sensors/series?metric=&cell=|bbox=&from=&to=&interval=`: count, mean, min and max per
@@ -599,92 +587,88 @@ pub(crate) async fn sensor_hexes(
 pub(crate) async fn sensor_series(
     State(st): State<Arc<AppState>>,
     QueryParams(p): QueryParams<HashMap<String, String>>,
-) -> Response {
+) -> ApiResult<Response> {
     let snap = st.catalog.context().1;
-    let go = async {
-        let metric = metric_param(&p)?;
-        let range =
-            TimeRange::parse(&p, hexpulse_common::time::now_ms(), DAY_MS).map_err(bad_param)?;
-        let secs = params::interval(p.get("interval"), 3600, 60, 7 * 86_400).map_err(bad_param)?;
-        let buckets = (range.to_ms - range.from_ms) / (secs as i64 * 1000);
-        if buckets > st.cfg.max_features as i64 {
-            return Err(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_many_points",
-                format!("{buckets} intervals; ask for a longer interval or a shorter range"),
-            ));
-        }
-        let place = match (p.get("cell"), p.get("bbox")) {
-            (Some(c), None) => {
-                let cell = CellIndex::from_str(c.trim()).map_err(|_| {
-                    error(
-                        StatusCode::BAD_REQUEST,
-                        "bad_param",
-                        "cell: an H3 cell such as 881f1d4b7ffffff",
-                    )
-                })?;
-                let res = u8::from(cell.resolution());
-                let Some((stored, col)) = snap.column_for(res) else {
-                    return Err(error(
-                        StatusCode::BAD_REQUEST,
-                        "bad_param",
-                        format!(
-                            "cell: finer than the finest stored resolution {}",
-                            snap.finest()
-                        ),
-                    ));
-                };
-                let v = u64::from(cell);
-                if stored == res {
-                    format!("{col} = {v}")
-                } else {
-                    format!("h3_cell_to_parent({col}, {res}) = {v}")
-                }
-            }
-            (None, Some(b)) => Bbox::parse(b).map_err(bad_param)?.sql(),
-            _ => {
+    let metric = metric_param(&p)?;
+    let range = TimeRange::parse(&p, hexpulse_common::time::now_ms(), DAY_MS).map_err(bad_param)?;
+    let secs = params::interval(p.get("interval"), 3600, 60, 7 * 86_400).map_err(bad_param)?;
+    let buckets = (range.to_ms - range.from_ms) / (secs as i64 * 1000);
+    if buckets > st.cfg.max_features as i64 {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_points",
+            format!("{buckets} intervals; ask for a longer interval or a shorter range"),
+        ));
+    }
+    let place = match (p.get("cell"), p.get("bbox")) {
+        (Some(c), None) => {
+            let cell = CellIndex::from_str(c.trim()).map_err(|_| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_param",
+                    "cell: an H3 cell such as 881f1d4b7ffffff",
+                )
+            })?;
+            let res = u8::from(cell.resolution());
+            let Some((stored, col)) = snap.column_for(res) else {
                 return Err(error(
                     StatusCode::BAD_REQUEST,
                     "bad_param",
-                    "give exactly one of cell and bbox",
+                    format!(
+                        "cell: finer than the finest stored resolution {}",
+                        snap.finest()
+                    ),
                 ));
-            }
-        };
-        let ms = secs * 1000;
-        let sql = format!(
-            "SELECT CAST(event_time AS BIGINT) / {ms} * {ms} AS t, count(*) AS n, avg(value) AS mean, \
-             min(value) AS min, max(value) AS max, CAST(max(event_time) AS BIGINT) AS newest \
-             FROM sensor WHERE metric = '{metric}' AND {place} AND {} GROUP BY 1 ORDER BY 1",
-            range.sql()
-        );
-        let batches = st.internal_query(sql).await?;
-        let mut points = Vec::new();
-        let mut newest = None;
-        for b in &batches {
-            let (t, n, mean, min, max, nw) = (
-                i64s(b, "t"),
-                u64s(b, "n"),
-                f64s(b, "mean"),
-                f64s(b, "min"),
-                f64s(b, "max"),
-                i64s(b, "newest"),
-            );
-            for i in 0..b.num_rows() {
-                newest = newest.max(nw[i]);
-                points.push(json!({
-                    "t": t[i].map(params::rfc3339), "count": n[i], "mean": mean[i],
-                    "min": min[i], "max": max[i],
-                }));
+            };
+            let v = u64::from(cell);
+            if stored == res {
+                format!("{col} = {v}")
+            } else {
+                format!("h3_cell_to_parent({col}, {res}) = {v}")
             }
         }
-        Ok(axum::Json(json!({
-            "metric": metric, "interval_s": secs, "from": params::rfc3339(range.from_ms),
-            "to": params::rfc3339(range.to_ms), "points": points,
-            "freshness": freshness(&snap, newest),
-        }))
-        .into_response())
+        (None, Some(b)) => Bbox::parse(b).map_err(bad_param)?.sql(),
+        _ => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "bad_param",
+                "give exactly one of cell and bbox",
+            ));
+        }
     };
-    go.await.unwrap_or_else(|r| r)
+    let ms = secs * 1000;
+    let sql = format!(
+        "SELECT CAST(event_time AS BIGINT) / {ms} * {ms} AS t, count(*) AS n, avg(value) AS mean, \
+             min(value) AS min, max(value) AS max, CAST(max(event_time) AS BIGINT) AS newest \
+             FROM sensor WHERE metric = '{metric}' AND {place} AND {} GROUP BY 1 ORDER BY 1",
+        range.sql()
+    );
+    let batches = st.internal_query(sql).await?;
+    let mut points = Vec::new();
+    let mut newest = None;
+    for b in &batches {
+        let (t, n, mean, min, max, nw) = (
+            i64s(b, "t"),
+            u64s(b, "n"),
+            f64s(b, "mean"),
+            f64s(b, "min"),
+            f64s(b, "max"),
+            i64s(b, "newest"),
+        );
+        for i in 0..b.num_rows() {
+            newest = newest.max(nw[i]);
+            points.push(json!({
+                "t": t[i].map(params::rfc3339), "count": n[i], "mean": mean[i],
+                "min": min[i], "max": max[i],
+            }));
+        }
+    }
+    Ok(axum::Json(json!({
+        "metric": metric, "interval_s": secs, "from": params::rfc3339(range.from_ms),
+        "to": params::rfc3339(range.to_ms), "points": points,
+        "freshness": freshness(&snap, newest),
+    }))
+    .into_response())
 }
 
 struct RoadHex {
@@ -763,33 +747,30 @@ fn road_props(h: &mut Hex, r: &RoadHex) {
 pub(crate) async fn road_hexes(
     State(st): State<Arc<AppState>>,
     QueryParams(p): QueryParams<HashMap<String, String>>,
-) -> Response {
+) -> ApiResult<Response> {
     let snap = st.catalog.context().1;
-    let go = async {
-        let a = area(&snap, &p, 8, None)?;
-        let kind = match p.get("type") {
-            Some(t) => Some(params::name("type", t).map_err(bad_param)?),
-            None => None,
-        };
-        let (hexes, newest) = road_cells(&st, &snap, &a, kind.as_deref()).await?;
-        if hexes.len() > st.cfg.max_features {
-            return Err(too_many(hexes.len(), st.cfg.max_features));
-        }
-        let out = hexes
-            .iter()
-            .map(|r| {
-                let mut h = Hex::new(r.cell);
-                road_props(&mut h, r);
-                h
-            })
-            .collect();
-        Ok(feature_collection(
-            out,
-            freshness(&snap, newest),
-            json!({"res": a.res, "k": st.road_min_devices}),
-        ))
+    let a = area(&snap, &p, 8, None)?;
+    let kind = match p.get("type") {
+        Some(t) => Some(params::name("type", t).map_err(bad_param)?),
+        None => None,
     };
-    go.await.unwrap_or_else(|r| r)
+    let (hexes, newest) = road_cells(&st, &snap, &a, kind.as_deref()).await?;
+    if hexes.len() > st.cfg.max_features {
+        return Err(too_many(hexes.len(), st.cfg.max_features));
+    }
+    let out = hexes
+        .iter()
+        .map(|r| {
+            let mut h = Hex::new(r.cell);
+            road_props(&mut h, r);
+            h
+        })
+        .collect();
+    Ok(feature_collection(
+        out,
+        freshness(&snap, newest),
+        json!({"res": a.res, "k": st.road_min_devices}),
+    ))
 }
 
 /// `GET /v1/tiles/{layer}/{z}/{x}/{y}.mvt` for the layers `coverage`, `air` and `road`
@@ -800,162 +781,158 @@ pub(crate) async fn tile(
     Path((layer, z, x, y)): Path<(String, u8, u32, String)>,
     headers: HeaderMap,
     QueryParams(p): QueryParams<HashMap<String, String>>,
-) -> Response {
+) -> ApiResult<Response> {
     let snap = st.catalog.context().1;
-    let go = async {
-        let Some(y) = y.strip_suffix(".mvt").and_then(|v| v.parse::<u32>().ok()) else {
-            return Err(error(
-                StatusCode::NOT_FOUND,
-                "no_tile",
-                "tiles are /v1/tiles/{layer}/{z}/{x}/{y}.mvt",
-            ));
-        };
-        if !mvt::valid_tile(z, x, y) {
-            return Err(error(
-                StatusCode::NOT_FOUND,
-                "no_tile",
-                format!("no tile {z}/{x}/{y}"),
-            ));
-        }
-        if !["coverage", "air", "road"].contains(&layer.as_str()) {
-            return Err(error(
-                StatusCode::NOT_FOUND,
-                "no_layer",
-                format!("layer {layer:?}: one of coverage, air, road"),
-            ));
-        }
-        let mut query: Vec<(&String, &String)> = p.iter().collect();
-        query.sort();
-        let etag = {
-            use sha2::Digest;
-            let mut h = sha2::Sha256::new();
-            h.update(format!("{}|{layer}|{z}|{x}|{y}|{query:?}", snap.version));
-            format!("\"{}\"", hex::encode(&h.finalize()[..12]))
-        };
-        // Without from/to the window slides with the clock: such tiles may be cached briefly only.
-        let pinned = p.contains_key("from") && p.contains_key("to");
-        if headers
-            .get(header::IF_NONE_MATCH)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v == etag)
-            && pinned
-        {
-            return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
-        }
-        let (w, s, e, n) = mvt::tile_bounds(z, x, y);
-        let bbox = Bbox {
-            west: w,
-            south: s.max(-90.0),
-            east: e,
-            north: n.min(90.0),
-        };
-        // Hexes crossing the tile's edge belong to every tile they touch (each tile draws its part),
-        // so the box is grown by two hex edges for the centre test.
-        let bbox =
-            bbox.grown(params::edge_km(params::resolution_for_zoom(z).min(snap.finest())) * 2.0);
-        let mut tp = p.clone();
-        tp.remove("res");
-        tp.insert("zoom".into(), z.to_string());
-        let a = area(&snap, &tp, 8, Some(bbox))?;
-        let mut lb = mvt::LayerBuilder::new(&layer, z, x, y);
-        let newest = match layer.as_str() {
-            "coverage" => {
-                let cov = coverage_cells(&st, &snap, &a).await?;
-                for (c, s) in &cov.hexes {
-                    let mut props = vec![
-                        ("cell", mvt::Prop::Str(c.to_string())),
-                        ("devices", mvt::Prop::U64(s.devices)),
-                        ("heartbeats", mvt::Prop::U64(s.heartbeats)),
-                        ("speed_tests", mvt::Prop::U64(s.speed_tests)),
-                    ];
-                    if let Some(b) = s.best_signal_dbm {
-                        props.push(("best_signal_dbm", mvt::Prop::F64(b)));
-                    }
-                    if let Some(m) = s.median_signal_dbm {
-                        props.push(("median_signal_dbm", mvt::Prop::F64(m)));
-                    }
-                    if let Some(d) = s.median_download_mbps {
-                        props.push(("median_download_mbps", mvt::Prop::F64(d)));
-                    }
-                    lb.add(u64::from(*c), &ring(*c), &props);
-                }
-                cov.newest_ms
-            }
-            "air" => {
-                let metric = match p.get("metric") {
-                    Some(m) => params::name("metric", m).map_err(bad_param)?,
-                    None => "pm2_5".to_string(),
-                };
-                let (hexes, newest) = sensor_cells(&st, &snap, &a, &metric).await?;
-                for h in &hexes {
-                    let mut props = vec![
-                        ("cell", mvt::Prop::Str(h.cell.to_string())),
-                        ("metric", mvt::Prop::Str(metric.clone())),
-                        ("count", mvt::Prop::U64(h.count)),
-                    ];
-                    for (k, v) in [
-                        ("mean", h.mean),
-                        ("min", h.min),
-                        ("max", h.max),
-                        ("p95", h.p95),
-                    ] {
-                        if let Some(v) = v {
-                            props.push((k, mvt::Prop::F64(v)));
-                        }
-                    }
-                    lb.add(u64::from(h.cell), &ring(h.cell), &props);
-                }
-                newest
-            }
-            _ => {
-                let (hexes, newest) = road_cells(&st, &snap, &a, None).await?;
-                for r in &hexes {
-                    let total: u64 = r.observations.values().sum();
-                    let mut props = vec![
-                        ("cell", mvt::Prop::Str(r.cell.to_string())),
-                        ("devices", mvt::Prop::U64(r.devices)),
-                        ("observations", mvt::Prop::U64(total)),
-                    ];
-                    for (k, v) in &r.observations {
-                        props.push((k.as_str(), mvt::Prop::U64(*v)));
-                    }
-                    lb.add(u64::from(r.cell), &ring(r.cell), &props);
-                }
-                newest
-            }
-        };
-        let body = lb.encode();
-        let cache = if pinned {
-            "public, max-age=60"
-        } else {
-            "public, max-age=5"
-        };
-        let mut resp = (
-            [
-                (
-                    header::CONTENT_TYPE,
-                    "application/vnd.mapbox-vector-tile".to_string(),
-                ),
-                (header::ETAG, etag),
-                (header::CACHE_CONTROL, cache.to_string()),
-            ],
-            body,
-        )
-            .into_response();
-        let h = resp.headers_mut();
-        if let Some(n) = newest.map(params::rfc3339).and_then(|v| v.parse().ok()) {
-            h.insert("x-hexpulse-newest-event-time", n);
-        }
-        if let Some(w) = snap
-            .watermark_ms
-            .map(params::rfc3339)
-            .and_then(|v| v.parse().ok())
-        {
-            h.insert("x-hexpulse-watermark", w);
-        }
-        Ok(resp)
+    let Some(y) = y.strip_suffix(".mvt").and_then(|v| v.parse::<u32>().ok()) else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "no_tile",
+            "tiles are /v1/tiles/{layer}/{z}/{x}/{y}.mvt",
+        ));
     };
-    go.await.unwrap_or_else(|r| r)
+    if !mvt::valid_tile(z, x, y) {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "no_tile",
+            format!("no tile {z}/{x}/{y}"),
+        ));
+    }
+    if !["coverage", "air", "road"].contains(&layer.as_str()) {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "no_layer",
+            format!("layer {layer:?}: one of coverage, air, road"),
+        ));
+    }
+    let mut query: Vec<(&String, &String)> = p.iter().collect();
+    query.sort();
+    let etag = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(format!("{}|{layer}|{z}|{x}|{y}|{query:?}", snap.version));
+        format!("\"{}\"", hex::encode(&h.finalize()[..12]))
+    };
+    // Without from/to the window slides with the clock: such tiles may be cached briefly only.
+    let pinned = p.contains_key("from") && p.contains_key("to");
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == etag)
+        && pinned
+    {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    let (w, s, e, n) = mvt::tile_bounds(z, x, y);
+    let bbox = Bbox {
+        west: w,
+        south: s.max(-90.0),
+        east: e,
+        north: n.min(90.0),
+    };
+    // Hexes crossing the tile's edge belong to every tile they touch (each tile draws its part),
+    // so the box is grown by two hex edges for the centre test.
+    let bbox = bbox.grown(params::edge_km(params::resolution_for_zoom(z).min(snap.finest())) * 2.0);
+    let mut tp = p.clone();
+    tp.remove("res");
+    tp.insert("zoom".into(), z.to_string());
+    let a = area(&snap, &tp, 8, Some(bbox))?;
+    let mut lb = mvt::LayerBuilder::new(&layer, z, x, y);
+    let newest = match layer.as_str() {
+        "coverage" => {
+            let cov = coverage_cells(&st, &snap, &a).await?;
+            for (c, s) in &cov.hexes {
+                let mut props = vec![
+                    ("cell", mvt::Prop::Str(c.to_string())),
+                    ("devices", mvt::Prop::U64(s.devices)),
+                    ("heartbeats", mvt::Prop::U64(s.heartbeats)),
+                    ("speed_tests", mvt::Prop::U64(s.speed_tests)),
+                ];
+                if let Some(b) = s.best_signal_dbm {
+                    props.push(("best_signal_dbm", mvt::Prop::F64(b)));
+                }
+                if let Some(m) = s.median_signal_dbm {
+                    props.push(("median_signal_dbm", mvt::Prop::F64(m)));
+                }
+                if let Some(d) = s.median_download_mbps {
+                    props.push(("median_download_mbps", mvt::Prop::F64(d)));
+                }
+                lb.add(u64::from(*c), &ring(*c), &props);
+            }
+            cov.newest_ms
+        }
+        "air" => {
+            let metric = match p.get("metric") {
+                Some(m) => params::name("metric", m).map_err(bad_param)?,
+                None => "pm2_5".to_string(),
+            };
+            let (hexes, newest) = sensor_cells(&st, &snap, &a, &metric).await?;
+            for h in &hexes {
+                let mut props = vec![
+                    ("cell", mvt::Prop::Str(h.cell.to_string())),
+                    ("metric", mvt::Prop::Str(metric.clone())),
+                    ("count", mvt::Prop::U64(h.count)),
+                ];
+                for (k, v) in [
+                    ("mean", h.mean),
+                    ("min", h.min),
+                    ("max", h.max),
+                    ("p95", h.p95),
+                ] {
+                    if let Some(v) = v {
+                        props.push((k, mvt::Prop::F64(v)));
+                    }
+                }
+                lb.add(u64::from(h.cell), &ring(h.cell), &props);
+            }
+            newest
+        }
+        _ => {
+            let (hexes, newest) = road_cells(&st, &snap, &a, None).await?;
+            for r in &hexes {
+                let total: u64 = r.observations.values().sum();
+                let mut props = vec![
+                    ("cell", mvt::Prop::Str(r.cell.to_string())),
+                    ("devices", mvt::Prop::U64(r.devices)),
+                    ("observations", mvt::Prop::U64(total)),
+                ];
+                for (k, v) in &r.observations {
+                    props.push((k.as_str(), mvt::Prop::U64(*v)));
+                }
+                lb.add(u64::from(r.cell), &ring(r.cell), &props);
+            }
+            newest
+        }
+    };
+    let body = lb.encode();
+    let cache = if pinned {
+        "public, max-age=60"
+    } else {
+        "public, max-age=5"
+    };
+    let mut resp = (
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/vnd.mapbox-vector-tile".to_string(),
+            ),
+            (header::ETAG, etag),
+            (header::CACHE_CONTROL, cache.to_string()),
+        ],
+        body,
+    )
+        .into_response();
+    let h = resp.headers_mut();
+    if let Some(n) = newest.map(params::rfc3339).and_then(|v| v.parse().ok()) {
+        h.insert("x-hexpulse-newest-event-time", n);
+    }
+    if let Some(w) = snap
+        .watermark_ms
+        .map(params::rfc3339)
+        .and_then(|v| v.parse().ok())
+    {
+        h.insert("x-hexpulse-watermark", w);
+    }
+    Ok(resp)
 }
 
 #[cfg(test)]
