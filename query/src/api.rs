@@ -120,6 +120,27 @@ impl Hex {
     }
 }
 
+/// Adds a hex to a vector-tile layer with the same properties its GeoJSON feature has (NULLs are
+/// left out: MVT has no null).
+fn add_to_tile(lb: &mut mvt::LayerBuilder, h: &Hex) {
+    let props: Vec<(&str, mvt::Prop)> = h
+        .props
+        .iter()
+        .filter_map(|(k, v)| {
+            let p = match v {
+                Value::String(s) => mvt::Prop::Str(s.clone()),
+                Value::Number(n) => match n.as_u64() {
+                    Some(u) => mvt::Prop::U64(u),
+                    None => mvt::Prop::F64(n.as_f64()?),
+                },
+                _ => return None,
+            };
+            Some((k.as_str(), p))
+        })
+        .collect();
+    lb.add(u64::from(h.cell), &ring(h.cell), &props);
+}
+
 fn feature_collection(hexes: Vec<Hex>, fresh: Value, extra: Value) -> Response {
     let features: Vec<Value> = hexes
         .into_iter()
@@ -251,7 +272,7 @@ async fn coverage_cells(st: &AppState, snap: &Snapshot, a: &Area) -> ApiResult<C
     })
 }
 
-const COVERAGE_METRICS: [&str; 6] = [
+pub(crate) const COVERAGE_METRICS: [&str; 6] = [
     "devices",
     "heartbeats",
     "best_signal_dbm",
@@ -841,22 +862,9 @@ pub(crate) async fn tile(
         "coverage" => {
             let cov = coverage_cells(&st, &snap, &a).await?;
             for (c, s) in &cov.hexes {
-                let mut props = vec![
-                    ("cell", mvt::Prop::Str(c.to_string())),
-                    ("devices", mvt::Prop::U64(s.devices)),
-                    ("heartbeats", mvt::Prop::U64(s.heartbeats)),
-                    ("speed_tests", mvt::Prop::U64(s.speed_tests)),
-                ];
-                if let Some(b) = s.best_signal_dbm {
-                    props.push(("best_signal_dbm", mvt::Prop::F64(b)));
-                }
-                if let Some(m) = s.median_signal_dbm {
-                    props.push(("median_signal_dbm", mvt::Prop::F64(m)));
-                }
-                if let Some(d) = s.median_download_mbps {
-                    props.push(("median_download_mbps", mvt::Prop::F64(d)));
-                }
-                lb.add(u64::from(*c), &ring(*c), &props);
+                let mut h = Hex::new(*c);
+                coverage_props(&mut h, s);
+                add_to_tile(&mut lb, &h);
             }
             cov.newest_ms
         }
@@ -866,39 +874,20 @@ pub(crate) async fn tile(
                 None => "pm2_5".to_string(),
             };
             let (hexes, newest) = sensor_cells(&st, &snap, &a, &metric).await?;
-            for h in &hexes {
-                let mut props = vec![
-                    ("cell", mvt::Prop::Str(h.cell.to_string())),
-                    ("metric", mvt::Prop::Str(metric.clone())),
-                    ("count", mvt::Prop::U64(h.count)),
-                ];
-                for (k, v) in [
-                    ("mean", h.mean),
-                    ("min", h.min),
-                    ("max", h.max),
-                    ("p95", h.p95),
-                ] {
-                    if let Some(v) = v {
-                        props.push((k, mvt::Prop::F64(v)));
-                    }
-                }
-                lb.add(u64::from(h.cell), &ring(h.cell), &props);
+            for s in &hexes {
+                let mut h = Hex::new(s.cell);
+                sensor_props(&mut h, s);
+                h.set("metric", metric.as_str());
+                add_to_tile(&mut lb, &h);
             }
             newest
         }
         _ => {
             let (hexes, newest) = road_cells(&st, &snap, &a, None).await?;
             for r in &hexes {
-                let total: u64 = r.observations.values().sum();
-                let mut props = vec![
-                    ("cell", mvt::Prop::Str(r.cell.to_string())),
-                    ("devices", mvt::Prop::U64(r.devices)),
-                    ("observations", mvt::Prop::U64(total)),
-                ];
-                for (k, v) in &r.observations {
-                    props.push((k.as_str(), mvt::Prop::U64(*v)));
-                }
-                lb.add(u64::from(r.cell), &ring(r.cell), &props);
+                let mut h = Hex::new(r.cell);
+                road_props(&mut h, r);
+                add_to_tile(&mut lb, &h);
             }
             newest
         }

@@ -75,6 +75,15 @@ pub(crate) async fn asset(Path(file): Path<String>) -> Response {
     }
 }
 
+/// The sensor metric names of the wire contract (`pm2_5`, ...), in enum order.
+fn air_metrics() -> Vec<String> {
+    use hexpulse_schemas::wire::Metric;
+    (1..)
+        .map_while(|i| Metric::try_from(i).ok())
+        .map(hexpulse_schemas::json::metric_name)
+        .collect()
+}
+
 /// `GET /map/config.json`: what the page needs to start.
 pub(crate) async fn config(State(st): State<Arc<AppState>>) -> Response {
     let snap = st.catalog.context().1;
@@ -84,8 +93,8 @@ pub(crate) async fn config(State(st): State<Arc<AppState>>) -> Response {
         "zoom": st.cfg.map.zoom,
         "finest_res": snap.finest(),
         "bundle": has_bundle(),
-        "coverage_metrics": ["devices", "heartbeats", "best_signal_dbm", "median_signal_dbm", "speed_tests", "median_download_mbps"],
-        "air_metrics": ["pm2_5", "pm10", "no2", "o3", "co2", "noise_db", "temperature_c", "humidity_pct"],
+        "coverage_metrics": crate::api::COVERAGE_METRICS,
+        "air_metrics": air_metrics(),
         "road_k": st.road_min_devices,
     }))
     .into_response()

@@ -6,14 +6,11 @@
 
 use std::time::Duration;
 
-use hexpulse_common::registry::Registry;
 use hexpulse_common::testenv;
 use hexpulse_load_tests::scenario;
-use hexpulse_processors::ProcessConfig;
 use hexpulse_processors::lake::Lake;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
 
@@ -34,19 +31,7 @@ async fn run_until_complete(
 ) {
     let dir = tempfile::tempdir().unwrap();
     let url = dir.path().to_str().unwrap().to_string();
-    let mut cfg = ProcessConfig::for_tests(&url);
-    cfg.group_id = group.into();
-    cfg.reverify_signatures = true; // the scenario has a bad signature
-    let stop = CancellationToken::new();
-    let p = hexpulse_processors::run::start(
-        cfg,
-        kafka.clone(),
-        Registry::from_devices(sc.devices.clone()).unwrap(),
-        Lake::open(&url).unwrap(),
-        stop.clone(),
-    )
-    .await
-    .unwrap();
+    let (p, stop) = start_processor(kafka, group, sc, &url).await;
     let lake = Lake::open(&url).unwrap();
     let summary = wait_for(&lake, sc.records.len(), Duration::from_secs(60)).await;
     stop.cancel();

@@ -21,6 +21,33 @@ pub fn kafka(brokers: &str, test: &str, partitions: i32) -> KafkaConfig {
     }
 }
 
+/// Starts a processor writing to the lake at `url`, in consumer group `group`, knowing `sc`'s devices,
+/// with re-verification on (scenarios hold a bad signature). Cancel the token to stop it.
+pub async fn start_processor(
+    kafka: &KafkaConfig,
+    group: &str,
+    sc: &Scenario,
+    url: &str,
+) -> (
+    hexpulse_processors::run::Running,
+    tokio_util::sync::CancellationToken,
+) {
+    let mut cfg = hexpulse_processors::ProcessConfig::for_tests(url);
+    cfg.group_id = group.into();
+    cfg.reverify_signatures = true;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let p = hexpulse_processors::run::start(
+        cfg,
+        kafka.clone(),
+        hexpulse_common::registry::Registry::from_devices(sc.devices.clone()).unwrap(),
+        Lake::open(url).unwrap(),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    (p, stop)
+}
+
 /// Produces every record of `scenario` with ingest's headers, receive time `now_ms`.
 pub async fn produce(kafka: &KafkaConfig, scenario: &Scenario, now_ms: i64) {
     produce_with(&producer(kafka).await, kafka, scenario, now_ms).await;

@@ -3,10 +3,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use hexpulse_common::registry::Registry;
 use hexpulse_common::testenv;
 use hexpulse_load_tests::scenario;
-use hexpulse_processors::ProcessConfig;
 use hexpulse_processors::epoch::EpochConfig;
 use hexpulse_processors::epoch::seal::{self, SealRequest};
 use hexpulse_processors::lake::Lake;
@@ -44,19 +42,7 @@ async fn sql_and_epochs_over_a_processed_lake() {
     produce(&kafka, &sc, now).await;
     let dir = tempfile::tempdir().unwrap();
     let url = dir.path().to_str().unwrap().to_string();
-    let mut pcfg = ProcessConfig::for_tests(&url);
-    pcfg.group_id = format!("{}-g", kafka.raw_topic);
-    pcfg.reverify_signatures = true;
-    let stop = CancellationToken::new();
-    let p = hexpulse_processors::run::start(
-        pcfg,
-        kafka.clone(),
-        Registry::from_devices(sc.devices.clone()).unwrap(),
-        Lake::open(&url).unwrap(),
-        stop.clone(),
-    )
-    .await
-    .unwrap();
+    let (p, stop) = start_processor(&kafka, &format!("{}-g", kafka.raw_topic), &sc, &url).await;
     let lake = Lake::open(&url).unwrap();
     let summary = wait_for(&lake, sc.records.len(), Duration::from_secs(90)).await;
     assert_matches(&summary, &sc);
