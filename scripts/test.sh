@@ -8,12 +8,17 @@ PORT="${HEXPULSE_TEST_BROKER_PORT:-19092}"
 CACHE="${HEXPULSE_CACHE:-$HOME/.cache/hexpulse}"
 scripts/broker.sh install
 
-# An independent Parquet reader for the lake tests: DuckDB from PyPI, in a cached venv.
+# Python tools, in a cached venv: DuckDB (an independent Parquet reader for the lake tests) and
+# kubernetes-validate (offline Kubernetes schemas for the k8s/ checks, scripts/check_k8s.py).
 VENV="$CACHE/venv"
-if ! "$VENV/bin/python" -c "import duckdb" >/dev/null 2>&1; then
-  echo "installing DuckDB into $VENV (once per machine)"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet "duckdb==2.0.0"
+if ! "$VENV/bin/python" -c "import duckdb, kubernetes_validate, yaml" >/dev/null 2>&1; then
+  echo "installing DuckDB and kubernetes-validate into $VENV (once per machine)"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet "duckdb==2.0.0" "kubernetes-validate==1.37.0"
+fi
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "kubectl is missing: the k8s/ checks render the overlays with 'kubectl kustomize'" >&2
+  exit 1
 fi
 export HEXPULSE_PYTHON="$VENV/bin/python"
 

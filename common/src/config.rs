@@ -1,5 +1,6 @@
-//! Layered configuration: embedded defaults, then an optional TOML file, then environment variables
-//! named `HEXPULSE__SECTION__KEY` (double underscores separate levels; keys are lower-cased).
+//! Layered configuration: embedded defaults, then TOML files in the order given (later wins; a
+//! deployment layers an overlay's file over its base file), then environment variables named
+//! `HEXPULSE__SECTION__KEY` (double underscores separate levels; keys are lower-cased).
 
 use std::path::Path;
 
@@ -14,19 +15,24 @@ pub const ENV_PREFIX: &str = "HEXPULSE__";
 #[error("configuration: {0}")]
 pub struct ConfigError(#[from] Box<figment::Error>);
 
-/// Loads `T` from `defaults` (TOML text embedded in the binary), then `file` if given, then the env.
-pub fn load<T: DeserializeOwned>(defaults: &str, file: Option<&Path>) -> Result<T, ConfigError> {
-    load_with_env(defaults, file, ENV_PREFIX)
+/// Loads `T` from `defaults` (TOML text embedded in the binary), then each of `files` in order, then
+/// the env.
+pub fn load<T: DeserializeOwned, P: AsRef<Path>>(
+    defaults: &str,
+    files: &[P],
+) -> Result<T, ConfigError> {
+    load_with_env(defaults, files, ENV_PREFIX)
 }
 
 /// As [`load`], with another env prefix (tests use this to stay isolated from the process env).
-pub fn load_with_env<T: DeserializeOwned>(
+pub fn load_with_env<T: DeserializeOwned, P: AsRef<Path>>(
     defaults: &str,
-    file: Option<&Path>,
+    files: &[P],
     env_prefix: &str,
 ) -> Result<T, ConfigError> {
     let mut fig = Figment::new().merge(Toml::string(defaults));
-    if let Some(path) = file {
+    for path in files {
+        let path = path.as_ref();
         if !path.exists() {
             return Err(ConfigError(Box::new(figment::Error::from(format!(
                 "config file {} does not exist",
@@ -59,14 +65,25 @@ mod tests {
     #[test]
     fn layers_and_unknown_fields() {
         let defaults = "[server]\nport = 1\ntimeout = \"15s\"\n";
-        let c: Cfg = load_with_env(defaults, None, "HEXPULSE_TEST_NOPE__").unwrap();
+        let none: &[&Path] = &[];
+        let c: Cfg = load_with_env(defaults, none, "HEXPULSE_TEST_NOPE__").unwrap();
         assert_eq!(c.server.port, 1);
         assert_eq!(c.server.timeout, std::time::Duration::from_secs(15));
         let bad = "[server]\nport = 1\ntimeout = \"15s\"\nprot = 2\n";
-        let err = load_with_env::<Cfg>(bad, None, "HEXPULSE_TEST_NOPE__").unwrap_err();
+        let err = load_with_env::<Cfg, &Path>(bad, none, "HEXPULSE_TEST_NOPE__").unwrap_err();
         assert!(err.to_string().contains("prot"), "{err}");
         assert!(
-            load_with_env::<Cfg>(defaults, Some(Path::new("/nonexistent.toml")), "X__").is_err()
+            load_with_env::<Cfg, _>(defaults, &[Path::new("/nonexistent.toml")], "X__").is_err()
         );
+        // Files layer in order: the second one's keys win, the first one's others stay.
+        let dir = std::env::temp_dir().join(format!("hexpulse-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a.toml"), dir.join("b.toml"));
+        std::fs::write(&a, "[server]\nport = 2\ntimeout = \"3s\"\n").unwrap();
+        std::fs::write(&b, "[server]\nport = 4\n").unwrap();
+        let c: Cfg = load_with_env(defaults, &[&a, &b], "X__").unwrap();
+        assert_eq!(c.server.port, 4);
+        assert_eq!(c.server.timeout, std::time::Duration::from_secs(3));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -29,8 +29,11 @@ pub struct RegistryConfig {
 }
 
 impl Config {
-    pub fn load(file: Option<&Path>) -> Result<Config, hexpulse_common::config::ConfigError> {
-        hexpulse_common::config::load(DEFAULTS, file)
+    /// The embedded defaults, then `files` in order (later wins), then the env.
+    pub fn load<P: AsRef<Path>>(
+        files: &[P],
+    ) -> Result<Config, hexpulse_common::config::ConfigError> {
+        hexpulse_common::config::load(DEFAULTS, files)
     }
 
     /// The effective config as TOML-like JSON with secrets blanked, for the start-up log.
@@ -64,17 +67,17 @@ mod tests {
 
     #[test]
     fn example_file_loads_as_defaults_and_as_a_file() {
-        let defaults = Config::load(None).expect("embedded defaults parse");
+        let defaults = Config::load::<&Path>(&[]).expect("embedded defaults parse");
         assert_eq!(defaults.kafka.raw_topic, "raw-readings");
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/hexpulse.toml");
-        let from_file = Config::load(Some(&path)).expect("example file parses");
+        let from_file = Config::load(&[&path]).expect("example file parses");
         assert_eq!(from_file.ingest.listen, defaults.ingest.listen);
     }
 
     #[test]
     fn demo_overrides_layer_over_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/demo.toml");
-        let demo = Config::load(Some(&path)).expect("demo file parses");
+        let demo = Config::load(&[&path]).expect("demo file parses");
         assert_eq!(
             demo.process.epoch.length,
             std::time::Duration::from_secs(120)
@@ -87,7 +90,7 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        let mut c = Config::load(None).unwrap();
+        let mut c = Config::load::<&Path>(&[]).unwrap();
         c.kafka
             .extra
             .insert("sasl.password".into(), "hunter2".into());

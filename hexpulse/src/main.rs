@@ -5,6 +5,7 @@ mod bench_query;
 mod config;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -22,9 +23,10 @@ use crate::config::Config;
     about = "Hexpulse: signed DePIN device data into an H3 Parquet lake"
 )]
 struct Cli {
-    /// Config file (TOML); overrides the embedded defaults. Env HEXPULSE__SECTION__KEY overrides both.
+    /// Config file (TOML); overrides the embedded defaults. Repeat it (or separate paths by commas
+    /// in HEXPULSE_CONFIG) to layer files: later files win. Env HEXPULSE__SECTION__KEY overrides all.
     #[arg(long, short, env = "HEXPULSE_CONFIG", global = true)]
-    config: Option<PathBuf>,
+    config: Vec<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -95,6 +97,27 @@ struct SimArgs {
     /// Also write the simulated devices into the registry file.
     #[arg(long)]
     register: bool,
+    /// Send every adversarial class at this share (of readings; of requests for malformed and
+    /// oversize bodies), e.g. 0.01. Per-class shares: [simulate.adversarial] in the config.
+    #[arg(long)]
+    adversarial: Option<f64>,
+    /// The query service; with it the run measures freshness (a probe device, registered with
+    /// --register) and, with --account, checks the lake.
+    #[arg(long)]
+    query_url: Option<String>,
+    /// Bearer token for the query service (needs the `raw` group for accounting).
+    #[arg(long, env = "HEXPULSE_QUERY_TOKEN", hide_env_values = true)]
+    query_token: Option<String>,
+    /// After the run, compare every reading sent with the lake (needs --query-url); exits non-zero
+    /// on any mismatch.
+    #[arg(long, requires = "query_url")]
+    account: bool,
+    /// How long accounting waits for the lake to catch up.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "120s")]
+    settle: Duration,
+    /// Write the JSON summary (with accounting and freshness) here too.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -117,6 +140,10 @@ struct SealArgs {
     /// Ctrl-C. For a sealer scheduled apart from the processors.
     #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "epoch")]
     every: Option<Duration>,
+    /// With --every: serve /healthz, /readyz and /metrics (Prometheus) here, e.g. 0.0.0.0:9090.
+    /// /readyz fails while the last round ended in an error.
+    #[arg(long, requires = "every")]
+    listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -209,7 +236,20 @@ enum BenchCmd {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init_logging();
-    let cfg = Config::load(cli.config.as_deref()).context("loading configuration")?;
+    // Comma-separated lists (HEXPULSE_CONFIG=base.toml,overlay.toml) layer in order.
+    let files: Vec<PathBuf> = cli
+        .config
+        .iter()
+        .flat_map(|p| match p.to_str() {
+            Some(s) => s
+                .split(',')
+                .filter(|f| !f.is_empty())
+                .map(PathBuf::from)
+                .collect(),
+            None => vec![p.clone()],
+        })
+        .collect();
+    let cfg = Config::load(&files).context("loading configuration")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -273,11 +313,28 @@ async fn seal(cfg: Config, a: SealArgs) -> anyhow::Result<()> {
         return seal_once(&cfg, &a).await;
     };
     let stop = shutdown::on_signals();
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    if let Some(addr) = a.listen {
+        serve_sealer_health(addr, healthy.clone(), stop.clone()).await?;
+    }
     loop {
         match seal_once(&cfg, &a).await {
-            Ok(()) => {}
+            Ok(()) => {
+                healthy.store(true, std::sync::atomic::Ordering::Relaxed);
+                metrics::counter!("hexpulse_sealer_rounds_total", "outcome" => "ok").increment(1);
+            }
             Err(e) if e.to_string().contains("is not complete") => {
                 eprintln!("waiting: {e}");
+                metrics::counter!("hexpulse_sealer_rounds_total", "outcome" => "waiting")
+                    .increment(1);
+            }
+            // A scheduled sealer outlives a passing store or broker error: it reports it, turns
+            // unready, and tries again next round.
+            Err(e) if a.listen.is_some() => {
+                tracing::error!(error = format!("{e:#}"), "sealing round failed");
+                healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+                metrics::counter!("hexpulse_sealer_rounds_total", "outcome" => "error")
+                    .increment(1);
             }
             Err(e) => return Err(e),
         }
@@ -286,6 +343,49 @@ async fn seal(cfg: Config, a: SealArgs) -> anyhow::Result<()> {
             () = tokio::time::sleep(every) => {}
         }
     }
+}
+
+/// The scheduled sealer's health and metrics listener.
+async fn serve_sealer_health(
+    addr: std::net::SocketAddr,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    use axum::http::StatusCode;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the sealer's listener {addr}"))?;
+    let handle = telemetry::metrics_handle();
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let ok = healthy.load(std::sync::atomic::Ordering::Relaxed);
+                std::future::ready(if ok {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the last sealing round failed",
+                    )
+                })
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || std::future::ready(handle.render())),
+        );
+    eprintln!(
+        "sealer health and metrics on http://{}/",
+        listener.local_addr()?
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+    });
+    Ok(())
 }
 
 async fn seal_once(cfg: &Config, a: &SealArgs) -> anyhow::Result<()> {
@@ -508,25 +608,86 @@ async fn simulate(mut cfg: Config, a: SimArgs) -> anyhow::Result<()> {
     if let Some(v) = a.concurrency {
         s.concurrency = v
     }
-    let fleet = cfg.simulate.fleet();
+    if let Some(share) = a.adversarial {
+        s.adversarial = hexpulse_load_tests::adversary::Adversarial::uniform(share);
+    }
+    let mixer = cfg.simulate.mixer(cfg.ingest.max_body_bytes);
+    let probe = hexpulse_load_tests::freshness::Probe::new(cfg.simulate.seed);
     if a.register {
-        open_registry(&cfg)?.upsert_all(fleet.registry_devices())?;
+        let mut devices = mixer.fleet.registry_devices();
+        devices.push(probe.device());
+        open_registry(&cfg)?.upsert_all(devices)?;
         eprintln!(
-            "registered {} simulated devices in {}",
+            "registered {} simulated devices and a freshness probe in {}",
             cfg.simulate.devices,
             cfg.registry.path.display()
         );
+        // Ingest and the processors re-read the registry about once a second.
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
+    let mut run_keys = mixer.keys();
+    run_keys.insert(probe.key_hex());
+    let ledger = a.account.then(|| {
+        Arc::new(std::sync::Mutex::new(
+            hexpulse_load_tests::adversary::Ledger::default(),
+        ))
+    });
+    let lake = a
+        .query_url
+        .as_deref()
+        .map(|u| hexpulse_load_tests::account::LakeReader::new(u, a.query_token.clone()));
     let stop = shutdown::on_signals();
-    let summary = hexpulse_load_tests::sim::run(&cfg.simulate, fleet, stop, true).await;
-    println!("{}", serde_json::to_string_pretty(&summary)?);
+    let sim_done = tokio_util::sync::CancellationToken::new();
+    let fresh = lake.clone().map(|lake| {
+        let (target, stop, ledger) = (
+            cfg.simulate.target_url.clone(),
+            sim_done.clone(),
+            ledger.clone(),
+        );
+        tokio::spawn(async move {
+            probe
+                .run(
+                    &target,
+                    &lake,
+                    hexpulse_load_tests::freshness::Timing::default(),
+                    stop,
+                    ledger,
+                )
+                .await
+        })
+    });
+    let summary =
+        hexpulse_load_tests::sim::run(&cfg.simulate, mixer, stop, true, ledger.clone()).await;
+    sim_done.cancel();
+    let mut out = serde_json::to_value(&summary)?;
+    if let Some(f) = fresh {
+        out["freshness"] = serde_json::to_value(f.await?)?;
+    }
+    let mut mismatches = 0;
+    if let (Some(ledger), Some(lake)) = (ledger, lake) {
+        // The run and the probe are over: nothing writes the ledger any more.
+        let ledger = std::mem::take(&mut *ledger.lock().expect("lock"));
+        let report =
+            hexpulse_load_tests::account::account(&ledger, &lake, &run_keys, a.settle, true)
+                .await?;
+        mismatches = report.mismatch_total;
+        out["accounting"] = serde_json::to_value(&report)?;
+    }
+    let text = serde_json::to_string_pretty(&out)?;
+    println!("{text}");
+    if let Some(path) = a.out {
+        std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if mismatches > 0 {
+        bail!("accounting found {mismatches} mismatches (see \"accounting\" above)");
+    }
     Ok(())
 }
 
 async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Result<()> {
     let registry = open_registry(&cfg)?;
-    let fleet = cfg.simulate.fleet();
-    registry.upsert_all(fleet.registry_devices())?;
+    let mixer = cfg.simulate.mixer(cfg.ingest.max_body_bytes);
+    registry.upsert_all(mixer.fleet.registry_devices())?;
     tracing::info!(config = %cfg.redacted(), "starting hexpulse up");
     let stop = shutdown::on_signals();
     let ingest = Ingest::start(
@@ -560,8 +721,11 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
     println!("Hexpulse is up.");
     println!("  ingest   POST {base}/v1/readings   (protobuf or JSON batches of signed readings)");
     println!("  health   {base}/healthz  {base}/readyz");
+    let metrics = ingest
+        .admin_addr
+        .map_or_else(|| base.clone(), |a| format!("http://{a}"));
     println!(
-        "  metrics  {base}/metrics   processor http://{}/metrics",
+        "  metrics  {metrics}/metrics   processor http://{}/metrics",
         processor.addr
     );
     println!(
@@ -618,7 +782,7 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
         }
         let stop = stop.clone();
         Some(tokio::spawn(async move {
-            hexpulse_load_tests::sim::run(&cfg.simulate, fleet, stop, true).await
+            hexpulse_load_tests::sim::run(&cfg.simulate, mixer, stop, true, None).await
         }))
     };
     let _ = ingest.task.await;

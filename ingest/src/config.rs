@@ -37,6 +37,10 @@ pub struct IngestConfig {
     /// Bearer token for `/v1/admin/*`, as the lower-case hex SHA-256 of the token. Empty disables admin.
     #[serde(default)]
     pub admin_token_sha256: String,
+    /// A second listener for operators: when set, `/metrics` and `/v1/admin/*` are served there
+    /// (plain HTTP, with /healthz and /readyz) and no longer on the device-facing listener.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
     /// Optional TLS (rustls); plain HTTP/1.1 and h2c without it.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -65,6 +69,7 @@ impl IngestConfig {
             request_timeout: Duration::from_secs(15),
             shutdown_timeout: Duration::from_secs(10),
             admin_token_sha256: String::new(),
+            admin_listen: None,
             tls: None,
         }
     }

@@ -62,6 +62,8 @@ pub struct Ingest {
 /// A started ingest node.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The admin listener's address, when `admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -116,6 +118,10 @@ impl Ingest {
         });
         tokio::spawn(sink.clone().watch(Duration::from_secs(1), shutdown.clone()));
         tokio::spawn(registry.watch(Duration::from_secs(1), shutdown.clone()));
+        let admin_addr = match state.cfg.admin_listen {
+            Some(a) => Some(serve_admin(a, state.clone(), shutdown.clone()).await?),
+            None => None,
+        };
         let router = router(state.clone());
         let (header_timeout, grace) = (state.cfg.request_timeout, state.cfg.shutdown_timeout);
         tracing::info!(%addr, tls = tls.is_some(), topic = %kafka.raw_topic, "ingest listening");
@@ -129,7 +135,11 @@ impl Ingest {
             let _ = tokio::task::spawn_blocking(move || sink.flush(left)).await;
             tracing::info!("ingest stopped");
         });
-        Ok(Running { addr, task })
+        Ok(Running {
+            addr,
+            admin_addr,
+            task,
+        })
     }
 }
 
@@ -151,19 +161,59 @@ fn num_cpus() -> usize {
         .unwrap_or(1)
 }
 
-/// The HTTP routes.
-pub fn router(state: Arc<Ingest>) -> Router {
-    let timeout = state.cfg.request_timeout;
+/// Binds the admin listener and serves [`admin_routes`] on it until `shutdown`.
+async fn serve_admin(
+    addr: SocketAddr,
+    state: Arc<Ingest>,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, StartError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let routes = admin_routes()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz));
+    let app = with_limits(routes, state);
+    tracing::info!(addr = %bound, "ingest admin listening");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+    });
+    Ok(bound)
+}
+
+/// Operators' routes: metrics and the registry's admin API (bearer token).
+fn admin_routes() -> Router<Arc<Ingest>> {
     Router::new()
-        .route("/v1/readings", post(post_readings))
         .route("/v1/admin/devices", get(list_devices).post(add_device))
         .route("/v1/admin/devices/{key}", delete(remove_device))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
         .route(
             "/metrics",
             get(|State(s): State<Arc<Ingest>>| async move { s.metrics.render() }),
         )
+}
+
+/// The device-facing routes; the admin routes too unless they have their own listener.
+pub fn router(state: Arc<Ingest>) -> Router {
+    let devices = Router::new()
+        .route("/v1/readings", post(post_readings))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz));
+    let routes = if state.cfg.admin_listen.is_some() {
+        devices
+    } else {
+        devices.merge(admin_routes())
+    };
+    with_limits(routes, state)
+}
+
+fn with_limits(routes: Router<Arc<Ingest>>, state: Arc<Ingest>) -> Router {
+    let timeout = state.cfg.request_timeout;
+    routes
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             timeout,

@@ -10,11 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hexpulse_schemas::wire::ReadingBatch;
-use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::adversary::{Adversarial, Ledger, Mixer, Outgoing};
 use crate::fleet::{Fleet, KindMix};
 
 /// The `[simulate]` config section.
@@ -34,6 +33,9 @@ pub struct SimConfig {
     pub mix_heartbeat: f64,
     pub mix_sensor: f64,
     pub mix_road: f64,
+    /// Readings and requests that must be refused (`[simulate.adversarial]`; none by default).
+    #[serde(default)]
+    pub adversarial: Adversarial,
 }
 
 impl SimConfig {
@@ -47,6 +49,16 @@ impl SimConfig {
 
     pub fn fleet(&self) -> Fleet {
         Fleet::new(self.devices, self.seed, self.mix())
+    }
+
+    /// The fleet with the adversarial mix on top; `max_body_bytes` is the target ingest's limit.
+    pub fn mixer(&self, max_body_bytes: usize) -> Mixer {
+        Mixer::new(
+            self.fleet(),
+            self.adversarial.clone(),
+            self.seed,
+            max_body_bytes,
+        )
     }
 }
 
@@ -89,14 +101,17 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
-/// Runs until the duration or count is reached, or `stop` is cancelled.
+/// Runs until the duration or count is reached, or `stop` is cancelled. With a `ledger`, every
+/// reading sent and ingest's answer for it are recorded there (for [`crate::account`]).
 pub async fn run(
     cfg: &SimConfig,
-    mut fleet: Fleet,
+    mut mixer: Mixer,
     stop: CancellationToken,
     progress: bool,
+    ledger: Option<Arc<Mutex<Ledger>>>,
 ) -> Summary {
-    let (tx, rx) = tokio::sync::mpsc::channel::<(u64, Vec<u8>)>(cfg.concurrency.max(1) * 2);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Outgoing>(cfg.concurrency.max(1) * 2);
+    let gen_ledger = ledger.clone();
     let batch_size = cfg.batch_size.max(1);
     let count = cfg.count;
     let gen_stop = stop.clone();
@@ -111,17 +126,13 @@ pub async fn run(
                     (count - produced).min(batch_size as u64)
                 };
                 let now = now_ms();
-                let readings = (0..n)
-                    .map(|_| {
-                        let i = fleet.pick();
-                        fleet.next_signed(i, now)
-                    })
-                    .collect();
-                produced += n;
-                if tx
-                    .blocking_send((n, ReadingBatch { readings }.encode_to_vec()))
-                    .is_err()
-                {
+                let out = match &gen_ledger {
+                    Some(l) => mixer.batch(n, now, Some(&mut l.lock().expect("lock").sent)),
+                    None => mixer.batch(n, now, None),
+                };
+                // A malformed request carries no readings; the count is of readings.
+                produced += out.n;
+                if tx.blocking_send(out).is_err() {
                     break;
                 }
             }
@@ -146,13 +157,14 @@ pub async fn run(
 
     let mut senders = Vec::new();
     for _ in 0..cfg.concurrency.max(1) {
-        let (rx, counters, client, url, stop, ticker) = (
+        let (rx, counters, client, url, stop, ticker, ledger) = (
             rx.clone(),
             counters.clone(),
             client.clone(),
             url.clone(),
             stop.clone(),
             ticker.clone(),
+            ledger.clone(),
         );
         senders.push(tokio::spawn(async move {
             loop {
@@ -160,11 +172,15 @@ pub async fn run(
                     tokio::select! { _ = stop.cancelled() => return, _ = t.tick() => {} }
                 }
                 let next = tokio::select! { _ = stop.cancelled() => return, b = async { rx.lock().await.recv().await } => b };
-                let Some((n, body)) = next else { return };
+                let Some(out) = next else { return };
                 if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    // Built but never sent: its readings leave the ledger's accounting.
+                    if let (Some(l), Some(first)) = (&ledger, out.first) {
+                        l.lock().expect("lock").unsent(first, out.n as usize);
+                    }
                     return;
                 }
-                send_one(&client, &url, n, body, &counters).await;
+                send_one(&client, &url, out, &counters, ledger.as_deref()).await;
             }
         }));
     }
@@ -229,25 +245,45 @@ pub async fn run(
     }
 }
 
-async fn send_one(client: &reqwest::Client, url: &str, n: u64, body: Vec<u8>, c: &Counters) {
+async fn send_one(
+    client: &reqwest::Client,
+    url: &str,
+    out: Outgoing,
+    c: &Counters,
+    ledger: Option<&Mutex<Ledger>>,
+) {
     let t = Instant::now();
+    let n = out.n;
     c.sent.fetch_add(n, Ordering::Relaxed);
     let resp = client
         .post(url)
-        .header("content-type", "application/x-protobuf")
-        .body(body)
+        .header("content-type", out.content_type)
+        .body(out.body)
         .send()
         .await;
+    let record = |status: u16, json: &serde_json::Value| {
+        if let Some(l) = ledger {
+            let mut l = l.lock().expect("lock");
+            *l.requests
+                .entry((out.request_class.as_str().to_string(), status))
+                .or_default() += 1;
+            if let Some(first) = out.first {
+                l.answer(first, n as usize, status, json);
+            }
+        }
+    };
     let resp = match resp {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(error = %e, "request failed");
             c.transport_errors.fetch_add(1, Ordering::Relaxed);
+            record(0, &serde_json::Value::Null);
             return;
         }
     };
     let status = resp.status().as_u16();
     let json: serde_json::Value = resp.json().await.unwrap_or_default();
+    record(status, &json);
     let latency = t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
     let accepted = json["accepted"].as_u64().unwrap_or(0);
     c.accepted.fetch_add(accepted, Ordering::Relaxed);

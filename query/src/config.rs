@@ -12,6 +12,11 @@ use serde::{Deserialize, Serialize};
 pub struct QueryConfig {
     /// HTTP listener.
     pub listen: SocketAddr,
+    /// A second listener for operators, without auth: `/metrics`, `/healthz`, `/readyz` only (for
+    /// a Prometheus that a network policy lets in). `/metrics` on `listen` stays behind the
+    /// `metrics` group.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
     /// The lake (same as `process.lake_url` unless the query service reads a replica).
     pub lake_url: String,
     /// The rules file (for the k-anonymity threshold of road data); none: the built-in rules.
@@ -101,6 +106,7 @@ impl QueryConfig {
     pub fn for_tests(lake_url: &str) -> QueryConfig {
         QueryConfig {
             listen: "127.0.0.1:0".parse().expect("static"),
+            admin_listen: None,
             lake_url: lake_url.into(),
             rules_path: None,
             max_rows: 10_000,

@@ -161,6 +161,8 @@ fn query_runtime(
 /// A started query service.
 pub struct Query {
     pub addr: SocketAddr,
+    /// The admin listener's address, when `admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -229,6 +231,10 @@ impl Query {
             });
         }
         let handle = hexpulse_common::telemetry::metrics_handle();
+        let admin_addr = match state.cfg.admin_listen {
+            Some(a) => Some(serve_admin(a, state.clone(), shutdown.clone()).await?),
+            None => None,
+        };
         let group =
             |g: &'static str| axum::middleware::from_fn_with_state((state.clone(), g), authorize);
         let app = Router::new()
@@ -305,8 +311,39 @@ impl Query {
                 .with_graceful_shutdown(shutdown.cancelled_owned())
                 .await;
         });
-        Ok(Query { addr, task })
+        Ok(Query {
+            addr,
+            admin_addr,
+            task,
+        })
     }
+}
+
+/// The operators' listener: metrics and health, no auth (keep it off public networks).
+async fn serve_admin(
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, QueryError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| QueryError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| QueryError::Bind { addr, source })?;
+    let handle = hexpulse_common::telemetry::metrics_handle();
+    let app = Router::new()
+        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .with_state(state);
+    tracing::info!(addr = %bound, "query admin listening");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+    });
+    Ok(bound)
 }
 
 /// Runs the query service until `shutdown`.

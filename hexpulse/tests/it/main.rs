@@ -1,7 +1,10 @@
 //! End-to-end tests of the `hexpulse` binary: real processes, the real broker, a real lake.
 
+mod accounting;
 mod crash;
+mod k8s;
 mod map;
+mod up;
 // Shared with the processor tests, which use all of it; this crate uses a part.
 #[allow(dead_code)]
 #[path = "../../../processors/tests/it/support.rs"]

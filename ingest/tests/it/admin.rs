@@ -97,3 +97,44 @@ async fn admin_adds_and_removes_devices() {
     assert_eq!(status, 401);
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_listener_takes_metrics_and_admin_off_the_device_port() {
+    let Some(brokers) = testenv::broker_or_skip("admin_listener_takes_metrics_and_admin") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(dir.path().join("devices.json")).unwrap();
+    let mut cfg = IngestConfig::for_tests();
+    cfg.admin_token_sha256 = hex::encode(Sha256::digest(b"s3cret"));
+    cfg.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    let node = Node::start("it-ingest-admin-listener", &brokers, cfg, registry).await;
+    let admin = node.admin_addr.expect("admin listener bound");
+    assert_ne!(admin, node.addr);
+    let get = |url: String, token: Option<&str>| {
+        let mut r = node.http.get(url);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    // The device-facing port: readings and health only.
+    assert_eq!(get(node.url("/metrics"), None).await, 404);
+    assert_eq!(
+        get(node.url("/v1/admin/devices"), Some("s3cret")).await,
+        404
+    );
+    assert_eq!(get(node.url("/healthz"), None).await, 200);
+    // The admin port: metrics, and the admin API still behind its token.
+    let on_admin = |p: &str| format!("http://{admin}{p}");
+    assert_eq!(get(on_admin("/metrics"), None).await, 200);
+    assert_eq!(get(on_admin("/v1/admin/devices"), None).await, 401);
+    assert_eq!(
+        get(on_admin("/v1/admin/devices"), Some("s3cret")).await,
+        200
+    );
+    assert_eq!(get(on_admin("/readyz"), None).await, 200);
+    assert_eq!(get(on_admin("/v1/readings"), None).await, 404);
+    node.stop.cancel();
+    let _ = node.task.await;
+}

@@ -77,6 +77,7 @@ pub fn batch(items: &[SignedReading]) -> Vec<u8> {
 
 pub struct Node {
     pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
     pub kafka: KafkaConfig,
     pub stop: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
@@ -98,6 +99,7 @@ impl Node {
             .expect("ingest starts");
         Node {
             addr: running.addr,
+            admin_addr: running.admin_addr,
             kafka,
             stop,
             task: running.task,

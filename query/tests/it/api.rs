@@ -611,10 +611,24 @@ async fn auth_and_openapi(url: &str, stop: &CancellationToken, epoch: i64, devic
         });
     }
     cfg.auth = auth;
+    cfg.admin_listen = Some("127.0.0.1:0".parse().unwrap());
     let q = Query::start(cfg, Lake::open(url).unwrap(), stop.clone())
         .await
         .unwrap();
     let base = format!("http://{}", q.addr);
+    // The operators' listener: metrics without a token, and nothing else but health.
+    let admin = format!("http://{}", q.admin_addr.expect("admin listener bound"));
+    let r = reqwest::get(format!("{admin}/metrics")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("hexpulse_query"));
+    let r = reqwest::get(format!("{admin}/v1/coverage?{WORLD}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "data is never served on the admin listener"
+    );
     let client = reqwest::Client::new();
     let call = |method: &str, path: &str, token: Option<&str>, body: Option<&str>| {
         let mut rb = if method == "POST" {

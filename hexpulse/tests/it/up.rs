@@ -1,0 +1,145 @@
+//! `hexpulse up` as a child process for end-to-end tests: the demo config plus the test's own layer,
+//! a unique topic, a temporary lake and registry, listeners on free ports; the URLs it prints.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use hexpulse_common::testenv;
+
+pub struct Up {
+    child: std::process::Child,
+    pub dir: tempfile::TempDir,
+    pub topic: String,
+    /// Ingest and query service base URLs (no trailing slash).
+    pub ingest: String,
+    pub query: String,
+    /// The epoch current at start.
+    pub epoch: i64,
+    /// The config files, in order (for other `hexpulse` commands against the same setup).
+    pub config: String,
+}
+
+pub fn root() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/..")
+}
+
+impl Up {
+    /// Starts `hexpulse up ARGS` with config/demo.toml and, when given, `layer` (TOML) over it.
+    pub fn start(test: &str, brokers: &str, args: &[&str], layer: Option<&str>) -> Up {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = format!("{}/config/demo.toml", root());
+        if let Some(text) = layer {
+            let path = dir.path().join("test.toml");
+            std::fs::write(&path, text).unwrap();
+            config = format!("{config},{}", path.display());
+        }
+        let topic = testenv::unique_topic(test);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hexpulse"))
+            .arg("up")
+            .args(args)
+            .envs(Self::env_for(&config, brokers, &topic, dir.path()))
+            .env("HEXPULSE__INGEST__LISTEN", "127.0.0.1:0")
+            .env("HEXPULSE__PROCESS__LISTEN", "127.0.0.1:0")
+            .env("HEXPULSE__QUERY__LISTEN", "127.0.0.1:0")
+            .env("HEXPULSE__SIMULATE__DEVICES", "300")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("hexpulse up");
+        let stdout = child.stdout.take().unwrap();
+        let (mut ingest, mut query, mut epoch) = (None, None, None);
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            let t = line.trim_start();
+            if let Some(rest) = t.strip_prefix("ingest   POST ") {
+                ingest = rest
+                    .split_whitespace()
+                    .next()
+                    .map(|u| u.trim_end_matches("/v1/readings").to_string());
+            }
+            if let Some(rest) = t.strip_prefix("map") {
+                query = rest
+                    .split_whitespace()
+                    .next()
+                    .map(|u| u.trim_end_matches('/').to_string());
+            }
+            if let Some((_, rest)) = line.split_once("(now epoch ") {
+                epoch = rest.split(')').next().and_then(|n| n.parse::<i64>().ok());
+            }
+            if ingest.is_some() && query.is_some() && epoch.is_some() {
+                break;
+            }
+        }
+        // Keep draining `up`'s stdout, or it fails printing its summary at shutdown.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Up {
+            child,
+            dir,
+            topic,
+            ingest: ingest.expect("`hexpulse up` printed the ingest URL"),
+            query: query.expect("`hexpulse up` printed the map (query) URL"),
+            epoch: epoch.expect("`hexpulse up` printed the current epoch"),
+            config,
+        }
+    }
+
+    fn env_for(
+        config: &str,
+        brokers: &str,
+        topic: &str,
+        dir: &Path,
+    ) -> Vec<(&'static str, String)> {
+        vec![
+            ("HEXPULSE_CONFIG", config.to_string()),
+            ("HEXPULSE__KAFKA__BROKERS", brokers.to_string()),
+            ("HEXPULSE__KAFKA__RAW_TOPIC", topic.to_string()),
+            ("HEXPULSE__KAFKA__PARTITIONS", "2".to_string()),
+            (
+                "HEXPULSE__REGISTRY__PATH",
+                dir.join("devices.json").display().to_string(),
+            ),
+            (
+                "HEXPULSE__PROCESS__LAKE_URL",
+                dir.join("lake").display().to_string(),
+            ),
+            ("HEXPULSE__PROCESS__GROUP_ID", format!("{topic}-g")),
+        ]
+    }
+
+    /// A `hexpulse` command with the same config, topic, registry and lake.
+    pub fn command(&self, brokers: &str) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_hexpulse"));
+        c.envs(Self::env_for(
+            &self.config,
+            brokers,
+            &self.topic,
+            self.dir.path(),
+        ))
+        .env("RUST_LOG", "warn");
+        c
+    }
+
+    pub fn lake(&self) -> PathBuf {
+        self.dir.path().join("lake")
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+    }
+}
