@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make bench`: runs each benchmark against a fresh in-memory broker and writes the JSON reports to
-# load-tests/results/. The table in load-tests/RESULTS.md is written from them by hand, with the machine.
+# `make bench`: runs each benchmark against a fresh in-memory broker, writes the JSON reports to
+# load-tests/results/, then scripts/bench_report.py writes load-tests/results.json and the generated
+# table in load-tests/RESULTS.md (with the machine, the date and the commit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT="${1:-19094}"
@@ -14,6 +15,9 @@ echo "== ingest"
 "$BIN" bench ingest --out load-tests/results/ingest.json
 echo "== processor"
 "$BIN" bench process --out load-tests/results/process.json
+echo "== end to end (every role its own process; accounting, freshness, peak RSS)"
+"$BIN" bench e2e --broker-pid "$(cat "${HEXPULSE_CACHE:-$HOME/.cache/hexpulse}/run/broker-$PORT/pid")" \
+  --out load-tests/results/e2e.json
 # DuckDB from PyPI for the side-by-side query benchmark (the same cached venv as make test).
 VENV="${HEXPULSE_CACHE:-$HOME/.cache/hexpulse}/venv"
 if ! "$VENV/bin/python" -c "import duckdb" >/dev/null 2>&1; then
@@ -22,3 +26,5 @@ if ! "$VENV/bin/python" -c "import duckdb" >/dev/null 2>&1; then
 fi
 echo "== query service vs DuckDB (10M readings)"
 HEXPULSE_PYTHON="$VENV/bin/python" "$BIN" bench query --out load-tests/results/query.json
+echo "== report"
+python3 scripts/bench_report.py

@@ -22,14 +22,14 @@ pub fn emit_report<T: Serialize>(report: &T, out: Option<PathBuf>) -> anyhow::Re
     Ok(())
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
 /// Spawns `hexpulse <role>` with `env`, logging to `dir/<role>.log`.
-fn spawn_role(role: &str, env: &[(&str, String)], dir: &Path) -> anyhow::Result<Child> {
+pub(crate) fn spawn_role(role: &str, env: &[(&str, String)], dir: &Path) -> anyhow::Result<Child> {
     let log = std::fs::File::create(dir.join(format!("{role}.log")))?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg(role).stdout(log.try_clone()?).stderr(log);
@@ -39,7 +39,7 @@ fn spawn_role(role: &str, env: &[(&str, String)], dir: &Path) -> anyhow::Result<
     Ok(cmd.spawn()?)
 }
 
-fn stop(mut child: Child) {
+pub(crate) fn stop(mut child: Child) {
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
@@ -47,7 +47,7 @@ fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
-async fn wait_ready(url: &str) -> bool {
+pub(crate) async fn wait_ready(url: &str) -> bool {
     let client = reqwest::Client::new();
     for _ in 0..150 {
         if client

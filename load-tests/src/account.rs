@@ -61,8 +61,12 @@ pub struct Report {
     /// Lake rows of this run read back (valid tables, rejected).
     pub lake_valid_rows: u64,
     pub lake_rejected_rows: u64,
-    /// How long the lake took to hold everything acknowledged, after the run.
+    /// How long after the run the lake held everything acknowledged, confirmed by the full read.
     pub settle_s: f64,
+    /// How long after the run the lake's row count first reached what the acknowledged readings
+    /// make (polled every 250 ms; the full read then confirmed it): the pipeline's lag, without the
+    /// cost of the accounting's own read.
+    pub visible_s: f64,
 }
 
 impl LakeReader {
@@ -93,17 +97,22 @@ impl LakeReader {
         Ok(body.as_array().cloned().unwrap_or_default())
     }
 
+    /// Rows in all four tables (from Parquet metadata: cheap).
+    async fn total_rows(&self) -> anyhow::Result<u64> {
+        Ok(self
+            .sql("SELECT (SELECT count(*) FROM heartbeat) + (SELECT count(*) FROM sensor) + (SELECT count(*) FROM road) + (SELECT count(*) FROM rejected) AS n")
+            .await?
+            .first()
+            .and_then(|r| r["n"].as_u64())
+            .unwrap_or(0))
+    }
+
     /// Grouped rows of `keys` from every valid table and `rejected`, paged by key prefix so that no
     /// answer exceeds the service's row limit.
     async fn read(&self, keys: &HashSet<String>) -> anyhow::Result<HashMap<(String, u64), Landed>> {
         let mut out: HashMap<(String, u64), Landed> = HashMap::new();
         let tables = ["heartbeat", "sensor", "road", "rejected"];
-        let n = self
-            .sql("SELECT (SELECT count(*) FROM heartbeat) + (SELECT count(*) FROM sensor) + (SELECT count(*) FROM road) + (SELECT count(*) FROM rejected) AS n")
-            .await?
-            .first()
-            .and_then(|r| r["n"].as_u64())
-            .unwrap_or(0);
+        let n = self.total_rows().await?;
         // Pages of at most ~40k groups: 1, 16 or 256 key prefixes.
         let prefix_len = if n < 40_000 {
             0
@@ -339,8 +348,32 @@ pub async fn account(
         .filter(|(_, items)| items.iter().any(|s| s.answer == Answer::Accepted))
         .map(|(k, _)| *k)
         .collect();
+    // The rows the acknowledged readings must make at least: a cheap count (Parquet metadata) tells
+    // when they can all be there, before the full read checks that they are.
+    let min_rows: u64 = groups
+        .values()
+        .map(|items| {
+            let acc = items
+                .iter()
+                .filter(|s| s.answer == Answer::Accepted)
+                .count() as u64;
+            match items[0].class.expected() {
+                _ if acc == 0 => 0,
+                Expected::Valid => u64::from(items[0].rows) + acc - 1,
+                Expected::LakeRejects(_) => acc,
+                _ => 0,
+            }
+        })
+        .sum();
     let start = Instant::now();
+    let mut visible = None;
     let landed = loop {
+        let total = lake.total_rows().await?;
+        if total < min_rows && start.elapsed() < settle {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        }
+        visible.get_or_insert(start.elapsed().as_secs_f64());
         let landed = lake.read(run_keys).await?;
         let missing = owed
             .iter()
@@ -357,8 +390,10 @@ pub async fn account(
         if missing == 0 || start.elapsed() >= settle {
             break landed;
         }
+        visible = None;
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
+    report.visible_s = visible.unwrap_or(f64::NAN);
     report.settle_s = start.elapsed().as_secs_f64();
     // One more read after everything is there: late doubles would show now.
     let landed = if report.settle_s < settle.as_secs_f64() {

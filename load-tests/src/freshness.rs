@@ -153,7 +153,15 @@ impl Probe {
             })
         };
         let key = self.key_hex();
-        let sql = format!("SELECT max(seq) AS s FROM heartbeat WHERE device_key = '{key}'");
+        // Only the last two minutes: the event_time statistics prune every older file, so a poll
+        // stays cheap however large the lake grows.
+        let sql = || {
+            let since = std::time::SystemTime::now() - Duration::from_secs(120);
+            format!(
+                "SELECT max(seq) AS s FROM heartbeat WHERE device_key = '{key}' AND event_time >= '{}'",
+                humantime::format_rfc3339_millis(since)
+            )
+        };
         let mut seen_up_to = 0u64;
         let mut samples: Vec<f64> = Vec::new();
         let mut tail_deadline: Option<Instant> = None;
@@ -161,7 +169,7 @@ impl Probe {
             if stop.is_cancelled() && tail_deadline.is_none() {
                 tail_deadline = Some(Instant::now() + timing.tail);
             }
-            if let Ok(rows) = lake.sql(&sql).await
+            if let Ok(rows) = lake.sql(&sql()).await
                 && let Some(s) = rows.first().and_then(|r| r["s"].as_u64())
                 && s > seen_up_to
             {

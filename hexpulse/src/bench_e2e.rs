@@ -1,0 +1,254 @@
+//! `hexpulse bench e2e`: the whole pipeline on this machine, each role its own process (so each has
+//! its own peak RSS): ingest, processor and query service against the broker, and `hexpulse
+//! simulate` driving signed readings (with a small adversarial share) at a target rate, then
+//! accounting every reading through the query service and measuring freshness with its probe.
+//!
+//! The end-to-end figure is the sustained rate from simulator to queryable Parquet: readings
+//! acknowledged by ingest divided by the time from the first send until the lake held every one of
+//! them (the run plus the accounting's settle time). It is compared with half the raw batch-verify
+//! rate of one core, measured in the same run.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use hexpulse_load_tests::bench as lt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::bench::{emit_report, free_port, spawn_role, stop, wait_ready};
+use crate::config::Config;
+
+const TOKEN: &str = "bench-e2e-accounting";
+
+/// Settings of one end-to-end run.
+#[derive(Debug, Clone)]
+pub struct E2eArgs {
+    pub rate: f64,
+    pub duration: Duration,
+    pub devices: usize,
+    pub adversarial: f64,
+    pub broker_pid: Option<u32>,
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct E2eReport {
+    pub target_rate: f64,
+    pub duration_s: f64,
+    pub devices: usize,
+    pub adversarial_share: f64,
+    pub raw_verify: lt::VerifyRates,
+    /// Readings acknowledged by ingest.
+    pub acknowledged: u64,
+    /// Seconds of sending, and seconds after it until the lake's rows could hold every acknowledged
+    /// reading (the accounting's full read then confirmed it; that read's own time is not counted).
+    pub send_s: f64,
+    pub visible_s: f64,
+    /// acknowledged / (send_s + visible_s).
+    pub end_to_end_per_s: f64,
+    /// The limit: half of one core's raw batch-verify rate.
+    pub limit_per_s: f64,
+    pub ratio: f64,
+    pub accounting_mismatches: u64,
+    pub freshness_p50_ms: f64,
+    pub freshness_p99_ms: f64,
+    pub freshness_samples: u64,
+    /// Peak resident set size per role, bytes (VmHWM).
+    pub peak_rss_bytes: BTreeMap<String, u64>,
+    /// CPU seconds used per role during the run (user + system).
+    pub cpu_s: BTreeMap<String, f64>,
+    /// The simulator's whole JSON summary.
+    pub simulate: serde_json::Value,
+}
+
+pub async fn e2e(cfg: Config, a: E2eArgs) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("hexpulse-bench-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    eprintln!("[bench] raw Ed25519 verify rate of one core...");
+    let raw = tokio::task::spawn_blocking(|| lt::raw_verify_rates(Duration::from_secs(3))).await?;
+    let layer = dir.join("bench.toml");
+    std::fs::write(
+        &layer,
+        format!(
+            "[query.auth]\ntokens = [{{ name = \"bench\", role = \"admin\", sha256 = \"{}\" }}]\n",
+            hex::encode(Sha256::digest(TOKEN.as_bytes()))
+        ),
+    )?;
+    let topic = format!("bench-e2e-{}", std::process::id());
+    let (ingest_port, process_port, query_port) = (free_port()?, free_port()?, free_port()?);
+    let env: Vec<(&str, String)> = vec![
+        ("HEXPULSE_CONFIG", layer.display().to_string()),
+        ("HEXPULSE__KAFKA__BROKERS", cfg.kafka.brokers.clone()),
+        ("HEXPULSE__KAFKA__RAW_TOPIC", topic.clone()),
+        ("HEXPULSE__KAFKA__PARTITIONS", "2".into()),
+        (
+            "HEXPULSE__REGISTRY__PATH",
+            dir.join("devices.json").display().to_string(),
+        ),
+        (
+            "HEXPULSE__PROCESS__LAKE_URL",
+            dir.join("lake").display().to_string(),
+        ),
+        (
+            "HEXPULSE__QUERY__LAKE_URL",
+            dir.join("lake").display().to_string(),
+        ),
+        ("HEXPULSE__PROCESS__GROUP_ID", format!("{topic}-g")),
+        (
+            "HEXPULSE__INGEST__LISTEN",
+            format!("127.0.0.1:{ingest_port}"),
+        ),
+        (
+            "HEXPULSE__PROCESS__LISTEN",
+            format!("127.0.0.1:{process_port}"),
+        ),
+        ("HEXPULSE__QUERY__LISTEN", format!("127.0.0.1:{query_port}")),
+        ("RUST_LOG", "warn".into()),
+    ];
+    // The registry file must exist before the roles open it; simulate --register fills it.
+    std::fs::write(dir.join("devices.json"), "[]")?;
+    let mut roles = Vec::new();
+    for (role, health) in [
+        ("ingest", format!("http://127.0.0.1:{ingest_port}/readyz")),
+        (
+            "process",
+            format!("http://127.0.0.1:{process_port}/healthz"),
+        ),
+        ("query", format!("http://127.0.0.1:{query_port}/healthz")),
+    ] {
+        let child = spawn_role(role, &env, &dir)?;
+        if !wait_ready(&health).await {
+            for (_, c) in roles {
+                stop(c);
+            }
+            stop(child);
+            bail!(
+                "{role} did not start; see {}",
+                dir.join(format!("{role}.log")).display()
+            );
+        }
+        roles.push((role, child));
+    }
+    let ingest_url = format!("http://127.0.0.1:{ingest_port}");
+    let query_url = format!("http://127.0.0.1:{query_port}");
+    let sim_out = dir.join("simulate.json");
+    eprintln!(
+        "[bench] simulate: {} readings/s for {:?} from {} devices, adversarial share {}",
+        a.rate, a.duration, a.devices, a.adversarial
+    );
+    let mut sim = Command::new(std::env::current_exe()?);
+    sim.args(["simulate", "--register", "--account", "--target-url"])
+        .arg(&ingest_url)
+        .args(["--query-url", &query_url])
+        .args(["--rate", &a.rate.to_string()])
+        .args(["--duration", &format!("{}s", a.duration.as_secs())])
+        .args(["--devices", &a.devices.to_string()])
+        .args(["--adversarial", &a.adversarial.to_string()])
+        .args([
+            "--batch-size",
+            "200",
+            "--concurrency",
+            "8",
+            "--settle",
+            "300s",
+        ])
+        .arg("--out")
+        .arg(&sim_out)
+        .env("HEXPULSE_QUERY_TOKEN", TOKEN)
+        .stdout(std::fs::File::create(dir.join("simulate.stdout"))?)
+        .stderr(std::fs::File::create(dir.join("simulate.log"))?);
+    for (k, v) in &env {
+        sim.env(k, v);
+    }
+    let mut sim = sim.spawn()?;
+    let mut peak: BTreeMap<String, u64> = BTreeMap::new();
+    let mut cpu: BTreeMap<String, f64> = BTreeMap::new();
+    let broker_cpu0 = a.broker_pid.and_then(|p| lt::process_cpu_seconds(p).ok());
+    let mut sample = |name: &str, pid: u32| {
+        if let Some(b) = lt::peak_rss_bytes(pid) {
+            let e = peak.entry(name.to_string()).or_default();
+            *e = (*e).max(b);
+        }
+        if let Ok(c) = lt::process_cpu_seconds(pid) {
+            let c = c - if name == "broker" {
+                broker_cpu0.unwrap_or(0.0)
+            } else {
+                0.0
+            };
+            cpu.insert(name.to_string(), c);
+        }
+    };
+    let status = loop {
+        for (role, c) in &roles {
+            sample(role, c.id());
+        }
+        sample("simulate", sim.id());
+        if let Some(pid) = a.broker_pid {
+            sample("broker", pid);
+        }
+        if let Some(s) = sim.try_wait()? {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for (role, c) in &roles {
+        sample(role, c.id());
+    }
+    for (_, c) in roles {
+        stop(c);
+    }
+    let text = std::fs::read_to_string(&sim_out).with_context(|| {
+        format!(
+            "simulate wrote no summary (exit {status}); see {}",
+            dir.join("simulate.log").display()
+        )
+    })?;
+    let s: serde_json::Value = serde_json::from_str(&text)?;
+    let acct = &s["accounting"];
+    let acknowledged = acct["acknowledged"].as_u64().unwrap_or(0);
+    let send_s = s["elapsed_s"].as_f64().unwrap_or(0.0);
+    let visible_s = acct["visible_s"].as_f64().unwrap_or(f64::NAN);
+    let end_to_end_per_s = acknowledged as f64 / (send_s + visible_s).max(1e-9);
+    let limit_per_s = 0.5 * raw.batch128_per_s;
+    let report = E2eReport {
+        target_rate: a.rate,
+        duration_s: a.duration.as_secs_f64(),
+        devices: a.devices,
+        adversarial_share: a.adversarial,
+        raw_verify: raw,
+        acknowledged,
+        send_s,
+        visible_s,
+        end_to_end_per_s,
+        limit_per_s,
+        ratio: end_to_end_per_s / limit_per_s,
+        accounting_mismatches: acct["mismatch_total"].as_u64().unwrap_or(u64::MAX),
+        freshness_p50_ms: s["freshness"]["p50_ms"].as_f64().unwrap_or(0.0),
+        freshness_p99_ms: s["freshness"]["p99_ms"].as_f64().unwrap_or(0.0),
+        freshness_samples: s["freshness"]["samples"].as_u64().unwrap_or(0),
+        peak_rss_bytes: peak,
+        cpu_s: cpu,
+        simulate: s.clone(),
+    };
+    eprintln!(
+        "[bench] end to end: {:.0} readings/s sustained (limit {:.0}/s = half a core's batch verify; ratio {:.2}); mismatches {}; freshness p50 {:.0} ms p99 {:.0} ms",
+        report.end_to_end_per_s,
+        report.limit_per_s,
+        report.ratio,
+        report.accounting_mismatches,
+        report.freshness_p50_ms,
+        report.freshness_p99_ms
+    );
+    emit_report(&report, a.out)?;
+    if report.accounting_mismatches != 0 {
+        bail!(
+            "accounting found mismatches; the run's files are in {}",
+            dir.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

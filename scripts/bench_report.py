@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Turns the benchmark reports (load-tests/results/*.json, written by `make bench`) into
+load-tests/results.json (per stage: value, unit, the limit it is compared to, the ratio, the command)
+and the generated table in load-tests/RESULTS.md (between the bench:begin / bench:end markers).
+
+Usage: bench_report.py [--results DIR] [--md FILE] [--json FILE]
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- bench:begin (scripts/bench_report.py writes this part) -->", "<!-- bench:end -->"
+# Container memory limits of the k8s base (k8s/base/*.yaml): what each role's peak RSS is held to.
+RSS_LIMITS_MIB = {"ingest": 1024, "process": 2048, "query": 3072}
+
+
+def machine():
+    model = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        mem = next(l for l in open("/proc/meminfo") if l.startswith("MemTotal")).split()[1]
+        mem_gib = round(int(mem) / 2**20)
+    except (OSError, StopIteration):
+        mem_gib = "?"
+    return f"{os.cpu_count()} vCPU {model}, {mem_gib} GiB, {platform.system()} {platform.release()}"
+
+
+def load(results, name):
+    p = results / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def stage(name, value, unit, limit, limit_what, ratio, command, target=None, note=""):
+    return {
+        "stage": name,
+        "value": value,
+        "unit": unit,
+        "limit": limit,
+        "limit_is": limit_what,
+        "ratio": ratio,
+        "target": target,
+        "met": None if target is None or ratio is None else (ratio <= target if target_is_max(name) else ratio >= target),
+        "command": command,
+        "note": note,
+    }
+
+
+def target_is_max(name):
+    return name.startswith("query") or name.startswith("peak RSS")
+
+
+def stages(results):
+    out = []
+    ingest, process, query, e2e = (load(results, n) for n in ("ingest", "process", "query", "e2e"))
+    if ingest:
+        raw = ingest["raw_verify"]["batch128_per_s"]
+        out.append(stage("raw Ed25519 batch verify, one core", round(raw), "verifies/s", None, "reference", None,
+                         "hexpulse bench ingest (raw_verify)", note=f"single verify {ingest['raw_verify']['single_per_s']:.0f}/s"))
+        out.append(stage("ingest", round(ingest["accepted_per_ingest_core_s"]), "accepted readings per ingest core-second",
+                         round(raw), "raw batch verify of one core (same run)", ingest["ratio_to_raw_batch_verify"],
+                         "hexpulse bench ingest", target=0.70,
+                         note=f"{ingest['accepted_per_s']:.0f}/s wall, p50 {ingest['latency_p50_ms']:.0f} ms, p99 {ingest['latency_p99_ms']:.0f} ms"))
+    if process:
+        out.append(stage("processor", round(process["plain_rows_per_core_s_median"]), "lake rows per processor core-second",
+                         200000, "200k rows/s per core", process["plain_rows_ratio_to_target_200k"],
+                         "hexpulse bench process", target=1.0, note="median of three runs, re-verification off"))
+        out.append(stage("processor with re-verification", round(process["runs"][-1]["readings_per_core_s"]),
+                         "readings per processor core-second", round(process["raw_verify"]["batch128_per_s"]),
+                         "raw batch verify of one core (same run)", process["reverify_ratio_to_raw_batch_verify"],
+                         "hexpulse bench process"))
+    if e2e:
+        out.append(stage("end to end", round(e2e["end_to_end_per_s"]), "readings/s, simulator to queryable Parquet",
+                         round(e2e["limit_per_s"]), "0.5 x raw batch verify of one core (same run)", e2e["ratio"],
+                         "hexpulse bench e2e", target=1.0,
+                         note=f"{e2e['acknowledged']} readings acknowledged in {e2e['send_s']:.0f} s at a {e2e['target_rate']:.0f}/s target, "
+                              f"adversarial share {e2e['adversarial_share']} per class, accounting mismatches {e2e['accounting_mismatches']}"))
+        out.append(stage("freshness p50", round(e2e["freshness_p50_ms"]), "ms from ingest acceptance to visible in query",
+                         None, "no limit set", None, "hexpulse bench e2e", note=f"{e2e['freshness_samples']} probe readings"))
+        out.append(stage("freshness p99", round(e2e["freshness_p99_ms"]), "ms from ingest acceptance to visible in query",
+                         None, "no limit set", None, "hexpulse bench e2e"))
+        for role, b in sorted(e2e["peak_rss_bytes"].items()):
+            mib = b / 2**20
+            lim = RSS_LIMITS_MIB.get(role)
+            out.append(stage(f"peak RSS {role}", round(mib), "MiB (VmHWM) during the end-to-end run",
+                             lim, "k8s memory limit" if lim else "none", mib / lim if lim else None,
+                             "hexpulse bench e2e", target=1.0 if lim else None,
+                             note=f"{e2e['cpu_s'].get(role, 0):.0f} CPU-s in the run"))
+    if query:
+        for q in query["queries"]:
+            out.append(stage(f"query: {q['name']}", round(q["hexpulse_p50_ms"], 1), "ms p50",
+                             round(q["duckdb_p50_ms"], 1), f"DuckDB {query.get('duckdb_version', '')} p50, same files, same run",
+                             q["ratio_p50"], "hexpulse bench query", target=1.0,
+                             note=f"p99 {q['hexpulse_p99_ms']:.0f} ms vs {q['duckdb_p99_ms']:.0f} ms; {query['readings']} readings"))
+    return out
+
+
+def fmt(v):
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", default=str(ROOT / "load-tests/results"))
+    ap.add_argument("--md", default=str(ROOT / "load-tests/RESULTS.md"))
+    ap.add_argument("--json", default=str(ROOT / "load-tests/results.json"))
+    a = ap.parse_args()
+    rows = stages(Path(a.results))
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    doc = {"machine": machine(), "date": when, "commit": commit, "command": "make bench", "stages": rows}
+    Path(a.json).write_text(json.dumps(doc, indent=2) + "\n")
+    lines = [
+        BEGIN,
+        f"Machine: {doc['machine']}. Run: {when}, commit {commit}, command `make bench` (scripts/bench.sh; raw JSON in",
+        "load-tests/results/*.json, this table and load-tests/results.json by scripts/bench_report.py). Ratios are",
+        "value / limit within one run; for query rows and peak RSS lower is better (target ≤ 1), elsewhere higher.",
+        "",
+        "| stage | value | unit | limit | compared to | ratio | target | met? | command | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        target = "—" if r["target"] is None else ("≤ " if target_is_max(r["stage"]) else "≥ ") + fmt(r["target"])
+        met = "—" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        lines.append(f"| {r['stage']} | {fmt(r['value'])} | {r['unit']} | {fmt(r['limit'])} | {r['limit_is']} | {fmt(r['ratio'])} | {target} | {met} | `{r['command']}` | {r['note']} |")
+    lines.append(END)
+    md = Path(a.md)
+    text = md.read_text() if md.exists() else "# Benchmark results\n"
+    block = "\n".join(lines)
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        first_nl = text.index("\n") + 1 if "\n" in text else len(text)
+        text = text[:first_nl] + "\n" + block + "\n" + text[first_nl:]
+    md.write_text(text)
+    print(block)
+
+
+if __name__ == "__main__":
+    main()
