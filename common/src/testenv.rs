@@ -43,3 +43,64 @@ pub fn unique_topic(prefix: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// A tansu broker of a test's own (durable sqlite storage, in a temporary cache), started and
+/// stopped through `scripts/broker.sh` (`HEXPULSE_BROKER_SCRIPT`, `HEXPULSE_TANSU_BIN`; `make test`
+/// sets both), so a test can take it away and bring it back. Stopped on drop.
+pub struct OwnBroker {
+    script: String,
+    cache: std::path::PathBuf,
+    pub port: u16,
+}
+
+impl OwnBroker {
+    /// None when the scripts are not configured (outside `make test`); starts nothing yet.
+    pub fn new(cache: &std::path::Path) -> Option<OwnBroker> {
+        let script = std::env::var("HEXPULSE_BROKER_SCRIPT").ok()?;
+        std::env::var("HEXPULSE_TANSU_BIN").ok()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .ok()?
+            .port();
+        Some(OwnBroker {
+            script,
+            cache: cache.to_path_buf(),
+            port,
+        })
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn run(&self, args: &[&str]) {
+        let out = std::process::Command::new(&self.script)
+            .args(args)
+            .env("HEXPULSE_CACHE", &self.cache)
+            .env(
+                "TANSU_BIN",
+                std::env::var("HEXPULSE_TANSU_BIN").unwrap_or_default(),
+            )
+            .output()
+            .expect("run broker.sh");
+        assert!(
+            out.status.success(),
+            "broker.sh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn start(&self) {
+        self.run(&["start", "sqlite", &self.port.to_string()]);
+    }
+
+    pub fn stop(&self) {
+        self.run(&["stop", &self.port.to_string()]);
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -173,10 +173,15 @@ fn answer_label(a: &Answer) -> String {
     }
 }
 
-/// A refusal that leaves the fate open: the request may have been partly enqueued.
+/// Item codes by which ingest says it could not hand the item to Kafka (the broker did not
+/// acknowledge in time, or the producer queue was full): the item may or may not be in the log.
+const NOT_DELIVERED: [&str; 2] = ["delivery_failed", "queue_full"];
+
+/// An answer that leaves the fate open: the request, or the item, may have been enqueued.
 fn unknown_fate(a: &Answer) -> bool {
     matches!(a, Answer::NoAnswer | Answer::Pending)
         || matches!(a, Answer::Refused(s) if *s == 429 || *s >= 500)
+        || matches!(a, Answer::Rejected(c) if NOT_DELIVERED.contains(&c.as_str()))
 }
 
 struct Tally<'a> {
@@ -225,7 +230,9 @@ fn check_group(items: &[&Sent], landed: &Landed, t: &mut Tally<'_>) {
     match class.expected() {
         Expected::Valid => {
             for s in items {
-                if let Answer::Rejected(code) = &s.answer {
+                if let Answer::Rejected(code) = &s.answer
+                    && !unknown_fate(&s.answer)
+                {
                     t.miss(class, &format!("refused_by_ingest:{code}"), id.clone());
                 }
             }
@@ -273,7 +280,9 @@ fn check_group(items: &[&Sent], landed: &Landed, t: &mut Tally<'_>) {
         }
         Expected::LakeRejects(reason) => {
             for s in items {
-                if let Answer::Rejected(code) = &s.answer {
+                if let Answer::Rejected(code) = &s.answer
+                    && !unknown_fate(&s.answer)
+                {
                     t.miss(class, &format!("refused_by_ingest:{code}"), id.clone());
                 }
             }

@@ -2,6 +2,7 @@
 
 mod accounting;
 mod crash;
+mod faults;
 mod k8s;
 mod map;
 mod up;

@@ -2,7 +2,6 @@
 //! ingestion resumes without restarting ingest, and every accepted item is in Kafka exactly once.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hexpulse_common::testenv;
@@ -11,63 +10,15 @@ use prost::Message;
 
 use crate::support::*;
 
-struct OwnBroker {
-    script: String,
-    cache: tempfile::TempDir,
-    port: u16,
-}
-
-impl OwnBroker {
-    fn run(&self, args: &[&str]) {
-        let out = Command::new(&self.script)
-            .args(args)
-            .env("HEXPULSE_CACHE", self.cache.path())
-            .env(
-                "TANSU_BIN",
-                std::env::var("HEXPULSE_TANSU_BIN").expect("HEXPULSE_TANSU_BIN"),
-            )
-            .output()
-            .expect("run broker.sh");
-        assert!(
-            out.status.success(),
-            "broker.sh {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    fn start(&self) {
-        self.run(&["start", "sqlite", &self.port.to_string()]);
-    }
-    fn stop(&self) {
-        self.run(&["stop", &self.port.to_string()]);
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_gives_503_then_recovers() {
     // This test runs a broker of its own, so it can stop it.
     if testenv::broker_or_skip("broker_outage_gives_503_then_recovers").is_none() {
         return;
     }
-    let broker = OwnBroker {
-        script: std::env::var("HEXPULSE_BROKER_SCRIPT")
-            .expect("HEXPULSE_BROKER_SCRIPT is set by make test"),
-        cache: tempfile::tempdir().unwrap(),
-        port: free_port(),
-    };
+    let cache = tempfile::tempdir().unwrap();
+    let broker = testenv::OwnBroker::new(cache.path())
+        .expect("HEXPULSE_BROKER_SCRIPT and HEXPULSE_TANSU_BIN are set by make test");
     broker.start();
     let mut cfg = IngestConfig::for_tests();
     cfg.delivery_timeout = Duration::from_secs(3);
