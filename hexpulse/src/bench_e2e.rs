@@ -24,13 +24,25 @@ use crate::config::Config;
 const TOKEN: &str = "bench-e2e-accounting";
 
 /// Settings of one end-to-end run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct E2eArgs {
+    /// Target readings per second.
+    #[arg(long, default_value_t = 20000.0)]
     pub rate: f64,
+    /// How long to send.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     pub duration: Duration,
+    /// Simulated devices (the rules allow each 120 readings a minute).
+    #[arg(long, default_value_t = 30000)]
     pub devices: usize,
+    /// Share of each adversarial class.
+    #[arg(long, default_value_t = 0.005)]
     pub adversarial: f64,
+    /// The broker's pid, for its peak RSS.
+    #[arg(long)]
     pub broker_pid: Option<u32>,
+    /// Write the JSON report here too.
+    #[arg(long)]
     pub out: Option<PathBuf>,
 }
 

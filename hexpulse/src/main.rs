@@ -234,26 +234,7 @@ enum BenchCmd {
     Verify,
     /// The whole pipeline, each role its own process: sustained rate from simulator to queryable
     /// Parquet, accounting, freshness, and peak RSS per role.
-    E2e {
-        /// Target readings per second.
-        #[arg(long, default_value_t = 20000.0)]
-        rate: f64,
-        /// How long to send.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
-        duration: Duration,
-        /// Simulated devices (the rules allow each 120 readings a minute).
-        #[arg(long, default_value_t = 30000)]
-        devices: usize,
-        /// Share of each adversarial class.
-        #[arg(long, default_value_t = 0.005)]
-        adversarial: f64,
-        /// The broker's pid, for its peak RSS.
-        #[arg(long)]
-        broker_pid: Option<u32>,
-        /// Write the JSON report here too.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    E2e(bench_e2e::E2eArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -845,23 +826,6 @@ async fn bench(cfg: Config, b: BenchCmd) -> anyhow::Result<()> {
             python,
             out,
         } => bench_query::query(readings, runs, python, out).await,
-        BenchCmd::E2e {
-            rate,
-            duration,
-            devices,
-            adversarial,
-            broker_pid,
-            out,
-        } => {
-            let args = bench_e2e::E2eArgs {
-                rate,
-                duration,
-                devices,
-                adversarial,
-                broker_pid,
-                out,
-            };
-            bench_e2e::e2e(cfg, args).await
-        }
+        BenchCmd::E2e(args) => bench_e2e::e2e(cfg, args).await,
     }
 }

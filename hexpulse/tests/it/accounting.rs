@@ -23,40 +23,33 @@ fn adversarial_run_accounts_for_every_reading() {
         hex::encode(Sha256::digest(TOKEN.as_bytes()))
     );
     let up = Up::start("it-accounting", &brokers, &["--no-traffic"], Some(&layer));
-    let seed = rand::random::<u32>().to_string();
     let out = up
-        .command(&brokers)
-        .args([
-            "simulate",
-            "--register",
-            "--target-url",
-            &up.ingest,
-            "--query-url",
-            &up.query,
-            "--account",
-            "--adversarial",
-            "0.02",
-            "--count",
-            "30000",
-            "--devices",
-            "2000",
-            "--batch-size",
-            "100",
-            "--concurrency",
-            "4",
-            "--rate",
-            "0",
-            "--settle",
-            "90s",
-        ])
-        .env("HEXPULSE__SIMULATE__SEED", &seed)
-        .env("HEXPULSE_QUERY_TOKEN", TOKEN)
+        .simulate(
+            &brokers,
+            TOKEN,
+            &[
+                "--adversarial",
+                "0.02",
+                "--count",
+                "30000",
+                "--devices",
+                "2000",
+                "--batch-size",
+                "100",
+                "--concurrency",
+                "4",
+                "--rate",
+                "0",
+                "--settle",
+                "90s",
+            ],
+        )
         .output()
         .expect("hexpulse simulate");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let tail: String = stderr.lines().rev().take(15).collect::<Vec<_>>().join("\n");
-    eprintln!("seed {seed}\n{stdout}\n(stderr, last lines reversed)\n{tail}");
+    eprintln!("{stdout}\n(stderr, last lines reversed)\n{tail}");
     let json_start = stdout.find('{').expect("a JSON summary");
     let summary: Value = serde_json::from_str(&stdout[json_start..]).expect("JSON summary");
     let acct = &summary["accounting"];

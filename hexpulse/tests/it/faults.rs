@@ -44,33 +44,28 @@ fn broker_outage_under_load_loses_and_doubles_nothing() {
     );
     let up = Up::start("it-faults", &brokers, &["--no-traffic"], Some(&layer));
     let sim = up
-        .command(&brokers)
-        .args([
-            "simulate",
-            "--register",
-            "--target-url",
-            &up.ingest,
-            "--query-url",
-            &up.query,
-            "--account",
-            "--adversarial",
-            "0.01",
-            "--duration",
-            "25s",
-            "--rate",
-            "1000",
-            "--devices",
-            "1000",
-            "--batch-size",
-            "50",
-            "--settle",
-            "120s",
-        ])
+        .simulate(
+            &brokers,
+            TOKEN,
+            &[
+                "--adversarial",
+                "0.01",
+                "--duration",
+                "25s",
+                "--rate",
+                "1000",
+                "--devices",
+                "1000",
+                "--batch-size",
+                "50",
+                "--settle",
+                "120s",
+            ],
+        )
         .env(
             "HEXPULSE__SIMULATE__SEED",
             rand::random::<u32>().to_string(),
         )
-        .env("HEXPULSE_QUERY_TOKEN", TOKEN)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

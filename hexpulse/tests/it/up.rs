@@ -122,6 +122,21 @@ impl Up {
         c
     }
 
+    /// `hexpulse simulate --register --account` against this setup, with `extra` arguments, a random
+    /// seed and `token` for the query service.
+    pub fn simulate(&self, brokers: &str, token: &str, extra: &[&str]) -> Command {
+        let seed = rand::random::<u32>().to_string();
+        eprintln!("simulate with seed {seed}");
+        let mut c = self.command(brokers);
+        c.args(["simulate", "--register", "--account", "--target-url"])
+            .arg(&self.ingest)
+            .args(["--query-url", &self.query])
+            .args(extra)
+            .env("HEXPULSE__SIMULATE__SEED", seed)
+            .env("HEXPULSE_QUERY_TOKEN", token);
+        c
+    }
+
     pub fn lake(&self) -> PathBuf {
         self.dir.path().join("lake")
     }
