@@ -630,7 +630,9 @@ async fn simulate(mut cfg: Config, a: SimArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let mut run_keys = mixer.keys();
-    run_keys.insert(probe.key_hex());
+    if a.register {
+        run_keys.insert(probe.key_hex());
+    }
     let ledger = a.account.then(|| {
         Arc::new(std::sync::Mutex::new(
             hexpulse_load_tests::adversary::Ledger::default(),
@@ -642,7 +644,11 @@ async fn simulate(mut cfg: Config, a: SimArgs) -> anyhow::Result<()> {
         .map(|u| hexpulse_load_tests::account::LakeReader::new(u, a.query_token.clone()));
     let stop = shutdown::on_signals();
     let sim_done = tokio_util::sync::CancellationToken::new();
-    let fresh = lake.clone().map(|lake| {
+    // The probe must be a registered device: only with --register.
+    if lake.is_some() && !a.register {
+        eprintln!("freshness is not measured: the probe device needs --register");
+    }
+    let fresh = lake.clone().filter(|_| a.register).map(|lake| {
         let (target, stop, ledger) = (
             cfg.simulate.target_url.clone(),
             sim_done.clone(),
