@@ -5,6 +5,7 @@
 //! other.
 
 pub mod config;
+pub mod http;
 pub mod kafka;
 pub mod registry;
 pub mod shutdown;

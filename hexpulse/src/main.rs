@@ -356,9 +356,6 @@ async fn serve_sealer_health(
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     use axum::http::StatusCode;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the sealer's listener {addr}"))?;
     let handle = telemetry::metrics_handle();
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok" }))
@@ -380,15 +377,10 @@ async fn serve_sealer_health(
             "/metrics",
             axum::routing::get(move || std::future::ready(handle.render())),
         );
-    eprintln!(
-        "sealer health and metrics on http://{}/",
-        listener.local_addr()?
-    );
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-    });
+    let bound = hexpulse_common::http::serve_in_background(addr, app, stop)
+        .await
+        .with_context(|| format!("binding the sealer's listener {addr}"))?;
+    eprintln!("sealer health and metrics on http://{bound}/");
     Ok(())
 }
 

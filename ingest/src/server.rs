@@ -167,22 +167,14 @@ async fn serve_admin(
     state: Arc<Ingest>,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, StartError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr, source })?;
     let routes = admin_routes()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz));
-    let app = with_limits(routes, state);
+    let bound =
+        hexpulse_common::http::serve_in_background(addr, with_limits(routes, state), shutdown)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
     tracing::info!(addr = %bound, "ingest admin listening");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-    });
     Ok(bound)
 }
 

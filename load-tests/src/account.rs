@@ -108,11 +108,14 @@ impl LakeReader {
     }
 
     /// Grouped rows of `keys` from every valid table and `rejected`, paged by key prefix so that no
-    /// answer exceeds the service's row limit.
-    async fn read(&self, keys: &HashSet<String>) -> anyhow::Result<HashMap<(String, u64), Landed>> {
+    /// answer exceeds the service's row limit; `n` is [`Self::total_rows`], which sizes the pages.
+    async fn read(
+        &self,
+        keys: &HashSet<String>,
+        n: u64,
+    ) -> anyhow::Result<HashMap<(String, u64), Landed>> {
         let mut out: HashMap<(String, u64), Landed> = HashMap::new();
         let tables = ["heartbeat", "sensor", "road", "rejected"];
-        let n = self.total_rows().await?;
         // Pages of at most ~40k groups: 1, 16 or 256 key prefixes.
         let prefix_len = if n < 40_000 {
             0
@@ -383,7 +386,7 @@ pub async fn account(
             continue;
         }
         visible.get_or_insert(start.elapsed().as_secs_f64());
-        let landed = lake.read(run_keys).await?;
+        let landed = lake.read(run_keys, total).await?;
         let missing = owed
             .iter()
             .filter(|(k, s)| !landed.contains_key(&(k.to_string(), *s)))
@@ -407,7 +410,8 @@ pub async fn account(
     // One more read after everything is there: late doubles would show now.
     let landed = if report.settle_s < settle.as_secs_f64() {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        lake.read(run_keys).await?
+        let total = lake.total_rows().await?;
+        lake.read(run_keys, total).await?
     } else {
         landed
     };

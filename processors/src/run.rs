@@ -104,16 +104,6 @@ pub async fn start(
     if let Err(e) = kafka.ensure_topics(&[&kafka.raw_topic]).await {
         tracing::warn!(error = %e, "could not ensure the raw topic exists");
     }
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| ProcessError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| ProcessError::Bind {
-        addr: cfg.listen,
-        source,
-    })?;
     let handle = hexpulse_common::telemetry::metrics_handle();
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok" }))
@@ -122,12 +112,12 @@ pub async fn start(
             "/metrics",
             axum::routing::get(move || std::future::ready(handle.render())),
         );
-    let http_stop = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(http_stop.cancelled_owned())
-            .await;
-    });
+    let addr = hexpulse_common::http::serve_in_background(cfg.listen, app, shutdown.clone())
+        .await
+        .map_err(|source| ProcessError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
     tracing::info!(%addr, lake = %cfg.lake_url, rules = %rules.version, "processor starting");
     if !cfg.compact_interval.is_zero() {
         let close_after =

@@ -325,24 +325,16 @@ async fn serve_admin(
     state: Arc<AppState>,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, QueryError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| QueryError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| QueryError::Bind { addr, source })?;
     let handle = hexpulse_common::telemetry::metrics_handle();
     let app = Router::new()
         .route("/metrics", get(move || std::future::ready(handle.render())))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .with_state(state);
+    let bound = hexpulse_common::http::serve_in_background(addr, app, shutdown)
+        .await
+        .map_err(|source| QueryError::Bind { addr, source })?;
     tracing::info!(addr = %bound, "query admin listening");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-    });
     Ok(bound)
 }
 

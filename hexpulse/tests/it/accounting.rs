@@ -4,29 +4,20 @@
 //! class present, and a freshness figure.
 
 use hexpulse_common::testenv;
-use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-use crate::up::Up;
-
-const TOKEN: &str = "accounting-admin-token";
+use crate::up::{Up, accounting_layer, summary};
 
 #[test]
 fn adversarial_run_accounts_for_every_reading() {
     let Some(brokers) = testenv::broker_or_skip("adversarial_run_accounts") else {
         return;
     };
-    // An admin token (the `rejected` table is private), and a 256 KiB body limit so that oversize
-    // requests stay cheap.
-    let layer = format!(
-        "[ingest]\nmax_body_bytes = 262144\n\n[query.auth]\ntokens = [{{ name = \"accounting\", role = \"admin\", sha256 = \"{}\" }}]\n",
-        hex::encode(Sha256::digest(TOKEN.as_bytes()))
-    );
+    // A 256 KiB body limit, so that oversize requests stay cheap.
+    let layer = accounting_layer("max_body_bytes = 262144");
     let up = Up::start("it-accounting", &brokers, &["--no-traffic"], Some(&layer));
     let out = up
         .simulate(
             &brokers,
-            TOKEN,
             &[
                 "--adversarial",
                 "0.02",
@@ -46,12 +37,7 @@ fn adversarial_run_accounts_for_every_reading() {
         )
         .output()
         .expect("hexpulse simulate");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let tail: String = stderr.lines().rev().take(15).collect::<Vec<_>>().join("\n");
-    eprintln!("{stdout}\n(stderr, last lines reversed)\n{tail}");
-    let json_start = stdout.find('{').expect("a JSON summary");
-    let summary: Value = serde_json::from_str(&stdout[json_start..]).expect("JSON summary");
+    let summary = summary(&out);
     let acct = &summary["accounting"];
     assert_eq!(
         acct["mismatch_total"], 0,

@@ -14,11 +14,8 @@ use std::time::Duration;
 
 use hexpulse_common::testenv;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-use crate::up::Up;
-
-const TOKEN: &str = "faults-admin-token";
+use crate::up::{Up, accounting_layer, summary};
 
 #[test]
 #[ignore = "tansu 0.6 (sqlite) does not serve after a restart under load; see the module comment"]
@@ -38,15 +35,11 @@ fn broker_outage_under_load_loses_and_doubles_nothing() {
     broker.start();
     let brokers = broker.address();
     // Short delivery timeout, so requests during the outage get their 503 quickly.
-    let layer = format!(
-        "[ingest]\ndelivery_timeout = \"3s\"\n\n[query.auth]\ntokens = [{{ name = \"faults\", role = \"admin\", sha256 = \"{}\" }}]\n",
-        hex::encode(Sha256::digest(TOKEN.as_bytes()))
-    );
+    let layer = accounting_layer("delivery_timeout = \"3s\"");
     let up = Up::start("it-faults", &brokers, &["--no-traffic"], Some(&layer));
     let sim = up
         .simulate(
             &brokers,
-            TOKEN,
             &[
                 "--adversarial",
                 "0.01",
@@ -61,10 +54,6 @@ fn broker_outage_under_load_loses_and_doubles_nothing() {
                 "--settle",
                 "120s",
             ],
-        )
-        .env(
-            "HEXPULSE__SIMULATE__SEED",
-            rand::random::<u32>().to_string(),
         )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -81,15 +70,7 @@ fn broker_outage_under_load_loses_and_doubles_nothing() {
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     let tail: Vec<&str> = log.lines().rev().take(15).collect();
     eprintln!("broker log, last lines reversed:\n{}", tail.join("\n"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let tail: Vec<&str> = stderr.lines().rev().take(12).collect();
-    eprintln!(
-        "{stdout}\n(stderr, last lines reversed)\n{}",
-        tail.join("\n")
-    );
-    let summary: Value =
-        serde_json::from_str(&stdout[stdout.find('{').expect("JSON summary")..]).unwrap();
+    let summary = summary(&out);
     let acct = &summary["accounting"];
     assert_eq!(
         acct["mismatch_total"], 0,

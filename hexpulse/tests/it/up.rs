@@ -21,6 +21,34 @@ pub struct Up {
     pub config: String,
 }
 
+/// The bearer token of the `admin` role in [`accounting_layer`] (accounting reads the private
+/// `rejected` table).
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A config layer for accounting runs: `ingest` (lines of the `[ingest]` section) and a query token
+/// of the `admin` role, [`ADMIN_TOKEN`].
+pub fn accounting_layer(ingest: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!(
+        "[ingest]\n{ingest}\n\n[query.auth]\ntokens = [{{ name = \"accounting\", role = \"admin\", sha256 = \"{}\" }}]\n",
+        hex::encode(Sha256::digest(ADMIN_TOKEN.as_bytes()))
+    )
+}
+
+/// Prints a finished `hexpulse simulate` (its JSON summary and the end of its progress) and returns
+/// the summary.
+pub fn summary(out: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
+    eprintln!(
+        "{stdout}\n(stderr, last lines reversed)\n{}",
+        tail.join("\n")
+    );
+    let start = stdout.find('{').expect("simulate printed a JSON summary");
+    serde_json::from_str(&stdout[start..]).expect("JSON summary")
+}
+
 pub fn root() -> &'static str {
     concat!(env!("CARGO_MANIFEST_DIR"), "/..")
 }
@@ -123,8 +151,8 @@ impl Up {
     }
 
     /// `hexpulse simulate --register --account` against this setup, with `extra` arguments, a random
-    /// seed and `token` for the query service.
-    pub fn simulate(&self, brokers: &str, token: &str, extra: &[&str]) -> Command {
+    /// seed and [`ADMIN_TOKEN`] for the query service.
+    pub fn simulate(&self, brokers: &str, extra: &[&str]) -> Command {
         let seed = rand::random::<u32>().to_string();
         eprintln!("simulate with seed {seed}");
         let mut c = self.command(brokers);
@@ -133,7 +161,7 @@ impl Up {
             .args(["--query-url", &self.query])
             .args(extra)
             .env("HEXPULSE__SIMULATE__SEED", seed)
-            .env("HEXPULSE_QUERY_TOKEN", token);
+            .env("HEXPULSE_QUERY_TOKEN", ADMIN_TOKEN);
         c
     }
 
