@@ -4,6 +4,11 @@ use std::net::SocketAddr;
 
 use tokio_util::sync::CancellationToken;
 
+/// Side listeners answer small requests: a client gets this long to send its headers.
+const SIDE_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Open requests get this long to finish at shutdown.
+const SIDE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Binds `addr` and serves `app` on a background task until `stop` is cancelled. Returns the bound
 /// address (port 0 picks a free one); a bind failure is returned, not logged.
 pub async fn serve_in_background(
@@ -13,10 +18,13 @@ pub async fn serve_in_background(
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-    });
+    tokio::spawn(crate::serve::serve(
+        listener,
+        app,
+        None,
+        SIDE_HEADER_TIMEOUT,
+        stop,
+        SIDE_GRACE,
+    ));
     Ok(bound)
 }

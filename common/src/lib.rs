@@ -7,7 +7,9 @@
 pub mod config;
 pub mod http;
 pub mod kafka;
+pub mod ratelimit;
 pub mod registry;
+pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 pub mod testenv;

@@ -104,3 +104,54 @@ impl Drop for OwnBroker {
         self.stop();
     }
 }
+
+/// What a slow client saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlowClient {
+    /// The server closed the connection (or reset it) after this long, with these bytes answered.
+    Closed {
+        after: std::time::Duration,
+        answer: String,
+    },
+    /// Still open when the client gave up.
+    StillOpen,
+}
+
+/// A slowloris client: connects to `addr`, sends `head` (an incomplete request), then one byte of
+/// `trickle` every `every` for up to `give_up`; returns when the server closes the connection.
+pub async fn slow_client(
+    addr: std::net::SocketAddr,
+    head: &str,
+    trickle: &str,
+    every: std::time::Duration,
+    give_up: std::time::Duration,
+) -> SlowClient {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(head.as_bytes()).await.expect("send head");
+    let mut answer = Vec::new();
+    let mut bytes = trickle.bytes().cycle();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < give_up {
+        match tokio::time::timeout(every, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return SlowClient::Closed {
+                    after: started.elapsed(),
+                    answer: String::from_utf8_lossy(&answer).into_owned(),
+                };
+            }
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {
+                let b = [bytes.next().unwrap_or(b'x')];
+                if s.write_all(&b).await.is_err() {
+                    return SlowClient::Closed {
+                        after: started.elapsed(),
+                        answer: String::from_utf8_lossy(&answer).into_owned(),
+                    };
+                }
+            }
+        }
+    }
+    SlowClient::StillOpen
+}

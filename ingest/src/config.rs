@@ -1,9 +1,10 @@
 //! The `[ingest]` section of the config.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
+use hexpulse_common::ratelimit::RateLimit;
+use hexpulse_common::serve::TlsConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +35,12 @@ pub struct IngestConfig {
     /// Time allowed for graceful shutdown (finish requests, flush the producer).
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Requests per client IP (the TCP peer) on `POST /v1/readings`; past it: 429 `rate_limited`.
+    pub rate_per_ip: RateLimit,
+    /// Readings per device (counted after the signature check, so forgeries cannot use up a
+    /// device's budget); items past it are refused with `rate_exceeded`, and a batch with nothing
+    /// else to accept gets 429 `rate_limited`.
+    pub rate_per_device: RateLimit,
     /// Bearer token for `/v1/admin/*`, as the lower-case hex SHA-256 of the token. Empty disables admin.
     #[serde(default)]
     pub admin_token_sha256: String,
@@ -44,13 +51,6 @@ pub struct IngestConfig {
     /// Optional TLS (rustls); plain HTTP/1.1 and h2c without it.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    pub cert_pem: PathBuf,
-    pub key_pem: PathBuf,
 }
 
 impl IngestConfig {
@@ -68,6 +68,8 @@ impl IngestConfig {
             producer_queue_messages: 100_000,
             request_timeout: Duration::from_secs(15),
             shutdown_timeout: Duration::from_secs(10),
+            rate_per_ip: RateLimit::OFF,
+            rate_per_device: RateLimit::OFF,
             admin_token_sha256: String::new(),
             admin_listen: None,
             tls: None,

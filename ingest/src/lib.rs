@@ -18,7 +18,6 @@ pub mod config;
 pub mod metrics;
 pub mod pipeline;
 pub mod produce;
-pub mod serve;
 pub mod server;
 
 pub use config::IngestConfig;

@@ -1,19 +1,21 @@
 //! The ingest HTTP API: `POST /v1/readings`, the admin device endpoints, health and metrics.
 
 use hexpulse_common::time::now_ms;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use bytes::Bytes;
 use hexpulse_common::kafka::KafkaConfig;
+use hexpulse_common::ratelimit::{Keyed, retry_after_secs};
 use hexpulse_common::registry::{Device, Registry};
+use hexpulse_schemas::reasons::RejectReason;
 use hexpulse_schemas::wire::{IngestResponse, ItemRejection};
 use metrics_exporter_prometheus::PrometheusHandle;
 use prost::Message;
@@ -31,6 +33,9 @@ use crate::produce::{DeliveryFailure, Sink};
 /// Permits of the in-flight semaphore are KiB of request body.
 const PERMIT_BYTES: usize = 1024;
 
+/// How often the rate limiters forget idle clients and devices.
+const FORGET_IDLE_EVERY: Duration = Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("kafka: {0}")]
@@ -43,7 +48,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("TLS: {0}")]
-    Tls(#[from] crate::serve::TlsError),
+    Tls(#[from] hexpulse_common::serve::TlsError),
     #[error("verify pool: {0}")]
     Pool(#[from] rayon::ThreadPoolBuildError),
 }
@@ -57,6 +62,8 @@ pub struct Ingest {
     inflight: Arc<Semaphore>,
     inflight_permits: usize,
     metrics: PrometheusHandle,
+    per_ip: Arc<Keyed<IpAddr>>,
+    per_device: Arc<Keyed<Bytes>>,
 }
 
 /// A started ingest node.
@@ -85,7 +92,7 @@ impl Ingest {
         let tls = cfg
             .tls
             .as_ref()
-            .map(crate::serve::tls_acceptor)
+            .map(hexpulse_common::serve::tls_acceptor)
             .transpose()?;
         let threads = if cfg.verify_threads == 0 {
             num_cpus()
@@ -114,8 +121,16 @@ impl Ingest {
             inflight: Arc::new(Semaphore::new(permits)),
             inflight_permits: permits,
             metrics: hexpulse_common::telemetry::metrics_handle(),
+            per_ip: Arc::new(Keyed::new(cfg.rate_per_ip)),
+            per_device: Arc::new(Keyed::new(cfg.rate_per_device)),
             cfg,
         });
+        state
+            .per_ip
+            .spawn_cleanup(FORGET_IDLE_EVERY, shutdown.clone());
+        state
+            .per_device
+            .spawn_cleanup(FORGET_IDLE_EVERY, shutdown.clone());
         tokio::spawn(sink.clone().watch(Duration::from_secs(1), shutdown.clone()));
         tokio::spawn(registry.watch(Duration::from_secs(1), shutdown.clone()));
         let admin_addr = match state.cfg.admin_listen {
@@ -127,7 +142,8 @@ impl Ingest {
         tracing::info!(%addr, tls = tls.is_some(), topic = %kafka.raw_topic, "ingest listening");
         let task = tokio::spawn(async move {
             let started = Instant::now();
-            crate::serve::serve(listener, router, tls, header_timeout, shutdown, grace).await;
+            hexpulse_common::serve::serve(listener, router, tls, header_timeout, shutdown, grace)
+                .await;
             let left = grace
                 .saturating_sub(started.elapsed())
                 .max(Duration::from_secs(1));
@@ -232,9 +248,18 @@ fn count_request(status: StatusCode) {
     metrics::counter!(m::REQUESTS, "status" => status.as_str().to_owned()).increment(1);
 }
 
-async fn post_readings(State(s): State<Arc<Ingest>>, headers: HeaderMap, body: Body) -> Response {
+async fn post_readings(
+    State(s): State<Arc<Ingest>>,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let start = Instant::now();
-    let resp = handle_readings(&s, &headers, body).await;
+    let limited = peer.and_then(|axum::Extension(ConnectInfo(p))| s.per_ip.check(&p.ip()).err());
+    let resp = match limited {
+        Some(wait) => rate_limited("too many requests from this address", wait),
+        None => handle_readings(&s, &headers, body).await,
+    };
     count_request(resp.status());
     metrics::histogram!(m::REQUEST_SECONDS).record(start.elapsed().as_secs_f64());
     resp
@@ -329,6 +354,13 @@ fn try_reserve(s: &Ingest, bytes: usize) -> Option<tokio::sync::OwnedSemaphorePe
     s.inflight.clone().try_acquire_many_owned(n).ok()
 }
 
+fn rate_limited(why: &str, wait: Duration) -> Response {
+    retry_after(
+        error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", why),
+        retry_after_secs(wait),
+    )
+}
+
 fn overloaded(why: &str) -> Response {
     retry_after(error(StatusCode::TOO_MANY_REQUESTS, "overloaded", why), 1)
 }
@@ -358,6 +390,7 @@ async fn respond(
 ) -> Response {
     let mut rejected: Vec<ItemRejection> = Vec::new();
     let mut to_send: Vec<(usize, (Bytes, Bytes))> = Vec::new();
+    let mut device_wait: Option<Duration> = None;
     for (i, (item, verdict)) in items.into_iter().zip(&checked.verdicts).enumerate() {
         match verdict {
             Ok(()) => {
@@ -366,6 +399,20 @@ async fn respond(
                     .as_ref()
                     .map(|e| e.public_key.clone())
                     .unwrap_or_default();
+                if let Err(wait) = s.per_device.check(&key) {
+                    device_wait = Some(device_wait.map_or(wait, |w| w.min(wait)));
+                    metrics::counter!(m::ITEMS, "outcome" => "rejected", "reason" => RejectReason::RateExceeded.as_str())
+                        .increment(1);
+                    rejected.push(ItemRejection {
+                        index: i as u32,
+                        code: RejectReason::RateExceeded.as_str().into(),
+                        message: format!(
+                            "the device is over its ingest rate ({} readings/s); retry later",
+                            s.cfg.rate_per_device.per_second
+                        ),
+                    });
+                    continue;
+                }
                 to_send.push((i, (key, item.value)));
             }
             Err(r) => {
@@ -386,6 +433,17 @@ async fn respond(
             "rejected": rejected.iter().map(rejection_json).collect::<Vec<_>>(),
         });
         return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+    }
+    if let (true, Some(wait)) = (to_send.is_empty(), device_wait) {
+        let body = json!({
+            "error": {"code": "rate_limited", "message": "the batch's devices are over their ingest rate; nothing was accepted"},
+            "accepted": 0,
+            "rejected": rejected.iter().map(rejection_json).collect::<Vec<_>>(),
+        });
+        return retry_after(
+            (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response(),
+            retry_after_secs(wait),
+        );
     }
     let mut accepted = 0u32;
     let mut not_delivered = Vec::new();

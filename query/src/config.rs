@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use hexpulse_common::ratelimit::RateLimit;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +37,13 @@ pub struct QueryConfig {
     /// Threads of the runtime that executes query plans (0: the number of cores). HTTP and the
     /// health checks stay on the I/O runtime, so heavy plans cannot starve them.
     pub query_threads: usize,
+    /// How long one HTTP request may take end to end (408 past it), and how long a client may take
+    /// to send its headers (the connection is closed past it: slowloris). At least `query_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Requests per caller: per token (by its name), or per client IP for calls without a token.
+    /// Past it: 429 `rate_limited` with `Retry-After`. `/healthz` and `/readyz` are not limited.
+    pub rate_per_client: RateLimit,
     /// How often the catalog re-lists the lake (new files, compactions, sealed epochs).
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
@@ -116,6 +124,8 @@ impl QueryConfig {
             max_concurrent_queries: 4,
             query_threads: 2,
             refresh_interval: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(30),
+            rate_per_client: RateLimit::OFF,
             auth: AuthConfig {
                 public: vec!["*".into()],
                 ..AuthConfig::default()

@@ -21,13 +21,14 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query as QueryParams, State};
+use axum::extract::{ConnectInfo, Path, Query as QueryParams, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use hexpulse_common::ratelimit::{Keyed, retry_after_secs};
 use hexpulse_processors::epoch::{seal, sealed_ids};
 use hexpulse_processors::lake::Lake;
 use hexpulse_schemas::tables;
@@ -41,6 +42,12 @@ use crate::config::QueryConfig;
 use crate::sql::{self, Limits, SqlError};
 
 const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+/// Time open requests get to finish once shutdown starts.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often the per-client rate limiter forgets idle callers.
+const FORGET_IDLE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -74,6 +81,8 @@ pub(crate) struct AppState {
     pub(crate) road_min_devices: u64,
     /// The rules' allowed lateness (an ended epoch is sealable once the watermark passes end + it).
     lateness_ms: i64,
+    /// Requests per caller (token name, or `ip:<address>` without a token).
+    per_client: Arc<Keyed<String>>,
 }
 
 impl AppState {
@@ -209,13 +218,17 @@ impl Query {
         })?;
         let state = Arc::new(AppState {
             slots: tokio::sync::Semaphore::new(cfg.max_concurrent_queries.max(1)),
-            cfg,
             catalog,
             auth,
             exec,
             road_min_devices: rules.privacy.road_min_devices,
             lateness_ms: rules.time.allowed_lateness.as_millis() as i64,
+            per_client: Arc::new(Keyed::new(cfg.rate_per_client)),
+            cfg,
         });
+        state
+            .per_client
+            .spawn_cleanup(FORGET_IDLE_EVERY, shutdown.clone());
         {
             let (state, stop) = (state.clone(), shutdown.clone());
             tokio::spawn(async move {
@@ -235,6 +248,7 @@ impl Query {
             Some(a) => Some(serve_admin(a, state.clone(), shutdown.clone()).await?),
             None => None,
         };
+        let request_timeout = state.cfg.request_timeout.max(state.cfg.query_timeout);
         let group =
             |g: &'static str| axum::middleware::from_fn_with_state((state.clone(), g), authorize);
         let app = Router::new()
@@ -306,10 +320,20 @@ impl Query {
             .layer(axum::middleware::from_fn(count_requests))
             .with_state(state);
         tracing::info!(%addr, "query service listening");
+        let app = app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ));
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await;
+            hexpulse_common::serve::serve(
+                listener,
+                app,
+                None,
+                request_timeout,
+                shutdown,
+                SHUTDOWN_GRACE,
+            )
+            .await;
         });
         Ok(Query {
             addr,
@@ -391,6 +415,26 @@ async fn authorize(
         .and_then(|v| v.to_str().ok());
     match st.auth.check(header, group) {
         Ok(caller) => {
+            let key = match &caller {
+                Caller::Token { name, .. } => name.clone(),
+                Caller::Anonymous => req
+                    .extensions()
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map_or_else(|| "ip:?".to_string(), |c| format!("ip:{}", c.0.ip())),
+            };
+            if let Err(wait) = st.per_client.check(&key) {
+                let mut r = error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "over {} requests/s for this caller; retry later",
+                        st.cfg.rate_per_client.per_second
+                    ),
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, retry_after_secs(wait).into());
+                return r;
+            }
             req.extensions_mut().insert(caller);
             next.run(req).await
         }

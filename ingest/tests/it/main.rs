@@ -4,5 +4,6 @@ mod admin;
 mod answers;
 mod broker_outage;
 mod delivery;
+mod limits;
 mod overload;
 mod support;

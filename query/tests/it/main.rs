@@ -1,6 +1,7 @@
 //! Query service tests against a lake the processors wrote from broker traffic.
 
 mod api;
+mod limits;
 mod slt;
 // Shared with the processor tests; this crate uses a part of it.
 #[allow(dead_code)]

@@ -1,5 +1,7 @@
-//! The listener loop: HTTP/1.1 and HTTP/2 (h2c prior knowledge, or ALPN under TLS) on one port, with
-//! optional rustls, a header-read timeout against slow clients, and graceful shutdown.
+//! The listener loop of every Hexpulse HTTP service: HTTP/1.1 and HTTP/2 (h2c prior knowledge, or ALPN
+//! under TLS) on one port, with optional rustls, a header-read timeout that cuts off slow
+//! (slowloris) clients, the peer address as `ConnectInfo<SocketAddr>` for per-client limits, and
+//! graceful shutdown.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -7,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -14,8 +17,15 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
-use crate::config::TlsConfig;
+/// TLS: the certificate chain and private key, PEM files.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_pem: std::path::PathBuf,
+    pub key_pem: std::path::PathBuf,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -86,7 +96,12 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req
+            },
+        ));
         match &tls {
             None => {
                 let conn = builder

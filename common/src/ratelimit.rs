@@ -1,0 +1,169 @@
+//! Keyed rate limits (GCRA, from `governor`): per client IP and per device at ingest, per token at
+//! query. A limit allows `per_second` on average with bursts of up to `burst`; `per_second = 0` turns
+//! it off. Keys that have been idle long enough to be back at a full burst are forgotten by
+//! [`Keyed::spawn_cleanup`], so the table's size follows the active clients, not all clients ever seen.
+
+use std::hash::Hash;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// `per_second` on average, bursts of up to `burst` (at least 1); `per_second = 0`: no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// No limit.
+    pub const OFF: RateLimit = RateLimit {
+        per_second: 0,
+        burst: 0,
+    };
+}
+
+/// A rate limit per key. Cheap to check from many tasks at once (a sharded map of one `u64` per key).
+pub struct Keyed<K: Hash + Eq + Clone> {
+    limiter: Option<DefaultKeyedRateLimiter<K>>,
+    clock: DefaultClock,
+}
+
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> std::fmt::Debug for Keyed<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyed")
+            .field("on", &self.limiter.is_some())
+            .field("keys", &self.len())
+            .finish()
+    }
+}
+
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> Keyed<K> {
+    pub fn new(limit: RateLimit) -> Keyed<K> {
+        let limiter = NonZeroU32::new(limit.per_second).map(|rate| {
+            let burst = NonZeroU32::new(limit.burst).unwrap_or(NonZeroU32::MIN);
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        Keyed {
+            limiter,
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Takes one unit for `key`: `Err(wait)` when the key is over its limit, `wait` being how long
+    /// until one unit is available again (for `Retry-After`).
+    pub fn check(&self, key: &K) -> Result<(), Duration> {
+        match &self.limiter {
+            None => Ok(()),
+            Some(l) => l
+                .check_key(key)
+                .map_err(|not_until| not_until.wait_time_from(self.clock.now())),
+        }
+    }
+
+    /// Keys currently tracked.
+    pub fn len(&self) -> usize {
+        self.limiter.as_ref().map_or(0, |l| l.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets keys that are back at a full burst (their state says nothing any more).
+    pub fn forget_idle(&self) {
+        if let Some(l) = &self.limiter {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
+
+    /// Calls [`Keyed::forget_idle`] every `every` until `stop`.
+    pub fn spawn_cleanup(self: &Arc<Self>, every: Duration, stop: CancellationToken) {
+        if self.limiter.is_none() {
+            return;
+        }
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => me.forget_idle(),
+                }
+            }
+        });
+    }
+}
+
+/// Whole seconds to put in `Retry-After` for a wait (at least 1).
+pub fn retry_after_secs(wait: Duration) -> u32 {
+    u32::try_from(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allows_the_burst_then_refuses_with_a_wait_per_key() {
+        let l = Keyed::<&str>::new(RateLimit {
+            per_second: 2,
+            burst: 3,
+        });
+        for _ in 0..3 {
+            l.check(&"a").expect("within the burst");
+        }
+        let wait = l.check(&"a").expect_err("past the burst");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
+        assert_eq!(retry_after_secs(wait), 1);
+        // Another key has its own budget.
+        l.check(&"b").expect("other key");
+        assert_eq!(l.len(), 2);
+        std::thread::sleep(Duration::from_millis(550));
+        l.check(&"a").expect("one unit back after 1/rate");
+    }
+
+    #[test]
+    fn off_allows_everything_and_tracks_nothing() {
+        let l = Keyed::<u32>::new(RateLimit::OFF);
+        for i in 0..10_000 {
+            l.check(&(i % 3)).unwrap();
+        }
+        assert!(l.is_empty());
+    }
+
+    #[test]
+    fn idle_keys_are_forgotten() {
+        let l = Keyed::<u32>::new(RateLimit {
+            per_second: 1000,
+            burst: 1,
+        });
+        for i in 0..100 {
+            l.check(&i).unwrap();
+        }
+        assert_eq!(l.len(), 100);
+        std::thread::sleep(Duration::from_millis(20));
+        l.forget_idle();
+        assert_eq!(l.len(), 0);
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(3)), 3);
+    }
+}
