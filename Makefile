@@ -10,13 +10,14 @@ UP_BROKER_PORT ?= 9092
 UP_PARTITIONS ?= 6
 UP_ARGS ?=
 
-.PHONY: up test lint bench build assets broker-install broker-up broker-down help
+.PHONY: up test lint bench fuzz build assets broker-install broker-up broker-down help
 
 help:
 	@echo "make up    - run the whole pipeline on this machine (local broker, local lake, demo traffic)"
 	@echo "make test  - run the whole test suite (starts and stops its own broker)"
 	@echo "make lint  - rustfmt and clippy"
 	@echo "make bench - run the benchmarks (see load-tests/RESULTS.md)"
+	@echo "make fuzz  - the fuzz smoke runs (make test runs them too); longer: scripts/fuzz.sh run TARGET SECS"
 
 # The map page's MapLibre bundle (npm), embedded into the binary.
 assets:
@@ -24,6 +25,9 @@ assets:
 
 build: assets
 	cargo build --release --locked -p hexpulse
+
+fuzz:
+	scripts/fuzz.sh smoke
 
 broker-install:
 	scripts/broker.sh install

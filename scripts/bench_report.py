@@ -65,6 +65,12 @@ def stages(results):
         raw = ingest["raw_verify"]["batch128_per_s"]
         out.append(stage("raw Ed25519 batch verify, one core", round(raw), "verifies/s", None, "reference", None,
                          "hexpulse bench ingest (raw_verify)", note=f"single verify {ingest['raw_verify']['single_per_s']:.0f}/s"))
+        rv = ingest["raw_verify"]
+        if "ingest50_one_bad_per_s" in rv:
+            out.append(stage("ingest verifier, one bad signature in each batch of 50", round(rv["ingest50_one_bad_per_s"]),
+                             "verifies/s", round(rv["ingest50_clean_per_s"]), "the same verifier on clean batches of 50 (same run)",
+                             rv["ingest50_one_bad_per_s"] / rv["ingest50_clean_per_s"], "hexpulse bench ingest (raw_verify)",
+                             note=f"chunks of 16 after a failed batch; single verify {rv['single_per_s']:.0f}/s"))
         out.append(stage("ingest", round(ingest["accepted_per_ingest_core_s"]), "accepted readings per ingest core-second",
                          round(raw), "raw batch verify of one core (same run)", ingest["ratio_to_raw_batch_verify"],
                          "hexpulse bench ingest", target=0.70,

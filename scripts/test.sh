@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PORT="${HEXPULSE_TEST_BROKER_PORT:-19092}"
+# No incremental caches: each clone path would add gigabytes of them to the shared target dir.
+export CARGO_INCREMENTAL=0
 CACHE="${HEXPULSE_CACHE:-$HOME/.cache/hexpulse}"
 scripts/broker.sh install
 
@@ -58,3 +60,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+# Every fuzz target, a bounded number of executions from its seeds (fuzz/, scripts/fuzz.sh).
+echo "== fuzz smoke"
+scripts/fuzz.sh smoke

@@ -51,6 +51,8 @@ pub struct OwnBroker {
     script: String,
     cache: std::path::PathBuf,
     pub port: u16,
+    /// `sqlite` (durable across restarts) or `memory`.
+    storage: &'static str,
 }
 
 impl OwnBroker {
@@ -66,7 +68,14 @@ impl OwnBroker {
             script,
             cache: cache.to_path_buf(),
             port,
+            storage: "sqlite",
         })
+    }
+
+    /// The same broker with in-memory storage: survives [`OwnBroker::pause`], not a restart.
+    pub fn in_memory(mut self) -> OwnBroker {
+        self.storage = "memory";
+        self
     }
 
     pub fn address(&self) -> String {
@@ -91,11 +100,31 @@ impl OwnBroker {
     }
 
     pub fn start(&self) {
-        self.run(&["start", "sqlite", &self.port.to_string()]);
+        self.run(&["start", self.storage, &self.port.to_string()]);
     }
 
     pub fn stop(&self) {
         self.run(&["stop", &self.port.to_string()]);
+    }
+
+    /// Freezes the broker process (SIGSTOP): its connections stay open but nothing answers, as with
+    /// a hung broker or a network partition. [`OwnBroker::resume`] continues it with all its state.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid_file = self.cache.join(format!("run/broker-{}/pid", self.port));
+        let pid = std::fs::read_to_string(&pid_file).expect("broker pid file");
+        let ok = std::process::Command::new("kill")
+            .args([sig, pid.trim()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {}", pid.trim());
     }
 }
 

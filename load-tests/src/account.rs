@@ -306,7 +306,9 @@ fn check_group(items: &[&Sent], landed: &Landed, t: &mut Tally<'_>) {
         }
         Expected::RequestRefused(status) => {
             for s in items {
-                if s.answer != Answer::Refused(status) && !unknown_fate(&s.answer) {
+                // Refused(0): built but never sent (the run ended first).
+                let unsent = s.answer == Answer::Refused(0);
+                if s.answer != Answer::Refused(status) && !unknown_fate(&s.answer) && !unsent {
                     t.miss(
                         class,
                         "request_answer",
@@ -540,6 +542,10 @@ mod tests {
         assert_eq!(v, ["ingest_answer", "reached_lake"]);
         let big = [sent(Class::OversizeBody, 1, Answer::Refused(413))];
         assert!(verdict(&big, &landed(0, &[])).is_empty());
+        let never_sent = [sent(Class::OversizeBody, 1, Answer::Refused(0))];
+        assert!(verdict(&never_sent, &landed(0, &[])).is_empty());
+        let wrong = [sent(Class::OversizeBody, 1, Answer::Refused(400))];
+        assert_eq!(verdict(&wrong, &landed(0, &[])), ["request_answer"]);
         assert_eq!(
             verdict(&big, &landed(0, &[("malformed", 1)])),
             ["reached_lake"]

@@ -21,6 +21,10 @@ use crate::fleet::{Fleet, KindMix};
 pub struct VerifyRates {
     pub single_per_s: f64,
     pub batch128_per_s: f64,
+    /// `sign::verify_batch` (ingest's verifier) over batches of 50, all valid.
+    pub ingest50_clean_per_s: f64,
+    /// The same with one bad signature in each batch of 50 (re-checked in chunks, then singly).
+    pub ingest50_one_bad_per_s: f64,
 }
 
 /// Measures single and batch-of-128 Ed25519 verification on the calling thread for about `each`.
@@ -61,9 +65,33 @@ pub fn raw_verify_rates(each: Duration) -> VerifyRates {
         );
         done += 128;
     }
+    let batch128 = done as f64 / t.elapsed().as_secs_f64();
+
+    // Ingest's verifier on batches of 50, clean and with one bad signature (item 36) each.
+    let rate_of = |bad: bool| {
+        let other = Signature::from_bytes(&[7u8; 64]);
+        let mut done = 0usize;
+        let t = Instant::now();
+        while t.elapsed() < each {
+            let j = (done / 50 % (n / 50)) * 50;
+            let items: Vec<sign::BatchItem<'_>> = (j..j + 50)
+                .map(|i| sign::BatchItem {
+                    key: &vks[i],
+                    payload: &msgs[i][sign::DOMAIN_PREFIX.len()..],
+                    signature: if bad && i == j + 36 { &other } else { &sigs[i] },
+                })
+                .collect();
+            let (ok, _) = sign::verify_batch(&items);
+            assert_eq!(ok.iter().filter(|v| !**v).count(), usize::from(bad));
+            done += 50;
+        }
+        done as f64 / t.elapsed().as_secs_f64()
+    };
     VerifyRates {
         single_per_s: single,
-        batch128_per_s: done as f64 / t.elapsed().as_secs_f64(),
+        batch128_per_s: batch128,
+        ingest50_clean_per_s: rate_of(false),
+        ingest50_one_bad_per_s: rate_of(true),
     }
 }
 

@@ -549,34 +549,13 @@ async fn run_sql(
 ) -> Response {
     let started = Instant::now();
     let caller = caller.map(|axum::Extension(c)| c);
-    let text = match std::str::from_utf8(&body) {
-        Ok(t) => t,
-        Err(_) => return error(StatusCode::BAD_REQUEST, "not_utf8", "the body is not UTF-8"),
-    };
-    let is_json = headers
+    let content_type = headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    let query = if is_json {
-        match serde_json::from_str::<serde_json::Value>(text)
-            .ok()
-            .and_then(|v| v.get("sql")?.as_str().map(str::to_string))
-        {
-            Some(q) => q,
-            None => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_body",
-                    "a JSON body must be {\"sql\": \"...\"}",
-                );
-            }
-        }
-    } else {
-        text.to_string()
+        .and_then(|v| v.to_str().ok());
+    let query = match sql::request_text(content_type, &body) {
+        Ok(q) => q,
+        Err(e) => return sql_error(e),
     };
-    if query.trim().is_empty() {
-        return error(StatusCode::BAD_REQUEST, "empty", "no SQL in the body");
-    }
     let allow_raw = caller.as_ref().is_some_and(|c| s.auth.allows(c, "raw"));
     let resp = match s.run(query, allow_raw, s.cfg.max_rows).await {
         Ok((schema, batches)) => respond(wanted_format(&headers, &params), &schema, &batches),

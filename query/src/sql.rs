@@ -61,6 +61,71 @@ fn classify(e: DataFusionError) -> SqlError {
     }
 }
 
+/// The SQL text of a `POST /v1/sql` body: the body itself (UTF-8), or `{"sql": "..."}` when the
+/// content type is JSON. A 400 with a stable code otherwise.
+pub fn request_text(content_type: Option<&str>, body: &[u8]) -> Result<String, SqlError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| SqlError::new(400, "not_utf8", "the body is not UTF-8"))?;
+    let is_json = content_type.is_some_and(|v| v.starts_with("application/json"));
+    let query = if is_json {
+        serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| v.get("sql")?.as_str().map(str::to_string))
+            .ok_or_else(|| {
+                SqlError::new(400, "bad_body", "a JSON body must be {\"sql\": \"...\"}")
+            })?
+    } else {
+        text.to_string()
+    };
+    if query.trim().is_empty() {
+        return Err(SqlError::new(400, "empty", "no SQL in the body"));
+    }
+    Ok(query)
+}
+
+/// A read-only, permitted plan for `sql`: parsed and planned against the context's tables, checked
+/// for DDL/DML/statements, and (unless `allow_raw`) for scans of [`PRIVATE_TABLES`].
+pub async fn plan(
+    ctx: &SessionContext,
+    sql: &str,
+    allow_raw: bool,
+) -> Result<LogicalPlan, SqlError> {
+    let plan = ctx
+        .state()
+        .create_logical_plan(sql)
+        .await
+        .map_err(classify)?;
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|e| {
+            SqlError::new(
+                403,
+                "read_only",
+                format!("only SELECT, WITH and EXPLAIN are allowed: {e}"),
+            )
+        })?;
+    if !allow_raw {
+        let scanned = scanned_tables(&plan);
+        if let Some(t) = scanned
+            .iter()
+            .find(|t| PRIVATE_TABLES.contains(&t.as_str()))
+        {
+            return Err(SqlError::new(
+                403,
+                "private",
+                format!(
+                    "table {t} holds raw device rows and needs the `raw` permission; road data is \
+                     public only as k-anonymous hexes (GET /v1/road/hexes, table road_hex)"
+                ),
+            ));
+        }
+    }
+    Ok(plan)
+}
+
 /// The tables a plan scans, subqueries included.
 pub fn scanned_tables(plan: &LogicalPlan) -> Vec<String> {
     let mut out = Vec::new();
@@ -81,39 +146,7 @@ pub async fn run(
     allow_raw: bool,
 ) -> Result<(SchemaRef, Vec<RecordBatch>), SqlError> {
     let work = async {
-        let plan = ctx
-            .state()
-            .create_logical_plan(sql)
-            .await
-            .map_err(classify)?;
-        SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false)
-            .verify_plan(&plan)
-            .map_err(|e| {
-                SqlError::new(
-                    403,
-                    "read_only",
-                    format!("only SELECT, WITH and EXPLAIN are allowed: {e}"),
-                )
-            })?;
-        if !allow_raw {
-            let scanned = scanned_tables(&plan);
-            if let Some(t) = scanned
-                .iter()
-                .find(|t| PRIVATE_TABLES.contains(&t.as_str()))
-            {
-                return Err(SqlError::new(
-                    403,
-                    "private",
-                    format!(
-                        "table {t} holds raw device rows and needs the `raw` permission; road data is \
-                         public only as k-anonymous hexes (GET /v1/road/hexes, table road_hex)"
-                    ),
-                ));
-            }
-        }
+        let plan = plan(ctx, sql, allow_raw).await?;
         let df = ctx.execute_logical_plan(plan).await.map_err(classify)?;
         let schema = df.schema().inner().clone();
         let mut stream = df.execute_stream().await.map_err(classify)?;

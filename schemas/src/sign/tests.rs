@@ -56,8 +56,43 @@ fn batch_finds_exactly_the_bad_items() {
     for (i, v) in ok.iter().enumerate() {
         assert_eq!(*v, !bad.contains(&i), "item {i}");
     }
-    // Bisection never falls back to checking all 37 singly.
-    assert!(stats.single_checks < 37, "{stats:?}");
+    // The whole batch, then the three chunks of 16, 16 and 5; each chunk holds a bad item, so all 37
+    // are checked singly.
+    assert_eq!(
+        stats,
+        BatchStats {
+            batch_checks: 4,
+            single_checks: 37
+        }
+    );
+    // One bad item among 50: only its chunk is checked singly.
+    let keys: Vec<SigningKey> = (0..50).map(key).collect();
+    let vks: Vec<VerifyingKey> = keys.iter().map(|k| k.verifying_key()).collect();
+    let payloads: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; 9]).collect();
+    let mut sigs: Vec<Signature> = keys
+        .iter()
+        .zip(&payloads)
+        .map(|(k, p)| Signature::from_bytes(&sign(k, p)))
+        .collect();
+    sigs[36] = Signature::from_bytes(&sign(&keys[0], &payloads[36]));
+    let fifty: Vec<BatchItem<'_>> = (0..50)
+        .map(|i| BatchItem {
+            key: &vks[i],
+            payload: &payloads[i],
+            signature: &sigs[i],
+        })
+        .collect();
+    let (ok, stats) = verify_batch(&fifty);
+    for (i, v) in ok.iter().enumerate() {
+        assert_eq!(*v, i != 36, "item {i}");
+    }
+    assert_eq!(
+        stats,
+        BatchStats {
+            batch_checks: 5,
+            single_checks: 16
+        }
+    );
 
     let good: Vec<BatchItem<'_>> = items
         .iter()
