@@ -103,6 +103,28 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Keyed<K> {
     }
 }
 
+/// The client's address for per-client limits: the TCP peer, or, when `trust_forwarded_for` is set
+/// (the service sits behind a proxy such as an ingress controller, which appends the address it saw),
+/// the last valid entry of `X-Forwarded-For`. Only trust it where clients cannot reach the service
+/// past the proxy: otherwise a client picks its own address.
+pub fn client_ip(
+    peer: std::net::IpAddr,
+    headers: &axum::http::HeaderMap,
+    trust_forwarded_for: bool,
+) -> std::net::IpAddr {
+    if !trust_forwarded_for {
+        return peer;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        .next_back()
+        .unwrap_or(peer)
+}
+
 /// Whole seconds to put in `Retry-After` for a wait (at least 1).
 pub fn retry_after_secs(wait: Duration) -> u32 {
     u32::try_from(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
@@ -158,6 +180,20 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         l.forget_idle();
         assert_eq!(l.len(), 0);
+    }
+
+    #[test]
+    fn client_ip_trusts_the_last_forwarded_entry_only_when_told() {
+        let peer: std::net::IpAddr = "10.0.0.9".parse().unwrap();
+        let mut h = axum::http::HeaderMap::new();
+        assert_eq!(client_ip(peer, &h, true), peer);
+        h.append("x-forwarded-for", "1.2.3.4, 5.6.7.8".parse().unwrap());
+        h.append("x-forwarded-for", "9.9.9.9, not-an-ip".parse().unwrap());
+        assert_eq!(client_ip(peer, &h, false), peer);
+        assert_eq!(
+            client_ip(peer, &h, true),
+            "9.9.9.9".parse::<std::net::IpAddr>().unwrap()
+        );
     }
 
     #[test]

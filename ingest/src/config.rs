@@ -37,6 +37,10 @@ pub struct IngestConfig {
     pub shutdown_timeout: Duration,
     /// Requests per client IP (the TCP peer) on `POST /v1/readings`; past it: 429 `rate_limited`.
     pub rate_per_ip: RateLimit,
+    /// Take the client address for `rate_per_ip` from `X-Forwarded-For` (its last entry, as the proxy
+    /// in front appended it) instead of the TCP peer; set it only behind such a proxy.
+    #[serde(default)]
+    pub trust_forwarded_for: bool,
     /// Readings per device (counted after the signature check, so forgeries cannot use up a
     /// device's budget); items past it are refused with `rate_exceeded`, and a batch with nothing
     /// else to accept gets 429 `rate_limited`.
@@ -69,6 +73,7 @@ impl IngestConfig {
             request_timeout: Duration::from_secs(15),
             shutdown_timeout: Duration::from_secs(10),
             rate_per_ip: RateLimit::OFF,
+            trust_forwarded_for: false,
             rate_per_device: RateLimit::OFF,
             admin_token_sha256: String::new(),
             admin_listen: None,

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use bytes::Bytes;
 use hexpulse_common::kafka::KafkaConfig;
-use hexpulse_common::ratelimit::{Keyed, retry_after_secs};
+use hexpulse_common::ratelimit::{Keyed, client_ip, retry_after_secs};
 use hexpulse_common::registry::{Device, Registry};
 use hexpulse_schemas::reasons::RejectReason;
 use hexpulse_schemas::wire::{IngestResponse, ItemRejection};
@@ -255,7 +255,10 @@ async fn post_readings(
     body: Body,
 ) -> Response {
     let start = Instant::now();
-    let limited = peer.and_then(|axum::Extension(ConnectInfo(p))| s.per_ip.check(&p.ip()).err());
+    let limited = peer.and_then(|axum::Extension(ConnectInfo(p))| {
+        let ip = client_ip(p.ip(), &headers, s.cfg.trust_forwarded_for);
+        s.per_ip.check(&ip).err()
+    });
     let resp = match limited {
         Some(wait) => rate_limited("too many requests from this address", wait),
         None => handle_readings(&s, &headers, body).await,

@@ -44,6 +44,10 @@ pub struct QueryConfig {
     /// Requests per caller: per token (by its name), or per client IP for calls without a token.
     /// Past it: 429 `rate_limited` with `Retry-After`. `/healthz` and `/readyz` are not limited.
     pub rate_per_client: RateLimit,
+    /// Take the address of callers without a token from `X-Forwarded-For` (its last entry, as the
+    /// proxy in front appended it) instead of the TCP peer; set it only behind such a proxy.
+    #[serde(default)]
+    pub trust_forwarded_for: bool,
     /// How often the catalog re-lists the lake (new files, compactions, sealed epochs).
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
@@ -126,6 +130,7 @@ impl QueryConfig {
             refresh_interval: Duration::from_millis(500),
             request_timeout: Duration::from_secs(30),
             rate_per_client: RateLimit::OFF,
+            trust_forwarded_for: false,
             auth: AuthConfig {
                 public: vec!["*".into()],
                 ..AuthConfig::default()

@@ -28,7 +28,7 @@ use axum::routing::{get, post};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use hexpulse_common::ratelimit::{Keyed, retry_after_secs};
+use hexpulse_common::ratelimit::{Keyed, client_ip, retry_after_secs};
 use hexpulse_processors::epoch::{seal, sealed_ids};
 use hexpulse_processors::lake::Lake;
 use hexpulse_schemas::tables;
@@ -420,7 +420,13 @@ async fn authorize(
                 Caller::Anonymous => req
                     .extensions()
                     .get::<ConnectInfo<SocketAddr>>()
-                    .map_or_else(|| "ip:?".to_string(), |c| format!("ip:{}", c.0.ip())),
+                    .map_or_else(
+                        || "ip:?".to_string(),
+                        |c| {
+                            let ip = client_ip(c.0.ip(), req.headers(), st.cfg.trust_forwarded_for);
+                            format!("ip:{ip}")
+                        },
+                    ),
             };
             if let Err(wait) = st.per_client.check(&key) {
                 let mut r = error(

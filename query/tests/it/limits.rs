@@ -51,6 +51,7 @@ async fn rate_limit_per_token_and_per_ip() {
         per_second: 1,
         burst: 3,
     };
+    cfg.trust_forwarded_for = true;
     cfg.auth = AuthConfig {
         public: vec!["meta".into()],
         ..AuthConfig::default()
@@ -88,6 +89,16 @@ async fn rate_limit_per_token_and_per_ip() {
         assert_eq!(get(&client, &openapi, None).await.0, 200);
     }
     assert_eq!(get(&client, &openapi, None).await.0, 429);
+    // Behind a proxy (trust_forwarded_for), the address the proxy appended tells callers apart.
+    for (i, want) in [200, 200, 200, 429].into_iter().enumerate() {
+        let r = client
+            .get(&openapi)
+            .header("x-forwarded-for", "203.0.113.7, 198.51.100.2")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), want, "forwarded request {i}");
+    }
     // Unknown tokens are refused before they could use anyone's budget; health is never limited.
     assert_eq!(get(&client, &epochs, Some("nope")).await.0, 401);
     for _ in 0..10 {
