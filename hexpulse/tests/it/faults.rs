@@ -5,6 +5,14 @@
 //! Two kinds of outage: the broker process frozen for 10 s (SIGSTOP, then SIGCONT: a hung broker or
 //! a partition; in `make test`), and the broker process stopped and started again.
 //!
+//! The freeze runs on tansu's memory storage (a frozen process keeps its memory) with the
+//! processor's group session (30 s) longer than the outage. With sqlite storage, or with a session
+//! that expires during the freeze (10 s), tansu 0.6 did not recover: sqlite answered
+//! `Storage(UnableToSend)` as after a restart, and with memory storage it logged `ProducerFenced` for
+//! ingest's idempotent producer and the processor stopped receiving; acknowledged readings stayed
+//! missing from the lake through the 120 s settle (268 of about 5,000 in one run). Whether they were
+//! in the log we could not tell; Apache Kafka is not tested here.
+//!
 //! **The restart is ignored (not in `make test`)**: tansu 0.6 with sqlite storage, restarted under this load, answers
 //! every request with `Storage(UnableToSend)` (its log is printed below), so the processor cannot read
 //! what ingest acknowledged just before the stop and the accounting reports those readings missing
@@ -30,7 +38,7 @@ enum Outage {
 
 #[test]
 fn broker_frozen_under_load_loses_and_doubles_nothing() {
-    outage_under_load(Outage::Freeze(Duration::from_secs(4)));
+    outage_under_load(Outage::Freeze(Duration::from_secs(10)));
 }
 
 #[test]
@@ -60,8 +68,11 @@ fn outage_under_load(outage: Outage) {
     };
     broker.start();
     let brokers = broker.address();
-    // Short delivery timeout, so requests during the outage get their 503 quickly.
-    let layer = accounting_layer("delivery_timeout = \"3s\"");
+    // Short delivery timeout, so requests during the outage get their 503 quickly. The processor's
+    // group session outlasts the outage: tansu 0.6 stalls the group when a session expires while it
+    // is frozen (module comment).
+    let layer =
+        accounting_layer("delivery_timeout = \"3s\"\n\n[process]\nsession_timeout = \"30s\"");
     let up = Up::start("it-faults", &brokers, &["--no-traffic"], Some(&layer));
     let sim = up
         .simulate(
