@@ -184,3 +184,14 @@ pub async fn slow_client(
     }
     SlowClient::StillOpen
 }
+
+/// Peak resident memory of this process so far (VmHWM from /proc), bytes; 0 where unknown. Under
+/// nextest every test is its own process, so a test can compare it before and after its load.
+pub fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}

@@ -88,16 +88,6 @@ async fn overload_gets_429_and_health_keeps_answering() {
     );
 }
 
-/// Peak resident memory of this process so far (VmHWM), bytes; nextest runs each test alone.
-fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// Far more body bytes offered at once than the in-flight budget: the excess is refused before its
 /// body is read, so memory stays near the budget instead of growing with the offered load (measured:
 /// +13 MiB here; +113 MiB with a 1 GiB budget, when every body is read).
@@ -114,7 +104,7 @@ async fn offered_bytes_past_the_budget_do_not_grow_memory() {
     // One shared 1 MiB body (not a batch: answered 400 once read), sent 300 times, 150 at once:
     // 300 MiB offered against an 8 MiB budget.
     let body = bytes::Bytes::from(vec![0xffu8; 1 << 20]);
-    let before = peak_rss();
+    let before = testenv::peak_rss();
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(150));
     let mut tasks = Vec::new();
     for _ in 0..300 {
@@ -135,7 +125,7 @@ async fn offered_bytes_past_the_budget_do_not_grow_memory() {
     for t in tasks {
         *by_status.entry(t.await.unwrap()).or_default() += 1;
     }
-    let grew = peak_rss().saturating_sub(before);
+    let grew = testenv::peak_rss().saturating_sub(before);
     eprintln!("{by_status:?}; peak RSS +{} MiB", grew >> 20);
     // 0: the connection closed while the client was still sending a body that was refused unread
     // (HTTP/1.1 allows the server to close; the client may not see the 429 then).

@@ -154,16 +154,6 @@ async fn slow_clients_are_cut_off() {
     stop.cancel();
 }
 
-/// Peak resident memory of this process so far (VmHWM), bytes.
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 async fn post_sql(client: &reqwest::Client, base: &str, q: &str) -> (u16, String) {
     let r = client
         .post(format!("{base}/v1/sql"))
@@ -187,7 +177,7 @@ async fn heavy_queries_stay_in_the_memory_pool() {
     let stop = CancellationToken::new();
     let base = start(cfg, &url, &stop).await;
     let client = reqwest::Client::new();
-    let before = peak_rss();
+    let before = testenv::peak_rss();
     // Grouping 2.5 million distinct keys needs far more than the pool: the aggregate spills to
     // disk and finishes, or (when a partition cannot spill in time) is refused; never grown.
     let grouping = "SELECT v % 2500000 AS k, count(*) AS n FROM generate_series(1, 5000000) AS t(v) \
@@ -202,7 +192,7 @@ async fn heavy_queries_stay_in_the_memory_pool() {
     );
     eprintln!(
         "grouping: {answer:?}, peak RSS +{} MiB",
-        (peak_rss() - before) >> 20
+        (testenv::peak_rss() - before) >> 20
     );
     // A hash join's build side cannot spill: refused at the pool with 413, not grown.
     let join = "SELECT count(*) FROM generate_series(1, 20000000) AS a(x) \
@@ -213,7 +203,7 @@ async fn heavy_queries_stay_in_the_memory_pool() {
     );
     // Without the pool the join's build side alone would take over 400 MiB; with it, the process
     // grows by the pool plus fixed costs (threads, buffers: about 75 MiB measured).
-    let grew = peak_rss().saturating_sub(before);
+    let grew = testenv::peak_rss().saturating_sub(before);
     assert!(
         grew < 160 << 20,
         "peak RSS grew by {} MiB with a {} MiB pool",
