@@ -109,10 +109,11 @@ cmd_stop() {
     return
   fi
   kill "$pid" 2>/dev/null || true
-  for i in $(seq 1 50); do
+  for i in $(seq 1 "${BROKER_STOP_WAIT_TENTHS:-300}"); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
+  if kill -0 "$pid" 2>/dev/null; then echo "broker on port $port did not stop in time; killing it" >&2; fi
   kill -9 "$pid" 2>/dev/null || true
   rm -f "$(run_dir "$port")/pid"
   echo "broker on port $port stopped"
