@@ -7,20 +7,6 @@ use prost::Message;
 
 use crate::support::*;
 
-fn codes(body: &serde_json::Value) -> Vec<(u64, String)> {
-    body["rejected"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["index"].as_u64().unwrap(),
-                r["code"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_specific_answers_and_never_reaches_kafka() {
     let Some(brokers) = testenv::broker_or_skip("bad_input_gets_specific_answers") else {
@@ -54,7 +40,7 @@ async fn bad_input_gets_specific_answers_and_never_reaches_kafka() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["accepted"], 1);
     assert_eq!(
-        codes(&body),
+        rejections(&body),
         vec![
             (1, "bad_signature".into()),
             (2, "bad_signature".into()),

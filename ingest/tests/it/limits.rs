@@ -13,14 +13,7 @@ use crate::support::*;
 const PROTOBUF: &str = "application/x-protobuf";
 
 fn codes(body: &serde_json::Value) -> Vec<String> {
-    body["rejected"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|r| r["code"].as_str().unwrap_or("").to_string())
-                .collect()
-        })
-        .unwrap_or_default()
+    rejections(body).into_iter().map(|(_, c)| c).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,12 +39,7 @@ async fn rate_limits_per_ip_and_per_device() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["accepted"], 15, "{body}");
     assert_eq!(codes(&body), vec!["rate_exceeded"; 5], "{body}");
-    let indices: Vec<u64> = body["rejected"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["index"].as_u64().unwrap())
-        .collect();
+    let indices: Vec<u64> = rejections(&body).into_iter().map(|(i, _)| i).collect();
     assert_eq!(
         indices,
         vec![10, 11, 12, 13, 14],

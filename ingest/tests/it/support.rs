@@ -75,6 +75,21 @@ pub fn batch(items: &[SignedReading]) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// The `(index, code)` of every item in an answer's `rejected` list.
+pub fn rejections(body: &serde_json::Value) -> Vec<(u64, String)> {
+    body["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap(),
+                r["code"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 pub struct Node {
     pub addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
