@@ -4,9 +4,11 @@
 //! a week of event time) is written by the processors' own partition workers, fed directly rather
 //! than through a broker (the lake is what is measured here, and the processor benchmark covers the
 //! path through Kafka; signatures are placeholders, re-verification is off). Closed hours are
-//! compacted as in production. Then each query runs `runs` times through the query service's HTTP
-//! API and `runs` times in DuckDB (from PyPI) over the same valid files with equivalent SQL, one
-//! after the other in the same run, and p50/p99 of each are reported.
+//! compacted, and the epochs (days) that ended are sealed, as in production (the query service
+//! answers sensor aggregates over sealed days from their `sensor_hex_hourly` rows; DuckDB reads the
+//! raw rows). Then each query runs `runs` times through the query service's HTTP API and `runs`
+//! times in DuckDB (from PyPI) over the same valid files with equivalent SQL, one after the other in
+//! the same run, and p50/p99 of each are reported.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -172,6 +174,40 @@ async fn build_lake(
     Ok(devices)
 }
 
+/// Seals the (daily) epochs that ended by `end_ms`, as a running processor would have: the query
+/// service answers sensor aggregates over sealed time from their `sensor_hex_hourly` rows.
+/// Forced (the lake was written without a broker, so no partition published a watermark).
+async fn seal_closed_epochs(lake: &Lake, start_ms: i64, end_ms: i64) -> anyhow::Result<()> {
+    use hexpulse_processors::epoch::{EpochConfig, seal};
+    let cfg = EpochConfig::default();
+    let rules = hexpulse_processors::rules::Rules::load(None)?;
+    let mut id = cfg.id_of(start_ms)?;
+    while cfg.bounds(id)?.1 <= end_ms {
+        let t = Instant::now();
+        let m = seal::seal(seal::SealRequest {
+            input: lake,
+            output: lake,
+            cfg: &cfg,
+            rules: &rules,
+            epoch: id,
+            force: true,
+            topic: TOPIC,
+            partitions: PARTITIONS as i32,
+        })
+        .await?
+        .manifest()
+        .clone();
+        eprintln!(
+            "[bench]   sealed epoch {id} ({} to {}) in {:.0} s",
+            m.start,
+            m.end,
+            t.elapsed().as_secs_f64()
+        );
+        id += 1;
+    }
+    Ok(())
+}
+
 async fn flush(w: &mut PartitionWorker, rules_version: &str) -> anyhow::Result<()> {
     match w.flush(rules_version).await? {
         Flushed::Fenced { .. } => bail!("fenced: another writer holds the claim"),
@@ -187,32 +223,52 @@ pub async fn query(
     readings: usize,
     runs: usize,
     python: PathBuf,
+    keep: Option<PathBuf>,
     out: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     if runs < 2 {
         bail!("--runs must be at least 2");
     }
-    let dir = std::env::temp_dir().join(format!("hexpulse-bench-query-{}", std::process::id()));
+    let dir = match &keep {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("hexpulse-bench-query-{}", std::process::id())),
+    };
     let lake_dir = dir.join("lake");
+    // The end of the lake's week is kept next to a kept lake, so a reused lake is queried over
+    // the span it holds.
+    let end_file = dir.join("end_ms");
+    let reuse = keep.is_some() && end_file.exists();
     std::fs::create_dir_all(&lake_dir)?;
     let lake = Lake::open(lake_dir.to_str().context("lake path")?)?;
-    // A week of event time, ending two hours ago (so every hour is closed and compacted).
-    let end_ms = (now_ms() / HOUR_MS - 2) * HOUR_MS;
     let span_ms = 7 * 24 * HOUR_MS;
-    eprintln!(
-        "[bench] writing {readings} simulated readings (a week, 5,000 devices) to {}",
-        lake_dir.display()
-    );
     let t = Instant::now();
-    build_lake(&lake, readings, end_ms, span_ms).await?;
-    eprintln!("[bench] compacting closed hours");
-    let opts = hexpulse_processors::compact::CompactOptions {
-        target_bytes: 64 << 20,
-        retention: Duration::ZERO,
+    let end_ms = if reuse {
+        let end_ms: i64 = std::fs::read_to_string(&end_file)?.trim().parse()?;
+        eprintln!("[bench] reusing the lake in {}", lake_dir.display());
+        end_ms
+    } else {
+        // A week of event time, ending two hours ago (so every hour is closed and compacted).
+        let end_ms = (now_ms() / HOUR_MS - 2) * HOUR_MS;
+        eprintln!(
+            "[bench] writing {readings} simulated readings (a week, 5,000 devices) to {}",
+            lake_dir.display()
+        );
+        build_lake(&lake, readings, end_ms, span_ms).await?;
+        eprintln!("[bench] compacting closed hours");
+        let opts = hexpulse_processors::compact::CompactOptions {
+            target_bytes: 64 << 20,
+            retention: Duration::ZERO,
+        };
+        hexpulse_processors::compact::compact_closed(&lake, end_ms + HOUR_MS, &opts).await?;
+        // A second pass deletes what the first replaced (retention zero: nobody else reads it).
+        hexpulse_processors::compact::compact_closed(&lake, end_ms + HOUR_MS, &opts).await?;
+        if keep.is_some() {
+            std::fs::write(&end_file, end_ms.to_string())?;
+        }
+        end_ms
     };
-    hexpulse_processors::compact::compact_closed(&lake, end_ms + HOUR_MS, &opts).await?;
-    // A second pass deletes what the first replaced (retention zero: nobody else reads this lake).
-    hexpulse_processors::compact::compact_closed(&lake, end_ms + HOUR_MS, &opts).await?;
+    // (A reused lake's epochs are sealed already, unless it was kept before sealing was added.)
+    seal_closed_epochs(&lake, end_ms - span_ms, end_ms).await?;
     let build_s = t.elapsed().as_secs_f64();
 
     let mut files: HashMap<String, Vec<String>> = HashMap::new();
@@ -454,6 +510,8 @@ pub async fn query(
         duckdb_version: duck["version"].as_str().unwrap_or("").to_string(),
     };
     crate::bench::emit_report(&report, out)?;
-    let _ = std::fs::remove_dir_all(&dir);
+    if keep.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(())
 }

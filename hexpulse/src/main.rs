@@ -17,6 +17,11 @@ use hexpulse_ingest::server::Ingest;
 
 use crate::config::Config;
 
+/// mimalloc instead of the system allocator: the query service's Parquet decoding allocates and
+/// frees a buffer per page and column, and glibc's malloc spent a fifth of a query's CPU on it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "hexpulse",
@@ -226,6 +231,10 @@ enum BenchCmd {
         /// The Python with DuckDB (`make bench` passes the venv's).
         #[arg(long, env = "HEXPULSE_PYTHON", default_value = "python3")]
         python: PathBuf,
+        /// Keep the lake in this directory and reuse it when it is already there (built with the
+        /// same --readings); without it the lake is built in a temporary directory and removed.
+        #[arg(long)]
+        lake: Option<PathBuf>,
         /// Write the JSON report here too.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -822,8 +831,9 @@ async fn bench(cfg: Config, b: BenchCmd) -> anyhow::Result<()> {
             readings,
             runs,
             python,
+            lake,
             out,
-        } => bench_query::query(readings, runs, python, out).await,
+        } => bench_query::query(readings, runs, python, lake, out).await,
         BenchCmd::E2e(args) => bench_e2e::e2e(cfg, args).await,
     }
 }

@@ -285,6 +285,9 @@ pub const UNIT_ZSTD_LEVEL: i32 = 1;
 /// zstd level of merged files, which live as long as the lake: smaller at some CPU cost.
 pub const COMPACTED_ZSTD_LEVEL: i32 = 6;
 
+/// Rows per data page (at most; the writer checks every 1,024 rows).
+pub const PAGE_ROWS: usize = 2048;
+
 /// Parquet bytes of `batch`: zstd at `level`, page-level statistics (column and offset indexes on).
 pub fn encode_parquet(batch: &RecordBatch, level: i32) -> Result<Bytes, LakeError> {
     encode_parquet_with(batch, level, Vec::new())
@@ -319,6 +322,9 @@ pub fn encode_parquet_with(
         // messages and raw bytes are near-unique, and building their dictionaries costs CPU for nothing.
         .set_dictionary_enabled(false)
         .set_max_row_group_row_count(Some(128 * 1024))
+        // Small pages: files are sorted by cell, so a reader using the page index (the query
+        // service) decodes only the pages of the cells, places and times it asks for.
+        .set_data_page_row_count_limit(PAGE_ROWS)
         .set_key_value_metadata((!metadata.is_empty()).then(|| {
             metadata
                 .into_iter()

@@ -207,7 +207,8 @@ fn cell_expr_and_filter(snap: &Snapshot, a: &Area) -> ApiResult<(String, String)
     Ok((expr, format!("{} AND {}", grown.sql(), a.range.sql())))
 }
 
-/// Coverage per hex: devices, heartbeats, best and median signal, speed tests.
+/// Coverage per hex: devices, heartbeats, best and median signal, speed tests. Medians are exact
+/// (the mean of the two middle values for an even count), as in the epochs' `hex_coverage`.
 struct Coverage {
     hexes: Vec<(CellIndex, CoverageStats)>,
     newest_ms: Option<i64>,
@@ -227,8 +228,8 @@ async fn coverage_cells(st: &AppState, snap: &Snapshot, a: &Area) -> ApiResult<C
     let (cell, filter) = cell_expr_and_filter(snap, a)?;
     let sql = format!(
         "SELECT {cell} AS cell, count(DISTINCT device_key) AS devices, count(*) AS heartbeats, \
-         max(signal_dbm) AS best, approx_median(signal_dbm) AS median, \
-         count(download_mbps) AS speed_tests, approx_median(download_mbps) AS download, \
+         max(signal_dbm) AS best, median(signal_dbm) AS median, \
+         count(download_mbps) AS speed_tests, median(download_mbps) AS download, \
          CAST(max(event_time) AS BIGINT) AS newest \
          FROM heartbeat WHERE {filter} GROUP BY 1"
     );

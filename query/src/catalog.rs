@@ -71,8 +71,10 @@ async fn register(ctx: &SessionContext, name: &str, files: &[String]) -> Result<
         .iter()
         .map(|f| ListingTableUrl::parse(format!("{LAKE_URL}{f}")))
         .collect::<Result<Vec<_>, _>>()?;
-    let options =
-        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    // The session's Parquet settings (ParquetFormat::default() would ignore them).
+    let parquet =
+        ParquetFormat::default().with_options(ctx.state().table_options().parquet.clone());
+    let options = ListingOptions::new(Arc::new(parquet)).with_file_extension(".parquet");
     // The schema of the newest file (files of a table differ at most by added columns, which older
     // files read as NULL); inferring from every file would read every footer on each refresh.
     let newest = urls.last().expect("files is not empty");
@@ -128,12 +130,24 @@ async fn lake_watermark(lake: &Lake) -> Result<Option<i64>, CatalogError> {
     Ok(low)
 }
 
+/// DataFusion settings for the lake's files, then any `DATAFUSION_*` environment variables.
+fn lake_session_config() -> Result<SessionConfig, CatalogError> {
+    let mut options = datafusion::config::ConfigOptions::from_env()?;
+    // The lake's files carry no bloom filters; looking for them costs time on every file.
+    if std::env::var_os("DATAFUSION_EXECUTION_PARQUET_BLOOM_FILTER_ON_READ").is_none() {
+        options.execution.parquet.bloom_filter_on_read = false;
+    }
+    Ok(SessionConfig::from(options))
+}
+
 /// Builds a fresh context over the lake.
 pub async fn build(
     lake: &Lake,
     runtime: Arc<RuntimeEnv>,
 ) -> Result<(SessionContext, Snapshot), CatalogError> {
-    let config = SessionConfig::new()
+    // DataFusion's own settings may be tuned by environment (`DATAFUSION_EXECUTION_BATCH_SIZE`,
+    // ...); the lake's defaults are set first and the environment applies over them.
+    let config = lake_session_config()?
         .with_information_schema(true)
         .with_default_catalog_and_schema("hexpulse", "lake");
     let ctx = SessionContext::new_with_config_rt(config, runtime);
@@ -162,9 +176,14 @@ pub async fn build(
     snap.resolutions.sort_unstable();
     snap.watermark_ms = lake_watermark(lake).await?;
     let mut epoch_files: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    // Sealed time whose sensor rows `sensor_hex_hourly` holds (see `preagg`).
+    let mut hourly_ranges = Vec::new();
     for id in sealed_ids(lake).await? {
         if let Some(m) = seal::read_manifest(lake, id).await? {
             snap.sealed_epochs.push(id);
+            if m.output("sensor_hex_hourly").is_some() {
+                hourly_ranges.push((m.start_ms, m.end_ms));
+            }
             for o in &m.outputs {
                 if let Some(t) = EPOCH_TABLES.iter().find(|t| **t == o.table) {
                     epoch_files.entry(t).or_default().push(o.path.clone());
@@ -180,6 +199,10 @@ pub async fn build(
         let files = epoch_files.remove(t).unwrap_or_default();
         snap.files.insert(t.to_string(), files.len());
         register(&ctx, t, &files).await?;
+    }
+    let hourly = ctx.table_provider("sensor_hex_hourly").await?;
+    if let Some(rule) = crate::preagg::PreAggregated::new(hourly, hourly_ranges) {
+        ctx.add_optimizer_rule(Arc::new(rule));
     }
     Ok((ctx, snap))
 }

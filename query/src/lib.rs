@@ -5,6 +5,7 @@
 //! - H3 functions for SQL ([`udf`]), tested by `tests/slt/*.slt`.
 //! - Hex maps as GeoJSON and vector tiles, dead zones, sensor series and hex aggregates, road
 //!   aggregates under the k-anonymity rule ([`api`], [`mvt`]); each answer states its freshness.
+//! - Sensor aggregates over sealed time read the epochs' hourly rows instead of raw rows ([`preagg`]).
 //! - Read-only SQL with row, time and memory limits, answering JSON, CSV or Arrow IPC ([`sql`]);
 //!   raw dashcam rows only for the `raw` group, checked on the plan.
 //! - Epoch endpoints for reward oracles (list, manifest, device summaries as JSON/CSV/Parquet,
@@ -20,6 +21,7 @@ pub mod map;
 pub mod mvt;
 pub mod openapi;
 pub mod params;
+pub mod preagg;
 pub mod server;
 pub mod sql;
 pub mod udf;

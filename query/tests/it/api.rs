@@ -1,5 +1,6 @@
 //! The SQL and epoch endpoints over a processor-written, sealed lake.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -94,6 +95,39 @@ async fn sql_and_epochs_over_a_processed_lake() {
         .map(|r| r["n"].as_u64().unwrap())
         .sum();
     assert_eq!(rejected as usize, sc.expected_rejected().len());
+
+    // Sensor aggregates over the sealed epoch read its `sensor_hex_hourly` rows (query::preagg),
+    // and answer what raw rows answer (a filter on `value` that keeps every row stops the rewrite).
+    let per_metric = |filter: &str| {
+        format!(
+            "SELECT metric, count(*) AS n, min(value) AS lo, max(value) AS hi, avg(value) AS mean \
+             FROM sensor {filter} GROUP BY metric ORDER BY metric"
+        )
+    };
+    let (_, plan) = sql_json(&base, &format!("EXPLAIN {}", per_metric(""))).await;
+    assert!(plan.to_string().contains("sensor_hex_hourly"), "{plan}");
+    let (_, raw_plan) = sql_json(
+        &base,
+        &format!("EXPLAIN {}", per_metric("WHERE value > -1e300")),
+    )
+    .await;
+    assert!(
+        !raw_plan.to_string().contains("sensor_hex_hourly"),
+        "{raw_plan}"
+    );
+    let (status, pre) = sql_json(&base, &per_metric("")).await;
+    assert_eq!(status, 200, "{pre}");
+    let (_, raw) = sql_json(&base, &per_metric("WHERE value > -1e300")).await;
+    let (pre, raw) = (pre.as_array().unwrap(), raw.as_array().unwrap());
+    assert!(!pre.is_empty());
+    assert_eq!(pre.len(), raw.len(), "{pre:?} vs {raw:?}");
+    for (p, r) in pre.iter().zip(raw) {
+        for k in ["metric", "n", "lo", "hi"] {
+            assert_eq!(p[k], r[k], "{k}: {p} vs {r}");
+        }
+        let (a, b) = (p["mean"].as_f64().unwrap(), r["mean"].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "{p} vs {r}");
+    }
 
     // CSV and Arrow IPC answers.
     let q5 = "SELECT device_key, seq FROM heartbeat ORDER BY device_key, seq LIMIT 5";
@@ -366,6 +400,44 @@ async fn maps_sensors_road_and_tiles(base: &str, by_cell: &[(String, u64, u64)])
     for f in features(&cov8) {
         assert_valid_hex_geometry(f);
     }
+    // Median signal per hex is exact: the middle value, or the mean of the two middle values.
+    let (status, v) = sql_json(
+        base,
+        "SELECT h3_cell_to_string(h3_r8) AS cell, array_agg(signal_dbm) AS s FROM heartbeat GROUP BY 1",
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let mut signals: HashMap<String, Vec<f64>> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let s = r["s"].as_array().unwrap().iter().filter_map(Value::as_f64);
+            (r["cell"].as_str().unwrap().to_string(), s.collect())
+        })
+        .collect();
+    let mut even = 0;
+    for f in features(&cov8) {
+        let p = &f["properties"];
+        let s = signals.get_mut(p["cell"].as_str().unwrap()).unwrap();
+        s.sort_by(f64::total_cmp);
+        let n = s.len();
+        let want = if n % 2 == 1 {
+            s[n / 2]
+        } else {
+            even += 1;
+            (s[n / 2 - 1] + s[n / 2]) / 2.0
+        };
+        let got = p["median_signal_dbm"].as_f64().unwrap();
+        assert!(
+            (got - want).abs() < 1e-9,
+            "{p}: median {got}, want {want} of {s:?}"
+        );
+    }
+    assert!(
+        even > 0,
+        "no hex with an even count: the check of two middle values did not run"
+    );
     assert!(
         cov8["freshness"]["newest_event_time"].is_string(),
         "{}",
