@@ -19,6 +19,8 @@ use crate::config::Config;
 
 /// mimalloc instead of the system allocator: the query service's Parquet decoding allocates and
 /// frees a buffer per page and column, and glibc's malloc spent a fifth of a query's CPU on it.
+/// Built with `no_thp`: on hosts with transparent huge pages "always", mimalloc's arenas otherwise
+/// grow resident memory in 2 MiB steps (the query service's peak RSS went from ~100 MiB to ~1 GiB).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
