@@ -130,26 +130,25 @@ async fn lake_watermark(lake: &Lake) -> Result<Option<i64>, CatalogError> {
     Ok(low)
 }
 
-/// DataFusion settings for the lake's files, then any `DATAFUSION_*` environment variables.
+/// DataFusion settings for the lake: its defaults, then any `DATAFUSION_*` environment variable
+/// (`DATAFUSION_EXECUTION_BATCH_SIZE`, ...). Read once per catalog, not on every refresh.
 fn lake_session_config() -> Result<SessionConfig, CatalogError> {
     let mut options = datafusion::config::ConfigOptions::from_env()?;
     // The lake's files carry no bloom filters; looking for them costs time on every file.
     if std::env::var_os("DATAFUSION_EXECUTION_PARQUET_BLOOM_FILTER_ON_READ").is_none() {
         options.execution.parquet.bloom_filter_on_read = false;
     }
-    Ok(SessionConfig::from(options))
+    Ok(SessionConfig::from(options)
+        .with_information_schema(true)
+        .with_default_catalog_and_schema("hexpulse", "lake"))
 }
 
 /// Builds a fresh context over the lake.
 pub async fn build(
     lake: &Lake,
+    config: SessionConfig,
     runtime: Arc<RuntimeEnv>,
 ) -> Result<(SessionContext, Snapshot), CatalogError> {
-    // DataFusion's own settings may be tuned by environment (`DATAFUSION_EXECUTION_BATCH_SIZE`,
-    // ...); the lake's defaults are set first and the environment applies over them.
-    let config = lake_session_config()?
-        .with_information_schema(true)
-        .with_default_catalog_and_schema("hexpulse", "lake");
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     crate::udf::register(&ctx);
     ctx.register_object_store(&url::Url::parse(LAKE_URL)?, lake.store().clone());
@@ -181,7 +180,7 @@ pub async fn build(
     for id in sealed_ids(lake).await? {
         if let Some(m) = seal::read_manifest(lake, id).await? {
             snap.sealed_epochs.push(id);
-            if m.output("sensor_hex_hourly").is_some() {
+            if m.output(crate::preagg::HOURLY).is_some() {
                 hourly_ranges.push((m.start_ms, m.end_ms));
             }
             for o in &m.outputs {
@@ -200,7 +199,7 @@ pub async fn build(
         snap.files.insert(t.to_string(), files.len());
         register(&ctx, t, &files).await?;
     }
-    let hourly = ctx.table_provider("sensor_hex_hourly").await?;
+    let hourly = ctx.table_provider(crate::preagg::HOURLY).await?;
     if let Some(rule) = crate::preagg::PreAggregated::new(hourly, hourly_ranges) {
         ctx.add_optimizer_rule(Arc::new(rule));
     }
@@ -210,15 +209,18 @@ pub async fn build(
 /// The current catalog, swapped by [`Catalog::refresh`].
 pub struct Catalog {
     lake: Lake,
+    config: SessionConfig,
     runtime: Arc<RuntimeEnv>,
     current: RwLock<(SessionContext, Snapshot)>,
 }
 
 impl Catalog {
     pub async fn open(lake: Lake, runtime: Arc<RuntimeEnv>) -> Result<Catalog, CatalogError> {
-        let current = build(&lake, runtime.clone()).await?;
+        let config = lake_session_config()?;
+        let current = build(&lake, config.clone(), runtime.clone()).await?;
         Ok(Catalog {
             lake,
+            config,
             runtime,
             current: RwLock::new(current),
         })
@@ -234,7 +236,7 @@ impl Catalog {
     }
 
     pub async fn refresh(&self) -> Result<(), CatalogError> {
-        let next = build(&self.lake, self.runtime.clone()).await?;
+        let next = build(&self.lake, self.config.clone(), self.runtime.clone()).await?;
         *self.current.write().expect("lock") = next;
         Ok(())
     }

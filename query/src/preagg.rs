@@ -36,7 +36,8 @@ use datafusion::prelude::coalesce;
 
 /// The raw table, and the columns an aggregate may group or filter by to be rewritten.
 const RAW: &str = "sensor";
-const PRE: &str = "sensor_hex_hourly";
+/// The sealed epochs' hourly sensor aggregates (an epoch table).
+pub const HOURLY: &str = "sensor_hex_hourly";
 const KEYS: [&str; 1] = ["metric"];
 const VALUE: &str = "value";
 
@@ -140,7 +141,7 @@ fn keys_only(e: &Expr) -> bool {
 fn on_hourly(e: Expr) -> Result<Expr> {
     e.transform(|e| {
         Ok(match e {
-            Expr::Column(c) => Transformed::yes(col(Column::new(Some(PRE), c.name))),
+            Expr::Column(c) => Transformed::yes(col(Column::new(Some(HOURLY), c.name))),
             other => Transformed::no(other),
         })
     })
@@ -228,11 +229,12 @@ impl PreAggregated {
         let names: Vec<String> = (0..groups.len()).map(|i| format!("g{i}")).collect();
 
         // Sealed time from the hourly rows.
-        let mut pre = LogicalPlanBuilder::scan(PRE, provider_as_source(self.hourly.clone()), None)?;
+        let mut pre =
+            LogicalPlanBuilder::scan(HOURLY, provider_as_source(self.hourly.clone()), None)?;
         if let Some(f) = filters.iter().cloned().reduce(Expr::and) {
             pre = pre.filter(on_hourly(f)?)?;
         }
-        let hourly = |name: &str| col(Column::new(Some(PRE), name));
+        let hourly = |name: &str| col(Column::new(Some(HOURLY), name));
         let mut pre_cols: Vec<Expr> = groups
             .iter()
             .zip(&names)
@@ -372,7 +374,7 @@ mod tests {
             .unwrap();
         let provider: Arc<dyn TableProvider> =
             Arc::new(MemTable::try_new(hourly[0].schema(), vec![hourly]).unwrap());
-        ctx.register_table(PRE, provider.clone()).unwrap();
+        ctx.register_table(HOURLY, provider.clone()).unwrap();
         if rule {
             let r = PreAggregated::new(provider, SEALED.to_vec()).unwrap();
             ctx.add_optimizer_rule(Arc::new(r));
@@ -419,8 +421,8 @@ mod tests {
         ] {
             let (got, plan) = answer(&with, sql).await;
             let (want, raw_plan) = answer(&without, sql).await;
-            assert!(plan.contains(PRE), "{sql}: not rewritten:\n{plan}");
-            assert!(!raw_plan.contains(PRE));
+            assert!(plan.contains(HOURLY), "{sql}: not rewritten:\n{plan}");
+            assert!(!raw_plan.contains(HOURLY));
             assert_eq!(
                 cells(&got),
                 cells(&want),
@@ -445,7 +447,7 @@ mod tests {
             "SELECT count(*) FROM sensor WHERE random() < 0.5",
         ] {
             let (_, plan) = answer(&ctx, sql).await;
-            assert!(!plan.contains(PRE), "{sql}: rewritten:\n{plan}");
+            assert!(!plan.contains(HOURLY), "{sql}: rewritten:\n{plan}");
         }
     }
 
