@@ -107,6 +107,29 @@ impl OwnBroker {
         self.run(&["stop", &self.port.to_string()]);
     }
 
+    /// Kills the broker process (SIGKILL), as a crash or power loss of its host would: no graceful
+    /// shutdown, open requests just lose their connection. Returns once the process is gone.
+    pub fn kill(&self) {
+        let pid = self.pid();
+        self.signal("-KILL");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "broker {pid} still there 10 s after SIGKILL"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // Clears the pid file.
+        self.stop();
+    }
+
+    fn pid(&self) -> String {
+        let pid_file = self.cache.join(format!("run/broker-{}/pid", self.port));
+        let pid = std::fs::read_to_string(&pid_file).expect("broker pid file");
+        pid.trim().to_string()
+    }
+
     /// Freezes the broker process (SIGSTOP): its connections stay open but nothing answers, as with
     /// a hung broker or a network partition. [`OwnBroker::resume`] continues it with all its state.
     pub fn pause(&self) {
@@ -118,13 +141,12 @@ impl OwnBroker {
     }
 
     fn signal(&self, sig: &str) {
-        let pid_file = self.cache.join(format!("run/broker-{}/pid", self.port));
-        let pid = std::fs::read_to_string(&pid_file).expect("broker pid file");
+        let pid = self.pid();
         let ok = std::process::Command::new("kill")
-            .args([sig, pid.trim()])
+            .args([sig, &pid])
             .status()
             .is_ok_and(|s| s.success());
-        assert!(ok, "kill {sig} {}", pid.trim());
+        assert!(ok, "kill {sig} {pid}");
     }
 }
 

@@ -24,9 +24,18 @@ pub struct IngestConfig {
     pub max_inflight_bytes: usize,
     /// Threads of the signature-verification pool (0 = one per core).
     pub verify_threads: usize,
-    /// How long a produced record may wait for the broker's acknowledgement.
+    /// How long a request waits for the broker's acknowledgement of its records; items not
+    /// acknowledged by then are answered `delivery_failed` (503 when nothing was delivered).
     #[serde(with = "humantime_serde")]
     pub delivery_timeout: Duration,
+    /// How long the producer keeps a record it could not deliver within `delivery_timeout` and
+    /// retries it (librdkafka's `message.timeout.ms`; at least `delivery_timeout`). Such a record
+    /// was answered as not delivered, so the device sends it again; if both copies arrive, the
+    /// processors store one and reject the other as `duplicate`. Not a shorter value: a record
+    /// timing out inside librdkafka makes the idempotent producer bump its epoch, which tansu 0.6
+    /// cannot handle (ARCHITECTURE.md, tansu behaviours).
+    #[serde(with = "humantime_serde", default = "default_retry_timeout")]
+    pub producer_retry_timeout: Duration,
     /// Producer queue limit (messages); when full, requests get 429.
     pub producer_queue_messages: usize,
     /// How long a request may take end to end (also cuts off slow clients).
@@ -57,6 +66,10 @@ pub struct IngestConfig {
     pub tls: Option<TlsConfig>,
 }
 
+fn default_retry_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
 impl IngestConfig {
     /// Settings for tests and examples: loopback, port 0, small limits.
     pub fn for_tests() -> Self {
@@ -69,6 +82,7 @@ impl IngestConfig {
             max_inflight_bytes: 64 << 20,
             verify_threads: 1,
             delivery_timeout: Duration::from_secs(5),
+            producer_retry_timeout: default_retry_timeout(),
             producer_queue_messages: 100_000,
             request_timeout: Duration::from_secs(15),
             shutdown_timeout: Duration::from_secs(10),

@@ -40,13 +40,17 @@ pub struct Sink {
     topic: String,
     node: String,
     broker_up: Arc<AtomicBool>,
+    /// How long `produce_all` waits for delivery reports.
+    delivery_timeout: Duration,
 }
 
 impl Sink {
     pub fn new(kafka: &KafkaConfig, cfg: &IngestConfig) -> Result<Self, KafkaError> {
+        // librdkafka keeps retrying past the request's own deadline (`produce_all`), see
+        // `IngestConfig::producer_retry_timeout`.
         let mut cc = kafka.producer_config(
             &format!("hexpulse-ingest-{}", cfg.node_name),
-            cfg.delivery_timeout,
+            cfg.producer_retry_timeout.max(cfg.delivery_timeout),
         );
         cc.set(
             "queue.buffering.max.messages",
@@ -57,6 +61,7 @@ impl Sink {
             topic: kafka.raw_topic.clone(),
             node: cfg.node_name.clone(),
             broker_up: Arc::new(AtomicBool::new(false)),
+            delivery_timeout: cfg.delivery_timeout,
         })
     }
 
@@ -105,8 +110,10 @@ impl Sink {
         }
     }
 
-    /// Produces each `(key, value)` and waits for every delivery report. `result[i]` is `Ok` only
-    /// when the broker acknowledged item `i`.
+    /// Produces each `(key, value)` and waits for every delivery report, up to the delivery
+    /// timeout. `result[i]` is `Ok` only when the broker acknowledged item `i`; an item without a
+    /// report by then is `NotDelivered`, while the producer keeps retrying it (its fate is unknown
+    /// to the device, which sends it again).
     pub async fn produce_all(
         &self,
         items: &[(Bytes, Bytes)],
@@ -140,16 +147,21 @@ impl Sink {
                 }
             }
         }
+        let deadline = tokio::time::Instant::from_std(start + self.delivery_timeout);
         let mut failed = 0usize;
         for (i, fut) in pending {
-            results[i] = match fut.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => {
+            results[i] = match tokio::time::timeout_at(deadline, fut).await {
+                Ok(Ok(Ok(_))) => Ok(()),
+                Ok(Ok(Err((e, _)))) => {
                     failed += 1;
                     tracing::debug!(error = %e, "delivery failed");
                     Err(DeliveryFailure::NotDelivered)
                 }
-                Err(_cancelled) => Err(DeliveryFailure::NotDelivered),
+                Ok(Err(_cancelled)) => Err(DeliveryFailure::NotDelivered),
+                Err(_elapsed) => {
+                    failed += 1;
+                    Err(DeliveryFailure::NotDelivered)
+                }
             };
         }
         if failed > 0 {

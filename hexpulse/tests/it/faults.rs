@@ -1,27 +1,26 @@
 //! Faults under load, checked by accounting: the broker goes away (and comes back) while the
-//! simulator sends; ingest answers 503 meanwhile, and every reading acknowledged before and during
-//! the outage is in the lake exactly once (or rejected with its reason), nothing invented.
+//! simulator sends; ingest answers 503 meanwhile, every reading acknowledged before and during the
+//! outage is in the lake exactly once (or rejected with its reason), nothing invented; and after
+//! the outage a second run is acknowledged in full (no 503) and accounted for.
 //!
-//! Two kinds of outage: the broker process frozen for 10 s (SIGSTOP, then SIGCONT: a hung broker or
-//! a partition; in `make test`), and the broker process stopped and started again.
-//!
-//! The freeze runs on tansu's memory storage (a frozen process keeps its memory) with the
-//! processor's group session (30 s) longer than the outage. With sqlite storage, or with a session
-//! that expires during the freeze (10 s), tansu 0.6 did not recover: sqlite answered
-//! `Storage(UnableToSend)` as after a restart, and with memory storage it logged `ProducerFenced` for
-//! ingest's idempotent producer and the processor stopped receiving; acknowledged readings stayed
-//! missing from the lake through the 120 s settle (268 of about 5,000 in one run). Whether they were
-//! in the log we could not tell; Apache Kafka is not tested here.
-//!
-//! **The restart is ignored (not in `make test`)**: tansu 0.6 with sqlite storage, restarted under this load, answers
-//! every request with `Storage(UnableToSend)` (its log is printed below), so the processor cannot read
-//! what ingest acknowledged just before the stop and the accounting reports those readings missing
-//! (328 of 4,452 in one run; 0 in a run where the processor had caught up before the stop). The lighter
-//! `ingest` test `broker_outage_gives_503_then_recovers` shows recovery. See ARCHITECTURE.md, tansu
-//! behaviours. With `scripts/broker.sh stop` waiting up to 30 s for tansu to exit (it waited 5 s before
-//! killing it), the restart passed once (4,997 acknowledged, 0 mismatches) and failed the same way
-//! the next time, when it ran beside the freeze test (558 mismatches). Run it with
-//! `cargo nextest run -p hexpulse --run-ignored all -E 'test(broker_outage)'`.
+//! Three kinds of outage:
+//! - **Crash** (in `make test`): the broker process is killed (SIGKILL) and started again on the same
+//!   sqlite storage 10 s later.
+//! - **Freeze** (in `make test`): SIGSTOP for 10 s, then SIGCONT (a hung broker or a partition). It runs on
+//!   tansu's memory storage (a frozen process keeps its memory) with the processor's group session
+//!   (30 s) longer than the outage: with a session that expired during the freeze, tansu 0.6 logged
+//!   `ProducerFenced` and the processor stopped receiving.
+//! - **Graceful stop** (SIGTERM), ignored: tansu 0.6 answers the produce requests in flight at its
+//!   shutdown with an error, librdkafka's idempotent producer takes that as a gap in its sequence and
+//!   bumps its epoch (as KIP-360 allows), and after the restart tansu's sqlite engine panics on the
+//!   first produce with the new epoch (`lite.rs:503`, "more or less than one row": it only knows the
+//!   epochs it handed out) and answers every later request with `Storage(UnableToSend)`. The same
+//!   panic follows any record that expires inside librdkafka during an outage, which is why ingest
+//!   keeps retrying records for `producer_retry_timeout` (5 min) after answering 503 at
+//!   `delivery_timeout` (3 s here): with `producer_retry_timeout = "3s"` the crash test fails, tansu
+//!   no longer answering after its restart. Apache Kafka accepts such epoch bumps; it is not tested
+//!   here. Run the ignored one with
+//!   `cargo nextest run -p hexpulse --run-ignored all -E 'test(broker_stopped)'`.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -35,8 +34,10 @@ use crate::up::{Up, accounted, accounting_layer};
 enum Outage {
     /// SIGSTOP, then SIGCONT after this long.
     Freeze(Duration),
-    /// Stop the process, start it again on the same storage.
+    /// Stop the process (SIGTERM, graceful), start it again on the same storage.
     Restart,
+    /// Kill the process (SIGKILL, a crash), start it again on the same storage.
+    Crash,
 }
 
 #[test]
@@ -45,8 +46,13 @@ fn broker_frozen_under_load_loses_and_doubles_nothing() {
 }
 
 #[test]
-#[ignore = "tansu 0.6 (sqlite) does not serve after a restart under load; see the module comment"]
-fn broker_outage_under_load_loses_and_doubles_nothing() {
+fn broker_killed_under_load_loses_and_doubles_nothing() {
+    outage_under_load(Outage::Crash);
+}
+
+#[test]
+#[ignore = "tansu 0.6 panics on the producer epoch bump a graceful stop causes; see the module comment"]
+fn broker_stopped_under_load_loses_and_doubles_nothing() {
     outage_under_load(Outage::Restart);
 }
 
@@ -67,7 +73,7 @@ fn outage_under_load(outage: Outage) {
     // storage does not survive either outage under load (module comment).
     let broker = match outage {
         Outage::Freeze(_) => broker.in_memory(),
-        Outage::Restart => broker,
+        Outage::Restart | Outage::Crash => broker,
     };
     broker.start();
     let brokers = broker.address();
@@ -104,21 +110,26 @@ fn outage_under_load(outage: Outage) {
     match outage {
         Outage::Freeze(_) => broker.pause(),
         Outage::Restart => broker.stop(),
+        Outage::Crash => broker.kill(),
     }
     std::thread::sleep(match outage {
         Outage::Freeze(d) => d,
-        Outage::Restart => Duration::from_secs(10),
+        Outage::Restart | Outage::Crash => Duration::from_secs(10),
     });
     eprintln!("broker back");
     match outage {
         Outage::Freeze(_) => broker.resume(),
-        Outage::Restart => broker.start(),
+        Outage::Restart | Outage::Crash => broker.start(),
     }
     let out = sim.wait_with_output().expect("simulate finishes");
     let log = cache.path().join(format!("run/broker-{}/log", broker.port));
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     let tail: Vec<&str> = log.lines().rev().take(15).collect();
     eprintln!("broker log, last lines reversed:\n{}", tail.join("\n"));
+    if let Some(restart) = log.rfind("tansu broker") {
+        let first: Vec<&str> = log[restart..].lines().take(60).collect();
+        eprintln!("broker log after the last start:\n{}", first.join("\n"));
+    }
     let summary = accounted(&out);
     let acct = &summary["accounting"];
     let statuses = summary["requests_by_status"].as_object().unwrap();
@@ -132,4 +143,39 @@ fn outage_under_load(outage: Outage) {
     );
     // Readings were acknowledged before the outage (8 s at 1,000/s).
     assert!(acct["acknowledged"].as_u64().unwrap() > 3_000, "{acct}");
+    assert!(
+        !log.contains("panicked"),
+        "the broker panicked; its log:\n{log}"
+    );
+
+    // Recovered: a second run, after the outage, is acknowledged and accounted for in full.
+    let out = up
+        .simulate(
+            &brokers,
+            &[
+                "--adversarial",
+                "0.01",
+                "--duration",
+                "5s",
+                "--rate",
+                "500",
+                "--devices",
+                "1000",
+                "--settle",
+                "60s",
+            ],
+        )
+        .output()
+        .expect("hexpulse simulate");
+    let summary = accounted(&out);
+    let statuses = summary["requests_by_status"].as_object().unwrap();
+    assert_eq!(
+        statuses.get("503").and_then(Value::as_u64).unwrap_or(0),
+        0,
+        "503 after recovery: {statuses:?}"
+    );
+    assert!(
+        summary["accounting"]["acknowledged"].as_u64().unwrap() > 1_000,
+        "{summary}"
+    );
 }
