@@ -9,3 +9,4 @@ pub const PRODUCE_SECONDS: &str = "hexpulse_ingest_produce_seconds";
 pub const INFLIGHT_BYTES: &str = "hexpulse_ingest_inflight_bytes";
 pub const REQUEST_SECONDS: &str = "hexpulse_ingest_request_seconds";
 pub const BROKER_UP: &str = "hexpulse_ingest_broker_up";
+pub const PRODUCER_REPLACED: &str = "hexpulse_ingest_producer_replaced_total";

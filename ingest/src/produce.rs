@@ -1,12 +1,13 @@
 //! The Kafka side of ingest: durable produce of accepted items, and broker reachability.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hexpulse_common::kafka::KafkaConfig;
 use hexpulse_schemas::wire::headers;
+use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -34,9 +35,17 @@ impl DeliveryFailure {
 }
 
 /// Idempotent, acks=all producer of raw readings.
+///
+/// After a failed delivery the producer is replaced by a new one (a new producer id): librdkafka
+/// bumps an idempotent producer's epoch itself after such a failure, and tansu 0.6 cannot take a
+/// produce with an epoch it did not hand out (ARCHITECTURE.md, tansu behaviours). The old one's
+/// queue is purged when it is dropped; its items were, or will be, answered as not delivered.
 #[derive(Clone)]
 pub struct Sink {
-    producer: FutureProducer,
+    /// The current producer and its generation.
+    producer: Arc<RwLock<(u64, FutureProducer)>>,
+    config: ClientConfig,
+    generations: Arc<AtomicU64>,
     topic: String,
     node: String,
     broker_up: Arc<AtomicBool>,
@@ -57,12 +66,44 @@ impl Sink {
             cfg.producer_queue_messages.to_string(),
         );
         Ok(Sink {
-            producer: cc.create()?,
+            producer: Arc::new(RwLock::new((0, cc.create()?))),
+            config: cc,
+            generations: Arc::new(AtomicU64::new(0)),
             topic: kafka.raw_topic.clone(),
             node: cfg.node_name.clone(),
             broker_up: Arc::new(AtomicBool::new(false)),
             delivery_timeout: cfg.delivery_timeout,
         })
+    }
+
+    fn current(&self) -> (u64, FutureProducer) {
+        self.producer.read().expect("producer lock").clone()
+    }
+
+    /// Replaces generation `failed` of the producer with a new one, unless that happened already.
+    fn replace(&self, failed: u64) {
+        let fresh = match self.config.create::<FutureProducer>() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "could not create a new producer; keeping the old one");
+                return;
+            }
+        };
+        let old = {
+            let mut cur = self.producer.write().expect("producer lock");
+            if cur.0 != failed {
+                return;
+            }
+            let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+            std::mem::replace(&mut *cur, (generation, fresh))
+        };
+        tracing::warn!(
+            generation = old.0 + 1,
+            "delivery failed; replaced the producer (new producer id)"
+        );
+        metrics::counter!(m::PRODUCER_REPLACED).increment(1);
+        // Dropping purges its queue and waits briefly for the purge reports: not on this thread.
+        tokio::task::spawn_blocking(move || drop(old));
     }
 
     /// Whether the last reachability probe reached the broker.
@@ -72,7 +113,7 @@ impl Sink {
 
     /// Asks the broker for the topic's metadata; updates [`Sink::broker_up`].
     pub async fn probe(&self, timeout: Duration) -> bool {
-        let producer = self.producer.clone();
+        let (_, producer) = self.current();
         let topic = self.topic.clone();
         let up = tokio::task::spawn_blocking(move || {
             producer
@@ -132,12 +173,13 @@ impl Sink {
             });
         let mut pending = Vec::with_capacity(items.len());
         let mut results = vec![Err(DeliveryFailure::QueueFull); items.len()];
+        let (generation, producer) = self.current();
         for (i, (key, value)) in items.iter().enumerate() {
             let record = FutureRecord::to(&self.topic)
                 .key(key.as_ref())
                 .payload(value.as_ref())
                 .headers(hdrs.clone());
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(fut) => pending.push((i, fut)),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => break,
                 Err((e, _)) => {
@@ -149,11 +191,13 @@ impl Sink {
         }
         let deadline = tokio::time::Instant::from_std(start + self.delivery_timeout);
         let mut failed = 0usize;
+        let mut refused = false;
         for (i, fut) in pending {
             results[i] = match tokio::time::timeout_at(deadline, fut).await {
                 Ok(Ok(Ok(_))) => Ok(()),
                 Ok(Ok(Err((e, _)))) => {
                     failed += 1;
+                    refused = true;
                     tracing::debug!(error = %e, "delivery failed");
                     Err(DeliveryFailure::NotDelivered)
                 }
@@ -169,13 +213,18 @@ impl Sink {
             self.broker_up.store(false, Ordering::Relaxed);
             metrics::gauge!(m::BROKER_UP).set(0.0);
         }
+        if refused {
+            drop(producer);
+            self.replace(generation);
+        }
         metrics::histogram!(m::PRODUCE_SECONDS).record(start.elapsed().as_secs_f64());
         results
     }
 
     /// Waits up to `timeout` for queued records to be delivered.
     pub fn flush(&self, timeout: Duration) {
-        if let Err(e) = self.producer.flush(timeout) {
+        let (_, producer) = self.current();
+        if let Err(e) = producer.flush(timeout) {
             tracing::error!(error = %e, "producer flush incomplete at shutdown");
         }
     }
