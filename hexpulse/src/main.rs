@@ -102,6 +102,11 @@ struct SimArgs {
     batch_size: Option<usize>,
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Build and sign every reading before the clock starts (needs --count, or --rate and
+    /// --duration), so signing does not compete with the pipeline for CPU, as devices sign on
+    /// their own hardware. Readings are timestamped when built.
+    #[arg(long)]
+    presign: bool,
     /// Also write the simulated devices into the registry file.
     #[arg(long)]
     register: bool,
@@ -615,6 +620,7 @@ async fn simulate(mut cfg: Config, a: SimArgs) -> anyhow::Result<()> {
     if let Some(v) = a.concurrency {
         s.concurrency = v
     }
+    s.presign |= a.presign;
     if let Some(share) = a.adversarial {
         s.adversarial = hexpulse_load_tests::adversary::Adversarial::uniform(share);
     }

@@ -33,11 +33,15 @@ fn adversarial_run_accounts_for_every_reading() {
                 "0",
                 "--settle",
                 "90s",
+                // Built and signed before sending, as `hexpulse bench e2e` does (the fault tests
+                // sign as they send).
+                "--presign",
             ],
         )
         .output()
         .expect("hexpulse simulate");
     let summary = accounted(&out);
+    assert!(summary["presign_s"].as_f64().unwrap() > 0.0, "{summary}");
     let acct = &summary["accounting"];
     for class in [
         "valid",
