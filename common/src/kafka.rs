@@ -38,10 +38,13 @@ pub enum KafkaError {
 }
 
 impl KafkaConfig {
-    /// Base client config: brokers plus the pass-through properties.
+    /// Base client config: brokers plus the pass-through properties. Reconnect attempts back off
+    /// to at most one a second (librdkafka's default is 10 s), so a role notices a restarted
+    /// broker within about a second.
     pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.brokers);
+        c.set("bootstrap.servers", &self.brokers)
+            .set("reconnect.backoff.max.ms", "1000");
         for (k, v) in &self.extra {
             c.set(k, v);
         }

@@ -1,6 +1,6 @@
 //! The Kafka side of ingest: durable produce of accepted items, and broker reachability.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,6 @@ pub struct Sink {
     /// The current producer and its generation.
     producer: Arc<RwLock<(u64, FutureProducer)>>,
     config: ClientConfig,
-    generations: Arc<AtomicU64>,
     topic: String,
     node: String,
     broker_up: Arc<AtomicBool>,
@@ -68,7 +67,6 @@ impl Sink {
         Ok(Sink {
             producer: Arc::new(RwLock::new((0, cc.create()?))),
             config: cc,
-            generations: Arc::new(AtomicU64::new(0)),
             topic: kafka.raw_topic.clone(),
             node: cfg.node_name.clone(),
             broker_up: Arc::new(AtomicBool::new(false)),
@@ -94,8 +92,7 @@ impl Sink {
             if cur.0 != failed {
                 return;
             }
-            let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-            std::mem::replace(&mut *cur, (generation, fresh))
+            std::mem::replace(&mut *cur, (failed + 1, fresh))
         };
         tracing::warn!(
             generation = old.0 + 1,

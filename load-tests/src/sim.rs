@@ -140,18 +140,23 @@ pub async fn run(
             );
         } else {
             let t = Instant::now();
-            let mut batches = Vec::new();
-            let mut built = 0u64;
-            let mut shown = Instant::now();
-            while built < count && !stop.is_cancelled() {
-                let out = build((count - built).min(batch_size as u64));
-                built += out.n;
-                batches.push(out);
-                if progress && shown.elapsed() >= Duration::from_secs(5) {
-                    eprintln!("[simulate] presigned {built} of {count} readings");
-                    shown = Instant::now();
+            // Minutes of CPU work: off the async workers (the runtime is multi-threaded).
+            let batches = tokio::task::block_in_place(|| {
+                let mut batches = Vec::new();
+                let mut built = 0u64;
+                let mut shown = Instant::now();
+                while built < count && !stop.is_cancelled() {
+                    let out = build((count - built).min(batch_size as u64));
+                    built += out.n;
+                    batches.push(out);
+                    if progress && shown.elapsed() >= Duration::from_secs(5) {
+                        eprintln!("[simulate] presigned {built} of {count} readings");
+                        shown = Instant::now();
+                    }
                 }
-            }
+                batches
+            });
+            let built: u64 = batches.iter().map(|b| b.n).sum();
             presign_s = t.elapsed().as_secs_f64();
             if progress {
                 eprintln!("[simulate] presigned {built} readings in {presign_s:.1} s; sending");

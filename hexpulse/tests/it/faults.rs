@@ -135,10 +135,6 @@ fn outage_under_load(outage: Outage) {
         statuses.get("503").and_then(Value::as_u64).unwrap_or(0) > 0,
         "no 503 while the broker was down: {statuses:?}"
     );
-    assert!(
-        statuses.get("200").and_then(Value::as_u64).unwrap_or(0) > 100,
-        "{statuses:?}"
-    );
     // Readings were acknowledged before the outage (8 s at 1,000/s).
     assert!(acct["acknowledged"].as_u64().unwrap() > 3_000, "{acct}");
     assert!(
