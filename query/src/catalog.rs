@@ -82,7 +82,14 @@ async fn register(ctx: &SessionContext, name: &str, files: &[String]) -> Result<
     let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
         .with_schema(schema);
-    ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
+    // Per-file statistics (for pruning) from the runtime's cache, which outlives catalog rebuilds;
+    // without it every query converts the footer statistics of every file of the table again.
+    // Entries are checked against the file's size and modification time.
+    let stats = ctx.runtime_env().cache_manager.get_file_statistic_cache();
+    ctx.register_table(
+        name,
+        Arc::new(ListingTable::try_new(config)?.with_cache(stats)),
+    )?;
     Ok(())
 }
 
