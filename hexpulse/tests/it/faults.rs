@@ -67,8 +67,8 @@ fn outage_under_load(outage: Outage) {
         eprintln!("*** SKIPPING: no broker script (make test sets it) ***");
         return;
     };
-    // A frozen process keeps its memory, so the freeze needs no durable storage; tansu 0.6's sqlite
-    // storage does not survive either outage under load (module comment).
+    // A frozen process keeps its memory, so the freeze runs on memory storage (as measured, module
+    // comment); a restart needs the durable sqlite storage.
     let broker = match outage {
         Outage::Freeze(_) => broker.in_memory(),
         Outage::Restart | Outage::Crash => broker,
