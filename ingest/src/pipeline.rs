@@ -2,7 +2,8 @@
 //!
 //! Order per item: the envelope decoded ([`crate::body`]); then payload decode, kind and schema version,
 //! key validity ([`hexpulse_schemas::check::decode_item`]); then device known and of the registered
-//! kind (registry); finally one batched signature verification over all items that got this far.
+//! kind (registry); finally one batched signature verification over all items that got this far,
+//! planned from the running share of bad signatures ([`sign::verify_batch_expecting`]).
 
 use std::time::{Duration, Instant};
 
@@ -33,8 +34,9 @@ impl Checked {
     }
 }
 
-/// Runs every check on `items`.
-pub fn check_batch(items: &[RawItem], registry: &Registry) -> Checked {
+/// Runs every check on `items`; `bad_share` is the running share of bad signatures, read to plan the
+/// verification and updated with what it found.
+pub fn check_batch(items: &[RawItem], registry: &Registry, bad_share: &sign::BadShare) -> Checked {
     let mut verdicts: Vec<Result<(), Rejection>> = Vec::with_capacity(items.len());
     let mut decoded = Vec::with_capacity(items.len());
     {
@@ -89,7 +91,8 @@ pub fn check_batch(items: &[RawItem], registry: &Registry) -> Checked {
             signature: &d.signature,
         })
         .collect();
-    let (ok, _stats) = sign::verify_batch(&batch);
+    let (ok, stats) = sign::verify_batch_expecting(&batch, bad_share.get());
+    bad_share.observe(stats.bad, batch.len());
     for ((i, _), valid) in decoded.iter().zip(ok) {
         if !valid {
             verdicts[*i] = Err(Rejection::new(

@@ -16,6 +16,7 @@ use hexpulse_common::kafka::KafkaConfig;
 use hexpulse_common::ratelimit::{Keyed, client_ip, retry_after_secs};
 use hexpulse_common::registry::{Device, Registry};
 use hexpulse_schemas::reasons::RejectReason;
+use hexpulse_schemas::sign::BadShare;
 use hexpulse_schemas::wire::{IngestResponse, ItemRejection};
 use metrics_exporter_prometheus::PrometheusHandle;
 use prost::Message;
@@ -59,6 +60,8 @@ pub struct Ingest {
     registry: Registry,
     sink: Sink,
     pool: rayon::ThreadPool,
+    /// Running share of bad signatures, to plan batch verification.
+    bad_share: Arc<BadShare>,
     inflight: Arc<Semaphore>,
     inflight_permits: usize,
     metrics: PrometheusHandle,
@@ -118,6 +121,7 @@ impl Ingest {
             registry: registry.clone(),
             sink: sink.clone(),
             pool,
+            bad_share: Arc::default(),
             inflight: Arc::new(Semaphore::new(permits)),
             inflight_permits: permits,
             metrics: hexpulse_common::telemetry::metrics_handle(),
@@ -336,8 +340,9 @@ async fn handle_readings(s: &Arc<Ingest>, headers: &HeaderMap, body: Body) -> Re
     // Checks on the CPU pool, off the I/O runtime.
     let (tx, rx) = tokio::sync::oneshot::channel();
     let registry = s.registry.clone();
+    let bad_share = s.bad_share.clone();
     s.pool.spawn(move || {
-        let checked = pipeline::check_batch(&items, &registry);
+        let checked = pipeline::check_batch(&items, &registry, &bad_share);
         let _ = tx.send((items, checked));
     });
     let Ok((items, checked)) = rx.await else {
@@ -349,6 +354,7 @@ async fn handle_readings(s: &Arc<Ingest>, headers: &HeaderMap, body: Body) -> Re
     };
     metrics::histogram!(m::VERIFY_BATCH_SIZE).record(checked.verify_batch_size as f64);
     metrics::histogram!(m::VERIFY_SECONDS).record(checked.verify_time.as_secs_f64());
+    metrics::gauge!(m::BAD_SIGNATURE_SHARE).set(s.bad_share.get());
     respond(s, &headers_accept(headers), items, checked, received_ms).await
 }
 

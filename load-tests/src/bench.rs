@@ -21,10 +21,14 @@ use crate::fleet::{Fleet, KindMix};
 pub struct VerifyRates {
     pub single_per_s: f64,
     pub batch128_per_s: f64,
-    /// `sign::verify_batch` (ingest's verifier) over batches of 50, all valid.
-    pub ingest50_clean_per_s: f64,
-    /// The same with one bad signature in each batch of 50 (re-checked in chunks, then singly).
-    pub ingest50_one_bad_per_s: f64,
+    /// Ingest's verifier over batches of 200, all valid.
+    pub ingest200_clean_per_s: f64,
+    /// The same with 1% bad signatures (two in each batch of 200), the verifier not expecting them
+    /// (`sign::verify_batch`: the failed batch of 200, then chunks, then single checks).
+    pub ingest200_bad1pct_blind_per_s: f64,
+    /// The same, planned from the running share of bad signatures as ingest does
+    /// (`sign::verify_batch_expecting` with a `sign::BadShare`).
+    pub ingest200_bad1pct_planned_per_s: f64,
 }
 
 /// Measures single and batch-of-128 Ed25519 verification on the calling thread for about `each`.
@@ -67,31 +71,40 @@ pub fn raw_verify_rates(each: Duration) -> VerifyRates {
     }
     let batch128 = done as f64 / t.elapsed().as_secs_f64();
 
-    // Ingest's verifier on batches of 50, clean and with one bad signature (item 36) each.
-    let rate_of = |bad: bool| {
-        let other = Signature::from_bytes(&[7u8; 64]);
+    // Ingest's verifier on batches of 200: clean, and with two bad signatures in each (items 57 and
+    // 141, signed by another device's key), blind or planned from the running share.
+    let rate_of = |bad: bool, planned: bool| {
+        let share = sign::BadShare::new();
+        let (b1, b2) = (57, 141);
         let mut done = 0usize;
         let t = Instant::now();
         while t.elapsed() < each {
-            let j = (done / 50 % (n / 50)) * 50;
-            let items: Vec<sign::BatchItem<'_>> = (j..j + 50)
+            let j = (done / 200 % (n / 200)) * 200;
+            let items: Vec<sign::BatchItem<'_>> = (j..j + 200)
                 .map(|i| sign::BatchItem {
                     key: &vks[i],
                     payload: &msgs[i][sign::DOMAIN_PREFIX.len()..],
-                    signature: if bad && i == j + 36 { &other } else { &sigs[i] },
+                    signature: if bad && (i == j + b1 || i == j + b2) {
+                        &sigs[(i + 1) % n]
+                    } else {
+                        &sigs[i]
+                    },
                 })
                 .collect();
-            let (ok, _) = sign::verify_batch(&items);
-            assert_eq!(ok.iter().filter(|v| !**v).count(), usize::from(bad));
-            done += 50;
+            let expect = if planned { share.get() } else { 0.0 };
+            let (ok, stats) = sign::verify_batch_expecting(&items, expect);
+            share.observe(stats.bad, items.len());
+            assert_eq!(ok.iter().filter(|v| !**v).count(), 2 * usize::from(bad));
+            done += 200;
         }
         done as f64 / t.elapsed().as_secs_f64()
     };
     VerifyRates {
         single_per_s: single,
         batch128_per_s: batch128,
-        ingest50_clean_per_s: rate_of(false),
-        ingest50_one_bad_per_s: rate_of(true),
+        ingest200_clean_per_s: rate_of(false, false),
+        ingest200_bad1pct_blind_per_s: rate_of(true, false),
+        ingest200_bad1pct_planned_per_s: rate_of(true, true),
     }
 }
 

@@ -5,8 +5,11 @@
 //! same key. Verification uses the RFC 8032 "strict" rules of ed25519-dalek (canonical `S`,
 //! no small-order `R`), and keys of small order are refused before any signature is looked at.
 //!
-//! [`verify_batch`] checks many signatures with one multiscalar multiplication. When a batch fails it
-//! bisects: each half is batch-checked again, so good items are never re-checked one by one.
+//! [`verify_batch`] checks many signatures with one multiscalar multiplication. When a batch fails,
+//! its items are checked again in smaller batches, and the items of a failing small batch one by one.
+//! [`verify_batch_expecting`] takes the share of bad signatures the caller expects (ingest keeps a
+//! running [`BadShare`]) and picks the first batch size from it: under a steady trickle of bad
+//! signatures a large batch would almost always fail, and checking it first would only add its cost.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
@@ -18,13 +21,26 @@ pub const PUBLIC_KEY_LEN: usize = 32;
 /// Length of an Ed25519 signature.
 pub const SIGNATURE_LEN: usize = 64;
 
-/// A failing batch is checked again in chunks of this many; a failing chunk item by item.
+/// Cost per item of one batch check of `n` signatures, relative to one single (strict) verification:
+/// `(n, cost)` points, interpolated linearly, flat past the last.
 ///
-/// Measured on the build machine: a batch check costs about 0.4 of a single verification per item,
-/// so with one bad signature among 50 this costs about 50 + 50 + 16 × 2.5 ≈ 140 batch-item units,
-/// where bisection (every level checked again, halves down to pairs) cost about 150 plus its leaves,
-/// and checking all 50 singly after the failed batch 50 + 125. See `hexpulse bench ingest`.
-pub const RECHECK_CHUNK: usize = 16;
+/// Measured on the build machine (ed25519-dalek 2, `verify_batch` against `verify_strict`): the cost
+/// falls quickly up to 8 items, is flat near 0.47 until about 95 items (where curve25519-dalek switches
+/// from Straus to Pippenger for the 2n + 1 points of the equation), and falls again after.
+const BATCH_COST: &[(usize, f64)] = &[
+    (1, 1.00),
+    (2, 0.81),
+    (4, 0.62),
+    (8, 0.50),
+    (16, 0.47),
+    (96, 0.46),
+    (128, 0.40),
+    (256, 0.36),
+    (512, 0.34),
+];
+
+/// Batch sizes the planner considers, besides the whole run.
+const CHUNK_LADDER: &[usize] = &[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
@@ -105,16 +121,27 @@ pub struct BatchItem<'a> {
 pub struct BatchStats {
     /// Batch equations evaluated (1 when everything is valid).
     pub batch_checks: usize,
-    /// Single verifications done at bisection leaves.
+    /// Single verifications.
     pub single_checks: usize,
+    /// Items found bad.
+    pub bad: usize,
 }
 
-/// Verifies every item; `result[i]` tells whether item `i` is valid.
-///
-/// A valid batch costs one batch check. A failing one is checked again in chunks of
-/// [`RECHECK_CHUNK`], and a failing chunk item by item; an item is accepted only if a batch containing
-/// it verified (and its `R` is not of small order) or it verified alone under the strict rules.
+/// Verifies every item; `result[i]` tells whether item `i` is valid. Expects no bad signatures: a
+/// valid batch costs one batch check. See [`verify_batch_expecting`].
 pub fn verify_batch(items: &[BatchItem<'_>]) -> (Vec<bool>, BatchStats) {
+    verify_batch_expecting(items, 0.0)
+}
+
+/// Verifies every item, expecting each signature to be bad with probability `bad_share`.
+///
+/// The items are checked in batches of the size with the least expected cost ([`BATCH_COST`]): the
+/// whole run when bad signatures are rare, smaller batches as they get common. A failing batch is
+/// checked again the same way, now expecting at least one bad item in it, down to single
+/// verifications. An item is accepted only if a batch containing it verified (and its `R` is not of
+/// small order) or it verified alone under the strict rules, so the expectation changes the cost,
+/// never a verdict.
+pub fn verify_batch_expecting(items: &[BatchItem<'_>], bad_share: f64) -> (Vec<bool>, BatchStats) {
     let mut ok = vec![false; items.len()];
     let mut stats = BatchStats::default();
     if items.is_empty() {
@@ -142,22 +169,99 @@ pub fn verify_batch(items: &[BatchItem<'_>]) -> (Vec<bool>, BatchStats) {
         keys: &keys,
         offset: 0,
     };
-    if all.len() > 1 && all.batch_holds(&mut ok, &mut stats) {
-        return (ok, stats);
-    }
-    let chunks = if all.len() > RECHECK_CHUNK {
-        all.chunks(RECHECK_CHUNK)
+    let share = if bad_share.is_finite() {
+        bad_share.clamp(0.0, 1.0)
     } else {
-        vec![all]
+        0.0
     };
-    for chunk in chunks {
-        // A lone chunk equal to the whole batch already failed its batch check.
-        let checked_already = chunk.len() == items.len();
-        if checked_already || chunk.len() == 1 || !chunk.batch_holds(&mut ok, &mut stats) {
-            chunk.singly(&mut ok, &mut stats);
-        }
-    }
+    all.check(share, false, &mut ok, &mut stats);
+    stats.bad = ok.iter().filter(|v| !**v).count();
     (ok, stats)
+}
+
+/// The batch size with the least expected cost per item for a run of `len` items, each bad with
+/// probability `share`; never `len` itself when `failed` (the run already failed as one batch).
+/// Chunks are even: `len` split into `ceil(len / size)` parts.
+fn plan_chunk(len: usize, share: f64, failed: bool) -> usize {
+    let even = |size: usize| len.div_ceil(len.div_ceil(size));
+    CHUNK_LADDER
+        .iter()
+        .map(|&s| even(s))
+        .chain(std::iter::once(len))
+        .filter(|&c| c <= len && !(failed && c == len))
+        .map(|c| (c, expected_cost(c, share)))
+        .min_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
+        .map_or(1, |(c, _)| c)
+}
+
+/// Expected cost per item (in single verifications) of checking items in batches of `c`, each bad
+/// with probability `share`: the batch check, plus, when the batch fails (at least one bad item), the
+/// cost of finding the bad items. That is a single check of each item for a batch of up to 8; for a
+/// larger one, checks in batches of 8 and single checks of the failing ones' items, where a failed
+/// batch of `c` holds at least one bad item in `c`.
+fn expected_cost(c: usize, share: f64) -> f64 {
+    let fails = |n: usize, p: f64| 1.0 - (1.0 - p).powi(n as i32);
+    if c <= 1 {
+        return 1.0;
+    }
+    let recheck = if c <= 8 {
+        1.0
+    } else {
+        batch_cost(8) + fails(8, share.max(1.0 / c as f64))
+    };
+    batch_cost(c) + fails(c, share) * recheck
+}
+
+/// [`BATCH_COST`] at `n`.
+fn batch_cost(n: usize) -> f64 {
+    let mut prev = BATCH_COST[0];
+    for &(size, cost) in BATCH_COST {
+        if n <= size {
+            if size == prev.0 {
+                return cost;
+            }
+            let t = (n - prev.0) as f64 / (size - prev.0) as f64;
+            return prev.1 + t * (cost - prev.1);
+        }
+        prev = (size, cost);
+    }
+    prev.1
+}
+
+/// A running estimate of the share of bad signatures among items verified, shared between threads
+/// (an exponentially weighted mean over about the last [`BadShare::WINDOW`] items). Lost updates
+/// between racing threads only make the estimate a little slower to move.
+#[derive(Debug, Default)]
+pub struct BadShare(std::sync::atomic::AtomicU64);
+
+impl BadShare {
+    /// Items over which the estimate averages.
+    pub const WINDOW: f64 = 5000.0;
+
+    /// An estimate of zero.
+    pub const fn new() -> Self {
+        BadShare(std::sync::atomic::AtomicU64::new(0))
+    }
+
+    /// The current estimate, in `[0, 1]`.
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Folds in one verification of `total` items of which `bad` failed.
+    pub fn observe(&self, bad: usize, total: usize) {
+        if total == 0 {
+            return;
+        }
+        let weight = total as f64 / (total as f64 + Self::WINDOW);
+        let seen = bad as f64 / total as f64;
+        let old = self.get();
+        let new = old + weight * (seen - old);
+        self.0.store(
+            new.clamp(0.0, 1.0).to_bits(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
 }
 
 /// A run of consecutive items of one [`verify_batch`] call.
@@ -174,19 +278,43 @@ impl<'a> Span<'a> {
         self.messages.len()
     }
 
-    fn chunks(&self, size: usize) -> Vec<Span<'a>> {
-        (0..self.len())
-            .step_by(size)
-            .map(|start| {
-                let end = (start + size).min(self.len());
-                Span {
-                    messages: &self.messages[start..end],
-                    signatures: &self.signatures[start..end],
-                    keys: &self.keys[start..end],
-                    offset: self.offset + start,
-                }
-            })
-            .collect()
+    fn chunks(&self, size: usize) -> impl Iterator<Item = Span<'a>> + '_ {
+        (0..self.len()).step_by(size).map(move |start| {
+            let end = (start + size).min(self.len());
+            Span {
+                messages: &self.messages[start..end],
+                signatures: &self.signatures[start..end],
+                keys: &self.keys[start..end],
+                offset: self.offset + start,
+            }
+        })
+    }
+
+    /// Decides every item of the span (see [`verify_batch_expecting`]); `failed` when the span
+    /// already failed as one batch.
+    fn check(&self, share: f64, failed: bool, ok: &mut [bool], stats: &mut BatchStats) {
+        if self.len() == 1 {
+            self.singly(ok, stats);
+            return;
+        }
+        // A failed batch holds at least one bad item.
+        let share = if failed {
+            share.max(1.0 / self.len() as f64)
+        } else {
+            share
+        };
+        let size = plan_chunk(self.len(), share, failed);
+        if size == self.len() {
+            if !self.batch_holds(ok, stats) {
+                self.check(share, true, ok, stats);
+            }
+        } else if size == 1 {
+            self.singly(ok, stats);
+        } else {
+            for chunk in self.chunks(size) {
+                chunk.check(share, false, ok, stats);
+            }
+        }
     }
 
     /// One batch check; when the equation holds, marks the items valid unless a signature's `R` is of

@@ -30,85 +30,165 @@ fn weak_and_malformed_keys_are_refused() {
     assert!(parse_public_key(key(3).verifying_key().as_bytes()).is_ok());
 }
 
-#[test]
-fn batch_finds_exactly_the_bad_items() {
-    let keys: Vec<SigningKey> = (0..37).map(key).collect();
-    let vks: Vec<VerifyingKey> = keys.iter().map(|k| k.verifying_key()).collect();
-    let payloads: Vec<Vec<u8>> = (0..37u8).map(|i| vec![i; 20]).collect();
-    let mut sigs: Vec<Signature> = keys
-        .iter()
-        .zip(&payloads)
-        .map(|(k, p)| Signature::from_bytes(&sign(k, p)))
-        .collect();
-    let bad = [3usize, 4, 20, 36];
-    for &b in &bad {
-        // Signature by another key.
-        sigs[b] = Signature::from_bytes(&sign(&keys[(b + 1) % 37], &payloads[b]));
+/// `n` signed items; the items at `bad` carry a signature by another key.
+struct Fixture {
+    vks: Vec<VerifyingKey>,
+    payloads: Vec<Vec<u8>>,
+    sigs: Vec<Signature>,
+}
+
+impl Fixture {
+    fn new(n: usize, bad: &[usize]) -> Self {
+        let keys: Vec<SigningKey> = (0..n).map(|i| key((i % 251) as u8)).collect();
+        let vks = keys.iter().map(|k| k.verifying_key()).collect();
+        let payloads: Vec<Vec<u8>> = (0..n).map(|i| (i as u32).to_le_bytes().repeat(5)).collect();
+        let sigs = (0..n)
+            .map(|i| {
+                let signer = if bad.contains(&i) {
+                    (i + 1) % 251
+                } else {
+                    i % 251
+                };
+                Signature::from_bytes(&sign(&key(signer as u8), &payloads[i]))
+            })
+            .collect();
+        Fixture {
+            vks,
+            payloads,
+            sigs,
+        }
     }
-    let items: Vec<BatchItem<'_>> = (0..37)
-        .map(|i| BatchItem {
-            key: &vks[i],
-            payload: &payloads[i],
-            signature: &sigs[i],
-        })
-        .collect();
-    let (ok, stats) = verify_batch(&items);
+
+    fn items(&self) -> Vec<BatchItem<'_>> {
+        (0..self.sigs.len())
+            .map(|i| BatchItem {
+                key: &self.vks[i],
+                payload: &self.payloads[i],
+                signature: &self.sigs[i],
+            })
+            .collect()
+    }
+}
+
+fn assert_verdicts(ok: &[bool], bad: &[usize]) {
     for (i, v) in ok.iter().enumerate() {
         assert_eq!(*v, !bad.contains(&i), "item {i}");
     }
-    // The whole batch, then the three chunks of 16, 16 and 5; each chunk holds a bad item, so all 37
-    // are checked singly.
+}
+
+#[test]
+fn batch_finds_exactly_the_bad_items() {
+    let bad = [3usize, 4, 20, 36];
+    let f = Fixture::new(37, &bad);
+    let (ok, stats) = verify_batch(&f.items());
+    assert_verdicts(&ok, &bad);
+    assert_eq!(stats.bad, 4);
+    // The whole batch failed, then was checked again in chunks of 8 (the last of 5): three of them
+    // hold bad items and were checked singly.
     assert_eq!(
         stats,
         BatchStats {
-            batch_checks: 4,
-            single_checks: 37
-        }
-    );
-    // One bad item among 50: only its chunk is checked singly.
-    let keys: Vec<SigningKey> = (0..50).map(key).collect();
-    let vks: Vec<VerifyingKey> = keys.iter().map(|k| k.verifying_key()).collect();
-    let payloads: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; 9]).collect();
-    let mut sigs: Vec<Signature> = keys
-        .iter()
-        .zip(&payloads)
-        .map(|(k, p)| Signature::from_bytes(&sign(k, p)))
-        .collect();
-    sigs[36] = Signature::from_bytes(&sign(&keys[0], &payloads[36]));
-    let fifty: Vec<BatchItem<'_>> = (0..50)
-        .map(|i| BatchItem {
-            key: &vks[i],
-            payload: &payloads[i],
-            signature: &sigs[i],
-        })
-        .collect();
-    let (ok, stats) = verify_batch(&fifty);
-    for (i, v) in ok.iter().enumerate() {
-        assert_eq!(*v, i != 36, "item {i}");
-    }
-    assert_eq!(
-        stats,
-        BatchStats {
-            batch_checks: 5,
-            single_checks: 16
+            batch_checks: 6,
+            single_checks: 21,
+            bad: 4,
         }
     );
 
-    let good: Vec<BatchItem<'_>> = items
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !bad.contains(i))
-        .map(|(_, x)| *x)
-        .collect();
-    let (ok, stats) = verify_batch(&good);
+    // One bad item among 50: only its chunk is checked singly.
+    let f = Fixture::new(50, &[36]);
+    let (ok, stats) = verify_batch(&f.items());
+    assert_verdicts(&ok, &[36]);
+    assert!(stats.single_checks <= 8, "{stats:?}");
+
+    // A clean batch is one batch check when no bad signature is expected, and never needs a single
+    // check.
+    let f = Fixture::new(33, &[]);
+    let (ok, stats) = verify_batch(&f.items());
     assert!(ok.iter().all(|v| *v));
     assert_eq!(
         stats,
         BatchStats {
             batch_checks: 1,
-            single_checks: 0
+            single_checks: 0,
+            bad: 0,
         }
     );
+    let (ok, stats) = verify_batch_expecting(&f.items(), 0.001);
+    assert!(ok.iter().all(|v| *v));
+    assert_eq!((stats.single_checks, stats.bad), (0, 0), "{stats:?}");
+}
+
+#[test]
+fn the_plan_follows_the_expected_share_of_bad_signatures() {
+    // None expected: the whole run in one batch, however long.
+    for len in [2, 50, 200, 1000] {
+        assert_eq!(plan_chunk(len, 0.0, false), len);
+    }
+    // One in a hundred: a batch of 200 would fail 87% of the time; small chunks instead.
+    let c = plan_chunk(200, 0.01, false);
+    assert!((4..=16).contains(&c), "{c}");
+    // All bad: one by one.
+    assert_eq!(plan_chunk(200, 1.0, false), 1);
+    // A failed run is never checked again whole.
+    for len in 2..40 {
+        assert!(plan_chunk(len, 0.0, true) < len);
+    }
+    // The cost model: cheaper per item as batches grow, never above a single verification.
+    let mut last = 1.0;
+    for n in 1..600 {
+        let c = batch_cost(n);
+        assert!(c <= last + 1e-12 && c > 0.0, "{n}: {c}");
+        last = c;
+    }
+}
+
+#[test]
+fn expecting_bad_signatures_checks_less_when_they_come() {
+    // 200 items, two bad, as ingest sees them under a 1% share of bad signatures.
+    let bad = [57usize, 141];
+    let f = Fixture::new(200, &bad);
+    let cost = |s: &BatchStats| s.single_checks as f64 + 0.5 * s.batch_checks as f64;
+    let (ok0, blind) = verify_batch(&f.items());
+    let (ok1, expecting) = verify_batch_expecting(&f.items(), 0.01);
+    assert_verdicts(&ok0, &bad);
+    assert_verdicts(&ok1, &bad);
+    // Blind: the failed batch of 200, then chunks; expecting: no batch of 200 at all.
+    assert!(blind.batch_checks > expecting.batch_checks || cost(&blind) > cost(&expecting));
+    assert!(expecting.single_checks <= 16, "{expecting:?}");
+}
+
+#[test]
+fn bad_share_estimate_moves_with_what_it_sees() {
+    let e = BadShare::default();
+    assert_eq!(e.get(), 0.0);
+    for _ in 0..100 {
+        e.observe(2, 200);
+    }
+    assert!((e.get() - 0.01).abs() < 0.001, "{}", e.get());
+    e.observe(0, 0);
+    for _ in 0..100 {
+        e.observe(0, 200);
+    }
+    assert!(e.get() < 0.001, "{}", e.get());
+    e.observe(1000, 1000);
+    assert!(e.get() > 0.1 && e.get() <= 1.0, "{}", e.get());
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+    /// The expectation only changes the cost: verdicts are exact for any bad set and any share.
+    #[test]
+    fn verdicts_do_not_depend_on_the_expectation(
+        n in 1usize..90,
+        bad_bits in proptest::collection::vec(proptest::bool::weighted(0.1), 90),
+        share in proptest::prop_oneof![proptest::strategy::Just(0.0), 0.0f64..1.0, proptest::strategy::Just(f64::NAN)],
+    ) {
+        let bad: Vec<usize> = (0..n).filter(|&i| bad_bits[i]).collect();
+        let f = Fixture::new(n, &bad);
+        let (ok, stats) = verify_batch_expecting(&f.items(), share);
+        assert_verdicts(&ok, &bad);
+        proptest::prop_assert_eq!(stats.bad, bad.len());
+    }
 }
 
 #[test]
