@@ -154,14 +154,22 @@ impl Probe {
         };
         let key = self.key_hex();
         // Only the last two minutes: the event_time statistics prune every older file, so a poll
-        // stays cheap however large the lake grows.
-        let sql = || {
-            let since = std::time::SystemTime::now() - Duration::from_secs(120);
+        // stays cheap however large the lake grows. Once the probe's cell is known (from its first
+        // visible row), the filter on it lets the page index skip all but a page or so of each
+        // file (files are sorted by their coarsest cell), instead of decoding every device key.
+        let since = || {
+            humantime::format_rfc3339_millis(
+                std::time::SystemTime::now() - Duration::from_secs(120),
+            )
+            .to_string()
+        };
+        let sql = |cell: &str| {
             format!(
-                "SELECT max(seq) AS s FROM heartbeat WHERE device_key = '{key}' AND event_time >= '{}'",
-                humantime::format_rfc3339_millis(since)
+                "SELECT max(seq) AS s FROM heartbeat WHERE device_key = '{key}' AND event_time >= '{}'{cell}",
+                since()
             )
         };
+        let mut cell_filter: Option<String> = None;
         let mut seen_up_to = 0u64;
         let mut samples: Vec<f64> = Vec::new();
         let mut tail_deadline: Option<Instant> = None;
@@ -169,10 +177,13 @@ impl Probe {
             if stop.is_cancelled() && tail_deadline.is_none() {
                 tail_deadline = Some(Instant::now() + timing.tail);
             }
-            if let Ok(rows) = lake.sql(&sql()).await
+            if let Ok(rows) = lake.sql(&sql(cell_filter.as_deref().unwrap_or(""))).await
                 && let Some(s) = rows.first().and_then(|r| r["s"].as_u64())
                 && s > seen_up_to
             {
+                if cell_filter.is_none() {
+                    cell_filter = probe_cell_filter(lake, &key, &since()).await;
+                }
                 let now = Instant::now();
                 let acc = accepted.lock().expect("lock");
                 for (_, at) in acc.range(seen_up_to + 1..=s) {
@@ -194,6 +205,27 @@ impl Probe {
             tokio::time::sleep(timing.poll).await;
         }
     }
+}
+
+/// ` AND h3_rN = cell` for the coarsest H3 column of one of the probe's rows (the lake's sort key;
+/// the probe never moves), or `None` when no row or no such column is found.
+async fn probe_cell_filter(lake: &LakeReader, key: &str, since: &str) -> Option<String> {
+    let rows = lake
+        .sql(&format!(
+            "SELECT * FROM heartbeat WHERE device_key = '{key}' AND event_time >= '{since}' LIMIT 1"
+        ))
+        .await
+        .ok()?;
+    let row = rows.first()?.as_object()?;
+    let (col, cell) = row
+        .iter()
+        .filter_map(|(name, v)| {
+            let res: u8 = name.strip_prefix("h3_r")?.parse().ok()?;
+            Some((res, name, v.as_u64()?))
+        })
+        .min_by_key(|(res, _, _)| *res)
+        .map(|(_, name, cell)| (name.clone(), cell))?;
+    Some(format!(" AND {col} = {cell}"))
 }
 
 fn summarize(mut samples: Vec<f64>) -> Freshness {
