@@ -169,7 +169,8 @@ impl Probe {
                 since()
             )
         };
-        let mut cell_filter: Option<String> = None;
+        // Looked up once; without it (no H3 column found) the polls stay unfiltered.
+        let mut cell_filter: Option<Option<String>> = None;
         let mut seen_up_to = 0u64;
         let mut samples: Vec<f64> = Vec::new();
         let mut tail_deadline: Option<Instant> = None;
@@ -177,12 +178,17 @@ impl Probe {
             if stop.is_cancelled() && tail_deadline.is_none() {
                 tail_deadline = Some(Instant::now() + timing.tail);
             }
-            if let Ok(rows) = lake.sql(&sql(cell_filter.as_deref().unwrap_or(""))).await
+            if let Ok(rows) = lake
+                .sql(&sql(cell_filter
+                    .as_ref()
+                    .and_then(Option::as_deref)
+                    .unwrap_or("")))
+                .await
                 && let Some(s) = rows.first().and_then(|r| r["s"].as_u64())
                 && s > seen_up_to
             {
                 if cell_filter.is_none() {
-                    cell_filter = probe_cell_filter(lake, &key, &since()).await;
+                    cell_filter = Some(probe_cell_filter(lake, &key, &since()).await);
                 }
                 let now = Instant::now();
                 let acc = accepted.lock().expect("lock");
@@ -207,8 +213,7 @@ impl Probe {
     }
 }
 
-/// ` AND h3_rN = cell` for the coarsest H3 column of one of the probe's rows (the lake's sort key;
-/// the probe never moves), or `None` when no row or no such column is found.
+/// The cell filter from one of the probe's rows ([`cell_filter_of`]), or `None` when there is no row.
 async fn probe_cell_filter(lake: &LakeReader, key: &str, since: &str) -> Option<String> {
     let rows = lake
         .sql(&format!(
@@ -216,7 +221,12 @@ async fn probe_cell_filter(lake: &LakeReader, key: &str, since: &str) -> Option<
         ))
         .await
         .ok()?;
-    let row = rows.first()?.as_object()?;
+    cell_filter_of(rows.first()?.as_object()?)
+}
+
+/// ` AND h3_rN = cell` for the coarsest H3 column of a row (the lake's sort key; the probe never
+/// moves), or `None` when the row has no such column.
+fn cell_filter_of(row: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
     let (col, cell) = row
         .iter()
         .filter_map(|(name, v)| {
@@ -243,5 +253,28 @@ fn summarize(mut samples: Vec<f64>) -> Freshness {
         p99_ms: pct(0.99),
         max_ms: samples.last().copied().unwrap_or(0.0),
         unseen: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cell_filter_uses_the_coarsest_h3_column() {
+        let row = serde_json::json!({
+            "device_key": "ab",
+            "seq": 7,
+            "h3_r12": 631051002156860415u64,
+            "h3_r8": 613036603647983615u64,
+            "h3_rx": 1,
+        });
+        assert_eq!(
+            cell_filter_of(row.as_object().unwrap()).as_deref(),
+            Some(" AND h3_r8 = 613036603647983615")
+        );
+        // No H3 column, or one that is not a cell number: no filter.
+        let row = serde_json::json!({"device_key": "ab", "h3_r8": "8a1f"});
+        assert_eq!(cell_filter_of(row.as_object().unwrap()), None);
     }
 }

@@ -64,6 +64,9 @@ fn adversarial_run_accounts_for_every_reading() {
     assert!(acct["acknowledged"].as_u64().unwrap() > 20_000);
     assert!(acct["lake_rejected_rows"].as_u64().unwrap() > 1_000);
     let fresh = &summary["freshness"];
+    // None left unseen: the polls after the first sighting (filtered on the probe's cell) keep
+    // finding the probe's readings.
     assert!(fresh["samples"].as_u64().unwrap() > 0, "{fresh}");
+    assert_eq!(fresh["unseen"].as_u64(), Some(0), "{fresh}");
     assert!(fresh["p50_ms"].as_f64().unwrap() > 0.0, "{fresh}");
 }
