@@ -169,8 +169,8 @@ impl Probe {
                 since()
             )
         };
-        // Looked up once; without it (no H3 column found) the polls stay unfiltered.
-        let mut cell_filter: Option<Option<String>> = None;
+        // Looked up once; empty (unfiltered polls) when no H3 column is found.
+        let mut cell_filter: Option<String> = None;
         let mut seen_up_to = 0u64;
         let mut samples: Vec<f64> = Vec::new();
         let mut tail_deadline: Option<Instant> = None;
@@ -178,17 +178,16 @@ impl Probe {
             if stop.is_cancelled() && tail_deadline.is_none() {
                 tail_deadline = Some(Instant::now() + timing.tail);
             }
-            if let Ok(rows) = lake
-                .sql(&sql(cell_filter
-                    .as_ref()
-                    .and_then(Option::as_deref)
-                    .unwrap_or("")))
-                .await
+            if let Ok(rows) = lake.sql(&sql(cell_filter.as_deref().unwrap_or(""))).await
                 && let Some(s) = rows.first().and_then(|r| r["s"].as_u64())
                 && s > seen_up_to
             {
                 if cell_filter.is_none() {
-                    cell_filter = Some(probe_cell_filter(lake, &key, &since()).await);
+                    cell_filter = Some(
+                        probe_cell_filter(lake, &key, &since())
+                            .await
+                            .unwrap_or_default(),
+                    );
                 }
                 let now = Instant::now();
                 let acc = accepted.lock().expect("lock");
