@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
-"""Reads a Hexpulse lake with an independent Parquet reader (DuckDB) and prints a JSON report:
-row counts per table, the column names and types DuckDB sees, and distinct (partition, offset) pairs.
+"""Reads a Hexpulse lake with independent readers and prints a JSON report: each table's Delta
+version, row counts, the column names and types DuckDB sees, and distinct (partition, offset) pairs.
 
     check_lake.py LAKE_DIR
 
+The tables are opened as Delta tables by the `deltalake` package (delta-rs's Python binding), and
+DuckDB queries each snapshot's Arrow dataset. (DuckDB's own `delta_scan` needs its delta extension,
+which DuckDB downloads from its own extension host; that host is out of reach here.)
+
 Exit status 1 if a table's columns differ from the documented schema (schemas/TABLES.md)."""
 import json
+import os
 import sys
 
 import duckdb
+from deltalake import DeltaTable
 
 COMMON = ["event_time", "receive_time", "device_key", "seq", "lat", "lng", "accuracy_m", "asserted_distance_m"]
 PROV = ["src_topic", "src_partition", "src_offset", "rules_version"]
@@ -24,12 +30,13 @@ def main(lake):
     con = duckdb.connect()
     report = {"tables": {}, "problems": []}
     for table in ["heartbeat", "sensor", "road", "rejected"]:
-        glob = f"{lake}/{table}/*/*/*.parquet"
-        try:
-            rel = con.sql(f"SELECT * FROM read_parquet('{glob}', hive_partitioning = true)")
-        except duckdb.IOException:
+        path = os.path.join(lake, table)
+        if not os.path.isdir(os.path.join(path, "_delta_log")):
             report["tables"][table] = {"rows": 0}
             continue
+        delta = DeltaTable(path)
+        ds = delta.to_pyarrow_dataset()  # noqa: F841 (DuckDB finds it by name)
+        rel = con.sql("SELECT * FROM ds")
         cols = [c for c in rel.columns if c not in ("date", "hour")]
         types = dict(zip(rel.columns, [str(t) for t in rel.types]))
         if table == "rejected":
@@ -41,11 +48,16 @@ def main(lake):
                 report["problems"].append(f"{table}: no h3_r* columns")
         if cols != want:
             report["problems"].append(f"{table}: columns {cols} != documented {want}")
-        rows = con.execute(f"SELECT count(*) FROM read_parquet('{glob}', hive_partitioning = true)").fetchone()[0]
-        distinct = con.execute(
-            f"SELECT count(*) FROM (SELECT DISTINCT src_partition, src_offset FROM read_parquet('{glob}'))"
+        rows = con.sql("SELECT count(*) FROM ds").fetchone()[0]
+        distinct = con.sql(
+            "SELECT count(*) FROM (SELECT DISTINCT src_partition, src_offset FROM ds)"
         ).fetchone()[0]
-        report["tables"][table] = {"rows": rows, "distinct_records": distinct, "types": types}
+        report["tables"][table] = {
+            "version": delta.version(),
+            "rows": rows,
+            "distinct_records": distinct,
+            "types": types,
+        }
     print(json.dumps(report, indent=2))
     return 1 if report["problems"] else 0
 

@@ -10,13 +10,13 @@ export CARGO_INCREMENTAL=0
 CACHE="${HEXPULSE_CACHE:-$HOME/.cache/hexpulse}"
 scripts/broker.sh install
 
-# Python tools, in a cached venv: DuckDB (an independent Parquet reader for the lake tests) and
+# Python tools, in a cached venv: DuckDB and deltalake (independent Delta readers for the lake tests) and
 # kubernetes-validate (offline Kubernetes schemas for the k8s/ checks, scripts/check_k8s.py).
 VENV="$CACHE/venv"
-if ! "$VENV/bin/python" -c "import duckdb, kubernetes_validate, yaml" >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c "import duckdb, deltalake, pyarrow, kubernetes_validate, yaml" >/dev/null 2>&1; then
   echo "installing DuckDB and kubernetes-validate into $VENV (once per machine)"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet "duckdb==2.0.0" "kubernetes-validate==1.37.0"
+  "$VENV/bin/pip" install --quiet "duckdb==2.0.0" "kubernetes-validate==1.37.0" "deltalake==1.6.6" "pyarrow==26.0.1"
 fi
 if ! command -v kubectl >/dev/null 2>&1; then
   echo "kubectl is missing: the k8s/ checks render the overlays with 'kubectl kustomize'" >&2

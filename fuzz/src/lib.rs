@@ -101,7 +101,7 @@ pub mod sql {
         static CTX: OnceLock<SessionContext> = OnceLock::new();
         CTX.get_or_init(|| {
             let dir = Box::leak(Box::new(tempfile::tempdir().expect("temp dir")));
-            let lake = hexpulse_processors::lake::Lake::open(&dir.path().display().to_string())
+            let lake = hexpulse_lake::Lake::open(&dir.path().display().to_string())
                 .expect("lake");
             let catalog = runtime()
                 .block_on(Catalog::open(lake, Default::default()))

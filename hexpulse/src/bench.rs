@@ -146,7 +146,7 @@ pub struct ProcessReport {
 }
 
 pub async fn process(cfg: Config, readings: usize, out: Option<PathBuf>) -> anyhow::Result<()> {
-    use hexpulse_processors::lake::Lake;
+    use hexpulse_lake::Lake;
     let dir = std::env::temp_dir().join(format!("hexpulse-bench-process-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let registry = dir.join("devices.json");
@@ -227,7 +227,7 @@ pub async fn process(cfg: Config, readings: usize, out: Option<PathBuf>) -> anyh
         let (mut done, mut rows) = (0usize, 0usize);
         while done < readings {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            (done, rows) = committed_records(&lake, &topic).await?;
+            (done, rows) = committed_records(&lake, &topic, kafka.partitions).await?;
             if t.elapsed() > Duration::from_secs(600) {
                 stop(child);
                 bail!("processor did not finish in 600 s ({done} of {readings})");
@@ -283,28 +283,23 @@ pub async fn process(cfg: Config, readings: usize, out: Option<PathBuf>) -> anyh
     Ok(())
 }
 
-/// Records covered by the claims of `topic` (each claim covers `end - start + 1` offsets).
+/// Offsets of `topic`'s partitions covered by committed units (the gate table's txn versions), and
+/// the rows of the stream tables' newest snapshots.
 async fn committed_records(
-    lake: &hexpulse_processors::lake::Lake,
+    lake: &hexpulse_lake::Lake,
     topic: &str,
+    partitions: i32,
 ) -> anyhow::Result<(usize, usize)> {
-    let (mut n, mut rows) = (0usize, 0usize);
-    for path in lake.list(&format!("_claims/{topic}/")).await? {
-        let file = path.rsplit('/').next().unwrap_or("");
-        let part = path
-            .rsplit('/')
-            .nth(1)
-            .and_then(|p| p.strip_prefix('p'))
-            .and_then(|p| p.parse::<i32>().ok());
-        let start = file
-            .strip_suffix(".json")
-            .and_then(|s| s.parse::<i64>().ok());
-        if let (Some(part), Some(start)) = (part, start)
-            && let Some(c) = lake.get_claim(topic, part, start).await?
-        {
-            n += (c.end - c.start + 1) as usize;
-            rows += c.files.iter().map(|f| f.rows as usize).sum::<usize>();
-        }
+    let gate = lake.table(hexpulse_lake::unit::STREAM_TABLES[0]);
+    let mut n = 0usize;
+    for p in 0..partitions {
+        let app = hexpulse_lake::unit::app_id(topic, p);
+        n += gate.txn_version(&app).await?.map_or(0, |v| v as usize + 1);
+    }
+    let mut rows = 0usize;
+    for t in hexpulse_lake::unit::STREAM_TABLES {
+        let (_, files) = lake.table(t).files().await?;
+        rows += files.iter().filter_map(|f| f.rows).sum::<u64>() as usize;
     }
     Ok((n, rows))
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hexpulse_common::time::now_ms;
-use hexpulse_processors::lake::Lake;
+use hexpulse_lake::Lake;
 use hexpulse_processors::partition::{Flushed, PartitionWorker, Roll};
 use hexpulse_schemas::wire::{PayloadFormat, SignedReading};
 use prost::Message;
@@ -255,13 +255,13 @@ pub async fn query(
         );
         build_lake(&lake, readings, end_ms, span_ms).await?;
         eprintln!("[bench] compacting closed hours");
-        let opts = hexpulse_processors::compact::CompactOptions {
+        let opts = hexpulse_lake::compact::CompactOptions {
             target_bytes: 64 << 20,
             retention: Duration::ZERO,
         };
-        hexpulse_processors::compact::compact_closed(&lake, end_ms + HOUR_MS, &opts).await?;
+        hexpulse_lake::compact::compact_closed(&lake, end_ms + HOUR_MS, &opts).await?;
         // A second pass deletes what the first replaced (retention zero: nobody else reads it).
-        hexpulse_processors::compact::compact_closed(&lake, end_ms + HOUR_MS, &opts).await?;
+        hexpulse_lake::compact::compact_closed(&lake, end_ms + HOUR_MS, &opts).await?;
         if keep.is_some() {
             std::fs::write(&end_file, end_ms.to_string())?;
         }
@@ -276,7 +276,7 @@ pub async fn query(
     let mut lake_files = HashMap::new();
     let mut lake_bytes = 0u64;
     for table in ["heartbeat", "sensor", "road", "rejected"] {
-        let valid = hexpulse_processors::compact::valid_files(&lake, table).await?;
+        let valid = hexpulse_lake::compact::valid_files(&lake, table).await?;
         let mut rows = 0usize;
         for f in &valid {
             rows += lake.row_count(f).await? as usize;

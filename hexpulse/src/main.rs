@@ -65,14 +65,7 @@ enum Cmd {
         #[arg(long)]
         rate: Option<f64>,
     },
-    /// Merge the small files of closed hours in the lake (the processor also does this on a timer).
-    Compact {
-        /// Treat hours that ended before this long ago as closed (default: the rules' lateness and
-        /// skew plus `process.compact_grace`). "0s" compacts every hour that has ended.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        closed_after: Option<Duration>,
-    },
-    /// Inspect the lake.
+    /// Inspect and maintain the lake's Delta tables.
     #[command(subcommand)]
     Lake(LakeCmd),
     /// Print the effective configuration (secrets removed) and exit.
@@ -195,11 +188,33 @@ enum EpochCmd {
 
 #[derive(Debug, Subcommand)]
 enum LakeCmd {
-    /// Print the valid files of a table (heartbeat, sensor, road, rejected), one path per line,
-    /// relative to the lake root: what a reader outside Hexpulse should read, compactions applied.
+    /// Print the data files of a table's newest snapshot (heartbeat, sensor, road, rejected), one
+    /// path per line, relative to the lake root.
     Files { table: String },
-    /// Count rows and files per table (valid files only).
+    /// Count rows and files per table in the newest snapshots, with each table's Delta version.
     Stats,
+    /// Print a table's newest commits: version, time, operation, files added and removed, and the
+    /// Kafka offsets (txn versions) a commit covers.
+    History {
+        table: String,
+        /// How many commits, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Merge the small files of closed hours (the processor also does this on a timer).
+    Compact {
+        /// Treat hours that ended before this long ago as closed (default: the rules' lateness and
+        /// skew plus `process.compact_grace`). "0s" compacts every hour that has ended.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        closed_after: Option<Duration>,
+    },
+    /// Delete files that no snapshot references any more (replaced by compaction, or left by a
+    /// writer that never committed), once older than the retention.
+    Vacuum {
+        /// Default: `process.compact_retention`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retention: Option<Duration>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -320,7 +335,6 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
             hexpulse_query::run(q, stop).await?;
             Ok(())
         }
-        Cmd::Compact { closed_after } => compact(cfg, closed_after).await,
         Cmd::Lake(c) => lake(cfg, c).await,
         Cmd::Simulate(args) => simulate(cfg, args).await,
         Cmd::Up { no_traffic, rate } => up(cfg, no_traffic, rate).await,
@@ -402,11 +416,11 @@ async fn serve_sealer_health(
 
 async fn seal_once(cfg: &Config, a: &SealArgs) -> anyhow::Result<()> {
     use hexpulse_processors::epoch::{self, seal as s};
-    let lake = hexpulse_processors::lake::Lake::open(&cfg.process.lake_url)?;
+    let lake = hexpulse_lake::Lake::open(&cfg.process.lake_url)?;
     let rules_path = a.rules.as_deref().or(cfg.process.rules_path.as_deref());
     let rules = hexpulse_processors::rules::Rules::load(rules_path)?;
     let out = match &a.out {
-        Some(o) => hexpulse_processors::lake::Lake::open(o)?,
+        Some(o) => hexpulse_lake::Lake::open(o)?,
         None => lake.clone(),
     };
     let ecfg = &cfg.process.epoch;
@@ -466,7 +480,7 @@ async fn seal_once(cfg: &Config, a: &SealArgs) -> anyhow::Result<()> {
 
 async fn epoch(cfg: Config, c: EpochCmd) -> anyhow::Result<()> {
     use hexpulse_processors::epoch::{self, seal as s};
-    let lake = hexpulse_processors::lake::Lake::open(&cfg.process.lake_url)?;
+    let lake = hexpulse_lake::Lake::open(&cfg.process.lake_url)?;
     match c {
         EpochCmd::List => {
             for id in epoch::sealed_ids(&lake).await? {
@@ -518,7 +532,7 @@ async fn epoch(cfg: Config, c: EpochCmd) -> anyhow::Result<()> {
             );
         }
         EpochCmd::Diff { epoch: id, other } => {
-            let b = hexpulse_processors::lake::Lake::open(&other)?;
+            let b = hexpulse_lake::Lake::open(&other)?;
             let d = s::diff(&lake, &b, id).await?;
             if d.is_empty() {
                 println!("no differences");
@@ -544,8 +558,8 @@ async fn epoch(cfg: Config, c: EpochCmd) -> anyhow::Result<()> {
 }
 
 async fn compact(cfg: Config, closed_after: Option<Duration>) -> anyhow::Result<()> {
-    use hexpulse_processors::compact;
-    let lake = hexpulse_processors::lake::Lake::open(&cfg.process.lake_url)?;
+    use hexpulse_lake::compact;
+    let lake = hexpulse_lake::Lake::open(&cfg.process.lake_url)?;
     let rules = hexpulse_processors::rules::Rules::load(cfg.process.rules_path.as_deref())?;
     let close_after = closed_after.unwrap_or(
         rules.time.allowed_lateness + rules.time.max_future_skew + cfg.process.compact_grace,
@@ -569,8 +583,8 @@ async fn compact(cfg: Config, closed_after: Option<Duration>) -> anyhow::Result<
 }
 
 async fn lake(cfg: Config, c: LakeCmd) -> anyhow::Result<()> {
-    use hexpulse_processors::compact;
-    let lake = hexpulse_processors::lake::Lake::open(&cfg.process.lake_url)?;
+    use hexpulse_lake::compact;
+    let lake = hexpulse_lake::Lake::open(&cfg.process.lake_url)?;
     match c {
         LakeCmd::Files { table } => {
             if !compact::tables().contains(&table.as_str()) {
@@ -585,13 +599,46 @@ async fn lake(cfg: Config, c: LakeCmd) -> anyhow::Result<()> {
         }
         LakeCmd::Stats => {
             for table in compact::tables() {
-                let mut rows = 0u64;
-                let files = compact::valid_files(&lake, table).await?;
-                for f in &files {
-                    rows += lake.row_count(f).await?;
-                }
-                println!("{table:10} {:>8} files {rows:>12} rows", files.len());
+                let (version, files) = lake.table(table).files().await?;
+                let rows: u64 = files.iter().filter_map(|f| f.rows).sum();
+                let version = version.map_or("-".to_string(), |v| v.to_string());
+                println!(
+                    "{table:10} version {version:>8} {:>8} files {rows:>12} rows",
+                    files.len()
+                );
             }
+        }
+        LakeCmd::History { table, limit } => {
+            if !compact::tables().contains(&table.as_str()) {
+                bail!(
+                    "unknown table {table:?}; tables: {}",
+                    compact::tables().join(", ")
+                );
+            }
+            let t = lake.table(&table);
+            let Some(newest) = t.latest_version().await? else {
+                bail!(
+                    "{table} has no Delta log yet under {}",
+                    cfg.process.lake_url
+                );
+            };
+            for v in (0..=newest).rev().take(limit) {
+                let Some(actions) = t.commit_at(v).await? else {
+                    println!("{v:>8} (no longer in the log: covered by a checkpoint)");
+                    continue;
+                };
+                println!("{}", hexpulse_lake::delta::describe_commit(v, &actions));
+            }
+        }
+        LakeCmd::Compact { closed_after } => compact(cfg, closed_after).await?,
+        LakeCmd::Vacuum { retention } => {
+            let retention = retention.unwrap_or(cfg.process.compact_retention);
+            eprintln!(
+                "deleting unreferenced files older than {}",
+                humantime::format_duration(retention)
+            );
+            let n = compact::vacuum(&lake, retention).await?;
+            eprintln!("{n} file(s) deleted");
         }
     }
     Ok(())
@@ -716,7 +763,7 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
         stop.clone(),
     )
     .await?;
-    let lake = hexpulse_processors::lake::Lake::open(&cfg.process.lake_url)?;
+    let lake = hexpulse_lake::Lake::open(&cfg.process.lake_url)?;
     let processor = hexpulse_processors::run::start(
         cfg.process.clone(),
         cfg.kafka.clone(),
@@ -730,7 +777,7 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
     qcfg.epoch = cfg.process.epoch.clone();
     let query = hexpulse_query::Query::start(
         qcfg,
-        hexpulse_processors::lake::Lake::open(&cfg.process.lake_url)?,
+        hexpulse_lake::Lake::open(&cfg.process.lake_url)?,
         stop.clone(),
     )
     .await?;

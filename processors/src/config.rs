@@ -34,7 +34,7 @@ pub struct ProcessConfig {
     /// Time allowed on SIGTERM to flush and commit.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
-    /// How often closed hours are compacted ("0s": never; `hexpulse compact` does it on demand).
+    /// How often closed hours are compacted ("0s": never; `hexpulse lake compact` does it on demand).
     #[serde(with = "humantime_serde")]
     pub compact_interval: Duration,
     /// An hour is closed this long after its end plus the rules' allowed lateness and clock skew.

@@ -5,7 +5,7 @@ use arrow::datatypes::{Int32Type, Int64Type, UInt64Type};
 use hexpulse_schemas::tables;
 use hexpulse_schemas::wire::KindName;
 
-use crate::lake::{Lake, LakeError, column, decode_parquet};
+use hexpulse_lake::{Lake, LakeError, column, decode_parquet};
 
 /// One valid row: (table, device key hex, seq, partition, offset).
 pub type ValidEntry = (String, String, u64, i32, i64);
@@ -44,7 +44,7 @@ pub async fn summarize(lake: &Lake) -> Result<LakeSummary, LakeError> {
         .into_iter()
         .chain([tables::REJECTED_TABLE])
     {
-        for path in crate::compact::valid_files(lake, table).await? {
+        for path in hexpulse_lake::compact::valid_files(lake, table).await? {
             let Some(bytes) = lake.get(&path).await? else {
                 continue;
             };

@@ -1,25 +1,21 @@
 //! Hexpulse stream processors: consume raw signed readings from Kafka, validate them, bin them into H3
-//! cells, and write Parquet to the lake with every input record stored exactly once, as a valid row or
+//! cells, and commit Parquet to the lake's Delta tables (`hexpulse-lake`) with every input record stored exactly once, as a valid row or
 //! as a rejection with its reason.
 //!
 //! - [`validate`]: the semantic checks and per-device state (duplicates, speed, rate);
 //! - [`rules`]: the versioned thresholds file;
 //! - [`h3bin`]: H3 cells at the configured resolutions (h3o);
 //! - [`rows`]: Arrow record batches of the lake tables;
-//! - [`lake`]: object store layout, Parquet encoding, claims and publication;
-//! - [`compact`]: merging the small files of closed hours, atomically for readers;
 //! - [`epoch`]: sealing epochs into deterministic reward inputs with a manifest and Merkle root;
 //! - [`partition`]: one partition's unit buffer and its exactly-once flush;
 //! - [`run`]: the consumer-group loop, HTTP endpoints and shutdown.
 //!
 //! The exactly-once argument is in `ARCHITECTURE.md`.
 
-pub mod compact;
 pub mod config;
 pub mod epoch;
 pub mod h3bin;
 pub mod inspect;
-pub mod lake;
 pub mod metrics;
 pub mod partition;
 pub mod rows;

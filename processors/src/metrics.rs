@@ -9,4 +9,3 @@ pub const REJOINS_TOTAL: &str = "hexpulse_processor_group_rejoins_total";
 pub const WATERMARK_MS: &str = "hexpulse_processor_watermark_ms"; // partition
 pub const LAG_MS: &str = "hexpulse_processor_lag_ms"; // partition
 pub const FLUSH_ERRORS: &str = "hexpulse_processor_flush_errors_total";
-pub const COMPACTION_ERRORS: &str = "hexpulse_processor_compaction_errors_total";

@@ -1,9 +1,10 @@
 //! The work of one Kafka partition: buffer validated rows into a unit, and flush the unit exactly once.
 //!
 //! A unit covers the contiguous offsets `[start, end]`; `start` is always the end of the previous unit
-//! plus one (the "chain"). Flushing a unit: encode its files to staging, create the claim for `start`
-//! (create-if-absent), publish the staged files, then (the caller) commit `end + 1` to Kafka. A lost
-//! claim means another writer owns these offsets: this worker is fenced and must re-initialise.
+//! plus one (the "chain"). Flushing a unit encodes its files and commits them to the Delta tables
+//! through [`hexpulse_lake::unit::commit_unit`], whose gate commit succeeds only where the chain in
+//! the log ends at `start - 1`; then (the caller) commits the next record's offset to Kafka. A lost
+//! gate means another writer owns these offsets: this worker is fenced and must re-initialise.
 
 use hexpulse_common::time::now_ms;
 use std::collections::BTreeMap;
@@ -15,8 +16,10 @@ use bytes::Bytes;
 use hexpulse_schemas::tables;
 use hexpulse_schemas::wire::KindName;
 
+use hexpulse_lake::unit::{self, UnitFile, UnitOutcome};
+use hexpulse_lake::{Lake, LakeError, column, date_hour, decode_parquet, encode_parquet};
+
 use crate::h3bin::Binner;
-use crate::lake::{Claim, ClaimedFile, Lake, LakeError, column, decode_parquet, encode_parquet};
 use crate::metrics as m;
 use crate::rows::{Ctx, RejectedRow, Source, ValidRow, rejected_batch, valid_batch};
 use crate::validate::{RawRecord, Validator, Verdict};
@@ -47,7 +50,7 @@ pub enum Flushed {
     Empty,
     /// The unit is durable and published; commit this offset (`end + 1`) to Kafka.
     Committed { next_offset: i64, rows: usize },
-    /// Another writer holds the claim: drop this worker, re-initialise, and seek to `next_offset`.
+    /// Another writer committed these offsets: drop this worker, re-initialise, and seek to `next_offset`.
     Fenced { next_offset: i64 },
 }
 
@@ -80,66 +83,13 @@ pub struct PartitionWorker {
     pub commit_pending: bool,
     /// Records pushed so far (the run loop notices an idle partition by this not changing).
     pub pushed: u64,
-}
-
-/// The end of a partition's claim chain (the first offset no claim covers), publishing on the way
-/// every claim that ends at or after `from_offset` (a crash may have left one claimed but unpublished).
-///
-/// The chain is found by listing the partition's claims, not by walking from `from_offset`: the
-/// committed Kafka offset is the first record of a unit, which need not be a unit's start when the log
-/// has offset gaps.
-pub async fn chain_end(
-    lake: &Lake,
-    topic: &str,
-    partition: i32,
-    from_offset: i64,
-) -> Result<i64, LakeError> {
-    let prefix = format!("_claims/{topic}/p{partition:04}/");
-    let mut starts: Vec<i64> = lake
-        .list(&prefix)
-        .await?
-        .iter()
-        .filter_map(|p| p.rsplit('/').next()?.strip_suffix(".json")?.parse().ok())
-        .collect();
-    starts.sort_unstable();
-    // Claims starting at or after the last start not beyond `from_offset` may end at or after it.
-    let first = starts
-        .partition_point(|s| *s <= from_offset)
-        .saturating_sub(1);
-    let mut next = 0;
-    for start in &starts[first.min(starts.len())..] {
-        if let Some(claim) = lake.get_claim(topic, partition, *start).await? {
-            if claim.end >= from_offset {
-                lake.publish(&claim).await?;
-            }
-            next = next.max(claim.end + 1);
-        }
-    }
-    Ok(next)
-}
-
-/// Hours (as (date, hour)) of a time, UTC.
-pub fn date_hour(ms: i64) -> (String, u32) {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let hour = (secs.rem_euclid(86_400) / 3600) as u32;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if mo <= 2 { y + 1 } else { y };
-    (format!("{y:04}-{mo:02}-{d:02}"), hour)
+    /// The stream tables exist (created on the first flush).
+    tables_ready: bool,
 }
 
 impl PartitionWorker {
-    /// Walks the claim chain from `from_offset`, publishing any claimed files not yet published, and
-    /// rebuilds the validation state from the published rows of this partition around `receive_ms`.
+    /// Finds the end of the partition's chain in the lake (completing an interrupted unit), and
+    /// rebuilds the validation state from the committed rows of this partition around `receive_ms`.
     #[allow(clippy::too_many_arguments)]
     pub async fn init(
         topic: &str,
@@ -151,7 +101,8 @@ impl PartitionWorker {
         binner: Binner,
         resolutions: Vec<u8>,
     ) -> Result<PartitionWorker, LakeError> {
-        let next = chain_end(&lake, topic, partition, from_offset).await?;
+        let _ = from_offset;
+        let next = unit::resume(&lake, topic, partition).await?;
         let writer = format!("{:016x}", rand::random::<u64>());
         let mut w = PartitionWorker {
             topic: topic.to_string(),
@@ -166,6 +117,7 @@ impl PartitionWorker {
             watermark_ms: receive_ms,
             commit_pending: false,
             pushed: 0,
+            tables_ready: false,
         };
         let remembered = w.rebuild_state(receive_ms).await?;
         tracing::info!(
@@ -185,21 +137,26 @@ impl PartitionWorker {
             - (rules.allowed_lateness + rules.max_future_skew).as_millis() as i64
             - 3_600_000;
         let now = now_ms().max(receive_ms) + rules.max_future_skew.as_millis() as i64 + 3_600_000;
-        let mine = format!("{}-p{:04}-", self.topic, self.partition);
+        let (from_date, from_hour) = date_hour(from - from.rem_euclid(3_600_000));
+        let (to_date, to_hour) = date_hour(now);
         let mut remembered = 0;
         for table in KindName::ALL {
-            let mut hour_ms = from - from.rem_euclid(3_600_000);
-            while hour_ms <= now {
-                let (date, hour) = date_hour(hour_ms);
-                let (files, _) =
-                    crate::compact::hour_view(&self.lake, table.as_str(), &date, hour).await?;
-                for path in files {
+            let (_, files) = self.lake.table(table.as_str()).files().await?;
+            for f in files {
+                let (Some(date), Some(hour)) = (f.date.as_deref(), f.hour) else {
+                    continue;
+                };
+                if (date, hour) < (from_date.as_str(), from_hour)
+                    || (date, hour) > (to_date.as_str(), to_hour)
+                {
+                    continue;
+                }
+                let path = f.path;
+                {
                     // Our own unit files hold only this partition; merged files hold every one.
-                    let own = path
-                        .rsplit('/')
-                        .next()
-                        .is_some_and(|f| f.starts_with(&mine));
-                    if !own && !crate::compact::is_compacted(&path) {
+                    if !unit::is_unit_file_of(&path, &self.topic, self.partition)
+                        && !hexpulse_lake::compact::is_compacted(&path)
+                    {
                         continue;
                     }
                     let Some(bytes) = self.lake.get(&path).await? else {
@@ -243,7 +200,6 @@ impl PartitionWorker {
                         }
                     }
                 }
-                hour_ms += 3_600_000;
             }
         }
         Ok(remembered)
@@ -395,7 +351,7 @@ impl PartitionWorker {
         self.buffered() > 0 && (self.buffered() >= roll.rows || self.unit.bytes >= roll.bytes)
     }
 
-    /// Writes the unit: staged files, claim, publication. See the module docs.
+    /// Writes and commits the unit. See the module docs.
     pub async fn flush(&mut self, rules_version: &str) -> Result<Flushed, FlushError> {
         self.drain_pending();
         let Some(end) = self.unit.last else {
@@ -435,10 +391,7 @@ impl PartitionWorker {
                 )
             });
             let batch = valid_batch(kind, &rows, &ctx)?;
-            files.push(
-                self.stage(kind.as_str(), &date, hour, start, end, &batch)
-                    .await?,
-            );
+            files.push(unit_file(kind.as_str(), date, hour, &batch)?);
         }
         let mut rejected: BTreeMap<(String, u32), Vec<&RejectedRow>> = BTreeMap::new();
         for r in &self.unit.rejected {
@@ -449,49 +402,37 @@ impl PartitionWorker {
         }
         for ((date, hour), rows) in rejected {
             let batch = rejected_batch(&rows, &ctx)?;
-            files.push(
-                self.stage(tables::REJECTED_TABLE, &date, hour, start, end, &batch)
-                    .await?,
-            );
+            files.push(unit_file(tables::REJECTED_TABLE, date, hour, &batch)?);
         }
         metrics::histogram!(m::FILE_WRITE_SECONDS).record(started.elapsed().as_secs_f64());
 
-        let claim = Claim {
-            topic: self.topic.clone(),
-            partition: self.partition,
-            start,
-            end,
-            writer: self.writer.clone(),
-            files,
-        };
-        if !self.lake.create_claim(&claim).await? {
-            let winner = self
-                .lake
-                .get_claim(&self.topic, self.partition, start)
-                .await?;
-            if winner.as_ref().is_some_and(|w| *w == claim) {
-                // Our own claim from an attempt whose publication failed: finish publishing it.
-                return self.published(&claim, started).await;
-            }
-            // Someone else wrote these offsets. Our staged files are orphans; drop them.
-            for f in &claim.files {
-                self.lake.delete(&f.staging).await?;
-            }
-            let next_offset = winner.map(|w| w.end + 1).unwrap_or(start);
-            tracing::warn!(
-                partition = self.partition,
-                start,
-                next_offset,
-                "fenced: another writer claimed this unit"
-            );
-            metrics::counter!(m::FENCED).increment(1);
-            return Ok(Flushed::Fenced { next_offset });
+        if !self.tables_ready {
+            let resolutions = self.resolutions.clone();
+            unit::ensure_tables(&self.lake, |t| table_schema(t, &resolutions)).await?;
+            self.tables_ready = true;
         }
-        self.published(&claim, started).await
+        let outcome = unit::commit_unit(
+            &self.lake,
+            unit::Unit {
+                topic: &self.topic,
+                partition: self.partition,
+                start,
+                end,
+                writer: &self.writer,
+                files,
+            },
+        )
+        .await?;
+        match outcome {
+            UnitOutcome::Committed => self.published(end, started),
+            UnitOutcome::Fenced { next_offset } => {
+                metrics::counter!(m::FENCED).increment(1);
+                Ok(Flushed::Fenced { next_offset })
+            }
+        }
     }
 
-    async fn published(&mut self, claim: &Claim, started: Instant) -> Result<Flushed, FlushError> {
-        self.lake.publish(claim).await?;
+    fn published(&mut self, end: i64, started: Instant) -> Result<Flushed, FlushError> {
         let rows = self.buffered();
         // Rows by outcome count what was published, once per unit (not per row: that is hot).
         metrics::counter!(m::ROWS, "outcome" => "valid", "reason" => "")
@@ -503,63 +444,39 @@ impl PartitionWorker {
         for (reason, n) in by_reason {
             metrics::counter!(m::ROWS, "outcome" => "rejected", "reason" => reason).increment(n);
         }
-        self.next_offset = claim.end + 1;
+        self.next_offset = end + 1;
         self.unit = Unit::default();
         self.validator.prune(self.watermark_ms);
         metrics::histogram!(m::UNIT_SECONDS).record(started.elapsed().as_secs_f64());
         Ok(Flushed::Committed {
-            next_offset: claim.end + 1,
+            next_offset: end + 1,
             rows,
-        })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn stage(
-        &self,
-        table: &str,
-        date: &str,
-        hour: u32,
-        start: i64,
-        end: i64,
-        batch: &arrow::array::RecordBatch,
-    ) -> Result<ClaimedFile, FlushError> {
-        let bytes = encode_parquet(batch, crate::lake::UNIT_ZSTD_LEVEL)?;
-        let staging = Lake::staging_path(
-            &self.topic,
-            self.partition,
-            start,
-            end,
-            &self.writer,
-            table,
-            date,
-            hour,
-        );
-        let published =
-            Lake::published_path(table, date, hour, &self.topic, self.partition, start, end);
-        let len = bytes.len() as u64;
-        self.lake.put(&staging, bytes).await?;
-        Ok(ClaimedFile {
-            table: table.to_string(),
-            staging,
-            published,
-            rows: batch.num_rows() as u64,
-            bytes: len,
         })
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn date_hour_is_utc_civil_time() {
-        assert_eq!(date_hour(0), ("1970-01-01".into(), 0));
-        assert_eq!(date_hour(1_767_225_600_000), ("2026-01-01".into(), 0));
-        assert_eq!(
-            date_hour(1_709_164_800_000 + 13 * 3_600_000),
-            ("2024-02-29".into(), 13)
-        );
-        assert_eq!(date_hour(-1), ("1969-12-31".into(), 23));
+/// The Arrow schema of a stream table's files.
+pub fn table_schema(table: &str, resolutions: &[u8]) -> arrow::datatypes::SchemaRef {
+    match table {
+        t if t == KindName::Heartbeat.as_str() => tables::heartbeat_schema(resolutions),
+        t if t == KindName::Sensor.as_str() => tables::sensor_schema(resolutions),
+        t if t == KindName::Road.as_str() => tables::road_schema(resolutions),
+        _ => tables::rejected_schema(),
     }
+}
+
+/// One encoded file of a unit, with its Delta statistics.
+fn unit_file(
+    table: &'static str,
+    date: String,
+    hour: u32,
+    batch: &arrow::array::RecordBatch,
+) -> Result<UnitFile, FlushError> {
+    Ok(UnitFile {
+        table,
+        date,
+        hour,
+        bytes: encode_parquet(batch, hexpulse_lake::UNIT_ZSTD_LEVEL)?,
+        stats: hexpulse_lake::stats::stats_json(batch),
+    })
 }

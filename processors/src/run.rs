@@ -20,18 +20,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ProcessConfig;
 use crate::h3bin::Binner;
-use crate::lake::Lake;
 use crate::metrics as m;
 use crate::partition::{Flushed, PartitionWorker, Roll};
 use crate::rules::Rules;
 use crate::validate::Validator;
+use hexpulse_lake::Lake;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("lake: {0}")]
-    Lake(#[from] crate::lake::LakeError),
+    Lake(#[from] hexpulse_lake::LakeError),
     #[error("rules: {0}")]
     Rules(#[from] crate::rules::RulesError),
     #[error("{0}")]
@@ -122,11 +122,11 @@ pub async fn start(
     if !cfg.compact_interval.is_zero() {
         let close_after =
             rules.time.allowed_lateness + rules.time.max_future_skew + cfg.compact_grace;
-        tokio::spawn(crate::compact::run_compactor(
+        tokio::spawn(hexpulse_lake::compact::run_compactor(
             lake.clone(),
             cfg.compact_interval,
             close_after,
-            crate::compact::CompactOptions {
+            hexpulse_lake::compact::CompactOptions {
                 target_bytes: cfg.compact_target_bytes,
                 retention: cfg.compact_retention,
             },

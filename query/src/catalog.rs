@@ -1,6 +1,6 @@
 //! The DataFusion catalog over the lake: which files each table reads.
 //!
-//! Lake tables read exactly the valid files of `hexpulse_processors::compact::valid_files` (so a
+//! Lake tables read exactly the valid files of `hexpulse_lake::compact::valid_files` (so a
 //! compaction in progress never shows rows twice); epoch tables read exactly the files that sealed
 //! epochs' manifests list. The catalog is rebuilt every `refresh_interval` and swapped atomically;
 //! a query runs against the catalog it started with.
@@ -16,9 +16,9 @@ use datafusion::datasource::listing::{
 };
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use hexpulse_processors::compact::valid_files;
+use hexpulse_lake::Lake;
+use hexpulse_lake::compact::valid_files;
 use hexpulse_processors::epoch::{seal, sealed_ids};
-use hexpulse_processors::lake::Lake;
 use hexpulse_schemas::tables;
 use sha2::{Digest, Sha256};
 
@@ -38,7 +38,7 @@ pub const EPOCH_TABLES: [&str; 4] = [
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("lake: {0}")]
-    Lake(#[from] hexpulse_processors::lake::LakeError),
+    Lake(#[from] hexpulse_lake::LakeError),
     #[error("epochs: {0}")]
     Epoch(#[from] hexpulse_processors::epoch::EpochError),
     #[error("datafusion: {0}")]

@@ -29,8 +29,8 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use hexpulse_common::ratelimit::{Keyed, client_ip, retry_after_secs};
+use hexpulse_lake::Lake;
 use hexpulse_processors::epoch::{seal, sealed_ids};
-use hexpulse_processors::lake::Lake;
 use hexpulse_schemas::tables;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -54,7 +54,7 @@ pub enum QueryError {
     #[error("catalog: {0}")]
     Catalog(#[from] CatalogError),
     #[error("lake: {0}")]
-    Lake(#[from] hexpulse_processors::lake::LakeError),
+    Lake(#[from] hexpulse_lake::LakeError),
     #[error("datafusion: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error("auth config: {0}")]

@@ -28,7 +28,7 @@ pub enum KindName {
 impl KindName {
     pub const ALL: [KindName; 3] = [KindName::Heartbeat, KindName::Sensor, KindName::Road];
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             KindName::Heartbeat => "heartbeat",
             KindName::Sensor => "sensor",

@@ -21,10 +21,9 @@ use hexpulse_schemas::wire::KindName;
 use super::merkle::{self, Hash};
 use super::points::{self, DeviceFacts};
 use super::{EpochConfig, EpochError, median};
-use crate::compact::valid_files;
-use crate::lake::{Lake, column, decode_parquet};
-use crate::partition::date_hour;
 use crate::rules::Rules;
+use hexpulse_lake::date_hour;
+use hexpulse_lake::{Lake, column, decode_parquet};
 
 type Prov = (String, i32, i64);
 
@@ -104,19 +103,29 @@ fn in_hours(path: &str, from: &(String, u32), to: &(String, u32)) -> bool {
     }
 }
 
-/// The valid files (compactions applied) of `table` whose hour overlaps `[from_ms, to_ms)`.
+/// The data files of `table`'s Delta snapshot whose hour overlaps `[from_ms, to_ms)`, with the
+/// snapshot's version: the newest, or the version `at`. `None` version: the table does not exist.
 pub async fn files_between(
     lake: &Lake,
     table: &str,
     from_ms: i64,
     to_ms: i64,
-) -> Result<Vec<String>, EpochError> {
+    at: Option<i64>,
+) -> Result<(Option<i64>, Vec<String>), EpochError> {
     let (from, to) = (date_hour(from_ms), date_hour(to_ms - 1));
-    Ok(valid_files(lake, table)
-        .await?
-        .into_iter()
-        .filter(|p| in_hours(p, &from, &to))
-        .collect())
+    let t = lake.table(table);
+    let (version, files) = match at {
+        Some(v) => (Some(v), t.files_at(v).await?),
+        None => t.files().await?,
+    };
+    Ok((
+        version,
+        files
+            .into_iter()
+            .map(|f| f.path)
+            .filter(|p| in_hours(p, &from, &to))
+            .collect(),
+    ))
 }
 
 /// Every input file of epoch `id`: the valid tables' hours of the epoch, and the `rejected` hours
@@ -127,18 +136,42 @@ pub async fn epoch_files(
     rules: &Rules,
     id: i64,
 ) -> Result<Vec<(String, String)>, EpochError> {
+    Ok(epoch_inputs(lake, cfg, rules, id, None).await?.0)
+}
+
+/// [`epoch_files`], read at the Delta versions `at` (a sealed manifest's `input_versions`) or at
+/// each table's newest, with the version each table was read at.
+pub async fn epoch_inputs(
+    lake: &Lake,
+    cfg: &EpochConfig,
+    rules: &Rules,
+    id: i64,
+    at: Option<&BTreeMap<String, i64>>,
+) -> Result<(Vec<(String, String)>, BTreeMap<String, i64>), EpochError> {
     let (start, end) = cfg.bounds(id)?;
-    let mut files = Vec::new();
-    for kind in KindName::ALL {
-        for f in files_between(lake, kind.as_str(), start, end).await? {
-            files.push((kind.as_str().to_string(), f));
-        }
-    }
     let tail = (rules.time.allowed_lateness + rules.time.max_future_skew).as_millis() as i64;
-    for f in files_between(lake, tables::REJECTED_TABLE, start, end + tail + 3_600_000).await? {
-        files.push((tables::REJECTED_TABLE.to_string(), f));
+    let mut files = Vec::new();
+    let mut versions = BTreeMap::new();
+    let tables = KindName::ALL
+        .map(|k| (k.as_str(), end))
+        .into_iter()
+        .chain([(tables::REJECTED_TABLE, end + tail + 3_600_000)]);
+    for (table, to) in tables {
+        let pinned = match at {
+            Some(at) => match at.get(table) {
+                Some(v) => Some(*v),
+                // Not in the pinned set: the table did not exist when the epoch was sealed.
+                None => continue,
+            },
+            None => None,
+        };
+        let (version, found) = files_between(lake, table, start, to, pinned).await?;
+        if let Some(v) = version {
+            versions.insert(table.to_string(), v);
+        }
+        files.extend(found.into_iter().map(|f| (table.to_string(), f)));
     }
-    Ok(files)
+    Ok((files, versions))
 }
 
 /// Reads the rows of epoch `id` from `files` (as `epoch_files` lists them, in any order).

@@ -11,12 +11,12 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::compute::{aggregate, epoch_files, load_rows};
+use super::compute::{aggregate, epoch_inputs, load_rows};
 use super::merkle::{self, Step};
 use super::{EpochConfig, EpochError, SealedEpochs, epoch_dir, manifest_path};
-use crate::compact::table_hours;
-use crate::lake::{COMPACTED_ZSTD_LEVEL, Lake, decode_parquet, encode_parquet_with};
 use crate::rules::Rules;
+use hexpulse_lake::compact::table_hours;
+use hexpulse_lake::{COMPACTED_ZSTD_LEVEL, Lake, decode_parquet, encode_parquet_with};
 use hexpulse_schemas::tables;
 
 /// Where a partition's watermark is kept (written by the processor after each unit).
@@ -70,6 +70,11 @@ pub struct Manifest {
     /// Partition watermarks (ms) when sealed; `None`: the partition had none.
     pub watermarks: BTreeMap<i32, Option<i64>>,
     pub inputs: Vec<InputRange>,
+    /// The Delta version of each input table the epoch was sealed from. A re-seal reads these
+    /// versions, so rows that arrived later never change it. Empty in manifests sealed before the
+    /// lake became Delta tables.
+    #[serde(default)]
+    pub input_versions: BTreeMap<String, i64>,
     pub unattributed_rejections: u64,
     pub outputs: Vec<OutputFile>,
     pub merkle_root: String,
@@ -181,7 +186,13 @@ pub async fn seal(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
             lagging.join(", ")
         )));
     }
-    let files = epoch_files(req.input, req.cfg, req.rules, req.epoch).await?;
+    // A re-seal of an epoch sealed in the input lake reads the versions that seal pinned.
+    let pinned = sealed_input
+        .as_ref()
+        .map(|m| &m.input_versions)
+        .filter(|v| !v.is_empty());
+    let (files, input_versions) =
+        epoch_inputs(req.input, req.cfg, req.rules, req.epoch, pinned).await?;
     let rows = load_rows(req.input, req.cfg, req.epoch, &files).await?;
     let t = aggregate(&rows, req.epoch, req.rules)?;
     let dir = epoch_dir(req.epoch);
@@ -237,6 +248,7 @@ pub async fn seal(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
                 rows: *n,
             })
             .collect(),
+        input_versions,
         unattributed_rejections: rows.unattributed_rejections,
         outputs,
         merkle_root: hex::encode(merkle::root(&t.leaves)),

@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use hexpulse_common::registry::Registry;
 use hexpulse_common::testenv;
+use hexpulse_lake::compact::{self, CompactOptions};
+use hexpulse_lake::{COMPACTED_ZSTD_LEVEL, Lake, encode_parquet};
 use hexpulse_load_tests::scenario::{self, Fate, Scenario};
 use hexpulse_processors::ProcessConfig;
-use hexpulse_processors::compact::{self, CompactOptions};
 use hexpulse_processors::epoch::compute::{aggregate, epoch_files, load_rows};
 use hexpulse_processors::epoch::seal::{self, SealRequest, Sealed};
 use hexpulse_processors::epoch::{EpochConfig, EpochError, merkle};
 use hexpulse_processors::h3bin::Binner;
-use hexpulse_processors::lake::{COMPACTED_ZSTD_LEVEL, Lake, encode_parquet};
 use hexpulse_processors::partition::PartitionWorker;
 use hexpulse_processors::rules::Rules;
 use hexpulse_processors::validate::Validator;
@@ -154,7 +154,7 @@ async fn sealing_is_byte_identical_across_files_partitions_and_compaction() {
     let mut files = epoch_files(&a, &cfg, &rules, id).await.unwrap();
     files.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(7));
     let t = aggregate(&load_rows(&a, &cfg, id, &files).await.unwrap(), id, &rules).unwrap();
-    let summary = hexpulse_processors::lake::encode_parquet_with(
+    let summary = hexpulse_lake::encode_parquet_with(
         &t.device_summary,
         COMPACTED_ZSTD_LEVEL,
         vec![
@@ -442,9 +442,9 @@ async fn files_written_before_a_column_existed_still_seal() {
     let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
     let mut rewritten = 0;
     for table in ["heartbeat", "sensor"] {
-        for path in lake.list(&format!("{table}/")).await.unwrap() {
+        for path in compact::valid_files(&lake, table).await.unwrap() {
             let bytes = lake.get(&path).await.unwrap().unwrap();
-            let batches = hexpulse_processors::lake::decode_parquet(bytes, None).unwrap();
+            let batches = hexpulse_lake::decode_parquet(bytes, None).unwrap();
             let b = &batches[0];
             let keep: Vec<usize> = (0..b.num_columns())
                 .filter(|i| b.schema().field(*i).name() != "asserted_distance_m")

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use hexpulse_lake::Lake;
+use hexpulse_lake::compact::{self, CompactOptions};
 use hexpulse_load_tests::scenario;
-use hexpulse_processors::compact::{self, CompactOptions};
 use hexpulse_processors::epoch::EpochConfig;
 use hexpulse_processors::epoch::seal::{self, SealRequest};
 use hexpulse_processors::inspect::summarize;
-use hexpulse_processors::lake::Lake;
 use hexpulse_processors::rules::Rules;
 
 use crate::compaction::physical;
@@ -34,7 +34,7 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Two compaction rounds (the second deletes what the first replaced) through `lake`.
+/// Two maintenance rounds (compaction, then a vacuum that deletes what it replaced) through `lake`.
 async fn compact_twice(lake: &Lake, cut: i64) -> Result<(), String> {
     let gc = CompactOptions {
         retention: Duration::ZERO,
@@ -42,6 +42,9 @@ async fn compact_twice(lake: &Lake, cut: i64) -> Result<(), String> {
     };
     for _ in 0..2 {
         compact::compact_closed(lake, cut, &gc)
+            .await
+            .map_err(|e| e.to_string())?;
+        compact::vacuum(lake, gc.retention)
             .await
             .map_err(|e| e.to_string())?;
     }

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use hexpulse_common::testenv;
+use hexpulse_lake::Lake;
 use hexpulse_load_tests::scenario;
-use hexpulse_processors::lake::Lake;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 

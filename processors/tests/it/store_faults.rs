@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use hexpulse_common::registry::Registry;
 use hexpulse_common::testenv;
+use hexpulse_lake::Lake;
 use hexpulse_load_tests::scenario;
 use hexpulse_processors::ProcessConfig;
-use hexpulse_processors::lake::Lake;
 use tokio_util::sync::CancellationToken;
 
 use crate::faulty::Flaky;

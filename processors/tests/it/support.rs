@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use hexpulse_common::kafka::KafkaConfig;
 use hexpulse_common::testenv;
+use hexpulse_lake::Lake;
 use hexpulse_load_tests::scenario::Scenario;
 use hexpulse_processors::inspect::{LakeSummary, summarize};
-use hexpulse_processors::lake::Lake;
 use hexpulse_schemas::wire::headers;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -5,10 +5,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use hexpulse_common::testenv;
+use hexpulse_lake::Lake;
 use hexpulse_load_tests::scenario;
 use hexpulse_processors::epoch::EpochConfig;
 use hexpulse_processors::epoch::seal::{self, SealRequest};
-use hexpulse_processors::lake::Lake;
 use hexpulse_processors::rules::Rules;
 use hexpulse_query::{Query, QueryConfig};
 use serde_json::Value;

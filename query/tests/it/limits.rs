@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use hexpulse_common::ratelimit::RateLimit;
 use hexpulse_common::testenv::{self, SlowClient};
-use hexpulse_processors::lake::Lake;
+use hexpulse_lake::Lake;
 use hexpulse_query::config::{AuthConfig, TokenConfig};
 use hexpulse_query::{Query, QueryConfig};
 use serde_json::Value;

@@ -1,15 +1,7 @@
-//! The Parquet lake on an object store: paths, Parquet encoding, claims and publication.
+//! The lake's object store: opening a lake URL, plain object access, and our Parquet encoding.
 //!
-//! Layout under the lake root:
-//! ```text
-//! {table}/date=YYYY-MM-DD/hour=HH/{topic}-p{partition}-{start}-{end}.parquet   published data
-//! _staging/{topic}/p{partition}/{start}-{end}-{writer}/{table}-{date}-{hour}.parquet   written first, then moved
-//! _claims/{topic}/p{partition}/{start}.json                                         one per unit
-//! {table}/date=YYYY-MM-DD/hour=HH/compacted-{gen}-{i}-{hash}.parquet              merged (compact.rs)
-//! _compaction/{table}/date=YYYY-MM-DD/hour=HH/{gen}.json                           compaction records
-//! ```
-//! See `ARCHITECTURE.md`, "Exactly-once rows", for why this order makes every (partition, offset)
-//! appear at most once among published files, and at least once after recovery.
+//! Every table under the lake root is a Delta table (see [`crate::delta`]); this module knows
+//! nothing of their logs. It also holds what lives next to the tables: watermarks and epoch outputs.
 
 use std::sync::Arc;
 
@@ -24,7 +16,6 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
-use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
@@ -32,39 +23,34 @@ pub enum LakeError {
     Store(#[from] object_store::Error),
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
+    #[error("delta: {0}")]
+    Delta(#[from] deltalake::DeltaTableError),
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
     #[error("lake URL {url:?}: {message}")]
     Url { url: String, message: String },
-    #[error("claim {path}: {message}")]
-    BadClaim { path: String, message: String },
+    #[error("{path}: {message}")]
+    Corrupt { path: String, message: String },
 }
 
-/// One file of a unit: where it was staged and where it is published.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClaimedFile {
-    pub table: String,
-    pub staging: String,
-    pub published: String,
-    pub rows: u64,
-    pub bytes: u64,
-}
-
-/// The claim of a unit: offsets `[start, end]` of one partition, and the files holding their rows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claim {
-    pub topic: String,
-    pub partition: i32,
-    pub start: i64,
-    pub end: i64,
-    pub writer: String,
-    pub files: Vec<ClaimedFile>,
-}
-
-/// A lake: an object store plus a root prefix.
-#[derive(Clone, Debug)]
+/// A lake: an object store rooted at the lake's root, plus what the Delta tables need to address
+/// the same objects (the store at the root of its bucket or file system, and the root's URL).
+#[derive(Clone)]
 pub struct Lake {
     store: Arc<dyn ObjectStore>,
+    /// The store that `base`'s path is relative to (a bucket, or `/` of the local file system).
+    root: Arc<dyn ObjectStore>,
+    /// URL of the lake root, ending in `/`.
+    base: url::Url,
+    pub(crate) tables: Arc<crate::delta::Tables>,
+}
+
+impl std::fmt::Debug for Lake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lake")
+            .field("base", &self.base.as_str())
+            .finish()
+    }
 }
 
 impl Lake {
@@ -83,61 +69,60 @@ impl Lake {
                 })
                 .map(|(k, v)| (k.to_ascii_lowercase(), v))
                 .collect();
-            let (store, prefix) =
+            let (root, prefix) =
                 object_store::parse_url_opts(&parsed, opts).map_err(|e| err(e.to_string()))?;
+            let root: Arc<dyn ObjectStore> = Arc::from(root);
             let store: Arc<dyn ObjectStore> =
-                Arc::new(object_store::prefix::PrefixStore::new(store, prefix));
-            return Ok(Lake { store });
+                Arc::new(object_store::prefix::PrefixStore::new(root.clone(), prefix));
+            let mut base = parsed.clone();
+            if !base.path().ends_with('/') {
+                base.set_path(&format!("{}/", base.path()));
+            }
+            return Ok(Lake::with_roots(store, root, base));
         }
         let path = url.strip_prefix("file://").unwrap_or(url);
         std::fs::create_dir_all(path).map_err(|e| err(e.to_string()))?;
-        let store = LocalFileSystem::new_with_prefix(path).map_err(|e| err(e.to_string()))?;
-        Ok(Lake {
-            store: Arc::new(store),
-        })
+        let abs = std::fs::canonicalize(path).map_err(|e| err(e.to_string()))?;
+        let store = LocalFileSystem::new_with_prefix(&abs).map_err(|e| err(e.to_string()))?;
+        let base = url::Url::from_directory_path(&abs)
+            .map_err(|()| err("not an absolute directory".into()))?;
+        Ok(Lake::with_roots(
+            Arc::new(store),
+            Arc::new(LocalFileSystem::new()),
+            base,
+        ))
     }
 
-    /// A lake over any store (tests inject failing or in-memory stores).
+    /// A lake over any store rooted at the lake root (tests inject failing stores over local
+    /// directories). The Delta tables address it as `memory:///`, through a wrapper that sorts its
+    /// listings (see [`crate::sorted`]).
     pub fn from_store(store: Arc<dyn ObjectStore>) -> Lake {
-        Lake { store }
+        let base = url::Url::parse("memory:///").expect("static URL");
+        let root = Arc::new(crate::sorted::SortedListing(store.clone()));
+        Lake::with_roots(store, root, base)
+    }
+
+    fn with_roots(store: Arc<dyn ObjectStore>, root: Arc<dyn ObjectStore>, base: url::Url) -> Lake {
+        Lake {
+            store,
+            root,
+            base,
+            tables: Arc::default(),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }
 
-    pub fn published_path(
-        table: &str,
-        date: &str,
-        hour: u32,
-        topic: &str,
-        partition: i32,
-        start: i64,
-        end: i64,
-    ) -> String {
-        format!(
-            "{table}/date={date}/hour={hour:02}/{topic}-p{partition:04}-{start:020}-{end:020}.parquet"
-        )
+    /// The store at the root of the lake's bucket or file system, and the lake root's URL.
+    pub(crate) fn roots(&self) -> (&Arc<dyn ObjectStore>, &url::Url) {
+        (&self.root, &self.base)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn staging_path(
-        topic: &str,
-        partition: i32,
-        start: i64,
-        end: i64,
-        writer: &str,
-        table: &str,
-        date: &str,
-        hour: u32,
-    ) -> String {
-        format!(
-            "_staging/{topic}/p{partition:04}/{start:020}-{end:020}-{writer}/{table}-{date}-{hour:02}.parquet"
-        )
-    }
-
-    pub fn claim_path(topic: &str, partition: i32, start: i64) -> String {
-        format!("_claims/{topic}/p{partition:04}/{start:020}.json")
+    /// The URL of an object of the lake (for outside readers: DuckDB, Spark).
+    pub fn url_of(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
     }
 
     pub async fn put(&self, path: &str, bytes: Bytes) -> Result<(), LakeError> {
@@ -180,58 +165,6 @@ impl Lake {
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// Creates the claim if no claim for its start exists. `Ok(false)`: another writer holds it.
-    pub async fn create_claim(&self, claim: &Claim) -> Result<bool, LakeError> {
-        let path = Self::claim_path(&claim.topic, claim.partition, claim.start);
-        let body = serde_json::to_vec_pretty(claim).expect("claim serialises");
-        self.put_if_absent(&path, body).await
-    }
-
-    pub async fn get_claim(
-        &self,
-        topic: &str,
-        partition: i32,
-        start: i64,
-    ) -> Result<Option<Claim>, LakeError> {
-        let path = Self::claim_path(topic, partition, start);
-        let Some(bytes) = self.get(&path).await? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| LakeError::BadClaim {
-                path,
-                message: e.to_string(),
-            })
-    }
-
-    /// Makes every file of `claim` visible at its published path by moving it out of staging.
-    /// Idempotent: a file already published is left alone, and a concurrent publisher that moved it
-    /// first is not an error.
-    pub async fn publish(&self, claim: &Claim) -> Result<(), LakeError> {
-        for f in &claim.files {
-            if self.exists(&f.published).await? {
-                continue;
-            }
-            let moved = self
-                .store
-                .rename(
-                    &Path::from(f.staging.as_str()),
-                    &Path::from(f.published.as_str()),
-                )
-                .await;
-            match moved {
-                Ok(()) => {}
-                // Moved by a concurrent publisher, or moved and later merged away by compaction.
-                Err(object_store::Error::NotFound { .. })
-                    if self.exists(&f.published).await?
-                        || crate::compact::was_compacted(self, &f.published).await? => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
     }
 
     /// Paths of objects under `prefix`.
@@ -371,4 +304,39 @@ pub fn decode_parquet(
         None => builder,
     };
     Ok(builder.build()?.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Hours (as (date, hour)) of a time, UTC.
+pub fn date_hour(ms: i64) -> (String, u32) {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let hour = (secs.rem_euclid(86_400) / 3600) as u32;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if mo <= 2 { y + 1 } else { y };
+    (format!("{y:04}-{mo:02}-{d:02}"), hour)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn date_hour_is_utc_civil_time() {
+        assert_eq!(date_hour(0), ("1970-01-01".into(), 0));
+        assert_eq!(date_hour(1_767_225_600_000), ("2026-01-01".into(), 0));
+        assert_eq!(
+            date_hour(1_709_164_800_000 + 13 * 3_600_000),
+            ("2024-02-29".into(), 13)
+        );
+        assert_eq!(date_hour(-1), ("1969-12-31".into(), 23));
+    }
 }

@@ -1,0 +1,525 @@
+//! The lake's Delta tables: creating them, committing to their logs, and reading their snapshots.
+//!
+//! **Commits.** A Delta commit is the object `{table}/_delta_log/{version:020}.json`, created only
+//! if absent (`PutMode::Create`: `O_EXCL` on a local disk, a conditional PUT on S3); the writer that
+//! creates version `v` owns it. [`Table::commit`] tries the version after the newest it knows. When
+//! another writer got there first, it reads the winning commit and asks the caller's [`Check`]
+//! whether the commit still makes sense on top of it (Delta's conflict check, with the rules of our
+//! writers: a unit conflicts with any commit carrying a `txn` of the same application, a compaction
+//! with any commit removing one of its sources), then tries the next version. No listing is needed
+//! on the commit path, and every commit of the log passes through the check, so a writer never
+//! commits on top of a state it has not checked. delta-rs writes its own log only for table
+//! creation, checkpoints and vacuum; everything it writes is read back through the same rules.
+//!
+//! **Transactions.** Each commit of a processor carries a `txn` action (application id, version)
+//! per Kafka partition it covers: the version is the last offset covered. [`Table::txn_version`]
+//! answers from the table's snapshot plus every commit read since.
+//!
+//! **Readers** use delta-rs snapshots ([`Table::files`], [`Table::files_at`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
+use deltalake::DeltaTable;
+use deltalake::kernel::{
+    Action, CommitInfo, DataType as DeltaType, PrimitiveType, StructField, StructType, Transaction,
+};
+use deltalake::logstore::{LogStoreRef, StorageConfig, default_logstore};
+use deltalake::protocol::SaveMode;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::store::{Lake, LakeError};
+
+/// Partition columns of every stream table: the event date (UTC) and hour. They are not stored in
+/// the data files (Delta keeps them in the log), as usual for Delta and Hive layouts.
+pub const PARTITION_COLUMNS: [&str; 2] = ["date", "hour"];
+
+/// A commit past this many unread versions reloads the snapshot instead of reading them one by one.
+const MAX_WALK: i64 = 256;
+
+/// What the caller decides about a commit that another writer's commit now precedes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// Still valid on top of it: try the next version.
+    Go,
+    /// No longer to be made (fenced, or already made by someone else): the reason.
+    Stop(String),
+}
+
+/// Outcome of [`Table::commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    /// The commit is version `0` of the log.
+    Version(i64),
+    /// The check stopped it (the text says why); nothing was written.
+    Stopped(String),
+}
+
+/// What a commit's actions say about one application's transaction (what [`Check`]s look at).
+pub fn txn_in(actions: &[Action], app_id: &str) -> Option<i64> {
+    actions.iter().find_map(|a| match a {
+        Action::Txn(t) if t.app_id == app_id => Some(t.version),
+        _ => None,
+    })
+}
+
+#[derive(Default)]
+struct LogState {
+    /// Newest version read (or written) by this handle; `None` before the first look.
+    version: Option<i64>,
+    /// The snapshot this state started from; txns not in `txns` are looked up there.
+    base: Option<DeltaTable>,
+    /// Application transaction versions seen in commits read after `base`.
+    txns: HashMap<String, i64>,
+}
+
+/// One Delta table of the lake.
+pub struct Table {
+    pub name: String,
+    lake_store: Arc<dyn ObjectStore>,
+    log_store: LogStoreRef,
+    log: tokio::sync::Mutex<LogState>,
+    reader: tokio::sync::Mutex<Option<DeltaTable>>,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table").field("name", &self.name).finish()
+    }
+}
+
+/// The tables of one lake, opened once per process.
+#[derive(Default)]
+pub struct Tables {
+    open: Mutex<HashMap<String, Arc<Table>>>,
+}
+
+/// A data file of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataFile {
+    /// Path from the lake root (`heartbeat/date=2026-11-30/hour=06/….parquet`).
+    pub path: String,
+    pub size: u64,
+    /// Rows, from the file's statistics.
+    pub rows: Option<u64>,
+    pub date: Option<String>,
+    pub hour: Option<u32>,
+}
+
+impl Lake {
+    /// The Delta table `name` of this lake (it need not exist yet).
+    pub fn table(&self, name: &str) -> Arc<Table> {
+        let mut open = self.tables.open.lock().expect("tables lock");
+        open.entry(name.to_string())
+            .or_insert_with(|| {
+                let (root, base) = self.roots();
+                let location = base
+                    .join(&format!("{name}/"))
+                    .expect("table names are URL-safe");
+                let prefixed: Arc<dyn ObjectStore> =
+                    Arc::new(PrefixStore::new(self.store().clone(), Path::from(name)));
+                let log_store =
+                    default_logstore(prefixed, root.clone(), &location, &StorageConfig::default());
+                Arc::new(Table {
+                    name: name.to_string(),
+                    lake_store: self.store().clone(),
+                    log_store,
+                    log: tokio::sync::Mutex::default(),
+                    reader: tokio::sync::Mutex::default(),
+                })
+            })
+            .clone()
+    }
+}
+
+/// The Delta schema of a table whose files have `schema`, plus the partition columns.
+fn delta_schema(schema: &SchemaRef) -> Result<StructType, LakeError> {
+    use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
+    let data = StructType::try_from_arrow(schema.as_ref())?;
+    let mut fields: Vec<StructField> = data.fields().cloned().collect();
+    fields.push(StructField::new(
+        "date",
+        DeltaType::Primitive(PrimitiveType::Date),
+        true,
+    ));
+    fields.push(StructField::new(
+        "hour",
+        DeltaType::Primitive(PrimitiveType::Integer),
+        true,
+    ));
+    StructType::try_new(fields).map_err(|e| LakeError::Delta(e.into()))
+}
+
+fn log_path(table: &str, version: i64) -> Path {
+    Path::from(format!("{table}/_delta_log/{version:020}.json"))
+}
+
+/// The actions of a commit file.
+pub fn parse_commit(bytes: &[u8]) -> Result<Vec<Action>, serde_json::Error> {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .map(serde_json::from_slice::<Action>)
+        .collect()
+}
+
+impl Table {
+    pub fn log_store(&self) -> &LogStoreRef {
+        &self.log_store
+    }
+
+    /// Creates the table with the schema of its data files, unless it exists.
+    pub async fn ensure(&self, schema: &SchemaRef) -> Result<(), LakeError> {
+        {
+            let state = self.log.lock().await;
+            if state.version.is_some_and(|v| v >= 0) {
+                return Ok(());
+            }
+        }
+        if self.latest_version().await?.is_some() {
+            return Ok(());
+        }
+        let created = deltalake::operations::create::CreateBuilder::new()
+            .with_log_store(self.log_store.clone())
+            .with_table_name(self.name.clone())
+            .with_columns(delta_schema(schema)?.fields().cloned())
+            .with_partition_columns(PARTITION_COLUMNS)
+            .with_save_mode(SaveMode::Ignore)
+            .with_configuration_property(deltalake::TableProperty::CheckpointInterval, Some("100"))
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            // Another writer created it at the same moment.
+            Err(_) if self.latest_version().await?.is_some() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The newest version of the log, by listing it (`None`: no table yet).
+    pub async fn latest_version(&self) -> Result<Option<i64>, LakeError> {
+        match self.log_store.get_latest_version(0).await {
+            Ok(v) => Ok(Some(v as i64)),
+            Err(e) => {
+                if self
+                    .lake_store
+                    .head(&log_path(&self.name, 0))
+                    .await
+                    .is_err()
+                {
+                    Ok(None)
+                } else {
+                    Err(e.into())
+                }
+            }
+        }
+    }
+
+    async fn load_base(&self, state: &mut LogState) -> Result<(), LakeError> {
+        match self.load().await? {
+            Some(t) => {
+                state.version = t.version().map(|v| v as i64);
+                state.base = Some(t);
+            }
+            None => {
+                state.version = Some(-1);
+                state.base = None;
+            }
+        }
+        state.txns.clear();
+        Ok(())
+    }
+
+    /// Whether the table has a log at all (one listing; used when a load fails).
+    async fn has_log(&self) -> Result<bool, LakeError> {
+        let prefix = Path::from(format!("{}/_delta_log", self.name));
+        let mut list = self.lake_store.list(Some(&prefix));
+        use futures::StreamExt;
+        Ok(list.next().await.transpose()?.is_some())
+    }
+
+    /// Reads the commit at `version`, if it exists.
+    async fn read_commit(&self, version: i64) -> Result<Option<Vec<Action>>, LakeError> {
+        let path = log_path(&self.name, version);
+        match self.lake_store.get(&path).await {
+            Ok(r) => {
+                let bytes = r.bytes().await?;
+                parse_commit(&bytes)
+                    .map(Some)
+                    .map_err(|e| LakeError::Corrupt {
+                        path: path.to_string(),
+                        message: e.to_string(),
+                    })
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn absorb(state: &mut LogState, version: i64, actions: &[Action]) {
+        for a in actions {
+            if let Action::Txn(t) = a {
+                state.txns.insert(t.app_id.clone(), t.version);
+            }
+        }
+        state.version = Some(version);
+    }
+
+    /// Brings the state up to the newest version, reading the commits on the way.
+    async fn catch_up(&self, state: &mut LogState) -> Result<(), LakeError> {
+        if state.version.is_none() {
+            self.load_base(state).await?;
+        }
+        let mut read = 0;
+        loop {
+            let next = state.version.unwrap_or(-1) + 1;
+            match self.read_commit(next).await? {
+                Some(actions) => {
+                    Self::absorb(state, next, &actions);
+                    read += 1;
+                    if read > MAX_WALK {
+                        self.load_base(state).await?;
+                        read = 0;
+                    }
+                }
+                None => return Ok(()),
+            }
+        }
+    }
+
+    async fn txn_of(&self, state: &mut LogState, app_id: &str) -> Result<Option<i64>, LakeError> {
+        if let Some(v) = state.txns.get(app_id) {
+            return Ok(Some(*v));
+        }
+        match &state.base {
+            Some(t) => Ok(t
+                .snapshot()?
+                .transaction_version(self.log_store.as_ref(), app_id)
+                .await?),
+            None => Ok(None),
+        }
+    }
+
+    /// The version of application `app_id`'s transaction at the newest version of the log.
+    pub async fn txn_version(&self, app_id: &str) -> Result<Option<i64>, LakeError> {
+        let mut state = self.log.lock().await;
+        self.catch_up(&mut state).await?;
+        self.txn_of(&mut state, app_id).await
+    }
+
+    /// Commits `actions` (with a commitInfo of `operation` and `info`) as the next version of the
+    /// log. `precheck`, if given, decides on the newest state known before the first attempt from
+    /// the version of one application's transaction; `check` decides on each commit that another
+    /// writer made first, and, when `read_version` is given, on every commit after that version (the
+    /// version of the snapshot the caller planned from).
+    pub async fn commit(
+        &self,
+        actions: Vec<Action>,
+        operation: &str,
+        info: serde_json::Map<String, serde_json::Value>,
+        precheck: Option<(&str, &(dyn Fn(Option<i64>) -> Check + Sync))>,
+        read_version: Option<i64>,
+        mut check: impl FnMut(&[Action]) -> Check,
+    ) -> Result<Committed, LakeError> {
+        let mut state = self.log.lock().await;
+        self.catch_up(&mut state).await?;
+        if state.version.is_none_or(|v| v < 0) {
+            return Err(LakeError::Corrupt {
+                path: self.name.clone(),
+                message: "no such table; create it first".into(),
+            });
+        }
+        if let Some(read) = read_version {
+            for v in read + 1..=state.version.unwrap_or(-1) {
+                let Some(winner) = self.read_commit(v).await? else {
+                    return Ok(Committed::Stopped(format!(
+                        "version {v} is no longer in the log; plan again"
+                    )));
+                };
+                if let Check::Stop(why) = check(&winner) {
+                    return Ok(Committed::Stopped(why));
+                }
+            }
+        }
+        if let Some((app_id, decide)) = precheck {
+            let current = self.txn_of(&mut state, app_id).await?;
+            if let Check::Stop(why) = decide(current) {
+                return Ok(Committed::Stopped(why));
+            }
+        }
+        let mut commit_info = CommitInfo {
+            timestamp: Some(now_ms()),
+            operation: Some(operation.to_string()),
+            engine_info: Some(concat!("hexpulse/", env!("CARGO_PKG_VERSION")).to_string()),
+            info: info.into_iter().collect(),
+            ..Default::default()
+        };
+        let mut walked = 0;
+        loop {
+            let version = state.version.unwrap_or(-1) + 1;
+            commit_info.read_version = Some(version as u64 - 1);
+            let body = encode_commit(&commit_info, &actions)?;
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            let put = self
+                .lake_store
+                .put_opts(&log_path(&self.name, version), PutPayload::from(body), opts)
+                .await;
+            match put {
+                Ok(_) => {
+                    Self::absorb(&mut state, version, &actions);
+                    return Ok(Committed::Version(version));
+                }
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    let Some(winner) = self.read_commit(version).await? else {
+                        // Written and then removed (log cleanup): start from a fresh snapshot.
+                        self.load_base(&mut state).await?;
+                        continue;
+                    };
+                    Self::absorb(&mut state, version, &winner);
+                    if let Check::Stop(why) = check(&winner) {
+                        return Ok(Committed::Stopped(why));
+                    }
+                    walked += 1;
+                    if walked > MAX_WALK {
+                        return Err(LakeError::Corrupt {
+                            path: self.name.clone(),
+                            message: format!("lost {MAX_WALK} commit races in a row"),
+                        });
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The commit at `version`, if the log still holds it.
+    pub async fn commit_at(&self, version: i64) -> Result<Option<Vec<Action>>, LakeError> {
+        self.read_commit(version).await
+    }
+
+    /// The newest version known to this handle's committer (no I/O).
+    pub async fn known_version(&self) -> Option<i64> {
+        self.log.lock().await.version
+    }
+
+    /// The data files of the newest snapshot (empty when the table does not exist yet).
+    pub async fn files(&self) -> Result<(Option<i64>, Vec<DataFile>), LakeError> {
+        let mut reader = self.reader.lock().await;
+        match reader.as_mut() {
+            Some(t) => t.update_incremental(None).await?,
+            None => match self.load().await? {
+                Some(t) => *reader = Some(t),
+                None => return Ok((None, Vec::new())),
+            },
+        }
+        let t = reader.as_ref().expect("loaded above");
+        Ok((t.version().map(|v| v as i64), self.data_files(t)?))
+    }
+
+    /// The data files of the snapshot at `version`.
+    pub async fn files_at(&self, version: i64) -> Result<Vec<DataFile>, LakeError> {
+        let mut t = DeltaTable::new(self.log_store.clone());
+        t.load_version(version as u64).await?;
+        self.data_files(&t)
+    }
+
+    /// A snapshot of the table at its newest version (delta-rs), for maintenance.
+    pub async fn load(&self) -> Result<Option<DeltaTable>, LakeError> {
+        let mut t = DeltaTable::new(self.log_store.clone());
+        match t.load().await {
+            Ok(()) => Ok(Some(t)),
+            Err(_) if !self.has_log().await? => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn data_files(&self, t: &DeltaTable) -> Result<Vec<DataFile>, LakeError> {
+        let mut out: Vec<DataFile> = t
+            .snapshot()?
+            .log_data()
+            .iter()
+            .map(|f| {
+                let parts = f.partition_values_map();
+                DataFile {
+                    path: format!("{}/{}", self.name, f.object_store_path()),
+                    size: f.size().max(0) as u64,
+                    rows: f.num_records().map(|n| n as u64),
+                    date: parts.get("date").cloned().flatten(),
+                    hour: parts
+                        .get("hour")
+                        .cloned()
+                        .flatten()
+                        .and_then(|h| h.parse().ok()),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+}
+
+fn encode_commit(info: &CommitInfo, actions: &[Action]) -> Result<Bytes, LakeError> {
+    let mut out = Vec::with_capacity(512 * (actions.len() + 1));
+    let json = |a: &Action, out: &mut Vec<u8>| -> Result<(), LakeError> {
+        serde_json::to_writer(&mut *out, a).map_err(|e| LakeError::Corrupt {
+            path: "commit".into(),
+            message: e.to_string(),
+        })?;
+        out.push(b'\n');
+        Ok(())
+    };
+    json(&Action::CommitInfo(info.clone()), &mut out)?;
+    for a in actions {
+        json(a, &mut out)?;
+    }
+    Ok(out.into())
+}
+
+/// A txn action for `app_id` at `version`.
+pub fn txn(app_id: &str, version: i64) -> Action {
+    Action::Txn(Transaction::new_with_last_update(
+        app_id,
+        version,
+        Some(now_ms()),
+    ))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// One line about a commit: version, time, operation, files added and removed, txn versions.
+pub fn describe_commit(version: i64, actions: &[Action]) -> String {
+    let (mut added, mut removed, mut txns) = (0, 0, Vec::new());
+    let mut when = String::new();
+    let mut op = String::new();
+    for a in actions {
+        match a {
+            Action::Add(_) => added += 1,
+            Action::Remove(_) => removed += 1,
+            Action::Txn(t) => txns.push(format!("{}={}", t.app_id, t.version)),
+            Action::CommitInfo(c) => {
+                op = c.operation.clone().unwrap_or_default();
+                when = c
+                    .timestamp
+                    .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis)
+                    .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+                    .unwrap_or_default();
+            }
+            _ => {}
+        }
+    }
+    format!(
+        "{version:>8} {when:24} {op:18} +{added:<4} -{removed:<4} {}",
+        txns.join(" ")
+    )
+}

@@ -1,0 +1,35 @@
+//! The lake: Hexpulse's one owner of storage.
+//!
+//! Every stream table (`heartbeat`, `sensor`, `road`, `rejected`) is a Delta Lake table under the
+//! lake root, partitioned by event date and hour (`rejected`: receive date and hour), readable as is
+//! by any Delta reader (DuckDB `delta_scan`, the `deltalake` Python package, polars, Spark, Trino).
+//! Processors write their own Parquet files (sort order, page size, page index: what query speed
+//! depends on) and commit them with statistics.
+//!
+//! - [`store`]: the object store, plain objects, Parquet encoding, UTC hours;
+//! - [`delta`]: tables, the commit loop with its conflict checks, snapshots;
+//! - [`unit`]: the exactly-once protocol of a Kafka partition's units (txn versions, fencing,
+//!   completing an interrupted unit);
+//! - [`compact`]: merging closed hours, checkpoints, vacuum;
+//! - [`stats`]: Delta file statistics of a batch.
+
+pub mod compact;
+pub mod delta;
+mod sorted;
+pub mod stats;
+pub mod store;
+pub mod unit;
+
+pub use delta::{DataFile, Table};
+pub use store::{
+    COMPACTED_ZSTD_LEVEL, Lake, LakeError, PAGE_ROWS, UNIT_ZSTD_LEVEL, column, date_hour,
+    decode_parquet, encode_parquet, encode_parquet_with,
+};
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
