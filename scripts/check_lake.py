@@ -48,8 +48,8 @@ def main(lake):
                 report["problems"].append(f"{table}: no h3_r* columns")
         if cols != want:
             report["problems"].append(f"{table}: columns {cols} != documented {want}")
-        rows = con.sql("SELECT count(*) FROM ds").fetchone()[0]
-        distinct = con.sql(
+        rows = con.execute("SELECT count(*) FROM ds").fetchone()[0]
+        distinct = con.execute(
             "SELECT count(*) FROM (SELECT DISTINCT src_partition, src_offset FROM ds)"
         ).fetchone()[0]
         report["tables"][table] = {

@@ -50,6 +50,9 @@ pub enum Check {
     Stop(String),
 }
 
+/// A decision on the version of one application's transaction (`None`: it has none).
+pub type TxnCheck = dyn Fn(Option<i64>) -> Check + Sync;
+
 /// Outcome of [`Table::commit`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Committed {
@@ -320,7 +323,7 @@ impl Table {
         actions: Vec<Action>,
         operation: &str,
         info: serde_json::Map<String, serde_json::Value>,
-        precheck: Option<(&str, &(dyn Fn(Option<i64>) -> Check + Sync))>,
+        precheck: Option<(&str, &TxnCheck)>,
         read_version: Option<i64>,
         mut check: impl FnMut(&[Action]) -> Check,
     ) -> Result<Committed, LakeError> {
@@ -431,12 +434,12 @@ impl Table {
 
     /// A snapshot of the table at its newest version (delta-rs), for maintenance.
     pub async fn load(&self) -> Result<Option<DeltaTable>, LakeError> {
-        let mut t = DeltaTable::new(self.log_store.clone());
-        match t.load().await {
-            Ok(()) => Ok(Some(t)),
-            Err(_) if !self.has_log().await? => Ok(None),
-            Err(e) => Err(e.into()),
+        if !self.has_log().await? {
+            return Ok(None);
         }
+        let mut t = DeltaTable::new(self.log_store.clone());
+        t.load().await?;
+        Ok(Some(t))
     }
 
     fn data_files(&self, t: &DeltaTable) -> Result<Vec<DataFile>, LakeError> {

@@ -9,7 +9,7 @@ use hexpulse_lake::compact::{self, CompactOptions};
 use hexpulse_lake::{COMPACTED_ZSTD_LEVEL, Lake, encode_parquet};
 use hexpulse_load_tests::scenario::{self, Fate, Scenario};
 use hexpulse_processors::ProcessConfig;
-use hexpulse_processors::epoch::compute::{aggregate, epoch_files, load_rows};
+use hexpulse_processors::epoch::compute::{aggregate, epoch_files, epoch_inputs, load_rows};
 use hexpulse_processors::epoch::seal::{self, SealRequest, Sealed};
 use hexpulse_processors::epoch::{EpochConfig, EpochError, merkle};
 use hexpulse_processors::h3bin::Binner;
@@ -43,13 +43,26 @@ pub async fn write_lake(
 ) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+    write_into(&lake, sc, now, partitions, unit, TOPIC).await;
+    dir
+}
+
+/// [`write_lake`] into an existing lake, as the records of `topic`.
+pub async fn write_into(
+    lake: &Lake,
+    sc: &Scenario,
+    now: i64,
+    partitions: i32,
+    unit: usize,
+    topic: &str,
+) {
     let rules = Rules::load(None).unwrap();
     let registry = Registry::from_devices(sc.devices.clone()).unwrap();
     let mut workers = Vec::new();
     for p in 0..partitions {
         workers.push(
             PartitionWorker::init(
-                TOPIC,
+                topic,
                 p,
                 0,
                 now,
@@ -75,7 +88,6 @@ pub async fn write_lake(
     for w in &mut workers {
         w.flush(&rules.version).await.unwrap();
     }
-    dir
 }
 
 async fn seal_forced(lake: &Lake, out: &Lake, cfg: &EpochConfig, rules: &Rules, id: i64) -> Sealed {
@@ -478,4 +490,49 @@ async fn files_written_before_a_column_existed_still_seal() {
             assert!(dist.is_null(i), "no distance without the column");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reseal_at_the_pinned_versions_is_byte_identical_after_late_rows() {
+    let now = now_ms();
+    let sc = scenario::build(now, 10);
+    let cfg = day_epochs();
+    let rules = Rules::load(None).unwrap();
+    let id = cfg.id_of(now - 30_000).unwrap();
+    let dir = write_lake(&sc, now, 2, 25).await;
+    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+    let sealed = seal_forced(&lake, &lake, &cfg, &rules, id).await;
+    let m = sealed.manifest().clone();
+    assert_eq!(
+        m.input_versions.keys().collect::<Vec<_>>(),
+        ["heartbeat", "rejected", "road", "sensor"],
+        "every input table's version is pinned"
+    );
+    let before = output_bytes(&lake, &m).await;
+
+    // More rows of the same epoch arrive after the seal (here: another topic's records).
+    let late = scenario::build(now, 8);
+    write_into(&lake, &late, now, 1, 25, "late-readings").await;
+    let (pinned, _) = epoch_inputs(&lake, &cfg, &rules, id, Some(&m.input_versions))
+        .await
+        .unwrap()
+        .clone();
+    let (newest, versions) = epoch_inputs(&lake, &cfg, &rules, id, None).await.unwrap();
+    assert!(
+        newest.len() > pinned.len(),
+        "the late rows are in newer versions: {} files now, {} pinned",
+        newest.len(),
+        pinned.len()
+    );
+    assert!(versions.iter().all(|(t, v)| *v > m.input_versions[t]));
+
+    // A re-seal into another folder reads the pinned versions: the same bytes.
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Lake::open(out_dir.path().to_str().unwrap()).unwrap();
+    let again = seal_forced(&lake, &out, &cfg, &rules, id).await;
+    assert!(matches!(again, Sealed::New(_)));
+    assert_eq!(again.manifest().input_versions, m.input_versions);
+    assert_eq!(again.manifest().outputs, m.outputs);
+    assert_eq!(again.manifest().merkle_root, m.merkle_root);
+    assert_eq!(output_bytes(&out, again.manifest()).await, before);
 }

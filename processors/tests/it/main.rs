@@ -9,3 +9,4 @@ mod interrupted;
 mod resume;
 mod store_faults;
 pub mod support;
+mod zombie;
