@@ -81,7 +81,7 @@ async fn build_lake(
         .map(|d| hex::decode(&d.public_key).expect("hex key"))
         .collect();
     let registry = hexpulse_common::registry::Registry::from_devices(devices.clone())?;
-    let rules = hexpulse_processors::rules::Rules::load(None)?;
+    let rules = hexpulse_lake::rules::Rules::load(None)?;
     let binner = hexpulse_processors::h3bin::Binner::new(&[12, 8])?;
     let mut senders = Vec::new();
     let mut tasks = Vec::new();
@@ -178,9 +178,9 @@ async fn build_lake(
 /// service answers sensor aggregates over sealed time from their `sensor_hex_hourly` rows.
 /// Forced (the lake was written without a broker, so no partition published a watermark).
 async fn seal_closed_epochs(lake: &Lake, start_ms: i64, end_ms: i64) -> anyhow::Result<()> {
-    use hexpulse_processors::epoch::{EpochConfig, seal};
+    use hexpulse_lake::epoch::{EpochConfig, seal};
     let cfg = EpochConfig::default();
-    let rules = hexpulse_processors::rules::Rules::load(None)?;
+    let rules = hexpulse_lake::rules::Rules::load(None)?;
     let mut id = cfg.id_of(start_ms)?;
     while cfg.bounds(id)?.1 <= end_ms {
         let t = Instant::now();

@@ -415,10 +415,10 @@ async fn serve_sealer_health(
 }
 
 async fn seal_once(cfg: &Config, a: &SealArgs) -> anyhow::Result<()> {
-    use hexpulse_processors::epoch::{self, seal as s};
+    use hexpulse_lake::epoch::{self, seal as s};
     let lake = hexpulse_lake::Lake::open(&cfg.process.lake_url)?;
     let rules_path = a.rules.as_deref().or(cfg.process.rules_path.as_deref());
-    let rules = hexpulse_processors::rules::Rules::load(rules_path)?;
+    let rules = hexpulse_lake::rules::Rules::load(rules_path)?;
     let out = match &a.out {
         Some(o) => hexpulse_lake::Lake::open(o)?,
         None => lake.clone(),
@@ -479,7 +479,7 @@ async fn seal_once(cfg: &Config, a: &SealArgs) -> anyhow::Result<()> {
 }
 
 async fn epoch(cfg: Config, c: EpochCmd) -> anyhow::Result<()> {
-    use hexpulse_processors::epoch::{self, seal as s};
+    use hexpulse_lake::epoch::{self, seal as s};
     let lake = hexpulse_lake::Lake::open(&cfg.process.lake_url)?;
     match c {
         EpochCmd::List => {
@@ -560,7 +560,7 @@ async fn epoch(cfg: Config, c: EpochCmd) -> anyhow::Result<()> {
 async fn compact(cfg: Config, closed_after: Option<Duration>) -> anyhow::Result<()> {
     use hexpulse_lake::compact;
     let lake = hexpulse_lake::Lake::open(&cfg.process.lake_url)?;
-    let rules = hexpulse_processors::rules::Rules::load(cfg.process.rules_path.as_deref())?;
+    let rules = hexpulse_lake::rules::Rules::load(cfg.process.rules_path.as_deref())?;
     let close_after = closed_after.unwrap_or(
         rules.time.allowed_lateness + rules.time.max_future_skew + cfg.process.compact_grace,
     );

@@ -11,10 +11,16 @@
 //! - [`unit`]: the exactly-once protocol of a Kafka partition's units (txn versions, fencing,
 //!   completing an interrupted unit);
 //! - [`compact`]: merging closed hours, checkpoints, vacuum;
-//! - [`stats`]: Delta file statistics of a batch.
+//! - [`stats`]: Delta file statistics of a batch;
+//! - [`epoch`]: epoch ids, sealing into deterministic reward inputs (pinned to the input tables'
+//!   Delta versions), the manifest, the points formula, the Merkle tree and proofs; with
+//!   [`rules`], the versioned rules file. These are the lake's epoch output tables; the pure reward
+//!   logic is to move into a crate of its own (issue #27).
 
 pub mod compact;
 pub mod delta;
+pub mod epoch;
+pub mod rules;
 mod sorted;
 pub mod stats;
 pub mod store;
@@ -26,8 +32,8 @@ pub use store::{
     decode_parquet, encode_parquet, encode_parquet_with,
 };
 
-/// Milliseconds since the Unix epoch, now.
-pub(crate) fn now_ms() -> i64 {
+/// Milliseconds since the Unix epoch, now (the system clock).
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -48,7 +48,7 @@ pub struct ProcessConfig {
     pub compact_retention: Duration,
     /// Epochs and their sealing (`[process.epoch]`).
     #[serde(default)]
-    pub epoch: crate::epoch::EpochConfig,
+    pub epoch: hexpulse_lake::epoch::EpochConfig,
 }
 
 impl ProcessConfig {
@@ -69,7 +69,7 @@ impl ProcessConfig {
             compact_grace: Duration::from_secs(600),
             compact_target_bytes: 64 << 20,
             compact_retention: Duration::from_secs(600),
-            epoch: crate::epoch::EpochConfig {
+            epoch: hexpulse_lake::epoch::EpochConfig {
                 seal_interval: Duration::ZERO,
                 ..Default::default()
             },

@@ -3,23 +3,22 @@
 //! as a rejection with its reason.
 //!
 //! - [`validate`]: the semantic checks and per-device state (duplicates, speed, rate);
-//! - [`rules`]: the versioned thresholds file;
+//! - `hexpulse_lake::rules`: the versioned thresholds file;
 //! - [`h3bin`]: H3 cells at the configured resolutions (h3o);
 //! - [`rows`]: Arrow record batches of the lake tables;
-//! - [`epoch`]: sealing epochs into deterministic reward inputs with a manifest and Merkle root;
+//! - `hexpulse_lake::epoch`: sealing epochs into deterministic reward inputs with a manifest and
+//!   Merkle root (the sealer's loop runs in this crate's process where configured);
 //! - [`partition`]: one partition's unit buffer and its exactly-once flush;
 //! - [`run`]: the consumer-group loop, HTTP endpoints and shutdown.
 //!
 //! The exactly-once argument is in `ARCHITECTURE.md`.
 
 pub mod config;
-pub mod epoch;
 pub mod h3bin;
 pub mod inspect;
 pub mod metrics;
 pub mod partition;
 pub mod rows;
-pub mod rules;
 pub mod run;
 pub mod validate;
 

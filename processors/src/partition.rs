@@ -207,7 +207,7 @@ impl PartitionWorker {
 
     /// Writes this partition's watermark where sealers read it (`epoch::seal::watermark_path`).
     pub async fn publish_watermark(&self) -> Result<(), LakeError> {
-        let wm = crate::epoch::seal::Watermark {
+        let wm = hexpulse_lake::epoch::seal::Watermark {
             partition: self.partition,
             watermark_ms: self.watermark_ms,
             next_offset: self.next_offset,
@@ -215,7 +215,7 @@ impl PartitionWorker {
         let body = serde_json::to_vec(&wm).expect("watermark serialises");
         self.lake
             .put(
-                &crate::epoch::seal::watermark_path(&self.topic, self.partition),
+                &hexpulse_lake::epoch::seal::watermark_path(&self.topic, self.partition),
                 body.into(),
             )
             .await

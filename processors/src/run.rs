@@ -22,9 +22,9 @@ use crate::config::ProcessConfig;
 use crate::h3bin::Binner;
 use crate::metrics as m;
 use crate::partition::{Flushed, PartitionWorker, Roll};
-use crate::rules::Rules;
 use crate::validate::Validator;
 use hexpulse_lake::Lake;
+use hexpulse_lake::rules::Rules;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -33,7 +33,7 @@ pub enum ProcessError {
     #[error("lake: {0}")]
     Lake(#[from] hexpulse_lake::LakeError),
     #[error("rules: {0}")]
-    Rules(#[from] crate::rules::RulesError),
+    Rules(#[from] hexpulse_lake::rules::RulesError),
     #[error("{0}")]
     Config(String),
     #[error("binding {addr}: {source}")]
@@ -87,7 +87,7 @@ struct Shared {
     rules: Rules,
     registry: Registry,
     binner: Binner,
-    sealed: Arc<crate::epoch::SealedEpochs>,
+    sealed: Arc<hexpulse_lake::epoch::SealedEpochs>,
 }
 
 /// Starts the consumer loop and the HTTP endpoints; stops (flushing and committing) on `shutdown`.
@@ -134,7 +134,7 @@ pub async fn start(
         ));
     }
     let sealed = Arc::new(
-        crate::epoch::SealedEpochs::new(cfg.epoch.clone())
+        hexpulse_lake::epoch::SealedEpochs::new(cfg.epoch.clone())
             .map_err(|e| ProcessError::Config(e.to_string()))?,
     );
     if let Err(e) = sealed.refresh(&lake).await {
@@ -156,7 +156,7 @@ pub async fn start(
         });
     }
     if !cfg.epoch.seal_interval.is_zero() {
-        tokio::spawn(crate::epoch::seal::run_sealer(
+        tokio::spawn(hexpulse_lake::epoch::seal::run_sealer(
             lake.clone(),
             cfg.epoch.clone(),
             rules.clone(),

@@ -18,7 +18,7 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use hexpulse_lake::Lake;
 use hexpulse_lake::compact::valid_files;
-use hexpulse_processors::epoch::{seal, sealed_ids};
+use hexpulse_lake::epoch::{seal, sealed_ids};
 use hexpulse_schemas::tables;
 use sha2::{Digest, Sha256};
 
@@ -40,7 +40,7 @@ pub enum CatalogError {
     #[error("lake: {0}")]
     Lake(#[from] hexpulse_lake::LakeError),
     #[error("epochs: {0}")]
-    Epoch(#[from] hexpulse_processors::epoch::EpochError),
+    Epoch(#[from] hexpulse_lake::epoch::EpochError),
     #[error("datafusion: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error("url: {0}")]

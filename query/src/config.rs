@@ -58,7 +58,7 @@ pub struct QueryConfig {
     /// The epochs (length, origin): always the processors' `[process.epoch]`, copied in by the
     /// binary, so the two cannot disagree.
     #[serde(skip)]
-    pub epoch: hexpulse_processors::epoch::EpochConfig,
+    pub epoch: hexpulse_lake::epoch::EpochConfig,
 }
 
 /// The map page.

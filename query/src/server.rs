@@ -30,7 +30,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use hexpulse_common::ratelimit::{Keyed, client_ip, retry_after_secs};
 use hexpulse_lake::Lake;
-use hexpulse_processors::epoch::{seal, sealed_ids};
+use hexpulse_lake::epoch::{seal, sealed_ids};
 use hexpulse_schemas::tables;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +60,7 @@ pub enum QueryError {
     #[error("auth config: {0}")]
     Auth(#[from] crate::auth::AuthConfigError),
     #[error("rules: {0}")]
-    Rules(#[from] hexpulse_processors::rules::RulesError),
+    Rules(#[from] hexpulse_lake::rules::RulesError),
     #[error("query runtime: {0}")]
     Runtime(std::io::Error),
     #[error("binding {addr}: {source}")]
@@ -203,7 +203,7 @@ impl Query {
             .build_arc()?;
         let catalog = Catalog::open(lake, runtime).await?;
         let auth = Auth::new(&cfg.auth)?;
-        let rules = hexpulse_processors::rules::Rules::load(cfg.rules_path.as_deref())?;
+        let rules = hexpulse_lake::rules::Rules::load(cfg.rules_path.as_deref())?;
         let exec =
             query_runtime(cfg.query_threads, shutdown.clone()).map_err(QueryError::Runtime)?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)

@@ -3,7 +3,7 @@
 use hexpulse_schemas::json::metric_name;
 use hexpulse_schemas::wire::{KindName, Metric, Sensor};
 
-use crate::rules::Rules;
+use hexpulse_lake::rules::Rules;
 
 const EARTH_RADIUS_M: f64 = 6_371_008.8;
 

@@ -33,7 +33,7 @@ use hexpulse_schemas::sign;
 use hexpulse_schemas::wire::{Kind, KindName, Reading, SignedReading};
 use prost::Message;
 
-use crate::rules::Rules;
+use hexpulse_lake::rules::Rules;
 
 /// A raw Kafka record to validate.
 #[derive(Debug, Clone, Copy)]
@@ -72,7 +72,7 @@ pub struct Validator {
     registry: Registry,
     reverify: bool,
     devices: HashMap<[u8; 32], DeviceState>,
-    sealed: Option<std::sync::Arc<crate::epoch::SealedEpochs>>,
+    sealed: Option<std::sync::Arc<hexpulse_lake::epoch::SealedEpochs>>,
 }
 
 impl Validator {
@@ -87,7 +87,10 @@ impl Validator {
     }
 
     /// Readings of these sealed epochs are rejected as `late`.
-    pub fn with_sealed(mut self, sealed: std::sync::Arc<crate::epoch::SealedEpochs>) -> Self {
+    pub fn with_sealed(
+        mut self,
+        sealed: std::sync::Arc<hexpulse_lake::epoch::SealedEpochs>,
+    ) -> Self {
         self.sealed = Some(sealed);
         self
     }

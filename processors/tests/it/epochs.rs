@@ -6,15 +6,15 @@ use std::time::Duration;
 use hexpulse_common::registry::Registry;
 use hexpulse_common::testenv;
 use hexpulse_lake::compact::{self, CompactOptions};
+use hexpulse_lake::epoch::compute::{aggregate, epoch_files, epoch_inputs, load_rows};
+use hexpulse_lake::epoch::seal::{self, SealRequest, Sealed};
+use hexpulse_lake::epoch::{EpochConfig, EpochError, merkle};
+use hexpulse_lake::rules::Rules;
 use hexpulse_lake::{COMPACTED_ZSTD_LEVEL, Lake, encode_parquet};
 use hexpulse_load_tests::scenario::{self, Fate, Scenario};
 use hexpulse_processors::ProcessConfig;
-use hexpulse_processors::epoch::compute::{aggregate, epoch_files, epoch_inputs, load_rows};
-use hexpulse_processors::epoch::seal::{self, SealRequest, Sealed};
-use hexpulse_processors::epoch::{EpochConfig, EpochError, merkle};
 use hexpulse_processors::h3bin::Binner;
 use hexpulse_processors::partition::PartitionWorker;
-use hexpulse_processors::rules::Rules;
 use hexpulse_processors::validate::Validator;
 use hexpulse_schemas::tables;
 use rand::SeedableRng;
@@ -224,7 +224,7 @@ async fn sealing_is_byte_identical_across_files_partitions_and_compaction() {
 }
 
 fn scenario_rules_with_double_hour_points() -> String {
-    hexpulse_processors::rules::DEFAULT_RULES
+    hexpulse_lake::rules::DEFAULT_RULES
         .replace("heartbeat_hour_points = 100", "heartbeat_hour_points = 200")
         .replace("version = \"2026.11.2\"", "version = \"test-double\"")
 }

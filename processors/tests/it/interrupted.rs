@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use hexpulse_lake::Lake;
 use hexpulse_lake::compact::{self, CompactOptions};
+use hexpulse_lake::epoch::EpochConfig;
+use hexpulse_lake::epoch::seal::{self, SealRequest};
+use hexpulse_lake::rules::Rules;
 use hexpulse_load_tests::scenario;
-use hexpulse_processors::epoch::EpochConfig;
-use hexpulse_processors::epoch::seal::{self, SealRequest};
 use hexpulse_processors::inspect::summarize;
-use hexpulse_processors::rules::Rules;
 
 use crate::compaction::physical;
 use crate::epochs::write_lake;
@@ -142,7 +142,7 @@ async fn sealing_dying_at_any_write_publishes_nothing_partial() {
         // No manifest, so no reader trusts any of the files written so far.
         assert!(seal::read_manifest(&local, id).await.unwrap().is_none());
         assert!(
-            hexpulse_processors::epoch::sealed_ids(&local)
+            hexpulse_lake::epoch::sealed_ids(&local)
                 .await
                 .unwrap()
                 .is_empty()

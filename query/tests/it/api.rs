@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use hexpulse_common::testenv;
 use hexpulse_lake::Lake;
+use hexpulse_lake::epoch::EpochConfig;
+use hexpulse_lake::epoch::seal::{self, SealRequest};
+use hexpulse_lake::rules::Rules;
 use hexpulse_load_tests::scenario;
-use hexpulse_processors::epoch::EpochConfig;
-use hexpulse_processors::epoch::seal::{self, SealRequest};
-use hexpulse_processors::rules::Rules;
 use hexpulse_query::{Query, QueryConfig};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;

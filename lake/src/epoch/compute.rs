@@ -21,9 +21,9 @@ use hexpulse_schemas::wire::KindName;
 use super::merkle::{self, Hash};
 use super::points::{self, DeviceFacts};
 use super::{EpochConfig, EpochError, median};
+use crate::date_hour;
 use crate::rules::Rules;
-use hexpulse_lake::date_hour;
-use hexpulse_lake::{Lake, column, decode_parquet};
+use crate::{Lake, column, decode_parquet};
 
 type Prov = (String, i32, i64);
 

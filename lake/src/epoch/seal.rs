@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 use super::compute::{aggregate, epoch_inputs, load_rows};
 use super::merkle::{self, Step};
 use super::{EpochConfig, EpochError, SealedEpochs, epoch_dir, manifest_path};
+use crate::compact::table_hours;
 use crate::rules::Rules;
-use hexpulse_lake::compact::table_hours;
-use hexpulse_lake::{COMPACTED_ZSTD_LEVEL, Lake, decode_parquet, encode_parquet_with};
+use crate::{COMPACTED_ZSTD_LEVEL, Lake, decode_parquet, encode_parquet_with};
 use hexpulse_schemas::tables;
 
 /// Where a partition's watermark is kept (written by the processor after each unit).
@@ -88,7 +88,7 @@ impl Manifest {
     }
 }
 
-pub const LEAF_ENCODING: &str = "hexpulse/v1: SHA-256(0x00 || device_summary row, columns in schema order), see processors/src/epoch/merkle.rs";
+pub const LEAF_ENCODING: &str = "hexpulse/v1: SHA-256(0x00 || device_summary row, columns in schema order), see lake/src/epoch/merkle.rs";
 
 /// What to seal, from where, to where.
 pub struct SealRequest<'a> {
@@ -231,7 +231,7 @@ pub async fn seal(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
         end_ms: end,
         start: rfc3339(start),
         end: rfc3339(end),
-        sealed_at: rfc3339(hexpulse_common::time::now_ms()),
+        sealed_at: rfc3339(crate::now_ms()),
         forced,
         rules_version: req.rules.version.clone(),
         rules_hash: req.rules.hash.clone(),
@@ -554,7 +554,7 @@ pub async fn run_sealer(
             let Ok((_, end)) = cfg.bounds(next) else {
                 break;
             };
-            if end + lateness > hexpulse_common::time::now_ms() {
+            if end + lateness > crate::now_ms() {
                 break;
             }
             let req = SealRequest {

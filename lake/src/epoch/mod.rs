@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use hexpulse_lake::{Lake, LakeError};
+use crate::{Lake, LakeError};
 
 /// The `[process.epoch]` config section.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
