@@ -336,9 +336,12 @@ pub async fn compact_closed(
 
 /// Deletes, in every stream table, the files that the newest snapshot does not reference and that
 /// are older than `retention`: files replaced by compactions, and files of units that were never
-/// committed (a fenced or crashed writer). Returns how many were deleted.
+/// committed (a fenced or crashed writer). Files that a sealed epoch's pinned Delta versions reference
+/// are kept whatever their age, so a re-seal at those versions always finds its inputs. Returns how
+/// many files were deleted.
 pub async fn vacuum(lake: &Lake, retention: Duration) -> Result<usize, LakeError> {
     let horizon = crate::now_ms() - retention.as_millis() as i64;
+    let pinned = pinned_files(lake).await?;
     let mut deleted = 0;
     for table in tables() {
         let t = lake.table(table);
@@ -350,6 +353,7 @@ pub async fn vacuum(lake: &Lake, retention: Duration) -> Result<usize, LakeError
             if path.starts_with(&format!("{table}/_delta_log/"))
                 || !path.ends_with(".parquet")
                 || live.contains(&path)
+                || pinned.contains(&path)
                 || modified_ms > horizon
             {
                 continue;
@@ -359,6 +363,30 @@ pub async fn vacuum(lake: &Lake, retention: Duration) -> Result<usize, LakeError
         }
     }
     Ok(deleted)
+}
+
+/// The data files of every sealed epoch's pinned table versions (cached per table and version:
+/// a version's files never change).
+async fn pinned_files(lake: &Lake) -> Result<HashSet<String>, LakeError> {
+    let mut out = HashSet::new();
+    for id in crate::epoch::sealed_ids(lake).await? {
+        let manifest = crate::epoch::seal::read_manifest(lake, id)
+            .await
+            .map_err(|e| LakeError::Corrupt {
+                path: crate::epoch::manifest_path(id),
+                message: e.to_string(),
+            })?;
+        for (table, version) in manifest.map(|m| m.input_versions).unwrap_or_default() {
+            out.extend(
+                lake.table(&table)
+                    .files_at_cached(version)
+                    .await?
+                    .iter()
+                    .cloned(),
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// Writes a checkpoint of every stream table whose log grew `interval` versions past its last one.

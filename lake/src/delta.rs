@@ -87,6 +87,8 @@ pub struct Table {
     log_store: LogStoreRef,
     log: tokio::sync::Mutex<LogState>,
     reader: tokio::sync::Mutex<Option<DeltaTable>>,
+    /// Data files of pinned versions (sealed epochs), which never change.
+    pinned: Mutex<HashMap<i64, Arc<Vec<String>>>>,
 }
 
 impl std::fmt::Debug for Table {
@@ -133,6 +135,7 @@ impl Lake {
                     log_store,
                     log: tokio::sync::Mutex::default(),
                     reader: tokio::sync::Mutex::default(),
+                    pinned: Mutex::default(),
                 })
             })
             .clone()
@@ -430,6 +433,25 @@ impl Table {
         let mut t = DeltaTable::new(self.log_store.clone());
         t.load_version(version as u64).await?;
         self.data_files(&t)
+    }
+
+    /// The paths (from the lake root) of the data files at `version`, remembered per version.
+    pub async fn files_at_cached(&self, version: i64) -> Result<Arc<Vec<String>>, LakeError> {
+        if let Some(hit) = self.pinned.lock().expect("pinned lock").get(&version) {
+            return Ok(hit.clone());
+        }
+        let files: Arc<Vec<String>> = Arc::new(
+            self.files_at(version)
+                .await?
+                .into_iter()
+                .map(|f| f.path)
+                .collect(),
+        );
+        self.pinned
+            .lock()
+            .expect("pinned lock")
+            .insert(version, files.clone());
+        Ok(files)
     }
 
     /// A snapshot of the table at its newest version (delta-rs), for maintenance.
