@@ -357,7 +357,7 @@ impl Table {
             }
         }
         let mut commit_info = CommitInfo {
-            timestamp: Some(now_ms()),
+            timestamp: Some(crate::now_ms()),
             operation: Some(operation.to_string()),
             engine_info: Some(concat!("hexpulse/", env!("CARGO_PKG_VERSION")).to_string()),
             info: info.into_iter().collect(),
@@ -511,15 +511,8 @@ pub fn txn(app_id: &str, version: i64) -> Action {
     Action::Txn(Transaction::new_with_last_update(
         app_id,
         version,
-        Some(now_ms()),
+        Some(crate::now_ms()),
     ))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// One line about a commit: version, time, operation, files added and removed, txn versions.

@@ -120,18 +120,11 @@ pub fn add_action(
             ("hour".to_string(), Some(hour.to_string())),
         ]),
         size: size as i64,
-        modification_time: hexpulse_now_ms(),
+        modification_time: crate::now_ms(),
         data_change,
         stats: Some(stats),
         ..Default::default()
     }
-}
-
-fn hexpulse_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Creates the stream tables that do not exist yet, with the schemas of their files.
