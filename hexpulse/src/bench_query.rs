@@ -100,7 +100,6 @@ async fn build_lake(
             let mut w = PartitionWorker::init(
                 TOPIC,
                 p as i32,
-                0,
                 end_ms - span_ms,
                 lake,
                 validator,

@@ -78,20 +78,6 @@ pub async fn valid_files(lake: &Lake, table: &str) -> Result<Vec<String>, LakeEr
     Ok(files.into_iter().map(|f| f.path).collect())
 }
 
-/// The data files of one hour of a table's newest snapshot.
-pub async fn hour_files(
-    lake: &Lake,
-    table: &str,
-    date: &str,
-    hour: u32,
-) -> Result<Vec<DataFile>, LakeError> {
-    let (_, files) = lake.table(table).files().await?;
-    Ok(files
-        .into_iter()
-        .filter(|f| f.date.as_deref() == Some(date) && f.hour == Some(hour))
-        .collect())
-}
-
 /// The sort order of merged files: coarsest H3 cell, then event time, then provenance (valid
 /// tables); receive time, then provenance (rejected). Ties keep input order, which is by path.
 fn sort_columns(batch: &RecordBatch) -> Vec<SortColumn> {

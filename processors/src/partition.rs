@@ -94,14 +94,12 @@ impl PartitionWorker {
     pub async fn init(
         topic: &str,
         partition: i32,
-        from_offset: i64,
         receive_ms: i64,
         lake: Lake,
         validator: Validator,
         binner: Binner,
         resolutions: Vec<u8>,
     ) -> Result<PartitionWorker, LakeError> {
-        let _ = from_offset;
         let next = unit::resume(&lake, topic, partition).await?;
         let writer = format!("{:016x}", rand::random::<u64>());
         let mut w = PartitionWorker {
@@ -152,51 +150,48 @@ impl PartitionWorker {
                     continue;
                 }
                 let path = f.path;
+                // Our own unit files hold only this partition; merged files hold every one.
+                if !unit::is_unit_file_of(&path, &self.topic, self.partition)
+                    && !hexpulse_lake::compact::is_compacted(&path)
                 {
-                    // Our own unit files hold only this partition; merged files hold every one.
-                    if !unit::is_unit_file_of(&path, &self.topic, self.partition)
-                        && !hexpulse_lake::compact::is_compacted(&path)
-                    {
-                        continue;
-                    }
-                    let Some(bytes) = self.lake.get(&path).await? else {
-                        continue;
-                    };
-                    for b in decode_parquet(
-                        bytes,
-                        Some(&[
-                            "device_key",
-                            "seq",
-                            "event_time",
-                            "lat",
-                            "lng",
-                            "src_topic",
-                            "src_partition",
-                        ]),
-                    )? {
-                        let key = column(&b, "device_key").as_string::<i32>();
-                        let seq = column(&b, "seq").as_primitive::<UInt64Type>();
-                        let t = column(&b, "event_time").as_primitive::<TimestampMillisecondType>();
-                        let lat = column(&b, "lat").as_primitive::<Float64Type>();
-                        let lng = column(&b, "lng").as_primitive::<Float64Type>();
-                        let topic = column(&b, "src_topic").as_string::<i32>();
-                        let part = column(&b, "src_partition").as_primitive::<Int32Type>();
-                        for i in 0..b.num_rows() {
-                            if part.value(i) != self.partition || topic.value(i) != self.topic {
-                                continue;
-                            }
-                            let mut k = [0u8; 32];
-                            if hex::decode_to_slice(key.value(i), &mut k).is_ok() && !seq.is_null(i)
-                            {
-                                self.validator.remember(
-                                    k,
-                                    seq.value(i),
-                                    t.value(i),
-                                    lat.value(i),
-                                    lng.value(i),
-                                );
-                                remembered += 1;
-                            }
+                    continue;
+                }
+                let Some(bytes) = self.lake.get(&path).await? else {
+                    continue;
+                };
+                for b in decode_parquet(
+                    bytes,
+                    Some(&[
+                        "device_key",
+                        "seq",
+                        "event_time",
+                        "lat",
+                        "lng",
+                        "src_topic",
+                        "src_partition",
+                    ]),
+                )? {
+                    let key = column(&b, "device_key").as_string::<i32>();
+                    let seq = column(&b, "seq").as_primitive::<UInt64Type>();
+                    let t = column(&b, "event_time").as_primitive::<TimestampMillisecondType>();
+                    let lat = column(&b, "lat").as_primitive::<Float64Type>();
+                    let lng = column(&b, "lng").as_primitive::<Float64Type>();
+                    let topic = column(&b, "src_topic").as_string::<i32>();
+                    let part = column(&b, "src_partition").as_primitive::<Int32Type>();
+                    for i in 0..b.num_rows() {
+                        if part.value(i) != self.partition || topic.value(i) != self.topic {
+                            continue;
+                        }
+                        let mut k = [0u8; 32];
+                        if hex::decode_to_slice(key.value(i), &mut k).is_ok() && !seq.is_null(i) {
+                            self.validator.remember(
+                                k,
+                                seq.value(i),
+                                t.value(i),
+                                lat.value(i),
+                                lng.value(i),
+                            );
+                            remembered += 1;
                         }
                     }
                 }

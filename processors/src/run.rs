@@ -292,10 +292,9 @@ async fn consume_session(
                 let recv = receive_ms(&msg);
                 silent.remove(&p);
                 if let std::collections::hash_map::Entry::Vacant(e) = workers.entry(p) {
-                    // Resume at the end of the claim chain, found from the committed offset (always a
-                    // chain boundary), never from whatever offset happened to arrive first.
-                    let from = committed_offset(&consumer, &topic, p).unwrap_or(offset);
-                    let w = init_worker(s, &topic, p, from.min(offset), recv).await?;
+                    // Resume at the end of the chain in the lake's log, never from whatever offset
+                    // happened to arrive first.
+                    let w = init_worker(s, &topic, p, recv).await?;
                     let resume = w.next_offset();
                     e.insert(w);
                     if offset > resume {
@@ -517,7 +516,6 @@ async fn init_worker(
     s: &Shared,
     topic: &str,
     p: i32,
-    offset: i64,
     recv: i64,
 ) -> Result<PartitionWorker, ProcessError> {
     let mut backoff = Duration::from_millis(100);
@@ -531,7 +529,6 @@ async fn init_worker(
         match PartitionWorker::init(
             topic,
             p,
-            offset,
             recv,
             s.lake.clone(),
             validator,

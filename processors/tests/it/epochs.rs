@@ -64,7 +64,6 @@ pub async fn write_into(
             PartitionWorker::init(
                 topic,
                 p,
-                0,
                 now,
                 lake.clone(),
                 Validator::new(rules.clone(), registry.clone(), true),

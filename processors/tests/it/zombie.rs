@@ -18,7 +18,6 @@ async fn worker(lake: &Lake, registry: &Registry, now: i64) -> PartitionWorker {
     PartitionWorker::init(
         "zombie-readings",
         0,
-        0,
         now,
         lake.clone(),
         Validator::new(rules, registry.clone(), true),
