@@ -64,6 +64,25 @@ SQL = [
 ]
 
 
+# (route index in fuzz_targets/query_params.rs, tail): the parameters and paths the tests send.
+QUERY = [
+    (0, "res=8&from=2026-11-22T10:00:00Z&to=2026-11-22T12:00:00Z"),
+    (0, "zoom=12&bbox=13.3,52.4,13.5,52.6"),
+    (1, "res=9&min_neighbours=3"),
+    (2, "metric=pm25&res=8"),
+    (3, "metric=noise_db&interval=1h&from=1767225600000&to=1767312000000"),
+    (4, "res=8"),
+    (5, "road/12/2200/1343.mvt"),
+    (5, "%72oad/12/2200/1343.mvt"),
+    (6, "12/2200/1343.mvt?from=0&to=9223372036854775807"),
+    (7, "9223372036854775807/manifest"),
+    (8, "format=csv"),
+    (9, "00/hexes"),
+    (10, "13.3,52.4,13.5,52.6&to=-1"),
+    (11, "interval=0s"),
+]
+
+
 def write(target, items):
     d = ROOT / "seeds" / target
     shutil.rmtree(d, ignore_errors=True)
@@ -84,6 +103,7 @@ def main():
           [b"\x00" + gzip.compress(proto_batch([v]), **mtime0) for v in VECTORS[:8]])
     sql = [b"\x00" + q.encode() for q in SQL] + [b"\x01" + json.dumps({"sql": q}).encode() for q in SQL[:4]]
     write("sql_request", sql)
+    write("query_params", [bytes([i]) + t.encode() for i, t in QUERY])
 
 
 if __name__ == "__main__":

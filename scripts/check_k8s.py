@@ -191,6 +191,9 @@ def check_overlay(overlay, docs, hexpulse, r):
             r.check(port_of(q["listen"]) == ports.get("http"), f"{name}: [query] listen port is the container port `http`")
             r.check(q.get("admin_listen") and port_of(q["admin_listen"]) == ports.get("metrics"), f"{name}: [query] admin_listen (metrics) is the container port `metrics`")
             r.check(mem > q["memory_limit_bytes"], f"{name}: memory limit {limit} above [query] memory_limit_bytes {q['memory_limit_bytes']}")
+            tmp = next((v["emptyDir"].get("sizeLimit") for v in pod.get("volumes", []) if v["name"] == "tmp" and "emptyDir" in v), None)
+            spill = q.get("max_spill_bytes", 1 << 30)
+            r.check(tmp is not None and spill < quantity_bytes(tmp), f"{name}: [query] max_spill_bytes {spill} below the /tmp volume's sizeLimit {tmp}")
             public = set(q["auth"]["public"])
             r.check("raw" not in public and "*" not in public, f"{name}: raw road rows are never public")
         elif role == "seal":

@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 CACHE="${HEXPULSE_CACHE:-$HOME/.cache/hexpulse}"
 VERSION=0.13.2
 ROOT="$CACHE/cargo-fuzz"
-TARGETS=(batch_protobuf batch_json compressed_body sql_request)
+TARGETS=(batch_protobuf batch_json compressed_body sql_request query_params)
 
 if ! "$ROOT/bin/cargo-fuzz" --version 2>/dev/null | grep -q "$VERSION"; then
   echo "installing cargo-fuzz $VERSION into $ROOT (once per machine)"
@@ -43,7 +43,7 @@ case "${1:-smoke}" in
     echo "== fuzz smoke: building ${TARGETS[*]}"
     cargo fuzz build "${FLAGS[@]}"
     for t in "${TARGETS[@]}"; do
-      runs=30000; [ "$t" = sql_request ] && runs=3000
+      runs=30000; [ "$t" = sql_request ] && runs=3000; [ "$t" = query_params ] && runs=2000
       echo "== fuzz smoke: $t ($runs executions at most, 60 s at most)"
       log="test-output/fuzz/$t.log"
       if ! run "$t" -runs="$runs" -max_total_time=60 >"$log" 2>&1; then

@@ -6,6 +6,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Side listeners answer small requests: a client gets this long to send its headers.
 const SIDE_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Side listeners serve a few scrapers and probes.
+const SIDE_MAX_CONNECTIONS: usize = 256;
 /// Open requests get this long to finish at shutdown.
 const SIDE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -22,7 +24,10 @@ pub async fn serve_in_background(
         listener,
         app,
         None,
-        SIDE_HEADER_TIMEOUT,
+        crate::serve::ConnLimits {
+            header_timeout: SIDE_HEADER_TIMEOUT,
+            max_connections: SIDE_MAX_CONNECTIONS,
+        },
         stop,
         SIDE_GRACE,
     ));

@@ -103,26 +103,45 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Keyed<K> {
     }
 }
 
-/// The client's address for per-client limits: the TCP peer, or, when `trust_forwarded_for` is set
-/// (the service sits behind a proxy such as an ingress controller, which appends the address it saw),
-/// the last valid entry of `X-Forwarded-For`. Only trust it where clients cannot reach the service
-/// past the proxy: otherwise a client picks its own address.
+/// The client's address for per-client limits and state: the TCP peer, or, when
+/// `trust_forwarded_for` is set (the service sits behind a proxy such as an ingress controller, which
+/// appends the address it saw), the last valid entry of `X-Forwarded-For`. Only trust it where
+/// clients cannot reach the service past the proxy: otherwise a client picks its own address.
+/// The address is returned as [`client_key`] keys it.
 pub fn client_ip(
     peer: std::net::IpAddr,
     headers: &axum::http::HeaderMap,
     trust_forwarded_for: bool,
 ) -> std::net::IpAddr {
     if !trust_forwarded_for {
-        return peer;
+        return client_key(peer);
     }
-    headers
+    let ip = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
         .next_back()
-        .unwrap_or(peer)
+        .unwrap_or(peer);
+    client_key(ip)
+}
+
+/// The key per-client state is held under: an IPv6 address by its /64 prefix (a subscriber's
+/// network gets a whole /64, so keying on the /128 would give one client 2^64 budgets), an
+/// IPv4-mapped IPv6 address as its IPv4 address, an IPv4 address as itself.
+pub fn client_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv6Addr};
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
 }
 
 /// Whole seconds to put in `Retry-After` for a wait (at least 1).
@@ -135,6 +154,20 @@ pub fn retry_after_secs(wait: Duration) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64_prefix() {
+        let a: std::net::IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:ffff:eeee:dddd:1".parse().unwrap();
+        let c: std::net::IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let mapped: std::net::IpAddr = "::ffff:203.0.113.7".parse().unwrap();
+        assert_eq!(
+            client_key(mapped),
+            "203.0.113.7".parse::<std::net::IpAddr>().unwrap()
+        );
+    }
 
     #[test]
     fn allows_the_burst_then_refuses_with_a_wait_per_key() {

@@ -72,6 +72,21 @@ impl OwnBroker {
         })
     }
 
+    /// A broker of `test`'s own, or `None` (after a loud message) when tests should skip: no test
+    /// broker at all, or no broker script outside `make test` (under `make test` that fails).
+    pub fn for_test(test: &str, cache: &std::path::Path) -> Option<OwnBroker> {
+        broker_or_skip(test)?;
+        let broker = OwnBroker::new(cache);
+        if broker.is_none() {
+            assert!(
+                std::env::var_os(REQUIRE_ENV).is_none(),
+                "make test must set HEXPULSE_BROKER_SCRIPT and HEXPULSE_TANSU_BIN"
+            );
+            eprintln!("*** SKIPPING {test}: no broker script (make test sets it) ***");
+        }
+        broker
+    }
+
     /// The same broker with in-memory storage: survives [`OwnBroker::pause`], not a restart.
     pub fn in_memory(mut self) -> OwnBroker {
         self.storage = "memory";

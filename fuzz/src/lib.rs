@@ -104,9 +104,58 @@ pub mod sql {
             let lake = hexpulse_lake::Lake::open(&dir.path().display().to_string())
                 .expect("lake");
             let catalog = runtime()
-                .block_on(Catalog::open(lake, Default::default()))
+                .block_on(Catalog::open(lake, Default::default(), 64 << 20))
                 .expect("catalog");
             catalog.context().0
         })
+    }
+}
+
+/// The query service over an empty lake, started once per fuzzing process, for the targets that
+/// send it requests (`query_params`).
+pub mod service {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    /// The address of a query service (every group public, as under `make up`) over an empty lake.
+    pub fn addr() -> SocketAddr {
+        static ADDR: OnceLock<SocketAddr> = OnceLock::new();
+        *ADDR.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    let dir = tempfile::tempdir().expect("temp dir");
+                    let url = dir.path().display().to_string();
+                    let mut cfg = hexpulse_query::QueryConfig::for_tests(&url);
+                    cfg.query_timeout = Duration::from_secs(5);
+                    let lake = hexpulse_lake::Lake::open(&url).expect("lake");
+                    let stop = tokio_util::sync::CancellationToken::new();
+                    let q = hexpulse_query::Query::start(cfg, lake, stop)
+                        .await
+                        .expect("query service");
+                    tx.send(q.addr).expect("send");
+                    std::future::pending::<()>().await;
+                    drop(dir);
+                });
+            });
+            rx.recv().expect("query service address")
+        })
+    }
+
+    /// `GET target` (sent as given), the answer's status code; `None` when no status line came.
+    pub fn get(target: &str) -> Option<u16> {
+        let mut s = TcpStream::connect(addr()).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        write!(s, "GET {target} HTTP/1.1\r\nHost: fuzz\r\nConnection: close\r\n\r\n").ok()?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).ok()?;
+        std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
     }
 }

@@ -309,23 +309,15 @@ async fn produce_all(
     records: &[(Vec<u8>, Vec<u8>)],
     recv_ms: i64,
 ) -> anyhow::Result<()> {
-    use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = kafka
         .producer_config("bench-prefill", Duration::from_secs(60))
         .create()?;
-    let recv = recv_ms.to_string();
     for chunk in records.chunks(20_000) {
         let mut pending = Vec::with_capacity(chunk.len());
         for (k, v) in chunk {
-            let hdrs = OwnedHeaders::new().insert(Header {
-                key: hexpulse_schemas::wire::headers::RECEIVED_MS,
-                value: Some(recv.as_bytes()),
-            });
-            let rec = FutureRecord::to(&kafka.raw_topic)
-                .key(k)
-                .payload(v)
-                .headers(hdrs);
+            let v = hexpulse_schemas::wire::envelope::encode(recv_ms, "bench", v);
+            let rec = FutureRecord::to(&kafka.raw_topic).key(k).payload(&v);
             pending.push(producer.send_result(rec).map_err(|(e, _)| e)?);
         }
         for p in pending {

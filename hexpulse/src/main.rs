@@ -271,6 +271,11 @@ enum BenchCmd {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init_logging();
+    // A descriptor per connection and per file written: the soft limit (often 1024) is too low.
+    match hexpulse_common::serve::raise_open_files_limit() {
+        Ok(n) => tracing::debug!(open_files = n, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
+    }
     // Comma-separated lists (HEXPULSE_CONFIG=base.toml,overlay.toml) layer in order.
     let files: Vec<PathBuf> = cli
         .config

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 pub struct IngestConfig {
     /// Address of the device-facing listener.
     pub listen: SocketAddr,
-    /// Name of this node, sent as a Kafka header with every reading.
+    /// Name of this node, carried in the envelope of every reading on the raw topic (WIRE.md).
     pub node_name: String,
     /// Maximum request body size as sent (possibly compressed), bytes.
     pub max_body_bytes: usize,
@@ -38,9 +38,14 @@ pub struct IngestConfig {
     pub producer_retry_timeout: Duration,
     /// Producer queue limit (messages); when full, requests get 429.
     pub producer_queue_messages: usize,
-    /// How long a request may take end to end (also cuts off slow clients).
+    /// How long a request may take end to end (also cuts off slow clients: a connection's first
+    /// byte and a request's headers must arrive within it, and a connection that makes no progress
+    /// for twice as long is closed).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Open connections on `listen` at most; more are closed as they arrive.
+    #[serde(default = "hexpulse_common::serve::default_max_connections")]
+    pub max_connections: usize,
     /// Time allowed for graceful shutdown (finish requests, flush the producer).
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -85,6 +90,7 @@ impl IngestConfig {
             producer_retry_timeout: default_retry_timeout(),
             producer_queue_messages: 100_000,
             request_timeout: Duration::from_secs(15),
+            max_connections: hexpulse_common::serve::default_max_connections(),
             shutdown_timeout: Duration::from_secs(10),
             rate_per_ip: RateLimit::OFF,
             trust_forwarded_for: false,

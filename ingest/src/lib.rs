@@ -7,7 +7,7 @@
 //!    of the registered kind, then one batched Ed25519 verification for all survivors (bisected when it
 //!    fails, so good items are not re-checked one by one);
 //! 3. [`produce`]: every accepted item is produced (idempotent, acks=all), keyed by device public key,
-//!    value = the `SignedReading` bytes, headers = receive time and node; the answer waits for every
+//!    value = the envelope (receive time, node) around the `SignedReading` bytes; the answer waits for every
 //!    delivery report. An item whose delivery failed is reported as rejected, never accepted.
 //!
 //! Overload is refused rather than queued: in-flight request bytes are bounded ([`server`], 429), a

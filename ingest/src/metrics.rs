@@ -5,8 +5,11 @@ pub const REQUESTS: &str = "hexpulse_ingest_requests_total"; // label: status
 pub const ITEMS: &str = "hexpulse_ingest_items_total"; // labels: outcome, reason
 pub const VERIFY_BATCH_SIZE: &str = "hexpulse_ingest_verify_batch_size";
 pub const VERIFY_SECONDS: &str = "hexpulse_ingest_verify_seconds";
-/// The running share of bad signatures that plans batch verification.
+/// The running share of bad signatures that plans batch verification (of the latest request's
+/// source: each client address has its own).
 pub const BAD_SIGNATURE_SHARE: &str = "hexpulse_ingest_bad_signature_share";
+/// Signature checks done, by kind: `batch` (one batch equation) or `single`.
+pub const SIGNATURE_CHECKS: &str = "hexpulse_ingest_signature_checks_total";
 pub const PRODUCE_SECONDS: &str = "hexpulse_ingest_produce_seconds";
 pub const INFLIGHT_BYTES: &str = "hexpulse_ingest_inflight_bytes";
 pub const REQUEST_SECONDS: &str = "hexpulse_ingest_request_seconds";

@@ -6,10 +6,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hexpulse_common::kafka::KafkaConfig;
-use hexpulse_schemas::wire::headers;
+use hexpulse_schemas::wire::envelope;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio_util::sync::CancellationToken;
 
@@ -158,24 +157,14 @@ impl Sink {
         received_ms: i64,
     ) -> Vec<Result<(), DeliveryFailure>> {
         let start = Instant::now();
-        let received = received_ms.to_string();
-        let hdrs = OwnedHeaders::new_with_capacity(2)
-            .insert(Header {
-                key: headers::RECEIVED_MS,
-                value: Some(received.as_bytes()),
-            })
-            .insert(Header {
-                key: headers::INGEST_NODE,
-                value: Some(self.node.as_bytes()),
-            });
         let mut pending = Vec::with_capacity(items.len());
         let mut results = vec![Err(DeliveryFailure::QueueFull); items.len()];
         let (generation, producer) = self.current();
         for (i, (key, value)) in items.iter().enumerate() {
+            let value = envelope::encode(received_ms, &self.node, value);
             let record = FutureRecord::to(&self.topic)
                 .key(key.as_ref())
-                .payload(value.as_ref())
-                .headers(hdrs.clone());
+                .payload(&value);
             match producer.send_result(record) {
                 Ok(fut) => pending.push((i, fut)),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => break,

@@ -61,7 +61,8 @@ pub struct Ingest {
     sink: Sink,
     pool: rayon::ThreadPool,
     /// Running share of bad signatures, to plan batch verification.
-    bad_share: Arc<BadShare>,
+    /// The running share of bad signatures per source, which plans each batch's verification.
+    bad_shares: SourceShares,
     inflight: Arc<Semaphore>,
     inflight_permits: usize,
     metrics: PrometheusHandle,
@@ -121,7 +122,7 @@ impl Ingest {
             registry: registry.clone(),
             sink: sink.clone(),
             pool,
-            bad_share: Arc::default(),
+            bad_shares: SourceShares::default(),
             inflight: Arc::new(Semaphore::new(permits)),
             inflight_permits: permits,
             metrics: hexpulse_common::telemetry::metrics_handle(),
@@ -142,12 +143,15 @@ impl Ingest {
             None => None,
         };
         let router = router(state.clone());
-        let (header_timeout, grace) = (state.cfg.request_timeout, state.cfg.shutdown_timeout);
+        let limits = hexpulse_common::serve::ConnLimits {
+            header_timeout: state.cfg.request_timeout,
+            max_connections: state.cfg.max_connections,
+        };
+        let grace = state.cfg.shutdown_timeout;
         tracing::info!(%addr, tls = tls.is_some(), topic = %kafka.raw_topic, "ingest listening");
         let task = tokio::spawn(async move {
             let started = Instant::now();
-            hexpulse_common::serve::serve(listener, router, tls, header_timeout, shutdown, grace)
-                .await;
+            hexpulse_common::serve::serve(listener, router, tls, limits, shutdown, grace).await;
             let left = grace
                 .saturating_sub(started.elapsed())
                 .max(Duration::from_secs(1));
@@ -259,13 +263,13 @@ async fn post_readings(
     body: Body,
 ) -> Response {
     let start = Instant::now();
-    let limited = peer.and_then(|axum::Extension(ConnectInfo(p))| {
-        let ip = client_ip(p.ip(), &headers, s.cfg.trust_forwarded_for);
-        s.per_ip.check(&ip).err()
+    let source = peer.map(|axum::Extension(ConnectInfo(p))| {
+        client_ip(p.ip(), &headers, s.cfg.trust_forwarded_for)
     });
+    let limited = source.and_then(|ip| s.per_ip.check(&ip).err());
     let resp = match limited {
         Some(wait) => rate_limited("too many requests from this address", wait),
-        None => handle_readings(&s, &headers, body).await,
+        None => handle_readings(&s, &headers, body, s.bad_shares.of(source)).await,
     };
     count_request(resp.status());
     metrics::histogram!(m::REQUEST_SECONDS).record(start.elapsed().as_secs_f64());
@@ -276,7 +280,12 @@ fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn handle_readings(s: &Arc<Ingest>, headers: &HeaderMap, body: Body) -> Response {
+async fn handle_readings(
+    s: &Arc<Ingest>,
+    headers: &HeaderMap,
+    body: Body,
+    bad_share: Arc<BadShare>,
+) -> Response {
     let received_ms = now_ms();
     let format = match body::format_of(header_str(headers, header::CONTENT_TYPE)) {
         Ok(f) => f,
@@ -298,64 +307,161 @@ async fn handle_readings(s: &Arc<Ingest>, headers: &HeaderMap, body: Body) -> Re
             format!("body exceeds {} bytes", s.cfg.max_body_bytes),
         );
     }
-    // Reserve in-flight budget before reading the body: past the bound, refuse instead of queueing.
-    let want = declared.unwrap_or(s.cfg.max_body_bytes);
-    let Some(mut permit) = try_reserve(s, want) else {
-        return overloaded("too many bytes in flight");
+    // The body is reserved in the in-flight budget as it arrives, so a slow sender holds only what
+    // it has sent (not its declared length); past the bound the request is refused, not queued.
+    let (raw, permit) = match read_body(s, body).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
-    let raw = match axum::body::to_bytes(body, s.cfg.max_body_bytes).await {
-        Ok(b) => b,
-        Err(e) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|src| src.is::<http_body_util::LengthLimitError>());
-            return if too_large {
-                error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("body exceeds {} bytes", s.cfg.max_body_bytes),
-                )
-            } else {
-                error(StatusCode::BAD_REQUEST, "body_read_failed", e)
-            };
-        }
-    };
-    let decompressed = match body::decompress(encoding, raw.clone(), s.cfg.max_decompressed_bytes) {
-        Ok(b) => b,
-        Err(e) => return body_error(e),
-    };
-    if decompressed.len() > raw.len() {
-        match try_reserve(s, decompressed.len() - raw.len()) {
-            Some(more) => permit.merge(more),
-            None => return overloaded("too many bytes in flight"),
-        }
-    }
-    metrics::gauge!(m::INFLIGHT_BYTES)
-        .set(((s.inflight_permits - s.inflight.available_permits()) * PERMIT_BYTES) as f64);
-    let max_items = s.cfg.max_items;
-    let items = match body::parse_batch(format, decompressed, max_items) {
-        Ok(i) => i,
-        Err(e) => return body_error(e),
-    };
-
-    // Checks on the CPU pool, off the I/O runtime.
+    // Decompression, parsing and the checks run on the CPU pool, off the I/O runtime. The job owns
+    // the reservation: a client that goes away once it has uploaded does not free the budget while
+    // its job still waits or runs, so the budget also bounds the pool's queue.
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let registry = s.registry.clone();
-    let bad_share = s.bad_share.clone();
+    let job = Job {
+        encoding: encoding.map(str::to_string),
+        format,
+        raw,
+        permit,
+        bad_share: bad_share.clone(),
+        state: s.clone(),
+    };
     s.pool.spawn(move || {
-        let checked = pipeline::check_batch(&items, &registry, &bad_share);
-        let _ = tx.send((items, checked));
+        let _ = tx.send(job.run());
     });
-    let Ok((items, checked)) = rx.await else {
+    let Ok((done, _permit)) = rx.await else {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "verification task failed",
         );
     };
+    let (items, checked) = match done {
+        Ok(r) => r,
+        Err(JobError::Body(e)) => return body_error(e),
+        Err(JobError::Overloaded) => return overloaded("too many bytes in flight"),
+    };
     metrics::histogram!(m::VERIFY_BATCH_SIZE).record(checked.verify_batch_size as f64);
     metrics::histogram!(m::VERIFY_SECONDS).record(checked.verify_time.as_secs_f64());
-    metrics::gauge!(m::BAD_SIGNATURE_SHARE).set(s.bad_share.get());
+    metrics::gauge!(m::BAD_SIGNATURE_SHARE).set(bad_share.get());
     respond(s, &headers_accept(headers), items, checked, received_ms).await
+}
+
+/// Reads a request body, reserving in-flight budget for each chunk as it arrives.
+async fn read_body(
+    s: &Ingest,
+    body: Body,
+) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit), Response> {
+    use futures::StreamExt;
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("body exceeds {} bytes", s.cfg.max_body_bytes),
+        )
+    };
+    let Some(mut permit) = try_reserve(s, PERMIT_BYTES) else {
+        return Err(overloaded("too many bytes in flight"));
+    };
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| error(StatusCode::BAD_REQUEST, "body_read_failed", e))?;
+        let need = buf.len() + chunk.len();
+        if need > s.cfg.max_body_bytes {
+            return Err(too_large());
+        }
+        let held = permit.num_permits() * PERMIT_BYTES;
+        if need > held {
+            match try_reserve(s, need - held) {
+                Some(more) => permit.merge(more),
+                None => return Err(overloaded("too many bytes in flight")),
+            }
+        }
+        buf.extend_from_slice(&chunk);
+        publish_inflight(s);
+    }
+    Ok((buf.freeze(), permit))
+}
+
+fn publish_inflight(s: &Ingest) {
+    metrics::gauge!(m::INFLIGHT_BYTES)
+        .set(((s.inflight_permits - s.inflight.available_permits()) * PERMIT_BYTES) as f64);
+}
+
+/// The running share of bad signatures per source (client address, as rate limits key it), so
+/// that a client sending many bad signatures makes only its own batches verify in small chunks,
+/// not everyone's. A new source starts at zero. At most [`MAX_SOURCES`] are remembered; when full,
+/// sources whose share has fallen to about zero are forgotten (they start again at zero), and past
+/// that new sources share one estimate.
+#[derive(Default)]
+struct SourceShares {
+    by_source: std::sync::Mutex<std::collections::HashMap<IpAddr, Arc<BadShare>>>,
+    shared: Arc<BadShare>,
+}
+
+const MAX_SOURCES: usize = 65_536;
+
+impl SourceShares {
+    fn of(&self, source: Option<IpAddr>) -> Arc<BadShare> {
+        let Some(ip) = source else {
+            return self.shared.clone();
+        };
+        let mut map = self.by_source.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(share) = map.get(&ip) {
+            return share.clone();
+        }
+        if map.len() >= MAX_SOURCES {
+            map.retain(|_, share| share.get() > 1e-4);
+            if map.len() >= MAX_SOURCES {
+                return self.shared.clone();
+            }
+        }
+        map.entry(ip).or_default().clone()
+    }
+}
+
+/// The CPU-pool part of a request: decompress, parse, check. It owns the request's reservation.
+struct Job {
+    encoding: Option<String>,
+    format: body::Format,
+    raw: Bytes,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    /// The running share of bad signatures of the request's source.
+    bad_share: Arc<BadShare>,
+    state: Arc<Ingest>,
+}
+
+enum JobError {
+    Body(BodyError),
+    Overloaded,
+}
+
+/// A batch's items and the verdicts of its checks.
+type Parsed = (Vec<RawItem>, Checked);
+
+impl Job {
+    fn run(mut self) -> (Result<Parsed, JobError>, tokio::sync::OwnedSemaphorePermit) {
+        let r = self.work();
+        (r, self.permit)
+    }
+
+    fn work(&mut self) -> Result<Parsed, JobError> {
+        let s = &self.state;
+        let raw = std::mem::take(&mut self.raw);
+        let raw_len = raw.len();
+        let decompressed =
+            body::decompress(self.encoding.as_deref(), raw, s.cfg.max_decompressed_bytes)
+                .map_err(JobError::Body)?;
+        if decompressed.len() > raw_len {
+            let more = try_reserve(s, decompressed.len() - raw_len).ok_or(JobError::Overloaded)?;
+            self.permit.merge(more);
+            publish_inflight(s);
+        }
+        let items = body::parse_batch(self.format, decompressed, s.cfg.max_items)
+            .map_err(JobError::Body)?;
+        let checked = pipeline::check_batch(&items, &s.registry, &self.bad_share);
+        Ok((items, checked))
+    }
 }
 
 fn try_reserve(s: &Ingest, bytes: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
@@ -530,11 +636,14 @@ async fn readyz(State(s): State<Arc<Ingest>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        axum::Json(json!({"broker": broker, "registry_devices": s.registry.len()})),
-    )
-        .into_response()
+    let mut body = json!({"broker": broker, "registry_devices": s.registry.len()});
+    if !broker {
+        body["reason"] = json!(
+            "the Kafka broker did not answer the last probe (metadata request); readings get 503 \
+             with Retry-After until it does"
+        );
+    }
+    (status, axum::Json(body)).into_response()
 }
 
 /// Checks `Authorization: Bearer <token>` against the configured SHA-256, in constant time.

@@ -156,8 +156,11 @@ impl Fleet {
             (t - d.last_ms) as f64 / 1000.0
         };
         d.last_ms = t;
-        let seq = d.next_seq;
-        d.next_seq += 1;
+        // A device's sequence numbers never repeat, across restarts too (WIRE.md): they are its
+        // clock's milliseconds, which never go backwards and here grow with every reading, so a
+        // simulator started again continues above what it sent before.
+        let seq = (t.max(0) as u64).max(d.next_seq);
+        d.next_seq = seq + 1;
         let hour = ((t / 3_600_000) % 24) as f64;
         let kind = match d.kind {
             KindName::Heartbeat => {
@@ -306,5 +309,24 @@ mod tests {
             f.devices[0].speed_kmh
         );
         assert!(r2.seq > r1.seq);
+    }
+
+    #[test]
+    fn a_restarted_fleet_never_repeats_a_sequence_number() {
+        let mix = KindMix {
+            heartbeat: 1.0,
+            sensor: 0.0,
+            road: 0.0,
+        };
+        let mut before = Fleet::new(10, 5, mix);
+        let t0 = 1_767_225_600_000;
+        let mut last = 0;
+        for k in 0..100 {
+            last = last.max(before.next_reading(3, t0 + k).seq);
+        }
+        // The same devices (same seed) started again a second later, as `make up` after Ctrl-C.
+        let mut after = Fleet::new(10, 5, mix);
+        let first = after.next_reading(3, t0 + 1_000).seq;
+        assert!(first > last, "{first} after {last}");
     }
 }

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use hexpulse_common::kafka::KafkaConfig;
 use hexpulse_common::registry::Registry;
-use hexpulse_schemas::wire::headers;
+use hexpulse_schemas::wire::envelope;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -194,15 +194,15 @@ pub async fn run(
         .unwrap_or_else(|e| Err(ProcessError::Config(format!("processor task failed: {e}"))))
 }
 
-fn receive_ms(msg: &BorrowedMessage<'_>) -> i64 {
-    msg.headers()
-        .and_then(|h| {
-            h.iter()
-                .find(|x| x.key == headers::RECEIVED_MS)
-                .and_then(|x| std::str::from_utf8(x.value?).ok()?.parse().ok())
-        })
-        .or_else(|| msg.timestamp().to_millis())
-        .unwrap_or(0)
+/// The receive time and the device's signed bytes of a raw record: from ingest's envelope, or, for
+/// a record without one (produced around ingest, or before envelopes), the whole value with the
+/// record's Kafka timestamp.
+fn unwrap_record<'a>(msg: &'a BorrowedMessage<'_>) -> (i64, &'a [u8]) {
+    let value = msg.payload().unwrap_or_default();
+    match envelope::decode(value) {
+        Some(e) => (e.received_ms, e.signed),
+        None => (msg.timestamp().to_millis().unwrap_or(0), value),
+    }
 }
 
 /// Consumes until `shutdown`, joining the group again whenever a join goes unanswered.
@@ -289,7 +289,7 @@ async fn consume_session(
                     }
                 };
                 let (p, offset) = (msg.partition(), msg.offset());
-                let recv = receive_ms(&msg);
+                let (recv, signed) = unwrap_record(&msg);
                 silent.remove(&p);
                 if let std::collections::hash_map::Entry::Vacant(e) = workers.entry(p) {
                     // Resume at the end of the chain in the lake's log, never from whatever offset
@@ -348,7 +348,7 @@ async fn consume_session(
                 if w.already_done(offset) {
                     continue;
                 }
-                w.push(offset, msg.payload().unwrap_or_default(), recv);
+                w.push(offset, signed, recv);
                 if w.is_full(roll) {
                     flush_partition(s, &consumer, &mut workers, p, shutdown).await;
                 }

@@ -14,6 +14,7 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use hexpulse_lake::Lake;
@@ -145,19 +146,30 @@ fn lake_session_config() -> Result<SessionConfig, CatalogError> {
     if std::env::var_os("DATAFUSION_EXECUTION_PARQUET_BLOOM_FILTER_ON_READ").is_none() {
         options.execution.parquet.bloom_filter_on_read = false;
     }
+    // A recursive CTE can double a value on every step without a function call that could bound it.
+    options.execution.enable_recursive_ctes = false;
     Ok(SessionConfig::from(options)
         .with_information_schema(true)
         .with_default_catalog_and_schema("hexpulse", "lake"))
 }
 
-/// Builds a fresh context over the lake.
+/// Builds a fresh context over the lake; each query's expressions share `max_expression_bytes`
+/// (see [`crate::bounded`]).
 pub async fn build(
     lake: &Lake,
     config: SessionConfig,
     runtime: Arc<RuntimeEnv>,
+    max_expression_bytes: u64,
 ) -> Result<(SessionContext, Snapshot), CatalogError> {
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_type_planner(Arc::new(crate::bounded::WideTypes))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     crate::udf::register(&ctx);
+    crate::bounded::install(&ctx, max_expression_bytes);
     ctx.register_object_store(&url::Url::parse(LAKE_URL)?, lake.store().clone());
     let mut snap = Snapshot {
         built_at_ms: hexpulse_common::time::now_ms(),
@@ -218,17 +230,23 @@ pub struct Catalog {
     lake: Lake,
     config: SessionConfig,
     runtime: Arc<RuntimeEnv>,
+    max_expression_bytes: u64,
     current: RwLock<(SessionContext, Snapshot)>,
 }
 
 impl Catalog {
-    pub async fn open(lake: Lake, runtime: Arc<RuntimeEnv>) -> Result<Catalog, CatalogError> {
+    pub async fn open(
+        lake: Lake,
+        runtime: Arc<RuntimeEnv>,
+        max_expression_bytes: u64,
+    ) -> Result<Catalog, CatalogError> {
         let config = lake_session_config()?;
-        let current = build(&lake, config.clone(), runtime.clone()).await?;
+        let current = build(&lake, config.clone(), runtime.clone(), max_expression_bytes).await?;
         Ok(Catalog {
             lake,
             config,
             runtime,
+            max_expression_bytes,
             current: RwLock::new(current),
         })
     }
@@ -243,7 +261,13 @@ impl Catalog {
     }
 
     pub async fn refresh(&self) -> Result<(), CatalogError> {
-        let next = build(&self.lake, self.config.clone(), self.runtime.clone()).await?;
+        let next = build(
+            &self.lake,
+            self.config.clone(),
+            self.runtime.clone(),
+            self.max_expression_bytes,
+        )
+        .await?;
         *self.current.write().expect("lock") = next;
         Ok(())
     }

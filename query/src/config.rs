@@ -32,6 +32,19 @@ pub struct QueryConfig {
     pub query_timeout: Duration,
     /// Memory DataFusion may use for all queries together, bytes.
     pub memory_limit_bytes: usize,
+    /// Bytes DataFusion may spill to its temporary directory (sorts, aggregates), for all queries
+    /// together; past it a query that needs to spill gets 413 `memory_limit`. Keep it below the
+    /// space of the temporary directory (`TMPDIR`; k8s: the `/tmp` emptyDir).
+    #[serde(default = "default_spill_bytes")]
+    pub max_spill_bytes: u64,
+    /// Bytes that one query's string and list expressions may build per batch and thread, shared
+    /// among them (`repeat`, `lpad`, `||`, `range`, `h3_grid_disk`, ...); DataFusion's pool does
+    /// not see these. Past it: 413 `memory_limit`. See `query/src/bounded.rs`.
+    #[serde(default = "default_expression_bytes")]
+    pub max_expression_bytes: u64,
+    /// Bytes of one SQL answer (the batches, and the encoded body). Past it: 413 `answer_limit`.
+    #[serde(default = "default_answer_bytes")]
+    pub max_answer_bytes: usize,
     /// At most this many queries run at once; more wait up to `query_timeout`, then get 503.
     pub max_concurrent_queries: usize,
     /// Threads of the runtime that executes query plans (0: the number of cores). HTTP and the
@@ -41,6 +54,11 @@ pub struct QueryConfig {
     /// to send its headers (the connection is closed past it: slowloris). At least `query_timeout`.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Open connections on `listen` at most; more are closed as they arrive. A connection's first
+    /// byte must arrive within `request_timeout`, and one that makes no progress for twice as long
+    /// is closed.
+    #[serde(default = "hexpulse_common::serve::default_max_connections")]
+    pub max_connections: usize,
     /// Requests per caller: per token (by its name), or per client IP for calls without a token.
     /// Past it: 429 `rate_limited` with `Retry-After`. `/healthz` and `/readyz` are not limited.
     pub rate_per_client: RateLimit,
@@ -114,6 +132,18 @@ pub struct TokenConfig {
     pub sha256: String,
 }
 
+fn default_expression_bytes() -> u64 {
+    64 << 20
+}
+
+fn default_spill_bytes() -> u64 {
+    1 << 30
+}
+
+fn default_answer_bytes() -> usize {
+    64 << 20
+}
+
 impl QueryConfig {
     pub fn for_tests(lake_url: &str) -> QueryConfig {
         QueryConfig {
@@ -125,10 +155,14 @@ impl QueryConfig {
             max_features: 20_000,
             query_timeout: Duration::from_secs(5),
             memory_limit_bytes: 512 << 20,
+            max_expression_bytes: default_expression_bytes(),
+            max_spill_bytes: default_spill_bytes(),
+            max_answer_bytes: default_answer_bytes(),
             max_concurrent_queries: 4,
             query_threads: 2,
             refresh_interval: Duration::from_millis(500),
             request_timeout: Duration::from_secs(30),
+            max_connections: hexpulse_common::serve::default_max_connections(),
             rate_per_client: RateLimit::OFF,
             trust_forwarded_for: false,
             auth: AuthConfig {

@@ -15,8 +15,10 @@
 
 pub mod api;
 pub mod auth;
+pub mod bounded;
 pub mod catalog;
 pub mod config;
+pub mod deadline;
 pub mod map;
 pub mod mvt;
 pub mod openapi;

@@ -97,8 +97,17 @@ pub struct TimeRange {
     pub to_ms: i64,
 }
 
+/// The latest time a parameter may name: the end of year 9999 (RFC 3339's last year), ms.
+pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
+
 fn parse_time(param: &'static str, s: &str) -> Result<i64, BadParam> {
     if let Ok(ms) = s.parse::<i64>() {
+        if !(0..=MAX_TIME_MS).contains(&ms) {
+            return Err(bad(
+                param,
+                format!("{param} must be between 1970 and the end of 9999 ({MAX_TIME_MS} ms)"),
+            ));
+        }
         return Ok(ms);
     }
     let t = humantime::parse_rfc3339_weak(s).map_err(|_| {
@@ -114,7 +123,8 @@ fn parse_time(param: &'static str, s: &str) -> Result<i64, BadParam> {
 }
 
 pub fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    let ms = ms.clamp(0, MAX_TIME_MS);
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -131,7 +141,7 @@ impl TimeRange {
         };
         let from_ms = match params.get("from") {
             Some(s) => parse_time("from", s)?,
-            None => to_ms - default_span_ms,
+            None => to_ms.saturating_sub(default_span_ms).max(0),
         };
         if from_ms >= to_ms {
             return Err(bad("from", "from must be before to"));

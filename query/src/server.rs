@@ -76,7 +76,9 @@ pub(crate) struct AppState {
     pub(crate) auth: Auth,
     /// Runs query plans, off the runtime that serves HTTP.
     exec: tokio::runtime::Handle,
-    slots: tokio::sync::Semaphore,
+    slots: Arc<tokio::sync::Semaphore>,
+    /// Plans running now (`/readyz`'s `running_queries`).
+    running: Arc<std::sync::atomic::AtomicUsize>,
     /// k of the road k-anonymity rule.
     pub(crate) road_min_devices: u64,
     /// The rules' allowed lateness (an ended epoch is sealable once the watermark passes end + it).
@@ -87,14 +89,19 @@ pub(crate) struct AppState {
 
 impl AppState {
     /// Runs `sql` on the query runtime within the limits and the concurrency bound.
+    ///
+    /// The slot belongs to the plan, not to the request: it is released when the plan's task ends.
+    /// A request that goes away (the client closed the connection, or the request timed out)
+    /// aborts the task, and with it the plan.
     async fn run(
         &self,
         sql: String,
         allow_raw: bool,
         max_rows: usize,
     ) -> Result<(SchemaRef, Vec<RecordBatch>), SqlError> {
-        let wait = tokio::time::timeout(self.cfg.query_timeout, self.slots.acquire()).await;
-        let Ok(Ok(_slot)) = wait else {
+        let wait =
+            tokio::time::timeout(self.cfg.query_timeout, self.slots.clone().acquire_owned()).await;
+        let Ok(Ok(slot)) = wait else {
             return Err(SqlError {
                 status: 503,
                 code: "busy",
@@ -108,12 +115,15 @@ impl AppState {
         let (ctx, _) = self.catalog.context();
         let limits = Limits {
             max_rows,
+            max_bytes: self.cfg.max_answer_bytes,
             timeout: self.cfg.query_timeout,
         };
-        let task = self
-            .exec
-            .spawn(async move { sql::run(&ctx, &sql, limits, allow_raw).await });
-        match task.await {
+        let running = Running::enter(self.running.clone());
+        let task = AbortOnDrop(self.exec.spawn(async move {
+            let (_slot, _running) = (slot, running);
+            sql::run(&ctx, &sql, limits, allow_raw).await
+        }));
+        match task.join().await {
             Ok(r) => r,
             Err(e) => Err(SqlError {
                 status: 500,
@@ -139,6 +149,37 @@ impl AppState {
                 Err(sql_error(e))
             }
         }
+    }
+}
+
+/// Counts a running plan while it lives.
+struct Running(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Running {
+    fn enter(count: Arc<std::sync::atomic::AtomicUsize>) -> Running {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Running(count)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A task that is aborted when its handle is dropped before it ended.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -200,8 +241,9 @@ impl Query {
     ) -> Result<Query, QueryError> {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(cfg.memory_limit_bytes, 1.0)
+            .with_max_temp_directory_size(cfg.max_spill_bytes)
             .build_arc()?;
-        let catalog = Catalog::open(lake, runtime).await?;
+        let catalog = Catalog::open(lake, runtime, cfg.max_expression_bytes).await?;
         let auth = Auth::new(&cfg.auth)?;
         let rules = hexpulse_lake::rules::Rules::load(cfg.rules_path.as_deref())?;
         let exec =
@@ -217,7 +259,10 @@ impl Query {
             source,
         })?;
         let state = Arc::new(AppState {
-            slots: tokio::sync::Semaphore::new(cfg.max_concurrent_queries.max(1)),
+            slots: Arc::new(tokio::sync::Semaphore::new(
+                cfg.max_concurrent_queries.max(1),
+            )),
+            running: Default::default(),
             catalog,
             auth,
             exec,
@@ -249,6 +294,7 @@ impl Query {
             None => None,
         };
         let request_timeout = state.cfg.request_timeout.max(state.cfg.query_timeout);
+        let max_connections = state.cfg.max_connections;
         let group =
             |g: &'static str| axum::middleware::from_fn_with_state((state.clone(), g), authorize);
         let app = Router::new()
@@ -329,7 +375,10 @@ impl Query {
                 listener,
                 app,
                 None,
-                request_timeout,
+                hexpulse_common::serve::ConnLimits {
+                    header_timeout: request_timeout,
+                    max_connections,
+                },
                 shutdown,
                 SHUTDOWN_GRACE,
             )
@@ -448,19 +497,15 @@ async fn authorize(
     }
 }
 
-/// Tiles belong to the group of their layer.
+/// Tiles belong to the group of their layer: the layer as the router decoded it (the handler's
+/// `Path`), never the raw path, which may percent-encode it (`/v1/tiles/%72oad/...`).
 async fn authorize_tile(
     State(st): State<Arc<AppState>>,
+    Path(params): Path<HashMap<String, String>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let layer = req
-        .uri()
-        .path()
-        .trim_start_matches("/v1/tiles/")
-        .split('/')
-        .next()
-        .unwrap_or("");
+    let layer = params.get("layer").map_or("", String::as_str);
     let group = match layer {
         "air" => "sensors",
         "road" => "road",
@@ -471,7 +516,8 @@ async fn authorize_tile(
 
 async fn ready(State(s): State<Arc<AppState>>) -> Response {
     let (_, snap) = s.catalog.context();
-    axum::Json(json!({"catalog": snap})).into_response()
+    let running = s.running.load(std::sync::atomic::Ordering::Relaxed);
+    axum::Json(json!({"catalog": snap, "running_queries": running})).into_response()
 }
 
 /// The answer format: `?format=` first, then `Accept`.
@@ -499,20 +545,48 @@ fn wanted_format(headers: &HeaderMap, params: &HashMap<String, String>) -> &'sta
     }
 }
 
+/// An answer body that refuses to grow past `max` bytes.
+struct Capped {
+    out: Vec<u8>,
+    max: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > self.max {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                ANSWER_TOO_LARGE,
+            ));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const ANSWER_TOO_LARGE: &str = "the encoded answer is larger than max_answer_bytes";
+
 fn encode(
     format: &str,
     schema: &SchemaRef,
     batches: &[RecordBatch],
+    max: usize,
 ) -> Result<(&'static str, Vec<u8>), String> {
-    let mut out = Vec::new();
-    match format {
+    let mut out = Capped {
+        out: Vec::new(),
+        max,
+    };
+    let content_type = match format {
         "csv" => {
             let mut w = datafusion::arrow::csv::Writer::new(&mut out);
             for b in batches {
                 w.write(b).map_err(|e| e.to_string())?;
             }
-            drop(w);
-            Ok(("text/csv", out))
+            "text/csv"
         }
         "arrow" => {
             let mut w = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut out, schema)
@@ -521,8 +595,7 @@ fn encode(
                 w.write(b).map_err(|e| e.to_string())?;
             }
             w.finish().map_err(|e| e.to_string())?;
-            drop(w);
-            Ok((ARROW_STREAM, out))
+            ARROW_STREAM
         }
         _ => {
             let mut w = datafusion::arrow::json::ArrayWriter::new(&mut out);
@@ -531,17 +604,23 @@ fn encode(
             }
             w.finish().map_err(|e| e.to_string())?;
             drop(w);
-            if out.is_empty() {
-                out.extend(b"[]");
+            if out.out.is_empty() {
+                out.out.extend(b"[]");
             }
-            Ok(("application/json", out))
+            "application/json"
         }
-    }
+    };
+    Ok((content_type, out.out))
 }
 
-fn respond(format: &str, schema: &SchemaRef, batches: &[RecordBatch]) -> Response {
-    match encode(format, schema, batches) {
+fn respond(format: &str, schema: &SchemaRef, batches: &[RecordBatch], max: usize) -> Response {
+    match encode(format, schema, batches, max) {
         Ok((ct, body)) => ([(header::CONTENT_TYPE, ct)], body).into_response(),
+        Err(e) if e.contains(ANSWER_TOO_LARGE) => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "answer_limit",
+            format!("{ANSWER_TOO_LARGE} ({max}); select fewer rows or columns, or ask for Arrow"),
+        ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "encode", e),
     }
 }
@@ -564,7 +643,12 @@ async fn run_sql(
     };
     let allow_raw = caller.as_ref().is_some_and(|c| s.auth.allows(c, "raw"));
     let resp = match s.run(query, allow_raw, s.cfg.max_rows).await {
-        Ok((schema, batches)) => respond(wanted_format(&headers, &params), &schema, &batches),
+        Ok((schema, batches)) => respond(
+            wanted_format(&headers, &params),
+            &schema,
+            &batches,
+            s.cfg.max_answer_bytes,
+        ),
         Err(e) => sql_error(e),
     };
     tracing::debug!(caller = caller.as_ref().map_or("?", |c| c.label()), status = %resp.status(), elapsed = ?started.elapsed(), "sql");
@@ -678,7 +762,7 @@ async fn devices(
         };
     }
     match seal::read_output(lake, &m, tables::DEVICE_SUMMARY_TABLE).await {
-        Ok(batch) => respond(format, &batch.schema(), &[batch]),
+        Ok(batch) => respond(format, &batch.schema(), &[batch], s.cfg.max_answer_bytes),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "integrity", e),
     }
 }

@@ -3,8 +3,9 @@
 //! Only queries run: the plan is checked with DataFusion's `SQLOptions` (no DDL such as
 //! `CREATE EXTERNAL TABLE`, no DML such as `COPY` or `INSERT`, no statements such as `SET`), and the
 //! context knows no file or URL outside the lake (URL tables are off), so `SELECT * FROM '/etc/passwd'`
-//! finds no table. Answers stop at `max_rows` and at `query_timeout`; memory is bounded by the
-//! runtime's pool.
+//! finds no table. Answers stop at `max_rows`, at `max_answer_bytes` and at `query_timeout` (inside
+//! the plan: [`crate::deadline`]); operators' memory is bounded by the runtime's pool, and what
+//! expressions build by [`crate::bounded`].
 
 use std::time::Duration;
 
@@ -44,17 +45,47 @@ pub const PRIVATE_TABLES: [&str; 2] = ["road", "rejected"];
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_rows: usize,
+    /// Bytes of the answer's batches (see [`crate::bounded::array_bytes`]).
+    pub max_bytes: usize,
     pub timeout: Duration,
+}
+
+const SPILL_LIMIT_TEXT: &str = "exceeded the allowable limit";
+
+/// Whether `e` is, or was caused by, a refusal for resources (the memory pool, the spill space,
+/// an expression's bound), wherever it is wrapped: spilling reports it inside an I/O error.
+fn exhausted(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(x) = cur {
+        if let Some(DataFusionError::ResourcesExhausted(_)) = x.downcast_ref::<DataFusionError>() {
+            return true;
+        }
+        if let Some(io) = x.downcast_ref::<std::io::Error>() {
+            if io.get_ref().is_some_and(|inner| exhausted(inner)) {
+                return true;
+            }
+            // DataFusion 55 reports the spill limit only as an untyped I/O error with this text
+            // (`disk_manager.rs`; its own tests match it the same way).
+            if io.to_string().contains(SPILL_LIMIT_TEXT) {
+                return true;
+            }
+        }
+        cur = x.source();
+    }
+    false
 }
 
 fn classify(e: DataFusionError) -> SqlError {
     let msg = e.to_string();
+    if crate::deadline::is_time_limit(&e) {
+        return SqlError::new(408, "time_limit", msg);
+    }
     match e.find_root() {
         DataFusionError::SQL(..) => SqlError::new(400, "sql_syntax", msg),
         DataFusionError::Plan(..) | DataFusionError::SchemaError(..) => {
             SqlError::new(400, "sql_plan", msg)
         }
-        DataFusionError::ResourcesExhausted(..) => SqlError::new(413, "memory_limit", msg),
+        _ if exhausted(&e) => SqlError::new(413, "memory_limit", msg),
         DataFusionError::NotImplemented(..) => SqlError::new(400, "not_supported", msg),
         _ if msg.contains("not allowed") => SqlError::new(403, "read_only", msg),
         _ => SqlError::new(400, "sql_error", msg),
@@ -147,14 +178,36 @@ pub async fn run(
 ) -> Result<(SchemaRef, Vec<RecordBatch>), SqlError> {
     let work = async {
         let plan = plan(ctx, sql, allow_raw).await?;
-        let df = ctx.execute_logical_plan(plan).await.map_err(classify)?;
-        let schema = df.schema().inner().clone();
-        let mut stream = df.execute_stream().await.map_err(classify)?;
+        let physical = ctx
+            .state()
+            .create_physical_plan(&plan)
+            .await
+            .map_err(classify)?;
+        let schema = physical.schema();
+        let physical = crate::deadline::wrap(physical, limits.timeout).map_err(classify)?;
+        let mut stream = datafusion::physical_plan::execute_stream(physical, ctx.task_ctx())
+            .map_err(classify)?;
         let mut batches = Vec::new();
-        let mut rows = 0;
+        let (mut rows, mut bytes) = (0, 0u64);
         while let Some(b) = stream.next().await {
             let b = b.map_err(classify)?;
             rows += b.num_rows();
+            bytes += b
+                .columns()
+                .iter()
+                .map(|c| crate::bounded::array_bytes(c.as_ref()))
+                .sum::<u64>();
+            if bytes > limits.max_bytes as u64 {
+                return Err(SqlError::new(
+                    413,
+                    "answer_limit",
+                    format!(
+                        "the answer is larger than {} bytes; select fewer or shorter columns, add \
+                         a LIMIT or aggregate",
+                        limits.max_bytes
+                    ),
+                ));
+            }
             if rows > limits.max_rows {
                 return Err(SqlError::new(
                     413,
@@ -169,15 +222,14 @@ pub async fn run(
         }
         Ok((schema, batches))
     };
+    // The plan stops itself at the deadline (see `deadline`); the timeout covers planning, and
+    // waits on I/O.
     match tokio::time::timeout(limits.timeout, work).await {
         Ok(r) => r,
         Err(_) => Err(SqlError::new(
             408,
             "time_limit",
-            format!(
-                "the query ran longer than {} and was cancelled",
-                humantime::format_duration(limits.timeout)
-            ),
+            crate::deadline::TimeLimit(limits.timeout).to_string(),
         )),
     }
 }

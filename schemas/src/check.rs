@@ -2,7 +2,8 @@
 //!
 //! Order (each step only runs if the previous passed):
 //! 1. envelope: key is 32 bytes, signature 64 bytes — else `malformed`;
-//! 2. payload decodes in its declared format — else `malformed`;
+//! 2. payload decodes in its declared format, its numbers are finite, and a sensor reading has at
+//!    most [`MAX_MEASUREMENTS`], one per metric ([`shape_problem`]) — else `malformed`;
 //! 3. schema version is supported and a known kind is set — else `unsupported_kind_or_version`;
 //! 4. public key is a valid point and not of small order — else `weak_key`;
 //! 5. (stateful, done by the caller: device known, registered kind matches);
@@ -104,6 +105,61 @@ pub fn parse_key(item: &SignedReading) -> Result<VerifyingKey, Rejection> {
         .map_err(|e| Rejection::new(RejectReason::WeakKey, e.to_string()))
 }
 
+/// The most measurements one sensor reading may carry (one per metric, and there are fewer metrics).
+pub const MAX_MEASUREMENTS: usize = 16;
+
+/// Why a decoded reading's numbers or measurements are malformed, if they are: every number must
+/// be finite (a NaN or infinity would pass range checks and poison averages and reward tiers), and a
+/// sensor reading carries at most [`MAX_MEASUREMENTS`], at most one per metric.
+pub fn shape_problem(r: &Reading) -> Option<String> {
+    use crate::wire::Kind;
+    let mut numbers: Vec<(&str, f64)> = Vec::new();
+    if let Some(l) = &r.location {
+        numbers.extend([
+            ("location.lat", l.lat),
+            ("location.lng", l.lng),
+            ("location.accuracy_m", f64::from(l.accuracy_m)),
+        ]);
+    }
+    match &r.kind {
+        Some(Kind::Heartbeat(h)) => {
+            numbers.push(("heartbeat.signal_dbm", f64::from(h.signal_dbm)));
+            if let Some(t) = &h.speed_test {
+                numbers.extend([
+                    ("speed_test.download_mbps", f64::from(t.download_mbps)),
+                    ("speed_test.upload_mbps", f64::from(t.upload_mbps)),
+                    ("speed_test.latency_ms", f64::from(t.latency_ms)),
+                ]);
+            }
+        }
+        Some(Kind::Sensor(s)) => {
+            if s.measurements.len() > MAX_MEASUREMENTS {
+                return Some(format!(
+                    "{} measurements in one reading; at most {MAX_MEASUREMENTS}",
+                    s.measurements.len()
+                ));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for m in &s.measurements {
+                if !seen.insert(m.metric) {
+                    return Some(format!("metric {} measured twice in one reading", m.metric));
+                }
+                numbers.push(("measurement.value", m.value));
+            }
+        }
+        Some(Kind::Road(d)) => numbers.extend([
+            ("road.heading_deg", f64::from(d.heading_deg)),
+            ("road.speed_kmh", f64::from(d.speed_kmh)),
+            ("road.confidence", f64::from(d.confidence)),
+        ]),
+        None => {}
+    }
+    numbers
+        .into_iter()
+        .find(|(_, v)| !v.is_finite())
+        .map(|(field, v)| format!("{field} is {v}; numbers must be finite"))
+}
+
 /// Steps 1–3 of the module docs.
 pub fn decode_envelope(item: &SignedReading) -> Result<DecodedEnvelope, Rejection> {
     if item.public_key.len() != PUBLIC_KEY_LEN {
@@ -118,6 +174,9 @@ pub fn decode_envelope(item: &SignedReading) -> Result<DecodedEnvelope, Rejectio
     let signature = sign::parse_signature(&item.signature)
         .map_err(|e| Rejection::new(RejectReason::Malformed, e.to_string()))?;
     let reading = decode_payload(item)?;
+    if let Some(problem) = shape_problem(&reading) {
+        return Err(Rejection::new(RejectReason::Malformed, problem));
+    }
     let Some(kind) = reading.kind.as_ref().map(KindName::of) else {
         return Err(Rejection::new(
             RejectReason::UnsupportedKindOrVersion,

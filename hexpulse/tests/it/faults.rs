@@ -55,16 +55,9 @@ fn broker_stopped_under_load_loses_and_doubles_nothing() {
 }
 
 fn outage_under_load(outage: Outage) {
-    if testenv::broker_or_skip("broker_outage_under_load").is_none() {
-        return;
-    }
     let cache = tempfile::tempdir().unwrap();
-    let Some(broker) = testenv::OwnBroker::new(cache.path()) else {
-        assert!(
-            std::env::var_os(testenv::REQUIRE_ENV).is_none(),
-            "make test must set HEXPULSE_BROKER_SCRIPT and HEXPULSE_TANSU_BIN"
-        );
-        eprintln!("*** SKIPPING: no broker script (make test sets it) ***");
+    let Some(broker) = testenv::OwnBroker::for_test("broker_outage_under_load", cache.path())
+    else {
         return;
     };
     // A frozen process keeps its memory, so the freeze runs on memory storage (as measured, module

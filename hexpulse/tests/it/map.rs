@@ -38,9 +38,18 @@ fn map_page_shows_live_hexes_that_match_the_api() {
         return;
     }
     let root = root();
-    let up = Up::start("it-map", &brokers, &["--rate", "400"], None);
+    // Epochs of 20 s (origin 2026-01-01T00:00:00Z), so that the epoch current at start ends soon:
+    // only an ended epoch can be sealed, forced or not.
+    let up = Up::start(
+        "it-map",
+        &brokers,
+        &["--rate", "400"],
+        Some("[process.epoch]\nlength = \"20s\"\n"),
+    );
     let (base, epoch) = (up.query.clone(), up.epoch);
-    // Once data is in the lake, seal the current epoch early so the page's epoch view has one.
+    let epoch_end_ms = 1_767_225_600_000 + (epoch + 1) * 20_000;
+    // Once data is in the lake and the epoch has ended, seal it early (before its lateness has
+    // passed) so the page's epoch view has one.
     let lake = up.lake();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !has_parquet(&lake.join("heartbeat")) {
@@ -51,6 +60,15 @@ fn map_page_shows_live_hexes_that_match_the_api() {
         std::thread::sleep(Duration::from_millis(500));
     }
     std::thread::sleep(Duration::from_secs(2));
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    while now() < epoch_end_ms + 500 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let sealed = up
         .command(&brokers)
         .args(["seal", "--epoch", &epoch.to_string(), "--force"])

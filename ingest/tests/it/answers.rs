@@ -134,3 +134,71 @@ async fn bad_input_gets_specific_answers_and_never_reaches_kafka() {
     assert_eq!(got.len(), 1, "only the good item reached Kafka");
     assert_eq!(got[0].value, good.encode_to_vec());
 }
+
+fn signed_reading(
+    key: &ed25519_dalek::SigningKey,
+    r: &hexpulse_schemas::wire::Reading,
+) -> hexpulse_schemas::wire::SignedReading {
+    let payload = r.encode_to_vec();
+    hexpulse_schemas::wire::SignedReading {
+        public_key: key.verifying_key().to_bytes().to_vec().into(),
+        signature: sign::sign(key, &payload).to_vec().into(),
+        payload: payload.into(),
+        format: hexpulse_schemas::wire::PayloadFormat::Protobuf as i32,
+    }
+}
+
+/// #20.14 and #20.15: a NaN or infinite number anywhere in a reading, more measurements than
+/// metrics, or a metric measured twice is `malformed` at ingest (and in the processors, which run
+/// the same check), so it can neither earn a reward tier nor flood the sensor table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_finite_numbers_and_measurement_floods_are_malformed() {
+    use hexpulse_schemas::wire::{Kind, Measurement, Sensor, SpeedTest};
+    let Some(brokers) = testenv::broker_or_skip("non_finite_numbers") else {
+        return;
+    };
+    let node = Node::start(
+        "it-ingest-finite",
+        &brokers,
+        IngestConfig::for_tests(),
+        registry(1),
+    )
+    .await;
+    let key = device_key(0);
+    let mut nan_speed = reading(1);
+    if let Some(Kind::Heartbeat(h)) = &mut nan_speed.kind {
+        h.speed_test = Some(SpeedTest {
+            download_mbps: f32::NAN,
+            upload_mbps: 10.0,
+            latency_ms: 20.0,
+        });
+    }
+    let mut inf_accuracy = reading(2);
+    inf_accuracy.location.as_mut().unwrap().accuracy_m = f32::INFINITY;
+    let sensor = |n: usize, same_metric: bool| {
+        let mut r = reading(3);
+        r.kind = Some(Kind::Sensor(Sensor {
+            measurements: (0..n)
+                .map(|i| Measurement {
+                    metric: if same_metric { 1 } else { 1 + (i as i32 % 8) },
+                    value: 10.0,
+                })
+                .collect(),
+        }));
+        r
+    };
+    let items = [
+        signed_reading(&key, &nan_speed),
+        signed_reading(&key, &inf_accuracy),
+        signed_reading(&key, &sensor(5_000, false)),
+        signed_reading(&key, &sensor(2, true)),
+        signed(&key, 9),
+    ];
+    let (status, body, _) = node.post("application/x-protobuf", batch(&items)).await;
+    assert_eq!(status, 200, "{body}");
+    let got = rejections(&body);
+    let want: Vec<(u64, String)> = (0..4).map(|i| (i, "malformed".to_string())).collect();
+    assert_eq!(got, want, "{body}");
+    assert_eq!(body["accepted"], 1, "{body}");
+    node.shutdown().await;
+}

@@ -5,5 +5,6 @@ mod answers;
 mod broker_outage;
 mod delivery;
 mod limits;
+mod old_offsets;
 mod overload;
 mod support;

@@ -1,7 +1,6 @@
 //! Shared helpers: devices with known keys, signed batches, an ingest node on a fresh topic, and a
 //! reader of everything a topic holds.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use hexpulse_ingest::server::Ingest;
 use hexpulse_schemas::sign;
 use hexpulse_schemas::wire::{
     Heartbeat, Kind, KindName, Location, PayloadFormat, Reading, ReadingBatch, SignedReading,
+    envelope,
 };
 use prost::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -154,12 +154,16 @@ impl Node {
     }
 }
 
-/// One record read back from Kafka.
+/// One record read back from Kafka, its envelope opened.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Record {
     pub key: Vec<u8>,
+    /// The device's signed bytes.
     pub value: Vec<u8>,
-    pub headers: BTreeMap<String, String>,
+    pub node: String,
+    pub received_ms: i64,
+    /// Kafka headers (ingest sets none).
+    pub headers: usize,
 }
 
 /// Everything the topic holds, read from the beginning of each partition until nothing new arrives for
@@ -186,23 +190,14 @@ pub fn read_all(kafka: &KafkaConfig) -> Vec<Record> {
         if let Some(m) = consumer.poll(Duration::from_millis(200)) {
             let m = m.unwrap();
             idle_since = std::time::Instant::now();
-            let headers = m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|x| {
-                            (
-                                x.key.to_string(),
-                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let value = m.payload().unwrap_or_default();
+            let e = envelope::decode(value).expect("every record is enveloped");
             out.push(Record {
                 key: m.key().unwrap_or_default().to_vec(),
-                value: m.payload().unwrap_or_default().to_vec(),
-                headers,
+                value: e.signed.to_vec(),
+                node: e.node.to_string(),
+                received_ms: e.received_ms,
+                headers: m.headers().map_or(0, |h| h.count()),
             });
         }
     }

@@ -87,13 +87,19 @@ impl EpochConfig {
 
     /// The epoch holding time `ms`.
     pub fn id_of(&self, ms: i64) -> Result<i64, EpochError> {
-        Ok((ms - self.origin_ms()?).div_euclid(self.length_ms()?))
+        let since = ms
+            .checked_sub(self.origin_ms()?)
+            .ok_or_else(|| EpochError::Invalid(format!("time {ms} ms is out of range")))?;
+        Ok(since.div_euclid(self.length_ms()?))
     }
 
-    /// `[start, end)` of epoch `id`, ms.
+    /// `[start, end)` of epoch `id`, ms; an id whose bounds do not fit in i64 ms is `Invalid`.
     pub fn bounds(&self, id: i64) -> Result<(i64, i64), EpochError> {
-        let start = self.origin_ms()? + id * self.length_ms()?;
-        Ok((start, start + self.length_ms()?))
+        let length = self.length_ms()?;
+        id.checked_mul(length)
+            .and_then(|o| o.checked_add(self.origin_ms().ok()?))
+            .and_then(|start| Some((start, start.checked_add(length)?)))
+            .ok_or_else(|| EpochError::Invalid(format!("epoch {id} is out of range")))
     }
 }
 

@@ -161,6 +161,16 @@ pub async fn seal(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
         return Ok(Sealed::Already(m));
     }
     let (start, end) = req.cfg.bounds(req.epoch)?;
+    // Not even forced: an epoch that has not ended would be sealed without the rest of its readings,
+    // and its seal would then refuse them as late.
+    let now = crate::now_ms();
+    if end > now {
+        return Err(EpochError::NotReady(format!(
+            "epoch {} has not ended (it ends at {}); only an ended epoch can be sealed, forced or not",
+            req.epoch,
+            rfc3339(end)
+        )));
+    }
     let lateness = req.rules.time.allowed_lateness.as_millis() as i64;
     let wms = watermarks(req.input, req.topic, req.partitions).await?;
     let lagging: Vec<String> = wms

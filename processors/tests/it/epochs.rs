@@ -114,7 +114,7 @@ async fn output_bytes(lake: &Lake, m: &seal::Manifest) -> Vec<(String, bytes::By
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealing_is_byte_identical_across_files_partitions_and_compaction() {
-    let now = now_ms();
+    let now = yesterday_noon();
     let sc = scenario::build(now, 30);
     let cfg = day_epochs();
     let rules = Rules::load(None).unwrap();
@@ -230,7 +230,7 @@ fn scenario_rules_with_double_hour_points() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proof_verifies_against_the_manifest_and_tampering_fails() {
-    let now = now_ms();
+    let now = yesterday_noon();
     let sc = scenario::build(now, 10);
     let cfg = day_epochs();
     let rules = Rules::load(None).unwrap();
@@ -377,6 +377,21 @@ async fn late_data_lands_in_its_epoch_until_the_seal_and_is_late_after() {
         matches!(&err, EpochError::NotReady(m) if m.contains("watermark")),
         "{err}"
     );
+    // #20.16: an epoch that has not ended cannot be sealed, not even forced.
+    let now = hexpulse_lake::now_ms();
+    let open = cfg.id_of(now).unwrap();
+    for future in [open, open + 1, i64::MAX / 2] {
+        let err = seal::seal(SealRequest {
+            epoch: future,
+            ..req(true)
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, EpochError::NotReady(_) | EpochError::Invalid(_)),
+            "epoch {future}: {err}"
+        );
+    }
     let m = seal::seal(req(true)).await.unwrap().manifest().clone();
     assert!(m.forced);
     let summary = seal::read_output(&lake, &m, tables::DEVICE_SUMMARY_TABLE)
@@ -444,7 +459,7 @@ async fn late_data_lands_in_its_epoch_until_the_seal_and_is_late_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_written_before_a_column_existed_still_seal() {
     use arrow::array::Array;
-    let now = now_ms();
+    let now = yesterday_noon();
     let sc = scenario::build(now, 10);
     let cfg = day_epochs();
     let rules = Rules::load(None).unwrap();
@@ -493,7 +508,7 @@ async fn files_written_before_a_column_existed_still_seal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reseal_at_the_pinned_versions_is_byte_identical_after_late_rows() {
-    let now = now_ms();
+    let now = yesterday_noon();
     let sc = scenario::build(now, 10);
     let cfg = day_epochs();
     let rules = Rules::load(None).unwrap();

@@ -95,7 +95,7 @@ async fn compaction_dying_at_any_write_leaves_readers_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealing_dying_at_any_write_publishes_nothing_partial() {
-    let now = now_ms();
+    let now = yesterday_noon();
     let sc = scenario::build(now, 12);
     let base = write_lake(&sc, now, 3, 15).await;
     let cfg = EpochConfig::default();

@@ -7,9 +7,15 @@ use hexpulse_common::testenv;
 use hexpulse_lake::Lake;
 use hexpulse_load_tests::scenario::Scenario;
 use hexpulse_processors::inspect::{LakeSummary, summarize};
-use hexpulse_schemas::wire::headers;
-use rdkafka::message::{Header, OwnedHeaders};
+use hexpulse_schemas::wire::envelope;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+
+/// Noon (UTC) of yesterday, ms: inside a day-long epoch that has ended, for tests that build a lake
+/// and seal it (only an ended epoch can be sealed, forced or not).
+pub fn yesterday_noon() -> i64 {
+    const DAY: i64 = 86_400_000;
+    (hexpulse_lake::now_ms().div_euclid(DAY) - 1) * DAY + DAY / 2
+}
 
 pub fn kafka(brokers: &str, test: &str, partitions: i32) -> KafkaConfig {
     KafkaConfig {
@@ -73,22 +79,12 @@ pub async fn produce_with(
     scenario: &Scenario,
     now_ms: i64,
 ) {
-    let recv = now_ms.to_string();
     let mut pending = Vec::new();
     for r in &scenario.records {
-        let hdrs = OwnedHeaders::new()
-            .insert(Header {
-                key: headers::RECEIVED_MS,
-                value: Some(recv.as_bytes()),
-            })
-            .insert(Header {
-                key: headers::INGEST_NODE,
-                value: Some("scenario"),
-            });
+        let value = envelope::encode(now_ms, "scenario", &r.value);
         let rec = FutureRecord::to(&kafka.raw_topic)
             .key(&r.key)
-            .payload(&r.value)
-            .headers(hdrs);
+            .payload(&value);
         pending.push(
             producer
                 .send_result(rec)

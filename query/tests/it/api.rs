@@ -48,9 +48,17 @@ async fn sql_and_epochs_over_a_processed_lake() {
     let summary = wait_for(&lake, sc.records.len(), Duration::from_secs(90)).await;
     assert_matches(&summary, &sc);
 
-    let ecfg = EpochConfig::default();
+    // Day-long epochs whose current one ends a few seconds after the data: only an ended epoch
+    // can be sealed, and the readings stay recent for the endpoints' default time windows.
+    let ecfg = EpochConfig {
+        length: Duration::from_secs(86_400),
+        origin: hexpulse_query::params::rfc3339(now + 8_000 - 86_400_000),
+        ..EpochConfig::default()
+    };
     let rules = Rules::load(None).unwrap();
     let id = ecfg.id_of(now - 30_000).unwrap();
+    let end = ecfg.bounds(id).unwrap().1;
+    tokio::time::sleep(Duration::from_millis((end - now_ms()).max(0) as u64 + 100)).await;
     let m = seal::seal(SealRequest {
         input: &lake,
         output: &lake,
@@ -67,6 +75,7 @@ async fn sql_and_epochs_over_a_processed_lake() {
     .clone();
 
     let mut qcfg = QueryConfig::for_tests(&url);
+    qcfg.epoch = ecfg.clone();
     qcfg.max_rows = 50;
     qcfg.query_timeout = Duration::from_secs(2);
     let q = Query::start(qcfg, Lake::open(&url).unwrap(), stop.clone())

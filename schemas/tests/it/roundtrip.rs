@@ -27,14 +27,15 @@ fn kind() -> impl Strategy<Value = Kind> {
                     latency_ms: l
                 }),
             })),
-        proptest::collection::vec((1i32..9, -100.0f64..5000.0), 1..5).prop_map(|ms| Kind::Sensor(
-            Sensor {
+        // One measurement per metric (WIRE.md, check order).
+        proptest::collection::btree_map(1i32..9, -100.0f64..5000.0, 1..5).prop_map(|ms| {
+            Kind::Sensor(Sensor {
                 measurements: ms
                     .into_iter()
                     .map(|(metric, value)| Measurement { metric, value })
                     .collect(),
-            }
-        )),
+            })
+        }),
         (0i32..6, 0.0f32..360.0, 0.0f32..200.0, 0.0f32..1.0).prop_map(|(o, h, s, c)| Kind::Road(
             Road {
                 observation: o,
