@@ -55,9 +55,10 @@ pub struct IngestConfig {
     /// in front appended it) instead of the TCP peer; set it only behind such a proxy.
     #[serde(default)]
     pub trust_forwarded_for: bool,
-    /// Readings per device (counted after the signature check, so forgeries cannot use up a
-    /// device's budget); items past it are refused with `rate_exceeded`, and a batch with nothing
-    /// else to accept gets 429 `rate_limited`.
+    /// Readings per device and client address (counted after the signature check, so forgeries
+    /// cannot use up a device's budget, and per address, so replays of a device's captured readings
+    /// from elsewhere cannot either); items past it are refused with `rate_exceeded`, and a batch
+    /// with nothing else to accept gets 429 `rate_limited`.
     pub rate_per_device: RateLimit,
     /// Bearer token for `/v1/admin/*`, as the lower-case hex SHA-256 of the token. Empty disables admin.
     #[serde(default)]

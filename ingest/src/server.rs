@@ -67,7 +67,9 @@ pub struct Ingest {
     inflight_permits: usize,
     metrics: PrometheusHandle,
     per_ip: Arc<Keyed<IpAddr>>,
-    per_device: Arc<Keyed<Bytes>>,
+    /// Readings per device and source address: a replay of a device's captured readings from
+    /// elsewhere spends only its own budget, never the real device's.
+    per_device: Arc<Keyed<(Bytes, Option<IpAddr>)>>,
 }
 
 /// A started ingest node.
@@ -269,7 +271,7 @@ async fn post_readings(
     let limited = source.and_then(|ip| s.per_ip.check(&ip).err());
     let resp = match limited {
         Some(wait) => rate_limited("too many requests from this address", wait),
-        None => handle_readings(&s, &headers, body, s.bad_shares.of(source)).await,
+        None => handle_readings(&s, &headers, body, source).await,
     };
     count_request(resp.status());
     metrics::histogram!(m::REQUEST_SECONDS).record(start.elapsed().as_secs_f64());
@@ -284,8 +286,9 @@ async fn handle_readings(
     s: &Arc<Ingest>,
     headers: &HeaderMap,
     body: Body,
-    bad_share: Arc<BadShare>,
+    source: Option<IpAddr>,
 ) -> Response {
+    let bad_share = s.bad_shares.of(source);
     let received_ms = now_ms();
     let format = match body::format_of(header_str(headers, header::CONTENT_TYPE)) {
         Ok(f) => f,
@@ -343,7 +346,15 @@ async fn handle_readings(
     metrics::histogram!(m::VERIFY_BATCH_SIZE).record(checked.verify_batch_size as f64);
     metrics::histogram!(m::VERIFY_SECONDS).record(checked.verify_time.as_secs_f64());
     metrics::gauge!(m::BAD_SIGNATURE_SHARE).set(bad_share.get());
-    respond(s, &headers_accept(headers), items, checked, received_ms).await
+    respond(
+        s,
+        &headers_accept(headers),
+        items,
+        checked,
+        received_ms,
+        source,
+    )
+    .await
 }
 
 /// Reads a request body, reserving in-flight budget for each chunk as it arrives.
@@ -502,6 +513,7 @@ async fn respond(
     items: Vec<RawItem>,
     checked: Checked,
     received_ms: i64,
+    source: Option<IpAddr>,
 ) -> Response {
     let mut rejected: Vec<ItemRejection> = Vec::new();
     let mut to_send: Vec<(usize, (Bytes, Bytes))> = Vec::new();
@@ -514,7 +526,7 @@ async fn respond(
                     .as_ref()
                     .map(|e| e.public_key.clone())
                     .unwrap_or_default();
-                if let Err(wait) = s.per_device.check(&key) {
+                if let Err(wait) = s.per_device.check(&(key.clone(), source)) {
                     device_wait = Some(device_wait.map_or(wait, |w| w.min(wait)));
                     metrics::counter!(m::ITEMS, "outcome" => "rejected", "reason" => RejectReason::RateExceeded.as_str())
                         .increment(1);

@@ -699,13 +699,40 @@ struct RoadHex {
     observations: BTreeMap<String, u64>,
 }
 
-/// Road observations per hex, only for hexes with at least k distinct devices.
+/// The time grain of public road answers: windows are widened to whole hours and the newest
+/// observation time is given to the hour, so that moving `from`/`to` cannot single out one
+/// dashcam's observation times (k-anonymity holds per place, and now per hour too).
+pub const ROAD_TIME_GRAIN_MS: i64 = 3_600_000;
+
+/// `range` widened to whole [`ROAD_TIME_GRAIN_MS`].
+pub fn road_window(range: &TimeRange) -> TimeRange {
+    let g = ROAD_TIME_GRAIN_MS;
+    TimeRange {
+        from_ms: range.from_ms.div_euclid(g) * g,
+        to_ms: range
+            .to_ms
+            .div_euclid(g)
+            .saturating_add(1)
+            .saturating_mul(g)
+            .min(params::MAX_TIME_MS),
+    }
+}
+
+/// Road observations per hex, only for hexes with at least k distinct devices, and per observation
+/// type only where that type has at least k distinct devices in the hex. Times are whole hours
+/// ([`road_window`]); the newest observation time is floored to the hour.
 async fn road_cells(
     st: &AppState,
     snap: &Snapshot,
     a: &Area,
     kind: Option<&str>,
 ) -> ApiResult<(Vec<RoadHex>, Option<i64>)> {
+    let a = Area {
+        bbox: a.bbox,
+        res: a.res,
+        range: road_window(&a.range),
+    };
+    let a = &a;
     let (cell, filter) = cell_expr_and_filter(snap, a)?;
     let kind = kind
         .map(|k| format!(" AND observation = '{k}'"))
@@ -718,8 +745,10 @@ async fn road_cells(
         "SELECT cell, count(DISTINCT device_key) AS devices, CAST(max(event_time) AS BIGINT) AS newest \
          FROM ({base}) GROUP BY cell HAVING count(DISTINCT device_key) >= {k}"
     );
-    let obs_sql =
-        format!("SELECT cell, observation, count(*) AS n FROM ({base}) GROUP BY cell, observation");
+    let obs_sql = format!(
+        "SELECT cell, observation, count(*) AS n FROM ({base}) GROUP BY cell, observation \
+         HAVING count(DISTINCT device_key) >= {k}"
+    );
     let cells = st.internal_query(cells_sql).await?;
     let obs = st.internal_query(obs_sql).await?;
     let mut out: BTreeMap<u64, RoadHex> = BTreeMap::new();
@@ -731,7 +760,8 @@ async fn road_cells(
                 continue;
             };
             if centre_in(&a.bbox, cell) {
-                newest = newest.max(nw[i]);
+                newest = newest
+                    .max(nw[i].map(|t| t.div_euclid(ROAD_TIME_GRAIN_MS) * ROAD_TIME_GRAIN_MS));
                 out.insert(
                     c[i],
                     RoadHex {
@@ -791,7 +821,13 @@ pub(crate) async fn road_hexes(
     Ok(feature_collection(
         out,
         freshness(&snap, newest),
-        json!({"res": a.res, "k": st.road_min_devices}),
+        json!({
+            "res": a.res, "k": st.road_min_devices,
+            "window": {
+                "from": params::rfc3339(road_window(&a.range).from_ms),
+                "to": params::rfc3339(road_window(&a.range).to_ms),
+            },
+        }),
     ))
 }
 

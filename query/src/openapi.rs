@@ -123,7 +123,7 @@ pub fn document() -> Value {
             "/v1/deadzones": {"get": op("Hexes with no or weak coverage bordering covered ones, most covered neighbours first", "coverage", dead, geo)},
             "/v1/sensors/hexes": {"get": op("Sensor metric per hex: count, mean, min, max, p95", "sensors", sens, geo)},
             "/v1/sensors/series": {"get": op("Sensor metric time series for a cell or a box", "sensors", series, "application/json")},
-            "/v1/road/hexes": {"get": op("Road observations per hex, only hexes with at least k distinct dashcams", "road", road, geo)},
+            "/v1/road/hexes": {"get": op("Road observations per hex, only hexes (and observation types within them) with at least k distinct dashcams; the time window is widened to whole hours and the newest time is given to the hour", "road", road, geo)},
             "/v1/tiles/{layer}/{z}/{x}/{y}": {"get": op("Mapbox vector tile of a hex layer; ETag follows the data version", "coverage|sensors|road", tile, "application/vnd.mapbox-vector-tile")},
             "/v1/sql": {"post": {
                 "summary": "Read-only SQL (SELECT, WITH, EXPLAIN); the answer by Accept: JSON, text/csv or application/vnd.apache.arrow.stream. H3 functions: h3_latlng_to_cell, h3_cell_to_parent, h3_cell_to_string, h3_string_to_cell, h3_cell_to_boundary, h3_grid_disk, h3_grid_distance, h3_cell_resolution, h3_cell_to_lat, h3_cell_to_lng. Tables road and rejected need the raw group.",

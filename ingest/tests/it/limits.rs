@@ -160,3 +160,54 @@ async fn slow_clients_are_cut_off() {
     assert_eq!(r.status(), 200);
     node.shutdown().await;
 }
+
+/// #20.7: replays of a device's captured readings from another address spend that address's
+/// budget for the device, not the device's own. Before, the budget was per device alone, and one
+/// captured batch replayed fast enough silenced the device at ingest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_from_elsewhere_do_not_silence_a_device() {
+    let Some(brokers) = testenv::broker_or_skip("replays_do_not_silence_a_device") else {
+        return;
+    };
+    let mut cfg = IngestConfig::for_tests();
+    cfg.trust_forwarded_for = true;
+    cfg.rate_per_device = RateLimit {
+        per_second: 1,
+        burst: 5,
+    };
+    let node = Node::start("it-ingest-replay", &brokers, cfg, registry(1)).await;
+    let post_from = |from: &'static str, body: Vec<u8>| {
+        node.http
+            .post(node.url("/v1/readings"))
+            .header("content-type", PROTOBUF)
+            .header("x-forwarded-for", from)
+            .body(body)
+            .send()
+    };
+    // The attacker captured one of the device's batches and replays it from its own address until
+    // ingest refuses it.
+    let captured = batch(&[signed(&device_key(0), 1)]);
+    let mut refused = false;
+    for _ in 0..20 {
+        let r = post_from("198.51.100.7", captured.clone()).await.unwrap();
+        if r.status().as_u16() == 429 {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the replays were never limited");
+    // The device itself, from its own address, is still within its budget.
+    for seq in 2..5 {
+        let r = post_from("203.0.113.50", batch(&[signed(&device_key(0), seq)]))
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            (status, body["accepted"].as_u64()),
+            (200, Some(1)),
+            "{body}"
+        );
+    }
+    node.shutdown().await;
+}

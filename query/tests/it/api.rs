@@ -609,6 +609,54 @@ async fn maps_sensors_road_and_tiles(base: &str, by_cell: &[(String, u64, u64)])
         for f in features(&road) {
             assert!(f["properties"]["devices"].as_u64().unwrap() >= 3);
         }
+        // #20.6: times are whole hours, so moving `to` within the hour changes nothing, and each
+        // observation type shown in a hex has k distinct dashcams of its own.
+        if let Some(newest) = road["freshness"]["newest_event_time"].as_str() {
+            assert!(newest.ends_with(":00:00.000Z"), "newest {newest}");
+        }
+        let now = now_ms();
+        let at = |to: i64| {
+            let base = base.to_string();
+            async move {
+                get_json(format!(
+                    "{base}/v1/road/hexes?{WORLD}&res={res}&from={}&to={to}",
+                    now - 86_400_000
+                ))
+                .await
+                .1
+            }
+        };
+        let hour_end = (now.div_euclid(3_600_000) + 1) * 3_600_000;
+        let (a, b) = (at(hour_end - 3_000).await, at(hour_end - 1_000).await);
+        assert_eq!(
+            (&a["features"], &a["freshness"]["newest_event_time"]),
+            (&b["features"], &b["freshness"]["newest_event_time"]),
+            "stepping `to` within an hour"
+        );
+        let (_, per_type) = sql_json(
+            base,
+            &format!(
+                "SELECT h3_cell_to_string(h3_cell_to_parent(h3_r8, {res})) AS cell, observation, \
+                 count(DISTINCT device_key) AS d FROM road GROUP BY 1, 2"
+            ),
+        )
+        .await;
+        let mut hidden = 0;
+        for f in features(&road) {
+            let cell = f["properties"]["cell"].as_str().unwrap();
+            for r in per_type
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["cell"] == cell)
+            {
+                let (t, d) = (r["observation"].as_str().unwrap(), r["d"].as_u64().unwrap());
+                let shown = f["properties"].get(t).is_some();
+                assert_eq!(shown, d >= 3, "{cell}: type {t} with {d} dashcams");
+                hidden += usize::from(!shown);
+            }
+        }
+        eprintln!("res {res}: {hidden} observation types hidden in public hexes");
     }
 
     // Vector tiles: the tile under a covered hex holds it; an unchanged lake answers 304.
