@@ -10,12 +10,13 @@ UP_BROKER_PORT ?= 9092
 UP_PARTITIONS ?= 6
 UP_ARGS ?=
 
-.PHONY: up test lint bench fuzz build assets broker-install broker-up broker-down help
+.PHONY: up test soak lint bench fuzz build assets broker-install broker-up broker-down help
 
 help:
 	@echo "make up    - run the whole pipeline on this machine (local broker, local lake, demo traffic)"
 	@echo "make test  - run the whole test suite (starts and stops its own broker)"
 	@echo "make lint  - rustfmt and clippy"
+	@echo "make soak  - the soak test for 30 minutes (SOAK=2h for longer; make test runs 3 minutes)"
 	@echo "make bench - run the benchmarks (see load-tests/RESULTS.md)"
 	@echo "make fuzz  - the fuzz smoke runs (make test runs them too); longer: scripts/fuzz.sh run TARGET SECS"
 
@@ -45,6 +46,11 @@ up: broker-up build
 
 test:
 	scripts/test.sh
+
+# The soak (hexpulse/tests/it/soak.rs) for longer: make soak SOAK=2h. make test runs 3 minutes of it.
+SOAK ?= 30m
+soak:
+	HEXPULSE_SOAK=$(SOAK) scripts/test.sh --only soak
 
 # Benchmarks: release build, a fresh in-memory broker, results into load-tests/results/*.json.
 BENCH_BROKER_PORT ?= 19094

@@ -48,6 +48,16 @@ export HEXPULSE_REQUIRE_BROKER=1
 export HEXPULSE_BROKER_SCRIPT="$PWD/scripts/broker.sh"
 export HEXPULSE_TANSU_BIN="$CACHE/tansu/bin/tansu"
 
+# `scripts/test.sh --only soak` (`make soak`): just the soak, for HEXPULSE_SOAK (default 30m here),
+# with its per-minute table on the terminal and in test-output/soak.json.
+if [ "${1:-}" = "--only" ] && [ "${2:-}" = "soak" ]; then
+  export HEXPULSE_SOAK="${HEXPULSE_SOAK:-30m}"
+  export HEXPULSE_SOAK_KILL_EVERY="${HEXPULSE_SOAK_KILL_EVERY:-5m}"
+  echo "== soak for $HEXPULSE_SOAK (a second processor killed every $HEXPULSE_SOAK_KILL_EVERY; off: none)"
+  cargo nextest run --workspace --locked --profile soak -E 'test(soak)' --no-capture
+  exit 0
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -5,6 +5,8 @@ mod crash;
 mod faults;
 mod k8s;
 mod map;
+mod restart;
+mod soak;
 mod up;
 // Shared with the processor tests, which use all of it; this crate uses a part.
 #[allow(dead_code)]

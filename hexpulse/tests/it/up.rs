@@ -78,6 +78,29 @@ impl Up {
             config = format!("{config},{}", path.display());
         }
         let topic = testenv::unique_topic(test);
+        Up::spawn(dir, topic, config, brokers, args)
+    }
+
+    /// Stops `up` as Ctrl-C does (SIGINT, then waits for it to exit) and starts it again with the
+    /// same config, topic, registry and lake, as a user running `make up` again would.
+    pub fn restart(mut self, brokers: &str, args: &[&str]) -> Up {
+        let _ = Command::new("kill")
+            .arg("-INT")
+            .arg(self.child.id().to_string())
+            .status();
+        let status = self.child.wait().expect("up exits");
+        assert!(status.success(), "`hexpulse up` after Ctrl-C: {status}");
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        Up::spawn(dir, self.topic.clone(), self.config.clone(), brokers, args)
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        topic: String,
+        config: String,
+        brokers: &str,
+        args: &[&str],
+    ) -> Up {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hexpulse"))
             .arg("up")
             .args(args)
@@ -177,6 +200,11 @@ impl Up {
             .env("HEXPULSE__SIMULATE__SEED", seed)
             .env("HEXPULSE_QUERY_TOKEN", ADMIN_TOKEN);
         c
+    }
+
+    /// The `hexpulse up` process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn lake(&self) -> PathBuf {

@@ -1,0 +1,73 @@
+//! #21: `make up` stopped with Ctrl-C and started again goes on: the demo fleet's readings keep
+//! landing, and none lands as `duplicate` (before, the demo restarted its sequence numbers at 1, so
+//! every reading after a restart was a duplicate and the map froze).
+
+use std::time::{Duration, Instant};
+
+use hexpulse_common::testenv;
+
+use crate::up::{ADMIN_TOKEN, Up, accounting_layer};
+
+fn count(query: &str, sql: &str) -> u64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("{query}/v1/sql"))
+            .bearer_auth(ADMIN_TOKEN)
+            .body(sql.to_string())
+            .send()
+            .await;
+        let Ok(r) = r else { return 0 };
+        let v: serde_json::Value = r.json().await.unwrap_or_default();
+        v[0]["n"].as_u64().unwrap_or(0)
+    })
+}
+
+fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ok() {
+        assert!(started.elapsed() < within, "{what} within {within:?}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn make_up_started_again_goes_on_without_duplicates() {
+    let cache = tempfile::tempdir().unwrap();
+    // `make up`'s broker: durable sqlite storage, kept across the restart.
+    let Some(broker) = testenv::OwnBroker::for_test("up_restart", cache.path()) else {
+        return;
+    };
+    broker.start();
+    let brokers = broker.address();
+    let layer = accounting_layer("");
+    let args = ["--rate", "200"];
+    let up = Up::start("it-restart", &brokers, &args, Some(&layer));
+    let heartbeats = "SELECT count(*) AS n FROM heartbeat";
+    wait_until("demo readings in the lake", Duration::from_secs(60), || {
+        count(&up.query, heartbeats) > 0
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let up = up.restart(&brokers, &args);
+    let before = count(&up.query, heartbeats);
+    eprintln!("{before} heartbeats before the restart's own readings");
+    wait_until(
+        "new readings after the restart",
+        Duration::from_secs(60),
+        || count(&up.query, heartbeats) > before,
+    );
+    std::thread::sleep(Duration::from_secs(10));
+    let dups = count(
+        &up.query,
+        "SELECT count(*) AS n FROM rejected WHERE reason = 'duplicate'",
+    );
+    let after = count(&up.query, heartbeats);
+    eprintln!("{after} heartbeats, {dups} duplicates");
+    assert_eq!(
+        dups, 0,
+        "demo readings landed as duplicate after the restart"
+    );
+}

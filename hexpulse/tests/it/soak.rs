@@ -1,0 +1,385 @@
+//! Soak: `make up`'s configuration (the demo config, the durable sqlite broker) under sustained,
+//! mixed traffic for `HEXPULSE_SOAK` (default 3 minutes in `make test`; `make soak` runs 30), with
+//! faults on a schedule:
+//!
+//! - the demo fleet at a steady rate, with every adversarial class, accounted at the end
+//!   (`hexpulse simulate --account`);
+//! - bursts of many small batches (one reading per request, 16 at once) every minute;
+//! - an outside consumer group reading the raw topic from the start, all the time;
+//! - with `HEXPULSE_SOAK_KILL_EVERY` set (`make soak`: 5m), a second processor in the group,
+//!   SIGKILLed that often and started again `HEXPULSE_SOAK_RESTART_AFTER` later (default 40 s, past
+//!   its group session). Not in `make test`: with tansu 0.6 some readings stayed unprocessed after
+//!   such kills (the #21 note);
+//! - one broker restart (stopped 10 s) at half time.
+//!
+//! Per minute it records readings accepted, the simulator's p99 latency, the peak RSS of `up`
+//! (ingest, processor, query and sealer in one process) and of the second processor, the lake's and
+//! the broker's disk use, what the outside consumer read, and whether the broker answered. It fails on any accounting
+//! mismatch, on a minute without accepted readings while traffic was offered and no fault was
+//! injected, on the outside consumer stalling, and on memory that keeps growing. The table goes to
+//! stderr and `test-output/soak.json`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hexpulse_common::testenv;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::{Value, json};
+
+use crate::up::{Up, accounted, accounting_layer, root};
+
+fn duration_env(name: &str, default: &str) -> Duration {
+    let text = std::env::var(name).unwrap_or_else(|_| default.to_string());
+    humantime::parse_duration(&text).unwrap_or_else(|e| panic!("{name}={text}: {e}"))
+}
+
+/// Resident memory of a process, bytes (0 once it is gone).
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn disk_use(path: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return std::fs::metadata(path).map_or(0, |m| m.len());
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => disk_use(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}
+
+/// The simulator's progress, as its periodic lines report it.
+#[derive(Default)]
+struct Progress {
+    accepted: AtomicU64,
+    p99_us: AtomicU64,
+}
+
+/// Follows `hexpulse simulate`'s stderr (`[simulate] 12s sent N accepted N (..) ... p99 X ms`).
+fn follow(child: &mut Child, progress: Arc<Progress>) -> std::thread::JoinHandle<Vec<String>> {
+    let stderr = child.stderr.take().expect("piped stderr");
+    std::thread::spawn(move || {
+        let mut tail = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let after = |w: &str| {
+                words
+                    .iter()
+                    .position(|x| *x == w)
+                    .and_then(|i| words.get(i + 1))
+                    .and_then(|v| v.parse::<f64>().ok())
+            };
+            if let Some(n) = after("accepted") {
+                progress.accepted.store(n as u64, Ordering::Relaxed);
+            }
+            if let Some(p) = after("p99") {
+                progress
+                    .p99_us
+                    .store((p * 1000.0) as u64, Ordering::Relaxed);
+            }
+            tail.push(line);
+            if tail.len() > 40 {
+                tail.remove(0);
+            }
+        }
+        tail
+    })
+}
+
+/// An outside consumer group reading the raw topic from the start, counting what it gets.
+fn outside_consumer(
+    brokers: String,
+    topic: String,
+    got: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("{topic}-outside"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "true")
+            .create()
+            .expect("outside consumer");
+        let mut tpl = TopicPartitionList::new();
+        loop {
+            if let Ok(md) = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5))
+                && let Some(t) = md.topics().first()
+                && !t.partitions().is_empty()
+            {
+                for p in t.partitions() {
+                    tpl.add_partition_offset(&topic, p.id(), Offset::Beginning)
+                        .unwrap();
+                }
+                break;
+            }
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        consumer.assign(&tpl).expect("assign");
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(200)) {
+                got.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    })
+}
+
+#[test]
+fn soak_under_mixed_traffic_and_faults() {
+    let length = duration_env("HEXPULSE_SOAK", "3m");
+    // "off": no second processor. `make test` runs without one, `make soak` with one killed every
+    // 5 minutes: with tansu 0.6, some readings stayed unprocessed after such kills (the #21 note).
+    let kill_every = match std::env::var("HEXPULSE_SOAK_KILL_EVERY").as_deref() {
+        Ok("off") | Err(_) => None,
+        Ok(_) => Some(duration_env("HEXPULSE_SOAK_KILL_EVERY", "5m")),
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let Some(broker) = testenv::OwnBroker::for_test("soak", cache.path()) else {
+        return;
+    };
+    broker.start();
+    let brokers = broker.address();
+    let layer =
+        accounting_layer("delivery_timeout = \"3s\"\n\n[process]\nsession_timeout = \"30s\"");
+    let up = Up::start("it-soak", &brokers, &["--no-traffic"], Some(&layer));
+    let started = Instant::now();
+    eprintln!(
+        "soak for {} (second processor killed every {}), topic {}",
+        humantime::format_duration(length),
+        kill_every.map_or("-".into(), |k| humantime::format_duration(k).to_string()),
+        up.topic
+    );
+
+    // The steady fleet, accounted at the end.
+    let progress = Arc::new(Progress::default());
+    let mut fleet = up
+        .simulate(
+            &brokers,
+            &[
+                "--adversarial",
+                "0.01",
+                "--duration",
+                &format!("{}s", length.as_secs()),
+                "--rate",
+                "300",
+                "--devices",
+                "1000",
+                "--batch-size",
+                "20",
+                "--settle",
+                "180s",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("hexpulse simulate");
+    let fleet_log = follow(&mut fleet, progress.clone());
+
+    let (outside_got, stop) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let outside = outside_consumer(
+        brokers.clone(),
+        up.topic.clone(),
+        outside_got.clone(),
+        stop.clone(),
+    );
+
+    // A second processor in the group, killed and restarted on schedule.
+    let spawn_processor = || {
+        up.command(&brokers)
+            .arg("process")
+            .env("HEXPULSE__PROCESS__LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("hexpulse process")
+    };
+    let mut processor = kill_every.map(|_| spawn_processor());
+
+    let minutes: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let lake = up.lake();
+    let broker_db = cache.path().join(format!("run/broker-{}", broker.port));
+    let (mut last_accepted, mut last_outside) = (0u64, 0u64);
+    let mut next_kill = kill_every.unwrap_or(Duration::MAX);
+    let restart_after = duration_env("HEXPULSE_SOAK_RESTART_AFTER", "40s");
+    let mut restart_at: Option<Duration> = None;
+    let mut broker_restarted = false;
+    let mut minute_start = Instant::now();
+    // Only the broker restart excuses a minute without accepted readings: ingest acknowledges
+    // what the broker has, whatever the processors do.
+    let mut fault_this_minute = false;
+    let (mut peak_up, mut peak_processor, mut kills_this_minute) = (0u64, 0u64, 0u32);
+    let mut bursts = Vec::new();
+    let mut burst_due = Duration::from_secs(20);
+    while started.elapsed() < length {
+        std::thread::sleep(Duration::from_secs(1));
+        let t = started.elapsed();
+        if t >= burst_due {
+            burst_due += Duration::from_secs(60);
+            bursts.push(
+                up.command(&brokers)
+                    .args(["simulate", "--register", "--target-url", &up.ingest])
+                    .args([
+                        "--count",
+                        "2000",
+                        "--batch-size",
+                        "1",
+                        "--concurrency",
+                        "16",
+                    ])
+                    .args(["--rate", "0", "--devices", "200"])
+                    .env(
+                        "HEXPULSE__SIMULATE__SEED",
+                        rand::random::<u32>().to_string(),
+                    )
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("burst"),
+            );
+        }
+        if t >= next_kill {
+            next_kill = next_kill.saturating_add(kill_every.unwrap_or(Duration::MAX));
+            eprintln!("{:>5.0}s SIGKILL of the second processor", t.as_secs_f64());
+            if let Some(p) = processor.as_mut() {
+                let _ = p.kill();
+                let _ = p.wait();
+            }
+            // Restarted once the dead member's group session (30 s) has expired: a member that
+            // joins while a SIGKILLed one still holds its partitions left some partitions
+            // unprocessed with tansu 0.6 (a third of the readings still missing 3 minutes after
+            // the run; the #21 note).
+            restart_at = Some(t + restart_after);
+            kills_this_minute += 1;
+        }
+        if restart_at.is_some_and(|at| t >= at) {
+            restart_at = None;
+            processor = Some(spawn_processor());
+        }
+        if !broker_restarted && t >= length / 2 {
+            broker_restarted = true;
+            fault_this_minute = true;
+            eprintln!("{:>5.0}s broker stopped for 10 s", t.as_secs_f64());
+            broker.stop();
+            std::thread::sleep(Duration::from_secs(10));
+            broker.start();
+            eprintln!("{:>5.0}s broker back", started.elapsed().as_secs_f64());
+        }
+        peak_up = peak_up.max(rss(up.pid()));
+        peak_processor = peak_processor.max(processor.as_ref().map_or(0, |p| rss(p.id())));
+        if minute_start.elapsed() >= Duration::from_secs(60) {
+            let accepted = progress.accepted.load(Ordering::Relaxed);
+            let got = outside_got.load(Ordering::Relaxed);
+            let answers = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .create::<BaseConsumer>()
+                .ok()
+                .is_some_and(|c| {
+                    c.fetch_metadata(Some(&up.topic), Duration::from_secs(10))
+                        .is_ok()
+                });
+            let row = json!({
+                "minute": minutes.lock().unwrap().len() + 1,
+                "accepted": accepted - last_accepted,
+                "p99_ms": progress.p99_us.load(Ordering::Relaxed) as f64 / 1000.0,
+                "outside_consumer_read": got - last_outside,
+                "peak_rss_up_mib": peak_up >> 20,
+                "peak_rss_processor_mib": peak_processor >> 20,
+                "processor_kills": kills_this_minute,
+                "lake_mib": disk_use(&lake) >> 20,
+                "broker_mib": disk_use(&broker_db) >> 20,
+                "broker_answers": answers,
+                "fault": fault_this_minute,
+            });
+            eprintln!("soak minute {row}");
+            minutes.lock().unwrap().push(row);
+            (last_accepted, last_outside) = (accepted, got);
+            minute_start = Instant::now();
+            fault_this_minute = false;
+            (peak_up, peak_processor, kills_this_minute) = (0, 0, 0);
+        }
+    }
+    let out = {
+        let tail = fleet_log;
+        let status = fleet.wait().expect("simulate finishes");
+        let mut stdout = String::new();
+        std::io::Read::read_to_string(&mut fleet.stdout.take().unwrap(), &mut stdout).unwrap();
+        let tail = tail.join().unwrap_or_default();
+        std::process::Output {
+            status,
+            stdout: stdout.into_bytes(),
+            stderr: tail.join("\n").into_bytes(),
+        }
+    };
+    for mut b in bursts {
+        let _ = b.wait();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = outside.join();
+    if let Some(mut p) = processor {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+
+    let minutes = minutes.lock().unwrap().clone();
+    let report = json!({
+        "length_s": length.as_secs(),
+        "kill_every_s": kill_every.map(|k| k.as_secs()),
+        "minutes": minutes,
+        "outside_consumer_total": outside_got.load(Ordering::Relaxed),
+    });
+    let _ = std::fs::create_dir_all(format!("{}/test-output", root()));
+    std::fs::write(
+        format!("{}/test-output/soak.json", root()),
+        serde_json::to_vec_pretty(&report).unwrap(),
+    )
+    .unwrap();
+    let summary = accounted(&out);
+    eprintln!(
+        "soak: {} acknowledged, accounting {}",
+        summary["accounting"]["acknowledged"], summary["accounting"]["mismatch_total"]
+    );
+    for m in &minutes {
+        if m["fault"] == false {
+            assert!(
+                m["accepted"].as_u64().unwrap() > 0,
+                "a minute without accepted readings and without a fault: {m}"
+            );
+            assert_eq!(m["broker_answers"], true, "the broker did not answer: {m}");
+        }
+    }
+    assert!(
+        outside_got.load(Ordering::Relaxed) > 0,
+        "the outside consumer read nothing"
+    );
+    // Memory: the last minute is not far above the first (no growth without bound).
+    if let (Some(first), Some(last)) = (minutes.first(), minutes.last()) {
+        let (a, b) = (
+            first["peak_rss_up_mib"].as_u64().unwrap(),
+            last["peak_rss_up_mib"].as_u64().unwrap(),
+        );
+        assert!(
+            b <= (2 * a).max(a + 512),
+            "`up` grew from {a} MiB to {b} MiB"
+        );
+    }
+}
