@@ -296,6 +296,14 @@ async fn complete(
     Ok(())
 }
 
+/// The last offset of `topic`'s `partition` that a committed unit covers (its gate table's txn
+/// version), or `None` before the first unit.
+pub async fn chain_end(lake: &Lake, topic: &str, partition: i32) -> Result<Option<i64>, LakeError> {
+    lake.table(STREAM_TABLES[0])
+        .txn_version(&app_id(topic, partition))
+        .await
+}
+
 /// Where `topic`'s `partition` goes on: the first offset no unit covers. Completes on the way a
 /// unit whose gate commit is in the log but whose other commits are not (a crash or a pause between
 /// them).

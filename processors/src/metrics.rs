@@ -6,6 +6,8 @@ pub const UNIT_SECONDS: &str = "hexpulse_processor_unit_seconds";
 pub const COMMIT_SECONDS: &str = "hexpulse_processor_commit_seconds";
 pub const FENCED: &str = "hexpulse_processor_fenced_total";
 pub const REJOINS_TOTAL: &str = "hexpulse_processor_group_rejoins_total";
+/// Rejoins because a partition with records waiting was processed by no live member.
+pub const REJOINS_ORPHANED_TOTAL: &str = "hexpulse_processor_group_rejoins_orphaned_total";
 pub const WATERMARK_MS: &str = "hexpulse_processor_watermark_ms"; // partition
 pub const LAG_MS: &str = "hexpulse_processor_lag_ms"; // partition
 pub const FLUSH_ERRORS: &str = "hexpulse_processor_flush_errors_total";

@@ -262,6 +262,7 @@ async fn consume_session(
     // Re-reads under way, and partitions assigned but silent (see `Reread`).
     let mut rereads: HashMap<i32, Reread> = HashMap::new();
     let mut silent: HashMap<i32, (Instant, i64)> = HashMap::new();
+    let mut orphans = OrphanWatch::new(s.cfg.session_timeout * 3);
     {
         let mut stream = consumer.stream();
         loop {
@@ -361,6 +362,20 @@ async fn consume_session(
                 );
                 drop(stream);
                 // Closing a consumer talks to the coordinator; keep that off the async workers.
+                let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+                return Ok(Session::Rejoin);
+            }
+            // A partition no live member processes (its owner was killed and the group did not
+            // hand it on): join again, so that a rebalance assigns it.
+            let mine = assigned.lock().expect("lock").clone();
+            if let Some(p) = orphans.orphaned(s, &consumer, &topic, &mine).await {
+                tracing::warn!(
+                    partition = p,
+                    "a partition with records waiting has not advanced in the lake and is not \
+                     assigned here; joining the group again so that a rebalance hands it on"
+                );
+                metrics::counter!(m::REJOINS_ORPHANED_TOTAL).increment(1);
+                drop(stream);
                 let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
                 return Ok(Session::Rejoin);
             }
@@ -500,6 +515,76 @@ fn seek(consumer: &StreamConsumer<RebalanceCtx>, topic: &str, p: i32, offset: i6
 }
 
 /// The group's committed offset of `p`, if any.
+/// Finds partitions that no live member processes. With tansu 0.6 a SIGKILLed member's partitions
+/// sometimes stay with nobody after its session expired (the soak test found readings waiting for
+/// minutes; `crash.rs` restarts a stalled processor for the same reason). Every [`ORPHAN_CHECK`],
+/// a partition not assigned here whose log has records past its chain end in the lake, and whose
+/// chain end has not moved for `patience`, is orphaned.
+struct OrphanWatch {
+    patience: Duration,
+    last_check: Instant,
+    /// Per partition: its chain end at the last change, and when that was.
+    seen: HashMap<i32, (Option<i64>, Instant)>,
+}
+
+const ORPHAN_CHECK: Duration = Duration::from_secs(5);
+
+impl OrphanWatch {
+    fn new(patience: Duration) -> OrphanWatch {
+        OrphanWatch {
+            patience,
+            last_check: Instant::now(),
+            seen: HashMap::new(),
+        }
+    }
+
+    async fn orphaned(
+        &mut self,
+        s: &Shared,
+        consumer: &StreamConsumer<RebalanceCtx>,
+        topic: &str,
+        mine: &[i32],
+    ) -> Option<i32> {
+        if self.last_check.elapsed() < ORPHAN_CHECK || mine.is_empty() {
+            return None;
+        }
+        self.last_check = Instant::now();
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(2))
+            .ok()?;
+        let partitions: Vec<i32> = md
+            .topics()
+            .first()?
+            .partitions()
+            .iter()
+            .map(|p| p.id())
+            .collect();
+        for p in partitions {
+            if mine.contains(&p) {
+                self.seen.remove(&p);
+                continue;
+            }
+            let Ok(end) = hexpulse_lake::unit::chain_end(&s.lake, topic, p).await else {
+                continue;
+            };
+            let Ok((_, high)) = consumer.fetch_watermarks(topic, p, Duration::from_secs(2)) else {
+                continue;
+            };
+            let waiting = high - 1 > end.unwrap_or(-1);
+            let entry = self.seen.entry(p).or_insert((end, Instant::now()));
+            if entry.0 != end || !waiting {
+                *entry = (end, Instant::now());
+                continue;
+            }
+            if entry.1.elapsed() >= self.patience {
+                self.seen.clear();
+                return Some(p);
+            }
+        }
+        None
+    }
+}
+
 fn committed_offset(consumer: &StreamConsumer<RebalanceCtx>, topic: &str, p: i32) -> Option<i64> {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, p);
