@@ -176,20 +176,12 @@ async fn replays_from_elsewhere_do_not_silence_a_device() {
         burst: 5,
     };
     let node = Node::start("it-ingest-replay", &brokers, cfg, registry(1)).await;
-    let post_from = |from: &'static str, body: Vec<u8>| {
-        node.http
-            .post(node.url("/v1/readings"))
-            .header("content-type", PROTOBUF)
-            .header("x-forwarded-for", from)
-            .body(body)
-            .send()
-    };
     // The attacker captured one of the device's batches and replays it from its own address until
     // ingest refuses it.
     let captured = batch(&[signed(&device_key(0), 1)]);
     let mut refused = false;
     for _ in 0..20 {
-        let r = post_from("198.51.100.7", captured.clone()).await.unwrap();
+        let r = node.post_from("198.51.100.7", captured.clone()).await;
         if r.status().as_u16() == 429 {
             refused = true;
             break;
@@ -198,9 +190,9 @@ async fn replays_from_elsewhere_do_not_silence_a_device() {
     assert!(refused, "the replays were never limited");
     // The device itself, from its own address, is still within its budget.
     for seq in 2..5 {
-        let r = post_from("203.0.113.50", batch(&[signed(&device_key(0), seq)]))
-            .await
-            .unwrap();
+        let r = node
+            .post_from("203.0.113.50", batch(&[signed(&device_key(0), seq)]))
+            .await;
         let status = r.status().as_u16();
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(

@@ -279,14 +279,6 @@ async fn one_clients_bad_signatures_do_not_tax_the_others() {
     let mut cfg = IngestConfig::for_tests();
     cfg.trust_forwarded_for = true;
     let node = Node::start("it-ingest-bad-share", &brokers, cfg, registry(4)).await;
-    let post_from = |from: &'static str, body: Vec<u8>| {
-        node.http
-            .post(node.url("/v1/readings"))
-            .header("content-type", "application/x-protobuf")
-            .header("x-forwarded-for", from)
-            .body(body)
-            .send()
-    };
     // The flooder: half of every batch carries a broken signature.
     for round in 0..10u64 {
         let items: Vec<_> = (0..100u64)
@@ -300,7 +292,7 @@ async fn one_clients_bad_signatures_do_not_tax_the_others() {
                 item
             })
             .collect();
-        let r = post_from("198.51.100.66", batch(&items)).await.unwrap();
+        let r = node.post_from("198.51.100.66", batch(&items)).await;
         assert_eq!(r.status().as_u16(), 200);
     }
     let before = single_checks(&node).await;
@@ -312,7 +304,7 @@ async fn one_clients_bad_signatures_do_not_tax_the_others() {
     let items: Vec<_> = (0..200u64)
         .map(|i| signed(&device_key((i % 4) as u8), 50_000 + i))
         .collect();
-    let r = post_from("203.0.113.9", batch(&items)).await.unwrap();
+    let r = node.post_from("203.0.113.9", batch(&items)).await;
     assert_eq!(r.status().as_u16(), 200);
     let after = single_checks(&node).await;
     assert_eq!(

@@ -145,6 +145,19 @@ impl Node {
         (status, json, headers)
     }
 
+    /// `POST /v1/readings` of a protobuf batch as if from `from` (an `X-Forwarded-For` entry, for a
+    /// node with `trust_forwarded_for`).
+    pub async fn post_from(&self, from: &str, body: Vec<u8>) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/readings"))
+            .header("content-type", "application/x-protobuf")
+            .header("x-forwarded-for", from)
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
     pub async fn shutdown(self) {
         self.stop.cancel();
         tokio::time::timeout(Duration::from_secs(20), self.task)
