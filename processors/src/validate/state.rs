@@ -25,12 +25,16 @@ impl DeviceState {
             .unwrap_or(0)
     }
 
+    /// Takes in a valid reading. A reading is counted once in its rate window however often it is
+    /// fed: a state rebuild feeds one row per lake row, and a sensor reading has a row per
+    /// measurement (counting those made a device look over its rate after a rebalance).
     pub fn accept(&mut self, seq: u64, event_ms: i64, lat: f64, lng: f64, window_ms: i64) {
-        self.seqs.insert(seq, event_ms);
-        *self
-            .windows
-            .entry(event_ms.div_euclid(window_ms))
-            .or_default() += 1;
+        if self.seqs.insert(seq, event_ms).is_none() {
+            *self
+                .windows
+                .entry(event_ms.div_euclid(window_ms))
+                .or_default() += 1;
+        }
         if self.last.is_none_or(|(t, _, _)| event_ms >= t) {
             self.last = Some((event_ms, lat, lng));
         }

@@ -191,10 +191,20 @@ fn rate_limit_and_state_rebuild() {
         verdict(&mut v, 1, &hb(max + 1, T0 + max as i64, 52.52, 13.405), T0),
         "rate_exceeded"
     );
-    // A rebuilt validator knows the stored readings.
+    // A rebuilt validator knows the stored readings, and counts each once in its rate window
+    // however many rows it has (a sensor reading has one per measurement).
     let mut w = setup();
     let k: [u8; 32] = *key(1).verifying_key().as_bytes();
-    w.remember(k, 1, T0, 52.52, 13.405);
+    for _ in 0..3 {
+        w.remember(k, 1, T0, 52.52, 13.405);
+    }
+    for s in 2..=max {
+        assert_eq!(
+            verdict(&mut w, 1, &hb(s, T0 + s as i64, 52.52, 13.405), T0),
+            "valid",
+            "reading {s} after a rebuild"
+        );
+    }
     assert_eq!(
         verdict(&mut w, 1, &hb(1, T0, 52.52, 13.405), T0),
         "duplicate"
