@@ -135,19 +135,6 @@ async fn bad_input_gets_specific_answers_and_never_reaches_kafka() {
     assert_eq!(got[0].value, good.encode_to_vec());
 }
 
-fn signed_reading(
-    key: &ed25519_dalek::SigningKey,
-    r: &hexpulse_schemas::wire::Reading,
-) -> hexpulse_schemas::wire::SignedReading {
-    let payload = r.encode_to_vec();
-    hexpulse_schemas::wire::SignedReading {
-        public_key: key.verifying_key().to_bytes().to_vec().into(),
-        signature: sign::sign(key, &payload).to_vec().into(),
-        payload: payload.into(),
-        format: hexpulse_schemas::wire::PayloadFormat::Protobuf as i32,
-    }
-}
-
 /// #20.14 and #20.15: a NaN or infinite number anywhere in a reading, more measurements than
 /// metrics, or a metric measured twice is `malformed` at ingest (and in the processors, which run
 /// the same check), so it can neither earn a reward tier nor flood the sensor table.
@@ -188,10 +175,10 @@ async fn non_finite_numbers_and_measurement_floods_are_malformed() {
         r
     };
     let items = [
-        signed_reading(&key, &nan_speed),
-        signed_reading(&key, &inf_accuracy),
-        signed_reading(&key, &sensor(5_000, false)),
-        signed_reading(&key, &sensor(2, true)),
+        sign_reading(&key, &nan_speed),
+        sign_reading(&key, &inf_accuracy),
+        sign_reading(&key, &sensor(5_000, false)),
+        sign_reading(&key, &sensor(2, true)),
         signed(&key, 9),
     ];
     let (status, body, _) = node.post("application/x-protobuf", batch(&items)).await;

@@ -59,7 +59,12 @@ pub fn reading(seq: u64) -> Reading {
 }
 
 pub fn signed(key: &SigningKey, seq: u64) -> SignedReading {
-    let payload = reading(seq).encode_to_vec();
+    sign_reading(key, &reading(seq))
+}
+
+/// `r` as a device signs it, in protobuf.
+pub fn sign_reading(key: &SigningKey, r: &Reading) -> SignedReading {
+    let payload = r.encode_to_vec();
     SignedReading {
         public_key: key.verifying_key().to_bytes().to_vec().into(),
         signature: sign::sign(key, &payload).to_vec().into(),
