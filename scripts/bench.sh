@@ -19,12 +19,8 @@ echo "== end to end (every role its own process; accounting, freshness, peak RSS
 "$BIN" bench e2e --broker-pid "$(cat "${HEXPULSE_CACHE:-$HOME/.cache/hexpulse}/run/broker-$PORT/pid")" \
   --out load-tests/results/e2e.json
 # DuckDB from PyPI for the side-by-side query benchmark (the same cached venv as make test).
-VENV="${HEXPULSE_CACHE:-$HOME/.cache/hexpulse}/venv"
-if ! "$VENV/bin/python" -c "import duckdb" >/dev/null 2>&1; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet "duckdb==2.0.0"
-fi
+PY="$(scripts/venv.sh)"
 echo "== query service vs DuckDB (10M readings)"
-HEXPULSE_PYTHON="$VENV/bin/python" "$BIN" bench query --out load-tests/results/query.json
+HEXPULSE_PYTHON="$PY" "$BIN" bench query --out load-tests/results/query.json
 echo "== report"
 python3 scripts/bench_report.py

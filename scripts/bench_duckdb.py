@@ -1,26 +1,25 @@
 #!/usr/bin/env python3
 """DuckDB side of `hexpulse bench query`: reads a JSON spec on stdin
 
-    {"runs": N, "tables": {"heartbeat": [files...], ...}, "queries": [{"name": ..., "sql": ...}]}
+    {"runs": N, "tables": {"heartbeat": "/lake/heartbeat", ...}, "queries": [{"name": ..., "sql": ...}]}
 
-defines each table as a view over exactly the listed Parquet files (the lake's valid files), runs
-each query once to warm up and N times timed, and prints {"version": ..., "queries": [{"name",
-"times_ms", "rows"}]} as JSON."""
+defines each table as a view over `delta_scan` of its Delta table (the same snapshot the query
+service reads), runs each query once to warm up and N times timed, and prints
+{"version": ..., "queries": [{"name", "times_ms", "rows"}]} as JSON."""
 import json
 import sys
 import time
 
 import duckdb
 
+from read_lake import connect, scan
+
 
 def main():
     spec = json.load(sys.stdin)
-    con = duckdb.connect()
-    for table, files in spec["tables"].items():
-        if not files:
-            continue
-        listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-        con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{listed}])")
+    con = connect()
+    for table, path in spec["tables"].items():
+        con.execute(f"CREATE VIEW {table} AS SELECT * FROM {scan(path, None)}")
     out = []
     for q in spec["queries"]:
         rows = len(con.execute(q["sql"]).fetchall())

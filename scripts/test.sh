@@ -10,19 +10,14 @@ export CARGO_INCREMENTAL=0
 CACHE="${HEXPULSE_CACHE:-$HOME/.cache/hexpulse}"
 scripts/broker.sh install
 
-# Python tools, in a cached venv: DuckDB and deltalake (independent Delta readers for the lake tests) and
-# kubernetes-validate (offline Kubernetes schemas for the k8s/ checks, scripts/check_k8s.py).
-VENV="$CACHE/venv"
-if ! "$VENV/bin/python" -c "import duckdb, deltalake, pyarrow, kubernetes_validate, yaml" >/dev/null 2>&1; then
-  echo "installing DuckDB and kubernetes-validate into $VENV (once per machine)"
-  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet "duckdb==2.0.0" "kubernetes-validate==1.37.0" "deltalake==1.6.6" "pyarrow==26.0.1"
-fi
+# Python tools in a cached venv (scripts/requirements.txt): DuckDB with its delta extension and deltalake,
+# the independent Delta readers of the lake tests, and kubernetes-validate for the k8s/ checks.
+HEXPULSE_PYTHON="$(scripts/venv.sh)"
 if ! command -v kubectl >/dev/null 2>&1; then
   echo "kubectl is missing: the k8s/ checks render the overlays with 'kubectl kustomize'" >&2
   exit 1
 fi
-export HEXPULSE_PYTHON="$VENV/bin/python"
+export HEXPULSE_PYTHON
 
 # The map page's bundle (embedded into the binary) and, for its end-to-end test, Debian's Chromium
 # driven by playwright-core (web/e2e.mjs); no browser download.

@@ -29,6 +29,27 @@ pub fn broker_or_skip(test: &str) -> Option<String> {
     }
 }
 
+/// The Python of the cached venv with the outside readers (DuckDB, deltalake; `HEXPULSE_PYTHON`), or
+/// `None` (after a loud message) when tests should skip.
+///
+/// # Panics
+/// When it is not set but `HEXPULSE_REQUIRE_BROKER` is (as under `make test`).
+pub fn python_or_skip(test: &str) -> Option<String> {
+    match std::env::var("HEXPULSE_PYTHON") {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ => {
+            assert!(
+                std::env::var_os(REQUIRE_ENV).is_none(),
+                "{test}: make test must set HEXPULSE_PYTHON"
+            );
+            eprintln!(
+                "\n*** SKIPPING {test}: HEXPULSE_PYTHON unset. Run `make test` to run it. ***\n"
+            );
+            None
+        }
+    }
+}
+
 /// A topic name unique to this test run, so tests sharing one broker do not see each other's data.
 pub fn unique_topic(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -109,6 +109,8 @@ pub struct DataFile {
     /// Path from the lake root (`heartbeat/date=2026-11-30/hour=06/….parquet`).
     pub path: String,
     pub size: u64,
+    /// The Add action's modification time (ms since the epoch).
+    pub modified_ms: i64,
     /// Rows, from the file's statistics.
     pub rows: Option<u64>,
     pub date: Option<String>,
@@ -474,6 +476,7 @@ impl Table {
                 DataFile {
                     path: format!("{}/{}", self.name, f.object_store_path()),
                     size: f.size().max(0) as u64,
+                    modified_ms: f.modification_time(),
                     rows: f.num_records().map(|n| n as u64),
                     date: parts.get("date").cloned().flatten(),
                     hour: parts

@@ -1,8 +1,8 @@
 //! The DataFusion catalog over the lake: which files each table reads.
 //!
-//! Lake tables read exactly the valid files of `hexpulse_lake::compact::valid_files` (so a
-//! compaction in progress never shows rows twice); epoch tables read exactly the files that sealed
-//! epochs' manifests list. The catalog is rebuilt every `refresh_interval` and swapped atomically;
+//! Lake tables read exactly the data files of their newest Delta snapshot ([`SnapshotTable`]: a
+//! compaction in progress never shows rows twice, and the partition columns `date` and `hour` prune
+//! files); epoch tables read exactly the files that sealed epochs' manifests list. The catalog is rebuilt every `refresh_interval` and swapped atomically;
 //! a query runs against the catalog it started with.
 
 use std::collections::BTreeMap;
@@ -15,13 +15,16 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use hexpulse_lake::Lake;
-use hexpulse_lake::compact::valid_files;
+use hexpulse_lake::delta::DataFile;
 use hexpulse_lake::epoch::{seal, sealed_ids};
 use hexpulse_schemas::tables;
 use sha2::{Digest, Sha256};
+
+use crate::snapshot::SnapshotTable;
 
 /// The URL under which the lake's object store is registered with DataFusion.
 pub const LAKE_URL: &str = "hexpulse-lake://lake/";
@@ -62,6 +65,47 @@ fn empty_schema(table: &str) -> SchemaRef {
     }
 }
 
+/// The session's Parquet format (`ParquetFormat::default()` would ignore its settings).
+fn parquet_format(ctx: &SessionContext) -> Arc<ParquetFormat> {
+    Arc::new(ParquetFormat::default().with_options(ctx.state().table_options().parquet.clone()))
+}
+
+/// The schema of a table's newest file (files of a table differ at most by added columns, which
+/// older files read as NULL); inferring from every file would read every footer on each refresh.
+async fn newest_schema(ctx: &SessionContext, newest: &str) -> Result<SchemaRef, CatalogError> {
+    let options = ListingOptions::new(parquet_format(ctx)).with_file_extension(".parquet");
+    let url = ListingTableUrl::parse(format!("{LAKE_URL}{newest}"))?;
+    Ok(options.infer_schema(&ctx.state(), &url).await?)
+}
+
+/// A lake table: the data files of its newest Delta snapshot.
+async fn register_lake(
+    ctx: &SessionContext,
+    name: &str,
+    files: &[DataFile],
+) -> Result<(), CatalogError> {
+    let Some(newest) = files.last() else {
+        let mut fields: Vec<_> = empty_schema(name).fields().iter().cloned().collect();
+        fields.extend(crate::snapshot::partition_fields());
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+        ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
+        return Ok(());
+    };
+    let schema = newest_schema(ctx, &newest.path).await?;
+    // Per-file statistics (for pruning) from the runtime's cache, which outlives catalog rebuilds.
+    let stats = ctx.runtime_env().cache_manager.get_file_statistic_cache();
+    let table = SnapshotTable::new(
+        ObjectStoreUrl::parse(LAKE_URL)?,
+        schema,
+        files,
+        parquet_format(ctx),
+        stats,
+    );
+    ctx.register_table(name, Arc::new(table))?;
+    Ok(())
+}
+
+/// An epoch table: the files that sealed epochs' manifests list.
 async fn register(ctx: &SessionContext, name: &str, files: &[String]) -> Result<(), CatalogError> {
     if files.is_empty() {
         let schema = empty_schema(name);
@@ -72,20 +116,12 @@ async fn register(ctx: &SessionContext, name: &str, files: &[String]) -> Result<
         .iter()
         .map(|f| ListingTableUrl::parse(format!("{LAKE_URL}{f}")))
         .collect::<Result<Vec<_>, _>>()?;
-    // The session's Parquet settings (ParquetFormat::default() would ignore them).
-    let parquet =
-        ParquetFormat::default().with_options(ctx.state().table_options().parquet.clone());
-    let options = ListingOptions::new(Arc::new(parquet)).with_file_extension(".parquet");
-    // The schema of the newest file (files of a table differ at most by added columns, which older
-    // files read as NULL); inferring from every file would read every footer on each refresh.
-    let newest = urls.last().expect("files is not empty");
-    let schema = options.infer_schema(&ctx.state(), newest).await?;
+    let options = ListingOptions::new(parquet_format(ctx)).with_file_extension(".parquet");
+    let newest = files.last().expect("files is not empty");
+    let schema = newest_schema(ctx, newest).await?;
     let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
         .with_schema(schema);
-    // Per-file statistics (for pruning) from the runtime's cache, which outlives catalog rebuilds;
-    // without it every query converts the footer statistics of every file of the table again.
-    // Entries are checked against the file's size and modification time.
     let stats = ctx.runtime_env().cache_manager.get_file_statistic_cache();
     ctx.register_table(
         name,
@@ -177,13 +213,13 @@ pub async fn build(
     };
     let mut version = Sha256::new();
     for t in LAKE_TABLES {
-        let files = valid_files(lake, t).await?;
+        let (_, files) = lake.table(t).files().await?;
         snap.files.insert(t.to_string(), files.len());
         for f in &files {
-            version.update(f.as_bytes());
+            version.update(f.path.as_bytes());
             version.update([0]);
         }
-        register(&ctx, t, &files).await?;
+        register_lake(&ctx, t, &files).await?;
     }
     let heartbeat = ctx.table_provider("heartbeat").await?.schema();
     snap.resolutions = heartbeat

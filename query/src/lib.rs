@@ -25,6 +25,7 @@ pub mod openapi;
 pub mod params;
 pub mod preagg;
 pub mod server;
+pub mod snapshot;
 pub mod sql;
 pub mod udf;
 

@@ -157,30 +157,25 @@ async fn sigkill_at_random_points_loses_and_doubles_nothing() {
     independent_reader(&lake_dir, &summary);
 }
 
-/// deltalake and DuckDB (from PyPI, installed by `make test`) read the same Delta tables with the
-/// documented schema.
+/// DuckDB's `delta_scan` and deltalake (from PyPI, installed by `make test`) read the same Delta
+/// tables with the documented schema.
 fn independent_reader(
     lake_dir: &std::path::Path,
     summary: &hexpulse_processors::inspect::LakeSummary,
 ) {
-    let Ok(python) = std::env::var("HEXPULSE_PYTHON") else {
-        assert!(
-            std::env::var_os(testenv::REQUIRE_ENV).is_none(),
-            "make test must set HEXPULSE_PYTHON"
-        );
-        eprintln!("*** SKIPPING the DuckDB check: HEXPULSE_PYTHON unset (make test sets it) ***");
+    let Some(python) = testenv::python_or_skip("the outside readers' check") else {
         return;
     };
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/check_lake.py");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/read_lake.py");
     let out = Command::new(python)
         .arg(script)
         .arg(lake_dir)
         .output()
-        .expect("run check_lake.py");
+        .expect("run read_lake.py");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "check_lake.py: {text}\n{}",
+        "read_lake.py: {text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let report: serde_json::Value = serde_json::from_str(&text).expect("JSON report");

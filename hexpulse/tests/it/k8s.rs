@@ -15,14 +15,7 @@ fn repo() -> PathBuf {
 /// Runs the checker on `k8s` (a folder laid out like the repository's k8s/); None when the tools
 /// are missing outside `make test`.
 fn check(k8s: &Path) -> Option<Output> {
-    let Ok(python) = std::env::var("HEXPULSE_PYTHON") else {
-        assert!(
-            std::env::var_os(testenv::REQUIRE_ENV).is_none(),
-            "make test must set HEXPULSE_PYTHON"
-        );
-        eprintln!("*** SKIPPING the k8s checks: HEXPULSE_PYTHON unset (make test sets it) ***");
-        return None;
-    };
+    let python = testenv::python_or_skip("the k8s checks")?;
     let out = Command::new(python)
         .arg(repo().join("scripts/check_k8s.py"))
         .arg("--hexpulse")

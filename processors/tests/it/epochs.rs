@@ -13,9 +13,6 @@ use hexpulse_lake::rules::Rules;
 use hexpulse_lake::{COMPACTED_ZSTD_LEVEL, Lake, encode_parquet};
 use hexpulse_load_tests::scenario::{self, Fate, Scenario};
 use hexpulse_processors::ProcessConfig;
-use hexpulse_processors::h3bin::Binner;
-use hexpulse_processors::partition::PartitionWorker;
-use hexpulse_processors::validate::Validator;
 use hexpulse_schemas::tables;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -30,62 +27,6 @@ fn day_epochs() -> EpochConfig {
         length: Duration::from_secs(86_400),
         origin: "2026-01-01T00:00:00Z".into(),
         ..EpochConfig::default()
-    }
-}
-
-/// Writes the scenario into a lake through real partition workers (no Kafka): records go to
-/// `partitions` partitions by device key, and units close every `unit` records.
-pub async fn write_lake(
-    sc: &Scenario,
-    now: i64,
-    partitions: i32,
-    unit: usize,
-) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
-    write_into(&lake, sc, now, partitions, unit, TOPIC).await;
-    dir
-}
-
-/// [`write_lake`] into an existing lake, as the records of `topic`.
-pub async fn write_into(
-    lake: &Lake,
-    sc: &Scenario,
-    now: i64,
-    partitions: i32,
-    unit: usize,
-    topic: &str,
-) {
-    let rules = Rules::load(None).unwrap();
-    let registry = Registry::from_devices(sc.devices.clone()).unwrap();
-    let mut workers = Vec::new();
-    for p in 0..partitions {
-        workers.push(
-            PartitionWorker::init(
-                topic,
-                p,
-                now,
-                lake.clone(),
-                Validator::new(rules.clone(), registry.clone(), true),
-                Binner::new(&[12, 8]).unwrap(),
-                vec![12, 8],
-            )
-            .await
-            .unwrap(),
-        );
-    }
-    let mut next = vec![0i64; partitions as usize];
-    for r in &sc.records {
-        let p = (r.key.iter().map(|b| *b as usize).sum::<usize>() % partitions as usize) as i32;
-        let w = &mut workers[p as usize];
-        w.push(next[p as usize], &r.value, now);
-        next[p as usize] += 1;
-        if w.buffered() >= unit {
-            w.flush(&rules.version).await.unwrap();
-        }
-    }
-    for w in &mut workers {
-        w.flush(&rules.version).await.unwrap();
     }
 }
 

@@ -17,7 +17,6 @@ use hexpulse_load_tests::scenario;
 use hexpulse_processors::inspect::summarize;
 
 use crate::compaction::physical;
-use crate::epochs::write_lake;
 use crate::faulty::Flaky;
 use crate::support::*;
 

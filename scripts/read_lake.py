@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Reads a Hexpulse lake with two independent Delta readers, DuckDB's `delta_scan` and delta-rs's
+Python binding (`deltalake`), and prints a JSON report. The lake tests run it; it is also a worked
+example of reading the lake from outside (schemas/TABLES.md).
+
+    read_lake.py LAKE_DIR [--versions JSON] [--rows]
+        Each table at its newest version, or at the versions of JSON ({"heartbeat": 12, ...}, as an
+        epoch manifest's `input_versions`): the version, row count, distinct readings, DuckDB's column
+        types and, with --rows, every row's identity sorted (see IDENTITY). Exit status 1 if the two
+        readers disagree, a reading appears twice, or a table's columns differ from TABLES.md.
+
+    read_lake.py LAKE_DIR --watch SECONDS
+        Reads every table with both readers again and again for SECONDS (while writers and compactions
+        commit), and reports each table's counts per read. Exit status 1 if any read counted a reading
+        twice, or a table's count went down between reads.
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+
+import duckdb
+import duckdb_extension_delta
+from deltalake import DeltaTable
+
+COMMON = ["event_time", "receive_time", "device_key", "seq", "lat", "lng", "accuracy_m", "asserted_distance_m"]
+PROV = ["src_topic", "src_partition", "src_offset", "rules_version"]
+EXPECTED = {
+    "heartbeat": ["radio", "signal_dbm", "download_mbps", "upload_mbps", "latency_ms"],
+    "sensor": ["metric", "value", "unit"],
+    "road": ["observation", "heading_deg", "speed_kmh", "confidence"],
+}
+REJECTED = ["receive_time", "event_time", "device_key", "seq", "kind", "reason", "message", "raw"] + PROV
+TABLES = ["heartbeat", "sensor", "road", "rejected"]
+PARTITION_COLUMNS = ("date", "hour")
+
+# What identifies a row: its Kafka record, and in `sensor` (a row per measurement) the metric too.
+IDENTITY = {
+    "heartbeat": ["src_topic", "src_partition", "src_offset", "seq"],
+    "sensor": ["src_topic", "src_partition", "src_offset", "seq", "metric"],
+    "road": ["src_topic", "src_partition", "src_offset", "seq"],
+    "rejected": ["src_topic", "src_partition", "src_offset", "reason"],
+}
+
+
+def connect():
+    """DuckDB with its delta extension, loaded from the `duckdb-extension-delta` wheel (the same signed
+    file that `INSTALL delta` downloads from DuckDB's extension host)."""
+    con = duckdb.connect()
+    ext = os.path.join(
+        os.path.dirname(duckdb_extension_delta.__file__),
+        "extensions",
+        f"v{duckdb.__version__}",
+        "delta.duckdb_extension",
+    )
+    if not os.path.exists(ext):
+        found = glob.glob(os.path.join(os.path.dirname(duckdb_extension_delta.__file__), "extensions", "*"))
+        sys.exit(f"no delta extension for DuckDB {duckdb.__version__} (found {found}): pin equal versions")
+    con.execute(f"LOAD '{ext}'")
+    return con
+
+
+def scan(path, version):
+    quoted = path.replace("'", "''")
+    at = f", version => {int(version)}" if version is not None else ""
+    return f"delta_scan('{quoted}'{at})"
+
+
+def read_table(con, lake, table, version, with_rows):
+    path = os.path.join(lake, table)
+    if not os.path.isdir(os.path.join(path, "_delta_log")):
+        return {"rows": 0, "duckdb_rows": 0, "distinct": 0}, []
+    problems = []
+    delta = DeltaTable(path, version=version)
+    arrow = delta.to_pyarrow_table()
+    src = scan(path, version)
+    rel = con.sql(f"SELECT * FROM {src}")
+    cols = [c for c in rel.columns if c not in PARTITION_COLUMNS]
+    types = dict(zip(rel.columns, [str(t) for t in rel.types]))
+    if table == "rejected":
+        want = REJECTED
+    else:
+        h3 = [c for c in cols if c.startswith("h3_r")]
+        want = COMMON + h3 + PROV + EXPECTED[table]
+        if not h3:
+            problems.append(f"{table}: no h3_r* columns")
+    if cols != want:
+        problems.append(f"{table}: columns {cols} != documented {want}")
+    ident = ", ".join(IDENTITY[table])
+    rows = con.execute(f"SELECT count(*) FROM {src}").fetchone()[0]
+    distinct = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {ident} FROM {src})").fetchone()[0]
+    if arrow.num_rows != rows:
+        problems.append(f"{table}: deltalake reads {arrow.num_rows} rows, DuckDB delta_scan {rows}")
+    if distinct != rows:
+        problems.append(f"{table}: {rows} rows but {distinct} distinct readings")
+    report = {
+        "version": delta.version(),
+        "rows": rows,
+        "deltalake_rows": arrow.num_rows,
+        "distinct": distinct,
+        "types": types,
+    }
+    # Rows per Delta partition (event date and hour; receive time for `rejected`).
+    report["partitions"] = [
+        [str(d), h, n]
+        for d, h, n in con.execute(f"SELECT date, hour, count(*) FROM {src} GROUP BY ALL ORDER BY ALL").fetchall()
+    ]
+    if with_rows:
+        order = ", ".join(f"{c} NULLS FIRST" for c in IDENTITY[table])
+        listed = con.execute(f"SELECT {ident} FROM {src} ORDER BY {order}").fetchall()
+        # The same rows through deltalake's Arrow table, sorted the same way by DuckDB.
+        other = con.execute(f"SELECT {ident} FROM arrow ORDER BY {order}").fetchall()
+        if listed != other:
+            problems.append(f"{table}: deltalake and delta_scan list different rows")
+        report["identity"] = [list(r) for r in listed]
+    return report, problems
+
+
+def snapshot(lake, versions, with_rows):
+    con = connect()
+    report = {"duckdb": duckdb.__version__, "tables": {}, "problems": []}
+    for table in TABLES:
+        version = None if versions is None else versions.get(table)
+        t, problems = read_table(con, lake, table, version, with_rows)
+        report["tables"][table] = t
+        report["problems"] += problems
+    return report
+
+
+def watch(lake, seconds):
+    con = connect()
+    reads, problems, last = [], [], {}
+    until = time.monotonic() + seconds
+    while time.monotonic() < until or not reads:
+        read = {}
+        for table in TABLES:
+            path = os.path.join(lake, table)
+            if not os.path.isdir(os.path.join(path, "_delta_log")):
+                continue
+            # One version for both readers: each opens the log once, and a commit may land between.
+            version = DeltaTable(path).version()
+            src = scan(path, version)
+            ident = ", ".join(IDENTITY[table])
+            rows, distinct = con.execute(
+                f"SELECT count(*), (SELECT count(*) FROM (SELECT DISTINCT {ident} FROM {src})) FROM {src}"
+            ).fetchone()
+            by_deltalake = DeltaTable(path, version=version).to_pyarrow_table(columns=IDENTITY[table])
+            d_rows = by_deltalake.num_rows
+            d_distinct = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {ident} FROM by_deltalake)").fetchone()[0]
+            read[table] = [version, rows]
+            if distinct != rows or d_distinct != d_rows or d_rows != rows:
+                problems.append(
+                    f"{table}@{version}: delta_scan {rows} rows / {distinct} distinct, "
+                    f"deltalake {d_rows} rows / {d_distinct} distinct"
+                )
+            if rows < last.get(table, 0):
+                problems.append(f"{table}@{version}: {rows} rows after {last[table]}")
+            last[table] = rows
+        reads.append(read)
+    return {"duckdb": duckdb.__version__, "reads": len(reads), "last": reads[-1], "problems": problems}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("lake", help="the lake directory (holds heartbeat/, sensor/, road/, rejected/)")
+    ap.add_argument("--versions", help='JSON of table versions to read, e.g. {"heartbeat": 12}')
+    ap.add_argument("--rows", action="store_true", help="list every row's identity")
+    ap.add_argument("--watch", type=float, metavar="SECONDS", help="read again and again for SECONDS")
+    args = ap.parse_args()
+    if args.watch is not None:
+        report = watch(args.lake, args.watch)
+    else:
+        versions = json.loads(args.versions) if args.versions else None
+        report = snapshot(args.lake, versions, args.rows)
+    print(json.dumps(report, indent=2, default=str))
+    return 1 if report["problems"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
