@@ -1,13 +1,19 @@
-//! Logging (`tracing`, filtered by `RUST_LOG`, default `info`) and the Prometheus metrics recorder.
+//! Logging (`tracing`, filtered by `RUST_LOG`, default [`DEFAULT_FILTER`]) and the Prometheus
+//! metrics recorder.
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+/// Our own `info`; the libraries' warnings only (delta-rs's kernel logs every snapshot it builds at
+/// `info`, which is several lines per table and catalog refresh).
+pub const DEFAULT_FILTER: &str = "warn,hexpulse=info,hexpulse_common=info,hexpulse_schemas=info,\
+hexpulse_ingest=info,hexpulse_processors=info,hexpulse_lake=info,hexpulse_query=info,hexpulse_load_tests=info";
+
 /// Installs the log subscriber once; later calls do nothing.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

@@ -2,8 +2,9 @@
 //!
 //! Order (each step only runs if the previous passed):
 //! 1. envelope: key is 32 bytes, signature 64 bytes — else `malformed`;
-//! 2. payload decodes in its declared format, its numbers are finite, and a sensor reading has at
-//!    most [`MAX_MEASUREMENTS`], one per metric ([`shape_problem`]) — else `malformed`;
+//! 2. payload decodes in its declared format, `seq` is below 2^63, its numbers are finite, and a
+//!    sensor reading has at most [`MAX_MEASUREMENTS`], one per metric ([`shape_problem`]) — else
+//!    `malformed`;
 //! 3. schema version is supported and a known kind is set — else `unsupported_kind_or_version`;
 //! 4. public key is a valid point and not of small order — else `weak_key`;
 //! 5. (stateful, done by the caller: device known, registered kind matches);
@@ -108,11 +109,22 @@ pub fn parse_key(item: &SignedReading) -> Result<VerifyingKey, Rejection> {
 /// The most measurements one sensor reading may carry (one per metric, and there are fewer metrics).
 pub const MAX_MEASUREMENTS: usize = 16;
 
-/// Why a decoded reading's numbers or measurements are malformed, if they are: every number must
-/// be finite (a NaN or infinity would pass range checks and poison averages and reward tiers), and a
-/// sensor reading carries at most [`MAX_MEASUREMENTS`], at most one per metric.
+/// The largest sequence number (2^63 - 1): Delta tables have no unsigned integers, so every
+/// outside reader reads `seq` as a signed 64-bit `long`.
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+
+/// Why a decoded reading's `seq`, numbers or measurements are malformed, if they are: every
+/// number must be finite (a NaN or infinity would pass range checks and poison averages and reward
+/// tiers), a sensor reading carries at most [`MAX_MEASUREMENTS`], at most one per metric, and `seq`
+/// is at most [`MAX_SEQ`].
 pub fn shape_problem(r: &Reading) -> Option<String> {
     use crate::wire::Kind;
+    if r.seq > MAX_SEQ {
+        return Some(format!(
+            "seq {} is above {MAX_SEQ}: the lake stores it as a signed 64-bit integer",
+            r.seq
+        ));
+    }
     let mut numbers: Vec<(&str, f64)> = Vec::new();
     if let Some(l) = &r.location {
         numbers.extend([

@@ -174,17 +174,20 @@ async fn non_finite_numbers_and_measurement_floods_are_malformed() {
         }));
         r
     };
+    let mut huge_seq = reading(4);
+    huge_seq.seq = 1 << 63;
     let items = [
         sign_reading(&key, &nan_speed),
         sign_reading(&key, &inf_accuracy),
         sign_reading(&key, &sensor(5_000, false)),
         sign_reading(&key, &sensor(2, true)),
+        sign_reading(&key, &huge_seq),
         signed(&key, 9),
     ];
     let (status, body, _) = node.post("application/x-protobuf", batch(&items)).await;
     assert_eq!(status, 200, "{body}");
     let got = rejections(&body);
-    let want: Vec<(u64, String)> = (0..4).map(|i| (i, "malformed".to_string())).collect();
+    let want: Vec<(u64, String)> = (0..5).map(|i| (i, "malformed".to_string())).collect();
     assert_eq!(got, want, "{body}");
     assert_eq!(body["accepted"], 1, "{body}");
     node.shutdown().await;

@@ -50,7 +50,8 @@ fn kind() -> impl Strategy<Value = Kind> {
 fn reading() -> impl Strategy<Value = Reading> {
     (
         any::<i64>(),
-        any::<u64>(),
+        // Every valid sequence number (larger ones are `malformed`: `check::MAX_SEQ`).
+        0..=hexpulse_schemas::check::MAX_SEQ,
         -90.0f64..90.0,
         -180.0f64..180.0,
         0.0f32..1000.0,
