@@ -56,7 +56,7 @@ struct QueryReport {
     duckdb_version: String,
 }
 
-fn percentile(v: &[f64], q: f64) -> f64 {
+pub(crate) fn percentile(v: &[f64], q: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     let i = ((s.len() as f64 - 1.0) * q).round() as usize;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_e2e;
+mod bench_lake;
 mod bench_query;
 mod config;
 
@@ -209,7 +210,9 @@ enum LakeCmd {
         closed_after: Option<Duration>,
     },
     /// Delete files that no snapshot references any more (replaced by compaction, or left by a
-    /// writer that never committed), once older than the retention.
+    /// writer that never committed), once older than the retention; then the log entries before
+    /// the newest checkpoint older than the retention (versions that sealed epochs pin stay
+    /// loadable).
     Vacuum {
         /// Default: `process.compact_retention`.
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -266,6 +269,9 @@ enum BenchCmd {
     /// The whole pipeline, each role its own process: sustained rate from simulator to queryable
     /// Parquet, accounting, freshness, and peak RSS per role.
     E2e(bench_e2e::E2eArgs),
+    /// The Delta log over a simulated day of the processors' commits: commits per second, commit
+    /// latency, log size, and the time to open and to refresh a table at the end of the day.
+    Lake(bench_lake::LakeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -644,6 +650,10 @@ async fn lake(cfg: Config, c: LakeCmd) -> anyhow::Result<()> {
             );
             let n = compact::vacuum(&lake, retention).await?;
             eprintln!("{n} file(s) deleted");
+            let n = compact::clean_log(&lake, retention).await?;
+            eprintln!(
+                "{n} expired log entr(y/ies) deleted (commits and checkpoints before the newest checkpoint older than that)"
+            );
         }
     }
     Ok(())
@@ -895,5 +905,6 @@ async fn bench(cfg: Config, b: BenchCmd) -> anyhow::Result<()> {
             out,
         } => bench_query::query(readings, runs, python, lake, out).await,
         BenchCmd::E2e(args) => bench_e2e::e2e(cfg, args).await,
+        BenchCmd::Lake(args) => bench_lake::lake(args).await,
     }
 }

@@ -11,9 +11,11 @@
 //! appends to the hour meanwhile do not conflict; their files are merged by a later round.
 //!
 //! Replaced files stay on disk for readers of older snapshots until [`vacuum`] deletes them, a
-//! retention after they were removed.
+//! retention after they were removed. Log entries older than the retention and than the newest
+//! checkpoint before it are deleted by [`clean_log`]; versions that sealed epochs pin keep a
+//! checkpoint of their own, and vacuum keeps their files.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -355,14 +357,8 @@ pub async fn vacuum(lake: &Lake, retention: Duration) -> Result<usize, LakeError
 /// a version's files never change).
 async fn pinned_files(lake: &Lake) -> Result<HashSet<String>, LakeError> {
     let mut out = HashSet::new();
-    for id in crate::epoch::sealed_ids(lake).await? {
-        let manifest = crate::epoch::seal::read_manifest(lake, id)
-            .await
-            .map_err(|e| LakeError::Corrupt {
-                path: crate::epoch::manifest_path(id),
-                message: e.to_string(),
-            })?;
-        for (table, version) in manifest.map(|m| m.input_versions).unwrap_or_default() {
+    for (table, versions) in pinned_versions(lake).await? {
+        for version in versions {
             out.extend(
                 lake.table(&table)
                     .files_at_cached(version)
@@ -373,6 +369,96 @@ async fn pinned_files(lake: &Lake) -> Result<HashSet<String>, LakeError> {
         }
     }
     Ok(out)
+}
+
+/// The versions of each table that sealed epochs pin (their manifests' `input_versions`).
+async fn pinned_versions(lake: &Lake) -> Result<HashMap<String, BTreeSet<i64>>, LakeError> {
+    let mut out: HashMap<String, BTreeSet<i64>> = HashMap::new();
+    for id in crate::epoch::sealed_ids(lake).await? {
+        let manifest = crate::epoch::seal::read_manifest(lake, id)
+            .await
+            .map_err(|e| LakeError::Corrupt {
+                path: crate::epoch::manifest_path(id),
+                message: e.to_string(),
+            })?;
+        for (table, version) in manifest.map(|m| m.input_versions).unwrap_or_default() {
+            out.entry(table).or_default().insert(version);
+        }
+    }
+    Ok(out)
+}
+
+/// An entry of `_delta_log/` named by its version (a commit, a checkpoint part, a checksum).
+struct LogEntry {
+    path: String,
+    version: i64,
+    checkpoint: bool,
+    modified_ms: i64,
+}
+
+fn log_entry((path, _, modified_ms): (String, u64, i64)) -> Option<LogEntry> {
+    let name = path.rsplit('/').next()?;
+    let digits = name.get(..20)?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || name.as_bytes().get(20) != Some(&b'.') {
+        return None;
+    }
+    Some(LogEntry {
+        version: digits.parse().ok()?,
+        checkpoint: name[20..].starts_with(".checkpoint"),
+        path,
+        modified_ms,
+    })
+}
+
+/// Deletes the log entries of each stream table that no reader needs any more: those older than
+/// `retention` and older than the newest checkpoint that is itself older than `retention` (so every
+/// version committed within `retention` stays loadable from that checkpoint on). A version that a
+/// sealed epoch pins stays loadable forever: it gets a checkpoint of its own first, and that
+/// checkpoint is kept. Without this, every unit adds a commit file per table that is never
+/// deleted, and every reader that lists `_delta_log/` (a query refresh, a reader's first load)
+/// gets slower all day. Returns how many entries were deleted.
+pub async fn clean_log(lake: &Lake, retention: Duration) -> Result<usize, LakeError> {
+    let cutoff = crate::now_ms() - retention.as_millis() as i64;
+    let pinned = pinned_versions(lake).await?;
+    let mut deleted = 0;
+    for table in tables() {
+        let entries: Vec<LogEntry> = lake
+            .list_meta(&format!("{table}/_delta_log/"))
+            .await?
+            .into_iter()
+            .filter_map(log_entry)
+            .collect();
+        let Some(safe) = entries
+            .iter()
+            .filter(|e| e.checkpoint && e.modified_ms <= cutoff)
+            .map(|e| e.version)
+            .max()
+        else {
+            continue;
+        };
+        let keep: BTreeSet<i64> = pinned
+            .get(table)
+            .map(|v| v.range(..safe).copied().collect())
+            .unwrap_or_default();
+        let t = lake.table(table);
+        for v in &keep {
+            if !entries.iter().any(|e| e.checkpoint && e.version == *v) {
+                t.checkpoint_at(*v).await?;
+                tracing::info!(table, version = v, "checkpoint of a pinned version written");
+            }
+        }
+        for e in entries {
+            let pinned_checkpoint = e.checkpoint && keep.contains(&e.version);
+            if e.version < safe && e.modified_ms <= cutoff && !pinned_checkpoint {
+                lake.delete(&e.path).await?;
+                deleted += 1;
+            }
+        }
+    }
+    if deleted > 0 {
+        tracing::debug!(deleted, "expired log entries deleted");
+    }
+    Ok(deleted)
 }
 
 /// Writes a checkpoint of every stream table whose log grew `interval` versions past its last one.
@@ -397,7 +483,8 @@ pub async fn checkpoint(lake: &Lake, interval: i64) -> Result<(), LakeError> {
     Ok(())
 }
 
-/// Compacts closed hours, writes checkpoints and vacuums every `interval` until `stop`.
+/// Compacts closed hours, writes checkpoints, vacuums and cleans the logs every `interval` until
+/// `stop`.
 /// `close_after` is how long after its end an hour is closed (the allowed lateness plus margins).
 pub async fn run_compactor(
     lake: Lake,
@@ -418,7 +505,8 @@ pub async fn run_compactor(
                 tracing::debug!(table, date, hour, ?outcome, "compaction round");
             }
             checkpoint(&lake, CHECKPOINT_INTERVAL).await?;
-            vacuum(&lake, opts.retention).await
+            vacuum(&lake, opts.retention).await?;
+            clean_log(&lake, opts.retention).await
         };
         if let Err(e) = round.await {
             tracing::warn!(error = %e, "lake maintenance round failed; retrying next round");
@@ -430,5 +518,5 @@ pub async fn run_compactor(
 /// Versions between checkpoints of a stream table.
 pub const CHECKPOINT_INTERVAL: i64 = 100;
 
-/// Failed maintenance rounds (compaction, checkpoint, vacuum).
+/// Failed maintenance rounds (compaction, checkpoint, vacuum, log cleanup).
 pub const COMPACTION_ERRORS: &str = "hexpulse_processor_compaction_errors_total";

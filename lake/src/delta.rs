@@ -437,6 +437,25 @@ impl Table {
         self.data_files(&t)
     }
 
+    /// Writes a checkpoint of the snapshot at `version`, so that the version stays loadable once the
+    /// commits before it are deleted. The `_last_checkpoint` hint keeps pointing at the newest
+    /// checkpoint.
+    pub async fn checkpoint_at(&self, version: i64) -> Result<(), LakeError> {
+        let hint = Path::from(format!("{}/_delta_log/_last_checkpoint", self.name));
+        let before = match self.lake_store.get(&hint).await {
+            Ok(r) => Some(r.bytes().await?),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let mut t = DeltaTable::new(self.log_store.clone());
+        t.load_version(version as u64).await?;
+        deltalake::checkpoints::create_checkpoint(&t, None).await?;
+        if let Some(bytes) = before {
+            self.lake_store.put(&hint, PutPayload::from(bytes)).await?;
+        }
+        Ok(())
+    }
+
     /// The paths (from the lake root) of the data files at `version`, remembered per version.
     pub async fn files_at_cached(&self, version: i64) -> Result<Arc<Vec<String>>, LakeError> {
         if let Some(hit) = self.pinned.lock().expect("pinned lock").get(&version) {

@@ -493,6 +493,32 @@ async fn a_reseal_at_the_pinned_versions_is_byte_identical_after_late_rows() {
             "{table}: {path} kept"
         );
     }
+    // The log is cleaned up to a checkpoint at the newest version, with no retention: the pinned
+    // versions get checkpoints of their own, and nothing else before the newest stays.
+    compact::checkpoint(&lake, 1).await.unwrap();
+    let deleted = compact::clean_log(&lake, Duration::ZERO).await.unwrap();
+    assert!(deleted > 0, "expired log entries deleted");
+    for (table, version) in &m.input_versions {
+        let log = lake.list(&format!("{table}/_delta_log/")).await.unwrap();
+        assert!(
+            !log.iter()
+                .any(|p| p.ends_with(&format!("{version:020}.json"))),
+            "{table}: the pinned commit itself is gone: {log:?}"
+        );
+        assert!(
+            log.iter()
+                .any(|p| p.contains(&format!("{version:020}.checkpoint"))),
+            "{table}: pinned version {version} has its checkpoint: {log:?}"
+        );
+    }
+    let fresh = Lake::open(dir.path().to_str().unwrap()).unwrap();
+    for table in compact::tables() {
+        assert_eq!(
+            compact::valid_files(&fresh, table).await.unwrap(),
+            compact::valid_files(&lake, table).await.unwrap(),
+            "{table}: a fresh reader opens the newest snapshot from the checkpoint"
+        );
+    }
 
     // A re-seal into another folder reads the pinned versions: the same bytes.
     let out_dir = tempfile::tempdir().unwrap();

@@ -258,6 +258,12 @@ async fn outside_readers_agree_with_the_service_at_newest_and_pinned_versions_th
     );
     assert!(watched["reads"].as_u64().unwrap() >= 3, "{watched}");
 
+    // The log is cleaned with no retention: the outside readers still read the pinned versions
+    // (from their own checkpoints) and the newest one.
+    compact::checkpoint(&lake, 1).await.unwrap();
+    let deleted = compact::clean_log(&lake, Duration::ZERO).await.unwrap();
+    assert!(deleted > 100, "expired log entries deleted: {deleted}");
+
     // The service catches up with the newest versions, and both agree with the readers again.
     let newest = reader_rows(&read_lake(&python, dir.path(), &["--rows"]).await);
     let deadline = Instant::now() + Duration::from_secs(20);
