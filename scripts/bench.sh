@@ -18,6 +18,9 @@ echo "== processor"
 echo "== end to end (every role its own process; accounting, freshness, peak RSS)"
 "$BIN" bench e2e --broker-pid "$(cat "${HEXPULSE_CACHE:-$HOME/.cache/hexpulse}/run/broker-$PORT/pid")" \
   --out load-tests/results/e2e.json
+echo "== Delta log: a simulated day of commits, with the whole day in the log and with the log cleaned"
+"$BIN" bench lake --out load-tests/results/lake.json
+"$BIN" bench lake --clean-log --out load-tests/results/lake-clean.json
 # DuckDB from PyPI for the side-by-side query benchmark (the same cached venv as make test).
 PY="$(scripts/venv.sh)"
 echo "== query service vs DuckDB (10M readings)"

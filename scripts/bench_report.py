@@ -61,6 +61,7 @@ def target_is_max(name):
 def stages(results):
     out = []
     ingest, process, query, e2e = (load(results, n) for n in ("ingest", "process", "query", "e2e"))
+    lakes = [l for l in (load(results, "lake"), load(results, "lake-clean")) if l]
     if ingest:
         raw = ingest["raw_verify"]["batch128_per_s"]
         out.append(stage("raw Ed25519 batch verify, one core", round(raw), "verifies/s", None, "reference", None,
@@ -106,10 +107,24 @@ def stages(results):
                              lim, "k8s memory limit" if lim else "none", mib / lim if lim else None,
                              "hexpulse bench e2e", target=1.0 if lim else None,
                              note=f"{e2e['cpu_s'].get(role, 0):.0f} CPU-s in the run"))
+    for lk in lakes:
+        day = f"{lk['hours']} h, {lk['partitions']} writers, a unit per writer every {lk['unit_secs']} s"
+        how = "log cleaned every round" if lk["clean_log"] else "whole day kept in the log"
+        if not lk["clean_log"]:
+            out.append(stage("Delta commits, one writer after another", round(lk["commits_per_s"]), "commits/s",
+                             None, "no limit set", None, "hexpulse bench lake",
+                             note=f"p50 {lk['commit_p50_ms']:.2f} ms, p99 {lk['commit_p99_ms']:.2f} ms; {lk['commits']} commits "
+                                  f"({day}), {lk['checkpoints']} checkpoints, {lk['compactions']} compactions"))
+            out.append(stage("Delta commit latency p99", round(lk["commit_p99_ms"], 2), "ms", None, "no limit set", None,
+                             "hexpulse bench lake", note=f"p50 {lk['commit_p50_ms']:.2f} ms"))
+        out.append(stage(f"Delta table open after a simulated day ({how})", round(lk["open_ms"]), "ms", None,
+                         "no limit set", None, "hexpulse bench lake" + (" --clean-log" if lk["clean_log"] else ""),
+                         note=f"{lk['log_files']} log files ({lk['log_mb']:.0f} MB), {lk['live_files']} live files; "
+                              f"refresh after one more commit {lk['refresh_ms']:.0f} ms; {day}"))
     if query:
         for q in query["queries"]:
             out.append(stage(f"query: {q['name']}", round(q["hexpulse_p50_ms"], 1), "ms p50",
-                             round(q["duckdb_p50_ms"], 1), f"DuckDB {query.get('duckdb_version', '')} p50, same files, same run",
+                             round(q["duckdb_p50_ms"], 1), f"DuckDB {query.get('duckdb_version', '')} p50, delta_scan of the same Delta tables, same run",
                              q["ratio_p50"], "hexpulse bench query", target=1.0,
                              note=f"p99 {q['hexpulse_p99_ms']:.0f} ms vs {q['duckdb_p99_ms']:.0f} ms; {query['readings']} readings"))
     return out
