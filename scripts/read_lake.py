@@ -8,6 +8,7 @@ example of reading the lake from outside (schemas/TABLES.md).
         epoch manifest's `input_versions`): the version, row count, distinct readings, DuckDB's column
         types and, with --rows, every row's identity sorted (see IDENTITY). Exit status 1 if the two
         readers disagree, a reading appears twice, or a table's columns differ from TABLES.md.
+        The epoch tables (epochs/<table>) are read at their newest versions: rows and epochs.
 
     read_lake.py LAKE_DIR --watch SECONDS
         Reads every table with both readers again and again for SECONDS (while writers and compactions
@@ -34,6 +35,8 @@ EXPECTED = {
 }
 REJECTED = ["receive_time", "event_time", "device_key", "seq", "kind", "reason", "message", "raw"] + PROV
 TABLES = ["heartbeat", "sensor", "road", "rejected"]
+# The sealed epochs' outputs, one file per epoch, under epochs/ (schemas/TABLES.md).
+EPOCH_TABLES = ["device_summary", "hex_coverage", "sensor_hex_hourly", "road_hex"]
 PARTITION_COLUMNS = ("date", "hour")
 
 # What identifies a row: its Kafka record, and in `sensor` (a row per measurement) the metric too.
@@ -118,13 +121,29 @@ def read_table(con, lake, table, version, with_rows):
     return report, problems
 
 
+def read_epoch_table(con, lake, table):
+    path = os.path.join(lake, "epochs", table)
+    if not os.path.isdir(os.path.join(path, "_delta_log")):
+        return {"rows": 0, "epochs": []}, []
+    src = scan(path, None)
+    rows = con.execute(f"SELECT count(*) FROM {src}").fetchone()[0]
+    epochs = [e for (e,) in con.execute(f"SELECT DISTINCT epoch FROM {src} ORDER BY 1").fetchall()]
+    d_rows = DeltaTable(path).to_pyarrow_table().num_rows
+    problems = [] if d_rows == rows else [f"epochs/{table}: deltalake reads {d_rows} rows, DuckDB delta_scan {rows}"]
+    return {"rows": rows, "deltalake_rows": d_rows, "epochs": epochs}, problems
+
+
 def snapshot(lake, versions, with_rows):
     con = connect()
-    report = {"duckdb": duckdb.__version__, "tables": {}, "problems": []}
+    report = {"duckdb": duckdb.__version__, "tables": {}, "epoch_tables": {}, "problems": []}
     for table in TABLES:
         version = None if versions is None else versions.get(table)
         t, problems = read_table(con, lake, table, version, with_rows)
         report["tables"][table] = t
+        report["problems"] += problems
+    for table in EPOCH_TABLES:
+        t, problems = read_epoch_table(con, lake, table)
+        report["epoch_tables"][table] = t
         report["problems"] += problems
     return report
 

@@ -197,6 +197,7 @@ async fn seal_closed_epochs(lake: &Lake, start_ms: i64, end_ms: i64) -> anyhow::
         .await?
         .manifest()
         .clone();
+        hexpulse_lake::epoch::publish::publish(lake, &m).await?;
         eprintln!(
             "[bench]   sealed epoch {id} ({} to {}) in {:.0} s",
             m.start,

@@ -435,6 +435,11 @@ async fn seal_once(cfg: &Config, a: &SealArgs) -> anyhow::Result<()> {
         None => lake.clone(),
     };
     let ecfg = &cfg.process.epoch;
+    // Epochs sealed and not (all) published in the epoch Delta tables: a crash between the two.
+    let published = epoch::publish::publish_sealed(&out).await?;
+    if published > 0 {
+        eprintln!("published {published} output(s) of epochs sealed earlier");
+    }
     let epochs: Vec<i64> = match a.epoch {
         Some(e) => vec![e],
         None => {
@@ -479,6 +484,7 @@ async fn seal_once(cfg: &Config, a: &SealArgs) -> anyhow::Result<()> {
                     m.merkle_root,
                     epoch::manifest_path(id)
                 );
+                epoch::publish::publish(&out, m).await?;
             }
             Err(epoch::EpochError::NotReady(why)) => {
                 bail!("{why}\n(use --force to seal anyway; the manifest records it)")

@@ -144,21 +144,24 @@ impl Lake {
     }
 }
 
-/// The Delta schema of a table whose files have `schema`, plus the partition columns.
-fn delta_schema(schema: &SchemaRef) -> Result<StructType, LakeError> {
+/// The Delta schema of a table whose files have `schema`, plus the partition columns (`date`
+/// and `hour`) when `partitioned`.
+fn delta_schema(schema: &SchemaRef, partitioned: bool) -> Result<StructType, LakeError> {
     use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
     let data = StructType::try_from_arrow(schema.as_ref())?;
     let mut fields: Vec<StructField> = data.fields().cloned().collect();
-    fields.push(StructField::new(
-        "date",
-        DeltaType::Primitive(PrimitiveType::Date),
-        true,
-    ));
-    fields.push(StructField::new(
-        "hour",
-        DeltaType::Primitive(PrimitiveType::Integer),
-        true,
-    ));
+    if partitioned {
+        fields.push(StructField::new(
+            "date",
+            DeltaType::Primitive(PrimitiveType::Date),
+            true,
+        ));
+        fields.push(StructField::new(
+            "hour",
+            DeltaType::Primitive(PrimitiveType::Integer),
+            true,
+        ));
+    }
     StructType::try_new(fields).map_err(|e| LakeError::Delta(e.into()))
 }
 
@@ -180,8 +183,19 @@ impl Table {
         &self.log_store
     }
 
-    /// Creates the table with the schema of its data files, unless it exists.
+    /// Creates the table with the schema of its data files, partitioned by `date` and `hour`,
+    /// unless it exists.
     pub async fn ensure(&self, schema: &SchemaRef) -> Result<(), LakeError> {
+        self.ensure_with(schema, true).await
+    }
+
+    /// Creates the table with the schema of its data files (partitioned by `date` and `hour`, or
+    /// not), unless it exists.
+    pub async fn ensure_with(
+        &self,
+        schema: &SchemaRef,
+        partitioned: bool,
+    ) -> Result<(), LakeError> {
         {
             let state = self.log.lock().await;
             if state.version.is_some_and(|v| v >= 0) {
@@ -194,8 +208,14 @@ impl Table {
         let created = deltalake::operations::create::CreateBuilder::new()
             .with_log_store(self.log_store.clone())
             .with_table_name(self.name.clone())
-            .with_columns(delta_schema(schema)?.fields().cloned())
-            .with_partition_columns(PARTITION_COLUMNS)
+            .with_columns(delta_schema(schema, partitioned)?.fields().cloned())
+            .with_partition_columns(
+                PARTITION_COLUMNS
+                    .iter()
+                    .copied()
+                    .filter(|_| partitioned)
+                    .collect::<Vec<_>>(),
+            )
             .with_save_mode(SaveMode::Ignore)
             .with_configuration_property(deltalake::TableProperty::CheckpointInterval, Some("100"))
             .await;

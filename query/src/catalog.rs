@@ -1,8 +1,9 @@
 //! The DataFusion catalog over the lake: which files each table reads.
 //!
-//! Lake tables read exactly the data files of their newest Delta snapshot ([`SnapshotTable`]: a
-//! compaction in progress never shows rows twice, and the partition columns `date` and `hour` prune
-//! files); epoch tables read exactly the files that sealed epochs' manifests list. The catalog is rebuilt every `refresh_interval` and swapped atomically;
+//! Lake tables and epoch tables read exactly the data files of their newest Delta snapshot
+//! ([`SnapshotTable`]: a compaction in progress never shows rows twice, and the stream tables'
+//! partition columns `date` and `hour` prune files). Epoch tables hold the sealed epochs published
+//! so far (`hexpulse_lake::epoch::publish`). The catalog is rebuilt every `refresh_interval` and swapped atomically;
 //! a query runs against the catalog it started with.
 
 use std::collections::BTreeMap;
@@ -11,16 +12,14 @@ use std::sync::{Arc, RwLock};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
+use datafusion::datasource::listing::{ListingOptions, ListingTableUrl};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use hexpulse_lake::Lake;
 use hexpulse_lake::delta::DataFile;
-use hexpulse_lake::epoch::{seal, sealed_ids};
+use hexpulse_lake::epoch::{publish, seal, sealed_ids};
 use hexpulse_schemas::tables;
 use sha2::{Digest, Sha256};
 
@@ -32,12 +31,7 @@ pub const LAKE_URL: &str = "hexpulse-lake://lake/";
 /// Tables read from the lake's valid files. `road` and `rejected` hold raw dashcam rows and raw
 /// payloads: SQL reaches them only with the `raw` endpoint group (see `sql::PRIVATE_TABLES`).
 pub const LAKE_TABLES: [&str; 4] = ["heartbeat", "sensor", "road", "rejected"];
-pub const EPOCH_TABLES: [&str; 4] = [
-    tables::DEVICE_SUMMARY_TABLE,
-    "hex_coverage",
-    "sensor_hex_hourly",
-    "road_hex",
-];
+pub use hexpulse_lake::epoch::publish::EPOCH_TABLES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -58,10 +52,7 @@ fn empty_schema(table: &str) -> SchemaRef {
         "sensor" => tables::sensor_schema(&[12, 8]),
         "road" => tables::road_schema(&[12, 8]),
         "rejected" => tables::rejected_schema(),
-        "hex_coverage" => tables::hex_coverage_schema(),
-        "sensor_hex_hourly" => tables::sensor_hex_hourly_schema(),
-        "road_hex" => tables::road_hex_schema(),
-        _ => tables::device_summary_schema(),
+        epoch_table => publish::schema_of(epoch_table),
     }
 }
 
@@ -78,15 +69,19 @@ async fn newest_schema(ctx: &SessionContext, newest: &str) -> Result<SchemaRef, 
     Ok(options.infer_schema(&ctx.state(), &url).await?)
 }
 
-/// A lake table: the data files of its newest Delta snapshot.
-async fn register_lake(
+/// A Delta table: the data files of its newest snapshot; the stream tables are `partitioned` by
+/// `date` and `hour`.
+async fn register_delta(
     ctx: &SessionContext,
     name: &str,
     files: &[DataFile],
+    partitioned: bool,
 ) -> Result<(), CatalogError> {
     let Some(newest) = files.last() else {
         let mut fields: Vec<_> = empty_schema(name).fields().iter().cloned().collect();
-        fields.extend(crate::snapshot::partition_fields());
+        if partitioned {
+            fields.extend(crate::snapshot::partition_fields());
+        }
         let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
         ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
         return Ok(());
@@ -98,35 +93,11 @@ async fn register_lake(
         ObjectStoreUrl::parse(LAKE_URL)?,
         schema,
         files,
+        partitioned,
         parquet_format(ctx),
         stats,
     );
     ctx.register_table(name, Arc::new(table))?;
-    Ok(())
-}
-
-/// An epoch table: the files that sealed epochs' manifests list.
-async fn register(ctx: &SessionContext, name: &str, files: &[String]) -> Result<(), CatalogError> {
-    if files.is_empty() {
-        let schema = empty_schema(name);
-        ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
-        return Ok(());
-    }
-    let urls = files
-        .iter()
-        .map(|f| ListingTableUrl::parse(format!("{LAKE_URL}{f}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let options = ListingOptions::new(parquet_format(ctx)).with_file_extension(".parquet");
-    let newest = files.last().expect("files is not empty");
-    let schema = newest_schema(ctx, newest).await?;
-    let config = ListingTableConfig::new_with_multi_paths(urls)
-        .with_listing_options(options)
-        .with_schema(schema);
-    let stats = ctx.runtime_env().cache_manager.get_file_statistic_cache();
-    ctx.register_table(
-        name,
-        Arc::new(ListingTable::try_new(config)?.with_cache(stats)),
-    )?;
     Ok(())
 }
 
@@ -219,7 +190,7 @@ pub async fn build(
             version.update(f.path.as_bytes());
             version.update([0]);
         }
-        register_lake(&ctx, t, &files).await?;
+        register_delta(&ctx, t, &files, true).await?;
     }
     let heartbeat = ctx.table_provider("heartbeat").await?.schema();
     snap.resolutions = heartbeat
@@ -229,19 +200,31 @@ pub async fn build(
         .collect();
     snap.resolutions.sort_unstable();
     snap.watermark_ms = lake_watermark(lake).await?;
-    let mut epoch_files: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    // Sealed time whose sensor rows `sensor_hex_hourly` holds (see `preagg`).
+    // The epoch tables' newest snapshots: the outputs of the sealed epochs published so far.
+    let mut published: BTreeMap<&str, std::collections::BTreeSet<i64>> = BTreeMap::new();
+    for t in EPOCH_TABLES {
+        let (_, files) = lake.table(&publish::table_root(t)).files().await?;
+        snap.files.insert(t.to_string(), files.len());
+        for f in &files {
+            version.update(f.path.as_bytes());
+            version.update([0]);
+        }
+        let ids = files.iter().filter_map(|f| publish::epoch_of_file(&f.path));
+        published.insert(t, ids.collect());
+        register_delta(&ctx, t, &files, false).await?;
+    }
+    // Sealed time whose sensor rows `sensor_hex_hourly` holds (see `preagg`): the sealed epochs
+    // whose hourly rows are published.
     let mut hourly_ranges = Vec::new();
     for id in sealed_ids(lake).await? {
         if let Some(m) = seal::read_manifest(lake, id).await? {
             snap.sealed_epochs.push(id);
-            if m.output(crate::preagg::HOURLY).is_some() {
+            if m.output(crate::preagg::HOURLY).is_some()
+                && published
+                    .get(crate::preagg::HOURLY)
+                    .is_some_and(|ids| ids.contains(&id))
+            {
                 hourly_ranges.push((m.start_ms, m.end_ms));
-            }
-            for o in &m.outputs {
-                if let Some(t) = EPOCH_TABLES.iter().find(|t| **t == o.table) {
-                    epoch_files.entry(t).or_default().push(o.path.clone());
-                }
             }
         }
     }
@@ -249,11 +232,6 @@ pub async fn build(
         version.update(id.to_le_bytes());
     }
     snap.version = hex::encode(&version.finalize()[..8]);
-    for t in EPOCH_TABLES {
-        let files = epoch_files.remove(t).unwrap_or_default();
-        snap.files.insert(t.to_string(), files.len());
-        register(&ctx, t, &files).await?;
-    }
     let hourly = ctx.table_provider(crate::preagg::HOURLY).await?;
     if let Some(rule) = crate::preagg::PreAggregated::new(hourly, hourly_ranges) {
         ctx.add_optimizer_rule(Arc::new(rule));

@@ -1,4 +1,5 @@
-//! A lake table at one Delta snapshot, as a DataFusion table.
+//! A Delta table of the lake at one snapshot, as a DataFusion table (the stream tables, and the
+//! epoch tables, which have no partition columns).
 //!
 //! It reads exactly the snapshot's data files, as the Delta log lists them (path, size and
 //! modification time from their Add actions): nothing is listed and no file is asked for its size
@@ -66,22 +67,28 @@ pub struct SnapshotTable {
     /// File columns, then the partition columns.
     schema: SchemaRef,
     files: Vec<SnapshotFile>,
+    /// Whether the table has the partition columns `date` and `hour`.
+    partitioned: bool,
     format: Arc<ParquetFormat>,
     statistics: Option<Arc<FileStatisticsCache>>,
 }
 
 impl SnapshotTable {
-    /// The table over `files` (paths from the store's root), whose file columns are `file_schema`.
-    /// Per-file statistics go through `statistics` (the runtime's cache, which outlives catalogs).
+    /// The table over `files` (paths from the store's root), whose file columns are `file_schema`,
+    /// followed by the partition columns when `partitioned`. Per-file statistics go through
+    /// `statistics` (the runtime's cache, which outlives catalogs).
     pub fn new(
         store_url: ObjectStoreUrl,
         file_schema: SchemaRef,
         files: &[DataFile],
+        partitioned: bool,
         format: Arc<ParquetFormat>,
         statistics: Option<Arc<FileStatisticsCache>>,
     ) -> SnapshotTable {
         let mut fields: Vec<Arc<Field>> = file_schema.fields().iter().cloned().collect();
-        fields.extend(partition_fields());
+        if partitioned {
+            fields.extend(partition_fields());
+        }
         let schema = Arc::new(Schema::new_with_metadata(
             fields,
             file_schema.metadata().clone(),
@@ -114,6 +121,7 @@ impl SnapshotTable {
             file_schema,
             schema,
             files,
+            partitioned,
             format,
             statistics,
         }
@@ -124,6 +132,9 @@ impl SnapshotTable {
         let Some(filter) = conjunction(filters.iter().cloned()) else {
             return Ok(self.files.clone());
         };
+        if !self.partitioned {
+            return Ok(self.files.clone());
+        }
         let schema = Arc::new(Schema::new(partition_fields()));
         let batch = RecordBatch::try_new(
             schema.clone(),
@@ -184,7 +195,9 @@ impl SnapshotTable {
             }
         };
         let mut file = PartitionedFile::from(f.meta);
-        file.partition_values = vec![ScalarValue::Date32(f.date), ScalarValue::Int32(f.hour)];
+        if self.partitioned {
+            file.partition_values = vec![ScalarValue::Date32(f.date), ScalarValue::Int32(f.hour)];
+        }
         Ok(file.with_statistics(stats))
     }
 }
@@ -206,7 +219,7 @@ impl TableProvider for SnapshotTable {
         Ok(filters
             .iter()
             .map(|f| {
-                if on_partitions(f) {
+                if self.partitioned && on_partitions(f) {
                     TableProviderFilterPushDown::Exact
                 } else {
                     TableProviderFilterPushDown::Inexact
@@ -253,8 +266,13 @@ impl TableProvider for SnapshotTable {
             true,
             false,
         )?;
+        let partition_cols = if self.partitioned {
+            partition_fields()
+        } else {
+            Vec::new()
+        };
         let table_schema = TableSchemaBuilder::from(&self.file_schema)
-            .with_table_partition_cols(partition_fields())
+            .with_table_partition_cols(partition_cols)
             .build();
         let config = FileScanConfigBuilder::new(
             self.store_url.clone(),

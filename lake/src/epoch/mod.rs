@@ -4,14 +4,17 @@
 //! - [`merkle`]: the Merkle tree over the device summaries, proofs and their check;
 //! - [`compute`]: reading an epoch's rows from the lake and aggregating them (pure and sorted, so the
 //!   same rows give the same bytes whatever the files or partitions they came in);
-//! - [`seal`]: the completeness gate, the files and the manifest, the sealer loop.
+//! - [`seal`]: the completeness gate, the files and the manifest, the sealer loop;
+//! - [`publish`]: the sealed outputs as Delta tables.
 //!
-//! Layout: `epochs/epoch={id:06}/{device_summary,hex_coverage,sensor_hex_hourly,road_hex}.parquet` and
-//! `epochs/epoch={id:06}/manifest.json`, written last with create-if-absent: the manifest is the seal.
+//! Layout: `epochs/{device_summary,hex_coverage,sensor_hex_hourly,road_hex}/epoch={id:06}.parquet`
+//! (the Delta tables' data files, published after the seal) and `epochs/epoch={id:06}/manifest.json`,
+//! written after the files with create-if-absent: the manifest is the seal.
 
 pub mod compute;
 pub mod merkle;
 pub mod points;
+pub mod publish;
 pub mod seal;
 
 use std::collections::BTreeSet;
@@ -103,7 +106,7 @@ impl EpochConfig {
     }
 }
 
-/// The folder of epoch `id`.
+/// The folder of epoch `id`'s manifest.
 pub fn epoch_dir(id: i64) -> String {
     format!("epochs/epoch={id:06}/")
 }

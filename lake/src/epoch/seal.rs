@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::compute::{aggregate, epoch_inputs, load_rows};
 use super::merkle::{self, Step};
-use super::{EpochConfig, EpochError, SealedEpochs, epoch_dir, manifest_path};
+use super::{EpochConfig, EpochError, SealedEpochs, manifest_path};
 use crate::compact::table_hours;
 use crate::rules::Rules;
 use crate::{COMPACTED_ZSTD_LEVEL, Lake, decode_parquet, encode_parquet_with};
@@ -205,7 +205,6 @@ pub async fn seal(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
         epoch_inputs(req.input, req.cfg, req.rules, req.epoch, pinned).await?;
     let rows = load_rows(req.input, req.cfg, req.epoch, &files).await?;
     let t = aggregate(&rows, req.epoch, req.rules)?;
-    let dir = epoch_dir(req.epoch);
     let mut outputs = Vec::new();
     for (table, batch) in [
         (tables::DEVICE_SUMMARY_TABLE, &t.device_summary),
@@ -223,7 +222,7 @@ pub async fn seal(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
                 ("hexpulse.rules_hash".into(), req.rules.hash.clone()),
             ],
         )?;
-        let path = format!("{dir}{table}.parquet");
+        let path = super::publish::output_path(table, req.epoch);
         let entry = OutputFile {
             table: table.to_string(),
             path: path.clone(),
@@ -552,6 +551,10 @@ pub async fn run_sealer(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(cfg.seal_interval) => {}
         }
+        // Epochs sealed and not (all) published: a crash between the two, or another sealer.
+        if let Err(e) = super::publish::publish_sealed(&lake).await {
+            tracing::warn!(error = %e, "publishing sealed epochs failed; retrying next round");
+        }
         let mut next = match next_epoch(&lake, &cfg).await {
             Ok(Some(n)) => n,
             Ok(None) => continue,
@@ -578,9 +581,12 @@ pub async fn run_sealer(
                 partitions,
             };
             match seal(req).await {
-                Ok(_) => {
+                Ok(s) => {
                     sealed.mark(next);
                     next += 1;
+                    if let Err(e) = super::publish::publish(&lake, s.manifest()).await {
+                        tracing::warn!(epoch = s.manifest().epoch, error = %e, "publishing failed; retrying next round");
+                    }
                 }
                 Err(EpochError::NotReady(why)) => {
                     tracing::debug!(epoch = next, %why, "not sealing yet");

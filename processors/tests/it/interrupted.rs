@@ -155,3 +155,83 @@ async fn sealing_dying_at_any_write_publishes_nothing_partial() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_dying_at_any_write_adds_each_output_once() {
+    use hexpulse_lake::epoch::publish::{self, EPOCH_TABLES};
+    let now = yesterday_noon();
+    let sc = scenario::build(now, 8);
+    let base = write_lake(&sc, now, 2, 15).await;
+    let cfg = EpochConfig::default();
+    let rules = Rules::load(None).unwrap();
+    let id = cfg.id_of(now - 30_000).unwrap();
+    let seal_in = |lake: Lake| {
+        let (cfg, rules) = (cfg.clone(), rules.clone());
+        async move {
+            seal::seal(SealRequest {
+                input: &lake,
+                output: &lake,
+                cfg: &cfg,
+                rules: &rules,
+                epoch: id,
+                force: true,
+                topic: "raw-readings",
+                partitions: 1,
+            })
+            .await
+            .unwrap()
+            .manifest()
+            .clone()
+        }
+    };
+    let base_lake = Lake::open(base.path().to_str().unwrap()).unwrap();
+    let m = seal_in(base_lake.clone()).await;
+
+    // How many writes an uninterrupted publishing makes.
+    let probe = tempfile::tempdir().unwrap();
+    copy_dir(base.path(), probe.path());
+    let local = Lake::open(probe.path().to_str().unwrap()).unwrap();
+    let counting = Arc::new(Flaky::new(local.store().clone()));
+    assert_eq!(
+        publish::publish(&Lake::from_store(counting.clone()), &m)
+            .await
+            .unwrap(),
+        4
+    );
+    let total = counting.writes.load(Ordering::SeqCst) as i64;
+    assert!(
+        total >= 8,
+        "a table creation and a commit per table: {total}"
+    );
+
+    for k in 0..total {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(base.path(), dir.path());
+        let local = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let dying = Arc::new(Flaky::dying_after(local.store().clone(), k));
+        assert!(
+            publish::publish(&Lake::from_store(dying), &m)
+                .await
+                .is_err()
+        );
+        // The restart (the sealer's round) publishes what is missing, and only that.
+        let fresh = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        publish::publish_sealed(&fresh).await.unwrap();
+        assert_eq!(publish::publish_sealed(&fresh).await.unwrap(), 0);
+        for table in EPOCH_TABLES {
+            let (_, files) = fresh
+                .table(&publish::table_root(table))
+                .files()
+                .await
+                .unwrap();
+            assert_eq!(
+                files.iter().map(|f| f.path.clone()).collect::<Vec<_>>(),
+                [publish::output_path(table, id)],
+                "{table} after dying at write {k}"
+            );
+            let rows: u64 = files.iter().filter_map(|f| f.rows).sum();
+            let listed = m.outputs.iter().find(|o| o.table == table).unwrap();
+            assert_eq!(rows, listed.rows, "{table} after dying at write {k}");
+        }
+    }
+}

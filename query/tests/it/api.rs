@@ -73,6 +73,9 @@ async fn sql_and_epochs_over_a_processed_lake() {
     .unwrap()
     .manifest()
     .clone();
+    hexpulse_lake::epoch::publish::publish(&lake, &m)
+        .await
+        .unwrap();
 
     let mut qcfg = QueryConfig::for_tests(&url);
     qcfg.epoch = ecfg.clone();

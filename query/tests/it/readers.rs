@@ -203,6 +203,9 @@ async fn outside_readers_agree_with_the_service_at_newest_and_pinned_versions_th
     .unwrap()
     .manifest()
     .clone();
+    hexpulse_lake::epoch::publish::publish(&lake, &m)
+        .await
+        .unwrap();
     let pinned = serde_json::to_string(&m.input_versions).unwrap();
 
     let stop = CancellationToken::new();
@@ -230,6 +233,18 @@ async fn outside_readers_agree_with_the_service_at_newest_and_pinned_versions_th
         "TIMESTAMP WITH TIME ZONE"
     );
     partitions_agree_and_prune(&base, &newest).await;
+    // The sealed epoch's outputs, as Delta tables: the same rows for the readers and the service
+    // (`road_hex` may be empty: a cell shows only with k dashcams).
+    for table in hexpulse_query::catalog::EPOCH_TABLES {
+        let (status, v) = sql_json(&base, &format!("SELECT count(*) AS n FROM {table}")).await;
+        assert_eq!(status, 200, "{v}");
+        let out = &newest["epoch_tables"][table];
+        assert_eq!(out["rows"], v[0]["n"], "{table}: {out}");
+        let listed = m.outputs.iter().find(|o| o.table == table).unwrap().rows;
+        assert_eq!(out["rows"], listed, "{table}: the manifest's rows");
+        let epochs = if listed > 0 { vec![id] } else { vec![] };
+        assert_eq!(out["epochs"], serde_json::json!(epochs), "{table}: {out}");
+    }
 
     // Late rows arrive and compactions commit while both readers read again and again.
     let watcher = {
