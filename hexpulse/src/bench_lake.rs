@@ -19,9 +19,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use deltalake::kernel::{Action, Remove};
+use deltalake::kernel::Action;
 use hexpulse_lake::delta::{Check, Committed, txn};
-use hexpulse_lake::unit::add_action;
+use hexpulse_lake::unit::{add_action, remove_action};
 use hexpulse_lake::{Lake, compact, date_hour};
 use serde::Serialize;
 
@@ -261,23 +261,7 @@ async fn compact_placeholders(
     let now = hexpulse_common::time::now_ms();
     let mut actions: Vec<Action> = files
         .iter()
-        .map(|(path, size)| {
-            Action::Remove(Remove {
-                path: path.clone(),
-                data_change: false,
-                deletion_timestamp: Some(now),
-                extended_file_metadata: Some(true),
-                partition_values: Some(
-                    [
-                        ("date".to_string(), Some(date.clone())),
-                        ("hour".to_string(), Some(hour.to_string())),
-                    ]
-                    .into(),
-                ),
-                size: Some(*size),
-                ..Default::default()
-            })
-        })
+        .map(|(path, size)| Action::Remove(remove_action(path.clone(), date, *hour, *size, now)))
         .collect();
     let merged = format!("date={date}/hour={hour:02}/compacted-bench.parquet");
     let size = files.iter().map(|f| f.1).sum::<i64>() as usize;

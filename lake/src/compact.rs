@@ -21,13 +21,13 @@ use std::time::Duration;
 
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
-use deltalake::kernel::{Action, Remove};
+use deltalake::kernel::Action;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::delta::{Check, Committed, DataFile};
 use crate::store::{Lake, LakeError, date_hour, decode_parquet, encode_parquet};
-use crate::unit::{STREAM_TABLES, add_action};
+use crate::unit::{STREAM_TABLES, add_action, remove_action};
 
 /// File name prefix of merged files.
 pub const COMPACTED_PREFIX: &str = "compacted-";
@@ -213,21 +213,13 @@ pub async fn compact_hour(
         for f in group {
             let rel = f.path.strip_prefix(&strip).unwrap_or(&f.path).to_string();
             sources.insert(rel.clone());
-            actions.push(Action::Remove(Remove {
-                path: rel,
-                data_change: false,
-                deletion_timestamp: Some(now),
-                extended_file_metadata: Some(true),
-                partition_values: Some(
-                    [
-                        ("date".to_string(), Some(date.to_string())),
-                        ("hour".to_string(), Some(hour.to_string())),
-                    ]
-                    .into(),
-                ),
-                size: Some(f.size as i64),
-                ..Default::default()
-            }));
+            actions.push(Action::Remove(remove_action(
+                rel,
+                date,
+                hour,
+                f.size as i64,
+                now,
+            )));
         }
     }
     let source_count = sources.len();

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
-use deltalake::kernel::{Action, Add};
+use deltalake::kernel::{Action, Add, Remove};
 use hexpulse_schemas::tables;
 use hexpulse_schemas::wire::KindName;
 use serde::{Deserialize, Serialize};
@@ -123,6 +123,26 @@ pub fn add_action(
         modification_time: crate::now_ms(),
         data_change,
         stats: Some(stats),
+        ..Default::default()
+    }
+}
+
+/// A Remove action (`dataChange = false`: a compaction's) for a file of the hour `date`/`hour`
+/// (path from the table root), removed at `now_ms`.
+pub fn remove_action(path: String, date: &str, hour: u32, size: i64, now_ms: i64) -> Remove {
+    Remove {
+        path,
+        data_change: false,
+        deletion_timestamp: Some(now_ms),
+        extended_file_metadata: Some(true),
+        partition_values: Some(
+            [
+                ("date".to_string(), Some(date.to_string())),
+                ("hour".to_string(), Some(hour.to_string())),
+            ]
+            .into(),
+        ),
+        size: Some(size),
         ..Default::default()
     }
 }

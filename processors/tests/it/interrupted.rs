@@ -11,8 +11,7 @@ use std::time::Duration;
 use hexpulse_lake::Lake;
 use hexpulse_lake::compact::{self, CompactOptions};
 use hexpulse_lake::epoch::EpochConfig;
-use hexpulse_lake::epoch::seal::{self, SealRequest};
-use hexpulse_lake::rules::Rules;
+use hexpulse_lake::epoch::seal;
 use hexpulse_load_tests::scenario;
 use hexpulse_processors::inspect::summarize;
 
@@ -98,24 +97,10 @@ async fn sealing_dying_at_any_write_publishes_nothing_partial() {
     let sc = scenario::build(now, 12);
     let base = write_lake(&sc, now, 3, 15).await;
     let cfg = EpochConfig::default();
-    let rules = Rules::load(None).unwrap();
     let id = cfg.id_of(now - 30_000).unwrap();
     let seal_via = |input: Lake, output: Lake| {
-        let (cfg, rules) = (cfg.clone(), rules.clone());
-        async move {
-            seal::seal(SealRequest {
-                input: &input,
-                output: &output,
-                cfg: &cfg,
-                rules: &rules,
-                epoch: id,
-                force: true,
-                topic: "raw-readings",
-                partitions: 1,
-            })
-            .await
-            .map(|s| s.manifest().clone())
-        }
+        let cfg = cfg.clone();
+        async move { force_seal(&input, &output, &cfg, id).await }
     };
 
     let probe = tempfile::tempdir().unwrap();
@@ -163,29 +148,9 @@ async fn publishing_dying_at_any_write_adds_each_output_once() {
     let sc = scenario::build(now, 8);
     let base = write_lake(&sc, now, 2, 15).await;
     let cfg = EpochConfig::default();
-    let rules = Rules::load(None).unwrap();
     let id = cfg.id_of(now - 30_000).unwrap();
-    let seal_in = |lake: Lake| {
-        let (cfg, rules) = (cfg.clone(), rules.clone());
-        async move {
-            seal::seal(SealRequest {
-                input: &lake,
-                output: &lake,
-                cfg: &cfg,
-                rules: &rules,
-                epoch: id,
-                force: true,
-                topic: "raw-readings",
-                partitions: 1,
-            })
-            .await
-            .unwrap()
-            .manifest()
-            .clone()
-        }
-    };
     let base_lake = Lake::open(base.path().to_str().unwrap()).unwrap();
-    let m = seal_in(base_lake.clone()).await;
+    let m = force_seal(&base_lake, &base_lake, &cfg, id).await.unwrap();
 
     // How many writes an uninterrupted publishing makes.
     let probe = tempfile::tempdir().unwrap();

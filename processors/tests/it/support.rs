@@ -230,3 +230,26 @@ pub async fn write_into(
         w.flush(&rules.version).await.unwrap();
     }
 }
+
+/// Seals epoch `id` of `input` into `output` under the default rules, forced (lakes written without
+/// a broker publish no watermarks).
+pub async fn force_seal(
+    input: &Lake,
+    output: &Lake,
+    cfg: &hexpulse_lake::epoch::EpochConfig,
+    id: i64,
+) -> Result<hexpulse_lake::epoch::seal::Manifest, hexpulse_lake::epoch::EpochError> {
+    let rules = Rules::load(None).unwrap();
+    hexpulse_lake::epoch::seal::seal(hexpulse_lake::epoch::seal::SealRequest {
+        input,
+        output,
+        cfg,
+        rules: &rules,
+        epoch: id,
+        force: true,
+        topic: "raw-readings",
+        partitions: 1,
+    })
+    .await
+    .map(|s| s.manifest().clone())
+}

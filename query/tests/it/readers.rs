@@ -11,8 +11,6 @@ use hexpulse_common::testenv;
 use hexpulse_lake::Lake;
 use hexpulse_lake::compact::{self, CompactOptions};
 use hexpulse_lake::epoch::EpochConfig;
-use hexpulse_lake::epoch::seal::{self, SealRequest};
-use hexpulse_lake::rules::Rules;
 use hexpulse_load_tests::scenario;
 use hexpulse_query::{Query, QueryConfig};
 use serde_json::Value;
@@ -187,22 +185,8 @@ async fn outside_readers_agree_with_the_service_at_newest_and_pinned_versions_th
         origin: "2026-01-01T00:00:00Z".into(),
         ..EpochConfig::default()
     };
-    let rules = Rules::load(None).unwrap();
     let id = ecfg.id_of(now - 30_000).unwrap();
-    let m = seal::seal(SealRequest {
-        input: &lake,
-        output: &lake,
-        cfg: &ecfg,
-        rules: &rules,
-        epoch: id,
-        force: true,
-        topic: "raw-readings",
-        partitions: 2,
-    })
-    .await
-    .unwrap()
-    .manifest()
-    .clone();
+    let m = force_seal(&lake, &lake, &ecfg, id).await.unwrap();
     hexpulse_lake::epoch::publish::publish(&lake, &m)
         .await
         .unwrap();
