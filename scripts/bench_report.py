@@ -109,7 +109,7 @@ def stages(results):
                              note=f"{e2e['cpu_s'].get(role, 0):.0f} CPU-s in the run"))
     for lk in lakes:
         day = f"{lk['hours']} h, {lk['partitions']} writers, a unit per writer every {lk['unit_secs']} s"
-        how = "log cleaned every round" if lk["clean_log"] else "whole day kept in the log"
+        how = "log cleaned every round" if lk["clean_log"] else "whole log kept"
         if not lk["clean_log"]:
             out.append(stage("Delta commits, one writer after another", round(lk["commits_per_s"]), "commits/s",
                              None, "no limit set", None, "hexpulse bench lake",
@@ -117,7 +117,7 @@ def stages(results):
                                   f"({day}), {lk['checkpoints']} checkpoints, {lk['compactions']} compactions"))
             out.append(stage("Delta commit latency p99", round(lk["commit_p99_ms"], 2), "ms", None, "no limit set", None,
                              "hexpulse bench lake", note=f"p50 {lk['commit_p50_ms']:.2f} ms"))
-        out.append(stage(f"Delta table open after a simulated day ({how})", round(lk["open_ms"]), "ms", None,
+        out.append(stage(f"Delta table open after {lk['hours']} simulated hours ({how})", round(lk["open_ms"]), "ms", None,
                          "no limit set", None, "hexpulse bench lake" + (" --clean-log" if lk["clean_log"] else ""),
                          note=f"{lk['log_files']} log files ({lk['log_mb']:.0f} MB), {lk['live_files']} live files; "
                               f"refresh after one more commit {lk['refresh_ms']:.0f} ms; {day}"))
