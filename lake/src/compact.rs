@@ -320,8 +320,17 @@ pub async fn compact_closed(
 /// are kept whatever their age, so a re-seal at those versions always finds its inputs. Returns how
 /// many files were deleted.
 pub async fn vacuum(lake: &Lake, retention: Duration) -> Result<usize, LakeError> {
+    vacuum_pinned(lake, retention, &pinned_versions(lake).await?).await
+}
+
+/// [`vacuum`] with the pinned versions read already.
+async fn vacuum_pinned(
+    lake: &Lake,
+    retention: Duration,
+    pinned: &Pinned,
+) -> Result<usize, LakeError> {
     let horizon = crate::now_ms() - retention.as_millis() as i64;
-    let pinned = pinned_files(lake).await?;
+    let pinned = pinned_files(lake, pinned).await?;
     let mut deleted = 0;
     for table in tables() {
         let t = lake.table(table);
@@ -347,13 +356,13 @@ pub async fn vacuum(lake: &Lake, retention: Duration) -> Result<usize, LakeError
 
 /// The data files of every sealed epoch's pinned table versions (cached per table and version:
 /// a version's files never change).
-async fn pinned_files(lake: &Lake) -> Result<HashSet<String>, LakeError> {
+async fn pinned_files(lake: &Lake, pinned: &Pinned) -> Result<HashSet<String>, LakeError> {
     let mut out = HashSet::new();
-    for (table, versions) in pinned_versions(lake).await? {
+    for (table, versions) in pinned {
         for version in versions {
             out.extend(
-                lake.table(&table)
-                    .files_at_cached(version)
+                lake.table(table)
+                    .files_at_cached(*version)
                     .await?
                     .iter()
                     .cloned(),
@@ -363,8 +372,11 @@ async fn pinned_files(lake: &Lake) -> Result<HashSet<String>, LakeError> {
     Ok(out)
 }
 
+/// The versions of each table that sealed epochs pin.
+type Pinned = HashMap<String, BTreeSet<i64>>;
+
 /// The versions of each table that sealed epochs pin (their manifests' `input_versions`).
-async fn pinned_versions(lake: &Lake) -> Result<HashMap<String, BTreeSet<i64>>, LakeError> {
+async fn pinned_versions(lake: &Lake) -> Result<Pinned, LakeError> {
     let mut out: HashMap<String, BTreeSet<i64>> = HashMap::new();
     for id in crate::epoch::sealed_ids(lake).await? {
         let manifest = crate::epoch::seal::read_manifest(lake, id)
@@ -410,8 +422,16 @@ fn log_entry((path, _, modified_ms): (String, u64, i64)) -> Option<LogEntry> {
 /// deleted, and every reader that lists `_delta_log/` (a query refresh, a reader's first load)
 /// gets slower all day. Returns how many entries were deleted.
 pub async fn clean_log(lake: &Lake, retention: Duration) -> Result<usize, LakeError> {
+    clean_log_pinned(lake, retention, &pinned_versions(lake).await?).await
+}
+
+/// [`clean_log`] with the pinned versions read already.
+async fn clean_log_pinned(
+    lake: &Lake,
+    retention: Duration,
+    pinned: &Pinned,
+) -> Result<usize, LakeError> {
     let cutoff = crate::now_ms() - retention.as_millis() as i64;
-    let pinned = pinned_versions(lake).await?;
     let mut deleted = 0;
     for table in tables() {
         let entries: Vec<LogEntry> = lake
@@ -497,8 +517,10 @@ pub async fn run_compactor(
                 tracing::debug!(table, date, hour, ?outcome, "compaction round");
             }
             checkpoint(&lake, CHECKPOINT_INTERVAL).await?;
-            vacuum(&lake, opts.retention).await?;
-            clean_log(&lake, opts.retention).await
+            // Every sealed manifest is read once per round, for both.
+            let pinned = pinned_versions(&lake).await?;
+            vacuum_pinned(&lake, opts.retention, &pinned).await?;
+            clean_log_pinned(&lake, opts.retention, &pinned).await
         };
         if let Err(e) = round.await {
             tracing::warn!(error = %e, "lake maintenance round failed; retrying next round");
