@@ -253,3 +253,14 @@ pub fn peak_rss() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
+
+/// The checkout's root, from the `CARGO_MANIFEST_DIR` that cargo and nextest set when they run a
+/// test (the test's crate sits one level below the root). Read at run time, not with `env!`: the
+/// shared build cache reuses a test binary across checkouts at other paths, and a compiled-in path
+/// would read another checkout's files.
+pub fn repo_root() -> std::path::PathBuf {
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    crate_dir.join("..")
+}

@@ -166,7 +166,7 @@ fn independent_reader(
     let Some(python) = testenv::python_or_skip("the outside readers' check") else {
         return;
     };
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/read_lake.py");
+    let script = hexpulse_common::testenv::repo_root().join("scripts/read_lake.py");
     let out = Command::new(python)
         .arg(script)
         .arg(lake_dir)

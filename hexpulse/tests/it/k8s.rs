@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use hexpulse_common::testenv;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    hexpulse_common::testenv::repo_root()
 }
 
 /// Runs the checker on `k8s` (a folder laid out like the repository's k8s/); None when the tools

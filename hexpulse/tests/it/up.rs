@@ -63,8 +63,8 @@ pub fn accounted(out: &std::process::Output) -> serde_json::Value {
     summary
 }
 
-pub fn root() -> &'static str {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/..")
+pub fn root() -> String {
+    hexpulse_common::testenv::repo_root().display().to_string()
 }
 
 impl Up {

@@ -306,7 +306,9 @@ pub struct EpochTables {
 #[derive(Default)]
 struct Dev {
     heartbeats: u64,
-    sensor_seqs: BTreeSet<u64>,
+    /// Each sensor reading (sequence number) once, with its asserted distance: the smallest of its
+    /// rows' (a reused sequence number can carry two), so that no row order picks one.
+    sensor_seqs: BTreeMap<u64, f64>,
     road: u64,
     hours: BTreeSet<i64>,
     cells: BTreeSet<u64>,
@@ -362,8 +364,9 @@ pub fn aggregate(rows: &EpochRows, id: i64, rules: &Rules) -> Result<EpochTables
     }
     for s in &rows.sensor {
         let d = devs.entry(&s.key).or_default();
-        if d.sensor_seqs.insert(s.seq) && !s.dist.is_nan() {
-            d.dists.push(s.dist);
+        let dist = d.sensor_seqs.entry(s.seq).or_insert(f64::NAN);
+        if !s.dist.is_nan() && (dist.is_nan() || s.dist < *dist) {
+            *dist = s.dist;
         }
         d.hours.insert(s.t.div_euclid(3_600_000));
         d.cells.insert(s.cell);
@@ -373,6 +376,10 @@ pub fn aggregate(rows: &EpochRows, id: i64, rules: &Rules) -> Result<EpochTables
         d.road += 1;
         d.hours.insert(o.t.div_euclid(3_600_000));
         d.cells.insert(o.cell);
+    }
+    for d in devs.values_mut() {
+        let dists = d.sensor_seqs.values().filter(|x| !x.is_nan());
+        d.dists.extend(dists);
     }
     for (key, reason) in &rows.rejected {
         if let Some(d) = devs.get_mut(key.as_str()) {
@@ -588,4 +595,115 @@ fn road_hex(rows: &EpochRows, id: i64, k: u64) -> Result<RecordBatch, EpochError
             Arc::new(UInt64Array::from(devices)),
         ],
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows() -> EpochRows {
+        let hb = |key: &str, t: i64, cell: u64, dist: f64, signal: f64| Hb {
+            key: key.into(),
+            t,
+            cell,
+            dist,
+            signal,
+            down: Some(signal + 200.0),
+            up: None,
+            latency: Some(t as f64 / 1e6),
+        };
+        let sensor = |key: &str, seq: u64, dist: f64, metric: &str, value: f64| Sensor {
+            key: key.into(),
+            t: 3_600_000 + seq as i64 * 1_000,
+            seq,
+            cell: 600 + seq % 3,
+            dist,
+            metric: metric.into(),
+            value,
+        };
+        let road = |key: &str, cell: u64, observation: &str| Road {
+            key: key.into(),
+            t: 7_200_000 + cell as i64,
+            cell,
+            observation: observation.into(),
+        };
+        EpochRows {
+            hb: vec![
+                hb("a", 10, 1, 5.0, -70.0),
+                hb("a", 3_600_010, 2, 7.5, -71.0),
+                hb("b", 20, 1, f64::NAN, -90.5),
+                hb("b", 30, 1, 2.0, -60.25),
+            ],
+            sensor: vec![
+                sensor("s", 1, 10.0, "pm25", 3.5),
+                sensor("s", 1, 10.0, "pm10", 9.0),
+                // Sequence number 2 reused by two readings with different positions.
+                sensor("s", 2, 40.0, "pm25", 4.0),
+                sensor("s", 2, 900.0, "pm25", 80.0),
+                sensor("s", 3, f64::NAN, "pm25", 0.1),
+                sensor("t", 1, 3.0, "no2", 12.0),
+            ],
+            road: vec![
+                road("r1", 5, "pothole"),
+                road("r2", 5, "pothole"),
+                road("r1", 5, "pothole"),
+                road("r2", 6, "sign"),
+            ],
+            rejected: vec![
+                ("a".into(), "duplicate".into()),
+                ("s".into(), "stale".into()),
+                ("a".into(), "duplicate".into()),
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn output(rows: &EpochRows, rules: &Rules) -> Vec<RecordBatch> {
+        let t = aggregate(rows, 7, rules).unwrap();
+        assert!(!t.leaves.is_empty());
+        vec![t.device_summary, t.hex_coverage, t.sensor_hex_hourly, t.road_hex]
+    }
+
+    /// A seal reads files in whatever order the log lists them; no order of the rows (here every
+    /// rotation and the reversal of each list) may change a bit of the epoch tables, even where
+    /// a device reused a sequence number.
+    #[test]
+    fn row_order_never_changes_the_epoch_tables() {
+        let mut rules = Rules::load(None).unwrap();
+        rules.privacy.road_min_devices = 1;
+        let base = rows();
+        let want = output(&base, &rules);
+        let summary = &want[0];
+        let keys = summary.column_by_name("device_key").unwrap().as_string::<i32>();
+        let s = (0..keys.len()).find(|i| keys.value(*i) == "s").unwrap();
+        let sensor = summary.column_by_name("sensor_readings").unwrap();
+        assert_eq!(sensor.as_primitive::<UInt64Type>().value(s), 3);
+        let md = summary.column_by_name("median_distance_m").unwrap();
+        // Readings 1 (10 m), 2 (the nearer of 40 and 900 m); 3 has no distance.
+        assert_eq!(md.as_primitive::<Float64Type>().value(s), 25.0);
+
+        let n = base.hb.len().max(base.sensor.len()).max(base.road.len());
+        for turn in 0..n {
+            for reverse in [false, true] {
+                let mut r = rows();
+                fn spin<T>(v: &mut [T], turn: usize) {
+                    if !v.is_empty() {
+                        let by = turn % v.len();
+                        v.rotate_left(by);
+                    }
+                }
+                spin(&mut r.hb, turn);
+                spin(&mut r.sensor, turn);
+                spin(&mut r.road, turn);
+                spin(&mut r.rejected, turn);
+                if reverse {
+                    r.hb.reverse();
+                    r.sensor.reverse();
+                    r.road.reverse();
+                    r.rejected.reverse();
+                }
+                assert_eq!(output(&r, &rules), want, "rotation {turn}, reversed {reverse}");
+            }
+        }
+    }
 }

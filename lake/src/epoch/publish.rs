@@ -31,19 +31,22 @@ pub fn table_root(table: &str) -> String {
     format!("epochs/{table}")
 }
 
-/// Where the sealer writes `table`'s output of epoch `id`: under the table's root.
-pub fn output_path(table: &str, id: i64) -> String {
-    format!("{}/epoch={id:06}.parquet", table_root(table))
+/// Where the sealer writes `table`'s output of epoch `id` whose bytes have the SHA-256 `sha256`
+/// (hex): under the table's root, named by the epoch and the first 16 hex digits of the hash.
+/// Named by content, a file is never overwritten with other bytes: two sealers racing over one
+/// epoch from different input versions write different files, and the manifest that wins names
+/// its own.
+pub fn output_path(table: &str, id: i64, sha256: &str) -> String {
+    let short = sha256.get(..16).unwrap_or(sha256);
+    format!("{}/epoch={id:06}-{short}.parquet", table_root(table))
 }
 
-/// The epoch of a file of an epoch table (`…/epoch=000123.parquet`).
+/// The epoch of a file of an epoch table (`…/epoch=000123-<hash>.parquet`, or
+/// `…/epoch=000123.parquet` as written before outputs were named by content).
 pub fn epoch_of_file(path: &str) -> Option<i64> {
-    path.rsplit('/')
-        .next()?
-        .strip_prefix("epoch=")?
-        .strip_suffix(".parquet")?
-        .parse()
-        .ok()
+    let name = path.rsplit('/').next()?.strip_prefix("epoch=")?;
+    let stem = name.strip_suffix(".parquet")?;
+    stem.split('-').next()?.parse().ok()
 }
 
 fn app_id(epoch: i64) -> String {
@@ -78,7 +81,7 @@ pub async fn publish(lake: &Lake, m: &Manifest) -> Result<usize, EpochError> {
         let path = match o.path.strip_prefix(&root) {
             Some(rel) => rel.to_string(),
             None => {
-                let to = output_path(&o.table, m.epoch);
+                let to = output_path(&o.table, m.epoch, &o.sha256);
                 let bytes = lake
                     .get(&o.path)
                     .await?

@@ -222,15 +222,17 @@ pub async fn seal(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
                 ("hexpulse.rules_hash".into(), req.rules.hash.clone()),
             ],
         )?;
-        let path = super::publish::output_path(table, req.epoch);
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        // Named by content: a racing sealer that read other versions writes another file, and
+        // never replaces the bytes that a winning manifest lists.
+        let path = super::publish::output_path(table, req.epoch, &sha256);
         let entry = OutputFile {
             table: table.to_string(),
             path: path.clone(),
             bytes: bytes.len() as u64,
             rows: batch.num_rows() as u64,
-            sha256: hex::encode(Sha256::digest(&bytes)),
+            sha256,
         };
-        // Deterministic content: a racing sealer writes the same bytes here.
         req.output.put(&path, bytes).await?;
         outputs.push(entry);
     }
@@ -284,6 +286,17 @@ pub async fn seal(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
             let winner = read_manifest(req.output, req.epoch)
                 .await?
                 .ok_or_else(|| EpochError::Invalid("manifest vanished".into()))?;
+            // Another sealer won the race. The outputs it did not list are this attempt's own
+            // (computed from other input versions): nothing will ever read them.
+            for o in &manifest.outputs {
+                if winner.output(&o.table).is_none_or(|w| w.path != o.path) {
+                    req.output.delete(&o.path).await?;
+                }
+            }
+            tracing::info!(
+                epoch = req.epoch,
+                "another sealer sealed this epoch first; its manifest stands"
+            );
             Ok(Sealed::Already(winner))
         }
         Err(e) => Err(EpochError::Lake(e)),

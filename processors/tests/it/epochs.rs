@@ -530,3 +530,57 @@ async fn a_reseal_at_the_pinned_versions_is_byte_identical_after_late_rows() {
     assert_eq!(again.manifest().merkle_root, m.merkle_root);
     assert_eq!(output_bytes(&out, again.manifest()).await, before);
 }
+
+/// Two sealers race over one epoch: the second looked before the first's manifest appeared, and
+/// reads newer input versions (late rows arrived in between). The manifest that wins keeps
+/// exactly the bytes it lists (outputs are named by content, never overwritten), the loser's own
+/// outputs are deleted, and publishing adds the winner's files only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_sealers_never_overwrite_the_winning_outputs() {
+    use hexpulse_lake::epoch::publish::{self, EPOCH_TABLES};
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    let now = yesterday_noon();
+    let cfg = day_epochs();
+    let rules = Rules::load(None).unwrap();
+    let id = cfg.id_of(now - 30_000).unwrap();
+    let dir = write_lake(&scenario::build(now, 10), now, 2, 25).await;
+    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+    let first = seal_forced(&lake, &lake, &cfg, &rules, id).await;
+    let won = first.manifest().clone();
+    let before = output_bytes(&lake, &won).await;
+    write_into(&lake, &scenario::build(now, 8), now, 1, 25, "late-readings").await;
+
+    // The late sealer: both of its manifest checks (output, then input lake) find nothing.
+    let late = Arc::new(crate::faulty::Flaky::new(lake.store().clone()));
+    late.hide_manifests.store(2, Ordering::SeqCst);
+    let seen = Lake::from_store(late.clone());
+    let second = seal_forced(&seen, &seen, &cfg, &rules, id).await;
+    assert_eq!(late.hide_manifests.load(Ordering::SeqCst), 0, "both checks were fooled");
+    assert!(late.writes.load(Ordering::SeqCst) >= 4, "the late sealer wrote its outputs");
+    let Sealed::Already(stands) = second else {
+        panic!("the late sealer's manifest must lose: {second:?}");
+    };
+    assert_eq!(stands, won);
+    // Every output the winning manifest lists has its bytes (read_output checks the SHA-256).
+    assert!(
+        output_bytes(&lake, &won).await == before,
+        "the winner's outputs were overwritten"
+    );
+    for table in EPOCH_TABLES {
+        seal::read_output(&lake, &won, table).await.unwrap();
+        let files = lake.list(&format!("{}/", publish::table_root(table))).await.unwrap();
+        assert_eq!(
+            files,
+            [won.output(table).unwrap().path.clone()],
+            "{table}: only the winner's output is left"
+        );
+    }
+    assert_eq!(publish::publish_sealed(&lake).await.unwrap(), 4);
+    for table in EPOCH_TABLES {
+        let (_, files) = lake.table(&publish::table_root(table)).files().await.unwrap();
+        let paths: Vec<_> = files.into_iter().map(|f| f.path).collect();
+        assert_eq!(paths, [won.output(table).unwrap().path.clone()], "{table}");
+    }
+}

@@ -1,5 +1,6 @@
 //! An object store wrapper that fails writes on demand: for a while (an outage), or from the n-th
-//! write on (a process that died at that point: nothing it would have written later happens).
+//! write on (a process that died at that point: nothing it would have written later happens), and
+//! hides manifests from a sealer that looked too early.
 
 use std::fmt;
 use std::sync::Arc;
@@ -22,6 +23,9 @@ pub struct Flaky {
     pub budget: AtomicI64,
     pub refused: AtomicU64,
     pub writes: AtomicU64,
+    /// How many more reads of a `manifest.json` answer "not found", as for a sealer that looked
+    /// before another one's manifest appeared.
+    pub hide_manifests: AtomicU64,
 }
 
 impl Flaky {
@@ -32,6 +36,7 @@ impl Flaky {
             budget: AtomicI64::new(-1),
             refused: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            hide_manifests: AtomicU64::new(0),
         }
     }
 
@@ -89,6 +94,17 @@ impl ObjectStore for Flaky {
         self.inner.put_multipart_opts(location, opts).await
     }
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        let hidden = location.as_ref().ends_with("manifest.json")
+            && self
+                .hide_manifests
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if hidden {
+            return Err(object_store::Error::NotFound {
+                path: location.to_string(),
+                source: "hidden: read before the manifest appeared".into(),
+            });
+        }
         self.inner.get_opts(location, options).await
     }
     fn delete_stream(

@@ -191,7 +191,7 @@ async fn publishing_dying_at_any_write_adds_each_output_once() {
                 .unwrap();
             assert_eq!(
                 files.iter().map(|f| f.path.clone()).collect::<Vec<_>>(),
-                [publish::output_path(table, id)],
+                [m.output(table).unwrap().path.clone()],
                 "{table} after dying at write {k}"
             );
             let rows: u64 = files.iter().filter_map(|f| f.rows).sum();

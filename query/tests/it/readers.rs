@@ -60,10 +60,7 @@ async fn service_rows(base: &str) -> BTreeMap<String, Vec<Value>> {
 /// read_lake.py's report; panics with the report when the readers found a problem.
 async fn read_lake(python: &str, lake: &Path, args: &[&str]) -> Value {
     let out = tokio::process::Command::new(python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../scripts/read_lake.py"
-        ))
+        .arg(hexpulse_common::testenv::repo_root().join("scripts/read_lake.py"))
         .arg(lake)
         .args(args)
         .stdin(Stdio::null())

@@ -56,14 +56,14 @@ impl sqllogictest::AsyncDB for Db {
 
 #[tokio::test]
 async fn h3_functions_pass_their_slt_files() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/slt");
-    let mut files: Vec<_> = std::fs::read_dir(dir)
+    let dir = hexpulse_common::testenv::repo_root().join("query/tests/slt");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "slt"))
         .collect();
     files.sort();
-    assert!(!files.is_empty(), "no .slt files in {dir}");
+    assert!(!files.is_empty(), "no .slt files in {}", dir.display());
     for f in files {
         let mut runner = sqllogictest::Runner::new(|| async {
             let ctx = SessionContext::new();
