@@ -31,6 +31,9 @@ type Prov = (String, i32, i64);
 struct Hb {
     key: String,
     t: i64,
+    /// The UTC hour (ms since the epoch / 3,600,000) the reading was received in, when that hour is
+    /// in the epoch: the hour it makes active.
+    active: Option<i64>,
     cell: u64,
     dist: f64,
     signal: f64,
@@ -43,6 +46,9 @@ struct Hb {
 struct Sensor {
     key: String,
     t: i64,
+    /// The UTC hour (ms since the epoch / 3,600,000) the reading was received in, when that hour is
+    /// in the epoch: the hour it makes active.
+    active: Option<i64>,
     seq: u64,
     cell: u64,
     dist: f64,
@@ -54,6 +60,9 @@ struct Sensor {
 struct Road {
     key: String,
     t: i64,
+    /// The UTC hour (ms since the epoch / 3,600,000) the reading was received in, when that hour is
+    /// in the epoch: the hour it makes active.
+    active: Option<i64>,
     cell: u64,
     observation: String,
 }
@@ -234,6 +243,13 @@ pub async fn load_rows(
                 .map(|c| c.as_primitive::<Float64Type>());
             let dist_at = |i: usize| dist.map_or(f64::NAN, |d| d.value(i));
             let keep = |i: usize| t.value(i) >= start && t.value(i) < end;
+            // An hour is active by a reading received in it, never by a claimed event time:
+            // backdated readings make no hour active that the device was not heard in.
+            let rt = column(&b, "receive_time").as_primitive::<TimestampMillisecondType>();
+            let active = |i: usize| {
+                let r = rt.value(i);
+                (r >= start && r < end).then(|| r.div_euclid(3_600_000))
+            };
             match table.as_str() {
                 "heartbeat" => {
                     let sig = column(&b, "signal_dbm").as_primitive::<Float32Type>();
@@ -248,6 +264,7 @@ pub async fn load_rows(
                         rows.hb.push(Hb {
                             key: key.value(i).to_string(),
                             t: t.value(i),
+                            active: active(i),
                             cell: cell.value(i),
                             dist: dist_at(i),
                             signal: sig.value(i) as f64,
@@ -266,6 +283,7 @@ pub async fn load_rows(
                         rows.sensor.push(Sensor {
                             key: key.value(i).to_string(),
                             t: t.value(i),
+                            active: active(i),
                             seq: seq.value(i),
                             cell: cell.value(i),
                             dist: dist_at(i),
@@ -281,6 +299,7 @@ pub async fn load_rows(
                         rows.road.push(Road {
                             key: key.value(i).to_string(),
                             t: t.value(i),
+                            active: active(i),
                             cell: cell.value(i),
                             observation: obs.value(i).to_string(),
                         });
@@ -350,7 +369,7 @@ pub fn aggregate(rows: &EpochRows, id: i64, rules: &Rules) -> Result<EpochTables
     for h in &rows.hb {
         let d = devs.entry(&h.key).or_default();
         d.heartbeats += 1;
-        d.hours.insert(h.t.div_euclid(3_600_000));
+        d.hours.extend(h.active);
         d.cells.insert(h.cell);
         if !h.dist.is_nan() {
             d.dists.push(h.dist);
@@ -368,13 +387,13 @@ pub fn aggregate(rows: &EpochRows, id: i64, rules: &Rules) -> Result<EpochTables
         if !s.dist.is_nan() && (dist.is_nan() || s.dist < *dist) {
             *dist = s.dist;
         }
-        d.hours.insert(s.t.div_euclid(3_600_000));
+        d.hours.extend(s.active);
         d.cells.insert(s.cell);
     }
     for o in &rows.road {
         let d = devs.entry(&o.key).or_default();
         d.road += 1;
-        d.hours.insert(o.t.div_euclid(3_600_000));
+        d.hours.extend(o.active);
         d.cells.insert(o.cell);
     }
     for d in devs.values_mut() {
@@ -605,6 +624,7 @@ mod tests {
         let hb = |key: &str, t: i64, cell: u64, dist: f64, signal: f64| Hb {
             key: key.into(),
             t,
+            active: Some(t / 3_600_000),
             cell,
             dist,
             signal,
@@ -615,6 +635,7 @@ mod tests {
         let sensor = |key: &str, seq: u64, dist: f64, metric: &str, value: f64| Sensor {
             key: key.into(),
             t: 3_600_000 + seq as i64 * 1_000,
+            active: Some(1),
             seq,
             cell: 600 + seq % 3,
             dist,
@@ -624,6 +645,7 @@ mod tests {
         let road = |key: &str, cell: u64, observation: &str| Road {
             key: key.into(),
             t: 7_200_000 + cell as i64,
+            active: None,
             cell,
             observation: observation.into(),
         };

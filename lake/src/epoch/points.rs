@@ -8,6 +8,9 @@
 //! points = floor(floor(base * trust_bp / 10000) * tier_bp / 10000)
 //! ```
 //!
+//! `active_hours` counts the UTC hours of the epoch in which a valid reading of the device was
+//! received (ingest's clock), never the hours its readings claim.
+//!
 //! Location trust (heartbeat and sensor devices, from the median distance to the asserted location):
 //! `<= full_m` → `full_bp`; `<= partial_m` → `partial_bp`; farther → `far_bp`; road devices, and
 //! devices without a distance, → `full_bp`. Speed tier (heartbeat devices, from their speed tests):

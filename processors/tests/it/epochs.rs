@@ -584,3 +584,109 @@ async fn racing_sealers_never_overwrite_the_winning_outputs() {
         assert_eq!(paths, [won.output(table).unwrap().path.clone()], "{table}");
     }
 }
+
+/// Finding 15 of round two: a heartbeat backdated into earlier hours (within the allowed lateness)
+/// makes no hour active. An hour is active only by a reading received in it, so a device that sends
+/// one burst with claimed times across three hours earns one active hour, and a device heard in two
+/// hours earns two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backdated_readings_make_no_active_hours() {
+    use hexpulse_common::registry::Device;
+    use hexpulse_lake::epoch::publish::EPOCH_TABLES;
+    use hexpulse_load_tests::fleet::{device_key, sign_reading};
+    use hexpulse_processors::h3bin::Binner;
+    use hexpulse_processors::partition::PartitionWorker;
+    use hexpulse_processors::validate::Validator;
+    use hexpulse_schemas::wire::{Heartbeat, Kind, KindName, Location, Reading};
+    use arrow::array::AsArray;
+    use arrow::datatypes::{UInt32Type, UInt64Type};
+    use prost::Message;
+
+    const MIN: i64 = 60_000;
+    let now = yesterday_noon();
+    let cfg = day_epochs();
+    let rules = Rules::load(None).unwrap();
+    let (backdater, honest) = (device_key(77, 0), device_key(77, 1));
+    let at = (52.52, 13.405);
+    let registry = Registry::from_devices(
+        [&backdater, &honest]
+            .iter()
+            .map(|k| Device {
+                public_key: hex::encode(k.verifying_key().as_bytes()),
+                kind: KindName::Heartbeat,
+                lat: at.0,
+                lng: at.1,
+                owner: "test".into(),
+            })
+            .collect(),
+    )
+    .unwrap();
+    let heartbeat = |seq: u64, t: i64| Reading {
+        schema_version: 1,
+        device_time_ms: t,
+        seq,
+        location: Some(Location {
+            lat: at.0,
+            lng: at.1,
+            accuracy_m: 5.0,
+        }),
+        kind: Some(Kind::Heartbeat(Heartbeat {
+            radio: 1,
+            signal_dbm: -70.0,
+            speed_test: None,
+        })),
+    };
+    // (device, reading, receive time). `now` is 12:00:00 UTC.
+    let burst = now + 30_000;
+    let records = [
+        // One burst received at 12:00:30, claiming 10:01, 10:59, 11:59 and 12:00.
+        (&backdater, heartbeat(1, burst - 119 * MIN), burst),
+        (&backdater, heartbeat(2, burst - 61 * MIN), burst),
+        (&backdater, heartbeat(3, burst - MIN), burst),
+        (&backdater, heartbeat(4, burst - 10_000), burst),
+        // Heard at 11:30 and at 12:00:30.
+        (&honest, heartbeat(1, now - 30 * MIN - 1_000), now - 30 * MIN),
+        (&honest, heartbeat(2, burst - 1_000), burst),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+    let mut w = PartitionWorker::init(
+        TOPIC,
+        0,
+        now - 30 * MIN,
+        lake.clone(),
+        Validator::new(rules.clone(), registry, true),
+        Binner::new(&[12, 8]).unwrap(),
+        vec![12, 8],
+    )
+    .await
+    .unwrap();
+    for (offset, (key, reading, received)) in records.iter().enumerate() {
+        let value = sign_reading(key, reading).encode_to_vec();
+        w.push(offset as i64, &value, *received);
+    }
+    w.flush(&rules.version).await.unwrap();
+
+    let id = cfg.id_of(now).unwrap();
+    let sealed = seal_forced(&lake, &lake, &cfg, &rules, id).await;
+    let summary = seal::read_output(&lake, sealed.manifest(), EPOCH_TABLES[0])
+        .await
+        .unwrap();
+    let col = |name: &str| summary.column_by_name(name).unwrap().clone();
+    let keys = col("device_key");
+    let keys = keys.as_string::<i32>();
+    let heartbeats = col("heartbeats");
+    let hours = col("active_hours");
+    let row_of = |k: &ed25519_dalek::SigningKey| {
+        let hex = hex::encode(k.verifying_key().as_bytes());
+        keys.iter().position(|v| v == Some(hex.as_str())).expect("device summarised")
+    };
+    let (b, h) = (row_of(&backdater), row_of(&honest));
+    assert_eq!(heartbeats.as_primitive::<UInt64Type>().value(b), 4, "all four are valid");
+    assert_eq!(
+        hours.as_primitive::<UInt32Type>().value(b),
+        1,
+        "one burst, received in one hour: one active hour, whatever times it claims"
+    );
+    assert_eq!(hours.as_primitive::<UInt32Type>().value(h), 2);
+}
