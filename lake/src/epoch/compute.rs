@@ -30,7 +30,6 @@ type Prov = (String, i32, i64);
 #[derive(Debug, Clone)]
 struct Hb {
     key: String,
-    t: i64,
     /// The UTC hour (ms since the epoch / 3,600,000) the reading was received in, when that hour is
     /// in the epoch: the hour it makes active.
     active: Option<i64>,
@@ -59,7 +58,6 @@ struct Sensor {
 #[derive(Debug, Clone)]
 struct Road {
     key: String,
-    t: i64,
     /// The UTC hour (ms since the epoch / 3,600,000) the reading was received in, when that hour is
     /// in the epoch: the hour it makes active.
     active: Option<i64>,
@@ -263,7 +261,6 @@ pub async fn load_rows(
                         rows.saw(&prov(i));
                         rows.hb.push(Hb {
                             key: key.value(i).to_string(),
-                            t: t.value(i),
                             active: active(i),
                             cell: cell.value(i),
                             dist: dist_at(i),
@@ -298,7 +295,6 @@ pub async fn load_rows(
                         rows.saw(&prov(i));
                         rows.road.push(Road {
                             key: key.value(i).to_string(),
-                            t: t.value(i),
                             active: active(i),
                             cell: cell.value(i),
                             observation: obs.value(i).to_string(),
@@ -623,7 +619,6 @@ mod tests {
     fn rows() -> EpochRows {
         let hb = |key: &str, t: i64, cell: u64, dist: f64, signal: f64| Hb {
             key: key.into(),
-            t,
             active: Some(t / 3_600_000),
             cell,
             dist,
@@ -644,7 +639,6 @@ mod tests {
         };
         let road = |key: &str, cell: u64, observation: &str| Road {
             key: key.into(),
-            t: 7_200_000 + cell as i64,
             active: None,
             cell,
             observation: observation.into(),

@@ -2,6 +2,7 @@
 
 mod api;
 mod limits;
+mod preagg;
 mod readers;
 mod slt;
 // Shared with the processor tests; this crate uses a part of it.
