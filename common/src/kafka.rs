@@ -24,6 +24,13 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties, passed through as-is (e.g. `security.protocol`).
     #[serde(default)]
     pub extra: BTreeMap<String, String>,
+    /// A secret shared by ingest and the processors (64 hex digits). Ingest tags every record's
+    /// envelope with it; processors that re-verify signatures then accept only tagged records
+    /// (schemas/WIRE.md, "Raw topic records"). Unset: envelopes are untagged, and their receive
+    /// times are trusted as they are. Set it from the environment
+    /// (`HEXPULSE__KAFKA__ENVELOPE_KEY`), not in a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envelope_key: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +45,17 @@ pub enum KafkaError {
 }
 
 impl KafkaConfig {
+    /// The parsed `envelope_key`, if set.
+    pub fn envelope_key(
+        &self,
+    ) -> Result<Option<hexpulse_schemas::wire::envelope::EnvelopeKey>, String> {
+        self.envelope_key
+            .as_deref()
+            .filter(|k| !k.trim().is_empty())
+            .map(hexpulse_schemas::wire::envelope::EnvelopeKey::from_hex)
+            .transpose()
+    }
+
     /// Base client config: brokers plus the pass-through properties. Reconnect attempts back off
     /// to at most one a second (librdkafka's default is 10 s), so a role notices a restarted
     /// broker within about a second.
@@ -59,6 +77,9 @@ impl KafkaConfig {
             .set("acks", "all")
             .set("linger.ms", "2")
             .set("compression.type", "lz4")
+            // Pinned (not left to `extra`): processors that re-verify signatures check that each
+            // record sits in its key's partition under this rule (`wire::partition_of`).
+            .set("partitioner", "consistent_random")
             .set(
                 "message.timeout.ms",
                 delivery_timeout.as_millis().to_string(),

@@ -316,7 +316,7 @@ async fn produce_all(
     for chunk in records.chunks(20_000) {
         let mut pending = Vec::with_capacity(chunk.len());
         for (k, v) in chunk {
-            let v = hexpulse_schemas::wire::envelope::encode(recv_ms, "bench", v);
+            let v = hexpulse_schemas::wire::envelope::encode(recv_ms, "bench", v, None);
             let rec = FutureRecord::to(&kafka.raw_topic).key(k).payload(&v);
             pending.push(producer.send_result(rec).map_err(|(e, _)| e)?);
         }

@@ -52,6 +52,9 @@ impl Config {
                 }
             }
         }
+        if let Some(k) = v.pointer_mut("/kafka/envelope_key") {
+            *k = "<redacted>".into();
+        }
         if let Some(t) = v.pointer_mut("/ingest/admin_token_sha256")
             && t.as_str().is_some_and(|s| !s.is_empty())
         {

@@ -46,6 +46,8 @@ pub struct Sink {
     config: ClientConfig,
     topic: String,
     node: String,
+    /// Tags every envelope when set (`[kafka] envelope_key`).
+    envelope_key: Option<envelope::EnvelopeKey>,
     broker_up: Arc<AtomicBool>,
     /// How long `produce_all` waits for delivery reports.
     delivery_timeout: Duration,
@@ -68,6 +70,7 @@ impl Sink {
             config: cc,
             topic: kafka.raw_topic.clone(),
             node: cfg.node_name.clone(),
+            envelope_key: kafka.envelope_key().map_err(KafkaError::ClientCreation)?,
             broker_up: Arc::new(AtomicBool::new(false)),
             delivery_timeout: cfg.delivery_timeout,
         })
@@ -161,7 +164,7 @@ impl Sink {
         let mut results = vec![Err(DeliveryFailure::QueueFull); items.len()];
         let (generation, producer) = self.current();
         for (i, (key, value)) in items.iter().enumerate() {
-            let value = envelope::encode(received_ms, &self.node, value);
+            let value = envelope::encode(received_ms, &self.node, value, self.envelope_key.as_ref());
             let record = FutureRecord::to(&self.topic)
                 .key(key.as_ref())
                 .payload(&value);

@@ -54,10 +54,18 @@ pub enum Flushed {
     Fenced { next_offset: i64 },
 }
 
+/// A record waiting for its batched signature re-verification.
+struct Pending {
+    offset: i64,
+    signed: Bytes,
+    receive_ms: i64,
+    problem: Option<&'static str>,
+}
+
 #[derive(Default)]
 struct Unit {
-    /// Records waiting for one batched signature re-verification: (offset, value, receive ms).
-    pending: Vec<(i64, Bytes, i64)>,
+    /// Records waiting for one batched signature re-verification.
+    pending: Vec<Pending>,
     last: Option<i64>,
     valid: Vec<ValidRow>,
     rejected: Vec<RejectedRow>,
@@ -226,23 +234,29 @@ impl PartitionWorker {
         offset < self.next_offset || self.unit.last.is_some_and(|l| offset <= l)
     }
 
-    /// Validates a record into the current unit. With re-verification on, records wait in a small
-    /// batch and are verified together (one Ed25519 batch check instead of one check each).
-    pub fn push(&mut self, offset: i64, value: &[u8], receive_ms: i64) {
+    /// Validates a record into the current unit: `value` is the record's value (enveloped by
+    /// ingest, or bare), `record_ms` its Kafka timestamp. With re-verification on, records wait
+    /// in a small batch and are verified together (one Ed25519 batch check instead of one check
+    /// each).
+    pub fn push(&mut self, offset: i64, value: &[u8], record_ms: i64) {
+        let (receive_ms, signed, problem) = self.validator.unwrap(value, record_ms);
         self.watermark_ms = self.watermark_ms.max(receive_ms);
         self.pushed += 1;
         self.unit.opened.get_or_insert_with(Instant::now);
         self.unit.last = Some(offset);
-        self.unit.bytes += value.len();
+        self.unit.bytes += signed.len();
         if self.validator.reverifies() {
-            self.unit
-                .pending
-                .push((offset, Bytes::copy_from_slice(value), receive_ms));
+            self.unit.pending.push(Pending {
+                offset,
+                signed: Bytes::copy_from_slice(signed),
+                receive_ms,
+                problem,
+            });
             if self.unit.pending.len() >= REVERIFY_BATCH {
                 self.drain_pending();
             }
         } else {
-            self.handle(offset, value, receive_ms, None);
+            self.handle(offset, signed, receive_ms, problem, None);
         }
     }
 
@@ -252,14 +266,21 @@ impl PartitionWorker {
         if pending.is_empty() {
             return;
         }
-        let values: Vec<&[u8]> = pending.iter().map(|(_, v, _)| v.as_ref()).collect();
+        let values: Vec<&[u8]> = pending.iter().map(|r| r.signed.as_ref()).collect();
         let checked = self.validator.verify_batch(&values);
-        for ((offset, value, receive_ms), ok) in pending.iter().zip(checked) {
-            self.handle(*offset, value, *receive_ms, ok);
+        for (r, ok) in pending.iter().zip(checked) {
+            self.handle(r.offset, &r.signed, r.receive_ms, r.problem, ok);
         }
     }
 
-    fn handle(&mut self, offset: i64, value: &[u8], receive_ms: i64, signature_ok: Option<bool>) {
+    fn handle(
+        &mut self,
+        offset: i64,
+        value: &[u8],
+        receive_ms: i64,
+        envelope_problem: Option<&'static str>,
+        signature_ok: Option<bool>,
+    ) {
         let src = Source {
             partition: self.partition,
             offset,
@@ -271,6 +292,7 @@ impl PartitionWorker {
                 offset,
                 value,
                 receive_ms,
+                envelope_problem,
             },
             signature_ok,
         );

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use hexpulse_common::kafka::KafkaConfig;
 use hexpulse_common::registry::Registry;
-use hexpulse_schemas::wire::envelope;
+use hexpulse_schemas::wire::envelope::{self, EnvelopeKey};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -88,6 +88,7 @@ struct Shared {
     registry: Registry,
     binner: Binner,
     sealed: Arc<hexpulse_lake::epoch::SealedEpochs>,
+    envelope_key: Option<EnvelopeKey>,
 }
 
 /// Starts the consumer loop and the HTTP endpoints; stops (flushing and committing) on `shutdown`.
@@ -99,6 +100,13 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, ProcessError> {
     let rules = Rules::load(cfg.rules_path.as_deref())?;
+    let envelope_key = kafka.envelope_key().map_err(ProcessError::Config)?;
+    if cfg.reverify_signatures && envelope_key.is_none() {
+        tracing::warn!(
+            "reverify_signatures is on without [kafka] envelope_key: a record produced around \
+             ingest can still claim any receive time"
+        );
+    }
     let binner =
         Binner::new(&cfg.h3_resolutions).map_err(|e| ProcessError::Config(e.to_string()))?;
     if let Err(e) = kafka.ensure_topics(&[&kafka.raw_topic]).await {
@@ -174,6 +182,7 @@ pub async fn start(
         registry,
         binner,
         sealed,
+        envelope_key,
     });
     let task = tokio::spawn(consume(shared, shutdown));
     Ok(Running { addr, task })
@@ -192,17 +201,6 @@ pub async fn run(
         .task
         .await
         .unwrap_or_else(|e| Err(ProcessError::Config(format!("processor task failed: {e}"))))
-}
-
-/// The receive time and the device's signed bytes of a raw record: from ingest's envelope, or, for
-/// a record without one (produced around ingest, or before envelopes), the whole value with the
-/// record's Kafka timestamp.
-fn unwrap_record<'a>(msg: &'a BorrowedMessage<'_>) -> (i64, &'a [u8]) {
-    let value = msg.payload().unwrap_or_default();
-    match envelope::decode(value) {
-        Some(e) => (e.received_ms, e.signed),
-        None => (msg.timestamp().to_millis().unwrap_or(0), value),
-    }
 }
 
 /// Consumes until `shutdown`, joining the group again whenever a join goes unanswered.
@@ -290,12 +288,16 @@ async fn consume_session(
                     }
                 };
                 let (p, offset) = (msg.partition(), msg.offset());
-                let (recv, signed) = unwrap_record(&msg);
+                let value = msg.payload().unwrap_or_default();
+                let record_ms = msg.timestamp().to_millis().unwrap_or(0);
+                // The receive time, for a new worker's start (the worker reads it again, checked).
+                let recv = envelope::decode(value).map_or(record_ms, |e| e.received_ms);
                 silent.remove(&p);
                 if let std::collections::hash_map::Entry::Vacant(e) = workers.entry(p) {
                     // Resume at the end of the chain in the lake's log, never from whatever offset
                     // happened to arrive first.
-                    let w = init_worker(s, &topic, p, recv).await?;
+                    let partitions = partition_count(&consumer, &topic).unwrap_or(s.kafka.partitions);
+                    let w = init_worker(s, &topic, p, recv, partitions).await?;
                     let resume = w.next_offset();
                     e.insert(w);
                     if offset > resume {
@@ -349,7 +351,7 @@ async fn consume_session(
                 if w.already_done(offset) {
                     continue;
                 }
-                w.push(offset, signed, recv);
+                w.push(offset, value, record_ms);
                 if w.is_full(roll) {
                     flush_partition(s, &consumer, &mut workers, p, shutdown).await;
                 }
@@ -597,11 +599,22 @@ fn committed_offset(consumer: &StreamConsumer<RebalanceCtx>, topic: &str, p: i32
     }
 }
 
+/// The raw topic's partition count, from the broker's metadata.
+fn partition_count(consumer: &StreamConsumer<RebalanceCtx>, topic: &str) -> Option<i32> {
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .ok()?;
+    let n = md.topics().first()?.partitions().len();
+    (n > 0).then_some(n as i32)
+}
+
+/// `partitions`: the raw topic's partition count (for the placement check of re-verification).
 async fn init_worker(
     s: &Shared,
     topic: &str,
     p: i32,
     recv: i64,
+    partitions: i32,
 ) -> Result<PartitionWorker, ProcessError> {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -610,7 +623,9 @@ async fn init_worker(
             s.registry.clone(),
             s.cfg.reverify_signatures,
         )
-        .with_sealed(s.sealed.clone());
+        .with_sealed(s.sealed.clone())
+        .with_envelope_key(s.envelope_key.clone())
+        .with_partitions(partitions);
         match PartitionWorker::init(
             topic,
             p,

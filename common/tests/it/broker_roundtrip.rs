@@ -25,6 +25,7 @@ async fn signed_readings_round_trip_byte_identical() {
     };
     let topic = testenv::unique_topic("it-roundtrip");
     let cfg = KafkaConfig {
+        envelope_key: None,
         brokers,
         raw_topic: topic.clone(),
         partitions: 3,

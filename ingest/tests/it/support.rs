@@ -104,9 +104,13 @@ pub struct Node {
     pub http: reqwest::Client,
 }
 
+/// The envelope key every test node tags its records with.
+pub const ENVELOPE_KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
 impl Node {
     pub async fn start(test: &str, brokers: &str, cfg: IngestConfig, registry: Registry) -> Node {
         let kafka = KafkaConfig {
+            envelope_key: Some(ENVELOPE_KEY.into()),
             brokers: brokers.into(),
             raw_topic: testenv::unique_topic(test),
             partitions: 3,
@@ -210,6 +214,15 @@ pub fn read_all(kafka: &KafkaConfig) -> Vec<Record> {
             idle_since = std::time::Instant::now();
             let value = m.payload().unwrap_or_default();
             let e = envelope::decode(value).expect("every record is enveloped");
+            // As a re-verifying processor checks it: ingest's tag, in the device's partition.
+            let key = envelope::EnvelopeKey::from_hex(ENVELOPE_KEY).unwrap();
+            assert!(e.authentic(&key), "every envelope carries ingest's tag");
+            let rkey = m.key().unwrap_or_default();
+            assert_eq!(
+                m.partition(),
+                hexpulse_schemas::wire::partition_of(rkey, partitions.len() as i32),
+                "every record sits in its device's partition"
+            );
             out.push(Record {
                 key: m.key().unwrap_or_default().to_vec(),
                 value: e.signed.to_vec(),

@@ -30,7 +30,8 @@ use hexpulse_common::registry::Registry;
 use hexpulse_schemas::check::{DecodedEnvelope, Rejection, decode_envelope, parse_key};
 use hexpulse_schemas::reasons::RejectReason;
 use hexpulse_schemas::sign;
-use hexpulse_schemas::wire::{Kind, KindName, Reading, SignedReading};
+use hexpulse_schemas::wire::envelope::{self, EnvelopeKey};
+use hexpulse_schemas::wire::{Kind, KindName, Reading, SignedReading, partition_of};
 use prost::Message;
 
 use hexpulse_lake::rules::Rules;
@@ -40,8 +41,11 @@ use hexpulse_lake::rules::Rules;
 pub struct RawRecord<'a> {
     pub partition: i32,
     pub offset: i64,
+    /// The device's signed bytes (the record's value without ingest's envelope).
     pub value: &'a [u8],
     pub receive_ms: i64,
+    /// Why the envelope does not vouch for `receive_ms` ([`Validator::unwrap`]), if it does not.
+    pub envelope_problem: Option<&'static str>,
 }
 
 /// A reading that passed every check.
@@ -73,6 +77,10 @@ pub struct Validator {
     reverify: bool,
     devices: HashMap<[u8; 32], DeviceState>,
     sealed: Option<std::sync::Arc<hexpulse_lake::epoch::SealedEpochs>>,
+    /// The key that ingest tags envelopes with (`[kafka] envelope_key`).
+    envelope_key: Option<EnvelopeKey>,
+    /// The raw topic's partition count, for the placement check.
+    partitions: Option<i32>,
 }
 
 impl Validator {
@@ -83,6 +91,48 @@ impl Validator {
             reverify,
             devices: HashMap::default(),
             sealed: None,
+            envelope_key: None,
+            partitions: None,
+        }
+    }
+
+    /// With re-verification on: accept only records whose envelope ingest tagged with `key`.
+    pub fn with_envelope_key(mut self, key: Option<EnvelopeKey>) -> Self {
+        self.envelope_key = key;
+        self
+    }
+
+    /// With re-verification on: accept only records that sit in their device's partition of a
+    /// topic with `partitions` partitions ([`partition_of`]). Dedupe is per partition; a copy of a
+    /// device's record produced into another partition would otherwise be stored twice.
+    pub fn with_partitions(mut self, partitions: i32) -> Self {
+        self.partitions = Some(partitions);
+        self
+    }
+
+    /// The receive time and the device's signed bytes of a raw record's `value`: from ingest's
+    /// envelope, or, for a record without one (produced around ingest, or before envelopes), the
+    /// whole value with `record_ms` (the Kafka timestamp). The third part says why the receive time
+    /// is not vouched for, when an envelope key is set and the envelope is not tagged with it.
+    pub fn unwrap<'v>(
+        &self,
+        value: &'v [u8],
+        record_ms: i64,
+    ) -> (i64, &'v [u8], Option<&'static str>) {
+        match envelope::decode(value) {
+            Some(e) => {
+                let problem = match (&self.envelope_key, e.is_tagged()) {
+                    (Some(k), true) if !e.authentic(k) => Some("its envelope's tag does not verify"),
+                    (Some(_), false) => Some("its envelope is not tagged"),
+                    _ => None,
+                };
+                (e.received_ms, e.signed, problem)
+            }
+            None => (
+                record_ms,
+                value,
+                self.envelope_key.as_ref().map(|_| "it has no envelope"),
+            ),
         }
     }
 
@@ -182,10 +232,34 @@ impl Validator {
             reading: None,
             kind: None,
         };
+        // Records that did not come through ingest as it writes them: nothing but the signed bytes
+        // can be trusted, and those say nothing of when the reading arrived, or of its partition.
+        if self.reverify
+            && let Some(problem) = rec.envelope_problem
+        {
+            return reject(
+                RejectReason::BadSignature,
+                format!("record not written by an ingest holding the envelope key: {problem}"),
+            );
+        }
         let envelope = match SignedReading::decode(rec.value) {
             Ok(e) => e,
             Err(e) => return reject(RejectReason::Malformed, format!("signed reading: {e}")),
         };
+        if self.reverify
+            && let Some(n) = self.partitions
+            && partition_of(&envelope.public_key, n) != rec.partition
+        {
+            return reject(
+                RejectReason::Malformed,
+                format!(
+                    "record is in partition {}, its device's partition is {} of {n}: \
+                     not produced by ingest",
+                    rec.partition,
+                    partition_of(&envelope.public_key, n)
+                ),
+            );
+        }
         let key: Option<[u8; 32]> = envelope.public_key.as_ref().try_into().ok();
         let decoded = match decode_envelope(&envelope) {
             Ok(d) => d,

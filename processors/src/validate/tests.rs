@@ -87,6 +87,7 @@ fn verdict(v: &mut Validator, k: u8, r: &Reading, receive: i64) -> String {
         offset: 0,
         value: &bytes,
         receive_ms: receive,
+        envelope_problem: None,
     }) {
         Verdict::Valid(_) => "valid".into(),
         Verdict::Rejected { rejection, .. } => rejection.reason.as_str().into(),
@@ -166,12 +167,19 @@ fn each_rule_has_its_reason() {
         offset: 0,
         value: &raw,
         receive_ms: T0,
+        envelope_problem: None,
     });
     assert!(
         matches!(got, Verdict::Rejected { rejection, .. } if rejection.reason == RejectReason::BadSignature)
     );
     assert!(matches!(
-        v.validate(RawRecord { partition: 0, offset: 0, value: b"\xff\xff", receive_ms: T0 }),
+        v.validate(RawRecord {
+            partition: 0,
+            offset: 0,
+            value: b"\xff\xff",
+            receive_ms: T0,
+            envelope_problem: None,
+        }),
         Verdict::Rejected { rejection, .. } if rejection.reason == RejectReason::Malformed
     ));
 }

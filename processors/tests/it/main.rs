@@ -1,6 +1,7 @@
 //! Processor integration tests against the real broker (started by `make test`) and a real
 //! local-filesystem object store.
 
+mod around_ingest;
 mod compaction;
 mod epochs;
 mod exactly_once;

@@ -24,6 +24,7 @@ pub fn yesterday_noon() -> i64 {
 
 pub fn kafka(brokers: &str, test: &str, partitions: i32) -> KafkaConfig {
     KafkaConfig {
+        envelope_key: None,
         brokers: brokers.into(),
         raw_topic: testenv::unique_topic(test),
         partitions,
@@ -86,7 +87,7 @@ pub async fn produce_with(
 ) {
     let mut pending = Vec::new();
     for r in &scenario.records {
-        let value = envelope::encode(now_ms, "scenario", &r.value);
+        let value = envelope::encode(now_ms, "scenario", &r.value, None);
         let rec = FutureRecord::to(&kafka.raw_topic)
             .key(&r.key)
             .payload(&value);
