@@ -4,6 +4,7 @@
 //! every floating-point reduction runs over values sorted by total order, so neither file order nor
 //! partitioning (which changes provenance) can change a bit of the output.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ type Prov = (String, i32, i64);
 #[derive(Debug, Clone)]
 struct Hb {
     key: String,
+    seq: u64,
     /// The UTC hour (ms since the epoch / 3,600,000) the reading was received in, when that hour is
     /// in the epoch: the hour it makes active.
     active: Option<i64>,
@@ -58,6 +60,7 @@ struct Sensor {
 #[derive(Debug, Clone)]
 struct Road {
     key: String,
+    seq: u64,
     /// The UTC hour (ms since the epoch / 3,600,000) the reading was received in, when that hour is
     /// in the epoch: the hour it makes active.
     active: Option<i64>,
@@ -241,6 +244,7 @@ pub async fn load_rows(
                 .map(|c| c.as_primitive::<Float64Type>());
             let dist_at = |i: usize| dist.map_or(f64::NAN, |d| d.value(i));
             let keep = |i: usize| t.value(i) >= start && t.value(i) < end;
+            let seq = column(&b, "seq").as_primitive::<UInt64Type>();
             // An hour is active by a reading received in it, never by a claimed event time:
             // backdated readings make no hour active that the device was not heard in.
             let rt = column(&b, "receive_time").as_primitive::<TimestampMillisecondType>();
@@ -261,6 +265,7 @@ pub async fn load_rows(
                         rows.saw(&prov(i));
                         rows.hb.push(Hb {
                             key: key.value(i).to_string(),
+                            seq: seq.value(i),
                             active: active(i),
                             cell: cell.value(i),
                             dist: dist_at(i),
@@ -272,7 +277,6 @@ pub async fn load_rows(
                     }
                 }
                 "sensor" => {
-                    let seq = column(&b, "seq").as_primitive::<UInt64Type>();
                     let metric = column(&b, "metric").as_string::<i32>();
                     let value = column(&b, "value").as_primitive::<Float64Type>();
                     for i in (0..b.num_rows()).filter(|i| keep(*i)) {
@@ -295,6 +299,7 @@ pub async fn load_rows(
                         rows.saw(&prov(i));
                         rows.road.push(Road {
                             key: key.value(i).to_string(),
+                            seq: seq.value(i),
                             active: active(i),
                             cell: cell.value(i),
                             observation: obs.value(i).to_string(),
@@ -318,13 +323,15 @@ pub struct EpochTables {
     pub leaves: Vec<Hash>,
 }
 
+/// What one device did in the epoch. Readings count once per sequence number (WIRE.md: a device's
+/// sequence numbers never repeat), so a reading stored twice, or a number reused, earns once.
 #[derive(Default)]
 struct Dev {
-    heartbeats: u64,
+    heartbeat_seqs: BTreeSet<u64>,
     /// Each sensor reading (sequence number) once, with its asserted distance: the smallest of its
     /// rows' (a reused sequence number can carry two), so that no row order picks one.
     sensor_seqs: BTreeMap<u64, f64>,
-    road: u64,
+    road_seqs: BTreeSet<u64>,
     hours: BTreeSet<i64>,
     cells: BTreeSet<u64>,
     dists: Vec<f64>,
@@ -335,7 +342,7 @@ struct Dev {
 
 impl Dev {
     fn kind(&self) -> KindName {
-        if self.heartbeats > 0 {
+        if !self.heartbeat_seqs.is_empty() {
             KindName::Heartbeat
         } else if !self.sensor_seqs.is_empty() {
             KindName::Sensor
@@ -358,13 +365,87 @@ fn f64_col(v: impl IntoIterator<Item = Option<f64>>) -> ArrayRef {
     Arc::new(b.finish())
 }
 
+fn cmp_opt(a: Option<f64>, b: Option<f64>) -> Ordering {
+    match (a, b) {
+        (Some(x), Some(y)) => x.total_cmp(&y),
+        (a, b) => a.is_some().cmp(&b.is_some()),
+    }
+}
+
+/// One row per reading: `id` names the reading (device, sequence number, and for sensors the
+/// metric); of rows naming the same one (a record stored twice, a reused sequence number) the
+/// least under `cmp`, a total order over the row, stays, so no row order decides.
+fn one_per_reading<'a, T, K: Ord>(
+    rows: &'a [T],
+    id: impl Fn(&'a T) -> K,
+    cmp: impl Fn(&T, &T) -> Ordering,
+) -> Vec<&'a T> {
+    let mut kept: BTreeMap<K, &'a T> = BTreeMap::new();
+    for r in rows {
+        kept.entry(id(r))
+            .and_modify(|e| {
+                if cmp(r, e).is_lt() {
+                    *e = r;
+                }
+            })
+            .or_insert(r);
+    }
+    kept.into_values().collect()
+}
+
+/// The epoch's rows, one per reading (WIRE.md: a device never repeats a sequence number, so a
+/// reading counts once whatever reached the lake).
+struct Readings<'a> {
+    hb: Vec<&'a Hb>,
+    sensor: Vec<&'a Sensor>,
+    road: Vec<&'a Road>,
+}
+
+impl<'a> Readings<'a> {
+    fn of(rows: &'a EpochRows) -> Readings<'a> {
+        Readings {
+            hb: one_per_reading(
+                &rows.hb,
+                |h| (h.key.as_str(), h.seq),
+                |a, b| {
+                    (a.cell, a.active)
+                        .cmp(&(b.cell, b.active))
+                        .then(a.signal.total_cmp(&b.signal))
+                        .then(a.dist.total_cmp(&b.dist))
+                        .then(cmp_opt(a.down, b.down))
+                        .then(cmp_opt(a.up, b.up))
+                        .then(cmp_opt(a.latency, b.latency))
+                },
+            ),
+            sensor: one_per_reading(
+                &rows.sensor,
+                |s| (s.key.as_str(), s.seq, s.metric.as_str()),
+                |a, b| {
+                    (a.t, a.cell, a.active)
+                        .cmp(&(b.t, b.cell, b.active))
+                        .then(a.value.total_cmp(&b.value))
+                        .then(a.dist.total_cmp(&b.dist))
+                },
+            ),
+            road: one_per_reading(
+                &rows.road,
+                |o| (o.key.as_str(), o.seq),
+                |a, b| (a.cell, &a.observation, a.active).cmp(&(b.cell, &b.observation, b.active)),
+            ),
+        }
+    }
+}
+
 /// Aggregates the rows of epoch `id` into its tables under `rules`.
 pub fn aggregate(rows: &EpochRows, id: i64, rules: &Rules) -> Result<EpochTables, EpochError> {
     let r = &rules.rewards;
+    let all = rows;
+    let once = Readings::of(rows);
+    let rows = &once;
     let mut devs: BTreeMap<&str, Dev> = BTreeMap::new();
     for h in &rows.hb {
         let d = devs.entry(&h.key).or_default();
-        d.heartbeats += 1;
+        d.heartbeat_seqs.insert(h.seq);
         d.hours.extend(h.active);
         d.cells.insert(h.cell);
         if !h.dist.is_nan() {
@@ -388,7 +469,7 @@ pub fn aggregate(rows: &EpochRows, id: i64, rules: &Rules) -> Result<EpochTables
     }
     for o in &rows.road {
         let d = devs.entry(&o.key).or_default();
-        d.road += 1;
+        d.road_seqs.insert(o.seq);
         d.hours.extend(o.active);
         d.cells.insert(o.cell);
     }
@@ -396,7 +477,7 @@ pub fn aggregate(rows: &EpochRows, id: i64, rules: &Rules) -> Result<EpochTables
         let dists = d.sensor_seqs.values().filter(|x| !x.is_nan());
         d.dists.extend(dists);
     }
-    for (key, reason) in &rows.rejected {
+    for (key, reason) in &all.rejected {
         if let Some(d) = devs.get_mut(key.as_str()) {
             *d.rejected.entry(reason.clone()).or_default() += 1;
         }
@@ -424,7 +505,7 @@ pub fn aggregate(rows: &EpochRows, id: i64, rules: &Rules) -> Result<EpochTables
             kind: kd,
             active_hours: d.hours.len() as u32,
             distinct_hexes: d.cells.len() as u64,
-            road_observations: d.road,
+            road_observations: d.road_seqs.len() as u64,
             median_distance_m: md,
             median_download_mbps: median(&mut d.downs),
             median_latency_ms: median(&mut d.latencies),
@@ -432,9 +513,9 @@ pub fn aggregate(rows: &EpochRows, id: i64, rules: &Rules) -> Result<EpochTables
         let a = points::award(r, &facts);
         key.push(k.to_string());
         kind.push(kd.as_str());
-        hb.push(d.heartbeats);
+        hb.push(d.heartbeat_seqs.len() as u64);
         sn.push(d.sensor_seqs.len() as u64);
-        rd.push(d.road);
+        rd.push(d.road_seqs.len() as u64);
         hours.push(facts.active_hours);
         hexes.push(facts.distinct_hexes);
         med_dist.push(md);
@@ -482,7 +563,7 @@ pub fn aggregate(rows: &EpochRows, id: i64, rules: &Rules) -> Result<EpochTables
     })
 }
 
-fn hex_coverage(rows: &EpochRows, id: i64) -> Result<RecordBatch, EpochError> {
+fn hex_coverage(rows: &Readings, id: i64) -> Result<RecordBatch, EpochError> {
     #[derive(Default)]
     struct Cell<'a> {
         devices: BTreeSet<&'a str>,
@@ -533,7 +614,7 @@ fn hex_coverage(rows: &EpochRows, id: i64) -> Result<RecordBatch, EpochError> {
     )?)
 }
 
-fn sensor_hourly(rows: &EpochRows, id: i64) -> Result<RecordBatch, EpochError> {
+fn sensor_hourly(rows: &Readings, id: i64) -> Result<RecordBatch, EpochError> {
     let mut groups: BTreeMap<(u64, i64, &str), Vec<f64>> = BTreeMap::new();
     for s in &rows.sensor {
         groups
@@ -579,7 +660,7 @@ fn sensor_hourly(rows: &EpochRows, id: i64) -> Result<RecordBatch, EpochError> {
     )?)
 }
 
-fn road_hex(rows: &EpochRows, id: i64, k: u64) -> Result<RecordBatch, EpochError> {
+fn road_hex(rows: &Readings, id: i64, k: u64) -> Result<RecordBatch, EpochError> {
     let mut groups: BTreeMap<(u64, &str), (u64, BTreeSet<&str>)> = BTreeMap::new();
     for o in &rows.road {
         let g = groups.entry((o.cell, &o.observation)).or_default();
@@ -619,6 +700,7 @@ mod tests {
     fn rows() -> EpochRows {
         let hb = |key: &str, t: i64, cell: u64, dist: f64, signal: f64| Hb {
             key: key.into(),
+            seq: t as u64,
             active: Some(t / 3_600_000),
             cell,
             dist,
@@ -637,8 +719,9 @@ mod tests {
             metric: metric.into(),
             value,
         };
-        let road = |key: &str, cell: u64, observation: &str| Road {
+        let road = |key: &str, seq: u64, cell: u64, observation: &str| Road {
             key: key.into(),
+            seq,
             active: None,
             cell,
             observation: observation.into(),
@@ -660,10 +743,12 @@ mod tests {
                 sensor("t", 1, 3.0, "no2", 12.0),
             ],
             road: vec![
-                road("r1", 5, "pothole"),
-                road("r2", 5, "pothole"),
-                road("r1", 5, "pothole"),
-                road("r2", 6, "sign"),
+                road("r1", 1, 5, "pothole"),
+                road("r2", 1, 5, "pothole"),
+                // The same reading stored twice, and a sequence number reused at another cell.
+                road("r1", 1, 5, "pothole"),
+                road("r2", 2, 6, "sign"),
+                road("r2", 2, 7, "sign"),
             ],
             rejected: vec![
                 ("a".into(), "duplicate".into()),
@@ -697,6 +782,14 @@ mod tests {
         let md = summary.column_by_name("median_distance_m").unwrap();
         // Readings 1 (10 m), 2 (the nearer of 40 and 900 m); 3 has no distance.
         assert_eq!(md.as_primitive::<Float64Type>().value(s), 25.0);
+        // Each road reading counts once: r1 stored one twice, r2 reused a sequence number.
+        let road = summary.column_by_name("road_observations").unwrap();
+        let road = road.as_primitive::<UInt64Type>();
+        let counts: Vec<(&str, u64)> = (0..keys.len())
+            .filter(|i| keys.value(*i).starts_with('r'))
+            .map(|i| (keys.value(i), road.value(i)))
+            .collect();
+        assert_eq!(counts, [("r1", 1), ("r2", 2)]);
 
         let n = base.hb.len().max(base.sensor.len()).max(base.road.len());
         for turn in 0..n {
