@@ -9,8 +9,9 @@ For every overlay under k8s/overlays/ it renders the manifests with `kubectl kus
   * loads each workload's config exactly as its pod would (the ConfigMap's files in HEXPULSE_CONFIG
     order, the container's literal env) with the real loader, `hexpulse config`, and checks the
     manifests against it: ports, probes, shutdown limits, memory bounds, lake, sealing;
-  * checks security contexts, Services, HPAs, the PodDisruptionBudget, ServiceMonitors and that only
-    ingest is reachable from outside;
+  * checks security contexts, Services, HPAs, the PodDisruptionBudget, ServiceMonitors, and least
+    privilege: Kafka users with exactly their role's ACLs, read-only lake credentials for query,
+    named peers only for the ports whose X-Forwarded-For is believed;
   * checks that k8s/Dockerfile builds what CI tests (toolchain, build command, non-root user).
 
 Usage: check_k8s.py --hexpulse PATH [--k8s DIR] [--repo DIR]. Prints one line per check and exits 1
@@ -31,7 +32,7 @@ import kubernetes_validate.utils as kv
 
 KUBE_VERSIONS = ["1.30.0", "1.37.0"]
 STRIMZI_API = "kafka.strimzi.io/v1beta2"
-STRIMZI_KINDS = {"Kafka", "KafkaNodePool", "KafkaTopic"}
+STRIMZI_KINDS = {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser"}
 ROLES = {"ingest", "process", "query", "seal"}
 
 
@@ -231,6 +232,13 @@ def check_overlay(overlay, docs, hexpulse, r):
         listeners = spec.get("listeners", [])
         r.check(listeners and all({"name", "port", "type", "tls"} <= set(l) for l in listeners), f"Kafka/{kname}: listeners with name, port, type, tls")
         r.check("topicOperator" in k["spec"].get("entityOperator", {}), f"Kafka/{kname}: the topic operator manages KafkaTopics")
+        r.check("userOperator" in k["spec"].get("entityOperator", {}), f"Kafka/{kname}: the user operator manages KafkaUsers")
+        r.check(spec.get("authorization", {}).get("type") == "simple", f"Kafka/{kname}: ACLs enforced (authorization: simple)")
+        for l in listeners:
+            auth = l.get("authentication", {}).get("type")
+            r.check(auth in ("scram-sha-512", "tls"), f"Kafka/{kname}: listener {l.get('name')} authenticates its clients ({auth})")
+            comps = [p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") for p in l.get("networkPolicyPeers", [])]
+            r.check(comps and set(comps) <= {"ingest", "processor"}, f"Kafka/{kname}: listener {l.get('name')} admits only ingest and processor pods ({comps})")
         kc = spec.get("config", {})
         pools = [p for p in by_kind.get("KafkaNodePool", []) if p["metadata"].get("labels", {}).get("strimzi.io/cluster") == kname]
         r.check(len(pools) == len(by_kind.get("KafkaNodePool", [])), "every KafkaNodePool names the cluster (strimzi.io/cluster)")
@@ -274,6 +282,40 @@ def check_overlay(overlay, docs, hexpulse, r):
             r.check(ingest_cfg["kafka"]["brokers"] == want, f"[kafka] brokers is Strimzi's bootstrap Service ({want})")
             r.check(any(t.get("spec", {}).get("topicName") == ingest_cfg["kafka"]["raw_topic"] for t in topics), "the raw topic is a KafkaTopic")
 
+    # -- least privilege: Kafka users and ACLs per role, read-only lake credentials for query,
+    #    X-Forwarded-For believed only from named proxies (SECURITY.md, round two #17)
+    users = {u["metadata"]["name"]: u for u in by_kind.get("KafkaUser", [])}
+    for role, (w, c, cfg) in configs.items():
+        name = name_of(w)
+        env = {e["name"]: e for e in c.get("env", [])}
+        user = cfg["kafka"].get("sasl_username")
+        if role in ("ingest", "process"):
+            u = users.get(user)
+            if r.check(u is not None, f"{name}: connects to Kafka as a KafkaUser ({user})"):
+                us = u.get("spec", {})
+                r.check(us.get("authentication", {}).get("type") == "scram-sha-512", f"KafkaUser/{user}: SCRAM-SHA-512")
+                acls = us.get("authorization", {}).get("acls", [])
+                raw, group = cfg["kafka"]["raw_topic"], cfg["process"]["group_id"]
+                ops = {}
+                for a in acls:
+                    res = a.get("resource", {})
+                    ops.setdefault((res.get("type"), res.get("name"), res.get("patternType", "literal")), set()).update(a.get("operations", []))
+                want = {("topic", raw, "literal"): {"Write", "Describe"}} if role == "ingest" else {("topic", raw, "literal"): {"Read", "Describe"}, ("group", group, "literal"): {"Read"}}
+                r.check(ops == want, f"KafkaUser/{user}: exactly the ACLs {role} needs ({ops})")
+            pw = env.get("HEXPULSE__KAFKA__SASL_PASSWORD", {}).get("valueFrom", {}).get("secretKeyRef", {})
+            r.check(pw.get("name") == user and pw.get("key") == "password", f"{name}: the Kafka password comes from the user's Secret")
+        else:
+            r.check(not user and "HEXPULSE__KAFKA__SASL_PASSWORD" not in env, f"{name}: holds no Kafka user (it never talks to Kafka)")
+        secrets = [e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e]
+        if role == "query":
+            r.check(secrets and all("readonly" in sec for sec in secrets), f"{name}: read-only lake credentials only ({secrets})")
+        if role in ("ingest", "query"):
+            proxies = cfg[role].get("trusted_proxies", [])
+            r.check(proxies and not any(p.endswith("/0") for p in proxies), f"{name}: X-Forwarded-For believed only from named proxy ranges ({proxies})")
+    for uname in users:
+        used = any(cfg["kafka"].get("sasl_username") == uname for _, _, cfg in configs.values())
+        r.check(used, f"KafkaUser/{uname}: used by a role")
+
     # -- Services, HPAs, PDB, ServiceMonitors
     for s in services:
         sel = s["spec"].get("selector", {})
@@ -303,7 +345,8 @@ def check_overlay(overlay, docs, hexpulse, r):
             w = configs[role][0]
             r.check(any(labels_match(s["spec"].get("selector", {}), w["spec"]["template"]["metadata"]["labels"]) for s in services), f"{name_of(w)}: has a Service (metrics)")
 
-    # -- NetworkPolicies: default deny; only ingest is open to all, only on its device port
+    # -- NetworkPolicies: default deny; nothing is open to all but ingest's device port (and
+    #    ingest and query, whose X-Forwarded-For is believed, admit named peers only)
     nps = by_kind.get("NetworkPolicy", [])
     pods = {name_of(w): w["spec"]["template"]["metadata"]["labels"] for w in workloads}
     for wname, labels in pods.items():
@@ -327,6 +370,11 @@ def check_overlay(overlay, docs, hexpulse, r):
         qlabels = configs["query"][0]["spec"]["template"]["metadata"]["labels"]
         ok = any(labels_match(n["spec"]["podSelector"].get("matchLabels", {}), qlabels) and any(rule.get("from") and qport in [p.get("port") for p in rule.get("ports", [])] for rule in n["spec"].get("ingress", [])) for n in nps)
         r.check(ok, f"query's port {qport} is reachable from named peers only")
+    if "ingest" in configs:
+        iport = port_of(configs["ingest"][2]["ingest"]["listen"])
+        ilabels = configs["ingest"][0]["spec"]["template"]["metadata"]["labels"]
+        rules = [rule for n in nps if labels_match(n["spec"]["podSelector"].get("matchLabels", {}), ilabels) for rule in n["spec"].get("ingress", []) if iport in [p.get("port") for p in rule.get("ports", [])]]
+        r.check(rules and all(rule.get("from") for rule in rules), f"ingest's port {iport} is reachable from named peers only (the proxy its X-Forwarded-For comes from)")
 
 
 def check_dockerfile(repo, r):

@@ -103,28 +103,35 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Keyed<K> {
     }
 }
 
-/// The client's address for per-client limits and state: the TCP peer, or, when
-/// `trust_forwarded_for` is set (the service sits behind a proxy such as an ingress controller, which
-/// appends the address it saw), the last valid entry of `X-Forwarded-For`. Only trust it where
-/// clients cannot reach the service past the proxy: otherwise a client picks its own address.
-/// The address is returned as [`client_key`] keys it.
+/// The client's address for per-client limits and state. `X-Forwarded-For` is read only when the
+/// TCP peer is one of `trusted_proxies` (a proxy such as an ingress controller, which appends the
+/// address it saw); then, from its last entry backwards, the first address that is not itself a
+/// trusted proxy is the client. Anyone else's header is ignored: a client that reaches the service
+/// past the proxy cannot name its own address. The address is returned as [`client_key`] keys it.
 pub fn client_ip(
     peer: std::net::IpAddr,
     headers: &axum::http::HeaderMap,
-    trust_forwarded_for: bool,
+    trusted_proxies: &[ipnet::IpNet],
 ) -> std::net::IpAddr {
-    if !trust_forwarded_for {
+    let trusted = |ip: &std::net::IpAddr| trusted_proxies.iter().any(|n| n.contains(ip));
+    if !trusted(&peer) {
         return client_key(peer);
     }
-    let ip = headers
+    let forwarded: Vec<std::net::IpAddr> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
-        .next_back()
-        .unwrap_or(peer);
-    client_key(ip)
+        .collect();
+    let mut client = peer;
+    for ip in forwarded.into_iter().rev() {
+        client = ip;
+        if !trusted(&ip) {
+            break;
+        }
+    }
+    client_key(client)
 }
 
 /// The key per-client state is held under: an IPv6 address by its /64 prefix (a subscriber's
@@ -216,17 +223,22 @@ mod tests {
     }
 
     #[test]
-    fn client_ip_trusts_the_last_forwarded_entry_only_when_told() {
-        let peer: std::net::IpAddr = "10.0.0.9".parse().unwrap();
+    fn client_ip_reads_forwarded_for_only_from_trusted_proxies() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let proxies: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer = ip("10.0.0.9");
         let mut h = axum::http::HeaderMap::new();
-        assert_eq!(client_ip(peer, &h, true), peer);
+        assert_eq!(client_ip(peer, &h, &proxies), peer, "no header: the peer");
         h.append("x-forwarded-for", "1.2.3.4, 5.6.7.8".parse().unwrap());
         h.append("x-forwarded-for", "9.9.9.9, not-an-ip".parse().unwrap());
-        assert_eq!(client_ip(peer, &h, false), peer);
-        assert_eq!(
-            client_ip(peer, &h, true),
-            "9.9.9.9".parse::<std::net::IpAddr>().unwrap()
-        );
+        assert_eq!(client_ip(peer, &h, &[]), peer, "no trusted proxies: the peer");
+        assert_eq!(client_ip(peer, &h, &proxies), ip("9.9.9.9"));
+        // A peer that is not a trusted proxy names no address, whatever its header says.
+        assert_eq!(client_ip(ip("192.0.2.1"), &h, &proxies), ip("192.0.2.1"));
+        // Proxies in a chain: skip the trusted hops from the right.
+        let mut chain = axum::http::HeaderMap::new();
+        chain.append("x-forwarded-for", "6.6.6.6, 7.7.7.7, 10.1.1.1".parse().unwrap());
+        assert_eq!(client_ip(peer, &chain, &proxies), ip("7.7.7.7"));
     }
 
     #[test]

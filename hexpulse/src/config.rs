@@ -44,16 +44,28 @@ impl Config {
             .and_then(|e| e.as_object_mut())
         {
             for (k, val) in extra.iter_mut() {
-                if ["password", "secret", "token", "key"]
-                    .iter()
-                    .any(|s| k.contains(s))
+                // librdkafka's secret-bearing properties: passwords, keys and keytabs, client
+                // secrets, and whole credential configs (OAUTHBEARER, JAAS).
+                if [
+                    "password",
+                    "secret",
+                    "token",
+                    "key",
+                    "oauthbearer",
+                    "jaas",
+                    "credential",
+                ]
+                .iter()
+                .any(|s| k.to_ascii_lowercase().contains(s))
                 {
                     *val = "<redacted>".into();
                 }
             }
         }
-        if let Some(k) = v.pointer_mut("/kafka/envelope_key") {
-            *k = "<redacted>".into();
+        for secret in ["/kafka/envelope_key", "/kafka/sasl_password"] {
+            if let Some(k) = v.pointer_mut(secret) {
+                *k = "<redacted>".into();
+            }
         }
         if let Some(t) = v.pointer_mut("/ingest/admin_token_sha256")
             && t.as_str().is_some_and(|s| !s.is_empty())
@@ -97,11 +109,26 @@ mod tests {
         c.kafka
             .extra
             .insert("sasl.password".into(), "hunter2".into());
+        c.kafka.extra.insert(
+            "sasl.oauthbearer.config".into(),
+            "clientSecret=oauth-s3cret".into(),
+        );
+        c.kafka
+            .extra
+            .insert("ssl.keystore.location".into(), "/keystore-path".into());
+        c.kafka.envelope_key = Some("5a".repeat(32));
+        c.kafka.sasl_password = Some("scram-pw".into());
         c.ingest.admin_token_sha256 = "ab".into();
         let text = c.redacted().to_string();
-        assert!(
-            !text.contains("hunter2") && !text.contains("\"ab\""),
-            "{text}"
-        );
+        for secret in [
+            "hunter2",
+            "\"ab\"",
+            "oauth-s3cret",
+            "/keystore-path",
+            &"5a".repeat(32),
+            "scram-pw",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
     }
 }

@@ -51,10 +51,11 @@ pub struct IngestConfig {
     pub shutdown_timeout: Duration,
     /// Requests per client IP (the TCP peer) on `POST /v1/readings`; past it: 429 `rate_limited`.
     pub rate_per_ip: RateLimit,
-    /// Take the client address for `rate_per_ip` from `X-Forwarded-For` (its last entry, as the proxy
-    /// in front appended it) instead of the TCP peer; set it only behind such a proxy.
+    /// Proxies (CIDRs) whose `X-Forwarded-For` names the client for `rate_per_ip` and the
+    /// per-device budgets: only a TCP peer inside one of them is believed
+    /// (`ratelimit::client_ip`). Empty: the TCP peer is the client.
     #[serde(default)]
-    pub trust_forwarded_for: bool,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Readings per device and client address (counted after the signature check, so forgeries
     /// cannot use up a device's budget, and per address, so replays of a device's captured readings
     /// from elsewhere cannot either); items past it are refused with `rate_exceeded`, and a batch
@@ -94,7 +95,7 @@ impl IngestConfig {
             max_connections: hexpulse_common::serve::default_max_connections(),
             shutdown_timeout: Duration::from_secs(10),
             rate_per_ip: RateLimit::OFF,
-            trust_forwarded_for: false,
+            trusted_proxies: Vec::new(),
             rate_per_device: RateLimit::OFF,
             admin_token_sha256: String::new(),
             admin_listen: None,

@@ -266,7 +266,7 @@ async fn post_readings(
 ) -> Response {
     let start = Instant::now();
     let source = peer.map(|axum::Extension(ConnectInfo(p))| {
-        client_ip(p.ip(), &headers, s.cfg.trust_forwarded_for)
+        client_ip(p.ip(), &headers, &s.cfg.trusted_proxies)
     });
     let limited = source.and_then(|ip| s.per_ip.check(&ip).err());
     let resp = match limited {

@@ -62,10 +62,10 @@ pub struct QueryConfig {
     /// Requests per caller: per token (by its name), or per client IP for calls without a token.
     /// Past it: 429 `rate_limited` with `Retry-After`. `/healthz` and `/readyz` are not limited.
     pub rate_per_client: RateLimit,
-    /// Take the address of callers without a token from `X-Forwarded-For` (its last entry, as the
-    /// proxy in front appended it) instead of the TCP peer; set it only behind such a proxy.
+    /// Proxies (CIDRs) whose `X-Forwarded-For` names callers without a token: only a TCP peer
+    /// inside one of them is believed (`ratelimit::client_ip`). Empty: the TCP peer is the caller.
     #[serde(default)]
-    pub trust_forwarded_for: bool,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How often the catalog re-lists the lake (new files, compactions, sealed epochs).
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
@@ -164,7 +164,7 @@ impl QueryConfig {
             request_timeout: Duration::from_secs(30),
             max_connections: hexpulse_common::serve::default_max_connections(),
             rate_per_client: RateLimit::OFF,
-            trust_forwarded_for: false,
+            trusted_proxies: Vec::new(),
             auth: AuthConfig {
                 public: vec!["*".into()],
                 ..AuthConfig::default()

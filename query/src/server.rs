@@ -472,7 +472,7 @@ async fn authorize(
                     .map_or_else(
                         || "ip:?".to_string(),
                         |c| {
-                            let ip = client_ip(c.0.ip(), req.headers(), st.cfg.trust_forwarded_for);
+                            let ip = client_ip(c.0.ip(), req.headers(), &st.cfg.trusted_proxies);
                             format!("ip:{ip}")
                         },
                     ),

@@ -26,6 +26,8 @@ async fn signed_readings_round_trip_byte_identical() {
     let topic = testenv::unique_topic("it-roundtrip");
     let cfg = KafkaConfig {
         envelope_key: None,
+        sasl_username: None,
+        sasl_password: None,
         brokers,
         raw_topic: topic.clone(),
         partitions: 3,

@@ -102,6 +102,28 @@ fn k8s_checks_catch_broken_manifests() {
         "    - from:\n        - namespaceSelector:\n            matchLabels:\n              kubernetes.io/metadata.name: ingress-nginx\n      ports:\n        - port: 8082",
         "    - ports:\n        - port: 8082",
     );
+    // Least privilege (#20.17): query given the write credentials, a Kafka user allowed to read
+    // everything, a listener without authentication, and XFF believed from anywhere.
+    edit(
+        &k8s.join("base/query.yaml"),
+        "name: hexpulse-lake-readonly-credentials",
+        "name: hexpulse-lake-credentials",
+    );
+    edit(
+        &k8s.join("base/kafka.yaml"),
+        "operations: [Read, Describe]",
+        "operations: [Read, Describe]\n      - resource: {type: topic, name: \"*\", patternType: literal}\n        operations: [All]",
+    );
+    edit(
+        &k8s.join("base/kafka.yaml"),
+        "        authentication:\n          type: scram-sha-512\n        # Strimzi",
+        "        # Strimzi",
+    );
+    edit(
+        &k8s.join("base/hexpulse.toml"),
+        "trusted_proxies = [\"10.0.0.0/8\", \"172.16.0.0/12\", \"192.168.0.0/16\"]\n\n[process]",
+        "trusted_proxies = [\"0.0.0.0/0\"]\n\n[process]",
+    );
     let Some(out) = check(&k8s) else {
         return;
     };
@@ -117,6 +139,10 @@ fn k8s_checks_catch_broken_manifests() {
         "Deployment/hexpulse-query valid against Kubernetes",
         "min.insync.replicas 2 (got 3, 3)",
         "hexpulse-query-from-gateway: open to everyone",
+        "Deployment/hexpulse-query: read-only lake credentials only",
+        "KafkaUser/hexpulse-processor: exactly the ACLs process needs",
+        "listener plain authenticates its clients",
+        "Deployment/hexpulse-ingest: X-Forwarded-For believed only from named proxy ranges",
     ] {
         assert!(
             failed.iter().any(|l| l.contains(needle)),

@@ -170,7 +170,7 @@ async fn replays_from_elsewhere_do_not_silence_a_device() {
         return;
     };
     let mut cfg = IngestConfig::for_tests();
-    cfg.trust_forwarded_for = true;
+    cfg.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
     cfg.rate_per_device = RateLimit {
         per_second: 1,
         burst: 5,
@@ -201,5 +201,37 @@ async fn replays_from_elsewhere_do_not_silence_a_device() {
             "{body}"
         );
     }
+    node.shutdown().await;
+}
+
+/// #20.17: `X-Forwarded-For` is believed only from a trusted proxy. A client that reaches ingest
+/// directly (its address is not in `trusted_proxies`) cannot name a fresh address per request to
+/// escape the per-IP limit. Before, one switch trusted the header from any peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
+    let Some(brokers) = testenv::broker_or_skip("forwarded_for_from_an_untrusted_peer") else {
+        return;
+    };
+    let mut cfg = IngestConfig::for_tests();
+    // The proxy lives elsewhere; the test's loopback peer is not it.
+    cfg.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+    cfg.rate_per_ip = RateLimit {
+        per_second: 1,
+        burst: 3,
+    };
+    let node = Node::start("it-ingest-xff", &brokers, cfg, registry(1)).await;
+    let mut statuses = Vec::new();
+    for seq in 1..=6u64 {
+        let from = format!("198.51.100.{seq}");
+        let r = node
+            .post_from(&from, batch(&[signed(&device_key(0), seq)]))
+            .await;
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429, 429, 429],
+        "six forged addresses share the peer's budget of 3"
+    );
     node.shutdown().await;
 }

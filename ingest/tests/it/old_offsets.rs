@@ -93,6 +93,8 @@ async fn an_old_offset_read_from_the_durable_broker_streams() {
     broker.start();
     let kafka = KafkaConfig {
         envelope_key: None,
+        sasl_username: None,
+        sasl_password: None,
         brokers: broker.address(),
         raw_topic: testenv::unique_topic("old-offsets"),
         partitions: 1,

@@ -277,7 +277,7 @@ async fn one_clients_bad_signatures_do_not_tax_the_others() {
         return;
     };
     let mut cfg = IngestConfig::for_tests();
-    cfg.trust_forwarded_for = true;
+    cfg.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
     let node = Node::start("it-ingest-bad-share", &brokers, cfg, registry(4)).await;
     // The flooder: half of every batch carries a broken signature.
     for round in 0..10u64 {

@@ -111,6 +111,8 @@ impl Node {
     pub async fn start(test: &str, brokers: &str, cfg: IngestConfig, registry: Registry) -> Node {
         let kafka = KafkaConfig {
             envelope_key: Some(ENVELOPE_KEY.into()),
+            sasl_username: None,
+            sasl_password: None,
             brokers: brokers.into(),
             raw_topic: testenv::unique_topic(test),
             partitions: 3,
@@ -155,7 +157,7 @@ impl Node {
     }
 
     /// `POST /v1/readings` of a protobuf batch as if from `from` (an `X-Forwarded-For` entry, for a
-    /// node with `trust_forwarded_for`).
+    /// node with `trusted_proxies` holding loopback).
     pub async fn post_from(&self, from: &str, body: Vec<u8>) -> reqwest::Response {
         self.http
             .post(self.url("/v1/readings"))

@@ -25,6 +25,8 @@ pub fn yesterday_noon() -> i64 {
 pub fn kafka(brokers: &str, test: &str, partitions: i32) -> KafkaConfig {
     KafkaConfig {
         envelope_key: None,
+        sasl_username: None,
+        sasl_password: None,
         brokers: brokers.into(),
         raw_topic: testenv::unique_topic(test),
         partitions,

@@ -65,7 +65,7 @@ async fn rate_limit_per_token_and_per_ip() {
         per_second: 1,
         burst: 3,
     };
-    cfg.trust_forwarded_for = true;
+    cfg.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
     cfg.auth = AuthConfig {
         public: vec!["meta".into()],
         ..AuthConfig::default()
@@ -103,7 +103,7 @@ async fn rate_limit_per_token_and_per_ip() {
         assert_eq!(get(&client, &openapi, None).await.0, 200);
     }
     assert_eq!(get(&client, &openapi, None).await.0, 429);
-    // Behind a proxy (trust_forwarded_for), the address the proxy appended tells callers apart.
+    // Behind a trusted proxy (the test's loopback peer), the address it appended tells callers apart.
     for (i, want) in [200, 200, 200, 429].into_iter().enumerate() {
         let r = client
             .get(&openapi)
