@@ -78,7 +78,10 @@ impl KafkaConfig {
             c.set("security.protocol", "SASL_PLAINTEXT")
                 .set("sasl.mechanisms", "SCRAM-SHA-512")
                 .set("sasl.username", user)
-                .set("sasl.password", self.sasl_password.as_deref().unwrap_or_default());
+                .set(
+                    "sasl.password",
+                    self.sasl_password.as_deref().unwrap_or_default(),
+                );
         }
         for (k, v) in &self.extra {
             c.set(k, v);
@@ -171,7 +174,8 @@ mod tests {
         assert_eq!(sasl.get("sasl.password"), Some("pw"));
         assert_eq!(sasl.get("partitioner"), Some("consistent_random"));
         // `extra` can name TLS (and cannot change the pinned partitioner).
-        c.extra.insert("security.protocol".into(), "SASL_SSL".into());
+        c.extra
+            .insert("security.protocol".into(), "SASL_SSL".into());
         c.extra.insert("partitioner".into(), "murmur2".into());
         let tls = c.producer_config("x", Duration::from_secs(1));
         assert_eq!(tls.get("security.protocol"), Some("SASL_SSL"));

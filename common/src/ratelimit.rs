@@ -231,13 +231,20 @@ mod tests {
         assert_eq!(client_ip(peer, &h, &proxies), peer, "no header: the peer");
         h.append("x-forwarded-for", "1.2.3.4, 5.6.7.8".parse().unwrap());
         h.append("x-forwarded-for", "9.9.9.9, not-an-ip".parse().unwrap());
-        assert_eq!(client_ip(peer, &h, &[]), peer, "no trusted proxies: the peer");
+        assert_eq!(
+            client_ip(peer, &h, &[]),
+            peer,
+            "no trusted proxies: the peer"
+        );
         assert_eq!(client_ip(peer, &h, &proxies), ip("9.9.9.9"));
         // A peer that is not a trusted proxy names no address, whatever its header says.
         assert_eq!(client_ip(ip("192.0.2.1"), &h, &proxies), ip("192.0.2.1"));
         // Proxies in a chain: skip the trusted hops from the right.
         let mut chain = axum::http::HeaderMap::new();
-        chain.append("x-forwarded-for", "6.6.6.6, 7.7.7.7, 10.1.1.1".parse().unwrap());
+        chain.append(
+            "x-forwarded-for",
+            "6.6.6.6, 7.7.7.7, 10.1.1.1".parse().unwrap(),
+        );
         assert_eq!(client_ip(peer, &chain, &proxies), ip("7.7.7.7"));
     }
 

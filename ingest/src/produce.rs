@@ -164,7 +164,8 @@ impl Sink {
         let mut results = vec![Err(DeliveryFailure::QueueFull); items.len()];
         let (generation, producer) = self.current();
         for (i, (key, value)) in items.iter().enumerate() {
-            let value = envelope::encode(received_ms, &self.node, value, self.envelope_key.as_ref());
+            let value =
+                envelope::encode(received_ms, &self.node, value, self.envelope_key.as_ref());
             let record = FutureRecord::to(&self.topic)
                 .key(key.as_ref())
                 .payload(&value);

@@ -265,9 +265,8 @@ async fn post_readings(
     body: Body,
 ) -> Response {
     let start = Instant::now();
-    let source = peer.map(|axum::Extension(ConnectInfo(p))| {
-        client_ip(p.ip(), &headers, &s.cfg.trusted_proxies)
-    });
+    let source = peer
+        .map(|axum::Extension(ConnectInfo(p))| client_ip(p.ip(), &headers, &s.cfg.trusted_proxies));
     let limited = source.and_then(|ip| s.per_ip.check(&ip).err());
     let resp = match limited {
         Some(wait) => rate_limited("too many requests from this address", wait),

@@ -296,7 +296,8 @@ async fn consume_session(
                 if let std::collections::hash_map::Entry::Vacant(e) = workers.entry(p) {
                     // Resume at the end of the chain in the lake's log, never from whatever offset
                     // happened to arrive first.
-                    let partitions = partition_count(&consumer, &topic).unwrap_or(s.kafka.partitions);
+                    let partitions =
+                        partition_count(&consumer, &topic).unwrap_or(s.kafka.partitions);
                     let w = init_worker(s, &topic, p, recv, partitions).await?;
                     let resume = w.next_offset();
                     e.insert(w);

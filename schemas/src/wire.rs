@@ -97,10 +97,13 @@ pub mod envelope {
 
     impl EnvelopeKey {
         pub fn from_hex(s: &str) -> Result<EnvelopeKey, String> {
-            let bytes = hex::decode(s.trim())
-                .map_err(|e| format!("envelope_key: not hex ({e})"))?;
+            let bytes =
+                hex::decode(s.trim()).map_err(|e| format!("envelope_key: not hex ({e})"))?;
             let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
-                format!("envelope_key: {} bytes, expected 32 (64 hex digits)", b.len())
+                format!(
+                    "envelope_key: {} bytes, expected 32 (64 hex digits)",
+                    b.len()
+                )
             })?;
             Ok(EnvelopeKey(key))
         }
@@ -235,7 +238,11 @@ pub mod envelope {
             );
             assert!(e.is_tagged() && e.authentic(&key));
             assert!(!e.authentic(&other), "another key");
-            assert!(!decode(&encode(1, "n", &signed, None)).unwrap().authentic(&key));
+            assert!(
+                !decode(&encode(1, "n", &signed, None))
+                    .unwrap()
+                    .authentic(&key)
+            );
             // Every byte matters: a changed receive time, node, tag or signed byte fails.
             for i in 2..v.len() {
                 let mut forged = v.clone();

@@ -762,7 +762,12 @@ mod tests {
     fn output(rows: &EpochRows, rules: &Rules) -> Vec<RecordBatch> {
         let t = aggregate(rows, 7, rules).unwrap();
         assert!(!t.leaves.is_empty());
-        vec![t.device_summary, t.hex_coverage, t.sensor_hex_hourly, t.road_hex]
+        vec![
+            t.device_summary,
+            t.hex_coverage,
+            t.sensor_hex_hourly,
+            t.road_hex,
+        ]
     }
 
     /// A seal reads files in whatever order the log lists them; no order of the rows (here every
@@ -775,7 +780,10 @@ mod tests {
         let base = rows();
         let want = output(&base, &rules);
         let summary = &want[0];
-        let keys = summary.column_by_name("device_key").unwrap().as_string::<i32>();
+        let keys = summary
+            .column_by_name("device_key")
+            .unwrap()
+            .as_string::<i32>();
         let s = (0..keys.len()).find(|i| keys.value(*i) == "s").unwrap();
         let sensor = summary.column_by_name("sensor_readings").unwrap();
         assert_eq!(sensor.as_primitive::<UInt64Type>().value(s), 3);
@@ -811,7 +819,11 @@ mod tests {
                     r.road.reverse();
                     r.rejected.reverse();
                 }
-                assert_eq!(output(&r, &rules), want, "rotation {turn}, reversed {reverse}");
+                assert_eq!(
+                    output(&r, &rules),
+                    want,
+                    "rotation {turn}, reversed {reverse}"
+                );
             }
         }
     }

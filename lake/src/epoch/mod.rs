@@ -7,7 +7,7 @@
 //! - [`seal`]: the completeness gate, the files and the manifest, the sealer loop;
 //! - [`publish`]: the sealed outputs as Delta tables.
 //!
-//! Layout: `epochs/{device_summary,hex_coverage,sensor_hex_hourly,road_hex}/epoch={id:06}.parquet`
+//! Layout: `epochs/{device_summary,hex_coverage,sensor_hex_hourly,road_hex}/epoch={id:06}-{sha256[..16]}.parquet`
 //! (the Delta tables' data files, published after the seal) and `epochs/epoch={id:06}/manifest.json`,
 //! written after the files with create-if-absent: the manifest is the seal.
 

@@ -122,7 +122,9 @@ impl Validator {
         match envelope::decode(value) {
             Some(e) => {
                 let problem = match (&self.envelope_key, e.is_tagged()) {
-                    (Some(k), true) if !e.authentic(k) => Some("its envelope's tag does not verify"),
+                    (Some(k), true) if !e.authentic(k) => {
+                        Some("its envelope's tag does not verify")
+                    }
                     (Some(_), false) => Some("its envelope is not tagged"),
                     _ => None,
                 };

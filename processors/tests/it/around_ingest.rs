@@ -19,7 +19,8 @@ const PARTITIONS: i32 = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_produced_around_ingest_are_rejected() {
-    let Some(brokers) = testenv::broker_or_skip("records_produced_around_ingest_are_rejected") else {
+    let Some(brokers) = testenv::broker_or_skip("records_produced_around_ingest_are_rejected")
+    else {
         return;
     };
     let now = now_ms();
@@ -67,9 +68,17 @@ async fn records_produced_around_ingest_are_rejected() {
     let late_claim = now - 30_000;
     let forged = [
         // An envelope without a tag, claiming its own receive time.
-        (envelope::encode(late_claim, "ingest-0", &originals[0].value, None), None, "bad_signature"),
+        (
+            envelope::encode(late_claim, "ingest-0", &originals[0].value, None),
+            None,
+            "bad_signature",
+        ),
         // Tagged with another key.
-        (envelope::encode(late_claim, "ingest-0", &originals[1].value, Some(&wrong)), None, "bad_signature"),
+        (
+            envelope::encode(late_claim, "ingest-0", &originals[1].value, Some(&wrong)),
+            None,
+            "bad_signature",
+        ),
         // No envelope at all.
         (originals[2].value.clone(), None, "bad_signature"),
         // Exactly what ingest wrote, copied into another partition than its device's.

@@ -557,8 +557,15 @@ async fn racing_sealers_never_overwrite_the_winning_outputs() {
     late.hide_manifests.store(2, Ordering::SeqCst);
     let seen = Lake::from_store(late.clone());
     let second = seal_forced(&seen, &seen, &cfg, &rules, id).await;
-    assert_eq!(late.hide_manifests.load(Ordering::SeqCst), 0, "both checks were fooled");
-    assert!(late.writes.load(Ordering::SeqCst) >= 4, "the late sealer wrote its outputs");
+    assert_eq!(
+        late.hide_manifests.load(Ordering::SeqCst),
+        0,
+        "both checks were fooled"
+    );
+    assert!(
+        late.writes.load(Ordering::SeqCst) >= 4,
+        "the late sealer wrote its outputs"
+    );
     let Sealed::Already(stands) = second else {
         panic!("the late sealer's manifest must lose: {second:?}");
     };
@@ -570,7 +577,10 @@ async fn racing_sealers_never_overwrite_the_winning_outputs() {
     );
     for table in EPOCH_TABLES {
         seal::read_output(&lake, &won, table).await.unwrap();
-        let files = lake.list(&format!("{}/", publish::table_root(table))).await.unwrap();
+        let files = lake
+            .list(&format!("{}/", publish::table_root(table)))
+            .await
+            .unwrap();
         assert_eq!(
             files,
             [won.output(table).unwrap().path.clone()],
@@ -579,7 +589,11 @@ async fn racing_sealers_never_overwrite_the_winning_outputs() {
     }
     assert_eq!(publish::publish_sealed(&lake).await.unwrap(), 4);
     for table in EPOCH_TABLES {
-        let (_, files) = lake.table(&publish::table_root(table)).files().await.unwrap();
+        let (_, files) = lake
+            .table(&publish::table_root(table))
+            .files()
+            .await
+            .unwrap();
         let paths: Vec<_> = files.into_iter().map(|f| f.path).collect();
         assert_eq!(paths, [won.output(table).unwrap().path.clone()], "{table}");
     }
@@ -591,6 +605,8 @@ async fn racing_sealers_never_overwrite_the_winning_outputs() {
 /// hours earns two.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backdated_readings_make_no_active_hours() {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{UInt32Type, UInt64Type};
     use hexpulse_common::registry::Device;
     use hexpulse_lake::epoch::publish::EPOCH_TABLES;
     use hexpulse_load_tests::fleet::{device_key, sign_reading};
@@ -598,8 +614,6 @@ async fn backdated_readings_make_no_active_hours() {
     use hexpulse_processors::partition::PartitionWorker;
     use hexpulse_processors::validate::Validator;
     use hexpulse_schemas::wire::{Heartbeat, Kind, KindName, Location, Reading};
-    use arrow::array::AsArray;
-    use arrow::datatypes::{UInt32Type, UInt64Type};
     use prost::Message;
 
     const MIN: i64 = 60_000;
@@ -645,7 +659,11 @@ async fn backdated_readings_make_no_active_hours() {
         (&backdater, heartbeat(3, burst - MIN), burst),
         (&backdater, heartbeat(4, burst - 10_000), burst),
         // Heard at 11:30 and at 12:00:30.
-        (&honest, heartbeat(1, now - 30 * MIN - 1_000), now - 30 * MIN),
+        (
+            &honest,
+            heartbeat(1, now - 30 * MIN - 1_000),
+            now - 30 * MIN,
+        ),
         (&honest, heartbeat(2, burst - 1_000), burst),
     ];
     let dir = tempfile::tempdir().unwrap();
@@ -679,10 +697,16 @@ async fn backdated_readings_make_no_active_hours() {
     let hours = col("active_hours");
     let row_of = |k: &ed25519_dalek::SigningKey| {
         let hex = hex::encode(k.verifying_key().as_bytes());
-        keys.iter().position(|v| v == Some(hex.as_str())).expect("device summarised")
+        keys.iter()
+            .position(|v| v == Some(hex.as_str()))
+            .expect("device summarised")
     };
     let (b, h) = (row_of(&backdater), row_of(&honest));
-    assert_eq!(heartbeats.as_primitive::<UInt64Type>().value(b), 4, "all four are valid");
+    assert_eq!(
+        heartbeats.as_primitive::<UInt64Type>().value(b),
+        4,
+        "all four are valid"
+    );
     assert_eq!(
         hours.as_primitive::<UInt32Type>().value(b),
         1,

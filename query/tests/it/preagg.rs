@@ -6,13 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hexpulse_query::datafusion::arrow::util::pretty::pretty_format_batches;
-use hexpulse_query::datafusion::execution::runtime_env::RuntimeEnv;
 use hexpulse_lake::Lake;
 use hexpulse_lake::epoch::EpochConfig;
 use hexpulse_lake::epoch::publish;
 use hexpulse_load_tests::scenario;
 use hexpulse_query::catalog::Catalog;
+use hexpulse_query::datafusion::arrow::util::pretty::pretty_format_batches;
+use hexpulse_query::datafusion::execution::runtime_env::RuntimeEnv;
 
 use crate::support::*;
 
@@ -69,11 +69,19 @@ async fn sensor_aggregates_agree_at_every_stage_of_a_seal() {
     for o in &m.outputs {
         copy(&sealer, &lake, &o.path).await;
     }
-    assert_eq!(answer(&lake).await, (raw.clone(), false), "outputs without a manifest");
+    assert_eq!(
+        answer(&lake).await,
+        (raw.clone(), false),
+        "outputs without a manifest"
+    );
 
     // 2. The manifest is written: sealed, but the hourly rows are not published.
     copy(&sealer, &lake, &hexpulse_lake::epoch::manifest_path(id)).await;
-    assert_eq!(answer(&lake).await, (raw.clone(), false), "sealed, not published");
+    assert_eq!(
+        answer(&lake).await,
+        (raw.clone(), false),
+        "sealed, not published"
+    );
 
     // 3. Published: the rewrite applies, with the same answer.
     assert_eq!(publish::publish_sealed(&lake).await.unwrap(), 4);

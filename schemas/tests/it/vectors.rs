@@ -43,8 +43,10 @@ struct Vector {
 fn file_path() -> PathBuf {
     // At run time (cargo and nextest set it): a compiled-in path would follow a reused binary to
     // another checkout.
-    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
-        .join("testdata/vectors.json")
+    PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("testdata/vectors.json")
 }
 
 fn seed(i: u8) -> [u8; 32] {
