@@ -239,7 +239,7 @@ impl PartitionWorker {
     /// in a small batch and are verified together (one Ed25519 batch check instead of one check
     /// each).
     pub fn push(&mut self, offset: i64, value: &[u8], record_ms: i64) {
-        let (receive_ms, signed, problem) = self.validator.unwrap(value, record_ms);
+        let (receive_ms, signed, problem) = self.validator.open_envelope(value, record_ms);
         self.watermark_ms = self.watermark_ms.max(receive_ms);
         self.pushed += 1;
         self.unit.opened.get_or_insert_with(Instant::now);

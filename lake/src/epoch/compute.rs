@@ -323,15 +323,14 @@ pub struct EpochTables {
     pub leaves: Vec<Hash>,
 }
 
-/// What one device did in the epoch. Readings count once per sequence number (WIRE.md: a device's
-/// sequence numbers never repeat), so a reading stored twice, or a number reused, earns once.
+/// What one device did in the epoch, from [`Readings`] (one row per reading).
 #[derive(Default)]
 struct Dev {
-    heartbeat_seqs: BTreeSet<u64>,
+    heartbeats: u64,
     /// Each sensor reading (sequence number) once, with its asserted distance: the smallest of its
     /// rows' (a reused sequence number can carry two), so that no row order picks one.
     sensor_seqs: BTreeMap<u64, f64>,
-    road_seqs: BTreeSet<u64>,
+    road: u64,
     hours: BTreeSet<i64>,
     cells: BTreeSet<u64>,
     dists: Vec<f64>,
@@ -342,7 +341,7 @@ struct Dev {
 
 impl Dev {
     fn kind(&self) -> KindName {
-        if !self.heartbeat_seqs.is_empty() {
+        if self.heartbeats > 0 {
             KindName::Heartbeat
         } else if !self.sensor_seqs.is_empty() {
             KindName::Sensor
@@ -445,7 +444,7 @@ pub fn aggregate(rows: &EpochRows, id: i64, rules: &Rules) -> Result<EpochTables
     let mut devs: BTreeMap<&str, Dev> = BTreeMap::new();
     for h in &rows.hb {
         let d = devs.entry(&h.key).or_default();
-        d.heartbeat_seqs.insert(h.seq);
+        d.heartbeats += 1;
         d.hours.extend(h.active);
         d.cells.insert(h.cell);
         if !h.dist.is_nan() {
@@ -469,7 +468,7 @@ pub fn aggregate(rows: &EpochRows, id: i64, rules: &Rules) -> Result<EpochTables
     }
     for o in &rows.road {
         let d = devs.entry(&o.key).or_default();
-        d.road_seqs.insert(o.seq);
+        d.road += 1;
         d.hours.extend(o.active);
         d.cells.insert(o.cell);
     }
@@ -505,7 +504,7 @@ pub fn aggregate(rows: &EpochRows, id: i64, rules: &Rules) -> Result<EpochTables
             kind: kd,
             active_hours: d.hours.len() as u32,
             distinct_hexes: d.cells.len() as u64,
-            road_observations: d.road_seqs.len() as u64,
+            road_observations: d.road,
             median_distance_m: md,
             median_download_mbps: median(&mut d.downs),
             median_latency_ms: median(&mut d.latencies),
@@ -513,9 +512,9 @@ pub fn aggregate(rows: &EpochRows, id: i64, rules: &Rules) -> Result<EpochTables
         let a = points::award(r, &facts);
         key.push(k.to_string());
         kind.push(kd.as_str());
-        hb.push(d.heartbeat_seqs.len() as u64);
+        hb.push(d.heartbeats);
         sn.push(d.sensor_seqs.len() as u64);
-        rd.push(d.road_seqs.len() as u64);
+        rd.push(d.road);
         hours.push(facts.active_hours);
         hexes.push(facts.distinct_hexes);
         med_dist.push(md);

@@ -44,7 +44,7 @@ pub struct RawRecord<'a> {
     /// The device's signed bytes (the record's value without ingest's envelope).
     pub value: &'a [u8],
     pub receive_ms: i64,
-    /// Why the envelope does not vouch for `receive_ms` ([`Validator::unwrap`]), if it does not.
+    /// Why the envelope does not vouch for `receive_ms` ([`Validator::open_envelope`]), if it does not.
     pub envelope_problem: Option<&'static str>,
 }
 
@@ -114,7 +114,7 @@ impl Validator {
     /// envelope, or, for a record without one (produced around ingest, or before envelopes), the
     /// whole value with `record_ms` (the Kafka timestamp). The third part says why the receive time
     /// is not vouched for, when an envelope key is set and the envelope is not tagged with it.
-    pub fn unwrap<'v>(
+    pub fn open_envelope<'v>(
         &self,
         value: &'v [u8],
         record_ms: i64,
