@@ -462,37 +462,47 @@ async fn authorize(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
+    // Callers without a valid token are keyed (and limited) by their address.
+    let ip_key = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(
+            || "ip:?".to_string(),
+            |c| {
+                let ip = client_ip(c.0.ip(), req.headers(), &st.cfg.trusted_proxies);
+                format!("ip:{ip}")
+            },
+        );
+    let limited = |key: &String| {
+        st.per_client.check(key).err().map(|wait| {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "over {} requests/s for this caller; retry later",
+                    st.cfg.rate_per_client.per_second
+                ),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, retry_after_secs(wait).into());
+            r
+        })
+    };
     match st.auth.check(header, group) {
         Ok(caller) => {
             let key = match &caller {
                 Caller::Token { name, .. } => name.clone(),
-                Caller::Anonymous => req
-                    .extensions()
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map_or_else(
-                        || "ip:?".to_string(),
-                        |c| {
-                            let ip = client_ip(c.0.ip(), req.headers(), &st.cfg.trusted_proxies);
-                            format!("ip:{ip}")
-                        },
-                    ),
+                Caller::Anonymous => ip_key,
             };
-            if let Err(wait) = st.per_client.check(&key) {
-                let mut r = error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    format!(
-                        "over {} requests/s for this caller; retry later",
-                        st.cfg.rate_per_client.per_second
-                    ),
-                );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, retry_after_secs(wait).into());
+            if let Some(r) = limited(&key) {
                 return r;
             }
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
+        // A failed authentication spends its address's budget, so guessing tokens is as slow as
+        // the per-client rate (and never spends a real token's budget).
+        Err(d @ Denied::Unauthenticated(_)) => limited(&ip_key).unwrap_or_else(|| denied(d)),
         Err(d) => denied(d),
     }
 }

@@ -113,13 +113,25 @@ async fn rate_limit_per_token_and_per_ip() {
             .unwrap();
         assert_eq!(r.status().as_u16(), want, "forwarded request {i}");
     }
-    // Unknown tokens are refused before they could use anyone's budget; health is never limited.
-    assert_eq!(get(&client, &epochs, Some("nope")).await.0, 401);
+    // A failed authentication spends its address's budget (the loopback's, spent above), never a
+    // token's; health is never limited.
+    assert_eq!(get(&client, &epochs, Some("nope")).await.0, 429);
     for _ in 0..10 {
         assert_eq!(get(&client, &format!("{base}/healthz"), None).await.0, 200);
     }
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(get(&client, &epochs, Some("secret-a")).await.0, 200);
+    // Guessing tokens from one address: 401 while its budget lasts, then 429 (#20, low: failed
+    // authentication was never limited). The guesses spend no token's budget.
+    let mut guesses = Vec::new();
+    for i in 0..5 {
+        guesses.push(get(&client, &epochs, Some(&format!("guess-{i}"))).await.0);
+    }
+    assert!(
+        guesses[0] == 401 && guesses[1..].iter().all(|s| *s == 429),
+        "{guesses:?}"
+    );
+    assert_eq!(get(&client, &epochs, Some("secret-b")).await.0, 200);
     stop.cancel();
 }
 
