@@ -42,7 +42,8 @@ pub struct Scenario {
 const BERLIN: (f64, f64) = (52.52, 13.405);
 const SEED: u64 = 4242;
 
-fn reading(seq: u64, t: i64, at: (f64, f64), kind: Kind) -> Reading {
+/// A reading at `at` (accuracy 5 m), device time `t`.
+pub fn reading(seq: u64, t: i64, at: (f64, f64), kind: Kind) -> Reading {
     Reading {
         schema_version: 1,
         device_time_ms: t,
@@ -56,7 +57,8 @@ fn reading(seq: u64, t: i64, at: (f64, f64), kind: Kind) -> Reading {
     }
 }
 
-fn heartbeat() -> Kind {
+/// A Wi-Fi heartbeat at -71 dBm, without a speed test.
+pub fn heartbeat() -> Kind {
     Kind::Heartbeat(Heartbeat {
         radio: 1,
         signal_dbm: -71.0,

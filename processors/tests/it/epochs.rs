@@ -613,7 +613,7 @@ async fn backdated_readings_make_no_active_hours() {
     use hexpulse_processors::h3bin::Binner;
     use hexpulse_processors::partition::PartitionWorker;
     use hexpulse_processors::validate::Validator;
-    use hexpulse_schemas::wire::{Heartbeat, Kind, KindName, Location, Reading};
+    use hexpulse_schemas::wire::KindName;
     use prost::Message;
 
     const MIN: i64 = 60_000;
@@ -635,21 +635,7 @@ async fn backdated_readings_make_no_active_hours() {
             .collect(),
     )
     .unwrap();
-    let heartbeat = |seq: u64, t: i64| Reading {
-        schema_version: 1,
-        device_time_ms: t,
-        seq,
-        location: Some(Location {
-            lat: at.0,
-            lng: at.1,
-            accuracy_m: 5.0,
-        }),
-        kind: Some(Kind::Heartbeat(Heartbeat {
-            radio: 1,
-            signal_dbm: -70.0,
-            speed_test: None,
-        })),
-    };
+    let heartbeat = |seq: u64, t: i64| scenario::reading(seq, t, at, scenario::heartbeat());
     // (device, reading, receive time). `now` is 12:00:00 UTC.
     let burst = now + 30_000;
     let records = [
