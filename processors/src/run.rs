@@ -290,12 +290,12 @@ async fn consume_session(
                 let (p, offset) = (msg.partition(), msg.offset());
                 let value = msg.payload().unwrap_or_default();
                 let record_ms = msg.timestamp().to_millis().unwrap_or(0);
-                // The receive time, for a new worker's start (the worker reads it again, checked).
-                let recv = envelope::decode(value).map_or(record_ms, |e| e.received_ms);
                 silent.remove(&p);
                 if let std::collections::hash_map::Entry::Vacant(e) = workers.entry(p) {
                     // Resume at the end of the chain in the lake's log, never from whatever offset
-                    // happened to arrive first.
+                    // happened to arrive first. The receive time starts the worker (which reads
+                    // the envelope again for every record, checked).
+                    let recv = envelope::decode(value).map_or(record_ms, |e| e.received_ms);
                     let partitions =
                         partition_count(&consumer, &topic).unwrap_or(s.kafka.partitions);
                     let w = init_worker(s, &topic, p, recv, partitions).await?;
