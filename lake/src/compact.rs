@@ -330,12 +330,15 @@ async fn vacuum_pinned(
     pinned: &Pinned,
 ) -> Result<usize, LakeError> {
     let horizon = crate::now_ms() - retention.as_millis() as i64;
-    let pinned = pinned_files(lake, pinned).await?;
     let mut deleted = 0;
     for table in tables() {
         let t = lake.table(table);
         let (Some(_), live) = t.files().await? else {
             continue;
+        };
+        let pinned = match pinned.get(table) {
+            Some(versions) => t.files_at_any(versions).await?,
+            None => Default::default(),
         };
         let live: HashSet<String> = live.into_iter().map(|f| f.path).collect();
         for (path, _, modified_ms) in lake.list_meta(&format!("{table}/")).await? {
@@ -352,24 +355,6 @@ async fn vacuum_pinned(
         }
     }
     Ok(deleted)
-}
-
-/// The data files of every sealed epoch's pinned table versions (cached per table and version:
-/// a version's files never change).
-async fn pinned_files(lake: &Lake, pinned: &Pinned) -> Result<HashSet<String>, LakeError> {
-    let mut out = HashSet::new();
-    for (table, versions) in pinned {
-        for version in versions {
-            out.extend(
-                lake.table(table)
-                    .files_at_cached(*version)
-                    .await?
-                    .iter()
-                    .cloned(),
-            );
-        }
-    }
-    Ok(out)
 }
 
 /// The versions of each table that sealed epochs pin.
@@ -474,21 +459,17 @@ async fn clean_log_pinned(
 }
 
 /// Writes a checkpoint of every stream table whose log grew `interval` versions past its last one.
+/// A table is loaded with delta-rs only when a checkpoint is due: a full load costs memory in
+/// proportion to the live files.
 pub async fn checkpoint(lake: &Lake, interval: i64) -> Result<(), LakeError> {
     for table in tables() {
         let t = lake.table(table);
-        let Some(snapshot) = t.load().await? else {
+        let Some(version) = t.version().await? else {
             continue;
         };
-        let version = snapshot.version().map_or(0, |v| v as i64);
-        let last = lake
-            .get(&format!("{table}/_delta_log/_last_checkpoint"))
-            .await?
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["version"].as_i64())
-            .unwrap_or(-1);
+        let last = t.checkpoint_hint().await?.unwrap_or(-1);
         if version - last >= interval {
-            deltalake::checkpoints::create_checkpoint(&snapshot, None).await?;
+            t.checkpoint_newest(version).await?;
             tracing::debug!(table, version, "checkpoint written");
         }
     }

@@ -15,16 +15,24 @@
 //! per Kafka partition it covers: the version is the last offset covered. [`Table::txn_version`]
 //! answers from the table's snapshot plus every commit read since.
 //!
-//! **Readers** use delta-rs snapshots ([`Table::files`], [`Table::files_at`]).
+//! **Readers.** [`Table::files`] starts from a delta-rs snapshot and then applies each new commit's
+//! adds and removes to a file list of its own, read by the same walk as the transactions. A
+//! delta-rs snapshot updated again and again keeps a batch of parsed actions per update, and a
+//! process that refreshed twice a second grew by about 100 KB per live file (issue #21). Versions
+//! pinned by sealed epochs are read with delta-rs ([`Table::files_at`]).
+//!
+//! **Log cleanup** ([`crate::compact::clean_log`]) deletes only commits older than a checkpoint. A
+//! walk whose next commit is missing while `_last_checkpoint` is at or past it therefore starts
+//! again from the checkpoint, instead of taking the missing commit for the end of the log.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use deltalake::DeltaTable;
 use deltalake::kernel::{
-    Action, CommitInfo, DataType as DeltaType, PrimitiveType, StructField, StructType, Transaction,
+    Action, Add, CommitInfo, DataType as DeltaType, PrimitiveType, StructField, StructType, Transaction,
 };
 use deltalake::logstore::{LogStoreRef, StorageConfig, default_logstore};
 use deltalake::protocol::SaveMode;
@@ -78,6 +86,8 @@ struct LogState {
     base: Option<DeltaTable>,
     /// Application transaction versions seen in commits read after `base`.
     txns: HashMap<String, i64>,
+    /// The data files at `version`, by path: `base`'s, then every commit read after it applied.
+    files: BTreeMap<String, DataFile>,
 }
 
 /// One Delta table of the lake.
@@ -86,15 +96,23 @@ pub struct Table {
     lake_store: Arc<dyn ObjectStore>,
     log_store: LogStoreRef,
     log: tokio::sync::Mutex<LogState>,
-    reader: tokio::sync::Mutex<Option<DeltaTable>>,
-    /// Data files of pinned versions (sealed epochs), which never change.
-    pinned: Mutex<HashMap<i64, Arc<Vec<String>>>>,
+    /// The data files of the versions that sealed epochs pin, which never change.
+    pinned: Mutex<PinnedFiles>,
 }
 
 impl std::fmt::Debug for Table {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Table").field("name", &self.name).finish()
     }
+}
+
+/// The union of the data files of some versions of a table. Kept as one set rather than a list per
+/// version: consecutive versions share nearly all their files, and an epoch pins a version every few
+/// minutes under `make up`.
+#[derive(Default)]
+struct PinnedFiles {
+    versions: BTreeSet<i64>,
+    files: Arc<HashSet<String>>,
 }
 
 /// The tables of one lake, opened once per process.
@@ -136,7 +154,6 @@ impl Lake {
                     lake_store: self.store().clone(),
                     log_store,
                     log: tokio::sync::Mutex::default(),
-                    reader: tokio::sync::Mutex::default(),
                     pinned: Mutex::default(),
                 })
             })
@@ -250,11 +267,17 @@ impl Table {
         match self.load().await? {
             Some(t) => {
                 state.version = t.version().map(|v| v as i64);
+                state.files = self
+                    .data_files(&t)?
+                    .into_iter()
+                    .map(|f| (f.path.clone(), f))
+                    .collect();
                 state.base = Some(t);
             }
             None => {
                 state.version = Some(-1);
                 state.base = None;
+                state.files.clear();
             }
         }
         state.txns.clear();
@@ -287,13 +310,66 @@ impl Table {
         }
     }
 
-    fn absorb(state: &mut LogState, version: i64, actions: &[Action]) {
+    fn absorb(&self, state: &mut LogState, version: i64, actions: &[Action]) {
         for a in actions {
-            if let Action::Txn(t) = a {
-                state.txns.insert(t.app_id.clone(), t.version);
+            match a {
+                Action::Txn(t) => {
+                    state.txns.insert(t.app_id.clone(), t.version);
+                }
+                Action::Add(add) => {
+                    let f = self.data_file_of(add);
+                    state.files.insert(f.path.clone(), f);
+                }
+                Action::Remove(r) => {
+                    state.files.remove(&self.path_of(&r.path));
+                }
+                _ => {}
             }
         }
         state.version = Some(version);
+    }
+
+    /// The path from the lake root of a file named in this table's log (as delta-rs reads it).
+    fn path_of(&self, logged: &str) -> String {
+        let relative = Path::parse(logged).unwrap_or_else(|_| Path::from(logged));
+        format!("{}/{relative}", self.name)
+    }
+
+    fn data_file_of(&self, add: &Add) -> DataFile {
+        #[derive(serde::Deserialize)]
+        struct Stats {
+            #[serde(rename = "numRecords")]
+            num_records: Option<u64>,
+        }
+        let part = |k: &str| add.partition_values.get(k).cloned().flatten();
+        DataFile {
+            path: self.path_of(&add.path),
+            size: add.size.max(0) as u64,
+            modified_ms: add.modification_time,
+            rows: add
+                .stats
+                .as_deref()
+                .and_then(|s| serde_json::from_str::<Stats>(s).ok())
+                .and_then(|s| s.num_records),
+            date: part("date"),
+            hour: part("hour").and_then(|h| h.parse().ok()),
+        }
+    }
+
+    /// The version that `_last_checkpoint` names, if any.
+    pub async fn checkpoint_hint(&self) -> Result<Option<i64>, LakeError> {
+        #[derive(serde::Deserialize)]
+        struct Hint {
+            version: i64,
+        }
+        let path = Path::from(format!("{}/_delta_log/_last_checkpoint", self.name));
+        match self.lake_store.get(&path).await {
+            Ok(r) => Ok(serde_json::from_slice::<Hint>(&r.bytes().await?)
+                .ok()
+                .map(|h| h.version)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Brings the state up to the newest version, reading the commits on the way.
@@ -301,17 +377,27 @@ impl Table {
         if state.version.is_none() {
             self.load_base(state).await?;
         }
-        let mut read = 0;
+        let (mut read, mut reloaded) = (0, false);
         loop {
             let next = state.version.unwrap_or(-1) + 1;
             match self.read_commit(next).await? {
                 Some(actions) => {
-                    Self::absorb(state, next, &actions);
+                    self.absorb(state, next, &actions);
                     read += 1;
                     if read > MAX_WALK {
                         self.load_base(state).await?;
                         read = 0;
                     }
+                }
+                // Missing, but a checkpoint covers it: log cleanup deleted it (see the module's
+                // docs), and newer commits may follow.
+                None if read == 0
+                    && next > 0
+                    && !reloaded
+                    && self.checkpoint_hint().await?.is_some_and(|c| c >= next) =>
+                {
+                    self.load_base(state).await?;
+                    reloaded = true;
                 }
                 None => return Ok(()),
             }
@@ -400,7 +486,7 @@ impl Table {
                 .await;
             match put {
                 Ok(_) => {
-                    Self::absorb(&mut state, version, &actions);
+                    self.absorb(&mut state, version, &actions);
                     return Ok(Committed::Version(version));
                 }
                 Err(object_store::Error::AlreadyExists { .. }) => {
@@ -409,7 +495,7 @@ impl Table {
                         self.load_base(&mut state).await?;
                         continue;
                     };
-                    Self::absorb(&mut state, version, &winner);
+                    self.absorb(&mut state, version, &winner);
                     if let Check::Stop(why) = check(&winner) {
                         return Ok(Committed::Stopped(why));
                     }
@@ -436,18 +522,15 @@ impl Table {
         self.log.lock().await.version
     }
 
-    /// The data files of the newest snapshot (empty when the table does not exist yet).
+    /// The data files of the newest snapshot, sorted by path (empty when the table does not exist
+    /// yet).
     pub async fn files(&self) -> Result<(Option<i64>, Vec<DataFile>), LakeError> {
-        let mut reader = self.reader.lock().await;
-        match reader.as_mut() {
-            Some(t) => t.update_incremental(None).await?,
-            None => match self.load().await? {
-                Some(t) => *reader = Some(t),
-                None => return Ok((None, Vec::new())),
-            },
+        let mut state = self.log.lock().await;
+        self.catch_up(&mut state).await?;
+        match state.version {
+            Some(v) if v >= 0 => Ok((Some(v), state.files.values().cloned().collect())),
+            _ => Ok((None, Vec::new())),
         }
-        let t = reader.as_ref().expect("loaded above");
-        Ok((t.version().map(|v| v as i64), self.data_files(t)?))
     }
 
     /// The data files of the snapshot at `version`.
@@ -455,6 +538,22 @@ impl Table {
         let mut t = DeltaTable::new(self.log_store.clone());
         t.load_version(version as u64).await?;
         self.data_files(&t)
+    }
+
+    /// The newest version of the log (`None`: no table yet), read by the same walk as
+    /// [`Table::files`].
+    pub async fn version(&self) -> Result<Option<i64>, LakeError> {
+        let mut state = self.log.lock().await;
+        self.catch_up(&mut state).await?;
+        Ok(state.version.filter(|v| *v >= 0))
+    }
+
+    /// Writes a checkpoint of the snapshot at `version`, and points `_last_checkpoint` at it.
+    pub async fn checkpoint_newest(&self, version: i64) -> Result<(), LakeError> {
+        let mut t = DeltaTable::new(self.log_store.clone());
+        t.load_version(version as u64).await?;
+        deltalake::checkpoints::create_checkpoint(&t, None).await?;
+        Ok(())
     }
 
     /// Writes a checkpoint of the snapshot at `version`, so that the version stays loadable once the
@@ -476,23 +575,24 @@ impl Table {
         Ok(())
     }
 
-    /// The paths (from the lake root) of the data files at `version`, remembered per version.
-    pub async fn files_at_cached(&self, version: i64) -> Result<Arc<Vec<String>>, LakeError> {
-        if let Some(hit) = self.pinned.lock().expect("pinned lock").get(&version) {
-            return Ok(hit.clone());
+    /// The paths (from the lake root) of the data files of any of `versions` (each version is read
+    /// once per process).
+    pub async fn files_at_any(
+        &self,
+        versions: &BTreeSet<i64>,
+    ) -> Result<Arc<HashSet<String>>, LakeError> {
+        let missing: Vec<i64> = {
+            let pinned = self.pinned.lock().expect("pinned lock");
+            versions.difference(&pinned.versions).copied().collect()
+        };
+        for version in missing {
+            let files = self.files_at(version).await?;
+            let mut pinned = self.pinned.lock().expect("pinned lock");
+            if pinned.versions.insert(version) {
+                Arc::make_mut(&mut pinned.files).extend(files.into_iter().map(|f| f.path));
+            }
         }
-        let files: Arc<Vec<String>> = Arc::new(
-            self.files_at(version)
-                .await?
-                .into_iter()
-                .map(|f| f.path)
-                .collect(),
-        );
-        self.pinned
-            .lock()
-            .expect("pinned lock")
-            .insert(version, files.clone());
-        Ok(files)
+        Ok(self.pinned.lock().expect("pinned lock").files.clone())
     }
 
     /// A snapshot of the table at its newest version (delta-rs), for maintenance.
