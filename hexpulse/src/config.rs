@@ -67,10 +67,21 @@ impl Config {
                 *k = "<redacted>".into();
             }
         }
+        // Token digests too: an unsalted SHA-256 of a weak token is easy to reverse.
         if let Some(t) = v.pointer_mut("/ingest/admin_token_sha256")
             && t.as_str().is_some_and(|s| !s.is_empty())
         {
             *t = "<redacted>".into();
+        }
+        if let Some(tokens) = v
+            .pointer_mut("/query/auth/tokens")
+            .and_then(|t| t.as_array_mut())
+        {
+            for t in tokens {
+                if let Some(d) = t.get_mut("sha256") {
+                    *d = "<redacted>".into();
+                }
+            }
         }
         v
     }
@@ -119,10 +130,20 @@ mod tests {
         c.kafka.envelope_key = Some("5a".repeat(32));
         c.kafka.sasl_password = Some("scram-pw".into());
         c.ingest.admin_token_sha256 = "ab".into();
+        c.query
+            .auth
+            .tokens
+            .push(hexpulse_query::config::TokenConfig {
+                name: "city".into(),
+                role: "planner".into(),
+                sha256: "cd".repeat(32),
+            });
         let text = c.redacted().to_string();
+        assert!(text.contains("\"city\""), "token names stay: {text}");
         for secret in [
             "hunter2",
             "\"ab\"",
+            &"cd".repeat(32),
             "oauth-s3cret",
             "/keystore-path",
             &"5a".repeat(32),

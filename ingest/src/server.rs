@@ -142,7 +142,15 @@ impl Ingest {
         tokio::spawn(registry.watch(Duration::from_secs(1), shutdown.clone()));
         let admin_addr = match state.cfg.admin_listen {
             Some(a) => Some(serve_admin(a, state.clone(), shutdown.clone()).await?),
-            None => None,
+            None => {
+                if !admin_on_device_port(&state.cfg) {
+                    tracing::warn!(
+                        "ingest.admin_listen is unset and the device port is not on loopback: \
+                         /metrics and the admin API are not served; set ingest.admin_listen"
+                    );
+                }
+                None
+            }
         };
         let router = router(state.clone());
         let limits = hexpulse_common::serve::ConnLimits {
@@ -193,7 +201,7 @@ async fn serve_admin(
     state: Arc<Ingest>,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, StartError> {
-    let routes = admin_routes()
+    let routes = admin_routes(&state)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz));
     let bound =
@@ -205,26 +213,37 @@ async fn serve_admin(
 }
 
 /// Operators' routes: metrics and the registry's admin API (bearer token).
-fn admin_routes() -> Router<Arc<Ingest>> {
+fn admin_routes(state: &Arc<Ingest>) -> Router<Arc<Ingest>> {
     Router::new()
         .route("/v1/admin/devices", get(list_devices).post(add_device))
         .route("/v1/admin/devices/{key}", delete(remove_device))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_admin,
+        ))
         .route(
             "/metrics",
             get(|State(s): State<Arc<Ingest>>| async move { s.metrics.render() }),
         )
 }
 
-/// The device-facing routes; the admin routes too unless they have their own listener.
+/// Whether the device port also serves the admin routes: only without an admin listener, and only
+/// on a loopback address (`make up`, a developer's machine). A public device port never serves
+/// `/metrics` or the admin API.
+fn admin_on_device_port(cfg: &IngestConfig) -> bool {
+    cfg.admin_listen.is_none() && cfg.listen.ip().is_loopback()
+}
+
+/// The device-facing routes; the admin routes too where [`admin_on_device_port`].
 pub fn router(state: Arc<Ingest>) -> Router {
     let devices = Router::new()
         .route("/v1/readings", post(post_readings))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz));
-    let routes = if state.cfg.admin_listen.is_some() {
-        devices
+    let routes = if admin_on_device_port(&state.cfg) {
+        devices.merge(admin_routes(&state))
     } else {
-        devices.merge(admin_routes())
+        devices
     };
     with_limits(routes, state)
 }
@@ -657,6 +676,26 @@ async fn readyz(State(s): State<Arc<Ingest>>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// The admin API's gate. A failed authentication spends its address's `rate_per_ip` budget (as
+/// failed authentications do at query): 401 or 403 while it lasts, then 429.
+async fn require_admin(
+    State(s): State<Arc<Ingest>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(denied) = admin_auth(&s, req.headers()) else {
+        return next.run(req).await;
+    };
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| client_ip(c.0.ip(), req.headers(), &s.cfg.trusted_proxies));
+    match ip.and_then(|ip| s.per_ip.check(&ip).err()) {
+        Some(wait) => rate_limited("too many failed authentications from this address", wait),
+        None => denied,
+    }
+}
+
 /// Checks `Authorization: Bearer <token>` against the configured SHA-256, in constant time.
 /// `None` when authorised, else the error answer.
 fn admin_auth(s: &Ingest, headers: &HeaderMap) -> Option<Response> {
@@ -683,17 +722,11 @@ fn admin_auth(s: &Ingest, headers: &HeaderMap) -> Option<Response> {
     (!same).then(|| error(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token"))
 }
 
-async fn list_devices(State(s): State<Arc<Ingest>>, headers: HeaderMap) -> Response {
-    if let Some(r) = admin_auth(&s, &headers) {
-        return r;
-    }
+async fn list_devices(State(s): State<Arc<Ingest>>) -> Response {
     axum::Json(s.registry.devices()).into_response()
 }
 
-async fn add_device(State(s): State<Arc<Ingest>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(r) = admin_auth(&s, &headers) {
-        return r;
-    }
+async fn add_device(State(s): State<Arc<Ingest>>, body: Bytes) -> Response {
     let device: Device = match serde_json::from_slice(&body) {
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_device", e),
@@ -714,14 +747,7 @@ async fn add_device(State(s): State<Arc<Ingest>>, headers: HeaderMap, body: Byte
     }
 }
 
-async fn remove_device(
-    State(s): State<Arc<Ingest>>,
-    headers: HeaderMap,
-    Path(key): Path<String>,
-) -> Response {
-    if let Some(r) = admin_auth(&s, &headers) {
-        return r;
-    }
+async fn remove_device(State(s): State<Arc<Ingest>>, Path(key): Path<String>) -> Response {
     let Ok(bytes) = hex::decode(&key) else {
         return error(StatusCode::BAD_REQUEST, "invalid_device", "key is not hex");
     };

@@ -138,3 +138,64 @@ async fn admin_listener_takes_metrics_and_admin_off_the_device_port() {
     node.stop.cancel();
     let _ = node.task.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_admin_authentications_spend_the_address_budget() {
+    let Some(brokers) = testenv::broker_or_skip("failed_admin_authentications") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(dir.path().join("devices.json")).unwrap();
+    let mut cfg = IngestConfig::for_tests();
+    cfg.admin_token_sha256 = hex::encode(Sha256::digest(b"s3cret"));
+    cfg.rate_per_ip = hexpulse_common::ratelimit::RateLimit {
+        per_second: 1,
+        burst: 3,
+    };
+    let node = Node::start("it-ingest-admin-guess", &brokers, cfg, registry).await;
+    let get = |token: &str| {
+        let r = node
+            .http
+            .get(node.url("/v1/admin/devices"))
+            .bearer_auth(token.to_string());
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    let mut answers = Vec::new();
+    for i in 0..8 {
+        answers.push(get(&format!("guess-{i}")).await);
+    }
+    assert_eq!(answers[..3], [401, 401, 401], "{answers:?}");
+    assert!(
+        answers[3..].iter().filter(|a| **a == 429).count() >= 4,
+        "guesses past the address's burst are answered 429: {answers:?}"
+    );
+    // The right token spends nothing and is not held back by the guesses.
+    assert_eq!(get("s3cret").await, 200);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_device_port_never_serves_metrics_or_the_admin_api() {
+    let Some(brokers) = testenv::broker_or_skip("a_public_device_port") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(dir.path().join("devices.json")).unwrap();
+    let mut cfg = IngestConfig::for_tests();
+    cfg.admin_token_sha256 = hex::encode(Sha256::digest(b"s3cret"));
+    // Every address, and no admin listener: what a default config on a server would do.
+    cfg.listen = "0.0.0.0:0".parse().unwrap();
+    let node = Node::start("it-ingest-public-port", &brokers, cfg, registry).await;
+    let url = |p: &str| format!("http://127.0.0.1:{}{p}", node.addr.port());
+    let get = |u: String, token: Option<&str>| {
+        let mut r = node.http.get(u);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get(url("/metrics"), None).await, 404);
+    assert_eq!(get(url("/v1/admin/devices"), Some("s3cret")).await, 404);
+    assert_eq!(get(url("/healthz"), None).await, 200);
+    node.shutdown().await;
+}
