@@ -552,10 +552,31 @@ impl Table {
 
     /// Writes a checkpoint of the snapshot at `version`, and points `_last_checkpoint` at it.
     pub async fn checkpoint_newest(&self, version: i64) -> Result<(), LakeError> {
-        let mut t = DeltaTable::new(self.log_store.clone());
-        t.load_version(version as u64).await?;
-        deltalake::checkpoints::create_checkpoint(&t, None).await?;
-        Ok(())
+        self.write_checkpoint(version).await
+    }
+
+    /// Writes a checkpoint at `version` from a kernel snapshot, which replays the log once and
+    /// keeps no file list. `deltalake::checkpoints::create_checkpoint` wants a loaded
+    /// `DeltaTable` and then replays the log again for the kernel: two full replays alive at once,
+    /// whose memory (in proportion to the live files) the processors kept for good (issue #21).
+    async fn write_checkpoint(&self, version: i64) -> Result<(), LakeError> {
+        let engine = self.log_store.engine(None);
+        let root = self.log_store.config().location().clone();
+        let version = version as u64;
+        let written = tokio::task::spawn_blocking(move || {
+            let snapshot = delta_kernel::Snapshot::builder_for(root.as_str())
+                .at_version(version)
+                .build(engine.as_ref())?;
+            snapshot.checkpoint(engine.as_ref(), None).map(|_| ())
+        })
+        .await;
+        match written {
+            Ok(r) => r.map_err(|e| LakeError::Delta(e.into())),
+            Err(e) => Err(LakeError::Corrupt {
+                path: self.name.clone(),
+                message: format!("checkpoint task: {e}"),
+            }),
+        }
     }
 
     /// Writes a checkpoint of the snapshot at `version`, so that the version stays loadable once the
@@ -568,9 +589,7 @@ impl Table {
             Err(object_store::Error::NotFound { .. }) => None,
             Err(e) => return Err(e.into()),
         };
-        let mut t = DeltaTable::new(self.log_store.clone());
-        t.load_version(version as u64).await?;
-        deltalake::checkpoints::create_checkpoint(&t, None).await?;
+        self.write_checkpoint(version).await?;
         if let Some(bytes) = before {
             self.lake_store.put(&hint, PutPayload::from(bytes)).await?;
         }
