@@ -281,6 +281,34 @@ async fn sql_and_epochs_over_a_processed_lake() {
         .await
         .unwrap();
     seal::verify_proof(&proof, &m.merkle_root).unwrap();
+    // Every device's proof, checked by the verifier written from schemas/EPOCHS.md alone.
+    if let Some(python) = testenv::python_or_skip("api: the EPOCHS.md verifier") {
+        let repo = testenv::repo_root();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("proof.json");
+        for row in json.as_array().unwrap() {
+            let key = row["device_key"].as_str().unwrap();
+            let text = get(format!("/v1/epochs/{id}/proof/{key}"))
+                .await
+                .text()
+                .await
+                .unwrap();
+            std::fs::write(&file, text).unwrap();
+            let out = std::process::Command::new(&python)
+                .arg(repo.join("scripts/verify_epoch.py"))
+                .arg("proof")
+                .arg(repo.join("schemas/EPOCHS.md"))
+                .arg(&file)
+                .args(["--root", &m.merkle_root])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "device {key}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
     assert_eq!(
         get(format!("/v1/epochs/{}/manifest", id + 1))
             .await
