@@ -6,8 +6,11 @@ example of reading the lake from outside (schemas/TABLES.md).
     read_lake.py LAKE_DIR [--versions JSON] [--rows]
         Each table at its newest version, or at the versions of JSON ({"heartbeat": 12, ...}, as an
         epoch manifest's `input_versions`): the version, row count, distinct readings, DuckDB's column
-        types and, with --rows, every row's identity sorted (see IDENTITY). Exit status 1 if the two
-        readers disagree, a reading appears twice, or a table's columns differ from TABLES.md.
+        types and, with --rows, every row's identity sorted (see IDENTITY). Every stored H3 cell is
+        checked with Uber's `h3` library under TABLES.md's rule (the finest configured resolution is
+        the cell of (lat, lng); coarser columns are its parents). Exit status 1 if the two readers
+        disagree, a reading appears twice, a cell breaks the rule, or a table's columns differ from
+        TABLES.md.
         The epoch tables (epochs/<table>) are read at their newest versions: rows and epochs.
 
     read_lake.py LAKE_DIR --watch SECONDS
@@ -24,6 +27,7 @@ import time
 
 import duckdb
 import duckdb_extension_delta
+import h3
 from deltalake import DeltaTable
 
 COMMON = ["event_time", "receive_time", "device_key", "seq", "lat", "lng", "accuracy_m", "asserted_distance_m"]
@@ -71,6 +75,30 @@ def scan(path, version):
     return f"delta_scan('{quoted}'{at})"
 
 
+def check_cells(con, src, table, h3cols):
+    """Every row's cells against Uber's h3 under TABLES.md's rule: `h3_r{F}` (F, the finest
+    resolution) is latLngToCell(lat, lng, F), and every coarser `h3_r{r}` is cellToParent(h3_r{F}, r).
+    Returns (mismatches per column, rows whose point lies in another cell at r than the parent)."""
+    res = {c: int(c[len("h3_r"):]) for c in h3cols}
+    finest = max(res.values())
+    bad = {c: 0 for c in h3cols}
+    elsewhere = {c: 0 for c in h3cols if res[c] != finest}
+    rows = con.execute(f"SELECT lat, lng, {', '.join(h3cols)} FROM {src}").fetchall()
+    for lat, lng, *cells in rows:
+        fine = h3.latlng_to_cell(lat, lng, finest)
+        for c, stored in zip(h3cols, cells):
+            if res[c] == finest:
+                want = fine
+            else:
+                want = h3.cell_to_parent(fine, res[c])
+                if h3.latlng_to_cell(lat, lng, res[c]) != want:
+                    elsewhere[c] += 1
+            if stored != h3.str_to_int(want):
+                bad[c] += 1
+    problems = [f"{table}: {n} of {len(rows)} rows break the H3 rule in {c}" for c, n in bad.items() if n]
+    return {"rows": len(rows), "mismatches": bad, "point_cell_is_not_the_parent": elsewhere}, problems
+
+
 def read_table(con, lake, table, version, with_rows):
     path = os.path.join(lake, table)
     if not os.path.isdir(os.path.join(path, "_delta_log")):
@@ -85,9 +113,9 @@ def read_table(con, lake, table, version, with_rows):
     if table == "rejected":
         want = REJECTED
     else:
-        h3 = [c for c in cols if c.startswith("h3_r")]
-        want = COMMON + h3 + PROV + EXPECTED[table]
-        if not h3:
+        h3cols = [c for c in cols if c.startswith("h3_r")]
+        want = COMMON + h3cols + PROV + EXPECTED[table]
+        if not h3cols:
             problems.append(f"{table}: no h3_r* columns")
     if cols != want:
         problems.append(f"{table}: columns {cols} != documented {want}")
@@ -105,6 +133,9 @@ def read_table(con, lake, table, version, with_rows):
         "distinct": distinct,
         "types": types,
     }
+    if table != "rejected" and h3cols:
+        report["h3"], cell_problems = check_cells(con, src, table, h3cols)
+        problems += cell_problems
     # Rows per Delta partition (event date and hour; receive time for `rejected`).
     report["partitions"] = [
         [str(d), h, n]
