@@ -775,6 +775,18 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
     let registry = open_registry(&cfg)?;
     let mixer = cfg.simulate.mixer(cfg.ingest.max_body_bytes);
     registry.upsert_all(mixer.fleet.registry_devices())?;
+    // A fresh admin token for this run unless the config names one, so that the README's registry
+    // examples work under `make up`.
+    let admin_token = if cfg.ingest.admin_token_sha256.is_empty() {
+        let mut bytes = [0u8; 32];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+        let token = hex::encode(bytes);
+        cfg.ingest.admin_token_sha256 =
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+        Some(token)
+    } else {
+        None
+    };
     tracing::info!(config = %cfg.redacted(), "starting hexpulse up");
     let stop = shutdown::on_signals();
     let ingest = Ingest::start(
@@ -815,8 +827,17 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
         "  metrics  {metrics}/metrics   processor http://{}/metrics",
         processor.addr
     );
+    match &admin_token {
+        Some(t) => println!(
+            "  admin    {base}/v1/admin/devices   (add and remove devices; this run's token: \
+             Authorization: Bearer {t})"
+        ),
+        None => println!(
+            "  admin    {base}/v1/admin/devices   (the token of [ingest] admin_token_sha256)"
+        ),
+    }
     println!(
-        "  lake     {} (Parquet, hive-partitioned: heartbeat/ sensor/ road/ rejected/)",
+        "  lake     {} (Delta tables: heartbeat/ sensor/ road/ rejected/, and epochs/)",
         cfg.process.lake_url
     );
     println!(
@@ -830,20 +851,22 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
     );
     let ecfg = &cfg.process.epoch;
     let current = ecfg.id_of(hexpulse_common::time::now_ms())?;
+    // The commands below name this binary by its path: it is not on PATH.
+    let exe =
+        std::env::current_exe().map_or_else(|_| "hexpulse".into(), |p| p.display().to_string());
     let env = std::env::var("HEXPULSE_CONFIG")
         .map(|c| format!("HEXPULSE_CONFIG={c} "))
         .unwrap_or_default();
+    let env = format!("{env}{exe}");
     println!(
         "  epochs   {} long (now epoch {current}); the processor seals one when every partition's \
          watermark is past its end plus the allowed lateness. Once epoch {current} has ended, to seal \
          it early and prove a device:",
         humantime::format_duration(ecfg.length)
     );
+    println!("           {env} seal --epoch {current} --force; {env} epoch show --epoch {current}");
     println!(
-        "           {env}hexpulse seal --epoch {current} --force; {env}hexpulse epoch show --epoch {current}"
-    );
-    println!(
-        "           {env}hexpulse epoch proof --epoch {current} --device KEY > p.json; {env}hexpulse epoch verify --proof p.json"
+        "           {env} epoch proof --epoch {current} --device KEY > p.json; {env} epoch verify --proof p.json"
     );
     println!("  map      {qbase}/");
     println!("  query    {qbase}/openapi.json (every route)   {qbase}/v1/epochs");

@@ -1,4 +1,5 @@
-//! The Merkle tree over an epoch's device summaries.
+//! The Merkle tree over an epoch's device summaries. `schemas/EPOCHS.md` is its specification, with
+//! test vectors that `lake/tests/it/epochs_spec.rs` checks against this code.
 //!
 //! **Leaves**: one per `device_summary` row, in file order (sorted by `device_key`):
 //! `leaf = SHA-256(0x00 || row encoding)`, where the row encoding concatenates every column in

@@ -88,7 +88,9 @@ impl Manifest {
     }
 }
 
-pub const LEAF_ENCODING: &str = "hexpulse/v1: SHA-256(0x00 || device_summary row, columns in schema order), see lake/src/epoch/merkle.rs";
+/// Names the leaf encoding in every manifest; the encoding itself is specified in schemas/EPOCHS.md.
+pub const LEAF_ENCODING: &str =
+    "hexpulse/v1: SHA-256(0x00 || device_summary row), schemas/EPOCHS.md";
 
 /// What to seal, from where, to where.
 pub struct SealRequest<'a> {

@@ -20,7 +20,10 @@ fn page() -> String {
 
 /// The JSON block of the "Test vectors" section.
 fn vectors(page: &str) -> Value {
-    let after = page.split("## Test vectors").nth(1).expect("a vectors section");
+    let after = page
+        .split("## Test vectors")
+        .nth(1)
+        .expect("a vectors section");
     let start = after.find("```json\n").expect("a json block") + "```json\n".len();
     let end = start + after[start..].find("\n```").expect("the block's end");
     serde_json::from_str(&after[start..end]).expect("the vectors parse")
