@@ -8,12 +8,17 @@ use hexpulse_common::testenv;
 
 use crate::up::{ADMIN_TOKEN, Up, accounting_layer};
 
-fn count(query: &str, sql: &str) -> u64 {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// Runs `f` to completion on a runtime of its own (the test itself is synchronous).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    rt.block_on(async {
+        .unwrap()
+        .block_on(f)
+}
+
+fn count(query: &str, sql: &str) -> u64 {
+    block_on(async {
         let r = reqwest::Client::new()
             .post(format!("{query}/v1/sql"))
             .bearer_auth(ADMIN_TOKEN)
@@ -46,6 +51,32 @@ fn make_up_started_again_goes_on_without_duplicates() {
     let layer = accounting_layer("");
     let args = ["--rate", "200"];
     let up = Up::start("it-restart", &brokers, &args, Some(&layer));
+    // The admin token `up` printed opens the registry (README, "Adding a device"); another does not.
+    let devices = |token: &str| {
+        block_on(async {
+            let r = reqwest::Client::new()
+                .get(format!("{}/v1/admin/devices", up.ingest))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let n = r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v.as_array().map(Vec::len));
+            (status, n)
+        })
+    };
+    let token = up.admin_token.clone().expect("`up` printed an admin token");
+    let (status, listed) = devices(&token);
+    assert_eq!(status, 200);
+    assert!(
+        listed.is_some_and(|n| n >= 300),
+        "the demo fleet's 300 devices are listed: {listed:?}"
+    );
+    assert_eq!(devices("not-the-token").0, 401);
     let heartbeats = "SELECT count(*) AS n FROM heartbeat";
     wait_until("demo readings in the lake", Duration::from_secs(60), || {
         count(&up.query, heartbeats) > 0

@@ -17,6 +17,8 @@ pub struct Up {
     pub query: String,
     /// The epoch current at start.
     pub epoch: i64,
+    /// The admin token `up` printed for this run (when the config names none).
+    pub admin_token: Option<String>,
     /// The config files, in order (for other `hexpulse` commands against the same setup).
     pub config: String,
 }
@@ -114,7 +116,7 @@ impl Up {
             .spawn()
             .expect("hexpulse up");
         let stdout = child.stdout.take().unwrap();
-        let (mut ingest, mut query, mut epoch) = (None, None, None);
+        let (mut ingest, mut query, mut epoch, mut admin_token) = (None, None, None, None);
         let mut lines = BufReader::new(stdout).lines();
         for line in lines.by_ref() {
             let line = line.unwrap();
@@ -130,6 +132,9 @@ impl Up {
                     .split_whitespace()
                     .next()
                     .map(|u| u.trim_end_matches('/').to_string());
+            }
+            if let Some((_, rest)) = line.split_once("Authorization: Bearer ") {
+                admin_token = rest.split(')').next().map(str::to_string);
             }
             if let Some((_, rest)) = line.split_once("(now epoch ") {
                 epoch = rest.split(')').next().and_then(|n| n.parse::<i64>().ok());
@@ -147,6 +152,7 @@ impl Up {
             ingest: ingest.expect("`hexpulse up` printed the ingest URL"),
             query: query.expect("`hexpulse up` printed the map (query) URL"),
             epoch: epoch.expect("`hexpulse up` printed the current epoch"),
+            admin_token,
             config,
         }
     }
