@@ -316,12 +316,36 @@ async fn complete(
     Ok(())
 }
 
-/// The last offset of `topic`'s `partition` that a committed unit covers (its gate table's txn
-/// version), or `None` before the first unit.
-pub async fn chain_end(lake: &Lake, topic: &str, partition: i32) -> Result<Option<i64>, LakeError> {
-    lake.table(STREAM_TABLES[0])
-        .txn_version(&app_id(topic, partition))
-        .await
+/// Where a partition's chain stands in the lake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chain {
+    /// The last offset a committed unit covers (the gate table's txn version); `None` before the
+    /// first unit.
+    pub end: Option<i64>,
+    /// A unit's gate commit is in the log but not all its other commits: its writer stopped between
+    /// them, and only [`resume`] (by whoever takes the partition) completes it.
+    pub unfinished: bool,
+}
+
+/// Where `topic`'s `partition` stands: its chain end, and whether the newest unit is unfinished.
+pub async fn chain(lake: &Lake, topic: &str, partition: i32) -> Result<Chain, LakeError> {
+    let app = app_id(topic, partition);
+    let end = lake.table(STREAM_TABLES[0]).txn_version(&app).await?;
+    let mut unfinished = false;
+    if let Some(end) = end {
+        for table in &STREAM_TABLES[1..] {
+            if lake
+                .table(table)
+                .txn_version(&app)
+                .await?
+                .is_none_or(|v| v < end)
+            {
+                unfinished = true;
+                break;
+            }
+        }
+    }
+    Ok(Chain { end, unfinished })
 }
 
 /// Where `topic`'s `partition` goes on: the first offset no unit covers. Completes on the way a

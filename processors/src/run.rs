@@ -370,8 +370,10 @@ async fn consume_session(
             }
             // A partition no live member processes (its owner was killed and the group did not
             // hand it on): join again, so that a rebalance assigns it.
+            // Only once this session's join has been answered (an assignment, even an empty one).
             let mine = assigned.lock().expect("lock").clone();
-            if let Some(p) = orphans.orphaned(s, &consumer, &topic, &mine).await {
+            let joined = rebalances.load(Ordering::Relaxed) > 0;
+            if joined && let Some(p) = orphans.orphaned(s, &consumer, &topic, &mine).await {
                 tracing::warn!(
                     partition = p,
                     "a partition with records waiting has not advanced in the lake and is not \
@@ -396,7 +398,7 @@ async fn consume_session(
                     continue;
                 }
                 match committed_offset(&consumer, &topic, p) {
-                    Some(c) if c > 0 => {
+                    Ok(Some(c)) if c > 0 => {
                         let from = (c - *window).max(0);
                         tracing::info!(
                             partition = p,
@@ -407,7 +409,13 @@ async fn consume_session(
                         seek(&consumer, &topic, p, from);
                         *window = if from == 0 { 0 } else { *window * 4 };
                     }
-                    _ => *window = 0,
+                    // Nothing committed: the fetch starts at the start of the log.
+                    Ok(_) => *window = 0,
+                    // Asked again after SILENT_AFTER: one failed lookup must not leave the
+                    // partition silent for good.
+                    Err(e) => {
+                        tracing::debug!(partition = p, error = %e, "committed offset lookup failed")
+                    }
                 }
                 *since = now;
             }
@@ -517,12 +525,15 @@ fn seek(consumer: &StreamConsumer<RebalanceCtx>, topic: &str, p: i32, offset: i6
     }
 }
 
-/// The group's committed offset of `p`, if any.
 /// Finds partitions that no live member processes. With tansu 0.6 a SIGKILLed member's partitions
-/// sometimes stay with nobody after its session expired (the soak test found readings waiting for
-/// minutes; `crash.rs` restarts a stalled processor for the same reason). Every [`ORPHAN_CHECK`],
-/// a partition not assigned here whose log has records past its chain end in the lake, and whose
-/// chain end has not moved for `patience`, is orphaned.
+/// sometimes stay with nobody after its session expired, or the group hands the live members an
+/// empty assignment while dead members keep every partition (the soak test found readings waiting
+/// for minutes; `crash.rs` restarts a stalled processor for the same reason). Every
+/// [`ORPHAN_CHECK`], a partition not assigned here that has work waiting (records in its log past
+/// its chain end in the lake, or a unit whose writer died between its gate commit and the rest),
+/// and whose chain end has not moved for `patience`, is orphaned. A member with an empty
+/// assignment watches too: a partition with a live owner moves on or has nothing waiting, so spare
+/// members still cause no rebalances.
 struct OrphanWatch {
     patience: Duration,
     last_check: Instant,
@@ -548,7 +559,7 @@ impl OrphanWatch {
         topic: &str,
         mine: &[i32],
     ) -> Option<i32> {
-        if self.last_check.elapsed() < ORPHAN_CHECK || mine.is_empty() {
+        if self.last_check.elapsed() < ORPHAN_CHECK {
             return None;
         }
         self.last_check = Instant::now();
@@ -567,13 +578,14 @@ impl OrphanWatch {
                 self.seen.remove(&p);
                 continue;
             }
-            let Ok(end) = hexpulse_lake::unit::chain_end(&s.lake, topic, p).await else {
+            let Ok(chain) = hexpulse_lake::unit::chain(&s.lake, topic, p).await else {
                 continue;
             };
             let Ok((_, high)) = consumer.fetch_watermarks(topic, p, Duration::from_secs(2)) else {
                 continue;
             };
-            let waiting = high - 1 > end.unwrap_or(-1);
+            let end = chain.end;
+            let waiting = chain.unfinished || high - 1 > end.unwrap_or(-1);
             let entry = self.seen.entry(p).or_insert((end, Instant::now()));
             if entry.0 != end || !waiting {
                 *entry = (end, Instant::now());
@@ -588,16 +600,19 @@ impl OrphanWatch {
     }
 }
 
-fn committed_offset(consumer: &StreamConsumer<RebalanceCtx>, topic: &str, p: i32) -> Option<i64> {
+/// The group's committed offset of `p` (`None`: nothing committed), or the error of asking.
+fn committed_offset(
+    consumer: &StreamConsumer<RebalanceCtx>,
+    topic: &str,
+    p: i32,
+) -> Result<Option<i64>, rdkafka::error::KafkaError> {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, p);
-    let got = consumer
-        .committed_offsets(tpl, Duration::from_secs(5))
-        .ok()?;
-    match got.find_partition(topic, p)?.offset() {
-        Offset::Offset(o) => Some(o),
+    let got = consumer.committed_offsets(tpl, Duration::from_secs(5))?;
+    Ok(match got.find_partition(topic, p).map(|e| e.offset()) {
+        Some(Offset::Offset(o)) => Some(o),
         _ => None,
-    }
+    })
 }
 
 /// The raw topic's partition count, from the broker's metadata.

@@ -201,13 +201,21 @@ fn soak_under_mixed_traffic_and_faults() {
     );
 
     // A second processor in the group, killed and restarted on schedule.
+    // Its log goes to test-output/soak-processor.log (each start appends).
+    let _ = std::fs::create_dir_all(format!("{}/test-output", root()));
+    let processor_log = format!("{}/test-output/soak-processor.log", root());
+    let _ = std::fs::remove_file(&processor_log);
     let spawn_processor = || {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&processor_log)
+            .expect("processor log");
         up.command(&brokers)
             .arg("process")
             .env("HEXPULSE__PROCESS__LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("hexpulse process")
     };
@@ -350,6 +358,25 @@ fn soak_under_mixed_traffic_and_faults() {
         serde_json::to_vec_pretty(&report).unwrap(),
     )
     .unwrap();
+    // Where each partition stands, for a failed accounting: records in the log, the chain end in
+    // the lake, and whether a unit is unfinished.
+    let lake_handle = hexpulse_lake::Lake::open(&lake.display().to_string()).expect("lake");
+    let chains = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut out = Vec::new();
+        for p in 0..2 {
+            out.push(hexpulse_lake::unit::chain(&lake_handle, &up.topic, p).await);
+        }
+        out
+    });
+    let watermarks = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create::<BaseConsumer>()
+        .map(|c| {
+            (0..2)
+                .map(|p| c.fetch_watermarks(&up.topic, p, Duration::from_secs(10)))
+                .collect::<Vec<_>>()
+        });
+    eprintln!("partitions at the end: log watermarks {watermarks:?}, lake chains {chains:?}");
     let summary = accounted(&out);
     eprintln!(
         "soak: {} acknowledged, accounting {}",

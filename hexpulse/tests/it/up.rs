@@ -65,6 +65,18 @@ pub fn accounted(out: &std::process::Output) -> serde_json::Value {
     summary
 }
 
+/// The `hexpulse` binary these tests run: `HEXPULSE_TEST_BIN`, or the one cargo built. (A copy
+/// keeps a long soak on one build while the workspace is rebuilt: the soak restarts processors.)
+pub fn bin() -> String {
+    std::env::var("HEXPULSE_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_hexpulse").into())
+}
+
+/// The `RUST_LOG` of the processes these tests start: `HEXPULSE_TEST_LOG`, or warnings only.
+/// (`HEXPULSE_TEST_LOG=info make soak` shows the processors' rebalances and re-reads.)
+pub fn log_filter() -> String {
+    std::env::var("HEXPULSE_TEST_LOG").unwrap_or_else(|_| "warn".into())
+}
+
 pub fn root() -> String {
     hexpulse_common::testenv::repo_root().display().to_string()
 }
@@ -103,7 +115,7 @@ impl Up {
         brokers: &str,
         args: &[&str],
     ) -> Up {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hexpulse"))
+        let mut child = Command::new(bin())
             .arg("up")
             .args(args)
             .envs(Self::env_for(&config, brokers, &topic, dir.path()))
@@ -111,7 +123,7 @@ impl Up {
             .env("HEXPULSE__PROCESS__LISTEN", "127.0.0.1:0")
             .env("HEXPULSE__QUERY__LISTEN", "127.0.0.1:0")
             .env("HEXPULSE__SIMULATE__DEVICES", "300")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_filter())
             .stdout(Stdio::piped())
             .spawn()
             .expect("hexpulse up");
@@ -182,14 +194,14 @@ impl Up {
 
     /// A `hexpulse` command with the same config, topic, registry and lake.
     pub fn command(&self, brokers: &str) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_hexpulse"));
+        let mut c = Command::new(bin());
         c.envs(Self::env_for(
             &self.config,
             brokers,
             &self.topic,
             self.dir.path(),
         ))
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", log_filter());
         c
     }
 

@@ -167,7 +167,17 @@ async fn a_unit_interrupted_after_its_gate_commit_is_completed_on_resume() {
     let fresh = Lake::open(dir.path().to_str().unwrap()).unwrap();
     let offsets = |r: Vec<(String, i32, i64)>| r.into_iter().map(|x| x.2).collect::<Vec<_>>();
     assert_eq!(offsets(rows(&fresh).await), vec![0, 1, 2, 3]);
+    let unfinished = unit::Chain {
+        end: Some(9),
+        unfinished: true,
+    };
+    assert_eq!(unit::chain(&fresh, "t", 0).await.unwrap(), unfinished);
     assert_eq!(unit::resume(&fresh, "t", 0).await.unwrap(), 10);
+    let finished = unit::Chain {
+        unfinished: false,
+        ..unfinished
+    };
+    assert_eq!(unit::chain(&fresh, "t", 0).await.unwrap(), finished);
     let mut all = offsets(rows(&fresh).await);
     all.sort();
     assert_eq!(all, (0..=9).collect::<Vec<_>>());
