@@ -274,6 +274,35 @@ enum BenchCmd {
     Lake(bench_lake::LakeArgs),
 }
 
+/// `println!` that returns a closed stdout as an error (`hexpulse lake files | head`), where
+/// `println!` panics; `main` ends quietly on it, as other command-line tools do.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(stdout_error)?
+    }};
+}
+
+/// The reader of stdout went away.
+#[derive(Debug)]
+struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        StdoutClosed.into()
+    } else {
+        anyhow::Error::new(e).context("writing to stdout")
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init_logging();
@@ -299,7 +328,11 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(run(cli.cmd, cfg))
+    match rt.block_on(run(cli.cmd, cfg)) {
+        // The reader of stdout went away: stop as a killed-by-SIGPIPE tool would (128 + 13).
+        Err(e) if e.is::<StdoutClosed>() => std::process::exit(141),
+        r => r,
+    }
 }
 
 fn open_registry(cfg: &Config) -> anyhow::Result<Registry> {
@@ -318,7 +351,7 @@ fn open_registry(cfg: &Config) -> anyhow::Result<Registry> {
 async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
     match cmd {
         Cmd::Config => {
-            println!("{}", serde_json::to_string_pretty(&cfg.redacted())?);
+            out!("{}", serde_json::to_string_pretty(&cfg.redacted())?);
             Ok(())
         }
         Cmd::Ingest => {
@@ -475,7 +508,7 @@ async fn seal_once(cfg: &Config, a: &SealArgs) -> anyhow::Result<()> {
                     s::Sealed::New(_) => "sealed",
                     s::Sealed::Already(_) => "already sealed",
                 };
-                println!(
+                out!(
                     "epoch {id} {what}{}: {} .. {}, {} devices, root {}, {}",
                     if m.forced { " (forced)" } else { "" },
                     m.start,
@@ -502,7 +535,7 @@ async fn epoch(cfg: Config, c: EpochCmd) -> anyhow::Result<()> {
         EpochCmd::List => {
             for id in epoch::sealed_ids(&lake).await? {
                 if let Some(m) = s::read_manifest(&lake, id).await? {
-                    println!(
+                    out!(
                         "{id:>8}  {} .. {}  {:>6} devices  root {}{}",
                         m.start,
                         m.end,
@@ -517,11 +550,11 @@ async fn epoch(cfg: Config, c: EpochCmd) -> anyhow::Result<()> {
             let m = s::read_manifest(&lake, id)
                 .await?
                 .with_context(|| format!("epoch {id} is not sealed"))?;
-            println!("{}", serde_json::to_string_pretty(&m)?);
+            out!("{}", serde_json::to_string_pretty(&m)?);
         }
         EpochCmd::Proof { epoch: id, device } => {
             let p = s::build_proof(&lake, id, &device.to_ascii_lowercase()).await?;
-            println!("{}", serde_json::to_string_pretty(&p)?);
+            out!("{}", serde_json::to_string_pretty(&p)?);
         }
         EpochCmd::Verify { proof, root } => {
             let text = if proof.as_os_str() == "-" {
@@ -541,7 +574,7 @@ async fn epoch(cfg: Config, c: EpochCmd) -> anyhow::Result<()> {
                 }
             };
             s::verify_proof(&p, &root)?;
-            println!(
+            out!(
                 "ok: device {} has {} points in epoch {} (root {root})",
                 p.device_key,
                 p.row.get("reward_points").cloned().unwrap_or_default(),
@@ -552,11 +585,11 @@ async fn epoch(cfg: Config, c: EpochCmd) -> anyhow::Result<()> {
             let b = hexpulse_lake::Lake::open(&other)?;
             let d = s::diff(&lake, &b, id).await?;
             if d.is_empty() {
-                println!("no differences");
+                out!("no differences");
             }
             for x in &d {
                 let show = |p: Option<u64>| p.map_or("-".to_string(), |p| p.to_string());
-                println!(
+                out!(
                     "{}  points {} -> {}{}",
                     x.device_key,
                     show(x.points_a),
@@ -593,7 +626,7 @@ async fn compact(cfg: Config, closed_after: Option<Duration>) -> anyhow::Result<
     );
     let done = compact::compact_closed(&lake, cut, &opts).await?;
     for (table, date, hour, outcome) in &done {
-        println!("{table} {date} {hour:02}: {outcome:?}");
+        out!("{table} {date} {hour:02}: {outcome:?}");
     }
     eprintln!("{} hour(s) compacted", done.len());
     Ok(())
@@ -611,7 +644,7 @@ async fn lake(cfg: Config, c: LakeCmd) -> anyhow::Result<()> {
                 );
             }
             for f in compact::valid_files(&lake, &table).await? {
-                println!("{f}");
+                out!("{f}");
             }
         }
         LakeCmd::Stats => {
@@ -619,7 +652,7 @@ async fn lake(cfg: Config, c: LakeCmd) -> anyhow::Result<()> {
                 let (version, files) = lake.table(table).files().await?;
                 let rows: u64 = files.iter().filter_map(|f| f.rows).sum();
                 let version = version.map_or("-".to_string(), |v| v.to_string());
-                println!(
+                out!(
                     "{table:10} version {version:>8} {:>8} files {rows:>12} rows",
                     files.len()
                 );
@@ -641,10 +674,10 @@ async fn lake(cfg: Config, c: LakeCmd) -> anyhow::Result<()> {
             };
             for v in (0..=newest).rev().take(limit) {
                 let Some(actions) = t.commit_at(v).await? else {
-                    println!("{v:>8} (no longer in the log: covered by a checkpoint)");
+                    out!("{v:>8} (no longer in the log: covered by a checkpoint)");
                     continue;
                 };
-                println!("{}", hexpulse_lake::delta::describe_commit(v, &actions));
+                out!("{}", hexpulse_lake::delta::describe_commit(v, &actions));
             }
         }
         LakeCmd::Compact { closed_after } => compact(cfg, closed_after).await?,
@@ -761,7 +794,7 @@ async fn simulate(mut cfg: Config, a: SimArgs) -> anyhow::Result<()> {
         out["accounting"] = serde_json::to_value(&report)?;
     }
     let text = serde_json::to_string_pretty(&out)?;
-    println!("{text}");
+    out!("{text}");
     if let Some(path) = a.out {
         std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
     }
@@ -816,35 +849,36 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
     .await?;
     let base = format!("http://{}", ingest.addr);
     let qbase = format!("http://{}", query.addr);
-    println!();
-    println!("Hexpulse is up.");
-    println!("  ingest   POST {base}/v1/readings   (protobuf or JSON batches of signed readings)");
-    println!("  health   {base}/healthz  {base}/readyz");
+    out!();
+    out!("Hexpulse is up.");
+    out!("  ingest   POST {base}/v1/readings   (protobuf or JSON batches of signed readings)");
+    out!("  health   {base}/healthz  {base}/readyz");
     let metrics = ingest
         .admin_addr
         .map_or_else(|| base.clone(), |a| format!("http://{a}"));
-    println!(
+    out!(
         "  metrics  {metrics}/metrics   processor http://{}/metrics",
         processor.addr
     );
     match &admin_token {
-        Some(t) => println!(
+        Some(t) => out!(
             "  admin    {base}/v1/admin/devices   (add and remove devices; this run's token: \
              Authorization: Bearer {t})"
         ),
-        None => println!(
-            "  admin    {base}/v1/admin/devices   (the token of [ingest] admin_token_sha256)"
-        ),
+        None => {
+            out!("  admin    {base}/v1/admin/devices   (the token of [ingest] admin_token_sha256)")
+        }
     }
-    println!(
+    out!(
         "  lake     {} (Delta tables: heartbeat/ sensor/ road/ rejected/, and epochs/)",
         cfg.process.lake_url
     );
-    println!(
+    out!(
         "  broker   {}   topic {}",
-        cfg.kafka.brokers, cfg.kafka.raw_topic
+        cfg.kafka.brokers,
+        cfg.kafka.raw_topic
     );
-    println!(
+    out!(
         "  registry {} ({} simulated devices)",
         cfg.registry.path.display(),
         cfg.simulate.devices
@@ -858,31 +892,29 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
         .map(|c| format!("HEXPULSE_CONFIG={c} "))
         .unwrap_or_default();
     let env = format!("{env}{exe}");
-    println!(
+    out!(
         "  epochs   {} long (now epoch {current}); the processor seals one when every partition's \
          watermark is past its end plus the allowed lateness. Once epoch {current} has ended, to seal \
          it early and prove a device:",
         humantime::format_duration(ecfg.length)
     );
-    println!("           {env} seal --epoch {current} --force; {env} epoch show --epoch {current}");
-    println!(
+    out!("           {env} seal --epoch {current} --force; {env} epoch show --epoch {current}");
+    out!(
         "           {env} epoch proof --epoch {current} --device KEY > p.json; {env} epoch verify --proof p.json"
     );
-    println!("  map      {qbase}/");
-    println!("  query    {qbase}/openapi.json (every route)   {qbase}/v1/epochs");
-    println!("           curl -s {qbase}/v1/sql -d 'SELECT count(*) AS heartbeats FROM heartbeat'");
-    println!(
+    out!("  map      {qbase}/");
+    out!("  query    {qbase}/openapi.json (every route)   {qbase}/v1/epochs");
+    out!("           curl -s {qbase}/v1/sql -d 'SELECT count(*) AS heartbeats FROM heartbeat'");
+    out!(
         "           {qbase}/v1/coverage?bbox=13.0,52.3,13.8,52.7&res=8   (GeoJSON hexes around Berlin)"
     );
-    println!("           {qbase}/v1/deadzones?bbox=13.0,52.3,13.8,52.7&res=8");
-    println!(
-        "           {qbase}/v1/sensors/series?metric=pm2_5&bbox=13.0,52.3,13.8,52.7&interval=5m"
-    );
-    println!(
+    out!("           {qbase}/v1/deadzones?bbox=13.0,52.3,13.8,52.7&res=8");
+    out!("           {qbase}/v1/sensors/series?metric=pm2_5&bbox=13.0,52.3,13.8,52.7&interval=5m");
+    out!(
         "           {qbase}/v1/tiles/coverage/{{z}}/{{x}}/{{y}}.mvt   (vector tiles: coverage, air, road)"
     );
-    println!("Ctrl-C stops everything.");
-    println!();
+    out!("Ctrl-C stops everything.");
+    out!();
     let traffic = if no_traffic {
         None
     } else {
@@ -904,7 +936,7 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
     if let Some(t) = traffic
         && let Ok(summary) = t.await
     {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        out!("{}", serde_json::to_string_pretty(&summary)?);
     }
     Ok(())
 }
@@ -916,7 +948,7 @@ async fn bench(cfg: Config, b: BenchCmd) -> anyhow::Result<()> {
                 hexpulse_load_tests::bench::raw_verify_rates(Duration::from_secs(3))
             })
             .await?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
+            out!("{}", serde_json::to_string_pretty(&r)?);
             Ok(())
         }
         BenchCmd::Ingest {

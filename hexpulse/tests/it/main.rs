@@ -1,6 +1,7 @@
 //! End-to-end tests of the `hexpulse` binary: real processes, the real broker, a real lake.
 
 mod accounting;
+mod cli;
 mod crash;
 mod faults;
 mod k8s;
