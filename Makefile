@@ -10,10 +10,11 @@ UP_BROKER_PORT ?= 9092
 UP_PARTITIONS ?= 6
 UP_ARGS ?=
 
-.PHONY: up test soak lint bench fuzz build assets broker-install broker-up broker-down help
+.PHONY: up reset test soak lint bench fuzz build assets broker-install broker-up broker-down help
 
 help:
 	@echo "make up    - run the whole pipeline on this machine (local broker, local lake, demo traffic)"
+	@echo "make reset - forget make up's data: stop its broker, delete the broker's topics and this clone's .run/ (lake, registry)"
 	@echo "make test  - run the whole test suite (starts and stops its own broker)"
 	@echo "make lint  - rustfmt and clippy"
 	@echo "make soak  - the soak test for 30 minutes (SOAK=2h for longer; make test runs 3 minutes)"
@@ -25,6 +26,9 @@ assets:
 	scripts/assets.sh
 
 build: assets
+	@if [ ! -x $(CARGO_TARGET_DIR)/release/hexpulse ]; then \
+	  echo "building the release binary into $(CARGO_TARGET_DIR)/release: the first build compiles every"; \
+	  echo "dependency (about 20 minutes on 2 cores, less on more); later builds take a minute or two"; fi
 	cargo build --release --locked -p hexpulse
 
 fuzz:
@@ -43,6 +47,14 @@ broker-down:
 up: broker-up build
 	HEXPULSE_CONFIG=config/demo.toml HEXPULSE__KAFKA__BROKERS=127.0.0.1:$(UP_BROKER_PORT) \
 	  $(CARGO_TARGET_DIR)/release/hexpulse up $(UP_ARGS)
+
+# The broker's state is machine-wide (in the cache, shared by every clone); the lake and the registry
+# are this clone's (.run/). Both go, so that the next `make up` starts empty.
+reset:
+	@if pgrep -f '[r]elease/hexpulse up' >/dev/null; then echo "make up is running: stop it (Ctrl-C) first" >&2; exit 1; fi
+	scripts/broker.sh stop $(UP_BROKER_PORT)
+	rm -rf $(HEXPULSE_CACHE)/run/broker-$(UP_BROKER_PORT) .run
+	@echo "reset: the broker on port $(UP_BROKER_PORT) has no topics, and .run/ (lake, registry) is gone"
 
 test:
 	scripts/test.sh
