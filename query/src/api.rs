@@ -179,13 +179,24 @@ fn area(
     default_res: u8,
     bbox: Option<Bbox>,
 ) -> ApiResult<Area> {
+    area_at(snap, p, default_res, bbox, hexpulse_common::time::now_ms())
+}
+
+/// [`area`], with the default time window ending relative to `now_ms`.
+fn area_at(
+    snap: &Snapshot,
+    p: &HashMap<String, String>,
+    default_res: u8,
+    bbox: Option<Bbox>,
+    now_ms: i64,
+) -> ApiResult<Area> {
     let bbox = match bbox {
         Some(b) => b,
         None => Bbox::parse(p.get("bbox").map(String::as_str).unwrap_or("")).map_err(bad_param)?,
     };
     let res =
         params::resolution(p, default_res.min(snap.finest()), snap.finest()).map_err(bad_param)?;
-    let range = TimeRange::parse(p, hexpulse_common::time::now_ms(), DAY_MS).map_err(bad_param)?;
+    let range = TimeRange::parse(p, now_ms, DAY_MS).map_err(bad_param)?;
     Ok(Area { bbox, res, range })
 }
 
@@ -831,9 +842,13 @@ pub(crate) async fn road_hexes(
     ))
 }
 
+/// The step in which a tile's default (sliding) time window moves.
+const TILE_WINDOW_STEP_MS: i64 = 60_000;
+
 /// `GET /v1/tiles/{layer}/{z}/{x}/{y}.mvt` for the layers `coverage`, `air` and `road`
 /// (`?metric=` picks the air metric, default pm2_5; `from`/`to` as elsewhere). The ETag is the data
-/// version and the request, so an unchanged lake answers 304.
+/// version, the request and its time window, so an unchanged lake answers 304 (within the minute, for
+/// a window that slides).
 pub(crate) async fn tile(
     State(st): State<Arc<AppState>>,
     Path((layer, z, x, y)): Path<(String, u8, u32, String)>,
@@ -862,24 +877,6 @@ pub(crate) async fn tile(
             format!("layer {layer:?}: one of coverage, air, road"),
         ));
     }
-    let mut query: Vec<(&String, &String)> = p.iter().collect();
-    query.sort();
-    let etag = {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        h.update(format!("{}|{layer}|{z}|{x}|{y}|{query:?}", snap.version));
-        format!("\"{}\"", hex::encode(&h.finalize()[..12]))
-    };
-    // Without from/to the window slides with the clock: such tiles may be cached briefly only.
-    let pinned = p.contains_key("from") && p.contains_key("to");
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == etag)
-        && pinned
-    {
-        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
-    }
     let (w, s, e, n) = mvt::tile_bounds(z, x, y);
     let bbox = Bbox {
         west: w,
@@ -890,10 +887,34 @@ pub(crate) async fn tile(
     // Hexes crossing the tile's edge belong to every tile they touch (each tile draws its part),
     // so the box is grown by two hex edges for the centre test.
     let bbox = bbox.grown(params::edge_km(params::resolution_for_zoom(z).min(snap.finest())) * 2.0);
+    // Without from/to the window slides with the clock: such tiles may be cached briefly only, and
+    // their window moves in whole minutes, so that a tile is the same for a minute on an unchanged
+    // lake (the ETag names the window).
+    let pinned = p.contains_key("from") && p.contains_key("to");
+    let now = (hexpulse_common::time::now_ms() as u64).div_ceil(TILE_WINDOW_STEP_MS as u64) as i64
+        * TILE_WINDOW_STEP_MS;
     let mut tp = p.clone();
     tp.remove("res");
     tp.insert("zoom".into(), z.to_string());
-    let a = area(&snap, &tp, 8, Some(bbox))?;
+    let a = area_at(&snap, &tp, 8, Some(bbox), now)?;
+    let mut query: Vec<(&String, &String)> = p.iter().collect();
+    query.sort();
+    let etag = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(format!(
+            "{}|{layer}|{z}|{x}|{y}|{query:?}|{}|{}",
+            snap.version, a.range.from_ms, a.range.to_ms
+        ));
+        format!("\"{}\"", hex::encode(&h.finalize()[..12]))
+    };
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
     let mut lb = mvt::LayerBuilder::new(&layer, z, x, y);
     let newest = match layer.as_str() {
         "coverage" => {
