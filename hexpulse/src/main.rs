@@ -814,8 +814,17 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
         let mut bytes = [0u8; 32];
         std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
         let token = hex::encode(bytes);
-        cfg.ingest.admin_token_sha256 =
-            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+        let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+        cfg.ingest.admin_token_sha256 = sha256.clone();
+        // The query service's admin role too: its /metrics, raw tables and every group.
+        cfg.query
+            .auth
+            .tokens
+            .push(hexpulse_query::config::TokenConfig {
+                name: "make-up-admin".into(),
+                role: "admin".into(),
+                sha256,
+            });
         Some(token)
     } else {
         None
@@ -857,13 +866,21 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
         .admin_addr
         .map_or_else(|| base.clone(), |a| format!("http://{a}"));
     out!(
-        "  metrics  {metrics}/metrics   processor http://{}/metrics",
-        processor.addr
+        "  metrics  {metrics}/metrics   processor http://{}/metrics   query {}/metrics{}",
+        processor.addr,
+        query
+            .admin_addr
+            .map_or_else(|| qbase.clone(), |a| format!("http://{a}")),
+        if query.admin_addr.is_none() && admin_token.is_some() {
+            " (with the admin token below)"
+        } else {
+            ""
+        }
     );
     match &admin_token {
         Some(t) => out!(
-            "  admin    {base}/v1/admin/devices   (add and remove devices; this run's token: \
-             Authorization: Bearer {t})"
+            "  admin    {base}/v1/admin/devices   (add and remove devices; this run's token, for the \
+             query service's admin role too: Authorization: Bearer {t})"
         ),
         None => {
             out!("  admin    {base}/v1/admin/devices   (the token of [ingest] admin_token_sha256)")

@@ -426,8 +426,9 @@ pub(crate) async fn deadzones(
 /// tracks are never listed: road rows are not read here.
 pub(crate) async fn device_hexes(
     State(st): State<Arc<AppState>>,
-    Path((id, device)): Path<(i64, String)>,
+    Path((id, device)): Path<(u64, String)>,
 ) -> ApiResult<Response> {
+    let id = crate::server::epoch_id(id);
     let snap = st.catalog.context().1;
     let device = device.to_ascii_lowercase();
     if device.len() != 64 || !device.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -437,11 +438,13 @@ pub(crate) async fn device_hexes(
             "device: 64 hex digits",
         ));
     }
-    let (start, end) = st
-        .cfg
-        .epoch
-        .bounds(id)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_param", format!("epoch: {e}")))?;
+    let (start, end) = st.cfg.epoch.bounds(id).map_err(|e| {
+        error(
+            StatusCode::NOT_FOUND,
+            "no_epoch",
+            format!("epoch {id}: {e}"),
+        )
+    })?;
     let res = st.cfg.epoch.hex_resolution.min(snap.finest());
     let a = Area {
         bbox: Bbox {
@@ -890,6 +893,9 @@ pub(crate) async fn tile(
     // Without from/to the window slides with the clock: such tiles may be cached briefly only, and
     // their window moves in whole minutes, so that a tile is the same for a minute on an unchanged
     // lake (the ETag names the window).
+    if let Some(m) = p.get("metric") {
+        params::name("metric", m).map_err(bad_param)?;
+    }
     let pinned = p.contains_key("from") && p.contains_key("to");
     let now = (hexpulse_common::time::now_ms() as u64).div_ceil(TILE_WINDOW_STEP_MS as u64) as i64
         * TILE_WINDOW_STEP_MS;

@@ -3,43 +3,142 @@
 
 use serde_json::{Value, json};
 
-fn param(name: &str, location: &str, required: bool, description: &str) -> Value {
+/// A parameter whose value is `schema`.
+fn typed(name: &str, location: &str, required: bool, description: &str, schema: Value) -> Value {
     json!({"name": name, "in": location, "required": required, "description": description,
-           "schema": {"type": "string"}})
+           "schema": schema})
+}
+
+/// A non-empty text parameter.
+fn param(name: &str, location: &str, required: bool, description: &str) -> Value {
+    typed(
+        name,
+        location,
+        required,
+        description,
+        json!({"type": "string", "minLength": 1}),
+    )
+}
+
+/// A sensor metric or observation name (`params::name`).
+fn name_param(name: &str, required: bool, description: &str) -> Value {
+    typed(
+        name,
+        "query",
+        required,
+        description,
+        json!({"type": "string", "pattern": "^[a-z0-9_]{1,32}$"}),
+    )
+}
+
+/// A time: RFC 3339 or milliseconds since 1970.
+fn time_param(name: &str, description: &str) -> Value {
+    typed(
+        name,
+        "query",
+        false,
+        description,
+        json!({"anyOf": [
+            {"type": "string", "format": "date-time"},
+            {"type": "integer", "minimum": 0, "maximum": 253_402_300_799_999_i64}
+        ]}),
+    )
+}
+
+/// A box: four numbers, west,south,east,north (west < east, south < north).
+fn bbox_param(required: bool, description: &str) -> Value {
+    typed(
+        "bbox",
+        "query",
+        required,
+        description,
+        json!({"type": "array", "minItems": 4, "maxItems": 4, "prefixItems": [
+            {"type": "number", "minimum": -180, "maximum": 180},
+            {"type": "number", "minimum": -90, "maximum": 90},
+            {"type": "number", "minimum": -180, "maximum": 180},
+            {"type": "number", "minimum": -90, "maximum": 90}
+        ]}),
+    )
+    .as_object()
+    .cloned()
+    .map(|mut o| {
+        o.insert("style".into(), json!("form"));
+        o.insert("explode".into(), json!(false));
+        Value::Object(o)
+    })
+    .expect("an object")
+}
+
+fn epoch_id() -> Value {
+    typed(
+        "id",
+        "path",
+        true,
+        "epoch id",
+        json!({"type": "integer", "minimum": 0, "maximum": i64::MAX}),
+    )
+}
+
+fn device_key() -> Value {
+    typed(
+        "device",
+        "path",
+        true,
+        "device key: 64 hex digits (its Ed25519 public key)",
+        json!({"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}),
+    )
 }
 
 fn area_params() -> Vec<Value> {
     vec![
-        param("bbox", "query", true, "west,south,east,north in degrees"),
-        param(
+        bbox_param(true, "west,south,east,north in degrees"),
+        typed(
             "res",
             "query",
             false,
             "H3 resolution (default 8; at most the finest the lake stores)",
+            json!({"type": "integer", "minimum": 0, "maximum": 15}),
         ),
-        param("zoom", "query", false, "web-map zoom, instead of res"),
-        param(
+        typed(
+            "zoom",
+            "query",
+            false,
+            "web-map zoom, instead of res",
+            json!({"type": "integer", "minimum": 0, "maximum": 24}),
+        ),
+        time_param(
             "from",
-            "query",
-            false,
-            "RFC 3339 or ms since 1970 (default: to minus 24 h)",
+            "RFC 3339 or ms since 1970 (default: to minus 24 h; before to)",
         ),
-        param(
+        time_param(
             "to",
-            "query",
-            false,
-            "RFC 3339 or ms since 1970 (default: now)",
+            "RFC 3339 or ms since 1970 (default: a minute from now)",
         ),
     ]
 }
 
+/// An operation answering 200 with one of the media types `content` lists (separated by ", ").
 fn op(summary: &str, group: &str, params: Vec<Value>, content: &str) -> Value {
+    let mut v = op_without_404(summary, group, params, content);
+    let has_path = v["parameters"]
+        .as_array()
+        .is_some_and(|ps| ps.iter().any(|p| p["in"] == "path"));
+    if has_path {
+        v["responses"]["404"] = json!({"$ref": "#/components/responses/Error"});
+    }
+    v
+}
+
+fn op_without_404(summary: &str, group: &str, params: Vec<Value>, content: &str) -> Value {
     json!({
         "summary": summary,
         "x-hexpulse-group": group,
         "parameters": params,
         "responses": {
-            "200": {"description": "OK", "content": {content: {}}},
+            "200": {"description": "OK", "content": content
+                .split(", ")
+                .map(|c| (c.to_string(), json!({})))
+                .collect::<serde_json::Map<_, _>>()},
             "400": {"$ref": "#/components/responses/Error"},
             "401": {"$ref": "#/components/responses/Error"},
             "403": {"$ref": "#/components/responses/Error"},
@@ -49,61 +148,90 @@ fn op(summary: &str, group: &str, params: Vec<Value>, content: &str) -> Value {
     })
 }
 
-/// The document.
-pub fn document() -> Value {
+/// The document. `max_features`: the configured cap on hexes per answer.
+pub fn document(max_features: usize) -> Value {
     let geo = "application/geo+json";
     let mut cov = area_params();
-    cov.push(param("metric", "query", false, "devices | heartbeats | best_signal_dbm | median_signal_dbm | speed_tests | median_download_mbps"));
+    cov.push(typed(
+        "metric",
+        "query",
+        false,
+        "the metric the map colours by (default devices)",
+        json!({"enum": ["devices", "heartbeats", "best_signal_dbm", "median_signal_dbm", "speed_tests", "median_download_mbps"]}),
+    ));
     let mut dead = area_params();
-    dead.push(param(
+    dead.push(typed(
         "weak_dbm",
         "query",
         false,
         "best signal below this counts as weak (default -110)",
+        json!({"type": "number"}),
     ));
-    dead.push(param(
+    dead.push(typed(
         "limit",
         "query",
         false,
         "at most this many hexes (default 200)",
+        json!({"type": "integer", "minimum": 1, "maximum": max_features}),
     ));
     let mut sens = area_params();
-    sens.push(param("metric", "query", true, "sensor metric, e.g. pm2_5"));
+    sens.push(name_param("metric", true, "sensor metric, e.g. pm2_5"));
     let series = vec![
-        param("metric", "query", true, "sensor metric, e.g. pm2_5"),
-        param("cell", "query", false, "an H3 cell (or give bbox)"),
-        param(
-            "bbox",
+        name_param("metric", true, "sensor metric, e.g. pm2_5"),
+        typed(
+            "cell",
             "query",
             false,
-            "west,south,east,north (or give cell)",
+            "an H3 cell, e.g. 881f1d4b7ffffff (give cell or bbox, not both)",
+            json!({"type": "string", "pattern": "^[0-9a-fA-F]{15}$"}),
         ),
-        param("from", "query", false, "RFC 3339 or ms"),
-        param("to", "query", false, "RFC 3339 or ms"),
-        param(
+        bbox_param(false, "west,south,east,north (or give cell)"),
+        time_param("from", "RFC 3339 or ms (default: to minus 24 h; before to)"),
+        time_param("to", "RFC 3339 or ms (default: a minute from now)"),
+        typed(
             "interval",
             "query",
             false,
-            "bucket length, e.g. 15m or 1h (default 1h)",
+            "bucket length from 1m to 7d, e.g. 15m or 1h (default 1h)",
+            json!({"type": "string", "pattern": "^([1-9][0-9]{0,3}m|([1-9]|[1-9][0-9]|1[0-5][0-9]|16[0-8])h|[1-7]d)$"}),
         ),
     ];
     let mut road = area_params();
-    road.push(param(
-        "type",
-        "query",
-        false,
-        "observation type, e.g. pothole",
-    ));
+    road.push(name_param("type", false, "observation type, e.g. pothole"));
     let tile = vec![
-        param("layer", "path", true, "coverage | air | road"),
-        param("z", "path", true, "zoom"),
-        param("x", "path", true, "tile column"),
-        param("y", "path", true, "tile row, with the .mvt suffix"),
-        param("metric", "query", false, "air layer metric (default pm2_5)"),
-        param("from", "query", false, "RFC 3339 or ms"),
-        param("to", "query", false, "RFC 3339 or ms"),
+        typed(
+            "layer",
+            "path",
+            true,
+            "the hex layer",
+            json!({"enum": ["coverage", "air", "road"]}),
+        ),
+        typed(
+            "z",
+            "path",
+            true,
+            "zoom",
+            json!({"type": "integer", "minimum": 0, "maximum": 24}),
+        ),
+        typed(
+            "x",
+            "path",
+            true,
+            "tile column, below 2^z",
+            json!({"type": "integer", "minimum": 0, "maximum": 16_777_215}),
+        ),
+        typed(
+            "y",
+            "path",
+            true,
+            "tile row, below 2^z, with the .mvt suffix",
+            json!({"type": "string", "pattern": "^[0-9]{1,8}\\.mvt$"}),
+        ),
+        name_param("metric", false, "air layer metric (default pm2_5)"),
+        time_param("from", "RFC 3339 or ms (default: to minus 24 h; before to)"),
+        time_param("to", "RFC 3339 or ms (default: a minute from now)"),
     ];
-    let id = param("id", "path", true, "epoch id");
+    let id = epoch_id();
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -128,16 +256,16 @@ pub fn document() -> Value {
             "/v1/sql": {"post": {
                 "summary": "Read-only SQL (SELECT, WITH, EXPLAIN); the answer by Accept: JSON, text/csv or application/vnd.apache.arrow.stream. H3 functions: h3_latlng_to_cell, h3_cell_to_parent, h3_cell_to_string, h3_string_to_cell, h3_cell_to_boundary, h3_grid_disk, h3_grid_distance, h3_cell_resolution, h3_cell_to_lat, h3_cell_to_lng. Tables road and rejected need the raw group.",
                 "x-hexpulse-group": "sql",
-                "requestBody": {"required": true, "content": {"text/plain": {}, "application/json": {"schema": {"type": "object", "properties": {"sql": {"type": "string"}}}}}},
-                "responses": {"200": {"description": "rows"}, "400": {"$ref": "#/components/responses/Error"}, "403": {"$ref": "#/components/responses/Error"}, "408": {"$ref": "#/components/responses/Error"}, "413": {"$ref": "#/components/responses/Error"}}
+                "requestBody": {"required": true, "content": {"text/plain": {"schema": {"type": "string", "minLength": 1}}, "application/json": {"schema": {"type": "object", "required": ["sql"], "properties": {"sql": {"type": "string", "minLength": 1}}}}}},
+                "responses": {"200": {"description": "rows", "content": {"application/json": {}, "text/csv": {}, "application/vnd.apache.arrow.stream": {}}}, "400": {"$ref": "#/components/responses/Error"}, "403": {"$ref": "#/components/responses/Error"}, "408": {"$ref": "#/components/responses/Error"}, "413": {"$ref": "#/components/responses/Error"}}
             }},
             "/v1/epochs": {"get": op("Sealed epochs with their Merkle roots", "epochs", vec![], "application/json")},
             "/v1/epochs/{id}/manifest": {"get": op("An epoch's manifest", "epochs", vec![id.clone()], "application/json")},
-            "/v1/epochs/{id}/devices": {"get": op("Per-device summaries: JSON, CSV or Parquet (Accept or ?format=)", "epochs", vec![id.clone(), param("format", "query", false, "json | csv | parquet")], "application/json")},
-            "/v1/epochs/{id}/proof/{device}": {"get": op("A device's Merkle inclusion proof", "epochs", vec![id, param("device", "path", true, "device key, hex")], "application/json")},
-            "/v1/epochs/{id}/devices/{device}/hexes": {"get": op("The cells where a fixed device reported during an epoch (GeoJSON; never dashcam tracks)", "epochs", vec![param("id", "path", true, "epoch id"), param("device", "path", true, "device key, hex")], geo)},
+            "/v1/epochs/{id}/devices": {"get": op("Per-device summaries: JSON, CSV or Parquet (Accept or ?format=)", "epochs", vec![id.clone(), typed("format", "query", false, "the answer format (default by Accept, else json)", json!({"enum": ["json", "csv", "parquet", "arrow"]}))], "application/json, text/csv, application/vnd.apache.parquet, application/vnd.apache.arrow.stream")},
+            "/v1/epochs/{id}/proof/{device}": {"get": op("A device's Merkle inclusion proof", "epochs", vec![id, device_key()], "application/json")},
+            "/v1/epochs/{id}/devices/{device}/hexes": {"get": op("The cells where a fixed device reported during an epoch (GeoJSON; never dashcam tracks)", "epochs", vec![epoch_id(), device_key()], geo)},
             "/": {"get": op("The map page", "map", vec![], "text/html")},
-            "/assets/{file}": {"get": op("The map page's assets (embedded)", "map", vec![param("file", "path", true, "app.js, app.css, vendor/...")], "text/javascript")},
+            "/assets/{file}": {"get": op("The map page's assets (embedded)", "map", vec![param("file", "path", true, "app.js, app.css, vendor/...")], "text/javascript, text/css")},
             "/map/config.json": {"get": op("The map page's start-up settings", "map", vec![], "application/json")},
             "/openapi.json": {"get": op("This document", "meta", vec![], "application/json")},
             "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "ok"}}}},

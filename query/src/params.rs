@@ -97,6 +97,9 @@ pub struct TimeRange {
     pub to_ms: i64,
 }
 
+/// The span of a nanosecond timestamp (`i64` ns since 1970), in whole ms within it.
+const NS_TIMESTAMP_MS: (i64, i64) = (i64::MIN / 1_000_000 + 1, i64::MAX / 1_000_000);
+
 /// The latest time a parameter may name: the end of year 9999 (RFC 3339's last year), ms.
 pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
 
@@ -149,11 +152,14 @@ impl TimeRange {
         Ok(TimeRange { from_ms, to_ms })
     }
 
+    /// The SQL filter on `event_time`. Times outside what a nanosecond timestamp holds (1677..2262)
+    /// are clamped to its ends: no stored row lies beyond them, and DataFusion refuses such literals.
     pub fn sql(&self) -> String {
+        let clamp = |ms: i64| ms.clamp(NS_TIMESTAMP_MS.0, NS_TIMESTAMP_MS.1);
         format!(
             "event_time >= '{}' AND event_time < '{}'",
-            rfc3339(self.from_ms),
-            rfc3339(self.to_ms)
+            rfc3339(clamp(self.from_ms)),
+            rfc3339(clamp(self.to_ms))
         )
     }
 }
@@ -270,6 +276,11 @@ mod tests {
         assert_eq!(t.from_ms, 1_795_305_600_000);
         assert!(TimeRange::parse(&p(&[("from", "yesterday")]), 0, 1).is_err());
         assert!(TimeRange::parse(&p(&[("from", "10"), ("to", "5")]), 0, 1).is_err());
+        let far = TimeRange::parse(&p(&[("to", "253402300799998")]), 0, 1).unwrap();
+        assert_eq!(
+            far.sql(),
+            "event_time >= '2262-04-11T23:47:16.854Z' AND event_time < '2262-04-11T23:47:16.854Z'"
+        );
 
         assert_eq!(resolution(&p(&[]), 8, 12), Ok(8));
         assert_eq!(resolution(&p(&[("zoom", "13")]), 8, 12), Ok(8));

@@ -224,6 +224,45 @@ pub(crate) fn error(status: StatusCode, code: &str, message: impl std::fmt::Disp
         .into_response()
 }
 
+/// Every error answer in the documented JSON form: axum's own rejections (a path or query that does
+/// not parse, a wrong method, a body of the wrong type) and the timeout layer answer plain text or
+/// nothing; their text becomes the message.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "time_limit",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "bad_body",
+        s if s.is_server_error() => "internal",
+        _ => "error",
+    };
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let message = match String::from_utf8_lossy(&text).trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_string(),
+        t => t.to_string(),
+    };
+    let mut out = error(status, code, message);
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
 fn sql_error(e: SqlError) -> Response {
     error(
         StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
@@ -289,6 +328,7 @@ impl Query {
             });
         }
         let handle = hexpulse_common::telemetry::metrics_handle();
+        let max_features = state.cfg.max_features;
         let admin_addr = match state.cfg.admin_listen {
             Some(a) => Some(serve_admin(a, state.clone(), shutdown.clone()).await?),
             None => None,
@@ -348,7 +388,8 @@ impl Query {
             )
             .route(
                 "/openapi.json",
-                get(|| async { axum::Json(crate::openapi::document()) }).layer(group("meta")),
+                get(move || async move { axum::Json(crate::openapi::document(max_features)) })
+                    .layer(group("meta")),
             )
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(ready))
@@ -366,10 +407,12 @@ impl Query {
             .layer(axum::middleware::from_fn(count_requests))
             .with_state(state);
         tracing::info!(%addr, "query service listening");
-        let app = app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            request_timeout,
-        ));
+        let app = app
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                request_timeout,
+            ))
+            .layer(axum::middleware::map_response(json_errors));
         let task = tokio::spawn(async move {
             hexpulse_common::serve::serve(
                 listener,
@@ -531,20 +574,28 @@ async fn ready(State(s): State<Arc<AppState>>) -> Response {
 }
 
 /// The answer format: `?format=` first, then `Accept`.
-fn wanted_format(headers: &HeaderMap, params: &HashMap<String, String>) -> &'static str {
+fn wanted_format(
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+) -> Result<&'static str, Response> {
     if let Some(f) = params.get("format") {
         return match f.as_str() {
-            "csv" => "csv",
-            "parquet" => "parquet",
-            "arrow" => "arrow",
-            _ => "json",
+            "json" => Ok("json"),
+            "csv" => Ok("csv"),
+            "parquet" => Ok("parquet"),
+            "arrow" => Ok("arrow"),
+            other => Err(error(
+                StatusCode::BAD_REQUEST,
+                "bad_param",
+                format!("format {other:?}: one of json, csv, parquet, arrow"),
+            )),
         };
     }
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if accept.contains("text/csv") {
+    Ok(if accept.contains("text/csv") {
         "csv"
     } else if accept.contains(ARROW_STREAM) {
         "arrow"
@@ -552,7 +603,7 @@ fn wanted_format(headers: &HeaderMap, params: &HashMap<String, String>) -> &'sta
         "parquet"
     } else {
         "json"
-    }
+    })
 }
 
 /// An answer body that refuses to grow past `max` bytes.
@@ -651,14 +702,13 @@ async fn run_sql(
         Ok(q) => q,
         Err(e) => return sql_error(e),
     };
+    let format = match wanted_format(&headers, &params) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
     let allow_raw = caller.as_ref().is_some_and(|c| s.auth.allows(c, "raw"));
     let resp = match s.run(query, allow_raw, s.cfg.max_rows).await {
-        Ok((schema, batches)) => respond(
-            wanted_format(&headers, &params),
-            &schema,
-            &batches,
-            s.cfg.max_answer_bytes,
-        ),
+        Ok((schema, batches)) => respond(format, &schema, &batches, s.cfg.max_answer_bytes),
         Err(e) => sql_error(e),
     };
     tracing::debug!(caller = caller.as_ref().map_or("?", |c| c.label()), status = %resp.status(), elapsed = ?started.elapsed(), "sql");
@@ -735,7 +785,13 @@ async fn load_manifest(s: &AppState, id: i64) -> Result<seal::Manifest, Response
     }
 }
 
-async fn manifest(State(s): State<Arc<AppState>>, Path(id): Path<i64>) -> Response {
+/// An epoch id from a path (unsigned there; ids past `i64::MAX` name no epoch).
+pub(crate) fn epoch_id(id: u64) -> i64 {
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
+
+async fn manifest(State(s): State<Arc<AppState>>, Path(id): Path<u64>) -> Response {
+    let id = epoch_id(id);
     match load_manifest(&s, id).await {
         Ok(m) => axum::Json(m).into_response(),
         Err(r) => r,
@@ -744,15 +800,19 @@ async fn manifest(State(s): State<Arc<AppState>>, Path(id): Path<i64>) -> Respon
 
 async fn devices(
     State(s): State<Arc<AppState>>,
-    Path(id): Path<i64>,
+    Path(id): Path<u64>,
     headers: HeaderMap,
     QueryParams(params): QueryParams<HashMap<String, String>>,
 ) -> Response {
+    let id = epoch_id(id);
     let m = match load_manifest(&s, id).await {
         Ok(m) => m,
         Err(r) => return r,
     };
-    let format = wanted_format(&headers, &params);
+    let format = match wanted_format(&headers, &params) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
     let lake = s.catalog.lake();
     if format == "parquet" {
         let Some(out) = m.output(tables::DEVICE_SUMMARY_TABLE) else {
@@ -779,8 +839,9 @@ async fn devices(
 
 async fn proof(
     State(s): State<Arc<AppState>>,
-    Path((id, device)): Path<(i64, String)>,
+    Path((id, device)): Path<(u64, String)>,
 ) -> Response {
+    let id = epoch_id(id);
     match seal::build_proof(s.catalog.lake(), id, &device.to_ascii_lowercase()).await {
         Ok(p) => axum::Json(p).into_response(),
         Err(e) => error(StatusCode::NOT_FOUND, "no_proof", e),

@@ -77,6 +77,18 @@ fn make_up_started_again_goes_on_without_duplicates() {
         "the demo fleet's 300 devices are listed: {listed:?}"
     );
     assert_eq!(devices("not-the-token").0, 401);
+    // The same token opens the query service's /metrics (its admin role); none does not.
+    let metrics = |token: Option<&str>| {
+        block_on(async {
+            let mut r = reqwest::Client::new().get(format!("{}/metrics", up.query));
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            r.send().await.unwrap().status().as_u16()
+        })
+    };
+    assert_eq!(metrics(Some(&token)), 200);
+    assert_eq!(metrics(None), 401);
     let heartbeats = "SELECT count(*) AS n FROM heartbeat";
     wait_until("demo readings in the lake", Duration::from_secs(60), || {
         count(&up.query, heartbeats) > 0
