@@ -1,7 +1,8 @@
 // End-to-end test of the map page in Debian's Chromium, driven by playwright-core (no browser
 // download). Usage: node web/e2e.mjs QUERY_BASE_URL SCREENSHOT_PATH
 // Loads the page, waits for rendered hexes, switches layers, clicks a hex and checks the popup's
-// numbers against the API, and saves a screenshot. Exit status 0 only if every check held.
+// numbers against the API, and saves a screenshot; then loads it in a Chromium without WebGL and
+// checks the fallback table. Exit status 0 only if every check held.
 import { chromium } from 'playwright-core';
 
 const [base, shot] = process.argv.slice(2);
@@ -118,5 +119,26 @@ try {
   if (outside.length) fail(`requests left Hexpulse: ${outside.slice(0, 5).join(' ')}`);
 } finally {
   await browser.close();
+}
+
+// Plain headless Chromium (no SwiftShader) has no WebGL 2: the page says what to enable and lists
+// the hexes as a table.
+const plain = await chromium.launch({
+  executablePath,
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-3d-apis', '--no-first-run', '--disable-quic',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+try {
+  const page = await plain.newPage({ viewport: { width: 1200, height: 800 } });
+  page.on('pageerror', (e) => log(`page error (no WebGL): ${e}`));
+  await page.goto(`${base}/`);
+  await page.waitForSelector('#no-webgl tr.hex', { timeout: 30_000 })
+    .catch(() => fail('without WebGL: no table of hexes'));
+  const text = await page.textContent('#no-webgl');
+  if (!text.includes('needs WebGL 2') || !text.includes('--use-angle=swiftshader')) fail(`without WebGL: the page does not say what to enable: ${text.slice(0, 200)}`);
+  log(`without WebGL: a message and ${await page.locator('#no-webgl tr.hex').count()} hexes in a table`);
+} finally {
+  await plain.close();
 }
 console.log('e2e: ok');

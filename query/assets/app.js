@@ -273,16 +273,54 @@ function baseStyle() {
   };
 }
 
+/** Whether this browser gives a page a WebGL 2 context (MapLibre needs one). */
+function hasWebgl2() {
+  try {
+    return !!document.createElement('canvas').getContext('webgl2');
+  } catch {
+    return false;
+  }
+}
+
+/** Without WebGL 2: the coverage hexes around the configured centre as a table, and what to enable. */
+async function showWithoutWebgl(why) {
+  $('map').hidden = true;
+  $('legend').hidden = true;
+  $('no-webgl').hidden = false;
+  const [lng, lat] = state.config.center;
+  const bbox = [lng - 0.5, lat - 0.5, lng + 0.5, lat + 0.5]
+    .map((v, i) => Math.max(i % 2 ? -90 : -180, Math.min(i % 2 ? 90 : 180, v)).toFixed(5)).join(',');
+  const w = timeWindow();
+  $('no-webgl-what').textContent = `(${why}) Coverage hexes at resolution 8 within half a degree of ${lat.toFixed(3)}, ${lng.toFixed(3)}, ${state.rangeMs / 3_600_000} hours to now, most devices first:`;
+  try {
+    const fc = await api(`/v1/coverage?bbox=${bbox}&res=8&from=${w.from}&to=${w.to}`);
+    const rows = fc.features.map((f) => f.properties)
+      .sort((a, b) => b.devices - a.devices || b.heartbeats - a.heartbeats).slice(0, 200);
+    const cols = ['cell', 'devices', 'heartbeats', 'best_signal_dbm', 'median_signal_dbm', 'speed_tests', 'median_download_mbps'];
+    $('no-webgl-table').innerHTML = `<tr>${cols.map((c) => `<th>${c}</th>`).join('')}</tr>`
+      + rows.map((p) => `<tr class="hex">${cols.map((c) => `<td>${fmt(p[c])}</td>`).join('')}</tr>`).join('');
+    status(fc.freshness);
+  } catch (e) {
+    $('no-webgl-table').textContent = String(e);
+  }
+}
+
 async function main() {
   state.config = await api('/map/config.json');
   if (!state.config.bundle) {
     $('no-bundle').hidden = false;
     return;
   }
+  if (!hasWebgl2()) {
+    await showWithoutWebgl('no WebGL 2 context');
+    return;
+  }
   const q = new URLSearchParams(window.location.search);
   if (q.get('from') && q.get('to')) state.frozen = { from: Number(q.get('from')), to: Number(q.get('to')) };
   state.window = timeWindow();
-  const map = new maplibregl.Map({
+  let map;
+  try {
+    map = new maplibregl.Map({
     container: 'map',
     style: state.config.style_url || baseStyle(),
     center: state.config.center,
@@ -290,7 +328,11 @@ async function main() {
     attributionControl: false,
     transformRequest: (url) => (url.startsWith(origin) && token
       ? { url, headers: { Authorization: `Bearer ${token}` } } : { url }),
-  });
+    });
+  } catch (e) {
+    await showWithoutWebgl(String(e));
+    return;
+  }
   state.map = map;
   window.hexpulse = { map, state, maplibregl, refreshAll };
   map.addControl(new maplibregl.NavigationControl(), 'top-left');

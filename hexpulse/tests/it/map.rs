@@ -1,7 +1,8 @@
 //! The map page end to end: `hexpulse up` with simulated traffic, then Debian's Chromium (driven by
 //! playwright-core, `web/e2e.mjs`) loads the page, waits for rendered hexes, switches layers,
 //! clicks a hex and checks the popup against the API, opens the epoch view of an (early-sealed)
-//! epoch and shows a device's hexes, and saves a screenshot under `test-output/`.
+//! epoch and shows a device's hexes, and saves a screenshot under `test-output/`; without WebGL
+//! (plain headless Chromium) the page lists the hexes in a table and says what to enable.
 
 use std::process::Command;
 use std::time::Duration;
