@@ -377,6 +377,13 @@ fn soak_under_mixed_traffic_and_faults() {
                 .collect::<Vec<_>>()
         });
     eprintln!("partitions at the end: log watermarks {watermarks:?}, lake chains {chains:?}");
+    let mismatched = crate::up::summary(&out)["accounting"]["examples"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !mismatched.is_empty() {
+        post_mortem(&brokers, &up.topic, &lake, &mismatched);
+    }
     let summary = accounted(&out);
     eprintln!(
         "soak: {} acknowledged, accounting {}",
@@ -406,4 +413,85 @@ fn soak_under_mixed_traffic_and_faults() {
             "`up` grew from {a} MiB to {b} MiB"
         );
     }
+}
+
+/// Where the readings the accounting names (`device <key prefix> seq <n>`) are: in the raw topic
+/// (partition and offset), and in the lake's Delta tables as delta-rs's Python binding reads them
+/// (independent of our reader and of the query service). Tells a lost reading from an invisible one.
+fn post_mortem(brokers: &str, topic: &str, lake: &std::path::Path, examples: &[Value]) {
+    use hexpulse_schemas::wire::{SignedReading, envelope};
+    use prost::Message;
+    use rdkafka::Message as _;
+    let wanted: Vec<(String, u64)> = examples
+        .iter()
+        .filter_map(|e| {
+            let w: Vec<&str> = e.as_str()?.split_whitespace().collect();
+            let at = w.iter().position(|x| *x == "device")?;
+            Some((w.get(at + 1)?.to_string(), w.get(at + 3)?.parse().ok()?))
+        })
+        .collect();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-post-mortem"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..2 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+    let (mut read, mut quiet) = (0u64, 0);
+    while quiet < 20 {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) else {
+            quiet += 1;
+            continue;
+        };
+        quiet = 0;
+        read += 1;
+        let value = m.payload().unwrap_or_default();
+        let signed = envelope::decode(value).map_or(value, |e| e.signed);
+        let Ok(item) = SignedReading::decode(signed) else {
+            continue;
+        };
+        let Ok(reading) = hexpulse_schemas::check::decode_payload(&item) else {
+            continue;
+        };
+        let key = hex::encode(&item.public_key);
+        if wanted
+            .iter()
+            .any(|(k, seq)| key.starts_with(k.as_str()) && *seq == reading.seq)
+        {
+            eprintln!(
+                "post-mortem: device {key} seq {} is in the raw topic: partition {} offset {}",
+                reading.seq,
+                m.partition(),
+                m.offset()
+            );
+        }
+    }
+    eprintln!("post-mortem: read {read} records of the raw topic");
+    let Some(python) = testenv::python_or_skip("soak post-mortem") else {
+        return;
+    };
+    let seqs: Vec<String> = wanted.iter().map(|w| w.1.to_string()).collect();
+    let script = format!(
+        "import deltalake, sys\n\
+         for t in ['heartbeat', 'sensor', 'road', 'rejected']:\n\
+         \x20   d = deltalake.DeltaTable('{}/' + t)\n\
+         \x20   rows = d.to_pyarrow_table(filters=[('seq', 'in', [{}])], columns=['device_key', 'seq', 'src_partition', 'src_offset']).to_pylist()\n\
+         \x20   print('post-mortem: lake', t, 'version', d.version(), rows)\n",
+        lake.display(),
+        seqs.join(", ")
+    );
+    let out = std::process::Command::new(python)
+        .args(["-c", &script])
+        .output()
+        .expect("python");
+    eprintln!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
