@@ -65,7 +65,9 @@ def stages(results):
     if ingest:
         raw = ingest["raw_verify"]["batch128_per_s"]
         out.append(stage("raw Ed25519 batch verify, one core", round(raw), "verifies/s", None, "reference", None,
-                         "hexpulse bench ingest (raw_verify)", note=f"single verify {ingest['raw_verify']['single_per_s']:.0f}/s"))
+                         "hexpulse bench ingest (raw_verify)", note=f"single verify {ingest['raw_verify']['single_per_s']:.0f}/s"
+                         + (f"; our rule (ZIP-215, ed25519-zebra): batch of 128 {ingest['raw_verify']['batch128_rule_per_s']:.0f}/s, "
+                            f"single {ingest['raw_verify']['single_rule_per_s']:.0f}/s" if "batch128_rule_per_s" in ingest["raw_verify"] else "")))
         rv = ingest["raw_verify"]
         if "ingest200_bad1pct_planned_per_s" in rv:
             out.append(stage("ingest verifier, 1% bad signatures (two in each batch of 200)",

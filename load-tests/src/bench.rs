@@ -19,8 +19,14 @@ use crate::fleet::{Fleet, KindMix};
 /// Single-core verification rates of this machine, in verifies per second.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct VerifyRates {
+    /// ed25519-dalek's `verify_strict`, one signature at a time.
     pub single_per_s: f64,
+    /// `sign::verify` (ZIP-215 through ed25519-zebra, and the small-order `R` refusal), one at a time.
+    pub single_rule_per_s: f64,
+    /// ed25519-dalek's `verify_batch` over 128 signatures.
     pub batch128_per_s: f64,
+    /// `sign::verify_batch` (ZIP-215 through ed25519-zebra) over the same 128, all valid: one batch.
+    pub batch128_rule_per_s: f64,
     /// Ingest's verifier over batches of 200, all valid.
     pub ingest200_clean_per_s: f64,
     /// The same with 1% bad signatures (two in each batch of 200), the verifier not expecting them
@@ -58,6 +64,18 @@ pub fn raw_verify_rates(each: Duration) -> VerifyRates {
     }
     let single = done as f64 / t.elapsed().as_secs_f64();
 
+    let mut done = 0usize;
+    let t = Instant::now();
+    while t.elapsed() < each {
+        for i in 0..64 {
+            let j = (done + i) % n;
+            let payload = &msgs[j][sign::DOMAIN_PREFIX.len()..];
+            assert!(sign::verify(&vks[j], payload, &sigs[j]).is_ok());
+        }
+        done += 64;
+    }
+    let single_rule = done as f64 / t.elapsed().as_secs_f64();
+
     let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
     let mut done = 0usize;
     let t = Instant::now();
@@ -70,6 +88,23 @@ pub fn raw_verify_rates(each: Duration) -> VerifyRates {
         done += 128;
     }
     let batch128 = done as f64 / t.elapsed().as_secs_f64();
+
+    let mut done = 0usize;
+    let t = Instant::now();
+    while t.elapsed() < each {
+        let j = (done / 128 % (n / 128)) * 128;
+        let items: Vec<sign::BatchItem<'_>> = (j..j + 128)
+            .map(|i| sign::BatchItem {
+                key: &vks[i],
+                payload: &msgs[i][sign::DOMAIN_PREFIX.len()..],
+                signature: &sigs[i],
+            })
+            .collect();
+        let (ok, stats) = sign::verify_batch(&items);
+        assert!(ok.iter().all(|v| *v) && stats.batch_checks == 1);
+        done += 128;
+    }
+    let batch128_rule = done as f64 / t.elapsed().as_secs_f64();
 
     // Ingest's verifier on batches of 200: clean, and with two bad signatures in each (items 57 and
     // 141, signed by another device's key), blind or planned from the running share.
@@ -101,7 +136,9 @@ pub fn raw_verify_rates(each: Duration) -> VerifyRates {
     };
     VerifyRates {
         single_per_s: single,
+        single_rule_per_s: single_rule,
         batch128_per_s: batch128,
+        batch128_rule_per_s: batch128_rule,
         ingest200_clean_per_s: rate_of(false, false),
         ingest200_bad1pct_blind_per_s: rate_of(true, false),
         ingest200_bad1pct_planned_per_s: rate_of(true, true),

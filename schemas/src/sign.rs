@@ -2,8 +2,9 @@
 //!
 //! The signed message is [`DOMAIN_PREFIX`] followed by the payload bytes exactly as sent. The prefix
 //! keeps a Hexpulse signature from being valid in any other protocol that signs raw bytes with the
-//! same key. Verification uses the RFC 8032 "strict" rules of ed25519-dalek (canonical `S`,
-//! no small-order `R`), and keys of small order are refused before any signature is looked at.
+//! same key. Verification follows ZIP-215 (ed25519-zebra: canonical `S`, the cofactored equation),
+//! the same rule alone and in a batch, and refuses a small-order `R`; keys of small order are refused
+//! before any signature is looked at. Signing uses ed25519-dalek.
 //!
 //! [`verify_batch`] checks many signatures with one multiscalar multiplication. When a batch fails,
 //! its items are checked again in smaller batches, and the items of a failing small batch one by one.
@@ -98,14 +99,47 @@ pub fn parse_signature(bytes: &[u8]) -> Result<Signature, SignatureError> {
     Ok(Signature::from_bytes(arr))
 }
 
-/// Verifies one signature over `DOMAIN_PREFIX || payload`.
+/// Verifies one signature over `DOMAIN_PREFIX || payload`, under the rule every verification here
+/// follows, one item or a batch (see [`accepts`]).
 pub fn verify(
     key: &VerifyingKey,
     payload: &[u8],
     signature: &Signature,
 ) -> Result<(), SignatureError> {
-    key.verify_strict(&signing_message(payload), signature)
-        .map_err(|_| SignatureError::Invalid)
+    if accepts(key, &signing_message(payload), signature) {
+        Ok(())
+    } else {
+        Err(SignatureError::Invalid)
+    }
+}
+
+/// The acceptance rule: ZIP-215's (canonical `S`, the cofactored equation
+/// `[8][S]B = [8]R + [8][k]A`), which a batch check and a single check share (ed25519-zebra), and
+/// `R` not of small order (our own refusal, made the same way in both). Keys of small order are
+/// refused when parsed ([`parse_public_key`]). ed25519-dalek's `verify_strict` checks the
+/// cofactorless equation and its batch a randomised cofactorless one, so a signature whose `R` has
+/// a small-order component failed alone and passed some batches, depending on its neighbours.
+fn accepts(key: &VerifyingKey, message: &[u8], signature: &Signature) -> bool {
+    !r_is_small_order(signature)
+        && ed25519_zebra::VerificationKey::try_from(key.to_bytes())
+            .and_then(|k| k.verify(signature, message))
+            .is_ok()
+}
+
+/// One batch check of ZIP-215's equation over the items whose `R` is not of small order (those are
+/// refused without it): true when every one of them holds.
+fn batch_holds_zip215(keys: &[VerifyingKey], messages: &[&[u8]], signatures: &[Signature]) -> bool {
+    let mut batch = ed25519_zebra::batch::Verifier::new();
+    for ((k, m), s) in keys.iter().zip(messages).zip(signatures) {
+        if !r_is_small_order(s) {
+            batch.queue((
+                ed25519_zebra::VerificationKeyBytes::from(k.to_bytes()),
+                *s,
+                *m,
+            ));
+        }
+    }
+    batch.verify(rand10::rng()).is_ok()
 }
 
 /// One item of a batch verification.
@@ -139,8 +173,8 @@ pub fn verify_batch(items: &[BatchItem<'_>]) -> (Vec<bool>, BatchStats) {
 /// whole run when bad signatures are rare, smaller batches as they get common. A failing batch is
 /// checked again the same way, now expecting at least one bad item in it, down to single
 /// verifications. An item is accepted only if a batch containing it verified (and its `R` is not of
-/// small order) or it verified alone under the strict rules, so the expectation changes the cost,
-/// never a verdict.
+/// small order) or it verified alone, under the same rule ([`accepts`]), so the expectation changes
+/// the cost, never a verdict.
 pub fn verify_batch_expecting(items: &[BatchItem<'_>], bad_share: f64) -> (Vec<bool>, BatchStats) {
     let mut ok = vec![false; items.len()];
     let mut stats = BatchStats::default();
@@ -317,12 +351,11 @@ impl<'a> Span<'a> {
         }
     }
 
-    /// One batch check; when the equation holds, marks the items valid unless a signature's `R` is of
-    /// small order (refused by the strict rules, which the batch equation does not cover; canonical
-    /// `S` is checked by dalek).
+    /// One batch check; when it holds, marks the items valid, except those whose `R` is of small
+    /// order (refused by [`accepts`] too, and left out of the equation).
     fn batch_holds(&self, ok: &mut [bool], stats: &mut BatchStats) -> bool {
         stats.batch_checks += 1;
-        if ed25519_dalek::verify_batch(self.messages, self.signatures, self.keys).is_err() {
+        if !batch_holds_zip215(self.keys, self.messages, self.signatures) {
             return false;
         }
         for (i, sig) in self.signatures.iter().enumerate() {
@@ -334,15 +367,13 @@ impl<'a> Span<'a> {
     fn singly(&self, ok: &mut [bool], stats: &mut BatchStats) {
         for i in 0..self.len() {
             stats.single_checks += 1;
-            ok[self.offset + i] = self.keys[i]
-                .verify_strict(self.messages[i], &self.signatures[i])
-                .is_ok();
+            ok[self.offset + i] = accepts(&self.keys[i], self.messages[i], &self.signatures[i]);
         }
     }
 }
 
-/// True when the signature's `R` is an encoding of a point of small order (refused by
-/// `verify_strict`). A table look-up: decompressing `R` again would cost about a fifth of a verification.
+/// True when the signature's `R` is an encoding of a point of small order (refused here; ZIP-215
+/// alone would accept it). A table look-up: decompressing `R` again would cost about a fifth of a verification.
 fn r_is_small_order(signature: &Signature) -> bool {
     small_order_encodings()
         .iter()

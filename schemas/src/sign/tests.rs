@@ -209,3 +209,52 @@ fn small_order_table_is_exactly_the_weak_encodings() {
         assert!(!r.is_weak());
     }
 }
+
+/// A signature by `k` over `payload` whose `R` has a component of order 8: `R = [r]B + T`, with
+/// `S = r + H(R || A || M)·a`. The cofactored equation holds; the cofactorless one does not.
+fn mixed_order_signature(k: &SigningKey, payload: &[u8], r: u8) -> Signature {
+    use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+    use curve25519_dalek::scalar::Scalar;
+    use sha2::{Digest, Sha512};
+    let r = Scalar::from_bytes_mod_order([r; 32]);
+    let big_r = (ED25519_BASEPOINT_POINT * r + EIGHT_TORSION[1]).compress();
+    let mut h = Sha512::new();
+    h.update(big_r.as_bytes());
+    h.update(k.verifying_key().as_bytes());
+    h.update(signing_message(payload));
+    let kk = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+    let s = r + kk * k.to_scalar();
+    let mut bytes = [0u8; 64];
+    bytes[..32].copy_from_slice(big_r.as_bytes());
+    bytes[32..].copy_from_slice(s.as_bytes());
+    Signature::from_bytes(&bytes)
+}
+
+#[test]
+fn one_item_and_a_batch_accept_the_same_signatures() {
+    let k = key(9);
+    let vk = k.verifying_key();
+    for r in 1..=24u8 {
+        let payload = vec![r; 12];
+        let mixed = mixed_order_signature(&k, &payload, r);
+        // The cofactorless rule refuses it; ed25519-dalek's batch took some of these (the
+        // coefficient of the item a multiple of 8), which made the verdict depend on the batch.
+        assert!(
+            vk.verify_strict(&signing_message(&payload), &mixed)
+                .is_err()
+        );
+        assert_eq!(verify(&vk, &payload, &mixed), Ok(()), "ZIP-215 accepts it");
+        let mut f = Fixture::new(40, &[]);
+        f.vks[17] = vk;
+        f.payloads[17] = payload;
+        f.sigs[17] = mixed;
+        // As one batch (nothing bad expected) and one by one (everything bad expected).
+        for share in [0.0, 1.0] {
+            let (ok, _) = verify_batch_expecting(&f.items(), share);
+            assert!(
+                ok.iter().all(|v| *v),
+                "r {r}, expected share {share}: {ok:?}"
+            );
+        }
+    }
+}
