@@ -109,9 +109,12 @@ impl Auth {
         })
     }
 
-    /// Whether anonymous callers may use `group`.
+    /// Whether anonymous callers may use `group`. `"*"` among the public groups opens every group
+    /// but `raw` (dashcam tracks and rejected messages): that one is public only when named.
     pub fn is_public(&self, group: &str) -> bool {
-        grants(&self.public, group)
+        self.public
+            .iter()
+            .any(|g| g == group || (g == "*" && group != "raw"))
     }
 
     /// Whether `caller` may use `group`.
@@ -227,6 +230,20 @@ mod tests {
             })
         );
         assert!(a.check(Some("Bearer admin-secret"), "raw").is_ok());
+    }
+
+    #[test]
+    fn a_public_wildcard_opens_everything_but_raw_rows() {
+        let mut cfg = AuthConfig {
+            public: vec!["*".into()],
+            ..AuthConfig::default()
+        };
+        let a = Auth::new(&cfg).unwrap();
+        assert_eq!(a.check(None, "sql"), Ok(Caller::Anonymous));
+        assert!(a.check(None, "raw").is_err());
+        cfg.public.push("raw".into());
+        let a = Auth::new(&cfg).unwrap();
+        assert_eq!(a.check(None, "raw"), Ok(Caller::Anonymous));
     }
 
     #[test]
