@@ -153,7 +153,7 @@ mod tests {
     #[test]
     fn default_rules_parse_and_hash_is_of_the_bytes() {
         let r = Rules::load(None).unwrap();
-        assert_eq!(r.version, "2026.11.2");
+        assert_eq!(r.version, "2026.11.3");
         assert_eq!(r.hash.len(), 64);
         let r2 = Rules::parse(&format!("{DEFAULT_RULES}\n")).unwrap();
         assert_ne!(r.hash, r2.hash, "any byte change changes the hash");

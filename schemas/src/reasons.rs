@@ -29,9 +29,9 @@ pub enum RejectReason {
     Duplicate,
     /// Latitude/longitude out of range, not finite, or null island.
     LocationInvalid,
-    /// A heartbeat too far from the device's asserted location.
+    /// A heartbeat or sensor reading too far from the device's asserted location.
     TooFarFromAsserted,
-    /// Consecutive readings imply a speed above the kind's limit.
+    /// The reading and its neighbours in device time imply a speed above the kind's limit.
     ImpossibleSpeed,
     /// A sensor metric outside its physical range.
     ValueOutOfRange,

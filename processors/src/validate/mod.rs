@@ -12,8 +12,8 @@
 //! 5. `duplicate` (same device and sequence number; an identical valid signature implies an identical
 //!    payload, hence the same sequence number);
 //! 6. `value_out_of_range` (sensor metrics);
-//! 7. `too_far_from_asserted` (heartbeats);
-//! 8. `impossible_speed` (against the device's previous valid reading);
+//! 7. `too_far_from_asserted` (heartbeats and sensor readings);
+//! 8. `impossible_speed` (against the device's valid readings just before and after it in device time);
 //! 9. `rate_exceeded`.
 //!
 //! Only valid readings enter the state, so a rejected reading never shadows a later valid one.
@@ -374,7 +374,8 @@ impl Validator {
             return with(RejectReason::ValueOutOfRange, problem, &decoded);
         }
         let asserted_distance_m = distance_m((loc.lat, loc.lng), asserted);
-        if decoded.kind == KindName::Heartbeat {
+        // Hotspots and sensors are installed where they are registered; dashcams move.
+        if decoded.kind != KindName::Road {
             let d = asserted_distance_m;
             if d > self.rules.location.max_distance_from_asserted_m {
                 return with(
@@ -384,14 +385,11 @@ impl Validator {
                 );
             }
         }
-        if let Some(prev) = state.and_then(|s| s.last)
-            && let Some(problem) = checks::speed_problem(
-                prev,
-                (r.device_time_ms, loc.lat, loc.lng),
-                decoded.kind,
-                &self.rules,
-            )
-        {
+        let here = (r.device_time_ms, loc.lat, loc.lng);
+        if let Some(problem) = state.and_then(|s| {
+            s.neighbours(r.device_time_ms)
+                .find_map(|n| checks::speed_problem(n, here, decoded.kind, &self.rules))
+        }) {
             return with(RejectReason::ImpossibleSpeed, problem, &decoded);
         }
         let window = self.rules.rate.window.as_millis() as i64;

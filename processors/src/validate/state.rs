@@ -1,14 +1,18 @@
 //! Per-device validation state.
 
+use std::collections::BTreeMap;
+
 use rustc_hash::FxHashMap as HashMap;
 
 /// What a partition remembers of one device: stored sequence numbers (with their device time, for
-/// pruning), the last valid position, and valid readings per rate window.
+/// pruning), its valid positions by device time, and valid readings per rate window.
 #[derive(Debug, Default, Clone)]
 pub struct DeviceState {
     seqs: HashMap<u64, i64>,
-    /// (device time ms, lat, lng) of the latest valid reading by device time.
-    pub last: Option<(i64, f64, f64)>,
+    /// Device time ms -> (lat, lng) of each valid reading, pruned with the sequence numbers: a new
+    /// reading's speed is checked against the readings just before and just after it in device time,
+    /// so that a backdated reading cannot jump where the newest one alone would allow.
+    fixes: BTreeMap<i64, (f64, f64)>,
     /// Valid readings per rate window (window index = device time / window length).
     windows: HashMap<i64, u32>,
 }
@@ -35,14 +39,24 @@ impl DeviceState {
                 .entry(event_ms.div_euclid(window_ms))
                 .or_default() += 1;
         }
-        if self.last.is_none_or(|(t, _, _)| event_ms >= t) {
-            self.last = Some((event_ms, lat, lng));
-        }
+        self.fixes.insert(event_ms, (lat, lng));
+    }
+
+    /// The valid positions nearest to `event_ms` in device time: the one at or before it and the one
+    /// at or after it, as `(device time ms, lat, lng)`.
+    pub fn neighbours(&self, event_ms: i64) -> impl Iterator<Item = (i64, f64, f64)> + '_ {
+        let before = self.fixes.range(..=event_ms).next_back();
+        let after = self.fixes.range(event_ms..).next();
+        before
+            .into_iter()
+            .chain(after.filter(|a| Some(a.0) != before.map(|b| b.0)))
+            .map(|(t, (lat, lng))| (*t, *lat, *lng))
     }
 
     /// Drops what is older than `horizon_ms`; returns whether anything is left.
     pub fn prune(&mut self, horizon_ms: i64, window_ms: i64) -> bool {
         self.seqs.retain(|_, t| *t >= horizon_ms);
+        self.fixes = self.fixes.split_off(&horizon_ms);
         self.windows
             .retain(|w, _| (*w + 1) * window_ms >= horizon_ms);
         !self.seqs.is_empty()

@@ -31,6 +31,13 @@ fn setup() -> Validator {
             lng: 13.405,
             owner: "b".into(),
         },
+        Device {
+            public_key: hex::encode(key(3).verifying_key().as_bytes()),
+            kind: KindName::Road,
+            lat: 52.52,
+            lng: 13.405,
+            owner: "c".into(),
+        },
     ];
     Validator::new(
         Rules::load(None).unwrap(),
@@ -147,14 +154,14 @@ fn each_rule_has_its_reason() {
         ),
         "value_out_of_range"
     );
-    // A sensor 50 km away one second later: impossible.
+    // A sensor 50 km from where it is installed.
     let mut far = sensor(4, T0 + 1000, Metric::Pm25, 10.0);
     far.location = Some(Location {
         lat: 52.97,
         lng: 13.405,
         accuracy_m: 3.0,
     });
-    assert_eq!(verdict(&mut v, 2, &far, T0 + 1000), "impossible_speed");
+    assert_eq!(verdict(&mut v, 2, &far, T0 + 1000), "too_far_from_asserted");
     // Bad signature under re-verification.
     let mut bytes =
         SignedReading::decode(encode(&key(1), &hb(7, T0, 52.52, 13.405)).as_slice()).unwrap();
@@ -219,4 +226,44 @@ fn rate_limit_and_state_rebuild() {
     );
     w.prune(T0 + 10 * 3_600_000);
     assert_eq!(w.devices(), 0);
+}
+
+/// A dashcam's reading at `t` at (`lat`, 13.405).
+fn road_at(seq: u64, t: i64, lat: f64) -> Reading {
+    let mut r = hb(seq, t, lat, 13.405);
+    r.kind = Some(Kind::Road(hexpulse_schemas::wire::Road {
+        observation: hexpulse_schemas::wire::ObservationType::Pothole as i32,
+        ..Default::default()
+    }));
+    r
+}
+
+#[test]
+fn a_backdated_reading_is_checked_against_its_neighbours_in_time() {
+    let mut v = setup();
+    let minute = 60_000;
+    // A dashcam in Berlin at T0 and still there an hour and a half later.
+    assert_eq!(verdict(&mut v, 3, &road_at(1, T0, 52.52), T0), "valid");
+    assert_eq!(
+        verdict(
+            &mut v,
+            3,
+            &road_at(2, T0 + 90 * minute, 52.52),
+            T0 + 90 * minute
+        ),
+        "valid"
+    );
+    // Backdated to a minute after T0, 300 km north: 200 km/h against the newest reading alone (under
+    // the 250 km/h limit), 18,000 km/h against the reading a minute before it.
+    let receive = T0 + 91 * minute;
+    assert_eq!(
+        verdict(&mut v, 3, &road_at(3, T0 + minute, 55.22), receive),
+        "impossible_speed"
+    );
+    // 109 km north an hour after T0 is plausible against both neighbours: 109 km/h after the
+    // reading before it, 218 km/h to the reading after it.
+    assert_eq!(
+        verdict(&mut v, 3, &road_at(4, T0 + 60 * minute, 53.50), receive),
+        "valid"
+    );
 }

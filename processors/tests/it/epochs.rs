@@ -166,7 +166,7 @@ async fn sealing_is_byte_identical_across_files_partitions_and_compaction() {
 fn scenario_rules_with_double_hour_points() -> String {
     hexpulse_lake::rules::DEFAULT_RULES
         .replace("heartbeat_hour_points = 100", "heartbeat_hour_points = 200")
-        .replace("version = \"2026.11.2\"", "version = \"test-double\"")
+        .replace("version = \"2026.11.3\"", "version = \"test-double\"")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
