@@ -794,7 +794,7 @@ mod tests {
 
     async fn run(sql: &str, budget: u64) -> Result<usize> {
         let ctx = SessionContext::new();
-        crate::udf::register(&ctx);
+        crate::udf::register(&ctx, 12);
         install(&ctx, budget);
         let batches = ctx.sql(sql).await?.collect().await?;
         Ok(batches.iter().map(|b| b.num_rows()).sum())

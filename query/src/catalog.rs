@@ -175,8 +175,6 @@ pub async fn build(
         .with_type_planner(Arc::new(crate::bounded::WideTypes))
         .build();
     let ctx = SessionContext::new_with_state(state);
-    crate::udf::register(&ctx);
-    crate::bounded::install(&ctx, max_expression_bytes);
     ctx.register_object_store(&url::Url::parse(LAKE_URL)?, lake.store().clone());
     let mut snap = Snapshot {
         built_at_ms: hexpulse_common::time::now_ms(),
@@ -199,6 +197,9 @@ pub async fn build(
         .filter_map(|f| f.name().strip_prefix("h3_r")?.parse::<u8>().ok())
         .collect();
     snap.resolutions.sort_unstable();
+    // The functions, once the finest stored resolution (for `h3_lake_cell`) is known.
+    crate::udf::register(&ctx, snap.finest());
+    crate::bounded::install(&ctx, max_expression_bytes);
     snap.watermark_ms = lake_watermark(lake).await?;
     // The epoch tables' newest snapshots: the outputs of the sealed epochs published so far.
     let mut published: BTreeMap<&str, std::collections::BTreeSet<i64>> = BTreeMap::new();

@@ -165,8 +165,9 @@ impl QueryConfig {
             max_connections: hexpulse_common::serve::default_max_connections(),
             rate_per_client: RateLimit::OFF,
             trusted_proxies: Vec::new(),
+            // Everything open, raw rows too (named: "*" alone leaves them out).
             auth: AuthConfig {
-                public: vec!["*".into()],
+                public: vec!["*".into(), "raw".into()],
                 ..AuthConfig::default()
             },
             epoch: Default::default(),

@@ -45,28 +45,16 @@ fn time_param(name: &str, description: &str) -> Value {
     )
 }
 
-/// A box: four numbers, west,south,east,north (west < east, south < north).
+/// A box: four decimal numbers, west,south,east,north (within -180..180 and -90..90, west < east,
+/// south < north: rules the description states, the pattern cannot).
 fn bbox_param(required: bool, description: &str) -> Value {
     typed(
         "bbox",
         "query",
         required,
         description,
-        json!({"type": "array", "minItems": 4, "maxItems": 4, "prefixItems": [
-            {"type": "number", "minimum": -180, "maximum": 180},
-            {"type": "number", "minimum": -90, "maximum": 90},
-            {"type": "number", "minimum": -180, "maximum": 180},
-            {"type": "number", "minimum": -90, "maximum": 90}
-        ]}),
+        json!({"type": "string", "pattern": crate::params::BBOX_PATTERN}),
     )
-    .as_object()
-    .cloned()
-    .map(|mut o| {
-        o.insert("style".into(), json!("form"));
-        o.insert("explode".into(), json!(false));
-        Value::Object(o)
-    })
-    .expect("an object")
 }
 
 fn epoch_id() -> Value {
@@ -91,7 +79,10 @@ fn device_key() -> Value {
 
 fn area_params() -> Vec<Value> {
     vec![
-        bbox_param(true, "west,south,east,north in degrees"),
+        bbox_param(
+            true,
+            "west,south,east,north in degrees (-180..180, -90..90; west < east, south < north)",
+        ),
         typed(
             "res",
             "query",
@@ -254,7 +245,7 @@ pub fn document(max_features: usize) -> Value {
             "/v1/road/hexes": {"get": op("Road observations per hex, only hexes (and observation types within them) with at least k distinct dashcams; the time window is widened to whole hours and the newest time is given to the hour", "road", road, geo)},
             "/v1/tiles/{layer}/{z}/{x}/{y}": {"get": op("Mapbox vector tile of a hex layer; ETag follows the data version", "coverage|sensors|road", tile, "application/vnd.mapbox-vector-tile")},
             "/v1/sql": {"post": {
-                "summary": "Read-only SQL (SELECT, WITH, EXPLAIN); the answer by Accept: JSON, text/csv or application/vnd.apache.arrow.stream. H3 functions: h3_latlng_to_cell, h3_cell_to_parent, h3_cell_to_string, h3_string_to_cell, h3_cell_to_boundary, h3_grid_disk, h3_grid_distance, h3_cell_resolution, h3_cell_to_lat, h3_cell_to_lng. Tables road and rejected need the raw group.",
+                "summary": "Read-only SQL (SELECT, WITH, EXPLAIN); the answer by Accept: JSON, text/csv or application/vnd.apache.arrow.stream. H3 functions: h3_latlng_to_cell, h3_lake_cell (the cell the lake stores for a point: the parent rule of TABLES.md), h3_cell_to_parent, h3_cell_to_string, h3_string_to_cell, h3_cell_to_boundary, h3_grid_disk, h3_grid_distance, h3_cell_resolution, h3_cell_to_lat, h3_cell_to_lng. Tables road and rejected need the raw group.",
                 "x-hexpulse-group": "sql",
                 "requestBody": {"required": true, "content": {"text/plain": {"schema": {"type": "string", "minLength": 1}}, "application/json": {"schema": {"type": "object", "required": ["sql"], "properties": {"sql": {"type": "string", "minLength": 1}}}}}},
                 "responses": {"200": {"description": "rows", "content": {"application/json": {}, "text/csv": {}, "application/vnd.apache.arrow.stream": {}}}, "400": {"$ref": "#/components/responses/Error"}, "403": {"$ref": "#/components/responses/Error"}, "408": {"$ref": "#/components/responses/Error"}, "413": {"$ref": "#/components/responses/Error"}}

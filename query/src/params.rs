@@ -19,6 +19,9 @@ fn bad(param: &'static str, message: impl Into<String>) -> BadParam {
     }
 }
 
+/// The form of a `bbox` parameter (the OpenAPI document states it): four decimal numbers.
+pub const BBOX_PATTERN: &str = r"^-?[0-9]+(\.[0-9]+)?(,-?[0-9]+(\.[0-9]+)?){3}$";
+
 /// West, south, east, north in degrees.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Bbox {
@@ -29,12 +32,26 @@ pub struct Bbox {
 }
 
 impl Bbox {
+    /// Four decimal numbers (`-?digits[.digits]`, as [`BBOX_PATTERN`] says), west,south,east,north.
     pub fn parse(s: &str) -> Result<Bbox, BadParam> {
+        let decimal = |x: &str| {
+            let x = x.strip_prefix('-').unwrap_or(x);
+            let (int, frac) = x.split_once('.').unwrap_or((x, "0"));
+            !int.is_empty()
+                && !frac.is_empty()
+                && int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+        };
         let v: Vec<f64> = s
             .split(',')
-            .map(|x| x.trim().parse::<f64>())
-            .collect::<Result<_, _>>()
-            .map_err(|_| bad("bbox", "bbox must be four numbers: west,south,east,north"))?;
+            .map(|x| {
+                if decimal(x) {
+                    x.parse::<f64>().ok()
+                } else {
+                    None
+                }
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("bbox", "bbox must be four numbers: west,south,east,north"))?;
         let [west, south, east, north] = v[..] else {
             return Err(bad(
                 "bbox",
@@ -262,6 +279,17 @@ mod tests {
         assert!(b.contains(48.85, 2.3));
         assert!(!b.contains(48.85, 2.6));
         assert_eq!(Bbox::parse("1,2,3").unwrap_err().param, "bbox");
+        for loose in [
+            "1, 2,3,4",
+            "+1,2,3,4",
+            "1e0,2,3,4",
+            ".5,2,3,4",
+            "1.,2,3,4",
+            "inf,2,3,4",
+        ] {
+            assert!(Bbox::parse(loose).is_err(), "{loose}");
+        }
+        assert!(Bbox::parse("-1.5,2,3,4.25").is_ok());
         assert!(Bbox::parse("3,2,1,4").is_err());
         assert!(Bbox::parse("0,-91,1,1").is_err());
         let g = b.grown(1.0);

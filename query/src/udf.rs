@@ -3,6 +3,7 @@
 //! | function | arguments | result |
 //! |---|---|---|
 //! | `h3_latlng_to_cell(lat, lng, res)` | degrees, degrees, 0..=15 | `UInt64` cell |
+//! | `h3_lake_cell(lat, lng, res)` | degrees, degrees, 0..=the finest stored | `UInt64`: the cell the lake stores for the point (TABLES.md's parent rule: the parent at `res` of the point's cell at the finest stored resolution) |
 //! | `h3_cell_to_parent(cell, res)` | cell, coarser resolution | `UInt64` cell |
 //! | `h3_cell_to_string(cell)` | cell | `Utf8`, the usual hex form (`882a100d25fffff`) |
 //! | `h3_string_to_cell(text)` | hex form | `UInt64` cell |
@@ -39,6 +40,7 @@ pub const MAX_DISK_K: i64 = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Op {
     LatLngToCell,
+    LakeCell,
     CellToParent,
     CellToString,
     StringToCell,
@@ -51,8 +53,9 @@ enum Op {
 }
 
 impl Op {
-    const ALL: [Op; 10] = [
+    const ALL: [Op; 11] = [
         Op::LatLngToCell,
+        Op::LakeCell,
         Op::CellToParent,
         Op::CellToString,
         Op::StringToCell,
@@ -67,6 +70,7 @@ impl Op {
     fn name(self) -> &'static str {
         match self {
             Op::LatLngToCell => "h3_latlng_to_cell",
+            Op::LakeCell => "h3_lake_cell",
             Op::CellToParent => "h3_cell_to_parent",
             Op::CellToString => "h3_cell_to_string",
             Op::StringToCell => "h3_string_to_cell",
@@ -83,7 +87,7 @@ impl Op {
     fn inputs(self) -> Vec<DataType> {
         use DataType::*;
         match self {
-            Op::LatLngToCell => vec![Float64, Float64, Int64],
+            Op::LatLngToCell | Op::LakeCell => vec![Float64, Float64, Int64],
             Op::CellToParent | Op::GridDisk => vec![UInt64, Int64],
             Op::StringToCell => vec![Utf8],
             Op::GridDistance => vec![UInt64, UInt64],
@@ -97,7 +101,9 @@ impl Op {
 
     fn output(self) -> DataType {
         match self {
-            Op::LatLngToCell | Op::CellToParent | Op::StringToCell => DataType::UInt64,
+            Op::LatLngToCell | Op::LakeCell | Op::CellToParent | Op::StringToCell => {
+                DataType::UInt64
+            }
             Op::CellToString | Op::CellToBoundary => DataType::Utf8,
             Op::GridDisk => DataType::List(Arc::new(Field::new_list_field(DataType::UInt64, true))),
             Op::GridDistance | Op::CellResolution => DataType::Int64,
@@ -109,6 +115,8 @@ impl Op {
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct H3Udf {
     op: Op,
+    /// The finest resolution the lake stores (for `h3_lake_cell`).
+    finest: Resolution,
     signature: Signature,
 }
 
@@ -156,16 +164,19 @@ impl ScalarUDFImpl for H3Udf {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let out = eval(self.op, &arrays)?;
+        let out = eval(self.op, self.finest, &arrays)?;
         Ok(ColumnarValue::Array(out))
     }
 }
 
-/// Registers every H3 function with `ctx`.
-pub fn register(ctx: &SessionContext) {
+/// Registers every H3 function with `ctx`; `finest` is the finest resolution the lake stores (the
+/// parent rule's F, for `h3_lake_cell`; registering again replaces the functions).
+pub fn register(ctx: &SessionContext, finest: u8) {
+    let finest = Resolution::try_from(finest.min(15)).unwrap_or(Resolution::Twelve);
     for op in Op::ALL {
         ctx.register_udf(ScalarUDF::new_from_impl(H3Udf {
             op,
+            finest,
             signature: Signature::user_defined(Volatility::Immutable),
         }));
     }
@@ -225,9 +236,9 @@ fn boundary_geojson(c: CellIndex) -> String {
     serde_json::json!({"type": "Polygon", "coordinates": [cell_ring(c)]}).to_string()
 }
 
-fn eval(op: Op, a: &[ArrayRef]) -> Result<ArrayRef> {
+fn eval(op: Op, finest: Resolution, a: &[ArrayRef]) -> Result<ArrayRef> {
     Ok(match op {
-        Op::LatLngToCell => {
+        Op::LatLngToCell | Op::LakeCell => {
             let (lat, lng) = (
                 a[0].as_primitive::<Float64Type>(),
                 a[1].as_primitive::<Float64Type>(),
@@ -240,12 +251,21 @@ fn eval(op: Op, a: &[ArrayRef]) -> Result<ArrayRef> {
                     continue;
                 }
                 let r = resolution(op, res.value(i))?;
+                if op == Op::LakeCell && r > finest {
+                    return exec_err!(
+                        "h3_lake_cell: the lake stores cells down to resolution {finest}, not {r}"
+                    );
+                }
                 match LatLng::new(lat.value(i), lng.value(i)) {
                     Ok(ll)
                         if (-90.0..=90.0).contains(&lat.value(i))
                             && (-180.0..=180.0).contains(&lng.value(i)) =>
                     {
-                        out.append_value(u64::from(ll.to_cell(r)));
+                        let c = match op {
+                            Op::LakeCell => ll.to_cell(finest).parent(r),
+                            _ => Some(ll.to_cell(r)),
+                        };
+                        out.append_option(c.map(u64::from));
                     }
                     _ => out.append_null(),
                 }
@@ -341,7 +361,7 @@ mod tests {
     #[tokio::test]
     async fn functions_work_on_columns_and_literals() {
         let ctx = SessionContext::new();
-        register(&ctx);
+        register(&ctx, 12);
         let df = ctx
             .sql("SELECT h3_cell_to_string(h3_latlng_to_cell(48.8566, 2.3522, 8)) AS s")
             .await

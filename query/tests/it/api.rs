@@ -86,6 +86,17 @@ async fn sql_and_epochs_over_a_processed_lake() {
         .unwrap();
     let base = format!("http://{}", q.addr);
 
+    // Every stored cell column is what `h3_lake_cell` (TABLES.md's parent rule) gives.
+    let (status, v) = sql_json(
+        &base,
+        "SELECT count(*) AS n, sum(CASE WHEN h3_r8 <> h3_lake_cell(lat, lng, 8) OR h3_r12 <> \
+         h3_lake_cell(lat, lng, 12) THEN 1 ELSE 0 END) AS off FROM heartbeat",
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v[0]["n"].as_u64().is_some_and(|n| n > 0), "{v}");
+    assert_eq!(v[0]["off"].as_u64(), Some(0), "{v}");
+
     // Counts match what the processors wrote.
     let heartbeats = sc
         .expected_valid()

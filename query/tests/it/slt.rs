@@ -67,7 +67,7 @@ async fn h3_functions_pass_their_slt_files() {
     for f in files {
         let mut runner = sqllogictest::Runner::new(|| async {
             let ctx = SessionContext::new();
-            hexpulse_query::udf::register(&ctx);
+            hexpulse_query::udf::register(&ctx, 12);
             Ok(Db { ctx })
         });
         if let Err(e) = runner.run_file_async(&f).await {
