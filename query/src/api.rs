@@ -358,13 +358,17 @@ pub(crate) async fn deadzones(
     let snap = st.catalog.context().1;
     let a = area(&snap, &p, 8, None)?;
     let weak_dbm: f64 = match p.get("weak_dbm") {
-        Some(s) => s.parse().map_err(|_| {
-            error(
-                StatusCode::BAD_REQUEST,
-                "bad_param",
-                "weak_dbm: a number such as -110",
-            )
-        })?,
+        Some(s) => s
+            .parse()
+            .ok()
+            .filter(|v: &f64| v.is_finite())
+            .ok_or_else(|| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_param",
+                    "weak_dbm: a number such as -110",
+                )
+            })?,
         None => -110.0,
     };
     let limit: usize = match p.get("limit") {
@@ -628,17 +632,9 @@ pub(crate) async fn sensor_series(
     let metric = metric_param(&p)?;
     let range = TimeRange::parse(&p, hexpulse_common::time::now_ms(), DAY_MS).map_err(bad_param)?;
     let secs = params::interval(p.get("interval"), 3600, 60, 7 * 86_400).map_err(bad_param)?;
-    let buckets = (range.to_ms - range.from_ms) / (secs as i64 * 1000);
-    if buckets > st.cfg.max_features as i64 {
-        return Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_many_points",
-            format!("{buckets} intervals; ask for a longer interval or a shorter range"),
-        ));
-    }
     let place = match (p.get("cell"), p.get("bbox")) {
         (Some(c), None) => {
-            let cell = CellIndex::from_str(c.trim()).map_err(|_| {
+            let cell = CellIndex::from_str(c).map_err(|_| {
                 error(
                     StatusCode::BAD_REQUEST,
                     "bad_param",
@@ -672,6 +668,15 @@ pub(crate) async fn sensor_series(
             ));
         }
     };
+    // Every parameter is checked before the answer's size: a malformed request is a 400.
+    let buckets = (range.to_ms - range.from_ms) / (secs as i64 * 1000);
+    if buckets > st.cfg.max_features as i64 {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_points",
+            format!("{buckets} intervals; ask for a longer interval or a shorter range"),
+        ));
+    }
     let ms = secs * 1000;
     let sql = format!(
         "SELECT CAST(event_time AS BIGINT) / {ms} * {ms} AS t, count(*) AS n, avg(value) AS mean, \
@@ -859,7 +864,11 @@ pub(crate) async fn tile(
     QueryParams(p): QueryParams<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let snap = st.catalog.context().1;
-    let Some(y) = y.strip_suffix(".mvt").and_then(|v| v.parse::<u32>().ok()) else {
+    let Some(y) = y
+        .strip_suffix(".mvt")
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u32>().ok())
+    else {
         return Err(error(
             StatusCode::NOT_FOUND,
             "no_tile",

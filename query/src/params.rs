@@ -251,9 +251,20 @@ pub fn interval(
     let Some(s) = s else {
         return Ok(default_s);
     };
-    let d = humantime::parse_duration(s)
-        .map_err(|_| bad("interval", "interval must be a duration like 15m or 1h"))?;
-    let secs = d.as_secs();
+    // A whole number of minutes, hours or days (the OpenAPI pattern), nothing looser.
+    let unit = match s.as_bytes().last() {
+        Some(b'm') => 60,
+        Some(b'h') => 3600,
+        Some(b'd') => 86_400,
+        _ => 0,
+    };
+    let digits = &s[..s.len().saturating_sub(1)];
+    let secs = digits
+        .parse::<u64>()
+        .ok()
+        .filter(|_| unit > 0 && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| bad("interval", "interval must be a duration like 15m, 1h or 1d"))?;
     if !(min_s..=max_s).contains(&secs) {
         return Err(bad(
             "interval",
@@ -323,5 +334,15 @@ mod tests {
         assert!(name("metric", "pm2_5'; DROP").is_err());
         assert_eq!(interval(Some(&"15m".into()), 3600, 60, 86400), Ok(900));
         assert!(interval(Some(&"1s".into()), 3600, 60, 86400).is_err());
+        assert_eq!(
+            interval(Some(&"2d".into()), 3600, 60, 7 * 86400),
+            Ok(172_800)
+        );
+        for loose in ["90s", "1h 30m", "+5m", "m", "15 m", "99999999999999999999m"] {
+            assert!(
+                interval(Some(&loose.into()), 3600, 60, 86400).is_err(),
+                "{loose}"
+            );
+        }
     }
 }
