@@ -472,6 +472,39 @@ fn post_mortem(brokers: &str, topic: &str, lake: &std::path::Path, examples: &[V
         }
     }
     eprintln!("post-mortem: read {read} records of the raw topic");
+    // A broker whose high watermark lags behind what it stored would show nothing past it until
+    // the next write: write a marker to each partition and look past the old ends again.
+    let producer: rdkafka::producer::BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("producer");
+    for p in 0..2 {
+        let before = consumer.fetch_watermarks(topic, p, Duration::from_secs(10));
+        let _ = producer.send(
+            rdkafka::producer::BaseRecord::<(), [u8]>::to(topic)
+                .partition(p)
+                .payload(b"soak post-mortem marker".as_slice()),
+        );
+        let _ = rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10));
+        let after = consumer.fetch_watermarks(topic, p, Duration::from_secs(10));
+        eprintln!(
+            "post-mortem: partition {p} watermarks before a marker {before:?}, after {after:?}"
+        );
+    }
+    let mut quiet = 0;
+    while quiet < 10 {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) else {
+            quiet += 1;
+            continue;
+        };
+        quiet = 0;
+        eprintln!(
+            "post-mortem: after the marker, partition {} offset {} ({} bytes)",
+            m.partition(),
+            m.offset(),
+            m.payload().map_or(0, <[u8]>::len)
+        );
+    }
     let Some(python) = testenv::python_or_skip("soak post-mortem") else {
         return;
     };
