@@ -383,6 +383,11 @@ fn soak_under_mixed_traffic_and_faults() {
         .unwrap_or_default();
     if !mismatched.is_empty() {
         post_mortem(&brokers, &up.topic, &lake, &mismatched);
+        // The broker's own log goes with the test's temporary directory: keep it.
+        let kept = format!("{}/test-output/soak-broker.log", root());
+        if std::fs::copy(broker_db.join("log"), &kept).is_ok() {
+            eprintln!("post-mortem: the broker's log is kept at {kept}");
+        }
     }
     let summary = accounted(&out);
     eprintln!(
