@@ -573,7 +573,9 @@ async fn ready(State(s): State<Arc<AppState>>) -> Response {
     axum::Json(json!({"catalog": snap, "running_queries": running})).into_response()
 }
 
-/// The answer format: `?format=` first, then `Accept`.
+/// The answer format: `?format=` first, then `Accept`. (The error is a finished answer on the cold
+/// path of a refused request, as in `api`.)
+#[allow(clippy::result_large_err)]
 fn wanted_format(
     headers: &HeaderMap,
     params: &HashMap<String, String>,
