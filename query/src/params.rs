@@ -252,18 +252,11 @@ pub fn interval(
         return Ok(default_s);
     };
     // A whole number of minutes, hours or days (the OpenAPI pattern), nothing looser.
-    let unit = match s.as_bytes().last() {
-        Some(b'm') => 60,
-        Some(b'h') => 3600,
-        Some(b'd') => 86_400,
-        _ => 0,
-    };
-    let digits = &s[..s.len().saturating_sub(1)];
-    let secs = digits
-        .parse::<u64>()
-        .ok()
-        .filter(|_| unit > 0 && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|n| n.checked_mul(unit))
+    let secs = [("m", 60), ("h", 3600), ("d", 86_400)]
+        .iter()
+        .find_map(|(suffix, unit)| Some((s.strip_suffix(suffix)?, *unit)))
+        .filter(|(digits, _)| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|(digits, unit)| digits.parse::<u64>().ok()?.checked_mul(unit))
         .ok_or_else(|| bad("interval", "interval must be a duration like 15m, 1h or 1d"))?;
     if !(min_s..=max_s).contains(&secs) {
         return Err(bad(
@@ -338,7 +331,16 @@ mod tests {
             interval(Some(&"2d".into()), 3600, 60, 7 * 86400),
             Ok(172_800)
         );
-        for loose in ["90s", "1h 30m", "+5m", "m", "15 m", "99999999999999999999m"] {
+        for loose in [
+            "90s",
+            "1h 30m",
+            "+5m",
+            "m",
+            "15 m",
+            "99999999999999999999m",
+            "\u{e6}",
+            "5\u{e6}",
+        ] {
             assert!(
                 interval(Some(&loose.into()), 3600, 60, 86400).is_err(),
                 "{loose}"
