@@ -80,6 +80,8 @@ QUERY = [
     (9, "00/hexes"),
     (10, "13.3,52.4,13.5,52.6&to=-1"),
     (11, "interval=0s"),
+    # Found by the fuzz smoke: an interval ending in a multi-byte character panicked its parser.
+    (11, "interval=\u00e6"),
 ]
 
 
