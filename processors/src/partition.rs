@@ -196,8 +196,8 @@ impl PartitionWorker {
                                 k,
                                 seq.value(i),
                                 t.value(i),
-                                lat.value(i),
-                                lng.value(i),
+                                (lat.value(i), lng.value(i)),
+                                table,
                             );
                             remembered += 1;
                         }

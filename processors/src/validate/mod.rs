@@ -157,12 +157,23 @@ impl Validator {
     }
 
     /// Feeds a reading already in the lake (state rebuild after a restart or a rebalance).
-    pub fn remember(&mut self, key: [u8; 32], seq: u64, event_ms: i64, lat: f64, lng: f64) {
+    /// `kind`: the table the row came from (only dashcams keep every position).
+    pub fn remember(
+        &mut self,
+        key: [u8; 32],
+        seq: u64,
+        event_ms: i64,
+        (lat, lng): (f64, f64),
+        kind: KindName,
+    ) {
         let window = self.rules.rate.window.as_millis() as i64;
-        self.devices
-            .entry(key)
-            .or_default()
-            .accept(seq, event_ms, lat, lng, window);
+        self.devices.entry(key).or_default().accept(
+            seq,
+            event_ms,
+            (lat, lng),
+            kind == KindName::Road,
+            window,
+        );
     }
 
     /// Forgets sequence numbers too old to matter: anything older than the lateness plus skew before
@@ -408,8 +419,8 @@ impl Validator {
         self.devices.entry(key).or_default().accept(
             r.seq,
             r.device_time_ms,
-            loc.lat,
-            loc.lng,
+            (loc.lat, loc.lng),
+            decoded.kind == KindName::Road,
             window,
         );
         Verdict::Valid(ValidReading {

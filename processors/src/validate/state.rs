@@ -9,9 +9,11 @@ use rustc_hash::FxHashMap as HashMap;
 #[derive(Debug, Default, Clone)]
 pub struct DeviceState {
     seqs: HashMap<u64, i64>,
-    /// Device time ms -> (lat, lng) of each valid reading, pruned with the sequence numbers: a new
+    /// Device time ms -> (lat, lng) of valid readings, pruned with the sequence numbers: a new
     /// reading's speed is checked against the readings just before and just after it in device time,
-    /// so that a backdated reading cannot jump where the newest one alone would allow.
+    /// so that a backdated reading cannot jump where the newest one alone would allow. Kept whole for
+    /// devices that move (dashcams); installed devices, held near their asserted location, keep the
+    /// newest only (the state's size stays what it was for them).
     fixes: BTreeMap<i64, (f64, f64)>,
     /// Valid readings per rate window (window index = device time / window length).
     windows: HashMap<i64, u32>,
@@ -32,14 +34,30 @@ impl DeviceState {
     /// Takes in a valid reading. A reading is counted once in its rate window however often it is
     /// fed: a state rebuild feeds one row per lake row, and a sensor reading has a row per
     /// measurement (counting those made a device look over its rate after a rebalance).
-    pub fn accept(&mut self, seq: u64, event_ms: i64, lat: f64, lng: f64, window_ms: i64) {
+    pub fn accept(
+        &mut self,
+        seq: u64,
+        event_ms: i64,
+        (lat, lng): (f64, f64),
+        moving: bool,
+        window_ms: i64,
+    ) {
         if self.seqs.insert(seq, event_ms).is_none() {
             *self
                 .windows
                 .entry(event_ms.div_euclid(window_ms))
                 .or_default() += 1;
         }
-        self.fixes.insert(event_ms, (lat, lng));
+        if moving {
+            self.fixes.insert(event_ms, (lat, lng));
+        } else if self
+            .fixes
+            .last_key_value()
+            .is_none_or(|(t, _)| event_ms >= *t)
+        {
+            self.fixes.clear();
+            self.fixes.insert(event_ms, (lat, lng));
+        }
     }
 
     /// The valid positions nearest to `event_ms` in device time: the one at or before it and the one

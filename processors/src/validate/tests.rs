@@ -211,7 +211,7 @@ fn rate_limit_and_state_rebuild() {
     let mut w = setup();
     let k: [u8; 32] = *key(1).verifying_key().as_bytes();
     for _ in 0..3 {
-        w.remember(k, 1, T0, 52.52, 13.405);
+        w.remember(k, 1, T0, (52.52, 13.405), KindName::Heartbeat);
     }
     for s in 2..=max {
         assert_eq!(
