@@ -89,17 +89,18 @@ pub fn raw_verify_rates(each: Duration) -> VerifyRates {
     }
     let batch128 = done as f64 / t.elapsed().as_secs_f64();
 
+    // Item `i` of the fleet, signed with signature `s` (another item's, to make it bad).
+    let (vks_ref, msgs_ref, sigs_ref) = (&vks, &msgs, &sigs);
+    let item = move |i: usize, s: usize| sign::BatchItem {
+        key: &vks_ref[i],
+        payload: &msgs_ref[i][sign::DOMAIN_PREFIX.len()..],
+        signature: &sigs_ref[s],
+    };
     let mut done = 0usize;
     let t = Instant::now();
     while t.elapsed() < each {
         let j = (done / 128 % (n / 128)) * 128;
-        let items: Vec<sign::BatchItem<'_>> = (j..j + 128)
-            .map(|i| sign::BatchItem {
-                key: &vks[i],
-                payload: &msgs[i][sign::DOMAIN_PREFIX.len()..],
-                signature: &sigs[i],
-            })
-            .collect();
+        let items: Vec<sign::BatchItem<'_>> = (j..j + 128).map(|i| item(i, i)).collect();
         let (ok, stats) = sign::verify_batch(&items);
         assert!(ok.iter().all(|v| *v) && stats.batch_checks == 1);
         done += 128;
@@ -116,14 +117,9 @@ pub fn raw_verify_rates(each: Duration) -> VerifyRates {
         while t.elapsed() < each {
             let j = (done / 200 % (n / 200)) * 200;
             let items: Vec<sign::BatchItem<'_>> = (j..j + 200)
-                .map(|i| sign::BatchItem {
-                    key: &vks[i],
-                    payload: &msgs[i][sign::DOMAIN_PREFIX.len()..],
-                    signature: if bad && (i == j + b1 || i == j + b2) {
-                        &sigs[(i + 1) % n]
-                    } else {
-                        &sigs[i]
-                    },
+                .map(|i| {
+                    let bad_here = bad && (i == j + b1 || i == j + b2);
+                    item(i, if bad_here { (i + 1) % n } else { i })
                 })
                 .collect();
             let expect = if planned { share.get() } else { 0.0 };
