@@ -96,7 +96,7 @@ pub mod sql {
         })
     }
 
-    /// The session context of the query service's catalog over an empty lake.
+    /// The session context that SQL from a caller without `raw` runs in, over an empty lake.
     pub fn context() -> &'static SessionContext {
         static CTX: OnceLock<SessionContext> = OnceLock::new();
         CTX.get_or_init(|| {
@@ -106,7 +106,7 @@ pub mod sql {
             let catalog = runtime()
                 .block_on(Catalog::open(lake, Default::default(), 64 << 20))
                 .expect("catalog");
-            catalog.context().0
+            catalog.sql_context(false)
         })
     }
 }

@@ -10,6 +10,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{
+    CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
+    MemorySchemaProvider, SchemaProvider,
+};
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTableUrl};
@@ -157,7 +161,57 @@ fn lake_session_config() -> Result<SessionConfig, CatalogError> {
     options.execution.enable_recursive_ctes = false;
     Ok(SessionConfig::from(options)
         .with_information_schema(true)
-        .with_default_catalog_and_schema("hexpulse", "lake"))
+        .with_default_catalog_and_schema(CATALOG, SCHEMA))
+}
+
+/// The catalog and schema that hold the lake's tables.
+pub const CATALOG: &str = "hexpulse";
+pub const SCHEMA: &str = "lake";
+
+/// One catalog build, seen two ways. `all` holds every table: the service's own endpoints use it,
+/// and so does SQL from a caller with the `raw` group. `public` is the same session (functions,
+/// limits, rewrites, table providers) over a catalog that does not hold
+/// [`sql::PRIVATE_TABLES`](crate::sql::PRIVATE_TABLES) at all, so that no plan, `information_schema`
+/// view, `DESCRIBE` or `SHOW COLUMNS` of a caller without `raw` can name them.
+#[derive(Clone)]
+pub struct Contexts {
+    pub all: SessionContext,
+    pub public: SessionContext,
+}
+
+impl Contexts {
+    /// The context for SQL from a caller who may (or may not) read the private tables.
+    pub fn for_sql(&self, allow_raw: bool) -> &SessionContext {
+        if allow_raw { &self.all } else { &self.public }
+    }
+}
+
+/// `ctx` without the private tables: a new catalog list holding one catalog and schema with the
+/// other tables' providers (shared, not rebuilt).
+async fn without_private(ctx: &SessionContext) -> Result<SessionContext, CatalogError> {
+    let lake = ctx
+        .catalog(CATALOG)
+        .and_then(|c| c.schema(SCHEMA))
+        .ok_or_else(|| {
+            datafusion::error::DataFusionError::Internal(format!("no schema {CATALOG}.{SCHEMA}"))
+        })?;
+    let schema = MemorySchemaProvider::new();
+    for name in lake.table_names() {
+        if crate::sql::PRIVATE_TABLES.contains(&name.as_str()) {
+            continue;
+        }
+        if let Some(table) = lake.table(&name).await? {
+            schema.register_table(name, table)?;
+        }
+    }
+    let catalog = MemoryCatalogProvider::new();
+    catalog.register_schema(SCHEMA, Arc::new(schema))?;
+    let catalogs = MemoryCatalogProviderList::new();
+    catalogs.register_catalog(CATALOG.to_string(), Arc::new(catalog));
+    let state = SessionStateBuilder::new_from_existing(ctx.state())
+        .with_catalog_list(Arc::new(catalogs))
+        .build();
+    Ok(SessionContext::new_with_state(state))
 }
 
 /// Builds a fresh context over the lake; each query's expressions share `max_expression_bytes`
@@ -167,7 +221,7 @@ pub async fn build(
     config: SessionConfig,
     runtime: Arc<RuntimeEnv>,
     max_expression_bytes: u64,
-) -> Result<(SessionContext, Snapshot), CatalogError> {
+) -> Result<(Contexts, Snapshot), CatalogError> {
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)
@@ -199,6 +253,9 @@ pub async fn build(
     snap.resolutions.sort_unstable();
     // The functions, once the finest stored resolution (for `h3_lake_cell`) is known.
     crate::udf::register(&ctx, snap.finest());
+    for f in crate::sql::WITHHELD_FUNCTIONS {
+        ctx.deregister_udf(f);
+    }
     crate::bounded::install(&ctx, max_expression_bytes);
     snap.watermark_ms = lake_watermark(lake).await?;
     // The epoch tables' newest snapshots: the outputs of the sealed epochs published so far.
@@ -237,7 +294,8 @@ pub async fn build(
     if let Some(rule) = crate::preagg::PreAggregated::new(hourly, hourly_ranges) {
         ctx.add_optimizer_rule(Arc::new(rule));
     }
-    Ok((ctx, snap))
+    let public = without_private(&ctx).await?;
+    Ok((Contexts { all: ctx, public }, snap))
 }
 
 /// The current catalog, swapped by [`Catalog::refresh`].
@@ -246,7 +304,7 @@ pub struct Catalog {
     config: SessionConfig,
     runtime: Arc<RuntimeEnv>,
     max_expression_bytes: u64,
-    current: RwLock<(SessionContext, Snapshot)>,
+    current: RwLock<(Contexts, Snapshot)>,
 }
 
 impl Catalog {
@@ -270,9 +328,20 @@ impl Catalog {
         &self.lake
     }
 
-    /// The context queries should use now.
+    /// The context the service's own queries should use now (every table), and its snapshot.
     pub fn context(&self) -> (SessionContext, Snapshot) {
-        self.current.read().expect("lock").clone()
+        let current = self.current.read().expect("lock");
+        (current.0.all.clone(), current.1.clone())
+    }
+
+    /// The context for SQL from a caller who may (or may not) read the private tables.
+    pub fn sql_context(&self, allow_raw: bool) -> SessionContext {
+        self.current
+            .read()
+            .expect("lock")
+            .0
+            .for_sql(allow_raw)
+            .clone()
     }
 
     pub async fn refresh(&self) -> Result<(), CatalogError> {

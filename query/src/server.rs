@@ -112,7 +112,7 @@ impl AppState {
                 ),
             });
         };
-        let (ctx, _) = self.catalog.context();
+        let ctx = self.catalog.sql_context(allow_raw);
         let limits = Limits {
             max_rows,
             max_bytes: self.cfg.max_answer_bytes,

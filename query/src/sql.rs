@@ -7,6 +7,7 @@
 //! the plan: [`crate::deadline`]); operators' memory is bounded by the runtime's pool, and what
 //! expressions build by [`crate::bounded`].
 
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
@@ -16,6 +17,8 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{Expr, ObjectNamePart, visit_expressions};
 use futures::StreamExt;
 
 /// A refused or failed query, with the HTTP status and a stable code.
@@ -37,9 +40,15 @@ impl SqlError {
 }
 
 /// Tables of raw rows that identify devices' movements or carry raw payloads (dashcam tracks, rejected
-/// messages). Only callers with the `raw` group may read them; the check runs on the logical plan, so
-/// views, CTEs, joins and subqueries cannot hide a scan.
+/// messages). Only callers with the `raw` group may read them: SQL from any other caller runs on a
+/// context whose catalog does not hold them ([`crate::catalog::Contexts`]), so no plan, subquery,
+/// `information_schema` view or `DESCRIBE` reaches them, and naming one is refused with 403.
 pub const PRIVATE_TABLES: [&str; 2] = ["road", "rejected"];
+
+/// Functions no SQL caller may call: `input_file_name()` would give the lake's object paths (and
+/// fails on the lake's tables anyway, since every call is wrapped by [`crate::bounded`]). No
+/// context holds them.
+pub const WITHHELD_FUNCTIONS: [&str; 1] = ["input_file_name"];
 
 /// Limits of one query.
 #[derive(Debug, Clone, Copy)]
@@ -114,18 +123,42 @@ pub fn request_text(content_type: Option<&str>, body: &[u8]) -> Result<String, S
     Ok(query)
 }
 
-/// A read-only, permitted plan for `sql`: parsed and planned against the context's tables, checked
-/// for DDL/DML/statements, and (unless `allow_raw`) for scans of [`PRIVATE_TABLES`].
+/// A read-only plan for `sql`: parsed and planned against the context's tables, and checked for
+/// DDL/DML/statements. `ctx` is the caller's context ([`crate::catalog::Contexts::for_sql`]);
+/// without `allow_raw`, a reference to one of [`PRIVATE_TABLES`] gets 403 and its reason rather
+/// than the context's "not found".
 pub async fn plan(
     ctx: &SessionContext,
     sql: &str,
     allow_raw: bool,
 ) -> Result<LogicalPlan, SqlError> {
-    let plan = ctx
-        .state()
-        .create_logical_plan(sql)
-        .await
-        .map_err(classify)?;
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let statement = state.sql_to_statement(sql, &dialect).map_err(classify)?;
+    if let Some(f) = withheld_function_called(&statement) {
+        return Err(SqlError::new(
+            400,
+            "unsupported",
+            format!("{f}() is not offered: it would give the lake's object paths"),
+        ));
+    }
+    if !allow_raw {
+        let references = state
+            .resolve_table_references(&statement)
+            .map_err(classify)?;
+        if let Some(t) = references.iter().find(|r| is_private(r)) {
+            return Err(SqlError::new(
+                403,
+                "private",
+                format!(
+                    "table {} holds raw device rows and needs the `raw` permission; road data is \
+                     public only as k-anonymous hexes (GET /v1/road/hexes, table road_hex)",
+                    t.table()
+                ),
+            ));
+        }
+    }
+    let plan = state.statement_to_plan(statement).await.map_err(classify)?;
     SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
@@ -138,26 +171,43 @@ pub async fn plan(
                 format!("only SELECT, WITH and EXPLAIN are allowed: {e}"),
             )
         })?;
-    if !allow_raw {
-        let scanned = scanned_tables(&plan);
-        if let Some(t) = scanned
-            .iter()
-            .find(|t| PRIVATE_TABLES.contains(&t.as_str()))
-        {
-            return Err(SqlError::new(
-                403,
-                "private",
-                format!(
-                    "table {t} holds raw device rows and needs the `raw` permission; road data is \
-                     public only as k-anonymous hexes (GET /v1/road/hexes, table road_hex)"
-                ),
-            ));
-        }
-    }
     Ok(plan)
 }
 
-/// The tables a plan scans, subqueries included.
+/// The first of [`WITHHELD_FUNCTIONS`] that `statement` calls, anywhere in it. No context holds
+/// them, so this only gives the refusal its reason.
+fn withheld_function_called(statement: &DFStatement) -> Option<&'static str> {
+    let sql = match statement {
+        DFStatement::Statement(s) => s,
+        DFStatement::Explain(e) => return withheld_function_called(&e.statement),
+        _ => return None,
+    };
+    let mut found = None;
+    let _ = visit_expressions(sql.as_ref(), |e| {
+        if let Expr::Function(f) = e
+            && let Some(ObjectNamePart::Identifier(name)) = f.name.0.last()
+            && let Some(withheld) = WITHHELD_FUNCTIONS
+                .into_iter()
+                .find(|w| w.eq_ignore_ascii_case(&name.value))
+        {
+            found = Some(withheld);
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    found
+}
+
+/// Whether `r` names one of [`PRIVATE_TABLES`] in the lake's schema (a CTE of the same name is not
+/// a table reference).
+fn is_private(r: &datafusion::common::TableReference) -> bool {
+    PRIVATE_TABLES.contains(&r.table())
+        && r.schema().is_none_or(|s| s == crate::catalog::SCHEMA)
+        && r.catalog().is_none_or(|c| c == crate::catalog::CATALOG)
+}
+
+/// The tables a plan scans, subqueries included (the fuzz target's check that a public plan
+/// never scans a private table).
 pub fn scanned_tables(plan: &LogicalPlan) -> Vec<String> {
     let mut out = Vec::new();
     let _ = plan.apply_with_subqueries(|node| {

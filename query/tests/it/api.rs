@@ -870,9 +870,31 @@ async fn auth_and_openapi(url: &str, stop: &CancellationToken, epoch: i64, devic
         "SELECT device_key FROM heartbeat WHERE device_key IN (SELECT device_key FROM road)",
         "SELECT raw FROM rejected",
         "EXPLAIN SELECT * FROM road",
+        "SELECT count(*) FROM hexpulse.lake.road",
+        "SELECT count(*) FROM ROAD",
+        "DESCRIBE road",
+        "SHOW COLUMNS FROM rejected",
     ] {
         let (s, t) = call("POST", "/v1/sql", Some("secret-planner"), Some(q)).await;
         assert_eq!((s, code(&t).as_str()), (403, "private"), "{q}: {t}");
+    }
+    // Nor do the catalog's own views name them, their columns or files, below admin; admin sees all.
+    let catalog_views = "SELECT table_name FROM information_schema.tables \
+        WHERE table_schema = 'lake' UNION ALL SELECT DISTINCT table_name \
+        FROM information_schema.columns WHERE table_schema = 'lake' ORDER BY table_name";
+    for (token, private_seen) in [("secret-planner", false), ("secret-admin", true)] {
+        let (s, t) = call("POST", "/v1/sql", Some(token), Some(catalog_views)).await;
+        assert_eq!(s, 200, "{t}");
+        assert!(t.contains("\"heartbeat\""), "{token}: {t}");
+        for private in ["\"road\"", "\"rejected\""] {
+            assert_eq!(t.contains(private), private_seen, "{token}: {t}");
+        }
+    }
+    // No role learns the lake's object paths.
+    for token in ["secret-planner", "secret-admin"] {
+        let q = "SELECT count(*) FROM heartbeat WHERE input_file_name() LIKE '%x%'";
+        let (s, t) = call("POST", "/v1/sql", Some(token), Some(q)).await;
+        assert_eq!((s, code(&t).as_str()), (400, "unsupported"), "{token}: {t}");
     }
     let (s, _) = call(
         "GET",

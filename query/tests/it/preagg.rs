@@ -24,7 +24,8 @@ async fn answer(lake: &Lake) -> (String, bool) {
     let catalog = Catalog::open(lake.clone(), Arc::new(RuntimeEnv::default()), 64 << 20)
         .await
         .unwrap();
-    let (ctx, _) = catalog.context();
+    // The context of SQL without `raw`: the rewrite holds in it as in the service's own.
+    let ctx = catalog.sql_context(false);
     let rows = ctx.sql(PER_METRIC).await.unwrap().collect().await.unwrap();
     let plan = ctx
         .sql(&format!("EXPLAIN {PER_METRIC}"))
