@@ -21,12 +21,11 @@ use hexpulse_schemas::wire::KindName;
 
 use super::merkle::{self, Hash};
 use super::points::{self, DeviceFacts};
+use super::spill::{Buckets, Reader, Writer};
 use super::{EpochConfig, EpochError, median};
 use crate::date_hour;
-use crate::rules::Rules;
+use crate::rules::{RewardRules, Rules};
 use crate::{Lake, column, decode_parquet};
-
-type Prov = (String, i32, i64);
 
 #[derive(Debug, Clone)]
 struct Hb {
@@ -68,34 +67,123 @@ struct Road {
     observation: String,
 }
 
-/// The rows of one epoch, and the input offsets they came from.
+const HB: u8 = 0;
+const SENSOR: u8 = 1;
+const ROAD: u8 = 2;
+const REJECTED: u8 = 3;
+
+impl Hb {
+    fn write(&self, w: &mut Writer) {
+        w.u8(HB);
+        w.str(&self.key);
+        w.u64(self.seq);
+        w.opt_i64(self.active);
+        w.u64(self.cell);
+        w.f64(self.dist);
+        w.f64(self.signal);
+        w.opt_f64(self.down);
+        w.opt_f64(self.up);
+        w.opt_f64(self.latency);
+    }
+
+    fn read(r: &mut Reader) -> Hb {
+        Hb {
+            key: r.str(),
+            seq: r.u64(),
+            active: r.opt_i64(),
+            cell: r.u64(),
+            dist: r.f64(),
+            signal: r.f64(),
+            down: r.opt_f64(),
+            up: r.opt_f64(),
+            latency: r.opt_f64(),
+        }
+    }
+}
+
+impl Sensor {
+    fn write(&self, w: &mut Writer) {
+        w.u8(SENSOR);
+        w.str(&self.key);
+        w.i64(self.t);
+        w.opt_i64(self.active);
+        w.u64(self.seq);
+        w.u64(self.cell);
+        w.f64(self.dist);
+        w.str(&self.metric);
+        w.f64(self.value);
+    }
+
+    fn read(r: &mut Reader) -> Sensor {
+        Sensor {
+            key: r.str(),
+            t: r.i64(),
+            active: r.opt_i64(),
+            seq: r.u64(),
+            cell: r.u64(),
+            dist: r.f64(),
+            metric: r.str(),
+            value: r.f64(),
+        }
+    }
+}
+
+impl Road {
+    fn write(&self, w: &mut Writer) {
+        w.u8(ROAD);
+        w.str(&self.key);
+        w.u64(self.seq);
+        w.opt_i64(self.active);
+        w.u64(self.cell);
+        w.str(&self.observation);
+    }
+
+    fn read(r: &mut Reader) -> Road {
+        Road {
+            key: r.str(),
+            seq: r.u64(),
+            active: r.opt_i64(),
+            cell: r.u64(),
+            observation: r.str(),
+        }
+    }
+}
+
+/// The rows of one bucket.
 #[derive(Debug, Default)]
-pub struct EpochRows {
+struct EpochRows {
     hb: Vec<Hb>,
     sensor: Vec<Sensor>,
     road: Vec<Road>,
     /// (device key, reason) of rejected rows that name a device.
     rejected: Vec<(String, String)>,
-    /// (topic, partition) -> (first offset, last offset, rows).
-    pub inputs: BTreeMap<(String, i32), (i64, i64, u64)>,
-    /// Rejected rows without a device key (malformed records): counted, not attributed.
-    pub unattributed_rejections: u64,
 }
 
 impl EpochRows {
-    fn saw(&mut self, p: &Prov) {
-        let e = self
-            .inputs
-            .entry((p.0.clone(), p.1))
-            .or_insert((p.2, p.2, 0));
-        e.0 = e.0.min(p.2);
-        e.1 = e.1.max(p.2);
-        e.2 += 1;
+    /// The records of a bucket (see [`spill`](super::spill)).
+    fn read(bytes: &[u8]) -> EpochRows {
+        let mut rows = EpochRows::default();
+        let mut r = Reader(bytes);
+        while !r.is_empty() {
+            match r.u8() {
+                HB => rows.hb.push(Hb::read(&mut r)),
+                SENSOR => rows.sensor.push(Sensor::read(&mut r)),
+                ROAD => rows.road.push(Road::read(&mut r)),
+                REJECTED => rows.rejected.push((r.str(), r.str())),
+                tag => unreachable!("record tag {tag} was never written"),
+            }
+        }
+        rows
     }
+}
 
-    pub fn valid_rows(&self) -> usize {
-        self.hb.len() + self.sensor.len() + self.road.len()
-    }
+/// An input file of an epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputFile {
+    pub table: String,
+    pub path: String,
+    /// Rows, from the file's statistics in the table log.
+    pub rows: Option<u64>,
 }
 
 fn in_hours(path: &str, from: &(String, u32), to: &(String, u32)) -> bool {
@@ -121,7 +209,7 @@ pub async fn files_between(
     from_ms: i64,
     to_ms: i64,
     at: Option<i64>,
-) -> Result<(Option<i64>, Vec<String>), EpochError> {
+) -> Result<(Option<i64>, Vec<InputFile>), EpochError> {
     let (from, to) = (date_hour(from_ms), date_hour(to_ms - 1));
     let t = lake.table(table);
     let (version, files) = match at {
@@ -132,8 +220,12 @@ pub async fn files_between(
         version,
         files
             .into_iter()
-            .map(|f| f.path)
-            .filter(|p| in_hours(p, &from, &to))
+            .filter(|f| in_hours(&f.path, &from, &to))
+            .map(|f| InputFile {
+                table: table.to_string(),
+                path: f.path,
+                rows: f.rows,
+            })
             .collect(),
     ))
 }
@@ -145,7 +237,7 @@ pub async fn epoch_files(
     cfg: &EpochConfig,
     rules: &Rules,
     id: i64,
-) -> Result<Vec<(String, String)>, EpochError> {
+) -> Result<Vec<InputFile>, EpochError> {
     Ok(epoch_inputs(lake, cfg, rules, id, None).await?.0)
 }
 
@@ -157,7 +249,7 @@ pub async fn epoch_inputs(
     rules: &Rules,
     id: i64,
     at: Option<&BTreeMap<String, i64>>,
-) -> Result<(Vec<(String, String)>, BTreeMap<String, i64>), EpochError> {
+) -> Result<(Vec<InputFile>, BTreeMap<String, i64>), EpochError> {
     let (start, end) = cfg.bounds(id)?;
     let tail = (rules.time.allowed_lateness + rules.time.max_future_skew).as_millis() as i64;
     let mut files = Vec::new();
@@ -179,42 +271,169 @@ pub async fn epoch_inputs(
         if let Some(v) = version {
             versions.insert(table.to_string(), v);
         }
-        files.extend(found.into_iter().map(|f| (table.to_string(), f)));
+        files.extend(found);
     }
     Ok((files, versions))
 }
 
-/// Reads the rows of epoch `id` from `files` (as `epoch_files` lists them, in any order).
-pub async fn load_rows(
+/// How many bytes a row takes while its bucket is aggregated (its record decoded, with its strings),
+/// measured on the `bench seal` epoch: the figure that sizes the buckets.
+const ROW_BYTES: u64 = 200;
+
+/// The memory a seal may use, and how it is shared: a quarter for the buffers of the buckets not
+/// yet on disk, a quarter for the rows of the one bucket being aggregated, and the rest for the
+/// input file being read and the epoch tables, which grow with devices and cells, not with rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealMemory {
+    pub bytes: u64,
+}
+
+impl SealMemory {
+    /// Buckets for an epoch of about `rows` rows: enough that one bucket's rows fit in a quarter.
+    fn buckets(self, rows: u64) -> usize {
+        let quarter = (self.bytes / 4).max(1);
+        rows.saturating_mul(ROW_BYTES)
+            .div_ceil(quarter)
+            .clamp(1, 65_536) as usize
+    }
+
+    fn buffer_bytes(self) -> usize {
+        (self.bytes / 4) as usize
+    }
+}
+
+/// What computing an epoch produced: its tables, the inputs it read, and how it spilled.
+#[derive(Debug)]
+pub struct Computed {
+    pub tables: EpochTables,
+    /// (topic, partition) -> (first offset, last offset, rows).
+    pub inputs: BTreeMap<(String, i32), (i64, i64, u64)>,
+    /// Rejected rows without a device key (malformed records): counted, not attributed.
+    pub unattributed_rejections: u64,
+    /// Buckets the rows were split into (by device, then by cell).
+    pub buckets: usize,
+    /// Bytes written to temporary files (0: the epoch fitted in memory).
+    pub spilled_bytes: u64,
+}
+
+/// Computes epoch `id` from `files` (as [`epoch_inputs`] lists them, in any order) within
+/// `memory`.
+///
+/// Three passes, each holding at most one input file or one bucket of rows:
+/// 1. every row of the epoch goes to the bucket of its device;
+/// 2. each device bucket's rows become one per reading ([`Readings`]), its devices' summaries, and
+///    records in the bucket of their cell;
+/// 3. each cell bucket's readings become its cells' rows of the other tables.
+///
+/// Every device and every cell lies in one bucket, and each table is sorted by its key at the end,
+/// so the buckets' number and order change nothing in the output.
+pub async fn compute(
     lake: &Lake,
     cfg: &EpochConfig,
+    rules: &Rules,
     id: i64,
-    files: &[(String, String)],
-) -> Result<EpochRows, EpochError> {
-    let (start, end) = cfg.bounds(id)?;
-    let cell_col = tables::h3_column(cfg.hex_resolution);
-    let mut rows = EpochRows::default();
-    for (table, path) in files {
-        let Some(bytes) = lake.get(path).await? else {
+    files: &[InputFile],
+    memory: SealMemory,
+) -> Result<Computed, EpochError> {
+    let rows: u64 = files.iter().map(|f| f.rows.unwrap_or(0)).sum();
+    let mut scan = Scan::new(cfg, id, memory.buckets(rows), memory.buffer_bytes())?;
+    for f in files {
+        let Some(bytes) = lake.get(&f.path).await? else {
             return Err(EpochError::Invalid(format!(
-                "{path} vanished while sealing"
+                "{} vanished while sealing",
+                f.path
             )));
         };
+        let table = f.table.clone();
+        let path = f.path.clone();
+        scan = blocking(move || {
+            scan.file(&table, &path, bytes)?;
+            Ok(scan)
+        })
+        .await?;
+    }
+    let rules = rules.clone();
+    blocking(move || scan.finish(&rules)).await
+}
+
+/// Runs `f` on the blocking pool: aggregation and the buckets' file I/O must not hold an I/O thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, EpochError> + Send + 'static,
+) -> Result<T, EpochError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| EpochError::Invalid(format!("the sealing task failed: {e}")))?
+}
+
+fn hash_of(v: impl std::hash::Hash) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(v)
+}
+
+fn spill_error(e: std::io::Error) -> EpochError {
+    EpochError::Invalid(format!("the seal's temporary files: {e}"))
+}
+
+/// Pass 1: the epoch's rows, read file by file into the buckets of their devices.
+struct Scan {
+    start: i64,
+    end: i64,
+    id: i64,
+    cell_col: String,
+    devices: Buckets,
+    budget: usize,
+    inputs: BTreeMap<(String, i32), (i64, i64, u64)>,
+    unattributed_rejections: u64,
+}
+
+impl Scan {
+    fn new(cfg: &EpochConfig, id: i64, buckets: usize, budget: usize) -> Result<Scan, EpochError> {
+        let (start, end) = cfg.bounds(id)?;
+        Ok(Scan {
+            start,
+            end,
+            id,
+            cell_col: tables::h3_column(cfg.hex_resolution),
+            devices: Buckets::new(buckets, budget),
+            budget,
+            inputs: BTreeMap::new(),
+            unattributed_rejections: 0,
+        })
+    }
+
+    fn saw(&mut self, topic: &str, partition: i32, offset: i64) {
+        let e = self
+            .inputs
+            .entry((topic.to_string(), partition))
+            .or_insert((offset, offset, 0));
+        e.0 = e.0.min(offset);
+        e.1 = e.1.max(offset);
+        e.2 += 1;
+    }
+
+    fn put(&mut self, key: &str, write: impl FnOnce(&mut Writer)) -> Result<(), EpochError> {
+        let bucket = self.devices.of(hash_of(key));
+        self.devices.push(bucket, write).map_err(spill_error)
+    }
+
+    /// The epoch's rows of one input file (of `table`, at `path`).
+    fn file(&mut self, table: &str, path: &str, bytes: bytes::Bytes) -> Result<(), EpochError> {
+        let (start, end) = (self.start, self.end);
         for b in decode_parquet(bytes, None)? {
-            if table != tables::REJECTED_TABLE && b.column_by_name(&cell_col).is_none() {
+            if table != tables::REJECTED_TABLE && b.column_by_name(&self.cell_col).is_none() {
                 return Err(EpochError::Config(format!(
-                    "{path} has no column {cell_col}: the epoch hex_resolution must be one of the \
-                     processors' h3_resolutions"
+                    "{path} has no column {}: the epoch hex_resolution must be one of the \
+                     processors' h3_resolutions",
+                    self.cell_col
                 )));
             }
             let topic = column(&b, "src_topic").as_string::<i32>();
             let part = column(&b, "src_partition").as_primitive::<Int32Type>();
             let off = column(&b, "src_offset").as_primitive::<Int64Type>();
-            let prov = |i: usize| (topic.value(i).to_string(), part.value(i), off.value(i));
+            let key = column(&b, "device_key").as_string::<i32>();
             if table == tables::REJECTED_TABLE {
                 let et = column(&b, "event_time").as_primitive::<TimestampMillisecondType>();
                 let rt = column(&b, "receive_time").as_primitive::<TimestampMillisecondType>();
-                let key = column(&b, "device_key").as_string::<i32>();
                 let reason = column(&b, "reason").as_string::<i32>();
                 for i in 0..b.num_rows() {
                     let t = if et.is_null(i) {
@@ -225,25 +444,27 @@ pub async fn load_rows(
                     if t < start || t >= end {
                         continue;
                     }
-                    rows.saw(&prov(i));
+                    self.saw(topic.value(i), part.value(i), off.value(i));
                     if key.is_null(i) {
-                        rows.unattributed_rejections += 1;
+                        self.unattributed_rejections += 1;
                     } else {
-                        rows.rejected
-                            .push((key.value(i).to_string(), reason.value(i).to_string()));
+                        let k = key.value(i);
+                        self.put(k, |w| {
+                            w.u8(REJECTED);
+                            w.str(k);
+                            w.str(reason.value(i));
+                        })?;
                     }
                 }
                 continue;
             }
             let t = column(&b, "event_time").as_primitive::<TimestampMillisecondType>();
-            let key = column(&b, "device_key").as_string::<i32>();
-            let cell = column(&b, &cell_col).as_primitive::<UInt64Type>();
+            let cell = column(&b, &self.cell_col).as_primitive::<UInt64Type>();
             // Files written before this column existed have no distance: NaN, left out of the median.
             let dist = b
                 .column_by_name("asserted_distance_m")
                 .map(|c| c.as_primitive::<Float64Type>());
             let dist_at = |i: usize| dist.map_or(f64::NAN, |d| d.value(i));
-            let keep = |i: usize| t.value(i) >= start && t.value(i) < end;
             let seq = column(&b, "seq").as_primitive::<UInt64Type>();
             // An hour is active by a reading received in it, never by a claimed event time:
             // backdated readings make no hour active that the device was not heard in.
@@ -252,7 +473,8 @@ pub async fn load_rows(
                 let r = rt.value(i);
                 (r >= start && r < end).then(|| r.div_euclid(3_600_000))
             };
-            match table.as_str() {
+            let rows = (0..b.num_rows()).filter(|i| t.value(*i) >= start && t.value(*i) < end);
+            match table {
                 "heartbeat" => {
                     let sig = column(&b, "signal_dbm").as_primitive::<Float32Type>();
                     let down = column(&b, "download_mbps").as_primitive::<Float32Type>();
@@ -261,9 +483,9 @@ pub async fn load_rows(
                     let opt = |a: &arrow::array::Float32Array, i: usize| {
                         (!a.is_null(i)).then(|| a.value(i) as f64)
                     };
-                    for i in (0..b.num_rows()).filter(|i| keep(*i)) {
-                        rows.saw(&prov(i));
-                        rows.hb.push(Hb {
+                    for i in rows {
+                        self.saw(topic.value(i), part.value(i), off.value(i));
+                        let h = Hb {
                             key: key.value(i).to_string(),
                             seq: seq.value(i),
                             active: active(i),
@@ -273,15 +495,16 @@ pub async fn load_rows(
                             down: opt(down, i),
                             up: opt(up, i),
                             latency: opt(lat, i),
-                        });
+                        };
+                        self.put(&h.key, |w| h.write(w))?;
                     }
                 }
                 "sensor" => {
                     let metric = column(&b, "metric").as_string::<i32>();
                     let value = column(&b, "value").as_primitive::<Float64Type>();
-                    for i in (0..b.num_rows()).filter(|i| keep(*i)) {
-                        rows.saw(&prov(i));
-                        rows.sensor.push(Sensor {
+                    for i in rows {
+                        self.saw(topic.value(i), part.value(i), off.value(i));
+                        let s = Sensor {
                             key: key.value(i).to_string(),
                             t: t.value(i),
                             active: active(i),
@@ -290,27 +513,102 @@ pub async fn load_rows(
                             dist: dist_at(i),
                             metric: metric.value(i).to_string(),
                             value: value.value(i),
-                        });
+                        };
+                        self.put(&s.key, |w| s.write(w))?;
                     }
                 }
                 "road" => {
                     let obs = column(&b, "observation").as_string::<i32>();
-                    for i in (0..b.num_rows()).filter(|i| keep(*i)) {
-                        rows.saw(&prov(i));
-                        rows.road.push(Road {
+                    for i in rows {
+                        self.saw(topic.value(i), part.value(i), off.value(i));
+                        let o = Road {
                             key: key.value(i).to_string(),
                             seq: seq.value(i),
                             active: active(i),
                             cell: cell.value(i),
                             observation: obs.value(i).to_string(),
-                        });
+                        };
+                        self.put(&o.key, |w| o.write(w))?;
                     }
                 }
                 other => return Err(EpochError::Invalid(format!("unexpected table {other}"))),
             }
         }
+        Ok(())
     }
-    Ok(rows)
+
+    /// Passes 2 and 3, and the tables.
+    fn finish(self, rules: &Rules) -> Result<Computed, EpochError> {
+        let buckets = self.devices.len();
+        let (tables, spilled_bytes) = aggregate_buckets(self.devices, self.id, rules, self.budget)?;
+        Ok(Computed {
+            tables,
+            inputs: self.inputs,
+            unattributed_rejections: self.unattributed_rejections,
+            buckets,
+            spilled_bytes,
+        })
+    }
+}
+
+/// Passes 2 and 3 over the device buckets: the epoch tables, and the bytes both passes spilled.
+fn aggregate_buckets(
+    mut devices: Buckets,
+    id: i64,
+    rules: &Rules,
+    budget: usize,
+) -> Result<(EpochTables, u64), EpochError> {
+    let mut cells = Buckets::new(devices.len(), budget);
+    let mut summaries = Vec::new();
+    for b in 0..devices.len() {
+        let rows = EpochRows::read(&devices.take(b).map_err(spill_error)?);
+        let once = Readings::of(&rows);
+        summaries.extend(device_rows(&rows, &once, &rules.rewards));
+        for h in &once.hb {
+            cells
+                .push(cells.of(hash_of(h.cell)), |w| h.write(w))
+                .map_err(spill_error)?;
+        }
+        for s in &once.sensor {
+            cells
+                .push(cells.of(hash_of(s.cell)), |w| s.write(w))
+                .map_err(spill_error)?;
+        }
+        for o in &once.road {
+            cells
+                .push(cells.of(hash_of(o.cell)), |w| o.write(w))
+                .map_err(spill_error)?;
+        }
+    }
+    let (mut coverage, mut hourly, mut road) = (Vec::new(), Vec::new(), Vec::new());
+    for b in 0..cells.len() {
+        let rows = EpochRows::read(&cells.take(b).map_err(spill_error)?);
+        // One per reading already (pass 2).
+        let once = Readings {
+            hb: rows.hb.iter().collect(),
+            sensor: rows.sensor.iter().collect(),
+            road: rows.road.iter().collect(),
+        };
+        coverage.extend(coverage_rows(&once));
+        hourly.extend(hourly_rows(&once));
+        road.extend(road_rows(&once, rules.privacy.road_min_devices));
+    }
+    summaries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    coverage.sort_unstable_by_key(|c| c.cell);
+    hourly.sort_unstable_by(|a, b| (a.cell, a.hour, &a.metric).cmp(&(b.cell, b.hour, &b.metric)));
+    road.sort_unstable_by(|a, b| (a.cell, &a.observation).cmp(&(b.cell, &b.observation)));
+    let device_summary = summary_batch(&summaries, id, rules)?;
+    let leaves = (0..device_summary.num_rows())
+        .map(|i| merkle::encode_row(&device_summary, i).map(|e| merkle::leaf_hash(&e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tables = EpochTables {
+        device_summary,
+        hex_coverage: coverage_batch(&coverage, id)?,
+        sensor_hex_hourly: hourly_batch(hourly, id)?,
+        road_hex: road_batch(road, id)?,
+        leaves,
+    };
+    Ok((tables, devices.spilled + cells.spilled))
 }
 
 /// The epoch tables, and the Merkle leaves of the device summaries.
@@ -435,14 +733,29 @@ impl<'a> Readings<'a> {
     }
 }
 
-/// Aggregates the rows of epoch `id` into its tables under `rules`.
-pub fn aggregate(rows: &EpochRows, id: i64, rules: &Rules) -> Result<EpochTables, EpochError> {
-    let r = &rules.rewards;
-    let all = rows;
-    let once = Readings::of(rows);
-    let rows = &once;
+/// One device's row of `device_summary`.
+struct SummaryRow {
+    key: String,
+    kind: &'static str,
+    heartbeats: u64,
+    sensor_readings: u64,
+    road_observations: u64,
+    active_hours: u32,
+    distinct_hexes: u64,
+    median_distance_m: Option<f64>,
+    trust: f64,
+    speed_tests: u64,
+    median_download_mbps: Option<f64>,
+    tier: &'static str,
+    rejected: BTreeMap<String, u64>,
+    points: u64,
+}
+
+/// The summaries of the devices of one bucket: `once` are its readings, `all` its rows (for the
+/// rejected ones).
+fn device_rows(all: &EpochRows, once: &Readings, r: &RewardRules) -> Vec<SummaryRow> {
     let mut devs: BTreeMap<&str, Dev> = BTreeMap::new();
-    for h in &rows.hb {
+    for h in &once.hb {
         let d = devs.entry(&h.key).or_default();
         d.heartbeats += 1;
         d.hours.extend(h.active);
@@ -457,7 +770,7 @@ pub fn aggregate(rows: &EpochRows, id: i64, rules: &Rules) -> Result<EpochTables
             d.latencies.push(x);
         }
     }
-    for s in &rows.sensor {
+    for s in &once.sensor {
         let d = devs.entry(&s.key).or_default();
         let dist = d.sensor_seqs.entry(s.seq).or_insert(f64::NAN);
         if !s.dist.is_nan() && (dist.is_nan() || s.dist < *dist) {
@@ -466,7 +779,7 @@ pub fn aggregate(rows: &EpochRows, id: i64, rules: &Rules) -> Result<EpochTables
         d.hours.extend(s.active);
         d.cells.insert(s.cell);
     }
-    for o in &rows.road {
+    for o in &once.road {
         let d = devs.entry(&o.key).or_default();
         d.road += 1;
         d.hours.extend(o.active);
@@ -481,88 +794,95 @@ pub fn aggregate(rows: &EpochRows, id: i64, rules: &Rules) -> Result<EpochTables
             *d.rejected.entry(reason.clone()).or_default() += 1;
         }
     }
-
-    // device_summary
-    let n = devs.len();
-    let mut cols: Vec<ArrayRef> = Vec::new();
-    let mut key = Vec::with_capacity(n);
-    let mut kind = Vec::with_capacity(n);
-    let (mut hb, mut sn, mut rd, mut hours, mut hexes) = (vec![], vec![], vec![], vec![], vec![]);
-    let (mut med_dist, mut trust, mut tests, mut med_down, mut tier) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    let mut rejected_total = vec![];
-    let mut by_reason: Vec<Vec<u64>> = vec![Vec::with_capacity(n); RejectReason::ALL.len()];
-    let mut pts = vec![];
-    for (k, d) in devs.iter_mut() {
-        let kd = d.kind();
-        let md = if kd == KindName::Road {
-            None
-        } else {
-            median(&mut d.dists)
-        };
-        let facts = DeviceFacts {
-            kind: kd,
-            active_hours: d.hours.len() as u32,
-            distinct_hexes: d.cells.len() as u64,
-            road_observations: d.road,
-            median_distance_m: md,
-            median_download_mbps: median(&mut d.downs),
-            median_latency_ms: median(&mut d.latencies),
-        };
-        let a = points::award(r, &facts);
-        key.push(k.to_string());
-        kind.push(kd.as_str());
-        hb.push(d.heartbeats);
-        sn.push(d.sensor_seqs.len() as u64);
-        rd.push(d.road);
-        hours.push(facts.active_hours);
-        hexes.push(facts.distinct_hexes);
-        med_dist.push(md);
-        trust.push(Some(a.trust_bp as f64 / 10_000.0));
-        tests.push(d.downs.len() as u64);
-        med_down.push(facts.median_download_mbps);
-        tier.push(a.tier);
-        rejected_total.push(d.rejected.values().sum::<u64>());
-        for (i, reason) in RejectReason::ALL.iter().enumerate() {
-            by_reason[i].push(d.rejected.get(reason.as_str()).copied().unwrap_or(0));
-        }
-        pts.push(a.points);
-    }
-    cols.push(Arc::new(Int64Array::from(vec![id; n])));
-    cols.push(Arc::new(StringArray::from(key)));
-    cols.push(Arc::new(StringArray::from(kind)));
-    cols.push(Arc::new(UInt64Array::from(hb)));
-    cols.push(Arc::new(UInt64Array::from(sn)));
-    cols.push(Arc::new(UInt64Array::from(rd)));
-    cols.push(Arc::new(UInt32Array::from(hours)));
-    cols.push(Arc::new(UInt64Array::from(hexes)));
-    cols.push(f64_col(med_dist));
-    cols.push(f64_col(trust));
-    cols.push(Arc::new(UInt64Array::from(tests)));
-    cols.push(f64_col(med_down));
-    cols.push(Arc::new(StringArray::from(tier)));
-    cols.push(Arc::new(UInt64Array::from(rejected_total)));
-    for v in by_reason {
-        cols.push(Arc::new(UInt64Array::from(v)));
-    }
-    cols.push(Arc::new(UInt64Array::from(pts)));
-    cols.push(Arc::new(StringArray::from(vec![rules.version.as_str(); n])));
-    cols.push(Arc::new(StringArray::from(vec![rules.hash.as_str(); n])));
-    let device_summary = RecordBatch::try_new(tables::device_summary_schema(), cols)?;
-    let leaves = (0..device_summary.num_rows())
-        .map(|i| merkle::encode_row(&device_summary, i).map(|e| merkle::leaf_hash(&e)))
-        .collect::<Result<Vec<_>, _>>()?;
-
-    Ok(EpochTables {
-        device_summary,
-        hex_coverage: hex_coverage(rows, id)?,
-        sensor_hex_hourly: sensor_hourly(rows, id)?,
-        road_hex: road_hex(rows, id, rules.privacy.road_min_devices)?,
-        leaves,
-    })
+    devs.into_iter()
+        .map(|(k, mut d)| {
+            let kd = d.kind();
+            let md = if kd == KindName::Road {
+                None
+            } else {
+                median(&mut d.dists)
+            };
+            let facts = DeviceFacts {
+                kind: kd,
+                active_hours: d.hours.len() as u32,
+                distinct_hexes: d.cells.len() as u64,
+                road_observations: d.road,
+                median_distance_m: md,
+                median_download_mbps: median(&mut d.downs),
+                median_latency_ms: median(&mut d.latencies),
+            };
+            let a = points::award(r, &facts);
+            SummaryRow {
+                key: k.to_string(),
+                kind: kd.as_str(),
+                heartbeats: d.heartbeats,
+                sensor_readings: d.sensor_seqs.len() as u64,
+                road_observations: d.road,
+                active_hours: facts.active_hours,
+                distinct_hexes: facts.distinct_hexes,
+                median_distance_m: md,
+                trust: a.trust_bp as f64 / 10_000.0,
+                speed_tests: d.downs.len() as u64,
+                median_download_mbps: facts.median_download_mbps,
+                tier: a.tier,
+                rejected: d.rejected,
+                points: a.points,
+            }
+        })
+        .collect()
 }
 
-fn hex_coverage(rows: &Readings, id: i64) -> Result<RecordBatch, EpochError> {
+/// `device_summary` from its rows, in key order.
+fn summary_batch(rows: &[SummaryRow], id: i64, rules: &Rules) -> Result<RecordBatch, EpochError> {
+    let n = rows.len();
+    let u64s = |f: fn(&SummaryRow) -> u64| -> ArrayRef {
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(f)))
+    };
+    let mut cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(vec![id; n])),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.key))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.kind))),
+        u64s(|r| r.heartbeats),
+        u64s(|r| r.sensor_readings),
+        u64s(|r| r.road_observations),
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|r| r.active_hours),
+        )),
+        u64s(|r| r.distinct_hexes),
+        f64_col(rows.iter().map(|r| r.median_distance_m)),
+        f64_col(rows.iter().map(|r| Some(r.trust))),
+        u64s(|r| r.speed_tests),
+        f64_col(rows.iter().map(|r| r.median_download_mbps)),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.tier))),
+        u64s(|r| r.rejected.values().sum::<u64>()),
+    ];
+    for reason in RejectReason::ALL {
+        cols.push(Arc::new(UInt64Array::from_iter_values(
+            rows.iter()
+                .map(|r| r.rejected.get(reason.as_str()).copied().unwrap_or(0)),
+        )));
+    }
+    cols.push(u64s(|r| r.points));
+    cols.push(Arc::new(StringArray::from(vec![rules.version.as_str(); n])));
+    cols.push(Arc::new(StringArray::from(vec![rules.hash.as_str(); n])));
+    Ok(RecordBatch::try_new(tables::device_summary_schema(), cols)?)
+}
+
+/// One cell's row of `hex_coverage`.
+struct CoverageRow {
+    cell: u64,
+    devices: u64,
+    heartbeats: u64,
+    best: Option<f64>,
+    median: Option<f64>,
+    tests: u64,
+    down: Option<f64>,
+    up: Option<f64>,
+    latency: Option<f64>,
+}
+
+/// The `hex_coverage` rows of the cells of one bucket.
+fn coverage_rows(rows: &Readings) -> Vec<CoverageRow> {
     #[derive(Default)]
     struct Cell<'a> {
         devices: BTreeSet<&'a str>,
@@ -580,40 +900,61 @@ fn hex_coverage(rows: &Readings, id: i64) -> Result<RecordBatch, EpochError> {
         c.ups.extend(h.up);
         c.lats.extend(h.latency);
     }
-    let n = cells.len();
-    let (mut cell, mut devices, mut hbs, mut best, mut med) =
-        (Vec::with_capacity(n), vec![], vec![], vec![], vec![]);
-    let (mut tests, mut down, mut up, mut lat) = (vec![], vec![], vec![], vec![]);
-    for (k, mut c) in cells {
-        cell.push(k);
-        devices.push(c.devices.len() as u64);
-        hbs.push(c.signals.len() as u64);
-        let m = median(&mut c.signals);
-        best.push(c.signals.last().copied());
-        med.push(m);
-        tests.push(c.downs.len() as u64);
-        down.push(median(&mut c.downs));
-        up.push(median(&mut c.ups));
-        lat.push(median(&mut c.lats));
-    }
+    cells
+        .into_iter()
+        .map(|(cell, mut c)| {
+            let median_signal = median(&mut c.signals);
+            CoverageRow {
+                cell,
+                devices: c.devices.len() as u64,
+                heartbeats: c.signals.len() as u64,
+                best: c.signals.last().copied(),
+                median: median_signal,
+                tests: c.downs.len() as u64,
+                down: median(&mut c.downs),
+                up: median(&mut c.ups),
+                latency: median(&mut c.lats),
+            }
+        })
+        .collect()
+}
+
+fn coverage_batch(rows: &[CoverageRow], id: i64) -> Result<RecordBatch, EpochError> {
+    let u64s = |f: fn(&CoverageRow) -> u64| -> ArrayRef {
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(f)))
+    };
+    let f64s = |f: fn(&CoverageRow) -> Option<f64>| f64_col(rows.iter().map(f));
     Ok(RecordBatch::try_new(
         tables::hex_coverage_schema(),
         vec![
-            Arc::new(Int64Array::from(vec![id; n])),
-            Arc::new(UInt64Array::from(cell)),
-            Arc::new(UInt64Array::from(devices)),
-            Arc::new(UInt64Array::from(hbs)),
-            f64_col(best),
-            f64_col(med),
-            Arc::new(UInt64Array::from(tests)),
-            f64_col(down),
-            f64_col(up),
-            f64_col(lat),
+            Arc::new(Int64Array::from(vec![id; rows.len()])),
+            u64s(|r| r.cell),
+            u64s(|r| r.devices),
+            u64s(|r| r.heartbeats),
+            f64s(|r| r.best),
+            f64s(|r| r.median),
+            u64s(|r| r.tests),
+            f64s(|r| r.down),
+            f64s(|r| r.up),
+            f64s(|r| r.latency),
         ],
     )?)
 }
 
-fn sensor_hourly(rows: &Readings, id: i64) -> Result<RecordBatch, EpochError> {
+/// One (cell, hour, metric) row of `sensor_hex_hourly`.
+struct HourlyRow {
+    cell: u64,
+    hour: i64,
+    metric: String,
+    count: u64,
+    mean: f64,
+    min: f64,
+    max: f64,
+    p95: f64,
+}
+
+/// The `sensor_hex_hourly` rows of the cells of one bucket.
+fn hourly_rows(rows: &Readings) -> Vec<HourlyRow> {
     let mut groups: BTreeMap<(u64, i64, &str), Vec<f64>> = BTreeMap::new();
     for s in &rows.sensor {
         groups
@@ -621,73 +962,92 @@ fn sensor_hourly(rows: &Readings, id: i64) -> Result<RecordBatch, EpochError> {
             .or_default()
             .push(s.value);
     }
-    let n = groups.len();
-    let (mut cell, mut hour, mut metric, mut count) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut mean, mut min, mut max, mut p95) = (vec![], vec![], vec![], vec![]);
-    for ((c, h, m), mut v) in groups {
-        let sum = sorted_sum(&mut v);
-        let len = v.len();
-        cell.push(c);
-        hour.push(h);
-        metric.push(m);
-        count.push(len as u64);
-        mean.push(Some(sum / len as f64));
-        min.push(Some(v[0]));
-        max.push(Some(v[len - 1]));
-        // Nearest rank: the ceil(0.95 n)-th smallest value.
-        let rank = (len * 95).div_ceil(100).max(1);
-        p95.push(Some(v[rank - 1]));
-    }
+    groups
+        .into_iter()
+        .map(|((cell, hour, metric), mut v)| {
+            let sum = sorted_sum(&mut v);
+            let len = v.len();
+            // Nearest rank: the ceil(0.95 n)-th smallest value.
+            let rank = (len * 95).div_ceil(100).max(1);
+            HourlyRow {
+                cell,
+                hour,
+                metric: metric.to_string(),
+                count: len as u64,
+                mean: sum / len as f64,
+                min: v[0],
+                max: v[len - 1],
+                p95: v[rank - 1],
+            }
+        })
+        .collect()
+}
+
+fn hourly_batch(rows: Vec<HourlyRow>, id: i64) -> Result<RecordBatch, EpochError> {
+    let f64s = |f: fn(&HourlyRow) -> f64| f64_col(rows.iter().map(|r| Some(f(r))));
     Ok(RecordBatch::try_new(
         tables::sensor_hex_hourly_schema(),
         vec![
-            Arc::new(Int64Array::from(vec![id; n])),
-            Arc::new(UInt64Array::from(cell)),
-            Arc::new(TimestampMillisecondArray::from(hour).with_timezone("UTC")),
-            Arc::new(StringArray::from(metric)),
-            Arc::new(UInt64Array::from(count)),
-            f64_col(mean),
-            f64_col(min),
-            f64_col(max),
-            f64_col(p95),
+            Arc::new(Int64Array::from(vec![id; rows.len()])),
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.cell))),
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.hour))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| &r.metric),
+            )),
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.count))),
+            f64s(|r| r.mean),
+            f64s(|r| r.min),
+            f64s(|r| r.max),
+            f64s(|r| r.p95),
         ],
     )?)
 }
 
-fn road_hex(rows: &Readings, id: i64, k: u64) -> Result<RecordBatch, EpochError> {
+/// One (cell, observation type) row of `road_hex`.
+struct RoadRow {
+    cell: u64,
+    observation: String,
+    count: u64,
+    devices: u64,
+}
+
+/// The `road_hex` rows of the cells of one bucket: a (cell, type) only where that type has `k`
+/// distinct dashcams.
+fn road_rows(rows: &Readings, k: u64) -> Vec<RoadRow> {
     let mut groups: BTreeMap<(u64, &str), (u64, BTreeSet<&str>)> = BTreeMap::new();
     for o in &rows.road {
         let g = groups.entry((o.cell, &o.observation)).or_default();
         g.0 += 1;
         g.1.insert(&o.key);
     }
-    groups.retain(|_, g| g.1.len() as u64 >= k);
-    let n = groups.len();
-    let (mut cell, mut obs, mut count, mut devices) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for ((c, o), (cnt, devs)) in groups {
-        cell.push(c);
-        obs.push(o);
-        count.push(cnt);
-        devices.push(devs.len() as u64);
-    }
+    groups
+        .into_iter()
+        .filter(|(_, g)| g.1.len() as u64 >= k)
+        .map(|((cell, observation), (count, devices))| RoadRow {
+            cell,
+            observation: observation.to_string(),
+            count,
+            devices: devices.len() as u64,
+        })
+        .collect()
+}
+
+fn road_batch(rows: Vec<RoadRow>, id: i64) -> Result<RecordBatch, EpochError> {
     Ok(RecordBatch::try_new(
         tables::road_hex_schema(),
         vec![
-            Arc::new(Int64Array::from(vec![id; n])),
-            Arc::new(UInt64Array::from(cell)),
-            Arc::new(StringArray::from(obs)),
-            Arc::new(UInt64Array::from(count)),
-            Arc::new(UInt64Array::from(devices)),
+            Arc::new(Int64Array::from(vec![id; rows.len()])),
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.cell))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| &r.observation),
+            )),
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.count))),
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|r| r.devices),
+            )),
         ],
     )?)
 }
@@ -754,12 +1114,36 @@ mod tests {
                 ("s".into(), "stale".into()),
                 ("a".into(), "duplicate".into()),
             ],
-            ..Default::default()
         }
     }
 
+    /// The epoch tables of `rows`, through `buckets` buckets that keep `budget` bytes in memory.
+    fn tables(rows: &EpochRows, rules: &Rules, buckets: usize, budget: usize) -> EpochTables {
+        let mut b = Buckets::new(buckets, budget);
+        let mut put = |key: &str, write: &dyn Fn(&mut Writer)| {
+            b.push(b.of(hash_of(key)), |w| write(w)).unwrap();
+        };
+        for h in &rows.hb {
+            put(&h.key, &|w| h.write(w));
+        }
+        for s in &rows.sensor {
+            put(&s.key, &|w| s.write(w));
+        }
+        for o in &rows.road {
+            put(&o.key, &|w| o.write(w));
+        }
+        for (k, reason) in &rows.rejected {
+            put(k, &|w| {
+                w.u8(REJECTED);
+                w.str(k);
+                w.str(reason);
+            });
+        }
+        aggregate_buckets(b, 7, rules, budget).unwrap().0
+    }
+
     fn output(rows: &EpochRows, rules: &Rules) -> Vec<RecordBatch> {
-        let t = aggregate(rows, 7, rules).unwrap();
+        let t = tables(rows, rules, 1, usize::MAX);
         assert!(!t.leaves.is_empty());
         vec![
             t.device_summary,
@@ -767,6 +1151,25 @@ mod tests {
             t.sensor_hex_hourly,
             t.road_hex,
         ]
+    }
+
+    /// The buckets' number, and whether they spill to files, change no bit of the tables.
+    #[test]
+    fn buckets_and_spilling_never_change_the_epoch_tables() {
+        let mut rules = Rules::load(None).unwrap();
+        rules.privacy.road_min_devices = 1;
+        let base = rows();
+        let want = output(&base, &rules);
+        for (buckets, budget) in [(2, usize::MAX), (3, 0), (7, 64), (64, 0)] {
+            let t = tables(&base, &rules, buckets, budget);
+            let got = vec![
+                t.device_summary,
+                t.hex_coverage,
+                t.sensor_hex_hourly,
+                t.road_hex,
+            ];
+            assert_eq!(got, want, "{buckets} buckets, {budget} bytes in memory");
+        }
     }
 
     /// A seal reads files in whatever order the log lists them; no order of the rows (here every

@@ -16,6 +16,7 @@ pub mod merkle;
 pub mod points;
 pub mod publish;
 pub mod seal;
+mod spill;
 
 use std::collections::BTreeSet;
 use std::sync::RwLock;
@@ -43,6 +44,9 @@ pub struct EpochConfig {
     /// (so an idle partition does not hold every seal back).
     #[serde(with = "humantime_serde")]
     pub idle_after: Duration,
+    /// Memory one seal may use (bytes): past it, the epoch's rows wait in temporary files
+    /// (`compute::SealMemory`).
+    pub seal_memory_bytes: u64,
 }
 
 impl Default for EpochConfig {
@@ -53,6 +57,7 @@ impl Default for EpochConfig {
             hex_resolution: 8,
             seal_interval: Duration::from_secs(30),
             idle_after: Duration::from_secs(30),
+            seal_memory_bytes: 512 << 20,
         }
     }
 }

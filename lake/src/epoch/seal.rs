@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::compute::{aggregate, epoch_inputs, load_rows};
+use super::compute::{SealMemory, compute, epoch_inputs};
 use super::merkle::{self, Step};
 use super::{EpochConfig, EpochError, SealedEpochs, manifest_path};
 use crate::compact::table_hours;
@@ -205,8 +205,18 @@ pub async fn seal(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
         .filter(|v| !v.is_empty());
     let (files, input_versions) =
         epoch_inputs(req.input, req.cfg, req.rules, req.epoch, pinned).await?;
-    let rows = load_rows(req.input, req.cfg, req.epoch, &files).await?;
-    let t = aggregate(&rows, req.epoch, req.rules)?;
+    let memory = SealMemory {
+        bytes: req.cfg.seal_memory_bytes,
+    };
+    let computed = compute(req.input, req.cfg, req.rules, req.epoch, &files, memory).await?;
+    tracing::debug!(
+        epoch = req.epoch,
+        files = files.len(),
+        buckets = computed.buckets,
+        spilled_bytes = computed.spilled_bytes,
+        "epoch computed"
+    );
+    let t = &computed.tables;
     let mut outputs = Vec::new();
     for (table, batch) in [
         (tables::DEVICE_SUMMARY_TABLE, &t.device_summary),
@@ -250,7 +260,7 @@ pub async fn seal(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
         rules_hash: req.rules.hash.clone(),
         allowed_lateness_ms: lateness,
         watermarks: wms,
-        inputs: rows
+        inputs: computed
             .inputs
             .iter()
             .map(|((topic, partition), (first, last, n))| InputRange {
@@ -262,7 +272,7 @@ pub async fn seal(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
             })
             .collect(),
         input_versions,
-        unattributed_rejections: rows.unattributed_rejections,
+        unattributed_rejections: computed.unattributed_rejections,
         outputs,
         merkle_root: hex::encode(merkle::root(&t.leaves)),
         merkle_leaves: t.leaves.len() as u64,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use hexpulse_common::registry::Registry;
 use hexpulse_common::testenv;
 use hexpulse_lake::compact::{self, CompactOptions};
-use hexpulse_lake::epoch::compute::{aggregate, epoch_files, epoch_inputs, load_rows};
+use hexpulse_lake::epoch::compute::{SealMemory, compute, epoch_files, epoch_inputs};
 use hexpulse_lake::epoch::seal::{self, SealRequest, Sealed};
 use hexpulse_lake::epoch::{EpochConfig, EpochError, merkle};
 use hexpulse_lake::rules::Rules;
@@ -102,10 +102,19 @@ async fn sealing_is_byte_identical_across_files_partitions_and_compaction() {
         );
     }
 
-    // Shuffled input files give the same bytes (the helper writes the same footer metadata).
+    // Shuffled input files give the same bytes (the helper writes the same footer metadata), and
+    // so does a seal with 16 KiB of memory, whose rows go through temporary files in many buckets.
     let mut files = epoch_files(&a, &cfg, &rules, id).await.unwrap();
     files.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(7));
-    let t = aggregate(&load_rows(&a, &cfg, id, &files).await.unwrap(), id, &rules).unwrap();
+    let memory = SealMemory { bytes: 16 << 10 };
+    let c = compute(&a, &cfg, &rules, id, &files, memory).await.unwrap();
+    assert!(
+        c.buckets > 10 && c.spilled_bytes > 0,
+        "{} buckets, {} bytes spilled",
+        c.buckets,
+        c.spilled_bytes
+    );
+    let t = c.tables;
     let summary = hexpulse_lake::encode_parquet_with(
         &t.device_summary,
         COMPACTED_ZSTD_LEVEL,
@@ -487,10 +496,12 @@ async fn a_reseal_at_the_pinned_versions_is_byte_identical_after_late_rows() {
         .unwrap();
     assert!(!done.is_empty());
     compact::vacuum(&lake, Duration::ZERO).await.unwrap();
-    for (table, path) in &pinned {
+    for f in &pinned {
         assert!(
-            lake.get(path).await.unwrap().is_some(),
-            "{table}: {path} kept"
+            lake.get(&f.path).await.unwrap().is_some(),
+            "{}: {} kept",
+            f.table,
+            f.path
         );
     }
     // The log is cleaned up to a checkpoint at the newest version, with no retention: the pinned
