@@ -22,6 +22,8 @@ echo "== Delta log: six simulated hours with the whole log kept, and a simulated
 # (A whole day kept with a checkpoint every minute takes about 6 GB and half an hour.)
 "$BIN" bench lake --hours 6 --out load-tests/results/lake.json
 "$BIN" bench lake --clean-log --out load-tests/results/lake-clean.json
+echo "== sealing a 50M-row epoch within 512 MiB (time, spill, peak RSS)"
+"$BIN" bench seal --out load-tests/results/seal.json
 # DuckDB from PyPI for the side-by-side query benchmark (the same cached venv as make test).
 PY="$(scripts/venv.sh)"
 echo "== query service vs DuckDB (10M readings)"

@@ -60,7 +60,7 @@ def target_is_max(name):
 
 def stages(results):
     out = []
-    ingest, process, query, e2e = (load(results, n) for n in ("ingest", "process", "query", "e2e"))
+    ingest, process, query, e2e, seal = (load(results, n) for n in ("ingest", "process", "query", "e2e", "seal"))
     lakes = [l for l in (load(results, "lake"), load(results, "lake-clean")) if l]
     if ingest:
         raw = ingest["raw_verify"]["batch128_per_s"]
@@ -123,6 +123,13 @@ def stages(results):
                          "no limit set", None, "hexpulse bench lake" + (" --clean-log" if lk["clean_log"] else ""),
                          note=f"{lk['log_files']} log files ({lk['log_mb']:.0f} MB), {lk['live_files']} live files; "
                               f"refresh after one more commit {lk['refresh_ms']:.0f} ms; {day}"))
+    if seal:
+        out.append(stage(f"peak RSS added by sealing {seal['rows'] / 1e6:.0f}M rows", round(seal["seal_growth_mib"]),
+                         "MiB (VmHWM while sealing, less the resident size before)", seal["memory_mib"],
+                         "seal_memory_bytes (the budget)", seal["growth_per_budget"], "hexpulse bench seal", target=1.0,
+                         note=f"{seal['rows_per_s']:.0f} rows/s ({seal['seal_s']:.0f} s), {seal['buckets']} buckets, "
+                              f"{seal['spilled_mb']:.0f} MB spilled; {seal['devices']} devices; outputs: "
+                              f"{seal['device_summary_rows']} device summaries, {seal['sensor_hex_hourly_rows']} hourly sensor rows"))
     if query:
         for q in query["queries"]:
             out.append(stage(f"query: {q['name']}", round(q["hexpulse_p50_ms"], 1), "ms p50",

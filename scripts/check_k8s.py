@@ -202,6 +202,11 @@ def check_overlay(overlay, docs, hexpulse, r):
             r.check(listen and port_of(listen) == ports.get("metrics"), f"{name}: sealer --listen is the container port `metrics`")
             r.check("--every" in args, f"{name}: sealer runs on a schedule (--every)")
             r.check(w["kind"] == "StatefulSet" and w["spec"].get("replicas") == 1, f"{name}: one sealer (StatefulSet of 1: at most one pod at a time)")
+            budget = cfg["process"].get("epoch", {}).get("seal_memory_bytes", 512 << 20)
+            r.check(mem > budget * 3 // 2, f"{name}: memory limit {limit} above 1.5 x [process.epoch] seal_memory_bytes {budget}")
+            tmp = next((v["emptyDir"].get("sizeLimit") for v in pod.get("volumes", []) if v["name"] == "tmp" and "emptyDir" in v), None)
+            # About 120 bytes a row spilled at the peak: an epoch of 50M rows.
+            r.check(tmp is not None and quantity_bytes(tmp) >= 6 * 10**9, f"{name}: /tmp sizeLimit {tmp} holds a 50M-row epoch's spill (6 GB)")
         if role in ("process", "query", "seal"):
             lake = cfg["query" if role == "query" else "process"]["lake_url"]
             r.check(re.match(r"^(s3|gs|az)://", lake), f"{name}: the lake is an object store ({lake})")

@@ -4,6 +4,7 @@ mod bench;
 mod bench_e2e;
 mod bench_lake;
 mod bench_query;
+mod bench_seal;
 mod config;
 
 use std::path::PathBuf;
@@ -272,6 +273,8 @@ enum BenchCmd {
     /// The Delta log over a simulated day of the processors' commits: commits per second, commit
     /// latency, log size, and the time to open and to refresh a table at the end of the day.
     Lake(bench_lake::LakeArgs),
+    /// Sealing one large epoch within a memory budget: time, spill and peak RSS.
+    Seal(bench_seal::SealArgs),
 }
 
 /// `println!` that returns a closed stdout as an error (`hexpulse lake files | head`), where
@@ -984,5 +987,6 @@ async fn bench(cfg: Config, b: BenchCmd) -> anyhow::Result<()> {
         } => bench_query::query(readings, runs, python, lake, out).await,
         BenchCmd::E2e(args) => bench_e2e::e2e(cfg, args).await,
         BenchCmd::Lake(args) => bench_lake::lake(args).await,
+        BenchCmd::Seal(args) => bench_seal::seal(args).await,
     }
 }

@@ -124,6 +124,17 @@ fn k8s_checks_catch_broken_manifests() {
         "trusted_proxies = [\"10.0.0.0/8\", \"172.16.0.0/12\", \"192.168.0.0/16\"]\n\n[process]",
         "trusted_proxies = [\"0.0.0.0/0\"]\n\n[process]",
     );
+    // The sealer's spill volume left at the pods' default, and a budget above its memory limit.
+    edit(
+        &k8s.join("base/sealer-spill.yaml"),
+        "sizeLimit: 16Gi",
+        "sizeLimit: 1Gi",
+    );
+    edit(
+        &k8s.join("base/hexpulse.toml"),
+        "seal_memory_bytes = 2147483648",
+        "seal_memory_bytes = 4294967296",
+    );
     let Some(out) = check(&k8s) else {
         return;
     };
@@ -143,6 +154,8 @@ fn k8s_checks_catch_broken_manifests() {
         "KafkaUser/hexpulse-processor: exactly the ACLs process needs",
         "listener plain authenticates its clients",
         "Deployment/hexpulse-ingest: X-Forwarded-For believed only from named proxy ranges",
+        "StatefulSet/hexpulse-sealer: memory limit 4Gi above 1.5 x",
+        "StatefulSet/hexpulse-sealer: /tmp sizeLimit 1Gi holds",
     ] {
         assert!(
             failed.iter().any(|l| l.contains(needle)),

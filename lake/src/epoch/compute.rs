@@ -1,8 +1,12 @@
 //! Reading an epoch's rows from the lake and aggregating them into the epoch tables.
 //!
-//! Determinism: rows are gathered into plain vectors, every aggregate is keyed by a `BTreeMap`, and
-//! every floating-point reduction runs over values sorted by total order, so neither file order nor
-//! partitioning (which changes provenance) can change a bit of the output.
+//! Memory: the rows go through buckets (by device, then by cell, see [`compute`]), so a seal holds
+//! one bucket of rows at a time, within [`SealMemory`]; what grows with the epoch is only the
+//! tables themselves (a row per device and per cell group).
+//!
+//! Determinism: every aggregate is keyed by a `BTreeMap`, every floating-point reduction runs over
+//! values sorted by total order, and every table is sorted by its key, so neither file order, nor
+//! partitioning (which changes provenance), nor the buckets can change a bit of the output.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
@@ -276,13 +280,14 @@ pub async fn epoch_inputs(
     Ok((files, versions))
 }
 
-/// How many bytes a row takes while its bucket is aggregated (its record decoded, with its strings),
-/// measured on the `bench seal` epoch: the figure that sizes the buckets.
-const ROW_BYTES: u64 = 200;
+/// How many bytes a row takes while its bucket is aggregated: its record read back, decoded with its
+/// strings, and its place in the one-per-reading map (`bench seal`: about 300). It sizes the buckets.
+const ROW_BYTES: u64 = 320;
 
 /// The memory a seal may use, and how it is shared: a quarter for the buffers of the buckets not
-/// yet on disk, a quarter for the rows of the one bucket being aggregated, and the rest for the
-/// input file being read and the epoch tables, which grow with devices and cells, not with rows.
+/// yet on disk (an eighth for the device buckets, an eighth for the cell buckets), a quarter for
+/// the rows of the one bucket being aggregated, and the rest for the input file being read and the
+/// epoch tables, which grow with devices and cells, not with rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SealMemory {
     pub bytes: u64,
@@ -297,8 +302,9 @@ impl SealMemory {
             .clamp(1, 65_536) as usize
     }
 
+    /// The buffers of one set of buckets (by device, or by cell).
     fn buffer_bytes(self) -> usize {
-        (self.bytes / 4) as usize
+        (self.bytes / 8) as usize
     }
 }
 
@@ -581,6 +587,7 @@ fn aggregate_buckets(
         }
     }
     let (mut coverage, mut hourly, mut road) = (Vec::new(), Vec::new(), Vec::new());
+    let mut names = Names::default();
     for b in 0..cells.len() {
         let rows = EpochRows::read(&cells.take(b).map_err(spill_error)?);
         // One per reading already (pass 2).
@@ -590,20 +597,24 @@ fn aggregate_buckets(
             road: rows.road.iter().collect(),
         };
         coverage.extend(coverage_rows(&once));
-        hourly.extend(hourly_rows(&once));
-        road.extend(road_rows(&once, rules.privacy.road_min_devices));
+        hourly.extend(hourly_rows(&once, &mut names));
+        road.extend(road_rows(&once, rules.privacy.road_min_devices, &mut names));
     }
     summaries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     coverage.sort_unstable_by_key(|c| c.cell);
     hourly.sort_unstable_by(|a, b| (a.cell, a.hour, &a.metric).cmp(&(b.cell, b.hour, &b.metric)));
     road.sort_unstable_by(|a, b| (a.cell, &a.observation).cmp(&(b.cell, &b.observation)));
+    // Each table's rows are dropped once its batch is built.
     let device_summary = summary_batch(&summaries, id, rules)?;
+    drop(summaries);
     let leaves = (0..device_summary.num_rows())
         .map(|i| merkle::encode_row(&device_summary, i).map(|e| merkle::leaf_hash(&e)))
         .collect::<Result<Vec<_>, _>>()?;
+    let hex_coverage = coverage_batch(&coverage, id)?;
+    drop(coverage);
     let tables = EpochTables {
         device_summary,
-        hex_coverage: coverage_batch(&coverage, id)?,
+        hex_coverage,
         sensor_hex_hourly: hourly_batch(hourly, id)?,
         road_hex: road_batch(road, id)?,
         leaves,
@@ -945,7 +956,7 @@ fn coverage_batch(rows: &[CoverageRow], id: i64) -> Result<RecordBatch, EpochErr
 struct HourlyRow {
     cell: u64,
     hour: i64,
-    metric: String,
+    metric: Arc<str>,
     count: u64,
     mean: f64,
     min: f64,
@@ -953,8 +964,23 @@ struct HourlyRow {
     p95: f64,
 }
 
+/// The names that many output rows repeat (metrics, observation types), each kept once.
+#[derive(Default)]
+struct Names(BTreeSet<Arc<str>>);
+
+impl Names {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.0.get(name) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name);
+        self.0.insert(n.clone());
+        n
+    }
+}
+
 /// The `sensor_hex_hourly` rows of the cells of one bucket.
-fn hourly_rows(rows: &Readings) -> Vec<HourlyRow> {
+fn hourly_rows(rows: &Readings, names: &mut Names) -> Vec<HourlyRow> {
     let mut groups: BTreeMap<(u64, i64, &str), Vec<f64>> = BTreeMap::new();
     for s in &rows.sensor {
         groups
@@ -972,7 +998,7 @@ fn hourly_rows(rows: &Readings) -> Vec<HourlyRow> {
             HourlyRow {
                 cell,
                 hour,
-                metric: metric.to_string(),
+                metric: names.get(metric),
                 count: len as u64,
                 mean: sum / len as f64,
                 min: v[0],
@@ -1009,14 +1035,14 @@ fn hourly_batch(rows: Vec<HourlyRow>, id: i64) -> Result<RecordBatch, EpochError
 /// One (cell, observation type) row of `road_hex`.
 struct RoadRow {
     cell: u64,
-    observation: String,
+    observation: Arc<str>,
     count: u64,
     devices: u64,
 }
 
 /// The `road_hex` rows of the cells of one bucket: a (cell, type) only where that type has `k`
 /// distinct dashcams.
-fn road_rows(rows: &Readings, k: u64) -> Vec<RoadRow> {
+fn road_rows(rows: &Readings, k: u64, names: &mut Names) -> Vec<RoadRow> {
     let mut groups: BTreeMap<(u64, &str), (u64, BTreeSet<&str>)> = BTreeMap::new();
     for o in &rows.road {
         let g = groups.entry((o.cell, &o.observation)).or_default();
@@ -1028,7 +1054,7 @@ fn road_rows(rows: &Readings, k: u64) -> Vec<RoadRow> {
         .filter(|(_, g)| g.1.len() as u64 >= k)
         .map(|((cell, observation), (count, devices))| RoadRow {
             cell,
-            observation: observation.to_string(),
+            observation: names.get(observation),
             count,
             devices: devices.len() as u64,
         })
@@ -1042,7 +1068,7 @@ fn road_batch(rows: Vec<RoadRow>, id: i64) -> Result<RecordBatch, EpochError> {
             Arc::new(Int64Array::from(vec![id; rows.len()])),
             Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.cell))),
             Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| &r.observation),
+                rows.iter().map(|r| r.observation.as_ref()),
             )),
             Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.count))),
             Arc::new(UInt64Array::from_iter_values(

@@ -159,8 +159,22 @@ pub async fn watermarks(
 
 /// Seals one epoch: see the module docs of [`super`].
 pub async fn seal(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
+    Ok(seal_measured(req).await?.0)
+}
+
+/// How a seal computed its epoch (see [`compute`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealStats {
+    pub buckets: usize,
+    pub spilled_bytes: u64,
+}
+
+/// [`seal`], and how it computed the epoch when this call computed it.
+pub async fn seal_measured(
+    req: SealRequest<'_>,
+) -> Result<(Sealed, Option<SealStats>), EpochError> {
     if let Some(m) = read_manifest(req.output, req.epoch).await? {
-        return Ok(Sealed::Already(m));
+        return Ok((Sealed::Already(m), None));
     }
     let (start, end) = req.cfg.bounds(req.epoch)?;
     // Not even forced: an epoch that has not ended would be sealed without the rest of its readings,
@@ -217,6 +231,10 @@ pub async fn seal(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
         "epoch computed"
     );
     let t = &computed.tables;
+    let stats = SealStats {
+        buckets: computed.buckets,
+        spilled_bytes: computed.spilled_bytes,
+    };
     let mut outputs = Vec::new();
     for (table, batch) in [
         (tables::DEVICE_SUMMARY_TABLE, &t.device_summary),
@@ -292,7 +310,7 @@ pub async fn seal(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
                 root = %manifest.merkle_root,
                 "epoch sealed"
             );
-            Ok(Sealed::New(manifest))
+            Ok((Sealed::New(manifest), Some(stats)))
         }
         Ok(false) => {
             let winner = read_manifest(req.output, req.epoch)
@@ -309,7 +327,7 @@ pub async fn seal(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
                 epoch = req.epoch,
                 "another sealer sealed this epoch first; its manifest stands"
             );
-            Ok(Sealed::Already(winner))
+            Ok((Sealed::Already(winner), Some(stats)))
         }
         Err(e) => Err(EpochError::Lake(e)),
     }
