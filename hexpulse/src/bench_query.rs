@@ -184,7 +184,7 @@ async fn seal_closed_epochs(lake: &Lake, start_ms: i64, end_ms: i64) -> anyhow::
     let mut id = cfg.id_of(start_ms)?;
     while cfg.bounds(id)?.1 <= end_ms {
         let t = Instant::now();
-        let m = seal::seal(seal::SealRequest {
+        let m = seal::seal_and_publish(seal::SealRequest {
             input: lake,
             output: lake,
             cfg: &cfg,
@@ -197,7 +197,6 @@ async fn seal_closed_epochs(lake: &Lake, start_ms: i64, end_ms: i64) -> anyhow::
         .await?
         .manifest()
         .clone();
-        hexpulse_lake::epoch::publish::publish(lake, &m).await?;
         eprintln!(
             "[bench]   sealed epoch {id} ({} to {}) in {:.0} s",
             m.start,

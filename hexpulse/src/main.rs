@@ -479,15 +479,11 @@ async fn seal_once(cfg: &Config, a: &SealArgs) -> anyhow::Result<()> {
     let epochs: Vec<i64> = match a.epoch {
         Some(e) => vec![e],
         None => {
-            let Some(first) = s::next_epoch(&out, ecfg).await? else {
+            let Some(due) = s::due_epochs(&out, ecfg, &rules).await? else {
                 eprintln!("the lake has no data yet: nothing to seal");
                 return Ok(());
             };
-            let lateness = rules.time.allowed_lateness.as_millis() as i64;
-            let now = hexpulse_common::time::now_ms();
-            (first..)
-                .take_while(|e| ecfg.bounds(*e).is_ok_and(|(_, end)| end + lateness <= now))
-                .collect()
+            due
         }
     };
     if epochs.is_empty() {
@@ -504,7 +500,7 @@ async fn seal_once(cfg: &Config, a: &SealArgs) -> anyhow::Result<()> {
             topic: &cfg.kafka.raw_topic,
             partitions: cfg.kafka.partitions,
         };
-        match s::seal(req).await {
+        match s::seal_and_publish(req).await {
             Ok(sealed) => {
                 let m = sealed.manifest();
                 let what = match sealed {
@@ -520,7 +516,6 @@ async fn seal_once(cfg: &Config, a: &SealArgs) -> anyhow::Result<()> {
                     m.merkle_root,
                     epoch::manifest_path(id)
                 );
-                epoch::publish::publish(&out, m).await?;
             }
             Err(epoch::EpochError::NotReady(why)) => {
                 bail!("{why}\n(use --force to seal anyway; the manifest records it)")

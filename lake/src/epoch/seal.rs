@@ -577,8 +577,37 @@ pub async fn next_epoch(lake: &Lake, cfg: &EpochConfig) -> Result<Option<i64>, E
     Ok(Some(cfg.id_of(ms)?))
 }
 
+/// The epochs a sealer should try now, in order: from the first after the last sealed one (or the
+/// earliest with data) while the epoch's end plus the allowed lateness has passed. `None`: the lake
+/// has no data yet.
+pub async fn due_epochs(
+    lake: &Lake,
+    cfg: &EpochConfig,
+    rules: &Rules,
+) -> Result<Option<Vec<i64>>, EpochError> {
+    let Some(first) = next_epoch(lake, cfg).await? else {
+        return Ok(None);
+    };
+    let lateness = rules.time.allowed_lateness.as_millis() as i64;
+    let now = crate::now_ms();
+    Ok(Some(
+        (first..)
+            .take_while(|e| cfg.bounds(*e).is_ok_and(|(_, end)| end + lateness <= now))
+            .collect(),
+    ))
+}
+
+/// [`seal`], then the outputs published in the epoch tables (see [`super::publish`]).
+pub async fn seal_and_publish(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
+    let out = req.output;
+    let sealed = seal(req).await?;
+    super::publish::publish(out, sealed.manifest()).await?;
+    Ok(sealed)
+}
+
 /// Seals every complete epoch, in order, every `cfg.seal_interval`, until `stop`. Marks what it
 /// seals in `sealed`; epochs sealed elsewhere reach `sealed` through the processor's refresher.
+/// (`hexpulse seal --every` is the same round, as its own process.)
 pub async fn run_sealer(
     lake: Lake,
     cfg: EpochConfig,
@@ -588,7 +617,6 @@ pub async fn run_sealer(
     sealed: Arc<SealedEpochs>,
     stop: CancellationToken,
 ) {
-    let lateness = rules.time.allowed_lateness.as_millis() as i64;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -598,45 +626,32 @@ pub async fn run_sealer(
         if let Err(e) = super::publish::publish_sealed(&lake).await {
             tracing::warn!(error = %e, "publishing sealed epochs failed; retrying next round");
         }
-        let mut next = match next_epoch(&lake, &cfg).await {
-            Ok(Some(n)) => n,
-            Ok(None) => continue,
+        let due = match due_epochs(&lake, &cfg, &rules).await {
+            Ok(due) => due.unwrap_or_default(),
             Err(e) => {
                 tracing::warn!(error = %e, "finding the next epoch failed");
                 continue;
             }
         };
-        loop {
-            let Ok((_, end)) = cfg.bounds(next) else {
-                break;
-            };
-            if end + lateness > crate::now_ms() {
-                break;
-            }
+        for epoch in due {
             let req = SealRequest {
                 input: &lake,
                 output: &lake,
                 cfg: &cfg,
                 rules: &rules,
-                epoch: next,
+                epoch,
                 force: false,
                 topic: &topic,
                 partitions,
             };
-            match seal(req).await {
-                Ok(s) => {
-                    sealed.mark(next);
-                    next += 1;
-                    if let Err(e) = super::publish::publish(&lake, s.manifest()).await {
-                        tracing::warn!(epoch = s.manifest().epoch, error = %e, "publishing failed; retrying next round");
-                    }
-                }
+            match seal_and_publish(req).await {
+                Ok(_) => sealed.mark(epoch),
                 Err(EpochError::NotReady(why)) => {
-                    tracing::debug!(epoch = next, %why, "not sealing yet");
+                    tracing::debug!(epoch, %why, "not sealing yet");
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(epoch = next, error = %e, "sealing failed; retrying next round");
+                    tracing::warn!(epoch, error = %e, "sealing failed; retrying next round");
                     break;
                 }
             }
