@@ -1179,6 +1179,46 @@ mod tests {
         ]
     }
 
+    /// `road_hex` keeps a (cell, type) only where that type has k distinct dashcams, however many
+    /// the cell has in all or the type's observations are.
+    #[test]
+    fn road_hex_keeps_a_type_only_where_it_has_k_dashcams() {
+        let mut rules = Rules::load(None).unwrap();
+        rules.privacy.road_min_devices = 2;
+        let road = |key: &str, seq: u64, cell: u64, observation: &str| Road {
+            key: key.into(),
+            seq,
+            active: None,
+            cell,
+            observation: observation.into(),
+        };
+        let rows = EpochRows {
+            road: vec![
+                // Cell 5: potholes from two dashcams; signs from one, many times.
+                road("r1", 1, 5, "pothole"),
+                road("r2", 1, 5, "pothole"),
+                road("r1", 2, 5, "sign"),
+                road("r1", 3, 5, "sign"),
+                road("r1", 4, 5, "sign"),
+                // Cell 6: one dashcam only.
+                road("r3", 1, 6, "pothole"),
+                road("r3", 2, 6, "pothole"),
+            ],
+            ..Default::default()
+        };
+        let t = tables(&rows, &rules, 3, 0);
+        let b = &t.road_hex;
+        let cells = b
+            .column_by_name("h3_cell")
+            .unwrap()
+            .as_primitive::<UInt64Type>();
+        let obs = b.column_by_name("observation").unwrap().as_string::<i32>();
+        let kept: Vec<(u64, &str)> = (0..b.num_rows())
+            .map(|i| (cells.value(i), obs.value(i)))
+            .collect();
+        assert_eq!(kept, [(5, "pothole")]);
+    }
+
     /// The buckets' number, and whether they spill to files, change no bit of the tables.
     #[test]
     fn buckets_and_spilling_never_change_the_epoch_tables() {
