@@ -232,44 +232,77 @@ pub fn encode_parquet_with(
     level: i32,
     metadata: Vec<(String, String)>,
 ) -> Result<Bytes, LakeError> {
-    let mut props = WriterProperties::builder();
-    for col in [
-        "device_key",
-        "radio",
-        "metric",
-        "unit",
-        "observation",
-        "src_topic",
-        "rules_version",
-        "kind",
-        "reason",
-        "speed_tier",
-        "rules_hash",
-    ] {
-        props = props.set_column_dictionary_enabled(ColumnPath::from(col), true);
-    }
-    let props = props
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(level)?))
-        .set_statistics_enabled(EnabledStatistics::Page)
-        // Dictionaries only where values repeat (keys, enums, provenance); numbers, times, cells,
-        // messages and raw bytes are near-unique, and building their dictionaries costs CPU for nothing.
-        .set_dictionary_enabled(false)
-        .set_max_row_group_row_count(Some(128 * 1024))
-        // Small pages: files are sorted by cell, so a reader using the page index (the query
-        // service) decodes only the pages of the cells, places and times it asks for.
-        .set_data_page_row_count_limit(PAGE_ROWS)
-        .set_key_value_metadata((!metadata.is_empty()).then(|| {
-            metadata
-                .into_iter()
-                .map(|(k, v)| parquet::file::metadata::KeyValue::new(k, v))
-                .collect()
-        }))
-        .build();
-    let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 4 + 1024);
-    let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
+    let mut w = ParquetStream::new(batch.schema(), level, metadata)?;
     w.write(batch)?;
-    w.close()?;
-    Ok(buf.into())
+    w.finish()
+}
+
+/// A Parquet file written batch by batch into memory, with the settings of [`encode_parquet`].
+/// Batches whose lengths are multiples of 1,024 (the writer's step) give the same bytes as one
+/// batch of all their rows.
+pub struct ParquetStream {
+    writer: ArrowWriter<Vec<u8>>,
+    rows: u64,
+}
+
+impl ParquetStream {
+    pub fn new(
+        schema: arrow::datatypes::SchemaRef,
+        level: i32,
+        metadata: Vec<(String, String)>,
+    ) -> Result<ParquetStream, LakeError> {
+        let mut props = WriterProperties::builder();
+        for col in [
+            "device_key",
+            "radio",
+            "metric",
+            "unit",
+            "observation",
+            "src_topic",
+            "rules_version",
+            "kind",
+            "reason",
+            "speed_tier",
+            "rules_hash",
+        ] {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(col), true);
+        }
+        let props = props
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(level)?))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            // Dictionaries only where values repeat (keys, enums, provenance); numbers, times, cells,
+            // messages and raw bytes are near-unique, and building their dictionaries costs CPU for nothing.
+            .set_dictionary_enabled(false)
+            .set_max_row_group_row_count(Some(128 * 1024))
+            // Small pages: files are sorted by cell, so a reader using the page index (the query
+            // service) decodes only the pages of the cells, places and times it asks for.
+            .set_data_page_row_count_limit(PAGE_ROWS)
+            .set_key_value_metadata((!metadata.is_empty()).then(|| {
+                metadata
+                    .into_iter()
+                    .map(|(k, v)| parquet::file::metadata::KeyValue::new(k, v))
+                    .collect()
+            }))
+            .build();
+        Ok(ParquetStream {
+            writer: ArrowWriter::try_new(Vec::new(), schema, Some(props))?,
+            rows: 0,
+        })
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), LakeError> {
+        self.rows += batch.num_rows() as u64;
+        Ok(self.writer.write(batch)?)
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub fn finish(self) -> Result<Bytes, LakeError> {
+        Ok(self.writer.into_inner()?.into())
+    }
 }
 
 /// The column `name` of a batch read with [`decode_parquet`] projected to include it.

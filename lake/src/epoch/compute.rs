@@ -29,7 +29,8 @@ use super::spill::{Buckets, Reader, Writer};
 use super::{EpochConfig, EpochError, median};
 use crate::date_hour;
 use crate::rules::{RewardRules, Rules};
-use crate::{Lake, column, decode_parquet};
+use crate::store::ParquetStream;
+use crate::{COMPACTED_ZSTD_LEVEL, Lake, column, decode_parquet, encode_parquet_with};
 
 #[derive(Debug, Clone)]
 struct Hb {
@@ -388,6 +389,9 @@ struct Scan {
     cell_col: String,
     devices: Buckets,
     budget: usize,
+    /// Cells of the valid rows, sampled (`CELL_SAMPLE` at most) for the cell buckets' bounds.
+    cells: Vec<u64>,
+    cells_seen: u64,
     inputs: BTreeMap<(String, i32), (i64, i64, u64)>,
     unattributed_rejections: u64,
 }
@@ -402,6 +406,8 @@ impl Scan {
             cell_col: tables::h3_column(cfg.hex_resolution),
             devices: Buckets::new(buckets, budget),
             budget,
+            cells: Vec::new(),
+            cells_seen: 0,
             inputs: BTreeMap::new(),
             unattributed_rejections: 0,
         })
@@ -415,6 +421,20 @@ impl Scan {
         e.0 = e.0.min(offset);
         e.1 = e.1.max(offset);
         e.2 += 1;
+    }
+
+    /// Keeps `cell` in the sample with the same chance as every other cell seen (reservoir
+    /// sampling; the choice is a hash of the count, so a re-run samples the same).
+    fn sample(&mut self, cell: u64) {
+        self.cells_seen += 1;
+        if self.cells.len() < CELL_SAMPLE {
+            self.cells.push(cell);
+        } else {
+            let j = hash_of(self.cells_seen) % self.cells_seen;
+            if let Some(slot) = self.cells.get_mut(j as usize) {
+                *slot = cell;
+            }
+        }
     }
 
     fn put(&mut self, key: &str, write: impl FnOnce(&mut Writer)) -> Result<(), EpochError> {
@@ -502,6 +522,7 @@ impl Scan {
                             up: opt(up, i),
                             latency: opt(lat, i),
                         };
+                        self.sample(h.cell);
                         self.put(&h.key, |w| h.write(w))?;
                     }
                 }
@@ -520,6 +541,7 @@ impl Scan {
                             metric: metric.value(i).to_string(),
                             value: value.value(i),
                         };
+                        self.sample(s.cell);
                         self.put(&s.key, |w| s.write(w))?;
                     }
                 }
@@ -534,6 +556,7 @@ impl Scan {
                             cell: cell.value(i),
                             observation: obs.value(i).to_string(),
                         };
+                        self.sample(o.cell);
                         self.put(&o.key, |w| o.write(w))?;
                     }
                 }
@@ -546,7 +569,9 @@ impl Scan {
     /// Passes 2 and 3, and the tables.
     fn finish(self, rules: &Rules) -> Result<Computed, EpochError> {
         let buckets = self.devices.len();
-        let (tables, spilled_bytes) = aggregate_buckets(self.devices, self.id, rules, self.budget)?;
+        let ranges = CellRanges::from_sample(self.cells, buckets);
+        let (tables, spilled_bytes) =
+            aggregate_buckets(self.devices, &ranges, self.id, rules, self.budget)?;
         Ok(Computed {
             tables,
             inputs: self.inputs,
@@ -557,14 +582,113 @@ impl Scan {
     }
 }
 
+/// Rows per batch handed to an output's Parquet writer: a multiple of the writer's step (1,024) that
+/// divides its row groups, so the file's bytes do not depend on how the rows arrived.
+const CHUNK_ROWS: usize = 8192;
+
+/// How many cells [`Scan`] samples to place the cell buckets' bounds.
+const CELL_SAMPLE: usize = 65_536;
+
+/// The bounds of the cell buckets: bucket `i` holds the cells from `bounds[i - 1]` up to (not
+/// including) `bounds[i]`, so the buckets, taken in order, hold the cells in order.
+struct CellRanges {
+    bounds: Vec<u64>,
+}
+
+impl CellRanges {
+    /// `buckets` ranges with about as many sampled cells in each.
+    fn from_sample(mut sample: Vec<u64>, buckets: usize) -> CellRanges {
+        sample.sort_unstable();
+        let bounds = if sample.is_empty() {
+            Vec::new()
+        } else {
+            (1..buckets.max(1))
+                .map(|i| sample[i * sample.len() / buckets])
+                .collect()
+        };
+        CellRanges { bounds }
+    }
+
+    fn len(&self) -> usize {
+        self.bounds.len() + 1
+    }
+
+    fn of(&self, cell: u64) -> usize {
+        self.bounds.partition_point(|b| *b <= cell)
+    }
+}
+
+/// One output table, written as its rows arrive (in key order) in batches of [`CHUNK_ROWS`].
+struct TableOut<R> {
+    stream: ParquetStream,
+    pending: Vec<R>,
+    batch: fn(&[R], i64) -> Result<RecordBatch, EpochError>,
+    id: i64,
+}
+
+impl<R> TableOut<R> {
+    fn new(
+        schema: arrow::datatypes::SchemaRef,
+        batch: fn(&[R], i64) -> Result<RecordBatch, EpochError>,
+        id: i64,
+        rules: &Rules,
+    ) -> Result<TableOut<R>, EpochError> {
+        Ok(TableOut {
+            stream: ParquetStream::new(schema, COMPACTED_ZSTD_LEVEL, footer(id, rules))?,
+            pending: Vec::with_capacity(CHUNK_ROWS),
+            batch,
+            id,
+        })
+    }
+
+    fn push(&mut self, rows: impl IntoIterator<Item = R>) -> Result<(), EpochError> {
+        for r in rows {
+            self.pending.push(r);
+            if self.pending.len() == CHUNK_ROWS {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), EpochError> {
+        let b = (self.batch)(&self.pending, self.id)?;
+        self.stream.write(&b)?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Encoded, EpochError> {
+        // An empty table is still a file with the table's schema (one empty batch, as before).
+        if !self.pending.is_empty() || self.stream.rows() == 0 {
+            self.flush()?;
+        }
+        let rows = self.stream.rows();
+        Ok(Encoded {
+            bytes: self.stream.finish()?,
+            rows,
+        })
+    }
+}
+
+/// The footer of every output: the epoch and the rules it was computed under (also in the manifest).
+fn footer(id: i64, rules: &Rules) -> Vec<(String, String)> {
+    vec![
+        ("hexpulse.epoch".into(), id.to_string()),
+        ("hexpulse.rules_version".into(), rules.version.clone()),
+        ("hexpulse.rules_hash".into(), rules.hash.clone()),
+    ]
+}
+
 /// Passes 2 and 3 over the device buckets: the epoch tables, and the bytes both passes spilled.
 fn aggregate_buckets(
     mut devices: Buckets,
+    ranges: &CellRanges,
     id: i64,
     rules: &Rules,
     budget: usize,
 ) -> Result<(EpochTables, u64), EpochError> {
-    let mut cells = Buckets::new(devices.len(), budget);
+    let mut cells = Buckets::new(ranges.len(), budget);
     let mut summaries = Vec::new();
     for b in 0..devices.len() {
         let rows = EpochRows::read(&devices.take(b).map_err(spill_error)?);
@@ -572,21 +696,24 @@ fn aggregate_buckets(
         summaries.extend(device_rows(&rows, &once, &rules.rewards));
         for h in &once.hb {
             cells
-                .push(cells.of(hash_of(h.cell)), |w| h.write(w))
+                .push(ranges.of(h.cell), |w| h.write(w))
                 .map_err(spill_error)?;
         }
         for s in &once.sensor {
             cells
-                .push(cells.of(hash_of(s.cell)), |w| s.write(w))
+                .push(ranges.of(s.cell), |w| s.write(w))
                 .map_err(spill_error)?;
         }
         for o in &once.road {
             cells
-                .push(cells.of(hash_of(o.cell)), |w| o.write(w))
+                .push(ranges.of(o.cell), |w| o.write(w))
                 .map_err(spill_error)?;
         }
     }
-    let (mut coverage, mut hourly, mut road) = (Vec::new(), Vec::new(), Vec::new());
+    // The cell tables, bucket by bucket in cell order, straight into their files.
+    let mut coverage = TableOut::new(tables::hex_coverage_schema(), coverage_batch, id, rules)?;
+    let mut hourly = TableOut::new(tables::sensor_hex_hourly_schema(), hourly_batch, id, rules)?;
+    let mut road = TableOut::new(tables::road_hex_schema(), road_batch, id, rules)?;
     let mut names = Names::default();
     for b in 0..cells.len() {
         let rows = EpochRows::read(&cells.take(b).map_err(spill_error)?);
@@ -596,39 +723,45 @@ fn aggregate_buckets(
             sensor: rows.sensor.iter().collect(),
             road: rows.road.iter().collect(),
         };
-        coverage.extend(coverage_rows(&once));
-        hourly.extend(hourly_rows(&once, &mut names));
-        road.extend(road_rows(&once, rules.privacy.road_min_devices, &mut names));
+        coverage.push(coverage_rows(&once))?;
+        hourly.push(hourly_rows(&once, &mut names))?;
+        road.push(road_rows(&once, rules.privacy.road_min_devices, &mut names))?;
     }
+    // A row per device: sorted here, since the device buckets are by hash.
     summaries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-    coverage.sort_unstable_by_key(|c| c.cell);
-    hourly.sort_unstable_by(|a, b| (a.cell, a.hour, &a.metric).cmp(&(b.cell, b.hour, &b.metric)));
-    road.sort_unstable_by(|a, b| (a.cell, &a.observation).cmp(&(b.cell, &b.observation)));
-    // Each table's rows are dropped once its batch is built.
-    let device_summary = summary_batch(&summaries, id, rules)?;
+    let summary = summary_batch(&summaries, id, rules)?;
     drop(summaries);
-    let leaves = (0..device_summary.num_rows())
-        .map(|i| merkle::encode_row(&device_summary, i).map(|e| merkle::leaf_hash(&e)))
+    let leaves = (0..summary.num_rows())
+        .map(|i| merkle::encode_row(&summary, i).map(|e| merkle::leaf_hash(&e)))
         .collect::<Result<Vec<_>, _>>()?;
-    let hex_coverage = coverage_batch(&coverage, id)?;
-    drop(coverage);
+    let device_summary = Encoded {
+        rows: summary.num_rows() as u64,
+        bytes: encode_parquet_with(&summary, COMPACTED_ZSTD_LEVEL, footer(id, rules))?,
+    };
     let tables = EpochTables {
         device_summary,
-        hex_coverage,
-        sensor_hex_hourly: hourly_batch(hourly, id)?,
-        road_hex: road_batch(road, id)?,
+        hex_coverage: coverage.finish()?,
+        sensor_hex_hourly: hourly.finish()?,
+        road_hex: road.finish()?,
         leaves,
     };
     Ok((tables, devices.spilled + cells.spilled))
 }
 
+/// One epoch table's Parquet file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    pub bytes: bytes::Bytes,
+    pub rows: u64,
+}
+
 /// The epoch tables, and the Merkle leaves of the device summaries.
 #[derive(Debug)]
 pub struct EpochTables {
-    pub device_summary: RecordBatch,
-    pub hex_coverage: RecordBatch,
-    pub sensor_hex_hourly: RecordBatch,
-    pub road_hex: RecordBatch,
+    pub device_summary: Encoded,
+    pub hex_coverage: Encoded,
+    pub sensor_hex_hourly: Encoded,
+    pub road_hex: Encoded,
     pub leaves: Vec<Hash>,
 }
 
@@ -1009,7 +1142,7 @@ fn hourly_rows(rows: &Readings, names: &mut Names) -> Vec<HourlyRow> {
         .collect()
 }
 
-fn hourly_batch(rows: Vec<HourlyRow>, id: i64) -> Result<RecordBatch, EpochError> {
+fn hourly_batch(rows: &[HourlyRow], id: i64) -> Result<RecordBatch, EpochError> {
     let f64s = |f: fn(&HourlyRow) -> f64| f64_col(rows.iter().map(|r| Some(f(r))));
     Ok(RecordBatch::try_new(
         tables::sensor_hex_hourly_schema(),
@@ -1061,7 +1194,7 @@ fn road_rows(rows: &Readings, k: u64, names: &mut Names) -> Vec<RoadRow> {
         .collect()
 }
 
-fn road_batch(rows: Vec<RoadRow>, id: i64) -> Result<RecordBatch, EpochError> {
+fn road_batch(rows: &[RoadRow], id: i64) -> Result<RecordBatch, EpochError> {
     Ok(RecordBatch::try_new(
         tables::road_hex_schema(),
         vec![
@@ -1165,18 +1298,35 @@ mod tests {
                 w.str(reason);
             });
         }
-        aggregate_buckets(b, 7, rules, budget).unwrap().0
+        let cells = rows
+            .hb
+            .iter()
+            .map(|h| h.cell)
+            .chain(rows.sensor.iter().map(|s| s.cell))
+            .chain(rows.road.iter().map(|o| o.cell))
+            .collect();
+        let ranges = CellRanges::from_sample(cells, buckets);
+        aggregate_buckets(b, &ranges, 7, rules, budget).unwrap().0
+    }
+
+    /// A table's rows, read back from its file.
+    fn rows_of(e: &Encoded) -> RecordBatch {
+        let batches = decode_parquet(e.bytes.clone(), None).unwrap();
+        let schema = batches[0].schema();
+        arrow::compute::concat_batches(&schema, &batches).unwrap()
     }
 
     fn output(rows: &EpochRows, rules: &Rules) -> Vec<RecordBatch> {
         let t = tables(rows, rules, 1, usize::MAX);
         assert!(!t.leaves.is_empty());
-        vec![
-            t.device_summary,
-            t.hex_coverage,
-            t.sensor_hex_hourly,
-            t.road_hex,
+        [
+            &t.device_summary,
+            &t.hex_coverage,
+            &t.sensor_hex_hourly,
+            &t.road_hex,
         ]
+        .map(rows_of)
+        .to_vec()
     }
 
     /// `road_hex` keeps a (cell, type) only where that type has k distinct dashcams, however many
@@ -1207,7 +1357,7 @@ mod tests {
             ..Default::default()
         };
         let t = tables(&rows, &rules, 3, 0);
-        let b = &t.road_hex;
+        let b = &rows_of(&t.road_hex);
         let cells = b
             .column_by_name("h3_cell")
             .unwrap()
@@ -1225,17 +1375,63 @@ mod tests {
         let mut rules = Rules::load(None).unwrap();
         rules.privacy.road_min_devices = 1;
         let base = rows();
-        let want = output(&base, &rules);
+        let want = tables(&base, &rules, 1, usize::MAX);
         for (buckets, budget) in [(2, usize::MAX), (3, 0), (7, 64), (64, 0)] {
             let t = tables(&base, &rules, buckets, budget);
-            let got = vec![
-                t.device_summary,
-                t.hex_coverage,
-                t.sensor_hex_hourly,
-                t.road_hex,
-            ];
-            assert_eq!(got, want, "{buckets} buckets, {budget} bytes in memory");
+            assert_eq!(
+                [
+                    t.device_summary,
+                    t.hex_coverage,
+                    t.sensor_hex_hourly,
+                    t.road_hex
+                ],
+                [
+                    want.device_summary.clone(),
+                    want.hex_coverage.clone(),
+                    want.sensor_hex_hourly.clone(),
+                    want.road_hex.clone()
+                ],
+                "{buckets} buckets, {budget} bytes in memory: the same bytes"
+            );
+            assert_eq!(t.leaves, want.leaves);
         }
+    }
+
+    /// Rows written to a table's file in chunks give the bytes of one batch of all of them, so
+    /// neither the buckets nor the chunks change a file.
+    #[test]
+    fn chunked_output_files_are_the_bytes_of_one_batch() {
+        let rules = Rules::load(None).unwrap();
+        let rows: Vec<HourlyRow> = (0..3 * CHUNK_ROWS as u64 + 77)
+            .map(|i| HourlyRow {
+                cell: 600 + i / 24,
+                hour: (i % 24) as i64 * 3_600_000,
+                metric: Arc::from(["pm25", "no2"][(i % 2) as usize]),
+                count: i % 7 + 1,
+                mean: i as f64 / 3.0,
+                min: 0.5,
+                max: i as f64,
+                p95: i as f64 * 0.95,
+            })
+            .collect();
+        let one = encode_parquet_with(
+            &hourly_batch(&rows, 7).unwrap(),
+            COMPACTED_ZSTD_LEVEL,
+            footer(7, &rules),
+        )
+        .unwrap();
+        let mut out =
+            TableOut::new(tables::sensor_hex_hourly_schema(), hourly_batch, 7, &rules).unwrap();
+        for part in rows.chunks(1000) {
+            out.push(part.iter().map(|r| HourlyRow {
+                metric: r.metric.clone(),
+                ..*r
+            }))
+            .unwrap();
+        }
+        let chunked = out.finish().unwrap();
+        assert_eq!(chunked.rows, rows.len() as u64);
+        assert_eq!(chunked.bytes, one);
     }
 
     /// A seal reads files in whatever order the log lists them; no order of the rows (here every

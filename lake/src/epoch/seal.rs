@@ -16,7 +16,7 @@ use super::merkle::{self, Step};
 use super::{EpochConfig, EpochError, SealedEpochs, manifest_path};
 use crate::compact::table_hours;
 use crate::rules::Rules;
-use crate::{COMPACTED_ZSTD_LEVEL, Lake, decode_parquet, encode_parquet_with};
+use crate::{Lake, decode_parquet};
 use hexpulse_schemas::tables;
 
 /// Where a partition's watermark is kept (written by the processor after each unit).
@@ -236,22 +236,14 @@ pub async fn seal_measured(
         spilled_bytes: computed.spilled_bytes,
     };
     let mut outputs = Vec::new();
-    for (table, batch) in [
+    // Every output names the rules it was computed under in its footer (also in the manifest).
+    for (table, encoded) in [
         (tables::DEVICE_SUMMARY_TABLE, &t.device_summary),
         ("hex_coverage", &t.hex_coverage),
         ("sensor_hex_hourly", &t.sensor_hex_hourly),
         ("road_hex", &t.road_hex),
     ] {
-        // Every output names the rules it was computed under (also in the manifest).
-        let bytes = encode_parquet_with(
-            batch,
-            COMPACTED_ZSTD_LEVEL,
-            vec![
-                ("hexpulse.epoch".into(), req.epoch.to_string()),
-                ("hexpulse.rules_version".into(), req.rules.version.clone()),
-                ("hexpulse.rules_hash".into(), req.rules.hash.clone()),
-            ],
-        )?;
+        let bytes = encoded.bytes.clone();
         let sha256 = hex::encode(Sha256::digest(&bytes));
         // Named by content: a racing sealer that read other versions writes another file, and
         // never replaces the bytes that a winning manifest lists.
@@ -260,7 +252,7 @@ pub async fn seal_measured(
             table: table.to_string(),
             path: path.clone(),
             bytes: bytes.len() as u64,
-            rows: batch.num_rows() as u64,
+            rows: encoded.rows,
             sha256,
         };
         req.output.put(&path, bytes).await?;
