@@ -120,7 +120,36 @@ impl KafkaConfig {
     }
 
     /// Creates `topics` with the configured partitions and replication if they do not exist yet.
+    /// Topics the broker's metadata lists already are not asked for again: every starting process
+    /// calls this, and a create of an existing topic is a failed write transaction on tansu's
+    /// sqlite engine, which had no business running beside the producers' writes.
     pub async fn ensure_topics(&self, topics: &[&str]) -> Result<(), KafkaError> {
+        let config = self.client_config();
+        let existing = tokio::task::spawn_blocking(move || {
+            use rdkafka::consumer::Consumer as _;
+            let client: rdkafka::consumer::BaseConsumer = config.create().ok()?;
+            let metadata = client.fetch_metadata(None, Duration::from_secs(10)).ok()?;
+            Some(
+                metadata
+                    .topics()
+                    .iter()
+                    .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                    .map(|t| t.name().to_string())
+                    .collect::<std::collections::BTreeSet<_>>(),
+            )
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        let topics: Vec<&str> = topics
+            .iter()
+            .copied()
+            .filter(|t| !existing.contains(*t))
+            .collect();
+        if topics.is_empty() {
+            return Ok(());
+        }
         let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
         let new: Vec<NewTopic<'_>> = topics
             .iter()
