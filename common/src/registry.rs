@@ -329,10 +329,9 @@ mod tests {
 
     #[test]
     fn file_round_trip_json_and_csv_and_reload() {
-        let dir = std::env::temp_dir().join(format!("hexpulse-reg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::tempdir().unwrap();
         for name in ["devices.json", "devices.csv"] {
-            let path = dir.join(name);
+            let path = dir.path().join(name);
             let _ = std::fs::remove_file(&path);
             let reg = Registry::open(&path).unwrap();
             assert!(reg.is_empty());
