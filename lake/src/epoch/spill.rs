@@ -84,21 +84,21 @@ impl Buckets {
         Ok(())
     }
 
+    /// Bucket `i`'s file, in the folder that the first spill creates.
+    fn path(&self, i: usize) -> std::path::PathBuf {
+        let dir = self.dir.as_ref().expect("created before any file");
+        dir.path().join(format!("{i:05}"))
+    }
+
     /// Bucket `i`'s records, in the order they were pushed; the bucket is empty afterwards.
     pub fn take(&mut self, i: usize) -> io::Result<Vec<u8>> {
         let buf = std::mem::take(&mut self.bufs[i]);
         self.buffered -= buf.len();
-        let Some(mut file) = self.files[i].take() else {
+        // Writes to a `File` are not buffered: closing it is all there is to do before reading.
+        if self.files[i].take().is_none() {
             return Ok(buf);
-        };
-        let path = self
-            .dir
-            .as_ref()
-            .expect("a file implies the folder")
-            .path()
-            .join(format!("{i:05}"));
-        drop(file.flush());
-        drop(file);
+        }
+        let path = self.path(i);
         let mut all = Vec::new();
         File::open(&path)?.read_to_end(&mut all)?;
         std::fs::remove_file(&path)?;
