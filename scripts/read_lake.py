@@ -104,7 +104,7 @@ def read_table(con, lake, table, version, with_rows):
     if not os.path.isdir(os.path.join(path, "_delta_log")):
         return {"rows": 0, "duckdb_rows": 0, "distinct": 0}, []
     problems = []
-    delta = DeltaTable(path, version=version)
+    delta = open_table(path, version)
     arrow = delta.to_pyarrow_table()
     src = scan(path, version)
     rel = con.sql(f"SELECT * FROM {src}")
@@ -159,7 +159,7 @@ def read_epoch_table(con, lake, table):
     src = scan(path, None)
     rows = con.execute(f"SELECT count(*) FROM {src}").fetchone()[0]
     epochs = [e for (e,) in con.execute(f"SELECT DISTINCT epoch FROM {src} ORDER BY 1").fetchall()]
-    d_rows = DeltaTable(path).to_pyarrow_table().num_rows
+    d_rows = open_table(path).to_pyarrow_table().num_rows
     problems = [] if d_rows == rows else [f"epochs/{table}: deltalake reads {d_rows} rows, DuckDB delta_scan {rows}"]
     return {"rows": rows, "deltalake_rows": d_rows, "epochs": epochs}, problems
 
@@ -179,6 +179,21 @@ def snapshot(lake, versions, with_rows):
     return report
 
 
+def open_table(path, version=None, attempts=5):
+    """Opens a table (at its newest version, or at `version`) while writers commit. On a local filesystem a directory
+    listing is not a snapshot: ext4 lists in hash order, so a listing that runs while versions N and
+    N+1 are created can return N+1 without N. deltalake then refuses the log ("Expected contiguous
+    commit files"), and a new listing sees both. Object stores list in key order and cannot show
+    that gap."""
+    for attempt in range(attempts):
+        try:
+            return DeltaTable(path, version=version)
+        except Exception as e:  # deltalake raises its own error types; only this message is retried
+            if "contiguous commit files" not in str(e) or attempt == attempts - 1:
+                raise
+            print(f"read_lake: {path}: listing raced a commit, listing again ({e})", file=sys.stderr)
+
+
 def watch(lake, seconds):
     con = connect()
     reads, problems, last = [], [], {}
@@ -190,13 +205,13 @@ def watch(lake, seconds):
             if not os.path.isdir(os.path.join(path, "_delta_log")):
                 continue
             # One version for both readers: each opens the log once, and a commit may land between.
-            version = DeltaTable(path).version()
+            version = open_table(path).version()
             src = scan(path, version)
             ident = ", ".join(IDENTITY[table])
             rows, distinct = con.execute(
                 f"SELECT count(*), (SELECT count(*) FROM (SELECT DISTINCT {ident} FROM {src})) FROM {src}"
             ).fetchone()
-            by_deltalake = DeltaTable(path, version=version).to_pyarrow_table(columns=IDENTITY[table])
+            by_deltalake = open_table(path, version).to_pyarrow_table(columns=IDENTITY[table])
             d_rows = by_deltalake.num_rows
             d_distinct = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {ident} FROM by_deltalake)").fetchone()[0]
             read[table] = [version, rows]
