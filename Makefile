@@ -46,7 +46,8 @@ broker-down:
 
 up: broker-up build
 	HEXPULSE_CONFIG=config/demo.toml HEXPULSE__KAFKA__BROKERS=127.0.0.1:$(UP_BROKER_PORT) \
-	  $(CARGO_TARGET_DIR)/release/hexpulse up $(UP_ARGS)
+	  $(CARGO_TARGET_DIR)/release/hexpulse up \
+	  --broker-restart "$(CURDIR)/scripts/broker.sh restart sqlite $(UP_BROKER_PORT)" $(UP_ARGS)
 
 # The broker's state is machine-wide (in the cache, shared by every clone); the lake and the registry
 # are this clone's (.run/). Both go, so that the next `make up` starts empty.

@@ -6,6 +6,8 @@
 #   scripts/broker.sh wait   PORT              wait until it answers Kafka requests
 #   scripts/broker.sh topics PORT PARTITIONS T  create topic T (and more names) if missing
 #   scripts/broker.sh stop   PORT              stop it (no-op if not running)
+#   scripts/broker.sh restart memory|sqlite PORT  stop it (SIGKILL after 5 s) and start it again on the
+#                                              same storage (`hexpulse up --broker-restart` runs this)
 #   scripts/broker.sh status PORT
 #
 # State lives outside the clone: $HEXPULSE_CACHE (default ~/.cache/hexpulse): the binary in
@@ -77,11 +79,13 @@ cmd_start() {
     sqlite) storage="sqlite://tansu.db" ;;
     *) die "unknown storage mode '$mode' (memory or sqlite)" ;;
   esac
+  # The log is appended to, so that what a restarted broker logged before (a panic) stays.
+  echo "== $(date -u +%FT%TZ) broker.sh start $mode $port" >>"$dir/log"
   # setsid: the broker outlives this script and is not killed with the caller's process group.
   (cd "$dir" && exec setsid "$TANSU" broker \
     --listener-url "tcp://127.0.0.1:$port" \
     --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine "$storage" >"$dir/log" 2>&1 < /dev/null) &
+    --storage-engine "$storage" >>"$dir/log" 2>&1 < /dev/null) &
   echo $! >"$dir/pid"
   cmd_wait "$port"
   echo "broker up on 127.0.0.1:$port ($storage, pid $(cat "$dir/pid"), log $dir/log)"
@@ -119,6 +123,12 @@ cmd_stop() {
   echo "broker on port $port stopped"
 }
 
+cmd_restart() {
+  # A wedged tansu may not stop on SIGTERM; its sqlite storage survives SIGKILL.
+  BROKER_STOP_WAIT_TENTHS="${BROKER_STOP_WAIT_TENTHS:-50}" cmd_stop "$2"
+  cmd_start "$1" "$2"
+}
+
 cmd_status() {
   if pid=$(pid_of "$1"); then echo "running (pid $pid)"; else echo "stopped"; return 1; fi
 }
@@ -129,6 +139,7 @@ case "${1:-}" in
   wait) cmd_wait "${2:?port}" ;;
   topics) cmd_topics "${2:?port}" "${3:?partitions}" "${@:4}" ;;
   stop) cmd_stop "${2:?port}" ;;
+  restart) cmd_restart "${2:?mode}" "${3:?port}" ;;
   status) cmd_status "${2:?port}" ;;
-  *) sed -n '2,12p' "$0"; exit 2 ;;
+  *) sed -n '2,14p' "$0"; exit 2 ;;
 esac

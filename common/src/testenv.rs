@@ -139,6 +139,25 @@ impl OwnBroker {
         self.run(&["start", self.storage, &self.port.to_string()]);
     }
 
+    /// The shell command that restarts this broker on its storage, for `hexpulse up
+    /// --broker-restart` (`scripts/broker.sh restart`, with this broker's cache and tansu).
+    pub fn restart_command(&self) -> String {
+        format!(
+            "HEXPULSE_CACHE='{}' TANSU_BIN='{}' '{}' restart {} {}",
+            self.cache.display(),
+            std::env::var("HEXPULSE_TANSU_BIN").unwrap_or_default(),
+            self.script,
+            self.storage,
+            self.port
+        )
+    }
+
+    /// The broker's log (every start appends to it).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.cache.join(format!("run/broker-{}/log", self.port)))
+            .unwrap_or_default()
+    }
+
     pub fn stop(&self) {
         self.run(&["stop", &self.port.to_string()]);
     }

@@ -5,6 +5,7 @@ mod bench_e2e;
 mod bench_lake;
 mod bench_query;
 mod bench_seal;
+mod broker_watch;
 mod config;
 
 use std::path::PathBuf;
@@ -66,6 +67,14 @@ enum Cmd {
         /// Demo traffic rate in readings per second (default from [simulate]).
         #[arg(long)]
         rate: Option<f64>,
+        /// A shell command that restarts the broker on its durable storage. With it, `up` probes
+        /// the broker with a produce request every few seconds and runs the command when none was
+        /// acknowledged for --broker-stall (`make up` passes `scripts/broker.sh restart sqlite PORT`).
+        #[arg(long, value_name = "COMMAND")]
+        broker_restart: Option<String>,
+        /// How long without an acknowledged probe counts as a wedged broker.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        broker_stall: Duration,
     },
     /// Inspect and maintain the lake's Delta tables.
     #[command(subcommand)]
@@ -384,7 +393,19 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
         }
         Cmd::Lake(c) => lake(cfg, c).await,
         Cmd::Simulate(args) => simulate(cfg, args).await,
-        Cmd::Up { no_traffic, rate } => up(cfg, no_traffic, rate).await,
+        Cmd::Up {
+            no_traffic,
+            rate,
+            broker_restart,
+            broker_stall,
+        } => {
+            let watch = broker_restart.map(|restart| broker_watch::Watch {
+                restart,
+                stall: broker_stall,
+                every: (broker_stall / 6).max(Duration::from_secs(1)),
+            });
+            up(cfg, no_traffic, rate, watch).await
+        }
         Cmd::Bench(b) => bench(cfg, b).await,
     }
 }
@@ -802,7 +823,12 @@ async fn simulate(mut cfg: Config, a: SimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Result<()> {
+async fn up(
+    mut cfg: Config,
+    no_traffic: bool,
+    rate: Option<f64>,
+    watch: Option<broker_watch::Watch>,
+) -> anyhow::Result<()> {
     let registry = open_registry(&cfg)?;
     let mixer = cfg.simulate.mixer(cfg.ingest.max_body_bytes);
     registry.upsert_all(mixer.fleet.registry_devices())?;
@@ -829,6 +855,13 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
     };
     tracing::info!(config = %cfg.redacted(), "starting hexpulse up");
     let stop = shutdown::on_signals();
+    let watch_note = watch.as_ref().map(|w| {
+        format!(
+            " (watched: restarted when it acknowledges no produce request for {})",
+            humantime::format_duration(w.stall)
+        )
+    });
+    let watch = watch.map(|w| tokio::spawn(w.run(cfg.kafka.clone(), stop.clone())));
     let ingest = Ingest::start(
         cfg.ingest.clone(),
         cfg.kafka.clone(),
@@ -889,9 +922,10 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
         cfg.process.lake_url
     );
     out!(
-        "  broker   {}   topic {}",
+        "  broker   {}   topic {}{}",
         cfg.kafka.brokers,
-        cfg.kafka.raw_topic
+        cfg.kafka.raw_topic,
+        watch_note.unwrap_or_default()
     );
     out!(
         "  registry {} ({} simulated devices)",
@@ -952,6 +986,9 @@ async fn up(mut cfg: Config, no_traffic: bool, rate: Option<f64>) -> anyhow::Res
         && let Ok(summary) = t.await
     {
         out!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    if let Some(w) = watch {
+        let _ = w.await;
     }
     Ok(())
 }

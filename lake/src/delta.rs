@@ -15,12 +15,12 @@
 //! per Kafka partition it covers: the version is the last offset covered. [`Table::txn_version`]
 //! answers from the table's snapshot plus every commit read since.
 //!
-//! **Readers.** [`Table::files`] starts from a delta-rs snapshot and then applies each new commit's
-//! adds and removes to a file list of its own, read by the same walk as the transactions. A
+//! **Readers.** [`Table::files`] starts from the file list of a Delta kernel snapshot and then
+//! applies each new commit's adds and removes to it, read by the same walk as the transactions. A
 //! delta-rs snapshot updated again and again (what this replaced) made the query service, which
-//! refreshes twice a second, grow by about 45 KB per live file in a debug build; with the walk,
-//! about 13 KB (issue #21). Versions pinned by sealed epochs are read with delta-rs
-//! ([`Table::files_at`]).
+//! refreshes twice a second, grow by about 45 KB per live file in a debug build (issue #21). Every
+//! full read of the log (the walk's base, versions pinned by sealed epochs, checkpoints, older
+//! transactions) runs on threads of its own and keeps only its answer ([`Table::with_snapshot`]).
 //!
 //! **Log cleanup** ([`crate::compact::clean_log`]) deletes only commits older than a checkpoint. A
 //! walk whose next commit is missing while `_last_checkpoint` is at or past it therefore starts
@@ -31,7 +31,6 @@ use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
-use deltalake::DeltaTable;
 use deltalake::kernel::{
     Action, Add, CommitInfo, DataType as DeltaType, PrimitiveType, StructField, StructType,
     Transaction,
@@ -84,8 +83,9 @@ pub fn txn_in(actions: &[Action], app_id: &str) -> Option<i64> {
 struct LogState {
     /// Newest version read (or written) by this handle; `None` before the first look.
     version: Option<i64>,
-    /// The snapshot this state started from; txns not in `txns` are looked up there.
-    base: Option<DeltaTable>,
+    /// The version this state started from (a kernel snapshot, not kept); txns not in `txns` are
+    /// looked up at it, and then cached in `txns`.
+    base: Option<i64>,
     /// Application transaction versions seen in commits read after `base`.
     txns: HashMap<String, i64>,
     /// The data files at `version`, by path: `base`'s, then every commit read after it applied.
@@ -266,15 +266,16 @@ impl Table {
     }
 
     async fn load_base(&self, state: &mut LogState) -> Result<(), LakeError> {
-        match self.load().await? {
-            Some(t) => {
-                state.version = t.version().map(|v| v as i64);
-                state.files = self
-                    .data_files(&t)?
-                    .into_iter()
-                    .map(|f| (f.path.clone(), f))
-                    .collect();
-                state.base = Some(t);
+        let newest = if self.has_log().await? {
+            Some(self.snapshot_files(None).await?)
+        } else {
+            None
+        };
+        match newest {
+            Some((version, files)) => {
+                state.version = Some(version);
+                state.files = files.into_iter().map(|f| (f.path.clone(), f)).collect();
+                state.base = Some(version);
             }
             None => {
                 state.version = Some(-1);
@@ -410,13 +411,20 @@ impl Table {
         if let Some(v) = state.txns.get(app_id) {
             return Ok(Some(*v));
         }
-        match &state.base {
-            Some(t) => Ok(t
-                .snapshot()?
-                .transaction_version(self.log_store.as_ref(), app_id)
-                .await?),
-            None => Ok(None),
+        let Some(base) = state.base else {
+            return Ok(None);
+        };
+        let app = app_id.to_string();
+        let found = self
+            .with_snapshot(Some(base), move |snapshot, engine| {
+                snapshot.get_app_id_version(&app, engine)
+            })
+            .await?;
+        // Commits read later overwrite it (`absorb`), as they would have overridden the base.
+        if let Some(v) = found {
+            state.txns.insert(app_id.to_string(), v);
         }
+        Ok(found)
     }
 
     /// The version of application `app_id`'s transaction at the newest version of the log.
@@ -537,9 +545,7 @@ impl Table {
 
     /// The data files of the snapshot at `version`.
     pub async fn files_at(&self, version: i64) -> Result<Vec<DataFile>, LakeError> {
-        let mut t = DeltaTable::new(self.log_store.clone());
-        t.load_version(version as u64).await?;
-        self.data_files(&t)
+        Ok(self.snapshot_files(Some(version)).await?.1)
     }
 
     /// The newest version of the log (`None`: no table yet), read by the same walk as
@@ -555,41 +561,96 @@ impl Table {
         self.write_checkpoint(version).await
     }
 
-    /// Writes a checkpoint at `version` from a kernel snapshot, which replays the log once and
-    /// keeps no file list, on threads of its own.
-    ///
-    /// Why: `deltalake::checkpoints::create_checkpoint` wants a loaded `DeltaTable` and then replays
-    /// the log again, and both ran on the runtime's threads. A long-running processor's resident
-    /// memory grew by tens of MB at each checkpoint, about 50 KB per live file, and never came back,
-    /// with mimalloc as with glibc: the transient replay shared allocator pages with the process's
-    /// long-lived state (issue #21). Here the replay runs on a fresh thread with the kernel's
-    /// background executor (a second thread with its own runtime); both end with the checkpoint, and
-    /// their allocations go with them.
+    /// Writes a checkpoint at `version` (see [`Table::with_snapshot`]).
     async fn write_checkpoint(&self, version: i64) -> Result<(), LakeError> {
+        self.with_snapshot(Some(version), |snapshot, engine| {
+            snapshot.checkpoint(engine, None).map(|_| ())
+        })
+        .await
+    }
+
+    /// Runs `job` on a Delta kernel snapshot of the table at `version` (the newest when `None`),
+    /// on a thread of its own with the kernel's background executor (a second thread with its own
+    /// runtime). Every full read of the log goes through here: checkpoints, the base of the walk,
+    /// pinned versions, and transactions older than the walk.
+    ///
+    /// Why: a log replay allocates in proportion to the live files (about 50 KB each), and when it
+    /// ran on the runtime's threads (delta-rs `DeltaTable::load`, `create_checkpoint`) the process's
+    /// resident memory grew by tens of MB at each one and never came back, with mimalloc as with
+    /// glibc: the transient replay shared allocator pages with the process's long-lived state
+    /// (issue #21). On threads that end with the job, its allocations go with them; only `T` stays.
+    async fn with_snapshot<T: Send + 'static>(
+        &self,
+        version: Option<i64>,
+        job: impl FnOnce(
+            &delta_kernel::snapshot::SnapshotRef,
+            &dyn delta_kernel::Engine,
+        ) -> delta_kernel::DeltaResult<T>
+        + Send
+        + 'static,
+    ) -> Result<T, LakeError> {
         let store = self.log_store.root_object_store(None);
         let root = self.log_store.config().location().clone();
-        let version = version as u64;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let spawned = std::thread::Builder::new()
-            .name("delta-checkpoint".into())
+            .name("delta-snapshot".into())
             .spawn(move || {
                 let engine = delta_kernel_default_engine::DefaultEngineBuilder::new(store).build();
-                let written = delta_kernel::Snapshot::builder_for(root.as_str())
-                    .at_version(version)
+                let mut builder = delta_kernel::snapshot::Snapshot::builder_for(root.as_str());
+                if let Some(v) = version {
+                    builder = builder.at_version(v as u64);
+                }
+                let out = builder
                     .build(&engine)
-                    .and_then(|snapshot| snapshot.checkpoint(&engine, None).map(|_| ()));
+                    .and_then(|snapshot| job(&snapshot, &engine));
                 drop(engine);
-                let _ = tx.send(written);
+                let _ = tx.send(out);
             });
         let failed = |message: String| LakeError::Corrupt {
             path: self.name.clone(),
             message,
         };
-        spawned.map_err(|e| failed(format!("checkpoint thread: {e}")))?;
+        spawned.map_err(|e| failed(format!("snapshot thread: {e}")))?;
         match rx.await {
             Ok(r) => r.map_err(|e| LakeError::Delta(e.into())),
-            Err(_) => Err(failed("the checkpoint thread died".into())),
+            Err(_) => Err(failed("the snapshot thread died".into())),
         }
+    }
+
+    /// The version and the data files (sorted by path) of the snapshot at `version`, or the newest.
+    async fn snapshot_files(
+        &self,
+        version: Option<i64>,
+    ) -> Result<(i64, Vec<DataFile>), LakeError> {
+        let (version, files) = self
+            .with_snapshot(version, |snapshot, engine| {
+                let scan = snapshot.clone().scan_builder().build()?;
+                let mut files = Vec::new();
+                for meta in scan.scan_metadata(engine)? {
+                    files = meta?.visit_scan_files(files, |files: &mut Vec<DataFile>, f| {
+                        let part = |k: &str| f.partition_values.get(k).cloned();
+                        files.push(DataFile {
+                            path: f.path,
+                            size: f.size.max(0) as u64,
+                            modified_ms: f.modification_time,
+                            rows: f.stats.map(|s| s.num_records),
+                            date: part("date"),
+                            hour: part("hour").and_then(|h| h.parse().ok()),
+                        });
+                    })?;
+                }
+                Ok((snapshot.version() as i64, files))
+            })
+            .await?;
+        let mut files: Vec<DataFile> = files
+            .into_iter()
+            .map(|f| DataFile {
+                path: self.path_of(&f.path),
+                ..f
+            })
+            .collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok((version, files))
     }
 
     /// Writes a checkpoint of the snapshot at `version`, so that the version stays loadable once the
@@ -627,41 +688,6 @@ impl Table {
             }
         }
         Ok(self.pinned.lock().expect("pinned lock").files.clone())
-    }
-
-    /// A snapshot of the table at its newest version (delta-rs), for maintenance.
-    pub async fn load(&self) -> Result<Option<DeltaTable>, LakeError> {
-        if !self.has_log().await? {
-            return Ok(None);
-        }
-        let mut t = DeltaTable::new(self.log_store.clone());
-        t.load().await?;
-        Ok(Some(t))
-    }
-
-    fn data_files(&self, t: &DeltaTable) -> Result<Vec<DataFile>, LakeError> {
-        let mut out: Vec<DataFile> = t
-            .snapshot()?
-            .log_data()
-            .iter()
-            .map(|f| {
-                let parts = f.partition_values_map();
-                DataFile {
-                    path: format!("{}/{}", self.name, f.object_store_path()),
-                    size: f.size().max(0) as u64,
-                    modified_ms: f.modification_time(),
-                    rows: f.num_records().map(|n| n as u64),
-                    date: parts.get("date").cloned().flatten(),
-                    hour: parts
-                        .get("hour")
-                        .cloned()
-                        .flatten()
-                        .and_then(|h| h.parse().ok()),
-                }
-            })
-            .collect();
-        out.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(out)
     }
 }
 

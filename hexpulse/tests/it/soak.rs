@@ -154,7 +154,14 @@ fn soak_under_mixed_traffic_and_faults() {
     let brokers = broker.address();
     let layer =
         accounting_layer("delivery_timeout = \"3s\"\n\n[process]\nsession_timeout = \"30s\"");
-    let up = Up::start("it-soak", &brokers, &["--no-traffic"], Some(&layer));
+    // `make up`'s broker watch too (its default stall time outlasts the broker restart below).
+    let restart = broker.restart_command();
+    let up = Up::start(
+        "it-soak",
+        &brokers,
+        &["--no-traffic", "--broker-restart", &restart],
+        Some(&layer),
+    );
     let started = Instant::now();
     eprintln!(
         "soak for {} (second processor killed every {}), topic {}",
@@ -351,6 +358,8 @@ fn soak_under_mixed_traffic_and_faults() {
         "kill_every_s": kill_every.map(|k| k.as_secs()),
         "minutes": minutes,
         "outside_consumer_total": outside_got.load(Ordering::Relaxed),
+        // The soak's own start and restart are two; more are the broker watch's.
+        "broker_starts": broker.log().matches("broker.sh start").count(),
     });
     let _ = std::fs::create_dir_all(format!("{}/test-output", root()));
     std::fs::write(
@@ -391,8 +400,10 @@ fn soak_under_mixed_traffic_and_faults() {
     }
     let summary = accounted(&out);
     eprintln!(
-        "soak: {} acknowledged, accounting {}",
-        summary["accounting"]["acknowledged"], summary["accounting"]["mismatch_total"]
+        "soak: {} acknowledged, accounting {}, broker started {} times (2 by the soak)",
+        summary["accounting"]["acknowledged"],
+        summary["accounting"]["mismatch_total"],
+        report["broker_starts"]
     );
     for m in &minutes {
         if m["fault"] == false {
