@@ -43,10 +43,39 @@ pub struct SimDevice {
     pub pos: (f64, f64),
     pub heading_deg: f64,
     pub speed_kmh: f64,
+    /// Dashcams: the side of the square of streets they drive around (from `home`, the first
+    /// side along `turn_deg`, turning left at each corner), and where on it they were at time 0.
+    pub route_side_m: f64,
+    pub route_phase_m: f64,
+    pub turn_deg: f64,
     pub next_seq: u64,
     pub last_ms: i64,
     /// Pollution level of the site (sensors), 0.5..3.
     pub hotspot: f64,
+}
+
+impl SimDevice {
+    /// A dashcam's position and heading at device time `t_ms`: at its speed around its square.
+    pub fn route_at(&self, t_ms: i64) -> ((f64, f64), f64) {
+        let side = self.route_side_m;
+        let driven = self.speed_kmh / 3.6 * (t_ms as f64 / 1000.0) + self.route_phase_m;
+        let along = driven.rem_euclid(4.0 * side);
+        let leg = (along / side).floor().min(3.0);
+        let mut corner = self.home;
+        for k in 0..leg as u8 {
+            corner = offset(
+                corner.0,
+                corner.1,
+                side,
+                self.turn_deg - 90.0 * f64::from(k),
+            );
+        }
+        let heading = (self.turn_deg - 90.0 * leg).rem_euclid(360.0);
+        (
+            offset(corner.0, corner.1, along - leg * side, heading),
+            heading,
+        )
+    }
 }
 
 /// A seeded fleet.
@@ -106,9 +135,12 @@ impl Fleet {
                     kind,
                     home,
                     pos: home,
-                    // Roads run on a grid: dashcams drive north/east/south/west.
-                    heading_deg: 90.0 * f64::from(rng.random_range(0..4u8)),
+                    heading_deg: 0.0,
                     speed_kmh: rng.random_range(20.0..60.0),
+                    // Roads run on a grid: dashcams drive north/east/south/west.
+                    route_side_m: rng.random_range(2_000.0..8_000.0),
+                    route_phase_m: rng.random_range(0.0..32_000.0),
+                    turn_deg: 90.0 * f64::from(rng.random_range(0..4u8)),
                     next_seq: 1,
                     last_ms: 0,
                     hotspot: rng.random_range(0.5..3.0),
@@ -150,11 +182,6 @@ impl Fleet {
         let d = &mut self.devices[idx];
         // Device clocks never go backwards and sequence numbers always grow.
         let t = now_ms.max(d.last_ms + 1);
-        let dt_s = if d.last_ms == 0 {
-            0.0
-        } else {
-            (t - d.last_ms) as f64 / 1000.0
-        };
         d.last_ms = t;
         // A device's sequence numbers never repeat, across restarts too (WIRE.md): they are its
         // clock's milliseconds, which never go backwards and here grow with every reading, so a
@@ -212,17 +239,10 @@ impl Fleet {
                 Kind::Sensor(Sensor { measurements: m })
             }
             KindName::Road => {
-                // Drive along the current street; turn at an intersection now and then.
-                if rng.random_bool(0.05) {
-                    d.heading_deg =
-                        (d.heading_deg + if rng.random_bool(0.5) { 90.0 } else { 270.0 }) % 360.0;
-                }
-                let moved = d.speed_kmh / 3.6 * dt_s.min(600.0);
-                d.pos = offset(d.pos.0, d.pos.1, moved, d.heading_deg);
-                // Stay near home: far-away dashcams turn back.
-                if distance_m(d.pos, d.home) > 20_000.0 {
-                    d.heading_deg = (d.heading_deg + 180.0) % 360.0;
-                }
+                // Where the route puts it at this time: a function of the device's clock alone, so
+                // that a simulator started again continues the drive instead of jumping back home
+                // (which the processors would reject as `impossible_speed`).
+                (d.pos, d.heading_deg) = d.route_at(t);
                 Kind::Road(Road {
                     observation: [
                         ObservationType::Pothole,
@@ -309,6 +329,36 @@ mod tests {
             f.devices[0].speed_kmh
         );
         assert!(r2.seq > r1.seq);
+    }
+
+    #[test]
+    fn a_restarted_dashcam_goes_on_from_where_it_was() {
+        let mix = KindMix {
+            heartbeat: 0.0,
+            sensor: 0.0,
+            road: 1.0,
+        };
+        let t0 = 1_767_225_600_000;
+        let mut before = Fleet::new(50, 9, mix);
+        let mut after = Fleet::new(50, 9, mix);
+        for i in 0..50 {
+            let mut last = None;
+            for k in 0..60 {
+                last = before.next_reading(i, t0 + k * 1_000).location;
+            }
+            // Started again 20 s later, as `make up` after Ctrl-C.
+            let first = after.next_reading(i, t0 + 80_000).location.unwrap();
+            let last = last.unwrap();
+            let d = distance_m((last.lat, last.lng), (first.lat, first.lng));
+            let v_kmh = d / 21.0 * 3.6;
+            assert!(
+                v_kmh <= after.devices[i].speed_kmh + 0.5,
+                "dashcam {i} jumped {d:.0} m ({v_kmh:.0} km/h)"
+            );
+            // It stays within its square of streets around its registered place.
+            let home = after.devices[i].home;
+            assert!(distance_m(home, (first.lat, first.lng)) < 1.5 * 8_000.0);
+        }
     }
 
     #[test]
