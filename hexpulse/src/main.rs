@@ -24,8 +24,36 @@ use crate::config::Config;
 /// frees a buffer per page and column, and glibc's malloc spent a fifth of a query's CPU on it.
 /// Built with `no_thp`: on hosts with transparent huge pages "always", mimalloc's arenas otherwise
 /// grow resident memory in 2 MiB steps (the query service's peak RSS went from ~100 MiB to ~1 GiB).
+#[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static GLOBAL: dhat::Alloc = dhat::Alloc;
+
+/// With the `dhat-heap` feature: profiles the heap from here on, and writes `dhat-heap.json` (the
+/// blocks live at that moment, by allocation site: open it in dhat's viewer) after
+/// `HEXPULSE_DHAT_SECS` seconds, or at exit.
+#[cfg(feature = "dhat-heap")]
+fn heap_profile() -> Option<dhat::Profiler> {
+    let profiler = dhat::Profiler::new_heap();
+    let Some(secs) = std::env::var("HEXPULSE_DHAT_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
+        return Some(profiler);
+    };
+    let cell = std::sync::Arc::new(std::sync::Mutex::new(Some(profiler)));
+    let later = cell.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(secs));
+        drop(later.lock().ok().and_then(|mut p| p.take()));
+        eprintln!("dhat: heap profile written after {secs} s");
+    });
+    std::mem::forget(cell);
+    None
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -316,6 +344,8 @@ fn stdout_error(e: std::io::Error) -> anyhow::Error {
 }
 
 fn main() -> anyhow::Result<()> {
+    #[cfg(feature = "dhat-heap")]
+    let _profile = heap_profile();
     let cli = Cli::parse();
     telemetry::init_logging();
     // A descriptor per connection and per file written: the soft limit (often 1024) is too low.
