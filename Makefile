@@ -73,3 +73,4 @@ bench: broker-install build
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+	scripts/machete.sh

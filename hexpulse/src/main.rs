@@ -455,7 +455,7 @@ async fn seal(cfg: Config, a: SealArgs) -> anyhow::Result<()> {
                 healthy.store(true, std::sync::atomic::Ordering::Relaxed);
                 metrics::counter!("hexpulse_sealer_rounds_total", "outcome" => "ok").increment(1);
             }
-            Err(e) if e.to_string().contains("is not complete") => {
+            Err(e) if not_ready(&e) => {
                 eprintln!("waiting: {e}");
                 metrics::counter!("hexpulse_sealer_rounds_total", "outcome" => "waiting")
                     .increment(1);
@@ -478,6 +478,15 @@ async fn seal(cfg: Config, a: SealArgs) -> anyhow::Result<()> {
 }
 
 /// The scheduled sealer's health and metrics listener.
+/// Whether a sealing round stopped at an epoch that is not complete yet (the sealer waits), by the
+/// error's type, whatever context was added to it.
+fn not_ready(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<hexpulse_lake::epoch::EpochError>(),
+        Some(hexpulse_lake::epoch::EpochError::NotReady(_))
+    )
+}
+
 async fn serve_sealer_health(
     addr: std::net::SocketAddr,
     healthy: Arc<std::sync::atomic::AtomicBool>,
@@ -1050,5 +1059,21 @@ async fn bench(cfg: Config, b: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::E2e(args) => bench_e2e::e2e(cfg, args).await,
         BenchCmd::Lake(args) => bench_lake::lake(args).await,
         BenchCmd::Seal(args) => bench_seal::seal(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hexpulse_lake::epoch::EpochError;
+
+    #[test]
+    fn a_round_waits_on_the_not_ready_error_type_only() {
+        let waiting = anyhow::Error::from(EpochError::NotReady("epoch 7 is not complete".into()));
+        assert!(super::not_ready(&waiting));
+        assert!(super::not_ready(&waiting.context("sealing epoch 7")));
+        // The same words in another error are a failure, not a wait.
+        let other = anyhow::Error::from(EpochError::Invalid("epoch 7 is not complete".into()));
+        assert!(!super::not_ready(&other));
+        assert!(!super::not_ready(&anyhow::anyhow!("is not complete")));
     }
 }
