@@ -256,8 +256,8 @@ pub async fn query(
         build_lake(&lake, readings, end_ms, span_ms).await?;
         eprintln!("[bench] compacting closed hours");
         let opts = hexpulse_lake::compact::CompactOptions {
-            target_bytes: 64 << 20,
             retention: Duration::ZERO,
+            ..Default::default()
         };
         hexpulse_lake::compact::compact_closed(&lake, end_ms + HOUR_MS, &opts).await?;
         // A second pass deletes what the first replaced (retention zero: nobody else reads it).

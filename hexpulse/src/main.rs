@@ -675,6 +675,7 @@ async fn compact(cfg: Config, closed_after: Option<Duration>) -> anyhow::Result<
     let cut = hexpulse_common::time::now_ms() - close_after.as_millis() as i64;
     let opts = compact::CompactOptions {
         target_bytes: cfg.process.compact_target_bytes,
+        memory_bytes: cfg.process.compact_memory_bytes,
         retention: cfg.process.compact_retention,
     };
     eprintln!(

@@ -42,6 +42,8 @@ pub struct ProcessConfig {
     pub compact_grace: Duration,
     /// Merged files grow to about this many bytes.
     pub compact_target_bytes: u64,
+    /// What one merge may hold in memory (see `hexpulse_lake::compact::CompactOptions`).
+    pub compact_memory_bytes: u64,
     /// Replaced small files are deleted this long after the merge (readers that listed them just
     /// before it can still read them).
     #[serde(with = "humantime_serde")]
@@ -68,6 +70,7 @@ impl ProcessConfig {
             compact_interval: Duration::ZERO,
             compact_grace: Duration::from_secs(600),
             compact_target_bytes: 64 << 20,
+            compact_memory_bytes: 256 << 20,
             compact_retention: Duration::from_secs(600),
             epoch: hexpulse_lake::epoch::EpochConfig {
                 seal_interval: Duration::ZERO,

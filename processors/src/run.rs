@@ -136,6 +136,7 @@ pub async fn start(
             close_after,
             hexpulse_lake::compact::CompactOptions {
                 target_bytes: cfg.compact_target_bytes,
+                memory_bytes: cfg.compact_memory_bytes,
                 retention: cfg.compact_retention,
             },
             shutdown.clone(),

@@ -238,6 +238,46 @@ async fn compaction_replaces_small_files_in_one_commit_and_racing_compactors_agr
 }
 
 #[tokio::test]
+async fn a_merge_takes_no_more_rows_than_its_memory_bound_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+    unit::ensure_tables(&lake, |_| schema()).await.unwrap();
+    for i in 0..9 {
+        let (s, e) = (i * 10, i * 10 + 9);
+        let u = unit_of("a", s, e, vec![file("heartbeat", 0, s..=e)]);
+        assert_eq!(
+            unit::commit_unit(&lake, u).await.unwrap(),
+            UnitOutcome::Committed
+        );
+    }
+    let before = rows(&lake).await;
+    // Room for 30 rows a merge: nine files of 10 rows make three merged files, not one.
+    let opts = compact::CompactOptions {
+        memory_bytes: 30 * compact::MERGE_ROW_BYTES,
+        ..Default::default()
+    };
+    let outcome = compact::compact_hour(&lake, "heartbeat", "2026-11-30", 6, &opts)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            outcome,
+            compact::Outcome::Compacted {
+                sources: 9,
+                outputs: 3,
+                rows: 90,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(rows(&lake).await, before);
+    let (_, files) = lake.table("heartbeat").files().await.unwrap();
+    assert_eq!(files.len(), 3);
+    assert!(files.iter().all(|f| f.rows == Some(30)), "{files:?}");
+}
+
+#[tokio::test]
 async fn a_flush_retried_after_its_gate_commit_keeps_its_files_and_completes() {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
