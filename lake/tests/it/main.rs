@@ -186,20 +186,25 @@ async fn a_unit_interrupted_after_its_gate_commit_is_completed_on_resume() {
     assert_eq!(rows(&fresh).await.len(), 10);
 }
 
+/// Commits `n` units of 10 heartbeat rows each (offsets 0..10n) on partition 0.
+async fn commit_heartbeat_units(lake: &Lake, n: i64) {
+    for i in 0..n {
+        let (s, e) = (i * 10, i * 10 + 9);
+        let u = unit_of("a", s, e, vec![file("heartbeat", 0, s..=e)]);
+        assert_eq!(
+            unit::commit_unit(lake, u).await.unwrap(),
+            UnitOutcome::Committed
+        );
+    }
+}
+
 #[tokio::test]
 async fn compaction_replaces_small_files_in_one_commit_and_racing_compactors_agree() {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
     let other = Lake::open(dir.path().to_str().unwrap()).unwrap();
     unit::ensure_tables(&lake, |_| schema()).await.unwrap();
-    for i in 0..6 {
-        let (s, e) = (i * 10, i * 10 + 9);
-        let u = unit_of("a", s, e, vec![file("heartbeat", 0, s..=e)]);
-        assert_eq!(
-            unit::commit_unit(&lake, u).await.unwrap(),
-            UnitOutcome::Committed
-        );
-    }
+    commit_heartbeat_units(&lake, 6).await;
     let before = rows(&lake).await;
     assert_eq!(before.len(), 60);
     let opts = compact::CompactOptions::default();
@@ -242,14 +247,7 @@ async fn a_merge_takes_no_more_rows_than_its_memory_bound_allows() {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
     unit::ensure_tables(&lake, |_| schema()).await.unwrap();
-    for i in 0..9 {
-        let (s, e) = (i * 10, i * 10 + 9);
-        let u = unit_of("a", s, e, vec![file("heartbeat", 0, s..=e)]);
-        assert_eq!(
-            unit::commit_unit(&lake, u).await.unwrap(),
-            UnitOutcome::Committed
-        );
-    }
+    commit_heartbeat_units(&lake, 9).await;
     let before = rows(&lake).await;
     // Room for 30 rows a merge: nine files of 10 rows make three merged files, not one.
     let opts = compact::CompactOptions {
