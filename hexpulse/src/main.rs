@@ -44,14 +44,11 @@ fn heap_profile() -> Option<dhat::Profiler> {
     else {
         return Some(profiler);
     };
-    let cell = std::sync::Arc::new(std::sync::Mutex::new(Some(profiler)));
-    let later = cell.clone();
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(secs));
-        drop(later.lock().ok().and_then(|mut p| p.take()));
+        drop(profiler);
         eprintln!("dhat: heap profile written after {secs} s");
     });
-    std::mem::forget(cell);
     None
 }
 
