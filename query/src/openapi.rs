@@ -94,7 +94,7 @@ fn area_params() -> Vec<Value> {
             "zoom",
             "query",
             false,
-            "web-map zoom, instead of res",
+            "web-map zoom, instead of res (giving both is a 400)",
             json!({"type": "integer", "minimum": 0, "maximum": 24}),
         ),
         time_param(

@@ -192,20 +192,27 @@ pub fn resolution(
     default: u8,
     finest: u8,
 ) -> Result<u8, BadParam> {
-    let res = if let Some(r) = params.get("res") {
-        r.parse::<u8>()
-            .ok()
-            .filter(|r| *r <= 15)
-            .ok_or_else(|| bad("res", "res must be an H3 resolution, 0..=15"))?
-    } else if let Some(z) = params.get("zoom") {
-        let z = z
+    let res = match (params.get("res"), params.get("zoom")) {
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "zoom",
+                "res and zoom are alternatives: give one of them",
+            ));
+        }
+        (Some(r), None) => r
             .parse::<u8>()
             .ok()
-            .filter(|z| *z <= 24)
-            .ok_or_else(|| bad("zoom", "zoom must be 0..=24"))?;
-        resolution_for_zoom(z).min(finest)
-    } else {
-        default
+            .filter(|r| *r <= 15)
+            .ok_or_else(|| bad("res", "res must be an H3 resolution, 0..=15"))?,
+        (None, Some(z)) => {
+            let z = z
+                .parse::<u8>()
+                .ok()
+                .filter(|z| *z <= 24)
+                .ok_or_else(|| bad("zoom", "zoom must be 0..=24"))?;
+            resolution_for_zoom(z).min(finest)
+        }
+        (None, None) => default,
     };
     if res > finest {
         return Err(bad(
@@ -322,6 +329,12 @@ mod tests {
             "res"
         );
         assert!(resolution(&p(&[("res", "x")]), 8, 12).is_err());
+        assert_eq!(
+            resolution(&p(&[("res", "0"), ("zoom", "")]), 8, 12)
+                .unwrap_err()
+                .param,
+            "zoom"
+        );
 
         assert!(name("metric", "pm2_5").is_ok());
         assert!(name("metric", "pm2_5'; DROP").is_err());
