@@ -32,12 +32,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[global_allocator]
 static GLOBAL: dhat::Alloc = dhat::Alloc;
 
-/// With the `dhat-heap` feature: profiles the heap from here on, and writes `dhat-heap.json` (the
+/// With the `dhat-heap` feature: profiles the heap from here on, and writes `dhat-heap-PID.json` (the
 /// blocks live at that moment, by allocation site: open it in dhat's viewer) after
 /// `HEXPULSE_DHAT_SECS` seconds, or at exit.
 #[cfg(feature = "dhat-heap")]
 fn heap_profile() -> Option<dhat::Profiler> {
-    let profiler = dhat::Profiler::new_heap();
+    // Per process: the soak runs several (up, a second processor, the simulators) in one directory.
+    let profiler = dhat::Profiler::builder()
+        .file_name(format!("dhat-heap-{}.json", std::process::id()))
+        .build();
     let Some(secs) = std::env::var("HEXPULSE_DHAT_SECS")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
