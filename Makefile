@@ -19,7 +19,7 @@ help:
 	@echo "make lint  - rustfmt and clippy"
 	@echo "make soak  - the soak test for 30 minutes (SOAK=2h for longer; make test runs 3 minutes)"
 	@echo "make bench - run the benchmarks (see load-tests/RESULTS.md)"
-	@echo "make fuzz  - the fuzz smoke runs (make test runs them too); longer: scripts/fuzz.sh run TARGET SECS"
+	@echo "make fuzz  - libFuzzer runs of every target, bounded (make test runs the targets over their seeds); longer: scripts/fuzz.sh run TARGET SECS"
 
 # The map page's MapLibre bundle (npm), embedded into the binary.
 assets:

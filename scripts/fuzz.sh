@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Fuzzing the decoders that face devices and users, with cargo-fuzz (libFuzzer).
 #
-#   scripts/fuzz.sh smoke             every target, a bounded number of executions (part of make test)
+#   scripts/fuzz.sh smoke             every target, a bounded number of executions (make fuzz)
 #   scripts/fuzz.sh run TARGET [SECS] one target for SECS seconds (default 600), growing its corpus
 #   scripts/fuzz.sh list              the targets
 #
 # cargo-fuzz is installed once into $HOME/.cache/hexpulse/cargo-fuzz; the instrumented build goes to
 # $HOME/.cache/hexpulse/fuzz-target and the growing corpora to $HOME/.cache/hexpulse/fuzz-corpus.
 # Seeds (from the wire test vectors and the tests' SQL) are in fuzz/seeds/ (python3 fuzz/seeds.py).
+# The targets' bodies are hexpulse_testkit::fuzz (testkit/src/fuzz.rs), whose tests run them over
+# the seeds and inputs mutated from them in `make test`; put a fixed finding's input into
+# fuzz/seeds/TARGET/ so that `make test` keeps checking it.
 # Crashes are saved to test-output/fuzz/; reproduce one with
 #   scripts/fuzz.sh run TARGET-file-path  (or: cargo fuzz run TARGET test-output/fuzz/crash-...)
 set -euo pipefail

@@ -1,12 +1,6 @@
 //! `POST /v1/readings` with `Content-Type: application/json`: the JSON batch, hex and base64 fields,
 //! JSON payloads, the registry look-up and batch signature verification.
+//! (The body is `hexpulse_testkit::fuzz::batch_json`; `make test` runs it over the seeds.)
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    hexpulse_fuzz::ingest_body(
-        hexpulse_ingest::body::Format::Json,
-        bytes::Bytes::copy_from_slice(data),
-    );
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hexpulse_testkit::fuzz::batch_json(data));

@@ -1,12 +1,6 @@
-//! `POST /v1/readings` with `Content-Type: application/x-protobuf`: the `ReadingBatch` framing, every
-//! `SignedReading`, its payload, the registry look-up and batch signature verification.
+//! `POST /v1/readings` with a protobuf body: decoding, the registry look-up and batch signature
+//! verification.
+//! (The body is `hexpulse_testkit::fuzz::batch_protobuf`; `make test` runs it over the seeds.)
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    hexpulse_fuzz::ingest_body(
-        hexpulse_ingest::body::Format::Protobuf,
-        bytes::Bytes::copy_from_slice(data),
-    );
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hexpulse_testkit::fuzz::batch_protobuf(data));

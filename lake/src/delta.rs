@@ -43,6 +43,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 use crate::store::{Lake, LakeError};
 
+/// The tables' `delta.deletedFileRetentionDuration` (set when a table is created).
+pub const DELETED_FILE_RETENTION: &str = "interval 1 hours";
+
 /// Partition columns of every stream table: the event date (UTC) and hour. They are not stored in
 /// the data files (Delta keeps them in the log), as usual for Delta and Hive layouts.
 pub const PARTITION_COLUMNS: [&str; 2] = ["date", "hour"];
@@ -237,6 +240,15 @@ impl Table {
             )
             .with_save_mode(SaveMode::Ignore)
             .with_configuration_property(deltalake::TableProperty::CheckpointInterval, Some("100"))
+            // A checkpoint carries the files removed within this duration (tombstones): under
+            // Delta's default of a week, every checkpoint (and every full read of the log) would
+            // grow with a week of compactions. Vacuum needs none of them (compact::vacuum deletes
+            // what the newest snapshot does not reference); one hour keeps outside VACUUMs that use
+            // the table's retention from deleting files before ours would (compact_retention).
+            .with_configuration_property(
+                deltalake::TableProperty::DeletedFileRetentionDuration,
+                Some(DELETED_FILE_RETENTION),
+            )
             .await;
         match created {
             Ok(_) => Ok(()),

@@ -11,6 +11,10 @@
 //!   once);
 //! - one broker restart (stopped 10 s) at half time.
 //!
+//! `HEXPULSE_SOAK_LATENESS` (`make soak`: 5m) compresses time: the rules' lateness and the
+//! compaction grace (1m) shrink, so that the processors' dedupe state and the files not merged yet
+//! reach their steady size within a 2-hour run, after which `up` must stop growing.
+//!
 //! Per minute it records readings accepted, the simulator's p99 latency, the peak RSS of `up`
 //! (ingest, processor, query and sealer in one process) and of the second processor, the lake's and
 //! the broker's disk use, what the outside consumer read, and whether the broker answered. It fails on any accounting
@@ -152,8 +156,31 @@ fn soak_under_mixed_traffic_and_faults() {
     };
     broker.start();
     let brokers = broker.address();
-    let layer =
-        accounting_layer("delivery_timeout = \"3s\"\n\n[process]\nsession_timeout = \"30s\"");
+    // Time compressed for long runs (`HEXPULSE_SOAK_LATENESS`): with `make up`'s 2 h lateness, the
+    // processors' dedupe state grows for 2 h 5 min, and an hour's files are merged 2 h 15 min after
+    // its end, so no soak of a few hours reaches the steady state in which growth means a leak.
+    let lateness = std::env::var("HEXPULSE_SOAK_LATENESS")
+        .ok()
+        .filter(|l| !l.is_empty());
+    let rules_layer = lateness.as_deref().map_or(String::new(), |l| {
+        humantime::parse_duration(l).unwrap_or_else(|e| panic!("HEXPULSE_SOAK_LATENESS={l}: {e}"));
+        let rules = std::fs::read_to_string(format!("{}/config/rules.toml", root())).unwrap();
+        let line = "allowed_lateness = \"2h\"";
+        assert!(rules.contains(line), "config/rules.toml has {line}");
+        let path = cache.path().join("rules.toml");
+        std::fs::write(
+            &path,
+            rules.replace(line, &format!("allowed_lateness = \"{l}\"")),
+        )
+        .unwrap();
+        format!(
+            "rules_path = \"{p}\"\ncompact_grace = \"1m\"\n\n[query]\nrules_path = \"{p}\"",
+            p = path.display()
+        )
+    });
+    let layer = accounting_layer(&format!(
+        "delivery_timeout = \"3s\"\n\n[process]\nsession_timeout = \"30s\"\n{rules_layer}"
+    ));
     // `make up`'s broker watch too (its default stall time outlasts the broker restart below).
     let restart = broker.restart_command();
     let up = Up::start(
@@ -163,6 +190,10 @@ fn soak_under_mixed_traffic_and_faults() {
         Some(&layer),
     );
     let started = Instant::now();
+    let started_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     eprintln!(
         "soak for {} (second processor killed every {}), topic {}",
         humantime::format_duration(length),
@@ -429,6 +460,60 @@ fn soak_under_mixed_traffic_and_faults() {
             "`up` grew from {a} MiB to {b} MiB"
         );
     }
+    // And once every state has its steady size, `up` must stop growing: the slope of its peak RSS
+    // over the minutes after that is at most 1 MiB a minute. The dedupe state is steady after
+    // lateness and skew; the files not merged yet span at most an hour plus `delay` (an hour is
+    // merged after its end plus lateness, skew, the grace and a compaction interval), and span it
+    // first just before the merge of the first whole hour of the run.
+    if let Some(l) = lateness
+        .as_deref()
+        .and_then(|l| humantime::parse_duration(l).ok())
+    {
+        let delay = l.as_secs() / 60 + 5 + 1 + 1;
+        let start_minute = (started_at_ms / 60_000) % 60;
+        let steady = if start_minute == 0 {
+            60
+        } else {
+            120 - start_minute
+        } + delay;
+        let after: Vec<(f64, f64)> = minutes
+            .iter()
+            .filter(|m| m["minute"].as_u64().unwrap() > steady)
+            .map(|m| {
+                (
+                    m["minute"].as_f64().unwrap(),
+                    m["peak_rss_up_mib"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        if after.len() >= 10 {
+            let slope = slope(&after);
+            eprintln!(
+                "soak: `up` after minute {steady} (steady state): {slope:.2} MiB a minute over {} minutes",
+                after.len()
+            );
+            assert!(
+                slope <= 1.0,
+                "`up` kept growing in the steady state: {slope:.2} MiB a minute after minute {steady}"
+            );
+        } else {
+            eprintln!(
+                "soak: too short for the steady-state memory check (it needs 10 minutes after minute {steady})"
+            );
+        }
+    }
+}
+
+/// The least-squares slope of `points` (x, y).
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    let (mx, my) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
+    let (sxy, sxx) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| {
+        (a + (x - mx) * (y - my), b + (x - mx) * (x - mx))
+    });
+    if sxx == 0.0 { 0.0 } else { sxy / sxx }
 }
 
 /// Where the readings the accounting names (`device <key prefix> seq <n>`) are: in the raw topic

@@ -237,6 +237,19 @@ async fn compaction_replaces_small_files_in_one_commit_and_racing_compactors_agr
     );
     assert_eq!(rows(&other).await, before);
     compact::checkpoint(&lake, 1).await.unwrap();
+    // Checkpoints keep an hour of tombstones, not Delta's default week.
+    let created = std::fs::read_to_string(
+        dir.path()
+            .join("heartbeat/_delta_log/00000000000000000000.json"),
+    )
+    .unwrap();
+    assert!(
+        created.contains(&format!(
+            "\"delta.deletedFileRetentionDuration\":\"{}\"",
+            hexpulse_lake::delta::DELETED_FILE_RETENTION
+        )),
+        "{created}"
+    );
     let reopened = Lake::open(dir.path().to_str().unwrap()).unwrap();
     assert_eq!(rows(&reopened).await, before);
     assert_eq!(unit::resume(&reopened, "t", 0).await.unwrap(), 60);
