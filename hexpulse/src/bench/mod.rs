@@ -10,7 +10,13 @@ use anyhow::{Context, bail};
 use hexpulse_load_tests::bench;
 use serde::Serialize;
 
+use crate::cli::BenchCmd;
 use crate::config::Config;
+
+pub(crate) mod e2e;
+pub(crate) mod lake;
+pub(crate) mod query;
+pub(crate) mod seal;
 
 /// Prints a benchmark's JSON report on stdout and, with `out`, writes it there too.
 pub fn emit_report<T: Serialize>(report: &T, out: Option<PathBuf>) -> anyhow::Result<()> {
@@ -325,4 +331,34 @@ async fn produce_all(
         }
     }
     Ok(())
+}
+
+pub(crate) async fn run(cfg: Config, b: BenchCmd) -> anyhow::Result<()> {
+    match b {
+        BenchCmd::Verify => {
+            let r = tokio::task::spawn_blocking(|| {
+                hexpulse_load_tests::bench::raw_verify_rates(Duration::from_secs(3))
+            })
+            .await?;
+            out!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(())
+        }
+        BenchCmd::Ingest {
+            readings,
+            batch,
+            concurrency,
+            out,
+        } => ingest(cfg, readings, batch, concurrency, out).await,
+        BenchCmd::Process { readings, out } => process(cfg, readings, out).await,
+        BenchCmd::Query {
+            readings,
+            runs,
+            python,
+            lake,
+            out,
+        } => query::query(readings, runs, python, lake, out).await,
+        BenchCmd::E2e(args) => e2e::e2e(cfg, args).await,
+        BenchCmd::Lake(args) => lake::lake(args).await,
+        BenchCmd::Seal(args) => seal::seal(args).await,
+    }
 }

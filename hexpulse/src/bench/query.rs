@@ -508,7 +508,7 @@ pub async fn query(
         queries: timings,
         duckdb_version: duck["version"].as_str().unwrap_or("").to_string(),
     };
-    crate::bench::emit_report(&report, out)?;
+    super::emit_report(&report, out)?;
     if keep.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }

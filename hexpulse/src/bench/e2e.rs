@@ -22,7 +22,7 @@ use hexpulse_load_tests::bench as lt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::bench::{emit_report, free_port, spawn_role, stop, wait_ready};
+use super::{emit_report, free_port, spawn_role, stop, wait_ready};
 use crate::config::Config;
 
 const TOKEN: &str = "bench-e2e-accounting";

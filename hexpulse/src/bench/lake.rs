@@ -25,7 +25,7 @@ use hexpulse_lake::unit::{add_action, remove_action};
 use hexpulse_lake::{Lake, compact, date_hour};
 use serde::Serialize;
 
-use crate::bench_query::percentile;
+use super::query::percentile;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LakeArgs {
@@ -237,7 +237,7 @@ pub async fn lake(args: LakeArgs) -> anyhow::Result<()> {
     if args.lake.is_none() {
         std::fs::remove_dir_all(&dir)?;
     }
-    crate::bench::emit_report(&report, args.out)
+    super::emit_report(&report, args.out)
 }
 
 /// Column statistics of a placeholder file, as large as a real unit's (a row count and the min and

@@ -1,0 +1,178 @@
+//! `hexpulse up`: every role in one process, with demo traffic and the broker watch.
+
+use hexpulse_common::shutdown;
+use hexpulse_ingest::server::Ingest;
+
+use super::open_registry;
+use crate::broker_watch;
+use crate::config::Config;
+
+pub(super) async fn up(
+    mut cfg: Config,
+    no_traffic: bool,
+    rate: Option<f64>,
+    watch: Option<broker_watch::Watch>,
+) -> anyhow::Result<()> {
+    let registry = open_registry(&cfg)?;
+    let mixer = cfg.simulate.mixer(cfg.ingest.max_body_bytes);
+    registry.upsert_all(mixer.fleet.registry_devices())?;
+    // A fresh admin token for this run unless the config names one, so that the README's registry
+    // examples work under `make up`.
+    let admin_token = if cfg.ingest.admin_token_sha256.is_empty() {
+        let mut bytes = [0u8; 32];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+        let token = hex::encode(bytes);
+        let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+        cfg.ingest.admin_token_sha256 = sha256.clone();
+        // The query service's admin role too: its /metrics, raw tables and every group.
+        cfg.query
+            .auth
+            .tokens
+            .push(hexpulse_query::config::TokenConfig {
+                name: "make-up-admin".into(),
+                role: "admin".into(),
+                sha256,
+            });
+        Some(token)
+    } else {
+        None
+    };
+    tracing::info!(config = %cfg.redacted(), "starting hexpulse up");
+    let stop = shutdown::on_signals();
+    let watch_note = watch.as_ref().map(|w| {
+        format!(
+            " (watched: restarted when it acknowledges no produce request for {})",
+            humantime::format_duration(w.stall)
+        )
+    });
+    let watch = watch.map(|w| tokio::spawn(w.run(cfg.kafka.clone(), stop.clone())));
+    let ingest = Ingest::start(
+        cfg.ingest.clone(),
+        cfg.kafka.clone(),
+        registry.clone(),
+        stop.clone(),
+    )
+    .await?;
+    let lake = hexpulse_lake::Lake::open(&cfg.process.lake_url)?;
+    let processor = hexpulse_processors::run::start(
+        cfg.process.clone(),
+        cfg.kafka.clone(),
+        registry,
+        lake,
+        stop.clone(),
+    )
+    .await?;
+    let mut qcfg = cfg.query.clone();
+    qcfg.lake_url = cfg.process.lake_url.clone();
+    qcfg.epoch = cfg.process.epoch.clone();
+    let query = hexpulse_query::Query::start(
+        qcfg,
+        hexpulse_lake::Lake::open(&cfg.process.lake_url)?,
+        stop.clone(),
+    )
+    .await?;
+    let base = format!("http://{}", ingest.addr);
+    let qbase = format!("http://{}", query.addr);
+    out!();
+    out!("Hexpulse is up.");
+    out!("  ingest   POST {base}/v1/readings   (protobuf or JSON batches of signed readings)");
+    out!("  health   {base}/healthz  {base}/readyz");
+    let metrics = ingest
+        .admin_addr
+        .map_or_else(|| base.clone(), |a| format!("http://{a}"));
+    out!(
+        "  metrics  {metrics}/metrics   processor http://{}/metrics   query {}/metrics{}",
+        processor.addr,
+        query
+            .admin_addr
+            .map_or_else(|| qbase.clone(), |a| format!("http://{a}")),
+        if query.admin_addr.is_none() && admin_token.is_some() {
+            " (with the admin token below)"
+        } else {
+            ""
+        }
+    );
+    match &admin_token {
+        Some(t) => out!(
+            "  admin    {base}/v1/admin/devices   (add and remove devices; this run's token, for the \
+             query service's admin role too: Authorization: Bearer {t})"
+        ),
+        None => {
+            out!("  admin    {base}/v1/admin/devices   (the token of [ingest] admin_token_sha256)")
+        }
+    }
+    out!(
+        "  lake     {} (Delta tables: heartbeat/ sensor/ road/ rejected/, and epochs/)",
+        cfg.process.lake_url
+    );
+    out!(
+        "  broker   {}   topic {}{}",
+        cfg.kafka.brokers,
+        cfg.kafka.raw_topic,
+        watch_note.unwrap_or_default()
+    );
+    out!(
+        "  registry {} ({} simulated devices)",
+        cfg.registry.path.display(),
+        cfg.simulate.devices
+    );
+    let ecfg = &cfg.process.epoch;
+    let current = ecfg.id_of(hexpulse_common::time::now_ms())?;
+    // The commands below name this binary by its path: it is not on PATH.
+    let exe =
+        std::env::current_exe().map_or_else(|_| "hexpulse".into(), |p| p.display().to_string());
+    let env = std::env::var("HEXPULSE_CONFIG")
+        .map(|c| format!("HEXPULSE_CONFIG={c} "))
+        .unwrap_or_default();
+    let env = format!("{env}{exe}");
+    out!(
+        "  epochs   {} long (now epoch {current}); the processor seals one when every partition's \
+         watermark is past its end plus the allowed lateness. Once epoch {current} has ended, to seal \
+         it early and prove a device:",
+        humantime::format_duration(ecfg.length)
+    );
+    out!("           {env} seal --epoch {current} --force; {env} epoch show --epoch {current}");
+    out!(
+        "           {env} epoch proof --epoch {current} --device KEY > p.json; {env} epoch verify --proof p.json"
+    );
+    out!("  map      {qbase}/");
+    out!("  query    {qbase}/openapi.json (every route)   {qbase}/v1/epochs");
+    out!("           curl -s {qbase}/v1/sql -d 'SELECT count(*) AS heartbeats FROM heartbeat'");
+    out!(
+        "           {qbase}/v1/coverage?bbox=13.0,52.3,13.8,52.7&res=8   (GeoJSON hexes around Berlin)"
+    );
+    out!("           {qbase}/v1/deadzones?bbox=13.0,52.3,13.8,52.7&res=8");
+    out!("           {qbase}/v1/sensors/series?metric=pm2_5&bbox=13.0,52.3,13.8,52.7&interval=5m");
+    out!(
+        "           {qbase}/v1/tiles/coverage/{{z}}/{{x}}/{{y}}.mvt   (vector tiles: coverage, air, road)"
+    );
+    out!("Ctrl-C stops everything.");
+    out!();
+    let traffic = if no_traffic {
+        None
+    } else {
+        cfg.simulate.target_url = base;
+        if let Some(r) = rate {
+            cfg.simulate.rate = r;
+        }
+        let stop = stop.clone();
+        Some(tokio::spawn(async move {
+            hexpulse_load_tests::sim::run(&cfg.simulate, mixer, stop, true, None).await
+        }))
+    };
+    let _ = ingest.task.await;
+    match processor.task.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "processor failed"),
+        Err(e) => tracing::error!(error = %e, "processor task failed"),
+        Ok(Ok(())) => {}
+    }
+    if let Some(t) = traffic
+        && let Ok(summary) = t.await
+    {
+        out!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    if let Some(w) = watch {
+        let _ = w.await;
+    }
+    Ok(())
+}
