@@ -16,7 +16,7 @@ use chrono::{NaiveDate, TimeZone, Utc};
 use datafusion::arrow::array::{Array, BooleanArray, Date32Array, Int32Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::Session;
-use datafusion::common::stats::{ColumnStatistics, Statistics};
+use datafusion::common::stats::Statistics;
 use datafusion::common::{DFSchema, Result, ScalarValue};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::file_format::FileFormat;
@@ -175,15 +175,11 @@ impl SnapshotTable {
         let stats: Arc<Statistics> = match cached {
             Some(c) if c.is_valid_for(&f.meta, &self.fingerprint) => c.statistics.clone(),
             _ => {
-                let stats = self
-                    .format
-                    .infer_stats(state, store, self.file_schema.clone(), &f.meta)
-                    .await?;
-                let stats = Arc::new(if self.partitioned {
-                    pruning_only(stats, &self.file_schema)
-                } else {
-                    stats
-                });
+                let stats = Arc::new(
+                    self.format
+                        .infer_stats(state, store, self.file_schema.clone(), &f.meta)
+                        .await?,
+                );
                 if let Some(cache) = &self.statistics {
                     cache.put(
                         &key,
@@ -291,71 +287,7 @@ impl TableProvider for SnapshotTable {
     }
 }
 
-/// The columns of the stream tables whose per-file minimum and maximum can skip a file: the
-/// endpoints' filters (time window, box, metric). A stream table holds thousands of small files
-/// until its hours are compacted, and every query plans with every file's statistics (cached across
-/// queries): keeping those of all 30-odd columns made each file cost about 10 KB per plan and in
-/// the cache, so the query service's memory grew with the files (issue #21's soak).
-pub const PRUNING_COLUMNS: [&str; 4] = ["event_time", "lat", "lng", "metric"];
-
-/// `stats` with the column statistics of [`PRUNING_COLUMNS`] only (the row count stays).
-fn pruning_only(stats: Statistics, schema: &Schema) -> Statistics {
-    let column_statistics = stats
-        .column_statistics
-        .into_iter()
-        .zip(schema.fields())
-        .map(|(c, f)| {
-            if PRUNING_COLUMNS.contains(&f.name().as_str()) {
-                c
-            } else {
-                ColumnStatistics::new_unknown()
-            }
-        })
-        .collect();
-    Statistics {
-        column_statistics,
-        ..stats
-    }
-}
-
 /// Whether `filter` reads only the partition columns (and reads at least one).
 fn on_partitions(filter: &Expr) -> bool {
     !filter.column_refs().is_empty() && expr_applicable_for_cols(&PARTITION_COLUMNS, filter)
-}
-
-#[cfg(test)]
-mod tests {
-    use datafusion::common::stats::Precision;
-
-    use super::*;
-
-    #[test]
-    fn only_the_pruning_columns_keep_their_statistics() {
-        let schema = Schema::new(vec![
-            Field::new("device_key", DataType::Utf8, false),
-            Field::new("event_time", DataType::Int64, false),
-            Field::new("lat", DataType::Float64, false),
-        ]);
-        let known = |v: ScalarValue| ColumnStatistics {
-            min_value: Precision::Exact(v.clone()),
-            max_value: Precision::Exact(v),
-            null_count: Precision::Exact(0),
-            ..ColumnStatistics::new_unknown()
-        };
-        let stats = Statistics {
-            num_rows: Precision::Exact(7),
-            total_byte_size: Precision::Exact(700),
-            column_statistics: vec![
-                known(ScalarValue::Utf8(Some("ab".into()))),
-                known(ScalarValue::Int64(Some(5))),
-                known(ScalarValue::Float64(Some(52.5))),
-            ],
-        };
-        let slim = pruning_only(stats.clone(), &schema);
-        assert_eq!(slim.num_rows, Precision::Exact(7));
-        assert_eq!(slim.total_byte_size, Precision::Exact(700));
-        assert_eq!(slim.column_statistics[0], ColumnStatistics::new_unknown());
-        assert_eq!(slim.column_statistics[1], stats.column_statistics[1]);
-        assert_eq!(slim.column_statistics[2], stats.column_statistics[2]);
-    }
 }
