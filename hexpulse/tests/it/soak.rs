@@ -162,8 +162,13 @@ fn soak_under_mixed_traffic_and_faults() {
     let lateness = std::env::var("HEXPULSE_SOAK_LATENESS")
         .ok()
         .filter(|l| !l.is_empty());
+    let lateness_minutes = lateness.as_deref().map(|l| {
+        humantime::parse_duration(l)
+            .unwrap_or_else(|e| panic!("HEXPULSE_SOAK_LATENESS={l}: {e}"))
+            .as_secs()
+            / 60
+    });
     let rules_layer = lateness.as_deref().map_or(String::new(), |l| {
-        humantime::parse_duration(l).unwrap_or_else(|e| panic!("HEXPULSE_SOAK_LATENESS={l}: {e}"));
         let rules = std::fs::read_to_string(format!("{}/config/rules.toml", root())).unwrap();
         let line = "allowed_lateness = \"2h\"";
         assert!(rules.contains(line), "config/rules.toml has {line}");
@@ -190,10 +195,7 @@ fn soak_under_mixed_traffic_and_faults() {
         Some(&layer),
     );
     let started = Instant::now();
-    let started_at_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let started_at_ms = hexpulse_common::time::now_ms();
     eprintln!(
         "soak for {} (second processor killed every {}), topic {}",
         humantime::format_duration(length),
@@ -466,12 +468,10 @@ fn soak_under_mixed_traffic_and_faults() {
     // interval) and fall at each merge, and `up`'s memory follows them (each query plans with every
     // file). So the peak up to the merge of the run's first whole hour is the steady peak, and
     // after it no minute may exceed it by more than 10%.
-    if let Some(l) = lateness
-        .as_deref()
-        .and_then(|l| humantime::parse_duration(l).ok())
-    {
-        let delay = l.as_secs() / 60 + 5 + 1 + 1;
-        let start_minute = (started_at_ms / 60_000) % 60;
+    if let Some(lateness_minutes) = lateness_minutes {
+        // Lateness, the rules' 5-minute skew, the 1-minute grace and a compaction interval.
+        let delay = lateness_minutes + 5 + 1 + 1;
+        let start_minute = (started_at_ms / 60_000).rem_euclid(60) as u64;
         let steady = if start_minute == 0 {
             60
         } else {
