@@ -11,6 +11,8 @@ scripts/broker.sh start memory "$PORT"
 trap 'scripts/broker.sh stop "$PORT"' EXIT
 export HEXPULSE__KAFKA__BROKERS="127.0.0.1:$PORT"
 mkdir -p load-tests/results
+echo "== raw Ed25519 verify rates per curve25519-dalek backend (serial, AVX2, AVX-512 IFMA)"
+scripts/bench_verify_backends.sh
 echo "== ingest"
 "$BIN" bench ingest --out load-tests/results/ingest.json
 echo "== processor"

@@ -62,10 +62,20 @@ def stages(results):
     out = []
     ingest, process, query, e2e, seal = (load(results, n) for n in ("ingest", "process", "query", "e2e", "seal"))
     lakes = [l for l in (load(results, "lake"), load(results, "lake-clean")) if l]
+    backends = load(results, "verify-backends")
+    if backends and "serial" in backends:
+        serial = backends["serial"]
+        for build, r in backends.items():
+            out.append(stage(f"raw Ed25519 verify, {r['backend']} backend (--cfg curve25519_dalek_backend=\"{build}\")",
+                             round(r["single_per_s"]), "single verifies/s, one core", round(serial["single_per_s"]),
+                             "the serial backend's single verify (same run)", r["single_per_s"] / serial["single_per_s"],
+                             "scripts/bench_verify_backends.sh",
+                             note=f"batch of 128 {r['batch128_per_s']:.0f}/s ({r['batch128_per_s'] / serial['batch128_per_s']:.2f}x serial); "
+                                  f"ingest's verifier, batches of 200: {r['ingest200_clean_per_s']:.0f}/s"))
     if ingest:
         raw = ingest["raw_verify"]["batch128_per_s"]
         out.append(stage("raw Ed25519 batch verify, one core", round(raw), "verifies/s", None, "reference", None,
-                         "hexpulse bench ingest (raw_verify)", note=f"single verify {ingest['raw_verify']['single_per_s']:.0f}/s"
+                         "hexpulse bench ingest (raw_verify)", note=f"{ingest['raw_verify'].get('backend', 'unnamed')} backend; single verify {ingest['raw_verify']['single_per_s']:.0f}/s"
                          + (f"; our rule (ZIP-215, ed25519-zebra): batch of 128 {ingest['raw_verify']['batch128_rule_per_s']:.0f}/s, "
                             f"single {ingest['raw_verify']['single_rule_per_s']:.0f}/s" if "batch128_rule_per_s" in ingest["raw_verify"] else "")))
         rv = ingest["raw_verify"]

@@ -409,5 +409,33 @@ pub fn small_order_encodings() -> &'static [[u8; 32]] {
     })
 }
 
+/// The curve25519-dalek backend that verification runs on here: `"avx512ifma"`, `"avx2"` or
+/// `"serial"`. curve25519-dalek picks it once per process from the CPU's features, among the
+/// backends the build includes: the AVX-512 IFMA one only with `--cfg
+/// curve25519_dalek_backend="avx512"` (`.cargo/config.toml`), AVX2 on any 64-bit x86 build that is
+/// not forced to `serial`. This follows the same rule (curve25519-dalek's `get_selected_backend`),
+/// which the library does not expose.
+pub fn backend() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if cfg!(curve25519_dalek_backend = "avx512")
+            && std::arch::is_x86_feature_detected!("avx512ifma")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            return "avx512ifma";
+        }
+        if !cfg!(any(
+            curve25519_dalek_backend = "serial",
+            curve25519_dalek_backend = "fiat"
+        )) && std::arch::is_x86_feature_detected!("avx2")
+        {
+            return "avx2";
+        }
+    }
+    "serial"
+}
+
+pub mod rates;
+
 #[cfg(test)]
 mod tests;

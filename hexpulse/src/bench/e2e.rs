@@ -12,6 +12,7 @@
 //! them (the run plus the accounting's settle time). It is compared with half the raw batch-verify
 //! rate of one core, measured in the same run.
 
+use hexpulse_schemas::sign::rates;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
@@ -64,8 +65,8 @@ pub struct E2eReport {
     pub adversarial_share: f64,
     /// One core's verify rates, measured before the roles start and again after they stop (this
     /// machine's speed drifts by tens of percent within minutes).
-    pub raw_verify: lt::VerifyRates,
-    pub raw_verify_after: lt::VerifyRates,
+    pub raw_verify: rates::VerifyRates,
+    pub raw_verify_after: rates::VerifyRates,
     /// Readings acknowledged by ingest.
     pub acknowledged: u64,
     /// Seconds of sending, and seconds after it until the lake's rows could hold every acknowledged
@@ -93,7 +94,8 @@ pub async fn e2e(cfg: Config, a: E2eArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("hexpulse-bench-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     eprintln!("[bench] raw Ed25519 verify rate of one core...");
-    let raw = tokio::task::spawn_blocking(|| lt::raw_verify_rates(Duration::from_secs(3))).await?;
+    let raw =
+        tokio::task::spawn_blocking(|| rates::raw_verify_rates(Duration::from_secs(3))).await?;
     let layer = dir.join("bench.toml");
     std::fs::write(
         &layer,
@@ -228,7 +230,7 @@ pub async fn e2e(cfg: Config, a: E2eArgs) -> anyhow::Result<()> {
     }
     eprintln!("[bench] raw Ed25519 verify rate of one core, again...");
     let raw_after =
-        tokio::task::spawn_blocking(|| lt::raw_verify_rates(Duration::from_secs(3))).await?;
+        tokio::task::spawn_blocking(|| rates::raw_verify_rates(Duration::from_secs(3))).await?;
     let text = std::fs::read_to_string(&sim_out).with_context(|| {
         format!(
             "simulate wrote no summary (exit {status}); see {}",

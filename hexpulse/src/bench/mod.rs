@@ -2,6 +2,7 @@
 //! role's CPU time and peak memory can be read from /proc and charged to it alone.
 
 use hexpulse_common::time::now_ms;
+use hexpulse_schemas::sign::rates;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -142,7 +143,7 @@ pub struct ProcessRun {
 #[derive(Debug, Serialize)]
 pub struct ProcessReport {
     pub runs: Vec<ProcessRun>,
-    pub raw_verify: bench::VerifyRates,
+    pub raw_verify: rates::VerifyRates,
     /// Median rows per core-second of the runs without re-verification.
     pub plain_rows_per_core_s_median: f64,
     /// Re-verification on: readings per core-second over the raw batch-verify rate of one core.
@@ -260,7 +261,7 @@ pub async fn process(cfg: Config, readings: usize, out: Option<PathBuf>) -> anyh
         });
     }
     let raw =
-        tokio::task::spawn_blocking(|| bench::raw_verify_rates(Duration::from_secs(3))).await?;
+        tokio::task::spawn_blocking(|| rates::raw_verify_rates(Duration::from_secs(3))).await?;
     let mut plain: Vec<f64> = runs
         .iter()
         .filter(|r| !r.reverify)
@@ -336,10 +337,12 @@ async fn produce_all(
 pub(crate) async fn run(cfg: Config, b: BenchCmd) -> anyhow::Result<()> {
     match b {
         BenchCmd::Verify => {
-            let r = tokio::task::spawn_blocking(|| {
-                hexpulse_load_tests::bench::raw_verify_rates(Duration::from_secs(3))
-            })
-            .await?;
+            let r = tokio::task::spawn_blocking(|| rates::raw_verify_rates(Duration::from_secs(3)))
+                .await?;
+            eprintln!(
+                "[bench] verify on curve25519-dalek's {} backend: {:.0}/s single (verify_strict), {:.0}/s in batches of 128, {:.0}/s ingest's verifier on batches of 200",
+                r.backend, r.single_per_s, r.batch128_per_s, r.ingest200_clean_per_s
+            );
             out!("{}", serde_json::to_string_pretty(&r)?);
             Ok(())
         }

@@ -1,4 +1,5 @@
 //! Integration tests of the wire contract: the vectors in `schemas/testdata/` and round-trip properties.
 
+mod backend;
 mod roundtrip;
 mod vectors;
