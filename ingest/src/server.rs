@@ -330,7 +330,7 @@ async fn handle_readings(
     }
     // The body is reserved in the in-flight budget as it arrives, so a slow sender holds only what
     // it has sent (not its declared length); past the bound the request is refused, not queued.
-    let (raw, permit) = match read_body(s, body).await {
+    let (raw, permit) = match read_body(s, body, declared).await {
         Ok(r) => r,
         Err(resp) => return resp,
     };
@@ -375,10 +375,14 @@ async fn handle_readings(
     .await
 }
 
-/// Reads a request body, reserving in-flight budget for each chunk as it arrives.
+/// Reads a request body, reserving in-flight budget as it arrives. The budget covers the buffer's
+/// capacity, not only the bytes in it, so that it bounds the memory bodies hold: the buffer grows
+/// by doubling (never past `declared`, the Content-Length, when there is one), and each growth is
+/// reserved before it is allocated.
 async fn read_body(
     s: &Ingest,
     body: Body,
+    declared: Option<usize>,
 ) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit), Response> {
     use futures::StreamExt;
     let too_large = || {
@@ -392,24 +396,31 @@ async fn read_body(
         return Err(overloaded("too many bytes in flight"));
     };
     let mut stream = body.into_data_stream();
-    let mut buf = bytes::BytesMut::new();
+    let mut buf: Vec<u8> = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| error(StatusCode::BAD_REQUEST, "body_read_failed", e))?;
         let need = buf.len() + chunk.len();
         if need > s.cfg.max_body_bytes {
             return Err(too_large());
         }
-        let held = permit.num_permits() * PERMIT_BYTES;
-        if need > held {
-            match try_reserve(s, need - held) {
-                Some(more) => permit.merge(more),
-                None => return Err(overloaded("too many bytes in flight")),
+        if need > buf.capacity() {
+            let cap = (buf.capacity() * 2)
+                .min(declared.unwrap_or(usize::MAX))
+                .min(s.cfg.max_body_bytes)
+                .max(need);
+            let held = permit.num_permits() * PERMIT_BYTES;
+            if cap > held {
+                match try_reserve(s, cap - held) {
+                    Some(more) => permit.merge(more),
+                    None => return Err(overloaded("too many bytes in flight")),
+                }
             }
+            buf.reserve_exact(cap - buf.len());
         }
         buf.extend_from_slice(&chunk);
         publish_inflight(s);
     }
-    Ok((buf.freeze(), permit))
+    Ok((Bytes::from(buf), permit))
 }
 
 fn publish_inflight(s: &Ingest) {

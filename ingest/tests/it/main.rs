@@ -1,5 +1,10 @@
 //! Ingest integration tests against the real broker started by `make test`.
 
+/// The allocator of the `hexpulse` binary that runs ingest in production, so that the memory tests
+/// measure what it does (its peaks run higher than glibc's on the same load).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod admin;
 mod answers;
 mod broker_outage;
