@@ -15,3 +15,6 @@ pub const INFLIGHT_BYTES: &str = "hexpulse_ingest_inflight_bytes";
 pub const REQUEST_SECONDS: &str = "hexpulse_ingest_request_seconds";
 pub const BROKER_UP: &str = "hexpulse_ingest_broker_up";
 pub const PRODUCER_REPLACED: &str = "hexpulse_ingest_producer_replaced_total";
+/// Deliveries the broker acknowledged without an offset: librdkafka's answer to a resent batch that
+/// the broker calls a duplicate (`DuplicateSequenceNumber`). Answered as not delivered.
+pub const DELIVERED_WITHOUT_OFFSET: &str = "hexpulse_ingest_delivered_without_offset_total";

@@ -182,8 +182,19 @@ impl Sink {
         let deadline = tokio::time::Instant::from_std(start + self.delivery_timeout);
         let mut failed = 0usize;
         let mut refused = false;
+        let mut without_offset = 0usize;
         for (i, fut) in pending {
             results[i] = match tokio::time::timeout_at(deadline, fut).await {
+                // A report without an offset is librdkafka's answer to a resent batch the broker
+                // called a duplicate: written before, says the broker, but nothing shows where.
+                // Apache Kafka answers such a resend with the original offset; tansu 0.6 does not.
+                // Acknowledged readings must be in the log, so the item is answered as not
+                // delivered: the device sends it again, and if the broker did hold it, the copy
+                // lands as `duplicate`.
+                Ok(Ok(Ok(delivery))) if delivery.offset < 0 => {
+                    without_offset += 1;
+                    Err(DeliveryFailure::NotDelivered)
+                }
                 Ok(Ok(Ok(_))) => Ok(()),
                 Ok(Ok(Err((e, _)))) => {
                     failed += 1;
@@ -197,6 +208,15 @@ impl Sink {
                     Err(DeliveryFailure::NotDelivered)
                 }
             };
+        }
+        if without_offset > 0 {
+            metrics::counter!(m::DELIVERED_WITHOUT_OFFSET).increment(without_offset as u64);
+            tracing::warn!(
+                items = without_offset,
+                generation,
+                "the broker acknowledged items without an offset (a resent batch it called a \
+                 duplicate); answered as not delivered"
+            );
         }
         if failed > 0 {
             // Deliveries time out when the broker is gone; stop taking work until a probe succeeds.
