@@ -192,6 +192,16 @@ fn outage_under_load(outage: Outage) {
     }
     eprintln!("broker back");
     let out = sim.wait_with_output().expect("simulate finishes");
+    if let Outage::Wedge = outage {
+        // The watch restarts the broker after its stall time (20 s from the last acknowledged
+        // probe); the simulator may finish before that restart has begun (CI saw it 0.3 s early).
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while broker.log().matches("broker.sh start").count() < 2
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
     let log = broker.log();
     let tail: Vec<&str> = log.lines().rev().take(15).collect();
     eprintln!("broker log, last lines reversed:\n{}", tail.join("\n"));
