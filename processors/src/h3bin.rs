@@ -2,6 +2,7 @@
 //! its parents (about 5 ns each instead of about 1 µs; DESIGN.md toolchain facts).
 
 use h3o::{LatLng, Resolution};
+use rustc_hash::FxHashMap;
 
 /// Bins points at a fixed list of resolutions.
 #[derive(Debug, Clone)]
@@ -9,7 +10,13 @@ pub struct Binner {
     /// Configured resolutions, in the caller's order.
     resolutions: Vec<Resolution>,
     finest: Resolution,
+    /// Each device's last point and its cells ([`Binner::cells_of`]): hotspots and sensors report
+    /// from where they are installed, so most rows repeat their device's last point exactly.
+    last: FxHashMap<[u8; 32], ((u64, u64), Cells)>,
 }
+
+/// Devices whose last point [`Binner::cells_of`] remembers, at most (then it starts again empty).
+const MAX_REMEMBERED: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid H3 resolutions (each 0..=15, one to {MAX_RESOLUTIONS} of them): {0}")]
@@ -49,7 +56,26 @@ impl Binner {
         Ok(Binner {
             resolutions,
             finest,
+            last: FxHashMap::default(),
         })
+    }
+
+    /// [`Binner::cells`] of a point reported by device `key`, from a cache of each device's last
+    /// point: computing a cell costs about 1 µs, the largest part of a row's processing before the
+    /// cache (load-tests/RESULTS.md, the processor profile of issue #26). Same answers as `cells`.
+    pub fn cells_of(&mut self, key: &[u8; 32], lat: f64, lng: f64) -> Option<Cells> {
+        let point = (lat.to_bits(), lng.to_bits());
+        if let Some((p, cells)) = self.last.get(key)
+            && *p == point
+        {
+            return Some(*cells);
+        }
+        let cells = self.cells(lat, lng)?;
+        if self.last.len() >= MAX_REMEMBERED {
+            self.last.clear();
+        }
+        self.last.insert(*key, (point, cells));
+        Some(cells)
     }
 
     /// Cells of `(lat, lng)` at each resolution, or `None` for a point h3o refuses.
@@ -99,5 +125,33 @@ mod tests {
                 "({lat}, {lng})"
             );
         }
+    }
+
+    /// The cache of each device's last point gives the cells `cells` computes, for a device that
+    /// stays, moves, and comes back.
+    #[test]
+    fn cells_of_a_device_equal_the_cells_of_its_point() {
+        let mut b = Binner::new(&[12, 8]).unwrap();
+        let (k1, k2) = ([1u8; 32], [2u8; 32]);
+        let points = [
+            (52.52, 13.405),
+            (52.52, 13.405),
+            (-33.8688, 151.2093),
+            (52.52, 13.405),
+        ];
+        for (lat, lng) in points {
+            assert_eq!(
+                b.cells_of(&k1, lat, lng),
+                b.cells(lat, lng),
+                "({lat}, {lng})"
+            );
+            assert_eq!(
+                b.cells_of(&k2, lng, lat),
+                b.cells(lng, lat),
+                "({lng}, {lat})"
+            );
+        }
+        assert_eq!(b.cells_of(&k1, f64::NAN, 0.0), None);
+        assert_eq!(b.cells_of(&k1, 52.52, 13.405), b.cells(52.52, 13.405));
     }
 }

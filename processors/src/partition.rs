@@ -24,6 +24,9 @@ use crate::metrics as m;
 use crate::rows::{Ctx, RejectedRow, Source, ValidRow, rejected_batch, valid_batch};
 use crate::validate::{RawRecord, Validator, Verdict};
 
+/// Milliseconds of an hour: unit files are split by the hour of their rows.
+const HOUR_MS: i64 = 3_600_000;
+
 /// Records re-verified together (when re-verification is on).
 const REVERIFY_BATCH: usize = 64;
 
@@ -299,7 +302,7 @@ impl PartitionWorker {
         match verdict {
             Verdict::Valid(valid) => {
                 let loc = valid.reading.location.unwrap_or_default();
-                match self.binner.cells(loc.lat, loc.lng) {
+                match self.binner.cells_of(&valid.key, loc.lat, loc.lng) {
                     Some(cells) => {
                         self.unit.valid.push(ValidRow { src, valid, cells });
                     }
@@ -391,16 +394,21 @@ impl PartitionWorker {
             .min_by_key(|(_, r)| **r)
             .map(|(i, _)| i)
             .unwrap_or(0);
-        let mut groups: BTreeMap<(KindName, String, u32), Vec<&ValidRow>> = BTreeMap::new();
+        // Keyed by the hour's index (the date is formatted once per file, not once per row).
+        let mut groups: BTreeMap<(KindName, i64), Vec<&ValidRow>> = BTreeMap::new();
         for r in &self.unit.valid {
-            let (date, hour) = date_hour(r.valid.reading.device_time_ms);
             groups
-                .entry((r.valid.kind, date, hour))
+                .entry((
+                    r.valid.kind,
+                    r.valid.reading.device_time_ms.div_euclid(HOUR_MS),
+                ))
                 .or_default()
                 .push(r);
         }
-        for ((kind, date, hour), mut rows) in groups {
-            rows.sort_by_key(|r| {
+        for ((kind, hour_index), mut rows) in groups {
+            let (date, hour) = date_hour(hour_index * HOUR_MS);
+            // Offsets are unique in a unit, so the order is total and an unstable sort is exact.
+            rows.sort_unstable_by_key(|r| {
                 (
                     r.cells[coarse],
                     r.valid.reading.device_time_ms,
@@ -410,14 +418,15 @@ impl PartitionWorker {
             let batch = valid_batch(kind, &rows, &ctx)?;
             files.push(unit_file(kind.as_str(), date, hour, &batch)?);
         }
-        let mut rejected: BTreeMap<(String, u32), Vec<&RejectedRow>> = BTreeMap::new();
+        let mut rejected: BTreeMap<i64, Vec<&RejectedRow>> = BTreeMap::new();
         for r in &self.unit.rejected {
             rejected
-                .entry(date_hour(r.src.receive_ms))
+                .entry(r.src.receive_ms.div_euclid(HOUR_MS))
                 .or_default()
                 .push(r);
         }
-        for ((date, hour), rows) in rejected {
+        for (hour_index, rows) in rejected {
+            let (date, hour) = date_hour(hour_index * HOUR_MS);
             let batch = rejected_batch(&rows, &ctx)?;
             files.push(unit_file(tables::REJECTED_TABLE, date, hour, &batch)?);
         }
