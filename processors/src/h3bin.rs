@@ -15,8 +15,9 @@ pub struct Binner {
     last: FxHashMap<[u8; 32], ((u64, u64), Cells)>,
 }
 
-/// Devices whose last point [`Binner::cells_of`] remembers, at most (then it starts again empty).
-const MAX_REMEMBERED: usize = 1 << 20;
+/// Devices whose last point [`Binner::cells_of`] remembers, at most (then it starts again empty):
+/// about 90 bytes each, so at most about 6 MiB per partition.
+const MAX_REMEMBERED: usize = 1 << 16;
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid H3 resolutions (each 0..=15, one to {MAX_RESOLUTIONS} of them): {0}")]
