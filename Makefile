@@ -60,7 +60,8 @@ reset:
 test:
 	scripts/test.sh
 
-# The soak (hexpulse/tests/it/soak.rs) for longer: make soak SOAK=2h. make test runs 3 minutes of it.
+# The soak (hexpulse/tests/it/soak.rs) for longer, in a release build: make soak SOAK=2h. make test runs
+# 3 minutes of it.
 SOAK ?= 30m
 soak:
 	HEXPULSE_SOAK=$(SOAK) scripts/test.sh --only soak

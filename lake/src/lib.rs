@@ -28,7 +28,7 @@ pub mod unit;
 
 pub use delta::{DataFile, Table};
 pub use store::{
-    COMPACTED_ZSTD_LEVEL, Lake, LakeError, PAGE_ROWS, UNIT_ZSTD_LEVEL, column, date_hour,
+    COMPACTED_ZSTD_LEVEL, HOUR_MS, Lake, LakeError, PAGE_ROWS, UNIT_ZSTD_LEVEL, column, date_hour,
     decode_parquet, encode_parquet, encode_parquet_with,
 };
 

@@ -339,6 +339,9 @@ pub fn decode_parquet(
     Ok(builder.build()?.collect::<Result<Vec<_>, _>>()?)
 }
 
+/// An hour in milliseconds: the lake's partitions and compaction run by the hour (UTC).
+pub const HOUR_MS: i64 = 3_600_000;
+
 /// Hours (as (date, hour)) of a time, UTC.
 pub fn date_hour(ms: i64) -> (String, u32) {
     let secs = ms.div_euclid(1000);

@@ -17,15 +17,12 @@ use hexpulse_schemas::tables;
 use hexpulse_schemas::wire::KindName;
 
 use hexpulse_lake::unit::{self, UnitFile, UnitOutcome};
-use hexpulse_lake::{Lake, LakeError, column, date_hour, decode_parquet, encode_parquet};
+use hexpulse_lake::{HOUR_MS, Lake, LakeError, column, date_hour, decode_parquet, encode_parquet};
 
 use crate::h3bin::Binner;
 use crate::metrics as m;
 use crate::rows::{Ctx, RejectedRow, Source, ValidRow, rejected_batch, valid_batch};
 use crate::validate::{RawRecord, Validator, Verdict};
-
-/// Milliseconds of an hour: unit files are split by the hour of their rows.
-const HOUR_MS: i64 = 3_600_000;
 
 /// Records re-verified together (when re-verification is on).
 const REVERIFY_BATCH: usize = 64;
@@ -144,9 +141,9 @@ impl PartitionWorker {
         let rules = self.validator.rules().time.clone();
         let from = receive_ms
             - (rules.allowed_lateness + rules.max_future_skew).as_millis() as i64
-            - 3_600_000;
-        let now = now_ms().max(receive_ms) + rules.max_future_skew.as_millis() as i64 + 3_600_000;
-        let (from_date, from_hour) = date_hour(from - from.rem_euclid(3_600_000));
+            - HOUR_MS;
+        let now = now_ms().max(receive_ms) + rules.max_future_skew.as_millis() as i64 + HOUR_MS;
+        let (from_date, from_hour) = date_hour(from - from.rem_euclid(HOUR_MS));
         let (to_date, to_hour) = date_hour(now);
         let mut remembered = 0;
         for table in KindName::ALL {

@@ -315,7 +315,7 @@ mod tests {
     use datafusion::datasource::MemTable;
     use datafusion::prelude::SessionContext;
 
-    const HOUR: i64 = 3_600_000;
+    const HOUR: i64 = hexpulse_lake::HOUR_MS;
     /// Sealed: the first two days; raw rows run into a third.
     const SEALED: [(i64, i64); 2] = [(0, 24 * HOUR), (24 * HOUR, 48 * HOUR)];
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hexpulse_common::time::now_ms;
-use hexpulse_lake::Lake;
+use hexpulse_lake::{HOUR_MS, Lake};
 use hexpulse_processors::partition::{Flushed, PartitionWorker, Roll};
 use hexpulse_schemas::wire::{PayloadFormat, SignedReading};
 use prost::Message;
@@ -25,7 +25,6 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-const HOUR_MS: i64 = 3_600_000;
 const TOPIC: &str = "bench-query";
 const PARTITIONS: usize = 2;
 

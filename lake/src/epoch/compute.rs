@@ -27,10 +27,10 @@ use super::merkle::{self, Hash};
 use super::points::{self, DeviceFacts};
 use super::spill::{Buckets, Reader, Writer};
 use super::{EpochConfig, EpochError, median};
-use crate::date_hour;
 use crate::rules::{RewardRules, Rules};
 use crate::store::ParquetStream;
 use crate::{COMPACTED_ZSTD_LEVEL, Lake, column, decode_parquet, encode_parquet_with};
+use crate::{HOUR_MS, date_hour};
 
 #[derive(Debug, Clone)]
 struct Hb {
@@ -262,7 +262,7 @@ pub async fn epoch_inputs(
     let tables = KindName::ALL
         .map(|k| (k.as_str(), end))
         .into_iter()
-        .chain([(tables::REJECTED_TABLE, end + tail + 3_600_000)]);
+        .chain([(tables::REJECTED_TABLE, end + tail + HOUR_MS)]);
     for (table, to) in tables {
         let pinned = match at {
             Some(at) => match at.get(table) {
@@ -497,7 +497,7 @@ impl Scan {
             let rt = column(&b, "receive_time").as_primitive::<TimestampMillisecondType>();
             let active = |i: usize| {
                 let r = rt.value(i);
-                (r >= start && r < end).then(|| r.div_euclid(3_600_000))
+                (r >= start && r < end).then(|| r.div_euclid(HOUR_MS))
             };
             let rows = (0..b.num_rows()).filter(|i| t.value(*i) >= start && t.value(*i) < end);
             match table {
@@ -1117,7 +1117,7 @@ fn hourly_rows(rows: &Readings, names: &mut Names) -> Vec<HourlyRow> {
     let mut groups: BTreeMap<(u64, i64, &str), Vec<f64>> = BTreeMap::new();
     for s in &rows.sensor {
         groups
-            .entry((s.cell, s.t.div_euclid(3_600_000) * 3_600_000, &s.metric))
+            .entry((s.cell, s.t.div_euclid(HOUR_MS) * HOUR_MS, &s.metric))
             .or_default()
             .push(s.value);
     }
