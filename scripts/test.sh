@@ -55,8 +55,13 @@ if [ "${1:-}" = "--only" ] && [ "${2:-}" = "soak" ]; then
   # A release build (of the hexpulse package alone): the soak's processes run at production speed, and
   # the accounting of a long run's millions of readings takes minutes, where a debug build took most
   # of an hour.
-  cargo nextest run --release -p hexpulse --locked --profile soak -E 'test(soak)' --no-capture
-  exit 0
+  status=0
+  cargo nextest run --release -p hexpulse --locked --profile soak -E 'test(soak)' --no-capture || status=$?
+  # The per-minute table as load-tests/RESULTS.md records runs (also when the run failed).
+  if [ -f test-output/soak.json ]; then
+    python3 scripts/soak_report.py test-output/soak.json | tee test-output/soak.md
+  fi
+  exit "$status"
 fi
 
 echo "== cargo fmt --check"

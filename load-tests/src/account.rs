@@ -97,45 +97,33 @@ impl LakeReader {
         Ok(body.as_array().cloned().unwrap_or_default())
     }
 
-    /// Rows in all four tables (from Parquet metadata: cheap).
-    async fn total_rows(&self) -> anyhow::Result<u64> {
-        Ok(self
-            .sql("SELECT (SELECT count(*) FROM heartbeat) + (SELECT count(*) FROM sensor) + (SELECT count(*) FROM road) + (SELECT count(*) FROM rejected) AS n")
-            .await?
-            .first()
-            .and_then(|r| r["n"].as_u64())
-            .unwrap_or(0))
+    /// Rows of each table (from Parquet metadata: cheap).
+    async fn rows(&self) -> anyhow::Result<[u64; 4]> {
+        let row = self
+            .sql("SELECT (SELECT count(*) FROM heartbeat) AS heartbeat, (SELECT count(*) FROM sensor) AS sensor, (SELECT count(*) FROM road) AS road, (SELECT count(*) FROM rejected) AS rejected")
+            .await?;
+        let row = row.first();
+        Ok(TABLES.map(|t| row.and_then(|r| r[t].as_u64()).unwrap_or(0)))
     }
 
-    /// Grouped rows of `keys` from every valid table and `rejected`, paged by key prefix so that no
-    /// answer exceeds the service's row limit; `n` is [`Self::total_rows`], which sizes the pages.
-    async fn read(
-        &self,
-        keys: &HashSet<String>,
-        n: u64,
-    ) -> anyhow::Result<HashMap<(String, u64), Landed>> {
+    /// Rows in all four tables.
+    async fn total_rows(&self) -> anyhow::Result<u64> {
+        Ok(self.rows().await?.iter().sum())
+    }
+
+    /// Grouped rows of `keys` from every valid table and `rejected`. Each table is read in pages, each
+    /// a range of device keys with about [`PAGE_ROWS`] rows (keys are uniform hex), so that no answer
+    /// exceeds the service's row limit and each page's aggregation stays small. Every page scans its
+    /// table, so a table has as few pages as that allows.
+    async fn read(&self, keys: &HashSet<String>) -> anyhow::Result<HashMap<(String, u64), Landed>> {
         let mut out: HashMap<(String, u64), Landed> = HashMap::new();
-        let tables = ["heartbeat", "sensor", "road", "rejected"];
-        // Pages of at most ~40k groups: 1, 16 or 256 key prefixes.
-        let prefix_len = if n < 40_000 {
-            0
-        } else if n < 640_000 {
-            1
-        } else {
-            2
-        };
-        let prefixes: Vec<String> = match prefix_len {
-            0 => vec![String::new()],
-            l => (0..16u32.pow(l))
-                .map(|i| format!("{i:0width$x}", width = l as usize))
-                .collect(),
-        };
-        for table in tables {
-            for p in &prefixes {
-                let filter = if p.is_empty() {
-                    "device_key IS NOT NULL".to_string()
-                } else {
-                    format!("substr(device_key, 1, {}) = '{p}'", p.len())
+        for (table, rows) in TABLES.into_iter().zip(self.rows().await?) {
+            for (lo, hi) in &key_ranges(rows.div_ceil(PAGE_ROWS).max(1) as u32) {
+                let filter = match (lo, hi) {
+                    (None, None) => "device_key IS NOT NULL".to_string(),
+                    (Some(lo), None) => format!("device_key >= '{lo}'"),
+                    (None, Some(hi)) => format!("device_key < '{hi}'"),
+                    (Some(lo), Some(hi)) => format!("device_key >= '{lo}' AND device_key < '{hi}'"),
                 };
                 let (cols, group) = if table == "rejected" {
                     ("device_key, seq, reason", "device_key, seq, reason")
@@ -164,6 +152,23 @@ impl LakeReader {
         }
         Ok(out)
     }
+}
+
+/// The lake's tables that readings land in.
+const TABLES: [&str; 4] = ["heartbeat", "sensor", "road", "rejected"];
+
+/// Rows per page of [`LakeReader::read`]: well under the query service's default `max_rows`
+/// (100,000), since keys are spread evenly but not exactly.
+const PAGE_ROWS: u64 = 50_000;
+
+/// `pages` ranges of the key space that together cover every string: the first has no lower bound,
+/// the last no upper bound, and the bounds between are 4-digit hex prefixes spread evenly.
+fn key_ranges(pages: u32) -> Vec<(Option<String>, Option<String>)> {
+    let pages = pages.clamp(1, 1 << 16);
+    let bound = |i: u32| {
+        (i > 0 && i < pages).then(|| format!("{:04x}", (i as u64 * 65_536 / pages as u64)))
+    };
+    (0..pages).map(|i| (bound(i), bound(i + 1))).collect()
 }
 
 fn answer_label(a: &Answer) -> String {
@@ -388,7 +393,7 @@ pub async fn account(
             continue;
         }
         visible.get_or_insert(start.elapsed().as_secs_f64());
-        let landed = lake.read(run_keys, total).await?;
+        let landed = lake.read(run_keys).await?;
         let missing = owed
             .iter()
             .filter(|(k, s)| !landed.contains_key(&(k.to_string(), *s)))
@@ -412,8 +417,7 @@ pub async fn account(
     // One more read after everything is there: late doubles would show now.
     let landed = if report.settle_s < settle.as_secs_f64() {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let total = lake.total_rows().await?;
-        lake.read(run_keys, total).await?
+        lake.read(run_keys).await?
     } else {
         landed
     };
@@ -463,6 +467,52 @@ mod tests {
             l.rejected.insert((*r).into(), *n);
         }
         l
+    }
+
+    #[test]
+    fn key_ranges_put_every_key_in_exactly_one_page() {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        let mut keys: Vec<String> = (0..2_000)
+            .map(|_| {
+                (0..32)
+                    .map(|_| format!("{:02x}", rng.random::<u8>()))
+                    .collect()
+            })
+            .collect();
+        keys.extend(
+            [
+                "", "0", "0000", "fffe", "ffff", "ffffff", "zz", "ABCD", "8000",
+            ]
+            .map(String::from),
+        );
+        for pages in [1, 2, 3, 7, 46, 256, 65_536, 100_000] {
+            let ranges = key_ranges(pages);
+            assert_eq!(ranges.len(), pages.min(1 << 16) as usize);
+            for k in &keys {
+                let holding = ranges
+                    .iter()
+                    .filter(|(lo, hi)| {
+                        lo.as_deref().is_none_or(|lo| k.as_str() >= lo)
+                            && hi.as_deref().is_none_or(|hi| k.as_str() < hi)
+                    })
+                    .count();
+                assert_eq!(holding, 1, "{k:?} is in {holding} of {pages} pages");
+            }
+        }
+        // Uniform keys spread evenly: no page of 46 holds more than twice its share.
+        let ranges = key_ranges(46);
+        for (lo, hi) in &ranges {
+            let n = keys
+                .iter()
+                .filter(|k| {
+                    k.len() == 64
+                        && lo.as_deref().is_none_or(|lo| k.as_str() >= lo)
+                        && hi.as_deref().is_none_or(|hi| k.as_str() < hi)
+                })
+                .count();
+            assert!(n < 2 * 2_000 / 46, "{lo:?}..{hi:?} holds {n} of 2000");
+        }
     }
 
     /// The mismatch kinds `check_group` finds for `items` against `l`.
