@@ -8,14 +8,16 @@
 //! JSON: `[{"public_key": "<hex>", "kind": "heartbeat", "lat": 52.5, "lng": 13.4, "owner": "alice"}]`.
 //! CSV: a header `public_key,kind,lat,lng,owner` and one row per device.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use ed25519_dalek::VerifyingKey;
+// Keys are registered devices' public keys, chosen by nobody who could aim them at one bucket, so a
+// fast hash needs no DoS resistance; lookups of unknown keys cannot lengthen the table's probes.
 use hexpulse_schemas::sign;
 use hexpulse_schemas::wire::KindName;
+use rustc_hash::FxHashMap as HashMap;
 use serde::{Deserialize, Serialize};
 
 /// One registered device.
@@ -118,7 +120,7 @@ impl Registry {
     }
 
     fn replace(&self, devices: Vec<Device>) -> Result<()> {
-        let mut map = HashMap::with_capacity(devices.len());
+        let mut map = HashMap::with_capacity_and_hasher(devices.len(), Default::default());
         for d in devices {
             let k = d.parsed_key()?;
             map.insert(k.to_bytes(), (d, k));

@@ -21,7 +21,7 @@ use hexpulse_lake::{HOUR_MS, Lake, LakeError, column, date_hour, decode_parquet,
 
 use crate::h3bin::Binner;
 use crate::metrics as m;
-use crate::rows::{Ctx, RejectedRow, Source, ValidRow, rejected_batch, valid_batch};
+use crate::rows::{Ctx, RejectedRow, Source, ValidRow, rejected_batch, sorted_valid_batch};
 use crate::validate::{RawRecord, Validator, Verdict};
 
 /// Records re-verified together (when re-verification is on).
@@ -402,17 +402,9 @@ impl PartitionWorker {
                 .or_default()
                 .push(r);
         }
-        for ((kind, hour_index), mut rows) in groups {
+        for ((kind, hour_index), rows) in groups {
             let (date, hour) = date_hour(hour_index * HOUR_MS);
-            // Offsets are unique in a unit, so the order is total and an unstable sort is exact.
-            rows.sort_unstable_by_key(|r| {
-                (
-                    r.cells[coarse],
-                    r.valid.reading.device_time_ms,
-                    r.src.offset,
-                )
-            });
-            let batch = valid_batch(kind, &rows, &ctx)?;
+            let batch = sorted_valid_batch(kind, &rows, coarse, &ctx)?;
             files.push(unit_file(kind.as_str(), date, hour, &batch)?);
         }
         let mut rejected: BTreeMap<i64, Vec<&RejectedRow>> = BTreeMap::new();

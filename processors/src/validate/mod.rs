@@ -291,11 +291,18 @@ impl Validator {
             reading: Some(d.reading.clone()),
             kind: Some(d.kind),
         };
-        // The registry holds each known device's parsed key, so keys are not decompressed per record.
-        let (kind, asserted, vk) = {
+        // The registry holds each known device's parsed key, so keys are not decompressed per record
+        // (and the parsed key, 192 bytes, is not copied out of it).
+        let (kind, asserted, key, signature_ok) = {
             let view = self.registry.read();
             match view.get_with_key(&envelope.public_key) {
-                Some((d, vk)) => (d.kind, (d.lat, d.lng), *vk),
+                Some((d, vk)) => {
+                    let ok = !self.reverify
+                        || signature_ok.unwrap_or_else(|| {
+                            sign::verify(vk, &envelope.payload, &decoded.signature).is_ok()
+                        });
+                    (d.kind, (d.lat, d.lng), vk.to_bytes(), ok)
+                }
                 None => {
                     let (reason, message) = match parse_key(&envelope) {
                         Err(r) => (r.reason, r.message),
@@ -308,11 +315,7 @@ impl Validator {
                 }
             }
         };
-        let key = vk.to_bytes();
-        if self.reverify
-            && !signature_ok
-                .unwrap_or_else(|| sign::verify(&vk, &envelope.payload, &decoded.signature).is_ok())
-        {
+        if !signature_ok {
             return with(
                 RejectReason::BadSignature,
                 "signature does not verify (re-verification)".into(),
