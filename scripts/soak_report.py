@@ -47,6 +47,14 @@ def main() -> int:
           f'{sum(m["processor_kills"] for m in minutes)} processor kills; the outside consumer read '
           f'{report["outside_consumer_total"]:,} records; broker started {report["broker_starts"]} times; '
           f'the broker answered {"every minute" if all(m["broker_answers"] for m in minutes) else "**not every minute**"}.')
+    acc = report.get("accounting") or {}
+    if acc:
+        print()
+        print(f'Accounting: {acc.get("acknowledged", 0):,} readings acknowledged; '
+              f'{acc.get("lake_valid_rows", 0):,} valid and {acc.get("lake_rejected_rows", 0):,} '
+              f'rejected rows of the run in the lake, all there {acc.get("settle_s", 0):.0f} s after '
+              f'the traffic; **{acc.get("mismatch_total", "?")} mismatches**'
+              + (f' ({json.dumps(acc["mismatches"])})' if acc.get("mismatches") else '') + '.')
     return 0
 
 

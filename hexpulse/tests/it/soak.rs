@@ -386,6 +386,7 @@ fn soak_under_mixed_traffic_and_faults() {
     }
 
     let minutes = minutes.lock().unwrap().clone();
+    let simulated = crate::up::summary(&out);
     let report = json!({
         "length_s": length.as_secs(),
         "kill_every_s": kill_every.map(|k| k.as_secs()),
@@ -393,6 +394,8 @@ fn soak_under_mixed_traffic_and_faults() {
         "outside_consumer_total": outside_got.load(Ordering::Relaxed),
         // The soak's own start and restart are two; more are the broker watch's.
         "broker_starts": broker.log().matches("broker.sh start").count(),
+        // The simulator's accounting of every reading sent against the lake.
+        "accounting": simulated["accounting"].clone(),
     });
     let _ = std::fs::create_dir_all(format!("{}/test-output", root()));
     std::fs::write(
@@ -432,7 +435,7 @@ fn soak_under_mixed_traffic_and_faults() {
             eprintln!("ingest at the end: {line}");
         }
     }
-    let mismatched = crate::up::summary(&out)["accounting"]["examples"]
+    let mismatched = simulated["accounting"]["examples"]
         .as_array()
         .cloned()
         .unwrap_or_default();
