@@ -16,7 +16,7 @@ help:
 	@echo "make up    - run the whole pipeline on this machine (local broker, local lake, demo traffic)"
 	@echo "make reset - forget make up's data: stop its broker, delete the broker's topics and this clone's .run/ (lake, registry)"
 	@echo "make test  - run the whole test suite (starts and stops its own broker)"
-	@echo "make lint  - rustfmt and clippy"
+	@echo "make lint  - rustfmt, clippy, unused dependencies and the crates' layering"
 	@echo "make soak  - the soak test for 30 minutes (SOAK=2h for longer; make test runs 3 minutes)"
 	@echo "make bench - run the benchmarks (see load-tests/RESULTS.md)"
 	@echo "make fuzz  - libFuzzer runs of every target, bounded (make test runs the targets over their seeds); longer: scripts/fuzz.sh run TARGET SECS"
@@ -75,3 +75,4 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	scripts/machete.sh
+	python3 scripts/check_layers.py

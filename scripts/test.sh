@@ -70,6 +70,9 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== unused dependencies"
 scripts/machete.sh
+echo "== crate layering"
+python3 scripts/check_layers.py --self-test
+python3 scripts/check_layers.py
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
