@@ -2,6 +2,7 @@
 """The crates' layering (ARCHITECTURE.md, "Code map"), checked from `cargo metadata`:
 
     schemas <- common <- lake <- ingest / processors / query <- hexpulse
+    schemas <- rewards <- lake
 
 A crate's normal (and build) dependencies on workspace crates may only point down these layers: the
 role crates (ingest, processors, query) never depend on each other, and the test kit (`testkit`) is
@@ -20,7 +21,9 @@ import sys
 ALLOWED = {
     "hexpulse-schemas": set(),
     "hexpulse-common": {"hexpulse-schemas"},
-    "hexpulse-lake": {"hexpulse-schemas", "hexpulse-common"},
+    # Pure reward logic (points, Merkle tree, proofs): what a reward oracle's verifier depends on.
+    "hexpulse-rewards": {"hexpulse-schemas"},
+    "hexpulse-lake": {"hexpulse-schemas", "hexpulse-common", "hexpulse-rewards"},
     "hexpulse-ingest": {"hexpulse-schemas", "hexpulse-common"},
     "hexpulse-processors": {"hexpulse-schemas", "hexpulse-common", "hexpulse-lake"},
     "hexpulse-query": {"hexpulse-schemas", "hexpulse-common", "hexpulse-lake"},
@@ -88,6 +91,7 @@ def self_test() -> int:
         ("hexpulse-processors", "hexpulse-query", "build", "hexpulse-processors depends on hexpulse-query"),
         ("hexpulse-lake", "hexpulse-testkit", None, "hexpulse-lake depends on the test kit"),
         ("hexpulse-common", "hexpulse-lake", None, "hexpulse-common depends on hexpulse-lake"),
+        ("hexpulse-rewards", "hexpulse-common", None, "hexpulse-rewards depends on hexpulse-common"),
     ]
     clean = cargo_metadata()
     assert violations(clean) == [], violations(clean)

@@ -13,9 +13,8 @@
 //! - [`compact`]: merging closed hours, checkpoints, vacuum;
 //! - [`stats`]: Delta file statistics of a batch;
 //! - [`epoch`]: epoch ids, sealing into deterministic reward inputs (pinned to the input tables'
-//!   Delta versions), the manifest, the points formula, the Merkle tree and proofs; with
-//!   [`rules`], the versioned rules file. These are the lake's epoch output tables; the pure reward
-//!   logic is to move into a crate of its own (issue #27).
+//!   Delta versions), the manifest and the epoch output tables, with the points formula, the
+//!   Merkle tree and proofs of `hexpulse_rewards`; with [`rules`], the versioned rules file.
 
 pub mod compact;
 pub mod delta;

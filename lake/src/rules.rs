@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+pub use hexpulse_rewards::points::{RewardRules, SpeedTierRules, TrustRules};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -59,43 +60,7 @@ pub struct RateRules {
     pub max_per_window: u32,
 }
 
-/// The points formula of sealed epochs (see `config/rules.toml` and `epoch::points`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RewardRules {
-    pub heartbeat_hour_points: u64,
-    pub sensor_hour_points: u64,
-    pub road_hour_points: u64,
-    pub hex_points: u64,
-    pub max_hexes: u64,
-    pub road_observation_points: u64,
-    pub max_road_observations: u64,
-    pub trust: TrustRules,
-    pub speed: SpeedTierRules,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TrustRules {
-    pub full_m: f64,
-    pub full_bp: u64,
-    pub partial_m: f64,
-    pub partial_bp: u64,
-    pub far_bp: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SpeedTierRules {
-    pub silver_mbps: f64,
-    pub gold_mbps: f64,
-    pub gold_max_latency_ms: f64,
-    pub none_bp: u64,
-    pub bronze_bp: u64,
-    pub silver_bp: u64,
-    pub gold_bp: u64,
-}
-
+/// The road aggregates' k-anonymity: a hex is shown only with this many distinct dashcams.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PrivacyRules {

@@ -50,7 +50,7 @@ pub(super) async fn epoch(cfg: Config, c: EpochCmd) -> anyhow::Result<()> {
                         .merkle_root
                 }
             };
-            s::verify_proof(&p, &root)?;
+            p.verify(&root)?;
             out!(
                 "ok: device {} has {} points in epoch {} (root {root})",
                 p.device_key,

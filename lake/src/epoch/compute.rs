@@ -23,14 +23,14 @@ use hexpulse_schemas::reasons::RejectReason;
 use hexpulse_schemas::tables;
 use hexpulse_schemas::wire::KindName;
 
-use super::merkle::{self, Hash};
-use super::points::{self, DeviceFacts};
 use super::spill::{Buckets, Reader, Writer};
 use super::{EpochConfig, EpochError, median};
 use crate::rules::{RewardRules, Rules};
 use crate::store::ParquetStream;
 use crate::{COMPACTED_ZSTD_LEVEL, Lake, column, decode_parquet, encode_parquet_with};
 use crate::{HOUR_MS, date_hour};
+use hexpulse_rewards::merkle::{self, Hash};
+use hexpulse_rewards::points::{self, DeviceFacts};
 
 #[derive(Debug, Clone)]
 struct Hb {

@@ -1,7 +1,8 @@
 //! Epochs: fixed-length time windows sealed into deterministic, verifiable reward inputs.
 //!
-//! - [`points`]: the reward formula of the rules file;
-//! - [`merkle`]: the Merkle tree over the device summaries, proofs and their check;
+//! The reward formula, the Merkle tree and proofs are pure logic in `hexpulse_rewards`; this module
+//! reads their inputs from the lake and writes their outputs.
+//!
 //! - [`compute`]: reading an epoch's rows from the lake and aggregating them (pure and sorted, so the
 //!   same rows give the same bytes whatever the files or partitions they came in);
 //! - [`seal`]: the completeness gate, the files and the manifest, the sealer loop;
@@ -12,8 +13,6 @@
 //! written after the files with create-if-absent: the manifest is the seal.
 
 pub mod compute;
-pub mod merkle;
-pub mod points;
 pub mod publish;
 pub mod seal;
 mod spill;
@@ -74,6 +73,12 @@ pub enum EpochError {
     NotReady(String),
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<hexpulse_rewards::Invalid> for EpochError {
+    fn from(e: hexpulse_rewards::Invalid) -> EpochError {
+        EpochError::Invalid(e.0)
+    }
 }
 
 impl EpochConfig {

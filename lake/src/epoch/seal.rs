@@ -12,11 +12,12 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::compute::{SealMemory, compute, epoch_inputs};
-use super::merkle::{self, Step};
 use super::{EpochConfig, EpochError, SealedEpochs, manifest_path};
 use crate::compact::table_hours;
 use crate::rules::Rules;
 use crate::{Lake, decode_parquet};
+use hexpulse_rewards::merkle;
+pub use hexpulse_rewards::proof::Proof;
 use hexpulse_schemas::tables;
 
 /// Where a partition's watermark is kept (written by the processor after each unit).
@@ -90,7 +91,7 @@ impl Manifest {
 
 /// Names the leaf encoding in every manifest, by the version that schemas/EPOCHS.md specifies: a
 /// verifier checks it against the versions it knows. A change of the encoding gets a new name.
-pub const LEAF_ENCODING: &str = "hexpulse/v1";
+pub use hexpulse_rewards::LEAF_ENCODING;
 
 /// What to seal, from where, to where.
 pub struct SealRequest<'a> {
@@ -358,80 +359,6 @@ pub async fn read_output(
     Ok(arrow::compute::concat_batches(&schema, &batches)?)
 }
 
-/// A row as JSON, column by column (floats as JSON numbers, which round-trip exactly).
-pub fn row_json(batch: &RecordBatch, i: usize) -> Map<String, Value> {
-    let mut m = Map::new();
-    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
-        let v = if c.is_null(i) {
-            Value::Null
-        } else {
-            match f.data_type() {
-                DataType::Int64 => Value::from(c.as_primitive::<Int64Type>().value(i)),
-                DataType::UInt64 => Value::from(c.as_primitive::<UInt64Type>().value(i)),
-                DataType::UInt32 => Value::from(c.as_primitive::<UInt32Type>().value(i)),
-                DataType::Float64 => Value::from(c.as_primitive::<Float64Type>().value(i)),
-                DataType::Utf8 => Value::from(c.as_string::<i32>().value(i)),
-                _ => Value::Null,
-            }
-        };
-        m.insert(f.name().clone(), v);
-    }
-    m
-}
-
-/// The leaf encoding of a `device_summary` row given as JSON (see [`merkle`]).
-pub fn encode_json_row(row: &Map<String, Value>) -> Result<Vec<u8>, EpochError> {
-    let schema = tables::device_summary_schema();
-    let mut out = Vec::new();
-    let bad =
-        |name: &str| EpochError::Invalid(format!("proof row: column {name} missing or mistyped"));
-    for f in schema.fields() {
-        let v = row.get(f.name()).ok_or_else(|| bad(f.name()))?;
-        if f.is_nullable() {
-            if v.is_null() {
-                out.push(0);
-                continue;
-            }
-            out.push(1);
-        }
-        match f.data_type() {
-            DataType::Int64 => out.extend(v.as_i64().ok_or_else(|| bad(f.name()))?.to_be_bytes()),
-            DataType::UInt64 => out.extend(v.as_u64().ok_or_else(|| bad(f.name()))?.to_be_bytes()),
-            DataType::UInt32 => {
-                let x = u32::try_from(v.as_u64().ok_or_else(|| bad(f.name()))?)
-                    .map_err(|_| bad(f.name()))?;
-                out.extend(x.to_be_bytes())
-            }
-            DataType::Float64 => out.extend(
-                v.as_f64()
-                    .ok_or_else(|| bad(f.name()))?
-                    .to_bits()
-                    .to_be_bytes(),
-            ),
-            DataType::Utf8 => {
-                let s = v.as_str().ok_or_else(|| bad(f.name()))?;
-                out.extend((s.len() as u32).to_be_bytes());
-                out.extend(s.as_bytes());
-            }
-            _ => return Err(bad(f.name())),
-        }
-    }
-    Ok(out)
-}
-
-/// A Merkle inclusion proof of one device's summary row.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Proof {
-    pub epoch: i64,
-    pub device_key: String,
-    pub index: u64,
-    pub leaves: u64,
-    pub row: Map<String, Value>,
-    pub leaf: String,
-    pub path: Vec<Step>,
-    pub root: String,
-}
-
 /// Builds the proof of `device_key` in sealed epoch `epoch`, checking the file against the manifest
 /// (SHA-256 and root) first.
 pub async fn build_proof(lake: &Lake, epoch: i64, device_key: &str) -> Result<Proof, EpochError> {
@@ -439,53 +366,7 @@ pub async fn build_proof(lake: &Lake, epoch: i64, device_key: &str) -> Result<Pr
         .await?
         .ok_or_else(|| EpochError::Invalid(format!("epoch {epoch} is not sealed")))?;
     let batch = read_output(lake, &m, tables::DEVICE_SUMMARY_TABLE).await?;
-    let leaves = (0..batch.num_rows())
-        .map(|i| merkle::encode_row(&batch, i).map(|e| merkle::leaf_hash(&e)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let root = hex::encode(merkle::root(&leaves));
-    if root != m.merkle_root {
-        return Err(EpochError::Invalid(format!(
-            "device_summary gives root {root}, the manifest says {}",
-            m.merkle_root
-        )));
-    }
-    let keys = batch
-        .column_by_name("device_key")
-        .expect("schema")
-        .as_string::<i32>();
-    let index = (0..batch.num_rows())
-        .find(|i| keys.value(*i) == device_key)
-        .ok_or_else(|| {
-            EpochError::Invalid(format!(
-                "device {device_key} has no summary in epoch {epoch}"
-            ))
-        })?;
-    Ok(Proof {
-        epoch,
-        device_key: device_key.to_string(),
-        index: index as u64,
-        leaves: leaves.len() as u64,
-        row: row_json(&batch, index),
-        leaf: hex::encode(leaves[index]),
-        path: merkle::proof(&leaves, index),
-        root,
-    })
-}
-
-/// Checks a proof against a root taken from a manifest: the leaf is recomputed from the row, so a
-/// changed row (or a changed path) fails.
-pub fn verify_proof(proof: &Proof, manifest_root: &str) -> Result<(), EpochError> {
-    if proof.row.get("device_key").and_then(Value::as_str) != Some(proof.device_key.as_str()) {
-        return Err(EpochError::Invalid("the row is not the device's".into()));
-    }
-    let leaf = merkle::leaf_hash(&encode_json_row(&proof.row)?);
-    let root = hex::encode(merkle::fold(leaf, &proof.path)?);
-    if root != manifest_root {
-        return Err(EpochError::Invalid(format!(
-            "proof leads to root {root}, not {manifest_root}"
-        )));
-    }
-    Ok(())
+    Ok(Proof::build(&batch, epoch, device_key, &m.merkle_root)?)
 }
 
 /// A per-device difference between two results of the same epoch.
@@ -509,7 +390,7 @@ pub async fn diff(a: &Lake, b: &Lake, epoch: i64) -> Result<Vec<DeviceDelta>, Ep
             let batch = read_output(&lake, &m, tables::DEVICE_SUMMARY_TABLE).await?;
             let mut rows = BTreeMap::new();
             for i in 0..batch.num_rows() {
-                let r = row_json(&batch, i);
+                let r = merkle::row_json(&batch, i);
                 let key = r["device_key"].as_str().unwrap_or_default().to_string();
                 rows.insert(key, r);
             }

@@ -1,8 +1,6 @@
 //! The lake's protocols on a real local directory: units fence each other through the Delta log, an
 //! interrupted unit is completed from its intent, and compaction keeps every snapshot exact.
 
-mod epochs_spec;
-
 use std::sync::Arc;
 
 use arrow::array::{Int32Array, Int64Array, RecordBatch, StringArray};

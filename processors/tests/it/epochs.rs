@@ -8,11 +8,12 @@ use hexpulse_common::testenv;
 use hexpulse_lake::compact::{self, CompactOptions};
 use hexpulse_lake::epoch::compute::{SealMemory, compute, epoch_files, epoch_inputs};
 use hexpulse_lake::epoch::seal::{self, SealRequest, Sealed};
-use hexpulse_lake::epoch::{EpochConfig, EpochError, merkle};
+use hexpulse_lake::epoch::{EpochConfig, EpochError};
 use hexpulse_lake::rules::Rules;
 use hexpulse_lake::{COMPACTED_ZSTD_LEVEL, Lake, encode_parquet};
 use hexpulse_load_tests::scenario::{self, Fate, Scenario};
 use hexpulse_processors::ProcessConfig;
+use hexpulse_rewards::merkle;
 use hexpulse_schemas::tables;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -195,24 +196,24 @@ async fn a_proof_verifies_against_the_manifest_and_tampering_fails() {
         f => panic!("first record is {f:?}"),
     };
     let proof = seal::build_proof(&lake, id, &device).await.unwrap();
-    seal::verify_proof(&proof, &m.merkle_root).unwrap();
+    proof.verify(&m.merkle_root).unwrap();
     // The proof survives a JSON round trip (what `hexpulse epoch proof` prints).
     let back: seal::Proof =
         serde_json::from_str(&serde_json::to_string_pretty(&proof).unwrap()).unwrap();
-    seal::verify_proof(&back, &m.merkle_root).unwrap();
+    back.verify(&m.merkle_root).unwrap();
 
     // A changed row, a changed path, or another root: all refused.
     let mut t = proof.clone();
     let pts = t.row["reward_points"].as_u64().unwrap();
     t.row.insert("reward_points".into(), (pts + 1).into());
-    assert!(seal::verify_proof(&t, &m.merkle_root).is_err());
+    assert!(t.verify(&m.merkle_root).is_err());
     let mut t = proof.clone();
     t.row.insert("heartbeats".into(), 999.into());
-    assert!(seal::verify_proof(&t, &m.merkle_root).is_err());
+    assert!(t.verify(&m.merkle_root).is_err());
     let mut t = proof.clone();
     t.path[0].hash = "00".repeat(32);
-    assert!(seal::verify_proof(&t, &m.merkle_root).is_err());
-    assert!(seal::verify_proof(&proof, &"11".repeat(32)).is_err());
+    assert!(t.verify(&m.merkle_root).is_err());
+    assert!(proof.verify(&"11".repeat(32)).is_err());
 
     // Tampering with the sealed file itself: a proof can no longer be built from it.
     let path = &m.output(tables::DEVICE_SUMMARY_TABLE).unwrap().path;

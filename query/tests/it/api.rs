@@ -291,7 +291,7 @@ async fn sql_and_epochs_over_a_processed_lake() {
         .json()
         .await
         .unwrap();
-    seal::verify_proof(&proof, &m.merkle_root).unwrap();
+    proof.verify(&m.merkle_root).unwrap();
     // Every device's proof, checked by the verifier written from schemas/EPOCHS.md alone.
     if let Some(python) = testenv::python_or_skip("api: the EPOCHS.md verifier") {
         let repo = testenv::repo_root();

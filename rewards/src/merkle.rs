@@ -1,5 +1,6 @@
 //! The Merkle tree over an epoch's device summaries. `schemas/EPOCHS.md` is its specification, with
-//! test vectors that `lake/tests/it/epochs_spec.rs` checks against this code.
+//! test vectors that `rewards/tests/epochs_spec.rs` checks against this code; its name is
+//! [`crate::LEAF_ENCODING`].
 //!
 //! **Leaves**: one per `device_summary` row, in file order (sorted by `device_key`):
 //! `leaf = SHA-256(0x00 || row encoding)`, where the row encoding concatenates every column in
@@ -13,14 +14,16 @@
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, UInt32Type, UInt64Type};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::EpochError;
+use crate::Invalid;
 
+/// A SHA-256 digest: a leaf, a node or the root.
 pub type Hash = [u8; 32];
 
 /// The encoding of row `i` of `batch` (see the module docs).
-pub fn encode_row(batch: &RecordBatch, i: usize) -> Result<Vec<u8>, EpochError> {
+pub fn encode_row(batch: &RecordBatch, i: usize) -> Result<Vec<u8>, Invalid> {
     let mut out = Vec::with_capacity(512);
     for (field, col) in batch.schema().fields().iter().zip(batch.columns()) {
         if field.is_nullable() {
@@ -46,7 +49,7 @@ pub fn encode_row(batch: &RecordBatch, i: usize) -> Result<Vec<u8>, EpochError> 
                 out.extend(s.as_bytes());
             }
             other => {
-                return Err(EpochError::Invalid(format!(
+                return Err(Invalid(format!(
                     "column {} has type {other}, which has no leaf encoding",
                     field.name()
                 )));
@@ -56,6 +59,69 @@ pub fn encode_row(batch: &RecordBatch, i: usize) -> Result<Vec<u8>, EpochError> 
     Ok(out)
 }
 
+/// Row `i` of `batch` as JSON, a member per column in schema order (the form a proof carries; floats
+/// as JSON numbers, which round-trip exactly).
+pub fn row_json(batch: &RecordBatch, i: usize) -> Map<String, Value> {
+    let mut m = Map::new();
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        let v = if c.is_null(i) {
+            Value::Null
+        } else {
+            match f.data_type() {
+                DataType::Int64 => Value::from(c.as_primitive::<Int64Type>().value(i)),
+                DataType::UInt64 => Value::from(c.as_primitive::<UInt64Type>().value(i)),
+                DataType::UInt32 => Value::from(c.as_primitive::<UInt32Type>().value(i)),
+                DataType::Float64 => Value::from(c.as_primitive::<Float64Type>().value(i)),
+                DataType::Utf8 => Value::from(c.as_string::<i32>().value(i)),
+                _ => Value::Null,
+            }
+        };
+        m.insert(f.name().clone(), v);
+    }
+    m
+}
+
+/// The leaf encoding of a `device_summary` row given as JSON ([`row_json`]'s form), column by
+/// column of `schemas::tables::device_summary_schema`: the same bytes as [`encode_row`] of the row.
+pub fn encode_json_row(row: &Map<String, Value>) -> Result<Vec<u8>, Invalid> {
+    let schema = hexpulse_schemas::tables::device_summary_schema();
+    let mut out = Vec::new();
+    let bad = |name: &str| Invalid(format!("proof row: column {name} missing or mistyped"));
+    for f in schema.fields() {
+        let v = row.get(f.name()).ok_or_else(|| bad(f.name()))?;
+        if f.is_nullable() {
+            if v.is_null() {
+                out.push(0);
+                continue;
+            }
+            out.push(1);
+        }
+        match f.data_type() {
+            DataType::Int64 => out.extend(v.as_i64().ok_or_else(|| bad(f.name()))?.to_be_bytes()),
+            DataType::UInt64 => out.extend(v.as_u64().ok_or_else(|| bad(f.name()))?.to_be_bytes()),
+            DataType::UInt32 => {
+                let x = u32::try_from(v.as_u64().ok_or_else(|| bad(f.name()))?)
+                    .map_err(|_| bad(f.name()))?;
+                out.extend(x.to_be_bytes())
+            }
+            DataType::Float64 => out.extend(
+                v.as_f64()
+                    .ok_or_else(|| bad(f.name()))?
+                    .to_bits()
+                    .to_be_bytes(),
+            ),
+            DataType::Utf8 => {
+                let s = v.as_str().ok_or_else(|| bad(f.name()))?;
+                out.extend((s.len() as u32).to_be_bytes());
+                out.extend(s.as_bytes());
+            }
+            _ => return Err(bad(f.name())),
+        }
+    }
+    Ok(out)
+}
+
+/// The leaf of an encoded row: `SHA-256(0x00 || encoded_row)`.
 pub fn leaf_hash(encoded_row: &[u8]) -> Hash {
     let mut h = Sha256::new();
     h.update([0u8]);
@@ -91,6 +157,7 @@ fn levels(leaves: Vec<Hash>) -> Vec<Vec<Hash>> {
     levels
 }
 
+/// The root over `leaves`, in order (`SHA-256("")` for none).
 pub fn root(leaves: &[Hash]) -> Hash {
     if leaves.is_empty() {
         return Sha256::digest(b"").into();
@@ -101,14 +168,19 @@ pub fn root(leaves: &[Hash]) -> Hash {
 /// One step of a proof: the sibling hash and whether it sits on the left.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
+    /// Where the sibling sits.
     pub side: Side,
+    /// The sibling's hash, hex.
     pub hash: String,
 }
 
+/// The side of a proof step's sibling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
+    /// The sibling is the left input of the node: `node(sibling, acc)`.
     Left,
+    /// The sibling is the right input: `node(acc, sibling)`.
     Right,
 }
 
@@ -133,12 +205,12 @@ pub fn proof(leaves: &[Hash], index: usize) -> Vec<Step> {
 }
 
 /// The root a leaf and its path lead to.
-pub fn fold(leaf: Hash, path: &[Step]) -> Result<Hash, EpochError> {
+pub fn fold(leaf: Hash, path: &[Step]) -> Result<Hash, Invalid> {
     let mut acc = leaf;
     for s in path {
         let mut sib = [0u8; 32];
         hex::decode_to_slice(&s.hash, &mut sib)
-            .map_err(|e| EpochError::Invalid(format!("proof step hash: {e}")))?;
+            .map_err(|e| Invalid(format!("proof step hash: {e}")))?;
         acc = match s.side {
             Side::Left => node(&sib, &acc),
             Side::Right => node(&acc, &sib),

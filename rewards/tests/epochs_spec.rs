@@ -10,7 +10,7 @@ use arrow::array::{
 };
 use arrow::datatypes::DataType;
 use hexpulse_common::testenv;
-use hexpulse_lake::epoch::merkle;
+use hexpulse_rewards::merkle;
 use hexpulse_schemas::tables::device_summary_schema;
 use serde_json::{Value, json};
 

@@ -18,30 +18,101 @@
 //! `<= gold_max_latency_ms` → `gold`; otherwise `silver`. Other kinds: tier `none` at 10000 bp.
 
 use hexpulse_schemas::wire::KindName;
+use serde::{Deserialize, Serialize};
 
-use crate::rules::RewardRules;
+/// The `[rewards]` section of the rules file (`config/rules.toml`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RewardRules {
+    /// Points per active hour of a heartbeat device.
+    pub heartbeat_hour_points: u64,
+    /// Points per active hour of a sensor.
+    pub sensor_hour_points: u64,
+    /// Points per active hour of a dashcam.
+    pub road_hour_points: u64,
+    /// Points per distinct hex a heartbeat device was seen in, up to `max_hexes`.
+    pub hex_points: u64,
+    /// The most hexes that count.
+    pub max_hexes: u64,
+    /// Points per road observation, up to `max_road_observations`.
+    pub road_observation_points: u64,
+    /// The most road observations that count.
+    pub max_road_observations: u64,
+    /// Location trust.
+    pub trust: TrustRules,
+    /// Speed tiers.
+    pub speed: SpeedTierRules,
+}
+
+/// Location trust in basis points, by the median distance to the asserted location.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrustRules {
+    /// Up to this distance (m): `full_bp`.
+    pub full_m: f64,
+    /// Trust within `full_m`.
+    pub full_bp: u64,
+    /// Up to this distance (m): `partial_bp`.
+    pub partial_m: f64,
+    /// Trust within `partial_m`.
+    pub partial_bp: u64,
+    /// Trust farther away.
+    pub far_bp: u64,
+}
+
+/// Speed tiers of heartbeat devices, from their speed tests, in basis points.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SpeedTierRules {
+    /// Below this median download (Mbps): bronze.
+    pub silver_mbps: f64,
+    /// At or above this median download (Mbps), with the latency below: gold.
+    pub gold_mbps: f64,
+    /// The highest median latency (ms) of gold.
+    pub gold_max_latency_ms: f64,
+    /// No speed test.
+    pub none_bp: u64,
+    /// Bronze.
+    pub bronze_bp: u64,
+    /// Silver.
+    pub silver_bp: u64,
+    /// Gold.
+    pub gold_bp: u64,
+}
 
 /// What the formula needs of a device's epoch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceFacts {
+    /// The device's kind.
     pub kind: KindName,
+    /// UTC hours of the epoch with a valid reading received.
     pub active_hours: u32,
+    /// Distinct hexes (at the epoch resolution) of its valid readings.
     pub distinct_hexes: u64,
+    /// Valid road observations.
     pub road_observations: u64,
+    /// Median distance from the asserted location (m), if any.
     pub median_distance_m: Option<f64>,
+    /// Median download of its speed tests (Mbps), if any.
     pub median_download_mbps: Option<f64>,
+    /// Median latency of its speed tests (ms), if any.
     pub median_latency_ms: Option<f64>,
 }
 
 /// The formula's result for a device.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Award {
+    /// Location trust, basis points.
     pub trust_bp: u64,
+    /// Speed tier: `none`, `bronze`, `silver` or `gold`.
     pub tier: &'static str,
+    /// The tier's factor, basis points.
     pub tier_bp: u64,
+    /// The epoch's points.
     pub points: u64,
 }
 
+/// Location trust (see the module docs).
 pub fn location_trust_bp(r: &RewardRules, kind: KindName, median_distance_m: Option<f64>) -> u64 {
     match (kind, median_distance_m) {
         (KindName::Road, _) | (_, None) => r.trust.full_bp,
@@ -51,6 +122,7 @@ pub fn location_trust_bp(r: &RewardRules, kind: KindName, median_distance_m: Opt
     }
 }
 
+/// Speed tier and its factor (see the module docs).
 pub fn speed_tier(r: &RewardRules, f: &DeviceFacts) -> (&'static str, u64) {
     if f.kind != KindName::Heartbeat {
         return ("none", 10_000);
@@ -70,6 +142,7 @@ pub fn speed_tier(r: &RewardRules, f: &DeviceFacts) -> (&'static str, u64) {
     }
 }
 
+/// The formula's result for a device (see the module docs).
 pub fn award(r: &RewardRules, f: &DeviceFacts) -> Award {
     let hour_points = match f.kind {
         KindName::Heartbeat => r.heartbeat_hour_points,
@@ -96,7 +169,13 @@ pub fn award(r: &RewardRules, f: &DeviceFacts) -> Award {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::Rules;
+
+    /// The `[rewards]` section of the default rules file.
+    fn default_rewards() -> RewardRules {
+        let text = include_str!("../../config/rules.toml");
+        let mut file: toml::Table = toml::from_str(text).unwrap();
+        file.remove("rewards").unwrap().try_into().unwrap()
+    }
 
     fn facts(kind: KindName, hours: u32, hexes: u64, road: u64) -> DeviceFacts {
         DeviceFacts {
@@ -115,7 +194,7 @@ mod tests {
     /// bronze 10000, silver 12500, gold 15000 (>= 200 Mbps and <= 30 ms).
     #[test]
     fn points_match_the_hand_computed_table() {
-        let r = Rules::load(None).unwrap().rewards;
+        let r = default_rewards();
         let hb = |h, x, d: Option<f64>, down: Option<f64>, lat: Option<f64>| DeviceFacts {
             median_distance_m: d,
             median_download_mbps: down,
