@@ -4,7 +4,7 @@
 //!   manifest-listed epoch files, rebuilt in the background and swapped atomically ([`catalog`]).
 //! - H3 functions for SQL ([`udf`]), tested by `tests/slt/*.slt`.
 //! - Hex maps as GeoJSON and vector tiles, dead zones, sensor series and hex aggregates, road
-//!   aggregates under the k-anonymity rule ([`api`], [`mvt`]); each answer states its freshness.
+//!   aggregates under the k-anonymity rule ([`http`], [`geo`], [`mvt`]); each answer states its freshness.
 //! - Sensor aggregates over sealed time read the epochs' hourly rows instead of raw rows ([`preagg`]).
 //! - Read-only SQL with row, time and memory limits, answering JSON, CSV or Arrow IPC ([`sql`]);
 //!   raw dashcam rows only for the `raw` group, checked on the plan.
@@ -13,18 +13,18 @@
 //! - Plans run on their own runtime, at most `max_concurrent_queries` at once, so HTTP and health
 //!   checks stay responsive.
 
-pub mod api;
 pub mod auth;
 pub mod bounded;
 pub mod catalog;
+mod columns;
 pub mod config;
 pub mod deadline;
-pub mod map;
+pub mod geo;
+pub mod http;
 pub mod mvt;
 pub mod openapi;
 pub mod params;
 pub mod preagg;
-pub mod server;
 pub mod snapshot;
 pub mod sql;
 pub mod udf;
@@ -32,4 +32,4 @@ pub mod udf;
 pub use datafusion;
 
 pub use config::QueryConfig;
-pub use server::{Query, run};
+pub use http::{Query, QueryError, run};

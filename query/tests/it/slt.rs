@@ -1,6 +1,6 @@
 //! Runs every `query/tests/slt/*.slt` file (sqllogictest format) against a DataFusion context with
 //! the H3 functions registered. The runner allows DDL so a file can build its own small tables; the
-//! service's SQL endpoint does not (see `api.rs`).
+//! service's SQL endpoint does not (see `http/sql.rs`).
 
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use hexpulse_query::datafusion;

@@ -8,29 +8,30 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use std::sync::Arc;
 
-use crate::server::{AppState, error};
+use super::error::error;
+use super::state::AppState;
 
-const INDEX: &str = include_str!("../assets/index.html");
-const APP_JS: &str = include_str!("../assets/app.js");
-const APP_CSS: &str = include_str!("../assets/app.css");
+const INDEX: &str = include_str!("../../assets/index.html");
+const APP_JS: &str = include_str!("../../assets/app.js");
+const APP_CSS: &str = include_str!("../../assets/app.css");
 
 #[cfg(hexpulse_map_bundle)]
 const VENDOR: [(&str, &[u8]); 4] = [
     (
         "maplibre-gl.mjs",
-        include_bytes!("../assets/vendor/maplibre-gl.mjs"),
+        include_bytes!("../../assets/vendor/maplibre-gl.mjs"),
     ),
     (
         "maplibre-gl-worker.mjs",
-        include_bytes!("../assets/vendor/maplibre-gl-worker.mjs"),
+        include_bytes!("../../assets/vendor/maplibre-gl-worker.mjs"),
     ),
     (
         "maplibre-gl-shared.mjs",
-        include_bytes!("../assets/vendor/maplibre-gl-shared.mjs"),
+        include_bytes!("../../assets/vendor/maplibre-gl-shared.mjs"),
     ),
     (
         "maplibre-gl.css",
-        include_bytes!("../assets/vendor/maplibre-gl.css"),
+        include_bytes!("../../assets/vendor/maplibre-gl.css"),
     ),
 ];
 #[cfg(not(hexpulse_map_bundle))]
@@ -93,7 +94,7 @@ pub(crate) async fn config(State(st): State<Arc<AppState>>) -> Response {
         "zoom": st.cfg.map.zoom,
         "finest_res": snap.finest(),
         "bundle": has_bundle(),
-        "coverage_metrics": crate::api::COVERAGE_METRICS,
+        "coverage_metrics": super::hexes::COVERAGE_METRICS,
         "air_metrics": air_metrics(),
         "road_k": st.road_min_devices,
     }))

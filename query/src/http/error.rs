@@ -1,0 +1,84 @@
+//! Error answers: every one is JSON `{"error": code, "message": ...}` with its status.
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::params;
+use crate::sql::SqlError;
+
+/// A refused request or a failed query, already an HTTP answer.
+pub type ApiResult<T> = Result<T, Response>;
+
+pub(crate) fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": code, "message": message.to_string()})),
+    )
+        .into_response()
+}
+
+/// Every error answer in the documented JSON form: axum's own rejections (a path or query that does
+/// not parse, a wrong method, a body of the wrong type) and the timeout layer answer plain text or
+/// nothing; their text becomes the message.
+pub(crate) async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "time_limit",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "bad_body",
+        s if s.is_server_error() => "internal",
+        _ => "error",
+    };
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let message = match String::from_utf8_lossy(&text).trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_string(),
+        t => t.to_string(),
+    };
+    let mut out = error(status, code, message);
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+pub(crate) fn sql_error(e: SqlError) -> Response {
+    error(
+        StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+        e.code,
+        e.message,
+    )
+}
+
+pub(crate) fn bad_param(e: params::BadParam) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "bad_param",
+        format!("{}: {}", e.param, e.message),
+    )
+}
+
+pub(crate) fn too_many(n: usize, max: usize) -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_many_hexes",
+        format!(
+            "the answer has {n} hexes, more than {max}; ask for a smaller bbox or a coarser res"
+        ),
+    )
+}

@@ -1,0 +1,289 @@
+//! The HTTP API of the query service (every route, with its parameters, is in `/openapi.json`).
+//!
+//! - `GET /v1/coverage`, `/v1/deadzones`, `/v1/sensors/hexes`, `/v1/sensors/series`,
+//!   `/v1/road/hexes`, `/v1/tiles/{layer}/{z}/{x}/{y}.mvt`: [`hexes`], [`sensors`], [`road`],
+//!   [`tiles`], over the hexes of [`crate::geo`].
+//! - `POST /v1/sql`: body = the SQL text (or JSON `{"sql": "..."}`); answer by `Accept`:
+//!   `application/json` (default), `text/csv`, `application/vnd.apache.arrow.stream`.
+//! - `GET /v1/epochs`: sealed epochs with their root and device count.
+//! - `GET /v1/epochs/{id}/manifest`: the manifest.
+//! - `GET /v1/epochs/{id}/devices`: the device summaries, JSON, CSV or Parquet (`Accept` or
+//!   `?format=json|csv|parquet`); the Parquet answer is the sealed file itself, checked against the
+//!   manifest's SHA-256.
+//! - `GET /v1/epochs/{id}/proof/{device}`: the device's Merkle proof.
+//! - `/healthz`, `/readyz`, `/metrics`.
+//!
+//! - `/`, `/assets/*`, `/map/config.json`: the map page ([`assets`]).
+//!
+//! The router and the start are here; [`state`] holds what handlers share, [`guard`] the
+//! middleware (metrics, auth, rates), [`error`] the error answers: JSON
+//! `{"error": code, "message": ...}`.
+
+mod area;
+pub mod assets;
+mod epochs;
+mod error;
+mod guard;
+mod hexes;
+mod road;
+mod sensors;
+mod sql;
+mod state;
+mod tiles;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use hexpulse_common::ratelimit::Keyed;
+use hexpulse_lake::Lake;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+pub use area::freshness;
+pub use hexes::rank_dead_zones;
+pub use road::{ROAD_TIME_GRAIN_MS, road_window};
+
+use crate::auth::Auth;
+use crate::catalog::{Catalog, CatalogError};
+use crate::config::QueryConfig;
+use error::error;
+use state::AppState;
+
+/// Time open requests get to finish once shutdown starts.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often the per-client rate limiter forgets idle callers.
+const FORGET_IDLE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("catalog: {0}")]
+    Catalog(#[from] CatalogError),
+    #[error("lake: {0}")]
+    Lake(#[from] hexpulse_lake::LakeError),
+    #[error("datafusion: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error("auth config: {0}")]
+    Auth(#[from] crate::auth::AuthConfigError),
+    #[error("rules: {0}")]
+    Rules(#[from] hexpulse_lake::rules::RulesError),
+    #[error("query runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A started query service.
+pub struct Query {
+    pub addr: SocketAddr,
+    /// The admin listener's address, when `admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Query {
+    /// Opens the lake's catalog, binds, and serves until `shutdown`.
+    pub async fn start(
+        cfg: QueryConfig,
+        lake: Lake,
+        shutdown: CancellationToken,
+    ) -> Result<Query, QueryError> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(cfg.memory_limit_bytes, 1.0)
+            .with_max_temp_directory_size(cfg.max_spill_bytes)
+            .build_arc()?;
+        let catalog = Catalog::open(lake, runtime, cfg.max_expression_bytes).await?;
+        let auth = Auth::new(&cfg.auth)?;
+        let rules = hexpulse_lake::rules::Rules::load(cfg.rules_path.as_deref())?;
+        let exec = state::query_runtime(cfg.query_threads, shutdown.clone())
+            .map_err(QueryError::Runtime)?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| QueryError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| QueryError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let state = Arc::new(AppState {
+            slots: Arc::new(tokio::sync::Semaphore::new(
+                cfg.max_concurrent_queries.max(1),
+            )),
+            running: Default::default(),
+            catalog,
+            auth,
+            exec,
+            road_min_devices: rules.privacy.road_min_devices,
+            lateness_ms: rules.time.allowed_lateness.as_millis() as i64,
+            per_client: Arc::new(Keyed::new(cfg.rate_per_client)),
+            cfg,
+        });
+        state
+            .per_client
+            .spawn_cleanup(FORGET_IDLE_EVERY, shutdown.clone());
+        {
+            let (state, stop) = (state.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(state.cfg.refresh_interval) => {}
+                    }
+                    if let Err(e) = state.catalog.refresh().await {
+                        tracing::warn!(error = %e, "catalog refresh failed; serving the previous one");
+                    }
+                }
+            });
+        }
+        let handle = hexpulse_common::telemetry::metrics_handle();
+        let max_features = state.cfg.max_features;
+        let admin_addr = match state.cfg.admin_listen {
+            Some(a) => Some(serve_admin(a, state.clone(), shutdown.clone()).await?),
+            None => None,
+        };
+        let request_timeout = state.cfg.request_timeout.max(state.cfg.query_timeout);
+        let max_connections = state.cfg.max_connections;
+        let group = |g: &'static str| {
+            axum::middleware::from_fn_with_state((state.clone(), g), guard::authorize)
+        };
+        let app = Router::new()
+            .route(
+                "/v1/coverage",
+                get(hexes::coverage).layer(group("coverage")),
+            )
+            .route(
+                "/v1/deadzones",
+                get(hexes::deadzones).layer(group("coverage")),
+            )
+            .route(
+                "/v1/sensors/hexes",
+                get(sensors::sensor_hexes).layer(group("sensors")),
+            )
+            .route(
+                "/v1/sensors/series",
+                get(sensors::sensor_series).layer(group("sensors")),
+            )
+            .route("/v1/road/hexes", get(road::road_hexes).layer(group("road")))
+            .route(
+                "/v1/tiles/{layer}/{z}/{x}/{y}",
+                get(tiles::tile).layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    guard::authorize_tile,
+                )),
+            )
+            .route("/v1/sql", post(sql::run_sql).layer(group("sql")))
+            .route(
+                "/v1/epochs",
+                get(epochs::list_epochs).layer(group("epochs")),
+            )
+            .route(
+                "/v1/epochs/{id}/manifest",
+                get(epochs::manifest).layer(group("epochs")),
+            )
+            .route(
+                "/v1/epochs/{id}/devices",
+                get(epochs::devices).layer(group("epochs")),
+            )
+            .route(
+                "/v1/epochs/{id}/proof/{device}",
+                get(epochs::proof).layer(group("epochs")),
+            )
+            .route("/", get(assets::index).layer(group("map")))
+            .route("/assets/{*file}", get(assets::asset).layer(group("map")))
+            .route("/map/config.json", get(assets::config).layer(group("map")))
+            .route(
+                "/v1/epochs/{id}/devices/{device}/hexes",
+                get(epochs::device_hexes).layer(group("epochs")),
+            )
+            .route(
+                "/openapi.json",
+                get(move || async move { axum::Json(crate::openapi::document(max_features)) })
+                    .layer(group("meta")),
+            )
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(ready))
+            .route(
+                "/metrics",
+                get(move || std::future::ready(handle.render())).layer(group("metrics")),
+            )
+            .fallback(|| async {
+                error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no such endpoint; see /openapi.json",
+                )
+            })
+            .layer(axum::middleware::from_fn(guard::count_requests))
+            .with_state(state);
+        tracing::info!(%addr, "query service listening");
+        let app = app
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                request_timeout,
+            ))
+            .layer(axum::middleware::map_response(error::json_errors));
+        let task = tokio::spawn(async move {
+            hexpulse_common::serve::serve(
+                listener,
+                app,
+                None,
+                hexpulse_common::serve::ConnLimits {
+                    header_timeout: request_timeout,
+                    max_connections,
+                },
+                shutdown,
+                SHUTDOWN_GRACE,
+            )
+            .await;
+        });
+        Ok(Query {
+            addr,
+            admin_addr,
+            task,
+        })
+    }
+}
+
+/// The operators' listener: metrics and health, no auth (keep it off public networks).
+async fn serve_admin(
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, QueryError> {
+    let handle = hexpulse_common::telemetry::metrics_handle();
+    let app = Router::new()
+        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .with_state(state);
+    let bound = hexpulse_common::http::serve_in_background(addr, app, shutdown)
+        .await
+        .map_err(|source| QueryError::Bind { addr, source })?;
+    tracing::info!(addr = %bound, "query admin listening");
+    Ok(bound)
+}
+
+/// Runs the query service until `shutdown`.
+pub async fn run(cfg: QueryConfig, shutdown: CancellationToken) -> Result<(), QueryError> {
+    let lake = Lake::open(&cfg.lake_url)?;
+    let q = Query::start(cfg, lake, shutdown).await?;
+    let _ = q.task.await;
+    Ok(())
+}
+
+async fn ready(State(s): State<Arc<AppState>>) -> Response {
+    let (_, snap) = s.catalog.context();
+    let running = s.running.load(std::sync::atomic::Ordering::Relaxed);
+    axum::Json(json!({"catalog": snap, "running_queries": running})).into_response()
+}
