@@ -25,6 +25,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 import yaml
@@ -191,7 +192,15 @@ def check_overlay(overlay, docs, hexpulse, r):
             q = cfg["query"]
             r.check(port_of(q["listen"]) == ports.get("http"), f"{name}: [query] listen port is the container port `http`")
             r.check(q.get("admin_listen") and port_of(q["admin_listen"]) == ports.get("metrics"), f"{name}: [query] admin_listen (metrics) is the container port `metrics`")
-            r.check(mem > q["memory_limit_bytes"], f"{name}: memory limit {limit} above [query] memory_limit_bytes {q['memory_limit_bytes']}")
+            live = q.get("live", {})
+            budget = q["memory_limit_bytes"] + live.get("memory_bytes", 256 << 20)
+            r.check(mem > budget, f"{name}: memory limit {limit} above [query] memory_limit_bytes {q['memory_limit_bytes']} plus [query.live] memory_bytes")
+            # The live rows: every processor pod, through the processors' headless Service.
+            procs = {(sv["metadata"]["name"], pt["port"]) for sv in services
+                     if sv["spec"].get("selector", {}).get("app.kubernetes.io/component") == "processor"
+                     and sv["spec"].get("clusterIP") == "None" for pt in sv["spec"].get("ports", [])}
+            reached = {(u.hostname, u.port) for u in map(urllib.parse.urlparse, live.get("sources", []))}
+            r.check(bool(reached) and reached <= procs, f"{name}: [query.live] sources {sorted(live.get('sources', []))} name the processors' headless Service and port")
             tmp = next((v["emptyDir"].get("sizeLimit") for v in pod.get("volumes", []) if v["name"] == "tmp" and "emptyDir" in v), None)
             spill = q.get("max_spill_bytes", 1 << 30)
             r.check(tmp is not None and spill < quantity_bytes(tmp), f"{name}: [query] max_spill_bytes {spill} below the /tmp volume's sizeLimit {tmp}")

@@ -91,6 +91,8 @@ struct LogState {
     base: Option<i64>,
     /// Application transaction versions seen in commits read after `base`.
     txns: HashMap<String, i64>,
+    /// Applications that `base` has no transaction of (and no commit after it has had yet).
+    txn_absent: HashSet<String>,
     /// The data files at `version`, by path: `base`'s, then every commit read after it applied.
     files: BTreeMap<String, DataFile>,
 }
@@ -296,6 +298,7 @@ impl Table {
             }
         }
         state.txns.clear();
+        state.txn_absent.clear();
         Ok(())
     }
 
@@ -329,6 +332,7 @@ impl Table {
         for a in actions {
             match a {
                 Action::Txn(t) => {
+                    state.txn_absent.remove(&t.app_id);
                     state.txns.insert(t.app_id.clone(), t.version);
                 }
                 Action::Add(add) => {
@@ -426,6 +430,9 @@ impl Table {
         let Some(base) = state.base else {
             return Ok(None);
         };
+        if state.txn_absent.contains(app_id) {
+            return Ok(None);
+        }
         let app = app_id.to_string();
         let found = self
             .with_snapshot(Some(base), move |snapshot, engine| {
@@ -435,6 +442,8 @@ impl Table {
         // Commits read later overwrite it (`absorb`), as they would have overridden the base.
         if let Some(v) = found {
             state.txns.insert(app_id.to_string(), v);
+        } else {
+            state.txn_absent.insert(app_id.to_string());
         }
         Ok(found)
     }
@@ -552,6 +561,25 @@ impl Table {
         match state.version {
             Some(v) if v >= 0 => Ok((Some(v), state.files.values().cloned().collect())),
             _ => Ok((None, Vec::new())),
+        }
+    }
+
+    /// [`Table::files`], with the versions of the applications `app_ids`' transactions in the same
+    /// snapshot (the live tier's seam, [`crate::live`]).
+    #[allow(clippy::type_complexity)]
+    pub async fn files_with_txns(
+        &self,
+        app_ids: &[String],
+    ) -> Result<(Option<i64>, Vec<DataFile>, Vec<Option<i64>>), LakeError> {
+        let mut state = self.log.lock().await;
+        self.catch_up(&mut state).await?;
+        let mut txns = Vec::with_capacity(app_ids.len());
+        for app in app_ids {
+            txns.push(self.txn_of(&mut state, app).await?);
+        }
+        match state.version {
+            Some(v) if v >= 0 => Ok((Some(v), state.files.values().cloned().collect(), txns)),
+            _ => Ok((None, Vec::new(), txns)),
         }
     }
 

@@ -15,10 +15,13 @@
 //! - [`epoch`]: epoch ids, sealing into deterministic reward inputs (pinned to the input tables'
 //!   Delta versions), the manifest and the epoch output tables, with the points formula, the
 //!   Merkle tree and proofs of `hexpulse_rewards`; with [`rules`], the versioned rules file.
+//! - [`live`]: the live tier's wire (rows not yet committed, from processors to the query service)
+//!   and its seam with the tables' logs.
 
 pub mod compact;
 pub mod delta;
 pub mod epoch;
+pub mod live;
 pub mod rules;
 mod sorted;
 pub mod stats;

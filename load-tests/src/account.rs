@@ -1,6 +1,7 @@
 //! Accounting mode: after a run, compares the [`Ledger`] (what was sent, what ingest answered) with
 //! what the lake holds, read through the query service's SQL endpoint (`POST /v1/sql`; the token
-//! needs the `raw` group to read the `rejected` table).
+//! needs the `raw` group to read the `rejected` table) from the `committed` tables: what the Delta
+//! logs hold, without the processors' live rows.
 //!
 //! Readings are grouped by (device key, sequence number): a replay and its original are one group.
 //! For each group, with `acc` copies acknowledged (HTTP 200, not in the rejected list) and `unk`
@@ -100,7 +101,7 @@ impl LakeReader {
     /// Rows of each table (from Parquet metadata: cheap).
     async fn rows(&self) -> anyhow::Result<[u64; 4]> {
         let row = self
-            .sql("SELECT (SELECT count(*) FROM heartbeat) AS heartbeat, (SELECT count(*) FROM sensor) AS sensor, (SELECT count(*) FROM road) AS road, (SELECT count(*) FROM rejected) AS rejected")
+            .sql("SELECT (SELECT count(*) FROM committed.heartbeat) AS heartbeat, (SELECT count(*) FROM committed.sensor) AS sensor, (SELECT count(*) FROM committed.road) AS road, (SELECT count(*) FROM committed.rejected) AS rejected")
             .await?;
         let row = row.first();
         Ok(TABLES.map(|t| row.and_then(|r| r[t].as_u64()).unwrap_or(0)))
@@ -131,7 +132,7 @@ impl LakeReader {
                     ("device_key, seq", "device_key, seq")
                 };
                 let sql = format!(
-                    "SELECT {cols}, count(*) AS n FROM {table} WHERE {filter} AND seq IS NOT NULL GROUP BY {group}"
+                    "SELECT {cols}, count(*) AS n FROM committed.{table} WHERE {filter} AND seq IS NOT NULL GROUP BY {group}"
                 );
                 for row in self.sql(&sql).await? {
                     let key = row["device_key"].as_str().unwrap_or_default().to_string();

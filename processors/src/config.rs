@@ -51,6 +51,34 @@ pub struct ProcessConfig {
     /// Epochs and their sealing (`[process.epoch]`).
     #[serde(default)]
     pub epoch: hexpulse_lake::epoch::EpochConfig,
+    /// The live tier (`[process.live]`).
+    #[serde(default)]
+    pub live: LiveConfig,
+}
+
+/// The rows a processor serves before its units commit (`processors::live`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveConfig {
+    /// How often each partition's newly validated rows become live ("0s": no live tier).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Committed rows stay served this long (a query service whose snapshot lags the commit
+    /// still finds them).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// What the live rows may hold in memory; past it a partition's rows wait for its unit's commit.
+    pub memory_bytes: usize,
+}
+
+impl Default for LiveConfig {
+    fn default() -> LiveConfig {
+        LiveConfig {
+            interval: Duration::from_millis(100),
+            retention: Duration::from_secs(5),
+            memory_bytes: 128 << 20,
+        }
+    }
 }
 
 impl ProcessConfig {
@@ -76,6 +104,7 @@ impl ProcessConfig {
                 seal_interval: Duration::ZERO,
                 ..Default::default()
             },
+            live: LiveConfig::default(),
         }
     }
 }

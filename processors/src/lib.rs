@@ -9,6 +9,8 @@
 //! - `hexpulse_lake::epoch`: sealing epochs into deterministic reward inputs with a manifest and
 //!   Merkle root (the sealer's loop runs in this crate's process where configured);
 //! - [`partition`]: one partition's unit buffer and its exactly-once flush;
+//! - [`live`]: the rows validated but not yet committed (and for a few seconds after), served to
+//!   the query service;
 //! - [`run`]: the consumer-group loop, HTTP endpoints and shutdown.
 //!
 //! The exactly-once argument is in `ARCHITECTURE.md`.
@@ -16,6 +18,7 @@
 pub mod config;
 pub mod h3bin;
 pub mod inspect;
+pub mod live;
 pub mod metrics;
 pub mod partition;
 pub mod rows;

@@ -8,6 +8,7 @@
 
 use hexpulse_common::time::now_ms;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{Array, AsArray};
@@ -16,12 +17,15 @@ use bytes::Bytes;
 use hexpulse_schemas::tables;
 use hexpulse_schemas::wire::KindName;
 
-use hexpulse_lake::unit::{self, UnitFile, UnitOutcome};
+use hexpulse_lake::unit::{self, STREAM_TABLES, UnitFile, UnitOutcome};
 use hexpulse_lake::{HOUR_MS, Lake, LakeError, column, date_hour, decode_parquet, encode_parquet};
 
 use crate::h3bin::Binner;
+use crate::live::LiveStore;
 use crate::metrics as m;
-use crate::rows::{Ctx, RejectedRow, Source, ValidRow, rejected_batch, sorted_valid_batch};
+use crate::rows::{
+    Ctx, RejectedRow, Source, ValidRow, rejected_batch, sorted_valid_batch, valid_batch,
+};
 use crate::validate::{RawRecord, Validator, Verdict};
 
 /// Records re-verified together (when re-verification is on).
@@ -71,6 +75,11 @@ struct Unit {
     rejected: Vec<RejectedRow>,
     bytes: usize,
     opened: Option<Instant>,
+    /// The last record validated (not waiting for re-verification).
+    handled_last: Option<i64>,
+    /// Rows of `valid` and `rejected` already live.
+    live_valid: usize,
+    live_rejected: usize,
 }
 
 /// State of one partition in this process.
@@ -93,6 +102,9 @@ pub struct PartitionWorker {
     pub pushed: u64,
     /// The stream tables exist (created on the first flush).
     tables_ready: bool,
+    /// The live tier, and the first record whose rows are not live yet.
+    live: Option<Arc<LiveStore>>,
+    live_next: i64,
 }
 
 impl PartitionWorker {
@@ -124,6 +136,8 @@ impl PartitionWorker {
             commit_pending: false,
             pushed: 0,
             tables_ready: false,
+            live: None,
+            live_next: next,
         };
         let remembered = w.rebuild_state(receive_ms).await?;
         tracing::info!(
@@ -208,6 +222,78 @@ impl PartitionWorker {
         Ok(remembered)
     }
 
+    /// Serves this partition's rows in `live` from the chain end on.
+    pub fn with_live(mut self, live: Arc<LiveStore>) -> PartitionWorker {
+        live.reset(self.partition, self.next_offset);
+        self.live_next = self.next_offset;
+        self.live = Some(live);
+        self
+    }
+
+    /// Makes the rows validated since the last call live (records waiting for re-verification are
+    /// verified first).
+    pub fn publish_live(&mut self, rules_version: &str) {
+        let Some(live) = self.live.clone() else {
+            return;
+        };
+        self.drain_pending();
+        let Some(last) = self.unit.handled_last.filter(|l| *l >= self.live_next) else {
+            return;
+        };
+        match self.live_batches(rules_version) {
+            // Refused at the memory bound: the store starts again after the unit's commit.
+            Ok(tables) => _ = live.append(self.partition, self.live_next, last, tables),
+            Err(e) => {
+                tracing::warn!(partition = self.partition, error = %e, "live rows not built");
+                live.reset(self.partition, last + 1);
+            }
+        }
+        self.live_next = last + 1;
+        self.unit.live_valid = self.unit.valid.len();
+        self.unit.live_rejected = self.unit.rejected.len();
+    }
+
+    /// The rows validated since the last [`PartitionWorker::publish_live`], per stream table, with
+    /// the partition columns.
+    fn live_batches(
+        &self,
+        rules_version: &str,
+    ) -> Result<[Option<arrow::array::RecordBatch>; 4], arrow::error::ArrowError> {
+        let ctx = Ctx {
+            topic: &self.topic,
+            rules_version,
+            resolutions: &self.resolutions,
+        };
+        let mut tables: [Option<arrow::array::RecordBatch>; 4] = Default::default();
+        let valid = &self.unit.valid[self.unit.live_valid..];
+        for kind in KindName::ALL {
+            let rows: Vec<&ValidRow> = valid.iter().filter(|r| r.valid.kind == kind).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let i = STREAM_TABLES
+                .iter()
+                .position(|t| *t == kind.as_str())
+                .expect("stream table");
+            let batch = valid_batch(kind, &rows, &ctx)?;
+            tables[i] = Some(hexpulse_lake::live::add_partition_columns(
+                kind.as_str(),
+                &batch,
+            )?);
+        }
+        let rejected: Vec<&RejectedRow> = self.unit.rejected[self.unit.live_rejected..]
+            .iter()
+            .collect();
+        if !rejected.is_empty() {
+            let batch = rejected_batch(&rejected, &ctx)?;
+            tables[3] = Some(hexpulse_lake::live::add_partition_columns(
+                tables::REJECTED_TABLE,
+                &batch,
+            )?);
+        }
+        Ok(tables)
+    }
+
     /// Writes this partition's watermark where sealers read it (`epoch::seal::watermark_path`).
     pub async fn publish_watermark(&self) -> Result<(), LakeError> {
         let wm = hexpulse_lake::epoch::seal::Watermark {
@@ -286,6 +372,7 @@ impl PartitionWorker {
             offset,
             receive_ms,
         };
+        self.unit.handled_last = Some(offset);
         let verdict = self.validator.validate_checked(
             RawRecord {
                 partition: self.partition,
@@ -371,6 +458,8 @@ impl PartitionWorker {
     /// Writes and commits the unit. See the module docs.
     pub async fn flush(&mut self, rules_version: &str) -> Result<Flushed, FlushError> {
         self.drain_pending();
+        // The live rows stay contiguous: the unit's last rows go live before it commits.
+        self.publish_live(rules_version);
         let Some(end) = self.unit.last else {
             return Ok(Flushed::Empty);
         };
@@ -460,6 +549,10 @@ impl PartitionWorker {
             metrics::counter!(m::ROWS, "outcome" => "rejected", "reason" => reason).increment(n);
         }
         self.next_offset = end + 1;
+        self.live_next = end + 1;
+        if let Some(live) = &self.live {
+            live.committed(self.partition, end);
+        }
         self.unit = Unit::default();
         self.validator.prune(self.watermark_ms);
         metrics::histogram!(m::UNIT_SECONDS).record(started.elapsed().as_secs_f64());

@@ -138,7 +138,7 @@ fn common_columns(
 }
 
 /// Record batch of `table` for `rows` (all of that table's kind).
-fn valid_batch(
+pub fn valid_batch(
     table: KindName,
     rows: &[&ValidRow],
     ctx: &Ctx<'_>,

@@ -20,11 +20,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ProcessConfig;
 use crate::h3bin::Binner;
+use crate::live::LiveStore;
 use crate::metrics as m;
 use crate::partition::{Flushed, PartitionWorker, Roll};
 use crate::validate::Validator;
 use hexpulse_lake::Lake;
 use hexpulse_lake::rules::Rules;
+use hexpulse_lake::unit::STREAM_TABLES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -89,6 +91,47 @@ struct Shared {
     binner: Binner,
     sealed: Arc<hexpulse_lake::epoch::SealedEpochs>,
     envelope_key: Option<EnvelopeKey>,
+    live: Option<Arc<LiveStore>>,
+}
+
+impl Shared {
+    /// Forgets partition `p`'s worker and its live rows.
+    fn drop_worker(&self, workers: &mut HashMap<i32, PartitionWorker>, p: i32) -> bool {
+        if let Some(live) = &self.live {
+            live.remove(p);
+        }
+        workers.remove(&p).is_some()
+    }
+}
+
+/// `GET /v1/live/{table}?instance=I&since=S`: the live rows of a stream table
+/// ([`hexpulse_lake::live`] describes the answer).
+async fn live_rows(
+    axum::extract::State(live): axum::extract::State<Arc<LiveStore>>,
+    axum::extract::Path(table): axum::extract::Path<String>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> axum::response::Response {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    let Some(index) = LiveStore::table_index(&table) else {
+        return (StatusCode::NOT_FOUND, format!("no stream table {table:?}")).into_response();
+    };
+    let since = match q.get("since").map(|s| s.parse::<u64>()) {
+        None => 0,
+        Some(Ok(s)) => s,
+        Some(Err(_)) => {
+            return (StatusCode::BAD_REQUEST, "since: a segment number").into_response();
+        }
+    };
+    let (schema, header, batches) = live.read(index, q.get("instance").map(String::as_str), since);
+    match hexpulse_lake::live::encode(&schema, &header, &batches) {
+        Ok(body) => (
+            [(header::CONTENT_TYPE, hexpulse_lake::live::MEDIA_TYPE)],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 /// Starts the consumer loop and the HTTP endpoints; stops (flushing and committing) on `shutdown`.
@@ -113,13 +156,33 @@ pub async fn start(
         tracing::warn!(error = %e, "could not ensure the raw topic exists");
     }
     let handle = hexpulse_common::telemetry::metrics_handle();
-    let app = axum::Router::new()
+    let live = (!cfg.live.interval.is_zero()).then(|| {
+        Arc::new(LiveStore::new(
+            &kafka.raw_topic,
+            cfg.live.retention,
+            cfg.live.memory_bytes,
+            STREAM_TABLES.map(|t| {
+                hexpulse_lake::live::with_partition_fields(&crate::partition::table_schema(
+                    t,
+                    &cfg.h3_resolutions,
+                ))
+            }),
+        ))
+    });
+    let mut app = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route("/readyz", axum::routing::get(|| async { "ok" }))
         .route(
             "/metrics",
             axum::routing::get(move || std::future::ready(handle.render())),
         );
+    if let Some(live) = &live {
+        app = app.merge(
+            axum::Router::new()
+                .route("/v1/live/{table}", axum::routing::get(live_rows))
+                .with_state(live.clone()),
+        );
+    }
     let addr = hexpulse_common::http::serve_in_background(cfg.listen, app, shutdown.clone())
         .await
         .map_err(|source| ProcessError::Bind {
@@ -184,6 +247,7 @@ pub async fn start(
         binner,
         sealed,
         envelope_key,
+        live,
     });
     let task = tokio::spawn(consume(shared, shutdown));
     Ok(Running { addr, task })
@@ -252,7 +316,11 @@ async fn consume_session(
         age: s.cfg.roll_age,
     };
     let mut workers: HashMap<i32, PartitionWorker> = HashMap::new();
-    let mut tick = tokio::time::interval((s.cfg.roll_age / 2).max(Duration::from_millis(20)));
+    let mut every = s.cfg.roll_age / 2;
+    if s.live.is_some() {
+        every = every.min(s.cfg.live.interval);
+    }
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(20)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let topic = s.kafka.raw_topic.clone();
     let idle_after = s.cfg.epoch.idle_after;
@@ -273,7 +341,7 @@ async fn consume_session(
             for p in std::mem::take(&mut *revoked.lock().expect("lock")) {
                 rereads.remove(&p);
                 silent.remove(&p);
-                if workers.remove(&p).is_some() {
+                if s.drop_worker(&mut workers, p) {
                     tracing::info!(
                         partition = p,
                         "partition revoked; dropping its uncommitted unit"
@@ -420,7 +488,13 @@ async fn consume_session(
                 }
                 *since = now;
             }
-            // A tick (or the stream paused): flush units that are old enough, advance idle watermarks.
+            // A tick (or the stream paused): rows validated since the last tick go live, units
+            // that are old enough flush, idle watermarks advance.
+            if s.live.is_some() {
+                for w in workers.values_mut() {
+                    w.publish_live(&s.rules.version);
+                }
+            }
             let due: Vec<i32> = workers
                 .iter()
                 .filter(|(_, w)| w.should_flush(roll))
@@ -654,7 +728,12 @@ async fn init_worker(
         )
         .await
         {
-            Ok(w) => return Ok(w),
+            Ok(w) => {
+                return Ok(match &s.live {
+                    Some(live) => w.with_live(live.clone()),
+                    None => w,
+                });
+            }
             Err(e) => {
                 tracing::warn!(partition = p, error = %e, ?backoff, "partition init failed; retrying");
                 tokio::time::sleep(backoff).await;
@@ -705,7 +784,7 @@ async fn flush_partition(
             tracing::debug!(partition = p, next_offset, rows, "unit committed");
         }
         Flushed::Fenced { next_offset } => {
-            workers.remove(&p);
+            s.drop_worker(workers, p);
             // The next record re-initialises the worker (and re-reads if the broker skipped).
             seek(consumer, topic, p, next_offset);
         }

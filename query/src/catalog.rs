@@ -27,6 +27,7 @@ use hexpulse_lake::epoch::{publish, seal, sealed_ids};
 use hexpulse_schemas::tables;
 use sha2::{Digest, Sha256};
 
+use crate::live::{Ends, LiveTable, LiveTier, TopicPartition};
 use crate::snapshot::SnapshotTable;
 
 /// The URL under which the lake's object store is registered with DataFusion.
@@ -118,9 +119,26 @@ pub struct Snapshot {
     pub watermark_ms: Option<i64>,
     /// The H3 resolutions the lake stores (columns `h3_r{res}`), finest last.
     pub resolutions: Vec<u8>,
+    /// The live tier whose rows the stream tables add to the snapshot, if any.
+    #[serde(skip)]
+    pub live: Option<Arc<LiveTier>>,
 }
 
 impl Snapshot {
+    /// Changes whenever an answer may change: [`Snapshot::version`], and the live rows.
+    pub fn data_version(&self) -> String {
+        match &self.live {
+            Some(live) => format!("{}-{}", self.version, live.generation()),
+            None => self.version.clone(),
+        }
+    }
+
+    /// When the live rows were last read from every source (ms): answers hold what the processors
+    /// had validated by then. `None` without a live tier or while no source answers.
+    pub fn live_as_of_ms(&self) -> Option<i64> {
+        self.live.as_ref().and_then(|l| l.as_of_ms())
+    }
+
     pub fn finest(&self) -> u8 {
         self.resolutions.last().copied().unwrap_or(12)
     }
@@ -167,6 +185,9 @@ fn lake_session_config() -> Result<SessionConfig, CatalogError> {
 /// The catalog and schema that hold the lake's tables.
 pub const CATALOG: &str = "hexpulse";
 pub const SCHEMA: &str = "lake";
+/// The schema of the stream tables as their Delta snapshots alone, without the live rows: what any
+/// Delta reader sees (`SELECT count(*) FROM committed.heartbeat`).
+pub const COMMITTED: &str = "committed";
 
 /// One catalog build, seen two ways. `all` holds every table: the service's own endpoints use it,
 /// and so does SQL from a caller with the `raw` group. `public` is the same session (functions,
@@ -186,26 +207,28 @@ impl Contexts {
     }
 }
 
-/// `ctx` without the private tables: a new catalog list holding one catalog and schema with the
-/// other tables' providers (shared, not rebuilt).
+/// `ctx` without the private tables: a new catalog list holding one catalog and its schemas with
+/// the other tables' providers (shared, not rebuilt).
 async fn without_private(ctx: &SessionContext) -> Result<SessionContext, CatalogError> {
-    let lake = ctx
-        .catalog(CATALOG)
-        .and_then(|c| c.schema(SCHEMA))
-        .ok_or_else(|| {
-            datafusion::error::DataFusionError::Internal(format!("no schema {CATALOG}.{SCHEMA}"))
-        })?;
-    let schema = MemorySchemaProvider::new();
-    for name in lake.table_names() {
-        if crate::sql::PRIVATE_TABLES.contains(&name.as_str()) {
-            continue;
-        }
-        if let Some(table) = lake.table(&name).await? {
-            schema.register_table(name, table)?;
-        }
-    }
     let catalog = MemoryCatalogProvider::new();
-    catalog.register_schema(SCHEMA, Arc::new(schema))?;
+    for name in [SCHEMA, COMMITTED] {
+        let all = ctx
+            .catalog(CATALOG)
+            .and_then(|c| c.schema(name))
+            .ok_or_else(|| {
+                datafusion::error::DataFusionError::Internal(format!("no schema {CATALOG}.{name}"))
+            })?;
+        let schema = MemorySchemaProvider::new();
+        for table in all.table_names() {
+            if crate::sql::PRIVATE_TABLES.contains(&table.as_str()) {
+                continue;
+            }
+            if let Some(provider) = all.table(&table).await? {
+                schema.register_table(table, provider)?;
+            }
+        }
+        catalog.register_schema(name, Arc::new(schema))?;
+    }
     let catalogs = MemoryCatalogProviderList::new();
     catalogs.register_catalog(CATALOG.to_string(), Arc::new(catalog));
     let state = SessionStateBuilder::new_from_existing(ctx.state())
@@ -221,6 +244,7 @@ pub async fn build(
     config: SessionConfig,
     runtime: Arc<RuntimeEnv>,
     max_expression_bytes: u64,
+    live: Option<&Arc<LiveTier>>,
 ) -> Result<(Contexts, Snapshot), CatalogError> {
     let state = SessionStateBuilder::new()
         .with_config(config)
@@ -232,18 +256,41 @@ pub async fn build(
     ctx.register_object_store(&url::Url::parse(LAKE_URL)?, lake.store().clone());
     let mut snap = Snapshot {
         built_at_ms: hexpulse_common::time::now_ms(),
+        live: live.cloned(),
         ..Default::default()
     };
     let mut version = Sha256::new();
+    // The partitions with live rows: each table's snapshot says, with its files, how far each of
+    // them is committed (the seam, `crate::live`).
+    let partitions: Vec<TopicPartition> = live
+        .map(|l| l.partitions().into_iter().collect())
+        .unwrap_or_default();
+    let app_ids: Vec<String> = partitions
+        .iter()
+        .map(|(topic, p)| hexpulse_lake::unit::app_id(topic, *p))
+        .collect();
+    let committed = Arc::new(MemorySchemaProvider::new());
     for t in LAKE_TABLES {
-        let (_, files) = lake.table(t).files().await?;
+        let (_, files, ends) = lake.table(t).files_with_txns(&app_ids).await?;
         snap.files.insert(t.to_string(), files.len());
         for f in &files {
             version.update(f.path.as_bytes());
             version.update([0]);
         }
         register_delta(&ctx, t, &files, true).await?;
+        committed.register_table(t.to_string(), ctx.table_provider(t).await?)?;
+        if let (Some(live), Some(table)) = (live, crate::live::table_index(t)) {
+            let lake_rows = ctx.deregister_table(t)?.expect("registered above");
+            let ends = Ends {
+                table,
+                ends: partitions.iter().cloned().zip(ends).collect(),
+            };
+            ctx.register_table(t, Arc::new(LiveTable::new(lake_rows, live.clone(), ends)))?;
+        }
     }
+    ctx.catalog(CATALOG)
+        .expect("the default catalog")
+        .register_schema(COMMITTED, committed)?;
     let heartbeat = ctx.table_provider("heartbeat").await?.schema();
     snap.resolutions = heartbeat
         .fields()
@@ -304,22 +351,33 @@ pub struct Catalog {
     config: SessionConfig,
     runtime: Arc<RuntimeEnv>,
     max_expression_bytes: u64,
+    live: Option<Arc<LiveTier>>,
     current: RwLock<(Contexts, Snapshot)>,
 }
 
 impl Catalog {
+    /// The catalog of `lake`; with `live`, the stream tables add its rows past their snapshots.
     pub async fn open(
         lake: Lake,
         runtime: Arc<RuntimeEnv>,
         max_expression_bytes: u64,
+        live: Option<Arc<LiveTier>>,
     ) -> Result<Catalog, CatalogError> {
         let config = lake_session_config()?;
-        let current = build(&lake, config.clone(), runtime.clone(), max_expression_bytes).await?;
+        let current = build(
+            &lake,
+            config.clone(),
+            runtime.clone(),
+            max_expression_bytes,
+            live.as_ref(),
+        )
+        .await?;
         Ok(Catalog {
             lake,
             config,
             runtime,
             max_expression_bytes,
+            live,
             current: RwLock::new(current),
         })
     }
@@ -350,6 +408,7 @@ impl Catalog {
             self.config.clone(),
             self.runtime.clone(),
             self.max_expression_bytes,
+            self.live.as_ref(),
         )
         .await?;
         *self.current.write().expect("lock") = next;

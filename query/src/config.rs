@@ -73,10 +73,39 @@ pub struct QueryConfig {
     pub auth: AuthConfig,
     /// The map page at `/`.
     pub map: MapConfig,
+    /// The processors' live rows (`[query.live]`).
+    #[serde(default)]
+    pub live: LiveConfig,
     /// The epochs (length, origin): always the processors' `[process.epoch]`, copied in by the
     /// binary, so the two cannot disagree.
     #[serde(skip)]
     pub epoch: hexpulse_lake::epoch::EpochConfig,
+}
+
+/// The live tier: rows the processors have validated but not yet committed to the lake
+/// (`query::live`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveConfig {
+    /// The processors' listeners, `http://host:port` (a name with several addresses means each of
+    /// them, e.g. a headless Kubernetes service). Empty: answers hold the lake alone.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// How often each source is asked for its new rows.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// What the mirror of live rows may hold; past it polling waits until the lake catches up.
+    pub memory_bytes: usize,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            sources: Vec::new(),
+            poll_interval: Duration::from_millis(100),
+            memory_bytes: 256 << 20,
+        }
+    }
 }
 
 /// The map page.
@@ -172,6 +201,7 @@ impl QueryConfig {
             },
             epoch: Default::default(),
             map: MapConfig::default(),
+            live: LiveConfig::default(),
         }
     }
 }

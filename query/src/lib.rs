@@ -5,6 +5,8 @@
 //! - H3 functions for SQL ([`udf`]), tested by `tests/slt/*.slt`.
 //! - Hex maps as GeoJSON and vector tiles, dead zones, sensor series and hex aggregates, road
 //!   aggregates under the k-anonymity rule ([`http`], [`geo`], [`mvt`]); each answer states its freshness.
+//! - The processors' rows not yet committed, polled into a mirror and answered with the lake
+//!   snapshot, each row once ([`live`]).
 //! - Sensor aggregates over sealed time read the epochs' hourly rows instead of raw rows ([`preagg`]).
 //! - Read-only SQL with row, time and memory limits, answering JSON, CSV or Arrow IPC ([`sql`]);
 //!   raw dashcam rows only for the `raw` group, checked on the plan.
@@ -21,6 +23,7 @@ pub mod config;
 pub mod deadline;
 pub mod geo;
 pub mod http;
+pub mod live;
 pub mod mvt;
 pub mod openapi;
 pub mod params;

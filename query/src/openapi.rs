@@ -228,7 +228,7 @@ pub fn document(max_features: usize) -> Value {
         "info": {
             "title": "Hexpulse query service",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Coverage maps, sensor and road aggregates, epochs for reward oracles, and read-only SQL over the Hexpulse lake. Errors are JSON {\"error\": code, \"message\": text}. Data answers carry freshness: the newest event time included and the lake's watermark (in the body, or x-hexpulse-* headers for tiles). Each operation's x-hexpulse-group is the endpoint group roles are granted.",
+            "description": "Coverage maps, sensor and road aggregates, epochs for reward oracles, and read-only SQL over the Hexpulse lake. Errors are JSON {\"error\": code, \"message\": text}. Data answers carry freshness: the newest event time included, the lake's watermark and live_as_of, up to when rows not yet committed are included (in the body, or x-hexpulse-* headers for tiles). Each operation's x-hexpulse-group is the endpoint group roles are granted.",
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

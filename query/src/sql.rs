@@ -198,11 +198,12 @@ fn withheld_function_called(statement: &DFStatement) -> Option<&'static str> {
     found
 }
 
-/// Whether `r` names one of [`PRIVATE_TABLES`] in the lake's schema (a CTE of the same name is not
-/// a table reference).
+/// Whether `r` names one of [`PRIVATE_TABLES`] in the lake's schemas (a CTE of the same name is
+/// not a table reference).
 fn is_private(r: &datafusion::common::TableReference) -> bool {
     PRIVATE_TABLES.contains(&r.table())
-        && r.schema().is_none_or(|s| s == crate::catalog::SCHEMA)
+        && r.schema()
+            .is_none_or(|s| s == crate::catalog::SCHEMA || s == crate::catalog::COMMITTED)
         && r.catalog().is_none_or(|c| c == crate::catalog::CATALOG)
 }
 

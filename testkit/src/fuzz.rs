@@ -207,7 +207,7 @@ mod sql {
             let dir = Box::leak(Box::new(tempfile::tempdir().expect("temp dir")));
             let lake = hexpulse_lake::Lake::open(&dir.path().display().to_string()).expect("lake");
             let catalog = runtime()
-                .block_on(Catalog::open(lake, Default::default(), 64 << 20))
+                .block_on(Catalog::open(lake, Default::default(), 64 << 20, None))
                 .expect("catalog");
             catalog.sql_context(false)
         })

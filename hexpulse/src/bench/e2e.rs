@@ -96,16 +96,18 @@ pub async fn e2e(cfg: Config, a: E2eArgs) -> anyhow::Result<()> {
     eprintln!("[bench] raw Ed25519 verify rate of one core...");
     let raw =
         tokio::task::spawn_blocking(|| rates::raw_verify_rates(Duration::from_secs(3))).await?;
+    let topic = format!("bench-e2e-{}", std::process::id());
+    let (ingest_port, process_port, query_port) = (free_port()?, free_port()?, free_port()?);
+    // The query service reads the processor's live rows, as `up` does.
     let layer = dir.join("bench.toml");
     std::fs::write(
         &layer,
         format!(
-            "[query.auth]\ntokens = [{{ name = \"bench\", role = \"admin\", sha256 = \"{}\" }}]\n",
+            "[query.auth]\ntokens = [{{ name = \"bench\", role = \"admin\", sha256 = \"{}\" }}]\n\
+             [query.live]\nsources = [\"http://127.0.0.1:{process_port}\"]\n",
             hex::encode(Sha256::digest(TOKEN.as_bytes()))
         ),
     )?;
-    let topic = format!("bench-e2e-{}", std::process::id());
-    let (ingest_port, process_port, query_port) = (free_port()?, free_port()?, free_port()?);
     let env: Vec<(&str, String)> = vec![
         ("HEXPULSE_CONFIG", layer.display().to_string()),
         ("HEXPULSE__KAFKA__BROKERS", cfg.kafka.brokers.clone()),

@@ -65,6 +65,10 @@ pub(super) async fn up(
     let mut qcfg = cfg.query.clone();
     qcfg.lake_url = cfg.process.lake_url.clone();
     qcfg.epoch = cfg.process.epoch.clone();
+    // The processor's live rows, unless sources are configured (or the live tier is off).
+    if qcfg.live.sources.is_empty() && !cfg.process.live.interval.is_zero() {
+        qcfg.live.sources = vec![format!("http://{}", processor.addr)];
+    }
     let query = hexpulse_query::Query::start(
         qcfg,
         hexpulse_lake::Lake::open(&cfg.process.lake_url)?,

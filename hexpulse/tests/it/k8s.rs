@@ -135,6 +135,12 @@ fn k8s_checks_catch_broken_manifests() {
         "seal_memory_bytes = 2147483648",
         "seal_memory_bytes = 4294967296",
     );
+    // The live rows asked of a port the processors do not serve.
+    edit(
+        &k8s.join("base/hexpulse.toml"),
+        "sources = [\"http://hexpulse-processor:8081\"]",
+        "sources = [\"http://hexpulse-processor:9999\"]",
+    );
     let Some(out) = check(&k8s) else {
         return;
     };
@@ -156,6 +162,7 @@ fn k8s_checks_catch_broken_manifests() {
         "Deployment/hexpulse-ingest: X-Forwarded-For believed only from named proxy ranges",
         "StatefulSet/hexpulse-sealer: memory limit 4Gi above 1.5 x",
         "StatefulSet/hexpulse-sealer: /tmp sizeLimit 1Gi holds",
+        "Deployment/hexpulse-query: [query.live] sources ['http://hexpulse-processor:9999']",
     ] {
         assert!(
             failed.iter().any(|l| l.contains(needle)),

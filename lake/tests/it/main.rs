@@ -318,3 +318,58 @@ async fn a_flush_retried_after_its_gate_commit_keeps_its_files_and_completes() {
         assert!(lake.get(&path).await.unwrap().is_some(), "{path} exists");
     }
 }
+
+/// The live tier's seam reads a table's files and each partition's committed end in one snapshot,
+/// from a handle that followed the commits and from a fresh one alike; a partition first absent and
+/// then committed is seen.
+#[tokio::test]
+async fn files_with_txns_give_each_partition_end_with_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().to_str().unwrap();
+    let a = Lake::open(url).unwrap();
+    unit::ensure_tables(&a, |_| schema()).await.unwrap();
+    let apps = [unit::app_id("t", 0), unit::app_id("t", 1)];
+    let (_, files, ends) = a.table("heartbeat").files_with_txns(&apps).await.unwrap();
+    assert_eq!((files.len(), ends), (0, vec![None, None]));
+    let u = unit_of("a", 0, 9, vec![file("heartbeat", 0, 0..=9)]);
+    assert_eq!(
+        unit::commit_unit(&a, u).await.unwrap(),
+        UnitOutcome::Committed
+    );
+    for lake in [&a, &Lake::open(url).unwrap()] {
+        let (_, files, ends) = lake
+            .table("heartbeat")
+            .files_with_txns(&apps)
+            .await
+            .unwrap();
+        assert_eq!((files.len(), ends), (1, vec![Some(9), None]));
+        // The other tables got the unit's end too, without files.
+        let (_, files, ends) = lake.table("road").files_with_txns(&apps).await.unwrap();
+        assert_eq!((files.len(), ends), (0, vec![Some(9), None]));
+    }
+    let b = Lake::open(url).unwrap();
+    assert_eq!(
+        b.table("heartbeat").files_with_txns(&apps).await.unwrap().2,
+        vec![Some(9), None]
+    );
+    let u = Unit {
+        topic: "t",
+        partition: 1,
+        start: 0,
+        end: 4,
+        writer: "b",
+        files: vec![file("heartbeat", 1, 0..=4)],
+    };
+    assert_eq!(
+        unit::commit_unit(&b, u).await.unwrap(),
+        UnitOutcome::Committed
+    );
+    for lake in [&a, &b] {
+        let (_, files, ends) = lake
+            .table("heartbeat")
+            .files_with_txns(&apps)
+            .await
+            .unwrap();
+        assert_eq!((files.len(), ends), (2, vec![Some(9), Some(4)]));
+    }
+}

@@ -46,9 +46,24 @@ pub async fn start_processor(
     hexpulse_processors::run::Running,
     tokio_util::sync::CancellationToken,
 ) {
+    start_processor_with(kafka, group, sc, url, |_| {}).await
+}
+
+/// [`start_processor`], with `tweak` applied to its config.
+pub async fn start_processor_with(
+    kafka: &KafkaConfig,
+    group: &str,
+    sc: &Scenario,
+    url: &str,
+    tweak: impl FnOnce(&mut hexpulse_processors::ProcessConfig),
+) -> (
+    hexpulse_processors::run::Running,
+    tokio_util::sync::CancellationToken,
+) {
     let mut cfg = hexpulse_processors::ProcessConfig::for_tests(url);
     cfg.group_id = group.into();
     cfg.reverify_signatures = true;
+    tweak(&mut cfg);
     let stop = tokio_util::sync::CancellationToken::new();
     let p = hexpulse_processors::run::start(
         cfg,

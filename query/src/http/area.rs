@@ -28,7 +28,9 @@ pub fn freshness(snap: &Snapshot, newest_ms: Option<i64>) -> Value {
         "newest_event_time": newest_ms.map(params::rfc3339),
         "watermark": snap.watermark_ms.map(params::rfc3339),
         "catalog_built_at": params::rfc3339(snap.built_at_ms),
-        "data_version": snap.version,
+        "data_version": snap.data_version(),
+        // Rows the processors have validated but not yet committed are in the answer up to here.
+        "live_as_of": snap.live_as_of_ms().map(params::rfc3339),
     })
 }
 

@@ -75,6 +75,8 @@ pub enum QueryError {
     Rules(#[from] hexpulse_lake::rules::RulesError),
     #[error("query runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("[query.live]: {0}")]
+    Live(#[from] crate::live::LiveError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -101,7 +103,19 @@ impl Query {
             .with_memory_limit(cfg.memory_limit_bytes, 1.0)
             .with_max_temp_directory_size(cfg.max_spill_bytes)
             .build_arc()?;
-        let catalog = Catalog::open(lake, runtime, cfg.max_expression_bytes).await?;
+        let live = if cfg.live.sources.is_empty() {
+            None
+        } else {
+            let live = Arc::new(crate::live::LiveTier::new(
+                &cfg.live.sources,
+                cfg.live.memory_bytes,
+            )?);
+            // Once before the first catalog, which then knows the partitions with live rows.
+            live.poll().await;
+            tokio::spawn(live.clone().run(cfg.live.poll_interval, shutdown.clone()));
+            Some(live)
+        };
+        let catalog = Catalog::open(lake, runtime, cfg.max_expression_bytes, live).await?;
         let auth = Auth::new(&cfg.auth)?;
         let rules = hexpulse_lake::rules::Rules::load(cfg.rules_path.as_deref())?;
         let exec = state::query_runtime(cfg.query_threads, shutdown.clone())

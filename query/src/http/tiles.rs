@@ -91,7 +91,9 @@ pub(crate) async fn tile(
         let mut h = sha2::Sha256::new();
         h.update(format!(
             "{}|{layer}|{z}|{x}|{y}|{query:?}|{}|{}",
-            snap.version, a.range.from_ms, a.range.to_ms
+            snap.data_version(),
+            a.range.from_ms,
+            a.range.to_ms
         ));
         format!("\"{}\"", hex::encode(&h.finalize()[..12]))
     };
@@ -165,6 +167,13 @@ pub(crate) async fn tile(
         .and_then(|v| v.parse().ok())
     {
         h.insert("x-hexpulse-watermark", w);
+    }
+    if let Some(l) = snap
+        .live_as_of_ms()
+        .map(params::rfc3339)
+        .and_then(|v| v.parse().ok())
+    {
+        h.insert("x-hexpulse-live-as-of", l);
     }
     Ok(resp)
 }

@@ -2,6 +2,7 @@
 
 mod api;
 mod limits;
+mod live;
 mod preagg;
 mod readers;
 mod slt;

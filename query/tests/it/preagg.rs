@@ -21,9 +21,14 @@ const PER_METRIC: &str = "SELECT metric, count(*) AS n, min(value) AS lo, max(va
 
 /// The answer, and whether the plan reads the sealed hourly rows.
 async fn answer(lake: &Lake) -> (String, bool) {
-    let catalog = Catalog::open(lake.clone(), Arc::new(RuntimeEnv::default()), 64 << 20)
-        .await
-        .unwrap();
+    let catalog = Catalog::open(
+        lake.clone(),
+        Arc::new(RuntimeEnv::default()),
+        64 << 20,
+        None,
+    )
+    .await
+    .unwrap();
     // The context of SQL without `raw`: the rewrite holds in it as in the service's own.
     let ctx = catalog.sql_context(false);
     let rows = ctx.sql(PER_METRIC).await.unwrap().collect().await.unwrap();
