@@ -43,9 +43,16 @@ pub fn summary(out: &std::process::Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
+    // A panic's message sits above its backtrace, out of the tail's reach.
+    let panics: Vec<&str> = stderr
+        .lines()
+        .skip_while(|l| !l.contains("panicked"))
+        .take(3)
+        .collect();
     eprintln!(
-        "{stdout}\n(stderr, last lines reversed)\n{}",
-        tail.join("\n")
+        "{stdout}\n(stderr, last lines reversed)\n{}\n{}",
+        tail.join("\n"),
+        panics.join("\n")
     );
     let start = stdout.find('{').expect("simulate printed a JSON summary");
     serde_json::from_str(&stdout[start..]).expect("JSON summary")
