@@ -39,6 +39,11 @@ pub const STREAM_TABLES: [&str; 4] = [
     tables::REJECTED_TABLE,
 ];
 
+/// The index of `table` in [`STREAM_TABLES`].
+pub fn stream_table_index(table: &str) -> Option<usize> {
+    STREAM_TABLES.iter().position(|t| *t == table)
+}
+
 /// Key of the intent in the gate commit's commitInfo.
 const INTENT_KEY: &str = "hexpulseUnit";
 

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use hexpulse_lake::live::{Coverage, LiveHeader, SegmentHeader};
-use hexpulse_lake::unit::STREAM_TABLES;
 
 use crate::metrics as m;
 
@@ -26,7 +25,7 @@ struct Segment {
     seq: u64,
     first: i64,
     last: i64,
-    /// In [`STREAM_TABLES`] order; `None`: no rows in that table.
+    /// In [`STREAM_TABLES`](hexpulse_lake::unit::STREAM_TABLES) order; `None`: no rows in that table.
     tables: [Option<RecordBatch>; 4],
     bytes: usize,
     committed_at: Option<Instant>,
@@ -83,7 +82,7 @@ pub struct LiveStore {
 
 impl LiveStore {
     /// A store for `topic`'s partitions; `schemas` are the stream tables' schemas with the partition
-    /// columns, in [`STREAM_TABLES`] order.
+    /// columns, in [`STREAM_TABLES`](hexpulse_lake::unit::STREAM_TABLES) order.
     pub fn new(
         topic: &str,
         retention: Duration,
@@ -120,7 +119,7 @@ impl LiveStore {
         self.gauge(&inner);
     }
 
-    /// Appends the rows of records `[first, last]` (`tables` in [`STREAM_TABLES`] order, each with
+    /// Appends the rows of records `[first, last]` (`tables` in [`STREAM_TABLES`](hexpulse_lake::unit::STREAM_TABLES) order, each with
     /// the partition columns). A segment that does not continue the coverage starts it again.
     /// Returns whether the rows were taken.
     pub fn append(
@@ -227,7 +226,7 @@ impl LiveStore {
         metrics::gauge!(m::LIVE_BYTES).set(inner.bytes as f64);
     }
 
-    /// The answer for `table` (an index into [`STREAM_TABLES`]): the segments numbered above
+    /// The answer for `table` (an index into [`STREAM_TABLES`](hexpulse_lake::unit::STREAM_TABLES)): the segments numbered above
     /// `since` when `instance` is this store's, else all of them.
     pub fn read(
         &self,
@@ -272,11 +271,6 @@ impl LiveStore {
             segments,
         };
         (schema, header, batches)
-    }
-
-    /// The index of `table` in [`STREAM_TABLES`].
-    pub fn table_index(table: &str) -> Option<usize> {
-        STREAM_TABLES.iter().position(|t| *t == table)
     }
 }
 

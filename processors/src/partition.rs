@@ -17,7 +17,7 @@ use bytes::Bytes;
 use hexpulse_schemas::tables;
 use hexpulse_schemas::wire::KindName;
 
-use hexpulse_lake::unit::{self, STREAM_TABLES, UnitFile, UnitOutcome};
+use hexpulse_lake::unit::{self, UnitFile, UnitOutcome};
 use hexpulse_lake::{HOUR_MS, Lake, LakeError, column, date_hour, decode_parquet, encode_parquet};
 
 use crate::h3bin::Binner;
@@ -271,10 +271,7 @@ impl PartitionWorker {
             if rows.is_empty() {
                 continue;
             }
-            let i = STREAM_TABLES
-                .iter()
-                .position(|t| *t == kind.as_str())
-                .expect("stream table");
+            let i = unit::stream_table_index(kind.as_str()).expect("stream table");
             let batch = valid_batch(kind, &rows, &ctx)?;
             tables[i] = Some(hexpulse_lake::live::add_partition_columns(
                 kind.as_str(),

@@ -113,7 +113,7 @@ async fn live_rows(
 ) -> axum::response::Response {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
-    let Some(index) = LiveStore::table_index(&table) else {
+    let Some(index) = hexpulse_lake::unit::stream_table_index(&table) else {
         return (StatusCode::NOT_FOUND, format!("no stream table {table:?}")).into_response();
     };
     let since = match q.get("since").map(|s| s.parse::<u64>()) {

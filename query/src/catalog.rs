@@ -279,7 +279,7 @@ pub async fn build(
         }
         register_delta(&ctx, t, &files, true).await?;
         committed.register_table(t.to_string(), ctx.table_provider(t).await?)?;
-        if let (Some(live), Some(table)) = (live, crate::live::table_index(t)) {
+        if let (Some(live), Some(table)) = (live, hexpulse_lake::unit::stream_table_index(t)) {
             let lake_rows = ctx.deregister_table(t)?.expect("registered above");
             let ends = Ends {
                 table,

@@ -37,11 +37,6 @@ pub const LIVE_POLL_ERRORS: &str = "hexpulse_query_live_poll_errors_total";
 /// Polls skipped because the live mirror is at its memory bound.
 pub const LIVE_FULL: &str = "hexpulse_query_live_full_total";
 
-/// A stream table's index in [`STREAM_TABLES`].
-pub fn table_index(table: &str) -> Option<usize> {
-    STREAM_TABLES.iter().position(|t| *t == table)
-}
-
 /// A partition of a topic.
 pub type TopicPartition = (String, i32);
 

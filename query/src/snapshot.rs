@@ -14,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{NaiveDate, TimeZone, Utc};
 use datafusion::arrow::array::{Array, BooleanArray, Date32Array, Int32Array, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::stats::Statistics;
 use datafusion::common::{DFSchema, Result, ScalarValue};
@@ -41,13 +41,8 @@ use object_store::path::Path;
 /// The partition columns of the lake's Delta tables, after the file columns.
 pub const PARTITION_COLUMNS: [&str; 2] = ["date", "hour"];
 
-/// The partition columns' fields.
-pub fn partition_fields() -> Vec<Arc<Field>> {
-    vec![
-        Arc::new(Field::new("date", DataType::Date32, true)),
-        Arc::new(Field::new("hour", DataType::Int32, true)),
-    ]
-}
+/// The partition columns' fields (as the live rows carry them too).
+pub use hexpulse_lake::live::partition_fields;
 
 /// One data file of the snapshot, with its partition values.
 #[derive(Debug, Clone)]
