@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """The crates' layering (ARCHITECTURE.md, "Code map"), checked from `cargo metadata`:
 
-    schemas <- common <- lake <- ingest / processors / query <- hexpulse
+    schemas <- common <- lake <- ingest / processors / sealer / query <- hexpulse
     schemas <- rewards <- lake
 
 A crate's normal (and build) dependencies on workspace crates may only point down these layers: the
-role crates (ingest, processors, query) never depend on each other, and the test kit (`testkit`) is
+role crates (ingest, processors, sealer, query) never depend on each other, and the test kit (`testkit`) is
 only ever a dev-dependency. Dev-dependencies are free otherwise: a role's tests may run another role
 (query's tests fill the lake with the processors). `make lint` and `make test` run it.
 
@@ -26,6 +26,7 @@ ALLOWED = {
     "hexpulse-lake": {"hexpulse-schemas", "hexpulse-common", "hexpulse-rewards"},
     "hexpulse-ingest": {"hexpulse-schemas", "hexpulse-common"},
     "hexpulse-processors": {"hexpulse-schemas", "hexpulse-common", "hexpulse-lake"},
+    "hexpulse-sealer": {"hexpulse-common", "hexpulse-lake"},
     "hexpulse-query": {"hexpulse-schemas", "hexpulse-common", "hexpulse-lake"},
     # The simulator and benchmarks' library: device side only (signing, the wire format).
     "hexpulse-load-tests": {"hexpulse-schemas", "hexpulse-common"},
@@ -35,7 +36,9 @@ ALLOWED = {
         "hexpulse-common",
         "hexpulse-lake",
         "hexpulse-ingest",
+        "hexpulse-processors",
         "hexpulse-query",
+        "hexpulse-load-tests",
     },
     # The binary puts the roles together.
     "hexpulse": {
@@ -44,6 +47,7 @@ ALLOWED = {
         "hexpulse-lake",
         "hexpulse-ingest",
         "hexpulse-processors",
+        "hexpulse-sealer",
         "hexpulse-query",
         "hexpulse-load-tests",
     },

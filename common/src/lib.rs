@@ -5,12 +5,14 @@
 //! other.
 
 pub mod config;
+pub mod fault;
+pub mod health;
 pub mod http;
 pub mod kafka;
 pub mod ratelimit;
 pub mod registry;
 pub mod serve;
 pub mod shutdown;
+pub mod tasks;
 pub mod telemetry;
-pub mod testenv;
 pub mod time;

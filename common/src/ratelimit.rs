@@ -11,7 +11,8 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
+
+use crate::tasks::Tasks;
 
 /// `per_second` on average, bursts of up to `burst` (at least 1); `per_second = 0`: no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,21 +85,16 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Keyed<K> {
         }
     }
 
-    /// Calls [`Keyed::forget_idle`] every `every` until `stop`.
-    pub fn spawn_cleanup(self: &Arc<Self>, every: Duration, stop: CancellationToken) {
+    /// Calls [`Keyed::forget_idle`] every `every`, as one of `tasks` (nothing for an unlimited
+    /// table).
+    pub fn spawn_cleanup(self: &Arc<Self>, name: &str, every: Duration, tasks: &mut Tasks) {
         if self.limiter.is_none() {
             return;
         }
         let me = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => me.forget_idle(),
-                }
-            }
+        tasks.spawn_every(name, every, move || {
+            me.forget_idle();
+            std::future::ready(())
         });
     }
 }
@@ -194,6 +190,10 @@ mod tests {
         // Another key has its own budget.
         l.check(&"b").expect("other key");
         assert_eq!(l.len(), 2);
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a plain test: no runtime to block"
+        )]
         std::thread::sleep(Duration::from_millis(550));
         l.check(&"a").expect("one unit back after 1/rate");
     }
@@ -217,6 +217,10 @@ mod tests {
             l.check(&i).unwrap();
         }
         assert_eq!(l.len(), 100);
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a plain test: no runtime to block"
+        )]
         std::thread::sleep(Duration::from_millis(20));
         l.forget_idle();
         assert_eq!(l.len(), 0);

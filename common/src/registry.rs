@@ -231,12 +231,7 @@ impl Registry {
     /// Polls the file every `every` until `stop` is cancelled. A bad edit is logged and the previous
     /// devices are kept.
     pub async fn watch(self, every: Duration, stop: tokio_util::sync::CancellationToken) {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        crate::tasks::every(every, stop, || {
             match self.reload_if_changed() {
                 Ok(true) => tracing::info!(devices = self.len(), "device registry reloaded"),
                 Ok(false) => {}
@@ -244,7 +239,9 @@ impl Registry {
                     tracing::warn!(error = %e, "device registry not reloaded; keeping the previous one")
                 }
             }
-        }
+            std::future::ready(())
+        })
+        .await;
     }
 }
 

@@ -138,6 +138,10 @@ async fn restart(cmd: &str) -> anyhow::Result<String> {
                 let _ = child.wait();
                 anyhow::bail!("`{cmd}` did not finish within 120 s");
             }
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "on a blocking thread of its own (spawn_blocking), polling the child"
+            )]
             std::thread::sleep(Duration::from_millis(100));
         };
         let mut text = String::new();

@@ -95,14 +95,14 @@ mod tests {
     fn example_file_loads_as_defaults_and_as_a_file() {
         let defaults = Config::load::<&Path>(&[]).expect("embedded defaults parse");
         assert_eq!(defaults.kafka.raw_topic, "raw-readings");
-        let path = hexpulse_common::testenv::repo_root().join("config/hexpulse.toml");
+        let path = hexpulse_testkit::testenv::repo_root().join("config/hexpulse.toml");
         let from_file = Config::load(&[&path]).expect("example file parses");
         assert_eq!(from_file.ingest.listen, defaults.ingest.listen);
     }
 
     #[test]
     fn demo_overrides_layer_over_the_defaults() {
-        let path = hexpulse_common::testenv::repo_root().join("config/demo.toml");
+        let path = hexpulse_testkit::testenv::repo_root().join("config/demo.toml");
         let demo = Config::load(&[&path]).expect("demo file parses");
         assert_eq!(
             demo.process.epoch.length,

@@ -52,6 +52,10 @@ fn heap_profile() -> Option<dhat::Profiler> {
         return Some(profiler);
     };
     std::thread::spawn(move || {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a plain thread of its own, outside the runtime"
+        )]
         std::thread::sleep(std::time::Duration::from_secs(secs));
         drop(profiler);
         eprintln!("dhat: heap profile written after {secs} s");
@@ -59,7 +63,7 @@ fn heap_profile() -> Option<dhat::Profiler> {
     None
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     #[cfg(feature = "dhat-heap")]
     let _profile = heap_profile();
     let cli = Cli::parse();
@@ -87,8 +91,12 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match rt.block_on(commands::run(cli.cmd, cfg)) {
-        // The reader of stdout went away: stop as a killed-by-SIGPIPE tool would (128 + 13).
-        Err(e) if e.is::<commands::StdoutClosed>() => std::process::exit(141),
-        r => r,
+        // The reader of stdout went away: stop as a killed-by-SIGPIPE tool would (128 + 13),
+        // without waiting for tasks still running.
+        Err(e) if e.is::<commands::StdoutClosed>() => {
+            rt.shutdown_background();
+            Ok(std::process::ExitCode::from(141))
+        }
+        r => r.map(|()| std::process::ExitCode::SUCCESS),
     }
 }

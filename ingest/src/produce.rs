@@ -141,13 +141,13 @@ impl Sink {
 
     /// Probes every `every` until `stop`.
     pub async fn watch(self, every: Duration, stop: CancellationToken) {
-        loop {
-            self.probe(every.max(Duration::from_millis(500))).await;
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
-            }
-        }
+        let timeout = every.max(Duration::from_millis(500));
+        let me = &self;
+        me.probe(timeout).await;
+        hexpulse_common::tasks::every(every, stop, move || async move {
+            me.probe(timeout).await;
+        })
+        .await;
     }
 
     /// Produces each `(key, value)` and waits for every delivery report, up to the delivery

@@ -23,7 +23,6 @@ use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
 use deltalake::kernel::Action;
 use sha2::{Digest, Sha256};
-use tokio_util::sync::CancellationToken;
 
 use crate::delta::{Check, Committed, DataFile};
 use crate::store::{Lake, LakeError, date_hour, decode_parquet, encode_parquet};
@@ -70,15 +69,20 @@ pub enum Outcome {
     Nothing,
     /// A compaction was committed as this version of the table's log.
     Compacted {
+        /// The commit's version.
         version: i64,
+        /// Files it replaced.
         sources: usize,
+        /// Files it wrote.
         outputs: usize,
+        /// Rows moved.
         rows: u64,
     },
     /// Another compactor replaced some of the sources first; our outputs were dropped.
     Raced,
 }
 
+/// Whether a data file was written by compaction (its name says so).
 pub fn is_compacted(path: &str) -> bool {
     path.rsplit('/')
         .next()
@@ -493,37 +497,25 @@ pub async fn checkpoint(lake: &Lake, interval: i64) -> Result<(), LakeError> {
     Ok(())
 }
 
-/// Compacts closed hours, writes checkpoints, vacuums and cleans the logs every `interval` until
-/// `stop`.
-/// `close_after` is how long after its end an hour is closed (the allowed lateness plus margins).
-pub async fn run_compactor(
-    lake: Lake,
-    interval: Duration,
-    close_after: Duration,
-    opts: CompactOptions,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
+/// One round of lake maintenance: compacts the hours closed `close_after` after their end, writes
+/// checkpoints, vacuums and cleans the logs (keeping what sealed epochs pin). A failed round is
+/// logged and counted; the next round tries again.
+pub async fn maintenance_round(lake: &Lake, close_after: Duration, opts: &CompactOptions) {
+    let cut = crate::now_ms() - close_after.as_millis() as i64;
+    let round = async {
+        let done = compact_closed(lake, cut, opts).await?;
+        for (table, date, hour, outcome) in done {
+            tracing::debug!(table, date, hour, ?outcome, "compaction round");
         }
-        let cut = crate::now_ms() - close_after.as_millis() as i64;
-        let round = async {
-            let done = compact_closed(&lake, cut, &opts).await?;
-            for (table, date, hour, outcome) in done {
-                tracing::debug!(table, date, hour, ?outcome, "compaction round");
-            }
-            checkpoint(&lake, CHECKPOINT_INTERVAL).await?;
-            // Every sealed manifest is read once per round, for both.
-            let pinned = pinned_versions(&lake).await?;
-            vacuum_pinned(&lake, opts.retention, &pinned).await?;
-            clean_log_pinned(&lake, opts.retention, &pinned).await
-        };
-        if let Err(e) = round.await {
-            tracing::warn!(error = %e, "lake maintenance round failed; retrying next round");
-            metrics::counter!(COMPACTION_ERRORS).increment(1);
-        }
+        checkpoint(lake, CHECKPOINT_INTERVAL).await?;
+        // Every sealed manifest is read once per round, for both.
+        let pinned = pinned_versions(lake).await?;
+        vacuum_pinned(lake, opts.retention, &pinned).await?;
+        clean_log_pinned(lake, opts.retention, &pinned).await
+    };
+    if let Err(e) = round.await {
+        tracing::warn!(error = %e, "lake maintenance round failed; retrying next round");
+        metrics::counter!(COMPACTION_ERRORS).increment(1);
     }
 }
 

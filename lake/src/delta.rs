@@ -43,6 +43,12 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 use crate::store::{Lake, LakeError};
 
+mod log;
+mod snapshot;
+
+pub use log::{describe_commit, parse_commit, txn, txn_in};
+use log::{encode_commit, log_path};
+
 /// The tables' `delta.deletedFileRetentionDuration` (set when a table is created).
 pub const DELETED_FILE_RETENTION: &str = "interval 1 hours";
 
@@ -74,14 +80,6 @@ pub enum Committed {
     Stopped(String),
 }
 
-/// What a commit's actions say about one application's transaction (what [`Check`]s look at).
-pub fn txn_in(actions: &[Action], app_id: &str) -> Option<i64> {
-    actions.iter().find_map(|a| match a {
-        Action::Txn(t) if t.app_id == app_id => Some(t.version),
-        _ => None,
-    })
-}
-
 #[derive(Default)]
 struct LogState {
     /// Newest version read (or written) by this handle; `None` before the first look.
@@ -99,6 +97,7 @@ struct LogState {
 
 /// One Delta table of the lake.
 pub struct Table {
+    /// The table's name, also its folder under the lake root.
     pub name: String,
     lake_store: Arc<dyn ObjectStore>,
     log_store: LogStoreRef,
@@ -133,12 +132,15 @@ pub struct Tables {
 pub struct DataFile {
     /// Path from the lake root (`heartbeat/date=2026-11-30/hour=06/….parquet`).
     pub path: String,
+    /// Its size in bytes.
     pub size: u64,
     /// The Add action's modification time (ms since the epoch).
     pub modified_ms: i64,
     /// Rows, from the file's statistics.
     pub rows: Option<u64>,
+    /// Its `date` partition value (`YYYY-MM-DD`).
     pub date: Option<String>,
+    /// Its `hour` partition value.
     pub hour: Option<u32>,
 }
 
@@ -189,20 +191,8 @@ fn delta_schema(schema: &SchemaRef, partitioned: bool) -> Result<StructType, Lak
     StructType::try_new(fields).map_err(|e| LakeError::Delta(e.into()))
 }
 
-fn log_path(table: &str, version: i64) -> Path {
-    Path::from(format!("{table}/_delta_log/{version:020}.json"))
-}
-
-/// The actions of a commit file.
-pub fn parse_commit(bytes: &[u8]) -> Result<Vec<Action>, serde_json::Error> {
-    bytes
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-        .map(serde_json::from_slice::<Action>)
-        .collect()
-}
-
 impl Table {
+    /// delta-rs's handle of the table's log (for its readers and checkpoints).
     pub fn log_store(&self) -> &LogStoreRef {
         &self.log_store
     }
@@ -532,9 +522,9 @@ impl Table {
                     }
                     walked += 1;
                     if walked > MAX_WALK {
-                        return Err(LakeError::Corrupt {
-                            path: self.name.clone(),
-                            message: format!("lost {MAX_WALK} commit races in a row"),
+                        return Err(LakeError::Contended {
+                            table: self.name.clone(),
+                            races: MAX_WALK,
                         });
                     }
                 }
@@ -583,11 +573,6 @@ impl Table {
         }
     }
 
-    /// The data files of the snapshot at `version`.
-    pub async fn files_at(&self, version: i64) -> Result<Vec<DataFile>, LakeError> {
-        Ok(self.snapshot_files(Some(version)).await?.1)
-    }
-
     /// The newest version of the log (`None`: no table yet), read by the same walk as
     /// [`Table::files`].
     pub async fn version(&self) -> Result<Option<i64>, LakeError> {
@@ -595,191 +580,4 @@ impl Table {
         self.catch_up(&mut state).await?;
         Ok(state.version.filter(|v| *v >= 0))
     }
-
-    /// Writes a checkpoint of the snapshot at `version`, and points `_last_checkpoint` at it.
-    pub async fn checkpoint_newest(&self, version: i64) -> Result<(), LakeError> {
-        self.write_checkpoint(version).await
-    }
-
-    /// Writes a checkpoint at `version` (see [`Table::with_snapshot`]).
-    async fn write_checkpoint(&self, version: i64) -> Result<(), LakeError> {
-        self.with_snapshot(Some(version), |snapshot, engine| {
-            snapshot.checkpoint(engine, None).map(|_| ())
-        })
-        .await
-    }
-
-    /// Runs `job` on a Delta kernel snapshot of the table at `version` (the newest when `None`),
-    /// on a thread of its own with the kernel's background executor (a second thread with its own
-    /// runtime). Every full read of the log goes through here: checkpoints, the base of the walk,
-    /// pinned versions, and transactions older than the walk.
-    ///
-    /// Why: a log replay allocates in proportion to the live files (about 50 KB each), and when it
-    /// ran on the runtime's threads (delta-rs `DeltaTable::load`, `create_checkpoint`) the process's
-    /// resident memory grew by tens of MB at each one and never came back, with mimalloc as with
-    /// glibc: the transient replay shared allocator pages with the process's long-lived state
-    /// (issue #21). On threads that end with the job, its allocations go with them; only `T` stays.
-    async fn with_snapshot<T: Send + 'static>(
-        &self,
-        version: Option<i64>,
-        job: impl FnOnce(
-            &delta_kernel::snapshot::SnapshotRef,
-            &dyn delta_kernel::Engine,
-        ) -> delta_kernel::DeltaResult<T>
-        + Send
-        + 'static,
-    ) -> Result<T, LakeError> {
-        let store = self.log_store.root_object_store(None);
-        let root = self.log_store.config().location().clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let spawned = std::thread::Builder::new()
-            .name("delta-snapshot".into())
-            .spawn(move || {
-                let engine = delta_kernel_default_engine::DefaultEngineBuilder::new(store).build();
-                let mut builder = delta_kernel::snapshot::Snapshot::builder_for(root.as_str());
-                if let Some(v) = version {
-                    builder = builder.at_version(v as u64);
-                }
-                let out = builder
-                    .build(&engine)
-                    .and_then(|snapshot| job(&snapshot, &engine));
-                drop(engine);
-                let _ = tx.send(out);
-            });
-        let failed = |message: String| LakeError::Corrupt {
-            path: self.name.clone(),
-            message,
-        };
-        spawned.map_err(|e| failed(format!("snapshot thread: {e}")))?;
-        match rx.await {
-            Ok(r) => r.map_err(|e| LakeError::Delta(e.into())),
-            Err(_) => Err(failed("the snapshot thread died".into())),
-        }
-    }
-
-    /// The version and the data files (sorted by path) of the snapshot at `version`, or the newest.
-    async fn snapshot_files(
-        &self,
-        version: Option<i64>,
-    ) -> Result<(i64, Vec<DataFile>), LakeError> {
-        let (version, files) = self
-            .with_snapshot(version, |snapshot, engine| {
-                let scan = snapshot.clone().scan_builder().build()?;
-                let mut files = Vec::new();
-                for meta in scan.scan_metadata(engine)? {
-                    files = meta?.visit_scan_files(files, |files: &mut Vec<DataFile>, f| {
-                        let part = |k: &str| f.partition_values.get(k).cloned();
-                        files.push(DataFile {
-                            path: f.path,
-                            size: f.size.max(0) as u64,
-                            modified_ms: f.modification_time,
-                            rows: f.stats.map(|s| s.num_records),
-                            date: part("date"),
-                            hour: part("hour").and_then(|h| h.parse().ok()),
-                        });
-                    })?;
-                }
-                Ok((snapshot.version() as i64, files))
-            })
-            .await?;
-        let mut files: Vec<DataFile> = files
-            .into_iter()
-            .map(|f| DataFile {
-                path: self.path_of(&f.path),
-                ..f
-            })
-            .collect();
-        files.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok((version, files))
-    }
-
-    /// Writes a checkpoint of the snapshot at `version`, so that the version stays loadable once the
-    /// commits before it are deleted. The `_last_checkpoint` hint keeps pointing at the newest
-    /// checkpoint.
-    pub async fn checkpoint_at(&self, version: i64) -> Result<(), LakeError> {
-        let hint = Path::from(format!("{}/_delta_log/_last_checkpoint", self.name));
-        let before = match self.lake_store.get(&hint).await {
-            Ok(r) => Some(r.bytes().await?),
-            Err(object_store::Error::NotFound { .. }) => None,
-            Err(e) => return Err(e.into()),
-        };
-        self.write_checkpoint(version).await?;
-        if let Some(bytes) = before {
-            self.lake_store.put(&hint, PutPayload::from(bytes)).await?;
-        }
-        Ok(())
-    }
-
-    /// The paths (from the lake root) of the data files of any of `versions` (each version is read
-    /// once per process).
-    pub async fn files_at_any(
-        &self,
-        versions: &BTreeSet<i64>,
-    ) -> Result<Arc<HashSet<String>>, LakeError> {
-        let missing: Vec<i64> = {
-            let pinned = self.pinned.lock().expect("pinned lock");
-            versions.difference(&pinned.versions).copied().collect()
-        };
-        for version in missing {
-            let files = self.files_at(version).await?;
-            let mut pinned = self.pinned.lock().expect("pinned lock");
-            if pinned.versions.insert(version) {
-                Arc::make_mut(&mut pinned.files).extend(files.into_iter().map(|f| f.path));
-            }
-        }
-        Ok(self.pinned.lock().expect("pinned lock").files.clone())
-    }
-}
-
-fn encode_commit(info: &CommitInfo, actions: &[Action]) -> Result<Bytes, LakeError> {
-    let mut out = Vec::with_capacity(512 * (actions.len() + 1));
-    let json = |a: &Action, out: &mut Vec<u8>| -> Result<(), LakeError> {
-        serde_json::to_writer(&mut *out, a).map_err(|e| LakeError::Corrupt {
-            path: "commit".into(),
-            message: e.to_string(),
-        })?;
-        out.push(b'\n');
-        Ok(())
-    };
-    json(&Action::CommitInfo(info.clone()), &mut out)?;
-    for a in actions {
-        json(a, &mut out)?;
-    }
-    Ok(out.into())
-}
-
-/// A txn action for `app_id` at `version`.
-pub fn txn(app_id: &str, version: i64) -> Action {
-    Action::Txn(Transaction::new_with_last_update(
-        app_id,
-        version,
-        Some(crate::now_ms()),
-    ))
-}
-
-/// One line about a commit: version, time, operation, files added and removed, txn versions.
-pub fn describe_commit(version: i64, actions: &[Action]) -> String {
-    let (mut added, mut removed, mut txns) = (0, 0, Vec::new());
-    let mut when = String::new();
-    let mut op = String::new();
-    for a in actions {
-        match a {
-            Action::Add(_) => added += 1,
-            Action::Remove(_) => removed += 1,
-            Action::Txn(t) => txns.push(format!("{}={}", t.app_id, t.version)),
-            Action::CommitInfo(c) => {
-                op = c.operation.clone().unwrap_or_default();
-                when = c
-                    .timestamp
-                    .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis)
-                    .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-                    .unwrap_or_default();
-            }
-            _ => {}
-        }
-    }
-    format!(
-        "{version:>8} {when:24} {op:18} +{added:<4} -{removed:<4} {}",
-        txns.join(" ")
-    )
 }

@@ -18,6 +18,8 @@
 //! - [`live`]: the live tier's wire (rows not yet committed, from processors to the query service)
 //!   and its seam with the tables' logs.
 
+#![warn(missing_docs)]
+
 pub mod compact;
 pub mod delta;
 pub mod epoch;
@@ -34,10 +36,5 @@ pub use store::{
     decode_parquet, encode_parquet, encode_parquet_with,
 };
 
-/// Milliseconds since the Unix epoch, now (the system clock).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+/// Milliseconds since the Unix epoch, now (the one clock of the workspace, `hexpulse_common`'s).
+pub use hexpulse_common::time::now_ms;

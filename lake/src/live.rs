@@ -36,7 +36,9 @@ pub const MEDIA_TYPE: &str = "application/vnd.apache.arrow.stream";
 /// What a partition's live rows cover: the records `[from, to]` (`to = from - 1`: none yet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Coverage {
+    /// The first record covered.
     pub from: i64,
+    /// The last record covered.
     pub to: i64,
 }
 
@@ -45,9 +47,11 @@ pub struct Coverage {
 pub struct SegmentHeader {
     /// Numbered per processor instance, rising.
     pub seq: u64,
+    /// The Kafka partition.
     pub partition: i32,
-    /// The records whose rows the batch holds.
+    /// The records whose rows the batch holds: the first,
     pub first: i64,
+    /// and the last.
     pub last: i64,
 }
 
@@ -58,6 +62,7 @@ pub struct LiveHeader {
     pub instance: String,
     /// The newest segment number of the instance (ask for `since` it next time).
     pub seq: u64,
+    /// The raw topic.
     pub topic: String,
     /// The partitions this processor owns now, with their coverage.
     pub partitions: BTreeMap<i32, Coverage>,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use bytes::Bytes;
 use futures::TryStreamExt;
+use hexpulse_common::fault::{Classify, Fault};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
@@ -17,20 +18,82 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
+/// An error of the lake ([`Classify`] says whose fault and whether to retry).
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
+    /// The object store failed.
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
+    /// A Parquet file did not encode or decode.
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
+    /// delta-rs failed (reading a log, a snapshot, a checkpoint).
     #[error("delta: {0}")]
     Delta(#[from] deltalake::DeltaTableError),
+    /// Arrow arrays did not fit a schema.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// The lake URL names no store this build can open.
     #[error("lake URL {url:?}: {message}")]
-    Url { url: String, message: String },
+    Url {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Other writers won this many commit races in a row: a later try may win.
+    #[error("{table}: lost {races} commit races in a row")]
+    Contended {
+        /// The table.
+        table: String,
+        /// The races lost.
+        races: i64,
+    },
+    /// An object of the lake does not hold what its name promises.
     #[error("{path}: {message}")]
-    Corrupt { path: String, message: String },
+    Corrupt {
+        /// The object.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl Classify for LakeError {
+    /// Retrying helps with what a store or the network does now and may not do later; it does not
+    /// help with a configuration the operator must change, nor with data we encode or decode
+    /// wrongly. Delta errors are retried unless their store error is permanent: delta-rs wraps
+    /// passing read failures in many of its variants.
+    fn fault(&self) -> Fault {
+        match self {
+            LakeError::Store(e) => object_store_fault(e),
+            LakeError::Delta(deltalake::DeltaTableError::ObjectStore { source }) => {
+                object_store_fault(source)
+            }
+            LakeError::Delta(_) | LakeError::Contended { .. } => Fault::External,
+            LakeError::Parquet(parquet::errors::ParquetError::External(_)) => Fault::External,
+            LakeError::Parquet(_) | LakeError::Arrow(_) | LakeError::Corrupt { .. } => {
+                Fault::Internal
+            }
+            LakeError::Url { .. } => Fault::User,
+        }
+    }
+}
+
+/// The fault of an object store error: permissions, credentials, paths and configuration are the
+/// operator's to fix; everything else (a network error, a throttled request, an object that a
+/// concurrent writer moved) may pass.
+pub fn object_store_fault(e: &object_store::Error) -> Fault {
+    use object_store::Error as E;
+    match e {
+        E::PermissionDenied { .. }
+        | E::Unauthenticated { .. }
+        | E::InvalidPath { .. }
+        | E::NotSupported { .. }
+        | E::NotImplemented { .. }
+        | E::UnknownConfigurationKey { .. } => Fault::User,
+        _ => Fault::External,
+    }
 }
 
 /// A lake: an object store rooted at the lake's root, plus what the Delta tables need to address
@@ -111,6 +174,7 @@ impl Lake {
         }
     }
 
+    /// The object store, rooted at the lake root.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }
@@ -125,6 +189,7 @@ impl Lake {
         format!("{}{path}", self.base)
     }
 
+    /// Writes the object `path` (under the lake root), replacing any.
     pub async fn put(&self, path: &str, bytes: Bytes) -> Result<(), LakeError> {
         self.store
             .put(&Path::from(path), PutPayload::from_bytes(bytes))
@@ -132,6 +197,7 @@ impl Lake {
         Ok(())
     }
 
+    /// The object `path` (`None`: there is none).
     pub async fn get(&self, path: &str) -> Result<Option<Bytes>, LakeError> {
         match self.store.get(&Path::from(path)).await {
             Ok(r) => Ok(Some(r.bytes().await?)),
@@ -140,6 +206,7 @@ impl Lake {
         }
     }
 
+    /// Whether the object `path` exists.
     pub async fn exists(&self, path: &str) -> Result<bool, LakeError> {
         match self.store.head(&Path::from(path)).await {
             Ok(_) => Ok(true),
@@ -246,6 +313,7 @@ pub struct ParquetStream {
 }
 
 impl ParquetStream {
+    /// A file of `schema`, zstd at `level`, with `metadata` in its footer.
     pub fn new(
         schema: arrow::datatypes::SchemaRef,
         level: i32,
@@ -290,6 +358,7 @@ impl ParquetStream {
         })
     }
 
+    /// Encodes `batch` into the file.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), LakeError> {
         self.rows += batch.num_rows() as u64;
         Ok(self.writer.write(batch)?)
@@ -300,6 +369,7 @@ impl ParquetStream {
         self.rows
     }
 
+    /// The file's bytes, footer included.
     pub fn finish(self) -> Result<Bytes, LakeError> {
         Ok(self.writer.into_inner()?.into())
     }
@@ -374,5 +444,42 @@ mod tests {
             ("2024-02-29".into(), 13)
         );
         assert_eq!(date_hour(-1), ("1969-12-31".into(), 23));
+    }
+
+    #[test]
+    fn only_errors_that_may_pass_are_retried() {
+        let store = |e: object_store::Error| LakeError::Store(e);
+        let denied = store(object_store::Error::PermissionDenied {
+            path: "p".into(),
+            source: "no".into(),
+        });
+        assert_eq!(denied.fault(), Fault::User);
+        assert!(!denied.retryable());
+        let network = store(object_store::Error::Generic {
+            store: "s3",
+            source: "connection reset".into(),
+        });
+        assert!(network.retryable());
+        let contended = LakeError::Contended {
+            table: "heartbeat".into(),
+            races: 256,
+        };
+        assert!(contended.retryable());
+        let corrupt = LakeError::Corrupt {
+            path: "heartbeat/_delta_log/00000000000000000001.json".into(),
+            message: "not JSON".into(),
+        };
+        assert_eq!(corrupt.fault(), Fault::Internal);
+        assert!(!corrupt.retryable());
+        let wrapped = LakeError::Delta(deltalake::DeltaTableError::ObjectStore {
+            source: object_store::Error::Unauthenticated {
+                path: "p".into(),
+                source: "expired".into(),
+            },
+        });
+        assert!(
+            !wrapped.retryable(),
+            "a permanent store error inside delta-rs's"
+        );
     }
 }

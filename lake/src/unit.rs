@@ -55,9 +55,13 @@ pub fn app_id(topic: &str, partition: i32) -> String {
 /// One file of a unit, encoded.
 #[derive(Debug, Clone)]
 pub struct UnitFile {
+    /// The stream table it belongs to.
     pub table: &'static str,
+    /// Its partition's date (`YYYY-MM-DD`, UTC).
     pub date: String,
+    /// Its partition's hour (0..23, UTC).
     pub hour: u32,
+    /// The Parquet file.
     pub bytes: Bytes,
     /// Delta statistics JSON ([`crate::stats::stats_json`]).
     pub stats: String,
@@ -66,12 +70,17 @@ pub struct UnitFile {
 /// A unit ready to commit.
 #[derive(Debug)]
 pub struct Unit<'a> {
+    /// The raw topic.
     pub topic: &'a str,
+    /// The Kafka partition whose records it holds.
     pub partition: i32,
+    /// Its first offset: the chain's end plus one.
     pub start: i64,
+    /// Its last offset (included).
     pub end: i64,
     /// Unique per writer instance: keeps two writers' files apart.
     pub writer: &'a str,
+    /// Its files, one per table and hour with rows.
     pub files: Vec<UnitFile>,
 }
 
@@ -81,7 +90,10 @@ pub enum UnitOutcome {
     /// Durable in every table.
     Committed,
     /// Another writer owns these offsets: the chain goes on at `next_offset`.
-    Fenced { next_offset: i64 },
+    Fenced {
+        /// The chain's end plus one.
+        next_offset: i64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -15,5 +15,4 @@ pub mod adversary;
 pub mod bench;
 pub mod fleet;
 pub mod freshness;
-pub mod scenario;
 pub mod sim;

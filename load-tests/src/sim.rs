@@ -141,6 +141,11 @@ pub async fn run(
         } else {
             let t = Instant::now();
             // Minutes of CPU work: off the async workers (the runtime is multi-threaded).
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "before any traffic starts, nothing else waits on this worker; the work \
+                          borrows the run's state, which spawn_blocking cannot"
+            )]
             let batches = tokio::task::block_in_place(|| {
                 let mut batches = Vec::new();
                 let mut built = 0u64;

@@ -7,22 +7,26 @@
 //! - [`h3bin`]: H3 cells at the configured resolutions (h3o);
 //! - [`rows`]: Arrow record batches of the lake tables;
 //! - `hexpulse_lake::epoch`: sealing epochs into deterministic reward inputs with a manifest and
-//!   Merkle root (the sealer's loop runs in this crate's process where configured);
+//!   Merkle root (`hexpulse process` runs the sealer's loop, `hexpulse_sealer`, beside the
+//!   processor where configured);
 //! - [`partition`]: one partition's unit buffer and its exactly-once flush;
 //! - [`live`]: the rows validated but not yet committed (and for a few seconds after), served to
 //!   the query service;
-//! - [`run`]: the consumer-group loop, HTTP endpoints and shutdown.
+//! - [`run`]: a processor's start, HTTP endpoints, background tasks and shutdown; `session`: one
+//!   group membership of the consumer loop; `reread`: the recovery from records a broker skipped
+//!   and partitions a group lost.
 //!
 //! The exactly-once argument is in `ARCHITECTURE.md`.
 
 pub mod config;
 pub mod h3bin;
-pub mod inspect;
 pub mod live;
 pub mod metrics;
 pub mod partition;
+mod reread;
 pub mod rows;
 pub mod run;
+mod session;
 pub mod validate;
 
 pub use config::ProcessConfig;

@@ -10,8 +10,8 @@
 //! partition stops growing until its unit commits, and then starts again after it. Freshness
 //! suffers then, never correctness: a reader counts only rows contiguous from its snapshot.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -271,6 +271,47 @@ impl LiveStore {
             segments,
         };
         (schema, header, batches)
+    }
+}
+
+/// `GET /v1/live/{table}?instance=I&since=S`: the live rows of a stream table
+/// ([`hexpulse_lake::live`] describes the answer).
+pub(crate) async fn live_rows(
+    axum::extract::State(live): axum::extract::State<Arc<LiveStore>>,
+    axum::extract::Path(table): axum::extract::Path<String>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> axum::response::Response {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    use hexpulse_common::http::error_answer;
+    let Some(index) = hexpulse_lake::unit::stream_table_index(&table) else {
+        return error_answer(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no stream table {table:?}"),
+            None,
+        );
+    };
+    let since = match q.get("since").map(|s| s.parse::<u64>()) {
+        None => 0,
+        Some(Ok(s)) => s,
+        Some(Err(_)) => {
+            return error_answer(
+                StatusCode::BAD_REQUEST,
+                "bad_param",
+                "since: a segment number",
+                None,
+            );
+        }
+    };
+    let (schema, header, batches) = live.read(index, q.get("instance").map(String::as_str), since);
+    match hexpulse_lake::live::encode(&schema, &header, &batches) {
+        Ok(body) => (
+            [(header::CONTENT_TYPE, hexpulse_lake::live::MEDIA_TYPE)],
+            body,
+        )
+            .into_response(),
+        Err(e) => error_answer(StatusCode::INTERNAL_SERVER_ERROR, "internal", e, None),
     }
 }
 

@@ -47,12 +47,24 @@ pub enum FlushError {
     Arrow(#[from] arrow::error::ArrowError),
 }
 
+impl hexpulse_common::fault::Classify for FlushError {
+    fn fault(&self) -> hexpulse_common::fault::Fault {
+        match self {
+            FlushError::Lake(e) => e.fault(),
+            // Rows that do not encode into their table's schema: ours to fix.
+            FlushError::Arrow(_) => hexpulse_common::fault::Fault::Internal,
+        }
+    }
+}
+
 /// Result of a flush.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flushed {
     /// Nothing buffered.
     Empty,
-    /// The unit is durable and published; commit this offset (`end + 1`) to Kafka.
+    /// The unit is durable and published; `next_offset` is `end + 1`. The Kafka offset is committed
+    /// when the partition's next record arrives, at that record's offset (`next_offset` may lie in
+    /// an offset gap, where tansu's fetches stall).
     Committed { next_offset: i64, rows: usize },
     /// Another writer committed these offsets: drop this worker, re-initialise, and seek to `next_offset`.
     Fenced { next_offset: i64 },

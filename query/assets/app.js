@@ -39,7 +39,7 @@ async function api(path) {
       continue;
     }
     const body = await r.json();
-    if (!r.ok) throw new Error(`${r.status} ${body.error}: ${body.message}`);
+    if (!r.ok) throw new Error(`${r.status} ${body.error?.code}: ${body.error?.message}`);
     return body;
   }
   throw new Error('unauthorized');

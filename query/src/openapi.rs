@@ -228,13 +228,19 @@ pub fn document(max_features: usize) -> Value {
         "info": {
             "title": "Hexpulse query service",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Coverage maps, sensor and road aggregates, epochs for reward oracles, and read-only SQL over the Hexpulse lake. Errors are JSON {\"error\": code, \"message\": text}. Data answers carry freshness: the newest event time included, the lake's watermark and live_as_of, up to when rows not yet committed are included (in the body, or x-hexpulse-* headers for tiles). Each operation's x-hexpulse-group is the endpoint group roles are granted.",
+            "description": "Coverage maps, sensor and road aggregates, epochs for reward oracles, and read-only SQL over the Hexpulse lake. Errors are JSON {\"error\": {\"code\": code, \"message\": text, \"retry_after_s\": seconds}} (retry_after_s where a retry later may succeed, with the same Retry-After header), the same shape as ingest's. Data answers carry freshness: the newest event time included, the lake's watermark and live_as_of, up to when rows not yet committed are included (in the body, or x-hexpulse-* headers for tiles). Each operation's x-hexpulse-group is the endpoint group roles are granted.",
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "responses": {"Error": {"description": "an error", "content": {"application/json": {"schema": {
-                "type": "object", "required": ["error", "message"],
-                "properties": {"error": {"type": "string"}, "message": {"type": "string"}}}}}}}
+                "type": "object", "required": ["error"],
+                "properties": {"error": {
+                    "type": "object", "required": ["code", "message"],
+                    "properties": {
+                        "code": {"type": "string", "description": "stable machine-readable code"},
+                        "message": {"type": "string", "description": "what went wrong, for people"},
+                        "retry_after_s": {"type": "integer", "minimum": 1, "description": "where retrying later may succeed: seconds to wait (also the Retry-After header)"}
+                    }}}}}}}}
         },
         "security": [{"bearer": []}, {}],
         "paths": {

@@ -96,7 +96,6 @@ fn classify(e: DataFusionError) -> SqlError {
         }
         _ if exhausted(&e) => SqlError::new(413, "memory_limit", msg),
         DataFusionError::NotImplemented(..) => SqlError::new(400, "not_supported", msg),
-        _ if msg.contains("not allowed") => SqlError::new(403, "read_only", msg),
         _ => SqlError::new(400, "sql_error", msg),
     }
 }

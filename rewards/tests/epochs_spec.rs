@@ -9,9 +9,9 @@ use arrow::array::{
     ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
 };
 use arrow::datatypes::DataType;
-use hexpulse_common::testenv;
 use hexpulse_rewards::merkle;
 use hexpulse_schemas::tables::device_summary_schema;
+use hexpulse_testkit::testenv;
 use serde_json::{Value, json};
 
 fn page() -> String {

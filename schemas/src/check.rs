@@ -23,11 +23,14 @@ use crate::wire::{KindName, PayloadFormat, Reading, SCHEMA_VERSION, SignedReadin
 /// An item refused by a check, with a human-readable detail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
+    /// The stable reason code (REASONS.md).
     pub reason: RejectReason,
+    /// What exactly was wrong, for people.
     pub message: String,
 }
 
 impl Rejection {
+    /// A rejection for `reason`, saying `message`.
     pub fn new(reason: RejectReason, message: impl Into<String>) -> Self {
         Rejection {
             reason,
@@ -45,9 +48,13 @@ impl std::fmt::Display for Rejection {
 /// An item that passed steps 1–4: decoded, of a known kind, with a usable key.
 #[derive(Debug, Clone)]
 pub struct DecodedItem {
+    /// The device's public key, checked to be a usable (not weak) Ed25519 point.
     pub key: VerifyingKey,
+    /// The signature over the payload's bytes, not verified yet.
     pub signature: Signature,
+    /// The decoded payload.
     pub reading: Reading,
+    /// The reading's kind.
     pub kind: KindName,
 }
 
@@ -78,8 +85,11 @@ pub fn decode_payload(item: &SignedReading) -> Result<Reading, Rejection> {
 /// Steps 1–3 of the module docs: what decoding yields before the key is looked at.
 #[derive(Debug, Clone)]
 pub struct DecodedEnvelope {
+    /// The signature over the payload's bytes, not verified yet.
     pub signature: Signature,
+    /// The decoded payload.
     pub reading: Reading,
+    /// The reading's kind.
     pub kind: KindName,
 }
 

@@ -26,6 +26,7 @@ use crate::wire::{
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JsonBatch {
+    /// The batch's items, in order (verdicts name them by index).
     pub readings: Vec<JsonSignedReading>,
 }
 
@@ -33,10 +34,14 @@ pub struct JsonBatch {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JsonSignedReading {
+    /// The device's Ed25519 public key, 64 hex characters.
     pub public_key: String,
+    /// The Ed25519 signature of the payload's bytes (with the domain prefix), 128 hex characters.
     pub signature: String,
+    /// Standard base64 (padded) of the protobuf `Reading` bytes; or else `payload_json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<String>,
+    /// A JSON reading document ([`JsonReading`]) as a string, signed as its UTF-8 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_json: Option<String>,
 }
@@ -77,66 +82,92 @@ impl JsonSignedReading {
 /// The JSON reading document (`payload_json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct JsonReading {
+    /// Payload schema version (1).
     pub schema_version: u32,
+    /// Device clock, milliseconds since the Unix epoch, UTC.
     pub device_time_ms: i64,
+    /// Per-device sequence number, strictly increasing and never repeated, even across reboots.
     pub seq: u64,
+    /// Where the reading was taken.
     pub location: JsonLocation,
+    /// A hotspot's liveness: exactly one of `heartbeat`, `sensor` and `road` is present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<JsonHeartbeat>,
+    /// An environmental sensor's measurements.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sensor: Option<JsonSensor>,
+    /// A dashcam's observation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub road: Option<JsonRoad>,
 }
 
+/// A point on the WGS84 ellipsoid with the device's own accuracy estimate.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JsonLocation {
+    /// Degrees, -90..90.
     pub lat: f64,
+    /// Degrees, -180..180.
     pub lng: f64,
+    /// Horizontal accuracy radius in metres (0: unknown).
     #[serde(default)]
     pub accuracy_m: f32,
 }
 
+/// A hotspot's liveness.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JsonHeartbeat {
     /// `wifi`, `lte`, `nr5g`, `lorawan` or `unspecified`.
     pub radio: String,
+    /// Received signal strength of the hotspot's own beacon, dBm (e.g. -70).
     pub signal_dbm: f32,
+    /// A speed test taken with this heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speed_test: Option<JsonSpeedTest>,
 }
 
+/// A speed test: throughput both ways and the round-trip latency.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JsonSpeedTest {
+    /// Download throughput, Mbit/s.
     pub download_mbps: f32,
+    /// Upload throughput, Mbit/s.
     pub upload_mbps: f32,
+    /// Round-trip latency, ms.
     pub latency_ms: f32,
 }
 
+/// An environmental sensor reading: one or more metrics measured at once.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JsonSensor {
+    /// The metrics measured.
     pub measurements: Vec<JsonMeasurement>,
 }
 
+/// One metric's value.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JsonMeasurement {
     /// `pm2_5`, `pm10`, `no2`, `o3`, `co2`, `noise_db`, `temperature_c`, `humidity_pct`.
     pub metric: String,
+    /// In the metric's unit: µg/m³ (pm2_5, pm10), ppb (no2, o3), ppm (co2), dB(A), °C, %RH.
     pub value: f64,
 }
 
+/// A dashcam's observation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JsonRoad {
     /// `pothole`, `congestion`, `speed`, `sign`, `construction`.
     pub observation: String,
+    /// Degrees clockwise from true north, 0..360.
     pub heading_deg: f32,
+    /// Vehicle speed, km/h.
     pub speed_kmh: f32,
+    /// Detector confidence, 0..1.
     pub confidence: f32,
 }
 

@@ -12,6 +12,8 @@
 //! This crate has no async runtime and no Kafka client on purpose: it is pure contract. The wire format
 //! is documented for third parties in `schemas/WIRE.md`, with vectors in `schemas/testdata/`.
 
+#![warn(missing_docs)]
+
 pub mod check;
 pub mod json;
 pub mod reasons;

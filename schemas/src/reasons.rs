@@ -40,6 +40,7 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// Every reason, in the order REASONS.md lists them.
     pub const ALL: [RejectReason; 14] = [
         RejectReason::Malformed,
         RejectReason::UnsupportedKindOrVersion,

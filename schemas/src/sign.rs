@@ -43,20 +43,27 @@ const BATCH_COST: &[(usize, f64)] = &[
 /// Batch sizes the planner considers, besides the whole run.
 const CHUNK_LADDER: &[usize] = &[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256];
 
+/// Why a public key is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
+    /// Not [`PUBLIC_KEY_LEN`] bytes long.
     #[error("public key must be {PUBLIC_KEY_LEN} bytes, got {0}")]
     Length(usize),
+    /// The bytes decode to no point of the curve.
     #[error("public key is not a valid Ed25519 point")]
     NotAPoint,
+    /// A point of small order, which would let any signature verify.
     #[error("public key is of small order (weak)")]
     Weak,
 }
 
+/// Why a signature is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SignatureError {
+    /// Not [`SIGNATURE_LEN`] bytes long.
     #[error("signature must be {SIGNATURE_LEN} bytes, got {0}")]
     Length(usize),
+    /// It does not verify for the key and payload.
     #[error("signature does not verify")]
     Invalid,
 }
@@ -145,8 +152,11 @@ fn batch_holds_zip215(keys: &[VerifyingKey], messages: &[&[u8]], signatures: &[S
 /// One item of a batch verification.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchItem<'a> {
+    /// The device's public key.
     pub key: &'a VerifyingKey,
+    /// The signed payload bytes (without the domain prefix, which verification adds).
     pub payload: &'a [u8],
+    /// The signature to check.
     pub signature: &'a Signature,
 }
 

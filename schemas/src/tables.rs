@@ -9,11 +9,15 @@ use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-/// Table names in the lake.
+/// The heartbeat readings' table in the lake.
 pub const HEARTBEAT_TABLE: &str = "heartbeat";
+/// The sensor readings' table (one row per measurement).
 pub const SENSOR_TABLE: &str = "sensor";
+/// The dashcam observations' table.
 pub const ROAD_TABLE: &str = "road";
+/// Every refused record, with its reason.
 pub const REJECTED_TABLE: &str = "rejected";
+/// A sealed epoch's per-device summary (the Merkle tree's leaves).
 pub const DEVICE_SUMMARY_TABLE: &str = "device_summary";
 
 fn ts() -> DataType {

@@ -20,14 +20,19 @@ pub const SCHEMA_VERSION: u32 = 1;
 )]
 #[serde(rename_all = "snake_case")]
 pub enum KindName {
+    /// A hotspot's liveness (the `heartbeat` table).
     Heartbeat,
+    /// An environmental sensor reading (the `sensor` table).
     Sensor,
+    /// A dashcam observation (the `road` table).
     Road,
 }
 
 impl KindName {
+    /// Every kind, in table order.
     pub const ALL: [KindName; 3] = [KindName::Heartbeat, KindName::Sensor, KindName::Road];
 
+    /// The kind's name, which is also its table's.
     pub const fn as_str(self) -> &'static str {
         match self {
             KindName::Heartbeat => "heartbeat",
@@ -36,6 +41,7 @@ impl KindName {
         }
     }
 
+    /// The kind of a reading's `kind` field.
     pub fn of(kind: &Kind) -> KindName {
         match kind {
             Kind::Heartbeat(_) => KindName::Heartbeat,
@@ -96,6 +102,7 @@ pub mod envelope {
     pub struct EnvelopeKey([u8; 32]);
 
     impl EnvelopeKey {
+        /// A key from 64 hex digits (32 bytes); the error says what is wrong, without the key.
         pub fn from_hex(s: &str) -> Result<EnvelopeKey, String> {
             let bytes =
                 hex::decode(s.trim()).map_err(|e| format!("envelope_key: not hex ({e})"))?;
@@ -122,8 +129,11 @@ pub mod envelope {
     /// A decoded envelope, borrowing from the record's value.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Envelope<'a> {
+        /// When ingest received the reading, ms since the Unix epoch.
         pub received_ms: i64,
+        /// The ingest node that received it.
         pub node: &'a str,
+        /// The device's `SignedReading`, as its protobuf bytes.
         pub signed: &'a [u8],
         /// The tag and the bytes before it, in an authenticated envelope.
         tagged: Option<(&'a [u8], &'a [u8])>,

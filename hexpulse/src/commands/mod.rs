@@ -65,8 +65,21 @@ pub(crate) async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
             tracing::info!(config = %cfg.redacted(), "starting processor");
             let registry = open_registry(&cfg)?;
             let stop = shutdown::on_signals();
-            tokio::spawn(registry.clone().watch(Duration::from_secs(1), stop.clone()));
-            hexpulse_processors::run::run(cfg.process, cfg.kafka, registry, stop).await?;
+            let lake = hexpulse_lake::Lake::open(&cfg.process.lake_url)?;
+            let mut processor = hexpulse_processors::run::start(
+                cfg.process.clone(),
+                cfg.kafka.clone(),
+                registry.clone(),
+                lake,
+                stop.clone(),
+            )
+            .await?;
+            processor.tasks.spawn(
+                "registry-watch",
+                registry.watch(Duration::from_secs(1), stop),
+            );
+            seal::beside(&cfg, &mut processor);
+            processor.wait().await?;
             Ok(())
         }
         Cmd::Seal(a) => seal::seal(cfg, a).await,

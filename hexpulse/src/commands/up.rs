@@ -54,7 +54,7 @@ pub(super) async fn up(
     )
     .await?;
     let lake = hexpulse_lake::Lake::open(&cfg.process.lake_url)?;
-    let processor = hexpulse_processors::run::start(
+    let mut processor = hexpulse_processors::run::start(
         cfg.process.clone(),
         cfg.kafka.clone(),
         registry,
@@ -62,6 +62,7 @@ pub(super) async fn up(
         stop.clone(),
     )
     .await?;
+    super::seal::beside(&cfg, &mut processor);
     let mut qcfg = cfg.query.clone();
     qcfg.lake_url = cfg.process.lake_url.clone();
     qcfg.epoch = cfg.process.epoch.clone();
@@ -164,12 +165,11 @@ pub(super) async fn up(
             hexpulse_load_tests::sim::run(&cfg.simulate, mixer, stop, true, None).await
         }))
     };
-    let _ = ingest.task.await;
-    match processor.task.await {
-        Ok(Err(e)) => tracing::error!(error = %e, "processor failed"),
-        Err(e) => tracing::error!(error = %e, "processor task failed"),
-        Ok(Ok(())) => {}
+    ingest.wait().await;
+    if let Err(e) = processor.wait().await {
+        tracing::error!(error = %e, "processor failed");
     }
+    query.wait().await;
     if let Some(t) = traffic
         && let Ok(summary) = t.await
     {

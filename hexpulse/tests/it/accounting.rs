@@ -3,7 +3,7 @@
 //! query service's SQL and compares it with what it sent, reading by reading. Zero mismatches, every
 //! class present, and a freshness figure.
 
-use hexpulse_common::testenv;
+use hexpulse_testkit::testenv;
 
 use crate::up::{Up, accounted, accounting_layer};
 

@@ -6,9 +6,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use hexpulse_common::registry::Registry;
-use hexpulse_common::testenv;
 use hexpulse_lake::Lake;
-use hexpulse_load_tests::scenario;
+use hexpulse_testkit::scenario;
+use hexpulse_testkit::testenv;
 use rand::{Rng, SeedableRng};
 
 use crate::support::*;
@@ -161,12 +161,12 @@ async fn sigkill_at_random_points_loses_and_doubles_nothing() {
 /// tables with the documented schema.
 fn independent_reader(
     lake_dir: &std::path::Path,
-    summary: &hexpulse_processors::inspect::LakeSummary,
+    summary: &hexpulse_testkit::inspect::LakeSummary,
 ) {
     let Some(python) = testenv::python_or_skip("the outside readers' check") else {
         return;
     };
-    let script = hexpulse_common::testenv::repo_root().join("scripts/read_lake.py");
+    let script = hexpulse_testkit::testenv::repo_root().join("scripts/read_lake.py");
     let out = Command::new(python)
         .arg(script)
         .arg(lake_dir)

@@ -29,7 +29,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use hexpulse_common::testenv;
+use hexpulse_testkit::testenv;
 use serde_json::Value;
 
 use crate::up::{Up, accounted, accounting_layer};

@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use hexpulse_common::testenv;
+use hexpulse_testkit::testenv;
 
 fn repo() -> PathBuf {
-    hexpulse_common::testenv::repo_root()
+    hexpulse_testkit::testenv::repo_root()
 }
 
 /// Runs the checker on `k8s` (a folder laid out like the repository's k8s/); None when the tools

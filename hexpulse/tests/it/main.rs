@@ -1,5 +1,8 @@
 //! End-to-end tests of the `hexpulse` binary: real processes, the real broker, a real lake.
 
+// These tests drive processes synchronously, from plain threads with no async runtime to block.
+#![expect(clippy::disallowed_methods)]
+
 mod accounting;
 mod cli;
 mod crash;
@@ -9,7 +12,4 @@ mod map;
 mod restart;
 mod soak;
 mod up;
-// Shared with the processor tests, which use all of it; this crate uses a part.
-#[allow(dead_code)]
-#[path = "../../../processors/tests/it/support.rs"]
-mod support;
+use hexpulse_testkit::processing as support;

@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use hexpulse_common::testenv;
+use hexpulse_testkit::testenv;
 
 use crate::up::{Up, root};
 

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use hexpulse_common::testenv;
+use hexpulse_testkit::testenv;
 
 use crate::up::{ADMIN_TOKEN, Up, accounting_layer};
 

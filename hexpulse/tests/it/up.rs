@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use hexpulse_common::testenv;
+use hexpulse_testkit::testenv;
 
 pub struct Up {
     child: std::process::Child,
@@ -85,7 +85,7 @@ pub fn log_filter() -> String {
 }
 
 pub fn root() -> String {
-    hexpulse_common::testenv::repo_root().display().to_string()
+    hexpulse_testkit::testenv::repo_root().display().to_string()
 }
 
 impl Up {

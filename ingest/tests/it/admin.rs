@@ -1,9 +1,9 @@
 //! Admin endpoints edit the registry; ingest sees the change at once.
 
 use hexpulse_common::registry::{Device, Registry};
-use hexpulse_common::testenv;
 use hexpulse_ingest::IngestConfig;
 use hexpulse_schemas::wire::KindName;
+use hexpulse_testkit::testenv;
 use sha2::{Digest, Sha256};
 
 use crate::support::*;

@@ -1,8 +1,8 @@
 //! Every kind of bad input gets its specific status or reason code, and none of it reaches Kafka.
 
-use hexpulse_common::testenv;
 use hexpulse_ingest::IngestConfig;
 use hexpulse_schemas::sign;
+use hexpulse_testkit::testenv;
 use prost::Message;
 
 use crate::support::*;

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use hexpulse_common::testenv;
 use hexpulse_ingest::IngestConfig;
+use hexpulse_testkit::testenv;
 use prost::Message;
 
 use crate::support::*;

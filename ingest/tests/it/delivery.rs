@@ -1,8 +1,8 @@
 //! Accepted items appear in Kafka exactly once each, byte-identical, keyed by device.
 
-use hexpulse_common::testenv;
 use hexpulse_ingest::IngestConfig;
 use hexpulse_schemas::json::{JsonBatch, JsonSignedReading};
+use hexpulse_testkit::testenv;
 use prost::Message;
 
 use crate::support::*;

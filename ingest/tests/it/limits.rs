@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use hexpulse_common::ratelimit::RateLimit;
-use hexpulse_common::testenv::{self, SlowClient};
 use hexpulse_ingest::IngestConfig;
+use hexpulse_testkit::testenv::{self, SlowClient};
 
 use crate::support::*;
 

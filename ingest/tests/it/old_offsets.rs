@@ -10,9 +10,9 @@
 use std::time::{Duration, Instant};
 
 use hexpulse_common::kafka::KafkaConfig;
-use hexpulse_common::testenv;
 use hexpulse_ingest::IngestConfig;
 use hexpulse_ingest::produce::Sink;
+use hexpulse_testkit::testenv;
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message as _, OwnedHeaders};

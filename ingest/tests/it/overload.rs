@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use hexpulse_common::testenv;
 use hexpulse_ingest::IngestConfig;
+use hexpulse_testkit::testenv;
 
 use crate::support::*;
 

@@ -7,7 +7,6 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use hexpulse_common::kafka::KafkaConfig;
 use hexpulse_common::registry::{Device, Registry};
-use hexpulse_common::testenv;
 use hexpulse_ingest::IngestConfig;
 use hexpulse_ingest::server::Ingest;
 use hexpulse_schemas::sign;
@@ -15,6 +14,7 @@ use hexpulse_schemas::wire::{
     Heartbeat, Kind, KindName, Location, PayloadFormat, Reading, ReadingBatch, SignedReading,
     envelope,
 };
+use hexpulse_testkit::testenv;
 use prost::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message as _};

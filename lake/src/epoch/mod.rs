@@ -61,18 +61,38 @@ impl Default for EpochConfig {
     }
 }
 
+/// An error of epochs: computing, sealing, publishing, proving.
 #[derive(Debug, thiserror::Error)]
 pub enum EpochError {
+    /// The epoch configuration is invalid.
     #[error("epoch config: {0}")]
     Config(String),
+    /// The lake failed.
     #[error("lake: {0}")]
     Lake(#[from] LakeError),
+    /// Arrow arrays did not fit a schema.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// The epoch is not complete yet (a watermark is behind): a later round may seal it.
     #[error("{0}")]
     NotReady(String),
+    /// A request or a stored file is invalid (an unknown device, a proof that does not verify,
+    /// an epoch of another length).
     #[error("{0}")]
     Invalid(String),
+}
+
+impl hexpulse_common::fault::Classify for EpochError {
+    fn fault(&self) -> hexpulse_common::fault::Fault {
+        use hexpulse_common::fault::Fault;
+        match self {
+            EpochError::Config(_) | EpochError::Invalid(_) => Fault::User,
+            EpochError::Lake(e) => e.fault(),
+            EpochError::Arrow(_) => Fault::Internal,
+            // Not complete yet: a later round may seal it.
+            EpochError::NotReady(_) => Fault::External,
+        }
+    }
 }
 
 impl From<hexpulse_rewards::Invalid> for EpochError {
@@ -82,6 +102,7 @@ impl From<hexpulse_rewards::Invalid> for EpochError {
 }
 
 impl EpochConfig {
+    /// The start of epoch 0, ms since the Unix epoch.
     pub fn origin_ms(&self) -> Result<i64, EpochError> {
         let t = humantime::parse_rfc3339(&self.origin)
             .map_err(|e| EpochError::Config(format!("origin {:?}: {e}", self.origin)))?;
@@ -90,6 +111,7 @@ impl EpochConfig {
             .as_millis() as i64)
     }
 
+    /// An epoch's length, ms (at least a second).
     pub fn length_ms(&self) -> Result<i64, EpochError> {
         let ms = self.length.as_millis() as i64;
         if ms < 1000 {
@@ -151,6 +173,7 @@ pub struct SealedEpochs {
 }
 
 impl SealedEpochs {
+    /// None sealed yet, for epochs of `cfg`.
     pub fn new(cfg: EpochConfig) -> Result<SealedEpochs, EpochError> {
         cfg.length_ms()?;
         cfg.origin_ms()?;
@@ -166,6 +189,7 @@ impl SealedEpochs {
         self.ids.read().expect("lock").contains(&id).then_some(id)
     }
 
+    /// Marks epoch `id` sealed.
     pub fn mark(&self, id: i64) {
         self.ids.write().expect("lock").insert(id);
     }

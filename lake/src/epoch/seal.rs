@@ -1,17 +1,15 @@
 //! Sealing: the completeness gate, the epoch files, the manifest (written last), proofs and diffs.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use tokio_util::sync::CancellationToken;
 
 use super::compute::{SealMemory, compute, epoch_inputs};
-use super::{EpochConfig, EpochError, SealedEpochs, manifest_path};
+use super::{EpochConfig, EpochError, manifest_path};
 use crate::compact::table_hours;
 use crate::rules::Rules;
 use crate::{Lake, decode_parquet};
@@ -27,62 +25,90 @@ pub fn watermark_path(topic: &str, partition: i32) -> String {
 /// A partition's published watermark.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Watermark {
+    /// The raw topic's partition.
     pub partition: i32,
     /// Every record with a receive time up to this (ms) is published, or will be rejected as late.
     pub watermark_ms: i64,
+    /// The partition's chain end plus one when it was written.
     pub next_offset: i64,
 }
 
 /// One input range of the manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputRange {
+    /// The raw topic.
     pub topic: String,
+    /// Its partition.
     pub partition: i32,
+    /// The first raw-topic offset among the epoch's rows of this partition.
     pub first_offset: i64,
+    /// The last one.
     pub last_offset: i64,
+    /// The epoch's rows from this partition (valid and rejected).
     pub rows: u64,
 }
 
 /// One output file of the manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputFile {
+    /// The epoch table (`device_summary`, `hex_coverage`, `sensor_hex_hourly`, `road_hex`).
     pub table: String,
+    /// The file's path under the lake root, named by its content.
     pub path: String,
+    /// Its size.
     pub bytes: u64,
+    /// Its rows.
     pub rows: u64,
+    /// SHA-256 of its bytes, hex: readers check it.
     pub sha256: String,
 }
 
 /// The manifest of a sealed epoch: written last, it is the seal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// The epoch's id.
     pub epoch: i64,
+    /// Its start, ms since the Unix epoch (included).
     pub start_ms: i64,
+    /// Its end, ms (excluded).
     pub end_ms: i64,
+    /// The start, RFC 3339.
     pub start: String,
+    /// The end, RFC 3339.
     pub end: String,
+    /// When it was sealed, RFC 3339 (the one field two seals of the same inputs differ in).
     pub sealed_at: String,
     /// Sealed by operator override before every watermark passed the end plus the lateness.
     pub forced: bool,
+    /// The rules file's `version`.
     pub rules_version: String,
+    /// SHA-256 of the rules file's text, hex.
     pub rules_hash: String,
+    /// The rules' allowed lateness, ms.
     pub allowed_lateness_ms: i64,
     /// Partition watermarks (ms) when sealed; `None`: the partition had none.
     pub watermarks: BTreeMap<i32, Option<i64>>,
+    /// The raw-topic offsets the epoch's rows came from, per partition.
     pub inputs: Vec<InputRange>,
     /// The Delta version of each input table the epoch was sealed from. A re-seal reads these
     /// versions, so rows that arrived later never change it. Empty in manifests sealed before the
     /// lake became Delta tables.
     #[serde(default)]
     pub input_versions: BTreeMap<String, i64>,
+    /// Rejected rows of the epoch whose device could not be read (malformed records).
     pub unattributed_rejections: u64,
+    /// The epoch tables' files.
     pub outputs: Vec<OutputFile>,
+    /// The Merkle root over the device summaries, hex.
     pub merkle_root: String,
+    /// The tree's leaves: one per device.
     pub merkle_leaves: u64,
+    /// The leaf encoding's version ([`LEAF_ENCODING`]).
     pub leaf_encoding: String,
 }
 
 impl Manifest {
+    /// The output file of `table`.
     pub fn output(&self, table: &str) -> Option<&OutputFile> {
         self.outputs.iter().find(|o| o.table == table)
     }
@@ -98,14 +124,21 @@ pub struct SealRequest<'a> {
     pub input: &'a Lake,
     /// Where the epoch folder and manifest go: the same lake, or another root for re-runs.
     pub output: &'a Lake,
+    /// Epoch lengths and numbering.
     pub cfg: &'a EpochConfig,
+    /// The rules the epoch is computed under.
     pub rules: &'a Rules,
+    /// The epoch to seal.
     pub epoch: i64,
+    /// Seal even though some partition's watermark has not passed the end plus the lateness.
     pub force: bool,
+    /// The raw topic, whose partitions' watermarks say when the epoch is complete.
     pub topic: &'a str,
+    /// Its partition count.
     pub partitions: i32,
 }
 
+/// What sealing an epoch found.
 #[derive(Debug)]
 pub enum Sealed {
     /// This call sealed it.
@@ -115,6 +148,7 @@ pub enum Sealed {
 }
 
 impl Sealed {
+    /// The epoch's manifest, whoever sealed it.
     pub fn manifest(&self) -> &Manifest {
         match self {
             Sealed::New(m) | Sealed::Already(m) => m,
@@ -129,6 +163,7 @@ fn rfc3339(ms: i64) -> String {
     .to_string()
 }
 
+/// The manifest of epoch `epoch` (`None`: not sealed).
 pub async fn read_manifest(lake: &Lake, epoch: i64) -> Result<Option<Manifest>, EpochError> {
     let Some(bytes) = lake.get(&manifest_path(epoch)).await? else {
         return Ok(None);
@@ -165,7 +200,9 @@ pub async fn seal(req: SealRequest<'_>) -> Result<Sealed, EpochError> {
 /// How a seal computed its epoch (see [`compute`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SealStats {
+    /// Device buckets the rows went through.
     pub buckets: usize,
+    /// Bytes written to temporary files past the memory budget.
     pub spilled_bytes: u64,
 }
 
@@ -371,8 +408,11 @@ pub async fn build_proof(lake: &Lake, epoch: i64, device_key: &str) -> Result<Pr
 /// A per-device difference between two results of the same epoch.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeviceDelta {
+    /// The device's public key, hex.
     pub device_key: String,
+    /// Its points in the first result (`None`: not there).
     pub points_a: Option<u64>,
+    /// Its points in the second.
     pub points_b: Option<u64>,
     /// Columns whose values differ (besides the rules columns), as (column, a, b).
     pub changed: Vec<(String, Value, Value)>,
@@ -475,58 +515,4 @@ pub async fn seal_and_publish(req: SealRequest<'_>) -> Result<Sealed, EpochError
     let sealed = seal(req).await?;
     super::publish::publish(out, sealed.manifest()).await?;
     Ok(sealed)
-}
-
-/// Seals every complete epoch, in order, every `cfg.seal_interval`, until `stop`. Marks what it
-/// seals in `sealed`; epochs sealed elsewhere reach `sealed` through the processor's refresher.
-/// (`hexpulse seal --every` is the same round, as its own process.)
-pub async fn run_sealer(
-    lake: Lake,
-    cfg: EpochConfig,
-    rules: Rules,
-    topic: String,
-    partitions: i32,
-    sealed: Arc<SealedEpochs>,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(cfg.seal_interval) => {}
-        }
-        // Epochs sealed and not (all) published: a crash between the two, or another sealer.
-        if let Err(e) = super::publish::publish_sealed(&lake).await {
-            tracing::warn!(error = %e, "publishing sealed epochs failed; retrying next round");
-        }
-        let due = match due_epochs(&lake, &cfg, &rules).await {
-            Ok(due) => due.unwrap_or_default(),
-            Err(e) => {
-                tracing::warn!(error = %e, "finding the next epoch failed");
-                continue;
-            }
-        };
-        for epoch in due {
-            let req = SealRequest {
-                input: &lake,
-                output: &lake,
-                cfg: &cfg,
-                rules: &rules,
-                epoch,
-                force: false,
-                topic: &topic,
-                partitions,
-            };
-            match seal_and_publish(req).await {
-                Ok(_) => sealed.mark(epoch),
-                Err(EpochError::NotReady(why)) => {
-                    tracing::debug!(epoch, %why, "not sealing yet");
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(epoch, error = %e, "sealing failed; retrying next round");
-                    break;
-                }
-            }
-        }
-    }
 }

@@ -6,11 +6,11 @@
 
 use std::time::Duration;
 
-use hexpulse_common::testenv;
 use hexpulse_lake::Lake;
-use hexpulse_load_tests::scenario::{self, Fate, ScenarioRecord};
 use hexpulse_schemas::wire::envelope::{self, EnvelopeKey};
 use hexpulse_schemas::wire::partition_of;
+use hexpulse_testkit::scenario::{self, Fate, ScenarioRecord};
+use hexpulse_testkit::testenv;
 use rdkafka::producer::FutureRecord;
 
 use crate::support::*;

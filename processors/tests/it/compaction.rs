@@ -8,12 +8,12 @@ use std::time::Duration;
 use arrow::array::AsArray;
 use arrow::datatypes::UInt64Type;
 use hexpulse_common::registry::Registry;
-use hexpulse_common::testenv;
 use hexpulse_lake::compact::{self, CompactOptions, Outcome};
 use hexpulse_lake::{Lake, decode_parquet};
-use hexpulse_load_tests::scenario;
 use hexpulse_processors::ProcessConfig;
-use hexpulse_processors::inspect::summarize;
+use hexpulse_testkit::inspect::summarize;
+use hexpulse_testkit::scenario;
+use hexpulse_testkit::testenv;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::*;

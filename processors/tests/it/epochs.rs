@@ -4,17 +4,17 @@
 use std::time::Duration;
 
 use hexpulse_common::registry::Registry;
-use hexpulse_common::testenv;
 use hexpulse_lake::compact::{self, CompactOptions};
 use hexpulse_lake::epoch::compute::{SealMemory, compute, epoch_files, epoch_inputs};
 use hexpulse_lake::epoch::seal::{self, SealRequest, Sealed};
 use hexpulse_lake::epoch::{EpochConfig, EpochError};
 use hexpulse_lake::rules::Rules;
 use hexpulse_lake::{COMPACTED_ZSTD_LEVEL, Lake, encode_parquet};
-use hexpulse_load_tests::scenario::{self, Fate, Scenario};
 use hexpulse_processors::ProcessConfig;
 use hexpulse_rewards::merkle;
 use hexpulse_schemas::tables;
+use hexpulse_testkit::scenario::{self, Fate, Scenario};
+use hexpulse_testkit::testenv;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use tokio_util::sync::CancellationToken;

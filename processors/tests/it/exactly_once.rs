@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use hexpulse_common::registry::Registry;
-use hexpulse_common::testenv;
 use hexpulse_lake::Lake;
-use hexpulse_load_tests::scenario;
 use hexpulse_processors::ProcessConfig;
+use hexpulse_testkit::scenario;
+use hexpulse_testkit::testenv;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
@@ -62,9 +62,7 @@ async fn known_mix_lands_exactly_once() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     stop.cancel();
     p.task.await.unwrap().unwrap();
-    let after = hexpulse_processors::inspect::summarize(&lake)
-        .await
-        .unwrap();
+    let after = hexpulse_testkit::inspect::summarize(&lake).await.unwrap();
     assert_matches(&after, &sc);
     assert_eq!(after.files, summary.files, "a replay writes no new files");
 }

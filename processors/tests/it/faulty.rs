@@ -1,6 +1,7 @@
 //! An object store wrapper that fails writes on demand: for a while (an outage), or from the n-th
-//! write on (a process that died at that point: nothing it would have written later happens), and
-//! hides manifests from a sealer that looked too early.
+//! write on (a process that died at that point: nothing it would have written later happens), or
+//! as a store that refuses the credentials (a permanent error); and hides manifests from a sealer
+//! that looked too early.
 
 use std::fmt;
 use std::sync::Arc;
@@ -20,6 +21,8 @@ use object_store::{
 pub struct Flaky {
     inner: Arc<dyn ObjectStore>,
     pub failing: AtomicBool,
+    /// While set, every write fails as a store that refuses this process's credentials does.
+    pub denied: AtomicBool,
     pub budget: AtomicI64,
     pub refused: AtomicU64,
     pub writes: AtomicU64,
@@ -33,6 +36,7 @@ impl Flaky {
         Flaky {
             inner,
             failing: AtomicBool::new(false),
+            denied: AtomicBool::new(false),
             budget: AtomicI64::new(-1),
             refused: AtomicU64::new(0),
             writes: AtomicU64::new(0),
@@ -56,6 +60,13 @@ impl Flaky {
                 b => Some(b - 1),
             })
             .is_err();
+        if self.denied.load(Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(object_store::Error::PermissionDenied {
+                path: "lake".into(),
+                source: "injected: this process may not write here".into(),
+            });
+        }
         if self.failing.load(Ordering::SeqCst) || out_of_budget {
             self.refused.fetch_add(1, Ordering::SeqCst);
             return Err(object_store::Error::Generic {

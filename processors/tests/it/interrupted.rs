@@ -12,8 +12,8 @@ use hexpulse_lake::Lake;
 use hexpulse_lake::compact::{self, CompactOptions};
 use hexpulse_lake::epoch::EpochConfig;
 use hexpulse_lake::epoch::seal;
-use hexpulse_load_tests::scenario;
-use hexpulse_processors::inspect::summarize;
+use hexpulse_testkit::inspect::summarize;
+use hexpulse_testkit::scenario;
 
 use crate::compaction::physical;
 use crate::faulty::Flaky;

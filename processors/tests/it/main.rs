@@ -9,5 +9,5 @@ mod faulty;
 mod interrupted;
 mod resume;
 mod store_faults;
-pub mod support;
+use hexpulse_testkit::processing as support;
 mod zombie;

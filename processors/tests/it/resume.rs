@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use hexpulse_common::testenv;
 use hexpulse_lake::Lake;
-use hexpulse_load_tests::scenario;
+use hexpulse_testkit::scenario;
+use hexpulse_testkit::testenv;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 

@@ -5,11 +5,11 @@
 use hexpulse_common::registry::Registry;
 use hexpulse_lake::Lake;
 use hexpulse_lake::rules::Rules;
-use hexpulse_load_tests::scenario;
 use hexpulse_processors::h3bin::Binner;
-use hexpulse_processors::inspect::summarize;
 use hexpulse_processors::partition::{Flushed, PartitionWorker};
 use hexpulse_processors::validate::Validator;
+use hexpulse_testkit::inspect::summarize;
+use hexpulse_testkit::scenario;
 
 use crate::support::*;
 

@@ -1,8 +1,9 @@
-//! Error answers: every one is JSON `{"error": code, "message": ...}` with its status.
+//! Error answers: every one is the services' JSON error shape
+//! (`hexpulse_common::http::error_body`: `{"error": {"code", "message", "retry_after_s"?}}`) with
+//! its status.
 
 use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use axum::response::Response;
 
 use crate::params;
 use crate::sql::SqlError;
@@ -11,11 +12,7 @@ use crate::sql::SqlError;
 pub type ApiResult<T> = Result<T, Response>;
 
 pub(crate) fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
-    (
-        status,
-        axum::Json(json!({"error": code, "message": message.to_string()})),
-    )
-        .into_response()
+    hexpulse_common::http::error_answer(status, code, message, None)
 }
 
 /// Every error answer in the documented JSON form: axum's own rejections (a path or query that does

@@ -74,17 +74,15 @@ pub(crate) async fn authorize(
         );
     let limited = |key: &String| {
         st.per_client.check(key).err().map(|wait| {
-            let mut r = error(
+            hexpulse_common::http::error_answer(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 format!(
                     "over {} requests/s for this caller; retry later",
                     st.cfg.rate_per_client.per_second
                 ),
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, retry_after_secs(wait).into());
-            r
+                Some(retry_after_secs(wait)),
+            )
         })
     };
     match st.auth.check(header, group) {

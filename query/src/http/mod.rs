@@ -35,12 +35,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use hexpulse_common::health::{Health, Report};
 use hexpulse_common::ratelimit::Keyed;
+use hexpulse_common::tasks::Tasks;
 use hexpulse_lake::Lake;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -84,21 +84,49 @@ pub enum QueryError {
     },
 }
 
+impl hexpulse_common::fault::Classify for QueryError {
+    fn fault(&self) -> hexpulse_common::fault::Fault {
+        use hexpulse_common::fault::Fault;
+        match self {
+            QueryError::Lake(e) => e.fault(),
+            QueryError::Catalog(_) | QueryError::DataFusion(_) => Fault::External,
+            QueryError::Auth(_)
+            | QueryError::Rules(_)
+            | QueryError::Live(_)
+            | QueryError::Bind { .. } => Fault::User,
+            QueryError::Runtime(_) => Fault::Internal,
+        }
+    }
+}
+
 /// A started query service.
 pub struct Query {
     pub addr: SocketAddr,
     /// The admin listener's address, when `admin_listen` is set.
     pub admin_addr: Option<SocketAddr>,
+    /// The server: it ends at shutdown, once open requests are answered.
     pub task: tokio::task::JoinHandle<()>,
+    /// The background tasks (catalog refresh, the live tier's poll, the rate limiter's cleanup).
+    pub tasks: Tasks,
 }
 
 impl Query {
+    /// Awaits the server, then the background tasks.
+    pub async fn wait(self) {
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "the query server task failed");
+        }
+        self.tasks.join().await;
+    }
+
     /// Opens the lake's catalog, binds, and serves until `shutdown`.
     pub async fn start(
         cfg: QueryConfig,
         lake: Lake,
         shutdown: CancellationToken,
     ) -> Result<Query, QueryError> {
+        let health = Health::new();
+        let mut tasks = Tasks::new(health.clone(), shutdown.clone());
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(cfg.memory_limit_bytes, 1.0)
             .with_max_temp_directory_size(cfg.max_spill_bytes)
@@ -112,7 +140,10 @@ impl Query {
             )?);
             // Once before the first catalog, which then knows the partitions with live rows.
             live.poll().await;
-            tokio::spawn(live.clone().run(cfg.live.poll_interval, shutdown.clone()));
+            tasks.spawn(
+                "live-poll",
+                live.clone().run(cfg.live.poll_interval, shutdown.clone()),
+            );
             Some(live)
         };
         let catalog = Catalog::open(lake, runtime, cfg.max_expression_bytes, live).await?;
@@ -141,29 +172,29 @@ impl Query {
             road_min_devices: rules.privacy.road_min_devices,
             lateness_ms: rules.time.allowed_lateness.as_millis() as i64,
             per_client: Arc::new(Keyed::new(cfg.rate_per_client)),
+            health: health.clone(),
             cfg,
         });
+        // The report holds the state weakly: the state holds the health.
+        let weak = Arc::downgrade(&state);
+        let _ = health.with_report(move || readiness(weak.upgrade().as_deref()));
         state
             .per_client
-            .spawn_cleanup(FORGET_IDLE_EVERY, shutdown.clone());
+            .spawn_cleanup("forget-idle-callers", FORGET_IDLE_EVERY, &mut tasks);
         {
-            let (state, stop) = (state.clone(), shutdown.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(state.cfg.refresh_interval) => {}
-                    }
+            let state = state.clone();
+            tasks.spawn_every("catalog-refresh", state.cfg.refresh_interval, move || {
+                let state = state.clone();
+                async move {
                     if let Err(e) = state.catalog.refresh().await {
                         tracing::warn!(error = %e, "catalog refresh failed; serving the previous one");
                     }
                 }
             });
         }
-        let handle = hexpulse_common::telemetry::metrics_handle();
         let max_features = state.cfg.max_features;
         let admin_addr = match state.cfg.admin_listen {
-            Some(a) => Some(serve_admin(a, state.clone(), shutdown.clone()).await?),
+            Some(a) => Some(serve_admin(a, &state, &mut tasks).await?),
             None => None,
         };
         let request_timeout = state.cfg.request_timeout.max(state.cfg.query_timeout);
@@ -225,11 +256,10 @@ impl Query {
                 get(move || async move { axum::Json(crate::openapi::document(max_features)) })
                     .layer(group("meta")),
             )
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(ready))
+            .merge(hexpulse_common::health::routes(&state.health))
             .route(
                 "/metrics",
-                get(move || std::future::ready(handle.render())).layer(group("metrics")),
+                hexpulse_common::health::metrics().layer(group("metrics")),
             )
             .fallback(|| async {
                 error(
@@ -265,6 +295,7 @@ impl Query {
             addr,
             admin_addr,
             task,
+            tasks,
         })
     }
 }
@@ -272,16 +303,11 @@ impl Query {
 /// The operators' listener: metrics and health, no auth (keep it off public networks).
 async fn serve_admin(
     addr: SocketAddr,
-    state: Arc<AppState>,
-    shutdown: CancellationToken,
+    state: &AppState,
+    tasks: &mut Tasks,
 ) -> Result<SocketAddr, QueryError> {
-    let handle = hexpulse_common::telemetry::metrics_handle();
-    let app = Router::new()
-        .route("/metrics", get(move || std::future::ready(handle.render())))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .with_state(state);
-    let bound = hexpulse_common::http::serve_in_background(addr, app, shutdown)
+    let app = hexpulse_common::health::side_router(&state.health);
+    let bound = hexpulse_common::http::serve_in_background(addr, app, "admin-listener", tasks)
         .await
         .map_err(|source| QueryError::Bind { addr, source })?;
     tracing::info!(addr = %bound, "query admin listening");
@@ -291,13 +317,18 @@ async fn serve_admin(
 /// Runs the query service until `shutdown`.
 pub async fn run(cfg: QueryConfig, shutdown: CancellationToken) -> Result<(), QueryError> {
     let lake = Lake::open(&cfg.lake_url)?;
-    let q = Query::start(cfg, lake, shutdown).await?;
-    let _ = q.task.await;
+    Query::start(cfg, lake, shutdown).await?.wait().await;
     Ok(())
 }
 
-async fn ready(State(s): State<Arc<AppState>>) -> Response {
-    let (_, snap) = s.catalog.context();
-    let running = s.running.load(std::sync::atomic::Ordering::Relaxed);
-    axum::Json(json!({"catalog": snap, "running_queries": running})).into_response()
+/// `/readyz`'s report: the catalog's snapshot and the plans running now.
+fn readiness(s: Option<&AppState>) -> Report {
+    let mut r = Report::default();
+    if let Some(s) = s {
+        let (_, snap) = s.catalog.context();
+        let running = s.running.load(std::sync::atomic::Ordering::Relaxed);
+        r.details.insert("catalog".into(), json!(snap));
+        r.details.insert("running_queries".into(), json!(running));
+    }
+    r
 }

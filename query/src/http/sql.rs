@@ -55,15 +55,17 @@ pub(crate) fn wanted_format(
     })
 }
 
-/// An answer body that refuses to grow past `max` bytes.
+/// An answer body that refuses to grow past `max` bytes, and remembers that it did.
 struct Capped {
     out: Vec<u8>,
     max: usize,
+    refused: bool,
 }
 
 impl std::io::Write for Capped {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.out.len() + buf.len() > self.max {
+            self.refused = true;
             return Err(std::io::Error::new(
                 std::io::ErrorKind::FileTooLarge,
                 ANSWER_TOO_LARGE,
@@ -80,26 +82,49 @@ impl std::io::Write for Capped {
 
 const ANSWER_TOO_LARGE: &str = "the encoded answer is larger than max_answer_bytes";
 
+/// Why an answer could not be encoded.
+enum EncodeError {
+    /// It grew past `max_answer_bytes`.
+    TooLarge,
+    /// The writer failed.
+    Failed(String),
+}
+
 fn encode(
     format: &str,
     schema: &SchemaRef,
     batches: &[RecordBatch],
     max: usize,
-) -> Result<(&'static str, Vec<u8>), String> {
+) -> Result<(&'static str, Vec<u8>), EncodeError> {
     let mut out = Capped {
         out: Vec::new(),
         max,
+        refused: false,
     };
+    let written = write_answer(format, schema, batches, &mut out);
+    match written {
+        Ok(content_type) => Ok((content_type, out.out)),
+        Err(_) if out.refused => Err(EncodeError::TooLarge),
+        Err(e) => Err(EncodeError::Failed(e)),
+    }
+}
+
+fn write_answer(
+    format: &str,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    out: &mut Capped,
+) -> Result<&'static str, String> {
     let content_type = match format {
         "csv" => {
-            let mut w = datafusion::arrow::csv::Writer::new(&mut out);
+            let mut w = datafusion::arrow::csv::Writer::new(&mut *out);
             for b in batches {
                 w.write(b).map_err(|e| e.to_string())?;
             }
             "text/csv"
         }
         "arrow" => {
-            let mut w = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut out, schema)
+            let mut w = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut *out, schema)
                 .map_err(|e| e.to_string())?;
             for b in batches {
                 w.write(b).map_err(|e| e.to_string())?;
@@ -108,7 +133,7 @@ fn encode(
             ARROW_STREAM
         }
         _ => {
-            let mut w = datafusion::arrow::json::ArrayWriter::new(&mut out);
+            let mut w = datafusion::arrow::json::ArrayWriter::new(&mut *out);
             for b in batches {
                 w.write(b).map_err(|e| e.to_string())?;
             }
@@ -120,7 +145,7 @@ fn encode(
             "application/json"
         }
     };
-    Ok((content_type, out.out))
+    Ok(content_type)
 }
 
 pub(crate) fn respond(
@@ -131,12 +156,12 @@ pub(crate) fn respond(
 ) -> Response {
     match encode(format, schema, batches, max) {
         Ok((ct, body)) => ([(header::CONTENT_TYPE, ct)], body).into_response(),
-        Err(e) if e.contains(ANSWER_TOO_LARGE) => error(
+        Err(EncodeError::TooLarge) => error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "answer_limit",
             format!("{ANSWER_TOO_LARGE} ({max}); select fewer rows or columns, or ask for Arrow"),
         ),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "encode", e),
+        Err(EncodeError::Failed(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "encode", e),
     }
 }
 

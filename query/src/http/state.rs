@@ -30,6 +30,8 @@ pub(crate) struct AppState {
     pub(crate) lateness_ms: i64,
     /// Requests per caller (token name, or `ip:<address>` without a token).
     pub(crate) per_client: Arc<Keyed<String>>,
+    /// Readiness (`/readyz`): a background task that died takes it down.
+    pub(crate) health: hexpulse_common::health::Health,
 }
 
 impl AppState {

@@ -4,13 +4,13 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use hexpulse_common::testenv;
 use hexpulse_lake::Lake;
 use hexpulse_lake::epoch::EpochConfig;
 use hexpulse_lake::epoch::seal::{self, SealRequest};
 use hexpulse_lake::rules::Rules;
-use hexpulse_load_tests::scenario;
 use hexpulse_query::{Query, QueryConfig};
+use hexpulse_testkit::scenario;
+use hexpulse_testkit::testenv;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -183,6 +183,9 @@ async fn sql_and_epochs_over_a_processed_lake() {
             "read_only",
         ),
         ("SET datafusion.execution.batch_size = 1", 403, "read_only"),
+        // A function's own refusal is the query's error, not a read-only refusal (its message
+        // says "not allowed", which the classification once matched).
+        ("SELECT substr('abc', 1, -1)", 400, "sql_error"),
         ("SELECT * FROM '/etc/passwd'", 400, "sql_plan"),
         ("SELEC 1", 400, "sql_syntax"),
         ("SELECT * FROM heartbeat", 413, "row_limit"),
@@ -194,11 +197,11 @@ async fn sql_and_epochs_over_a_processed_lake() {
     ] {
         let (got, v) = sql_json(&base, q).await;
         assert_eq!(
-            (got, v["error"].as_str().unwrap_or("")),
+            (got, v["error"]["code"].as_str().unwrap_or("")),
             (status, code),
             "{q}: {v}"
         );
-        assert!(!v["message"].as_str().unwrap().is_empty());
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
     }
     assert!(!std::path::Path::new("/tmp/hexpulse-copy.csv").exists());
 
@@ -529,12 +532,12 @@ async fn maps_sensors_road_and_tiles(base: &str, by_cell: &[(String, u64, u64)])
     ] {
         let (status, v) = get_json(format!("{base}/v1/coverage?{q}")).await;
         assert_eq!(
-            (status, v["error"].as_str()),
+            (status, v["error"]["code"].as_str()),
             (400, Some("bad_param")),
             "{q}: {v}"
         );
         assert!(
-            v["message"].as_str().unwrap().starts_with(param),
+            v["error"]["message"].as_str().unwrap().starts_with(param),
             "{q}: {v}"
         );
     }
@@ -603,7 +606,7 @@ async fn maps_sensors_road_and_tiles(base: &str, by_cell: &[(String, u64, u64)])
     );
     let (status, v) = get_json(format!("{base}/v1/sensors/series?metric=pm2_5")).await;
     assert_eq!(
-        (status, v["error"].as_str()),
+        (status, v["error"]["code"].as_str()),
         (400, Some("bad_param")),
         "{v}"
     );
@@ -840,7 +843,7 @@ async fn auth_and_openapi(url: &str, stop: &CancellationToken, epoch: i64, devic
         }
     };
     let code = |text: &str| -> String {
-        serde_json::from_str::<Value>(text).unwrap()["error"]
+        serde_json::from_str::<Value>(text).unwrap()["error"]["code"]
             .as_str()
             .unwrap()
             .to_string()

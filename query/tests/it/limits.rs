@@ -5,10 +5,10 @@
 use std::time::{Duration, Instant};
 
 use hexpulse_common::ratelimit::RateLimit;
-use hexpulse_common::testenv::{self, SlowClient};
 use hexpulse_lake::Lake;
 use hexpulse_query::config::{AuthConfig, TokenConfig};
 use hexpulse_query::{Query, QueryConfig};
+use hexpulse_testkit::testenv::{self, SlowClient};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -90,7 +90,7 @@ async fn rate_limit_per_token_and_per_ip() {
     }
     let (s, body, retry) = get(&client, &epochs, Some("secret-a")).await;
     assert_eq!(
-        (s, body["error"].as_str()),
+        (s, body["error"]["code"].as_str()),
         (429, Some("rate_limited")),
         "{body}"
     );
@@ -189,7 +189,10 @@ async fn post_sql(client: &reqwest::Client, base: &str, q: &str) -> (u16, String
         .unwrap();
     let status = r.status().as_u16();
     let body: Value = r.json().await.unwrap_or(Value::Null);
-    (status, body["error"].as_str().unwrap_or("").to_string())
+    (
+        status,
+        body["error"]["code"].as_str().unwrap_or("").to_string(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,8 +316,8 @@ async fn post_sql_accept(
     let body: Value = r.json().await.unwrap_or(Value::Null);
     (
         status,
-        body["error"].as_str().unwrap_or("").to_string(),
-        body["message"].as_str().unwrap_or("").to_string(),
+        body["error"]["code"].as_str().unwrap_or("").to_string(),
+        body["error"]["message"].as_str().unwrap_or("").to_string(),
     )
 }
 

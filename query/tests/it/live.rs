@@ -6,12 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hexpulse_common::registry::Device;
-use hexpulse_common::testenv;
 use hexpulse_lake::Lake;
 use hexpulse_load_tests::fleet::{device_key, sign_reading};
-use hexpulse_load_tests::scenario::{Fate, Scenario, ScenarioRecord, heartbeat, reading};
 use hexpulse_query::{Query, QueryConfig};
 use hexpulse_schemas::wire::{KindName, envelope};
+use hexpulse_testkit::scenario::{Fate, Scenario, ScenarioRecord, heartbeat, reading};
+use hexpulse_testkit::testenv;
 use prost::Message;
 use rdkafka::producer::FutureRecord;
 use serde_json::Value;

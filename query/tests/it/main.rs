@@ -6,7 +6,4 @@ mod live;
 mod preagg;
 mod readers;
 mod slt;
-// Shared with the processor tests; this crate uses a part of it.
-#[allow(dead_code)]
-#[path = "../../../processors/tests/it/support.rs"]
-mod support;
+use hexpulse_testkit::processing as support;

@@ -9,10 +9,10 @@ use std::time::Duration;
 use hexpulse_lake::Lake;
 use hexpulse_lake::epoch::EpochConfig;
 use hexpulse_lake::epoch::publish;
-use hexpulse_load_tests::scenario;
 use hexpulse_query::catalog::Catalog;
 use hexpulse_query::datafusion::arrow::util::pretty::pretty_format_batches;
 use hexpulse_query::datafusion::execution::runtime_env::RuntimeEnv;
+use hexpulse_testkit::scenario;
 
 use crate::support::*;
 

@@ -7,12 +7,12 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use hexpulse_common::testenv;
 use hexpulse_lake::Lake;
 use hexpulse_lake::compact::{self, CompactOptions};
 use hexpulse_lake::epoch::EpochConfig;
-use hexpulse_load_tests::scenario;
 use hexpulse_query::{Query, QueryConfig};
+use hexpulse_testkit::scenario;
+use hexpulse_testkit::testenv;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -60,7 +60,7 @@ async fn service_rows(base: &str) -> BTreeMap<String, Vec<Value>> {
 /// read_lake.py's report; panics with the report when the readers found a problem.
 async fn read_lake(python: &str, lake: &Path, args: &[&str]) -> Value {
     let out = tokio::process::Command::new(python)
-        .arg(hexpulse_common::testenv::repo_root().join("scripts/read_lake.py"))
+        .arg(hexpulse_testkit::testenv::repo_root().join("scripts/read_lake.py"))
         .arg(lake)
         .args(args)
         .stdin(Stdio::null())

@@ -56,7 +56,7 @@ impl sqllogictest::AsyncDB for Db {
 
 #[tokio::test]
 async fn h3_functions_pass_their_slt_files() {
-    let dir = hexpulse_common::testenv::repo_root().join("query/tests/slt");
+    let dir = hexpulse_testkit::testenv::repo_root().join("query/tests/slt");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -36,7 +36,7 @@ impl LakeSummary {
     }
 }
 
-/// Reads every valid file (see [`crate::compact`]) of the valid and rejected tables.
+/// Reads every valid file (see [`hexpulse_lake::compact`]) of the valid and rejected tables.
 pub async fn summarize(lake: &Lake) -> Result<LakeSummary, LakeError> {
     let mut s = LakeSummary::default();
     for table in KindName::ALL

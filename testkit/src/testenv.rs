@@ -173,6 +173,10 @@ impl OwnBroker {
                 std::time::Instant::now() < deadline,
                 "broker {pid} still there 10 s after SIGKILL"
             );
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "tests' broker control is synchronous, called outside the runtime"
+            )]
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         // Clears the pid file.

@@ -1,15 +1,16 @@
-//! Producing a scenario to a fresh topic, and waiting for the lake to hold it.
+//! The processors' test flow: producing a scenario to a fresh topic, starting processors on it,
+//! waiting for the lake to hold it, and writing or sealing lakes directly.
 
 use std::time::Duration;
 
+use crate::inspect::{LakeSummary, summarize};
+use crate::scenario::Scenario;
+use crate::testenv;
 use hexpulse_common::kafka::KafkaConfig;
 use hexpulse_common::registry::Registry;
-use hexpulse_common::testenv;
 use hexpulse_lake::Lake;
 use hexpulse_lake::rules::Rules;
-use hexpulse_load_tests::scenario::Scenario;
 use hexpulse_processors::h3bin::Binner;
-use hexpulse_processors::inspect::{LakeSummary, summarize};
 use hexpulse_processors::partition::PartitionWorker;
 use hexpulse_processors::validate::Validator;
 use hexpulse_schemas::wire::envelope;

@@ -10,7 +10,7 @@ use hexpulse_schemas::wire::{
 };
 use prost::Message;
 
-use crate::fleet::{device_key, offset, sign_reading};
+use hexpulse_load_tests::fleet::{device_key, offset, sign_reading};
 
 /// Fate of one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
