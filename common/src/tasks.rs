@@ -70,6 +70,14 @@ impl Tasks {
         self.spawn(name, every(period, stop, round));
     }
 
+    /// Awaits a role's `server` task (logging its failure, as `role`), then every task.
+    pub async fn join_after(self, role: &str, server: JoinHandle<()>) {
+        if let Err(e) = server.await {
+            tracing::error!(role, error = %e, "the server task failed");
+        }
+        self.join().await;
+    }
+
     /// Awaits every task in the order spawned. Call it once `stop` is cancelled (or the tasks end
     /// on their own).
     pub async fn join(self) {

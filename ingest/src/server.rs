@@ -108,10 +108,7 @@ pub struct Running {
 impl Running {
     /// Awaits the server, then the background tasks.
     pub async fn wait(self) {
-        if let Err(e) = self.task.await {
-            tracing::error!(error = %e, "the ingest server task failed");
-        }
-        self.tasks.join().await;
+        self.tasks.join_after("ingest", self.task).await;
     }
 }
 

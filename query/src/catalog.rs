@@ -50,6 +50,19 @@ pub enum CatalogError {
     Url(#[from] url::ParseError),
 }
 
+impl hexpulse_common::fault::Classify for CatalogError {
+    fn fault(&self) -> hexpulse_common::fault::Fault {
+        use hexpulse_common::fault::Fault;
+        match self {
+            CatalogError::Lake(e) => e.fault(),
+            CatalogError::Epoch(e) => e.fault(),
+            // Registering tables that the lake describes: a lake being written may pass.
+            CatalogError::DataFusion(_) => Fault::External,
+            CatalogError::Url(_) => Fault::User,
+        }
+    }
+}
+
 /// The schema a table has when the lake holds no file of it yet.
 fn empty_schema(table: &str) -> SchemaRef {
     match table {

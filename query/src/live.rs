@@ -126,6 +126,19 @@ pub enum LiveError {
     Url(String, String),
 }
 
+impl hexpulse_common::fault::Classify for LiveError {
+    fn fault(&self) -> hexpulse_common::fault::Fault {
+        use hexpulse_common::fault::Fault;
+        match self {
+            // A processor that restarts, moves or is busy: the next poll may reach it.
+            LiveError::Http(_) | LiveError::Status(_) => Fault::External,
+            // An answer that does not decode is a processor of another version, or a bug.
+            LiveError::Decode(_) => Fault::Internal,
+            LiveError::Url(..) => Fault::User,
+        }
+    }
+}
+
 impl LiveTier {
     /// A tier over the processors at `urls` (`http://host:port`), holding at most `memory_bytes`.
     pub fn new(urls: &[String], memory_bytes: usize) -> Result<LiveTier, LiveError> {

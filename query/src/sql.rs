@@ -29,6 +29,18 @@ pub struct SqlError {
     pub message: String,
 }
 
+impl hexpulse_common::fault::Classify for SqlError {
+    /// By the answer's status: 4xx are the caller's, 503 (busy) may pass, other 5xx are ours.
+    fn fault(&self) -> hexpulse_common::fault::Fault {
+        use hexpulse_common::fault::Fault;
+        match self.status {
+            503 => Fault::External,
+            s if s >= 500 => Fault::Internal,
+            _ => Fault::User,
+        }
+    }
+}
+
 impl SqlError {
     fn new(status: u16, code: &'static str, message: impl Into<String>) -> SqlError {
         SqlError {

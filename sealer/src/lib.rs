@@ -6,6 +6,8 @@
 //! readiness and metrics ([`serve_health`]). `hexpulse seal` without `--every` is one
 //! [`Sealer::round`].
 
+#![warn(missing_docs)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

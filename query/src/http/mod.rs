@@ -113,10 +113,7 @@ pub struct Query {
 impl Query {
     /// Awaits the server, then the background tasks.
     pub async fn wait(self) {
-        if let Err(e) = self.task.await {
-            tracing::error!(error = %e, "the query server task failed");
-        }
-        self.tasks.join().await;
+        self.tasks.join_after("query", self.task).await;
     }
 
     /// Opens the lake's catalog, binds, and serves until `shutdown`.
