@@ -467,6 +467,8 @@ impl<'a> Consuming<'a> {
                 // offset: `next_offset` itself may lie in an offset gap, where tansu's fetches
                 // stall.
                 w.commit_pending = true;
+                // A partition stopped in an earlier session of this process works again.
+                s.health.clear(&stopped_condition(p));
                 if let Err(e) = w.publish_watermark().await {
                     tracing::warn!(partition = p, error = %e, "writing the watermark failed");
                 }
