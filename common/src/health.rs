@@ -71,11 +71,19 @@ impl Health {
 
     /// The conditions failing now (marked and reported), by name.
     pub fn failing(&self) -> BTreeMap<String, String> {
+        self.now().0
+    }
+
+    /// The conditions failing now, and the report's details.
+    fn now(&self) -> (BTreeMap<String, String>, Map<String, Value>) {
         let mut failing = self.lock().clone();
+        let mut details = Map::new();
         if let Some(report) = self.inner.report.get() {
-            failing.extend(report().failing);
+            let r = report();
+            details = r.details;
+            failing.extend(r.failing);
         }
-        failing
+        (failing, details)
     }
 
     /// Whether no condition fails.
@@ -93,13 +101,7 @@ impl Health {
 
     /// The `/readyz` answer: 200 with the report's details, or 503 with `failing` too.
     pub fn answer(&self) -> Response {
-        let mut failing = self.lock().clone();
-        let mut body = Map::new();
-        if let Some(report) = self.inner.report.get() {
-            let r = report();
-            body = r.details;
-            failing.extend(r.failing);
-        }
+        let (failing, mut body) = self.now();
         let status = if failing.is_empty() {
             StatusCode::OK
         } else {

@@ -5,11 +5,32 @@ use anyhow::bail;
 use hexpulse_common::health::Health;
 use hexpulse_common::shutdown;
 use hexpulse_common::tasks::Tasks;
-use hexpulse_lake::epoch::{self, seal::Sealed};
+use hexpulse_lake::Lake;
+use hexpulse_lake::epoch::{self, SealedEpochs, seal::Sealed};
+use hexpulse_lake::rules::Rules;
 use hexpulse_sealer::Sealer;
 
 use crate::cli::SealArgs;
 use crate::config::Config;
+
+/// The sealer of `cfg`'s epochs and raw topic over `input`, writing to `output`.
+fn of(
+    cfg: &Config,
+    input: Lake,
+    output: Lake,
+    rules: Rules,
+    sealed: Option<std::sync::Arc<SealedEpochs>>,
+) -> Sealer {
+    Sealer {
+        input,
+        output,
+        cfg: cfg.process.epoch.clone(),
+        rules,
+        topic: cfg.kafka.raw_topic.clone(),
+        partitions: cfg.kafka.partitions,
+        sealed,
+    }
+}
 
 /// The sealer of `cfg` over its lake, writing to `out` (the lake itself unless a re-run).
 fn sealer(
@@ -17,20 +38,13 @@ fn sealer(
     rules: Option<&std::path::Path>,
     out: Option<&str>,
 ) -> anyhow::Result<Sealer> {
-    let input = hexpulse_lake::Lake::open(&cfg.process.lake_url)?;
-    let rules = hexpulse_lake::rules::Rules::load(rules.or(cfg.process.rules_path.as_deref()))?;
-    Ok(Sealer {
-        output: match out {
-            Some(o) => hexpulse_lake::Lake::open(o)?,
-            None => input.clone(),
-        },
-        input,
-        cfg: cfg.process.epoch.clone(),
-        rules,
-        topic: cfg.kafka.raw_topic.clone(),
-        partitions: cfg.kafka.partitions,
-        sealed: None,
-    })
+    let input = Lake::open(&cfg.process.lake_url)?;
+    let rules = Rules::load(rules.or(cfg.process.rules_path.as_deref()))?;
+    let output = match out {
+        Some(o) => Lake::open(o)?,
+        None => input.clone(),
+    };
+    Ok(of(cfg, input, output, rules, None))
 }
 
 /// Runs the sealer beside a processor where `[process.epoch] seal_interval` is set: one of the
@@ -40,15 +54,8 @@ pub(super) fn beside(cfg: &Config, p: &mut hexpulse_processors::run::Running) {
     if every.is_zero() {
         return;
     }
-    let s = Sealer {
-        input: p.lake.clone(),
-        output: p.lake.clone(),
-        cfg: cfg.process.epoch.clone(),
-        rules: p.rules.clone(),
-        topic: cfg.kafka.raw_topic.clone(),
-        partitions: cfg.kafka.partitions,
-        sealed: Some(p.sealed.clone()),
-    };
+    let (lake, rules, sealed) = (p.lake.clone(), p.rules.clone(), p.sealed.clone());
+    let s = of(cfg, lake.clone(), lake, rules, Some(sealed));
     let (health, stop) = (p.health.clone(), p.tasks.stop().clone());
     p.tasks.spawn("sealer", s.run(every, health, stop));
 }
