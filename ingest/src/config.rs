@@ -71,6 +71,42 @@ pub struct IngestConfig {
     /// Optional TLS (rustls); plain HTTP/1.1 and h2c without it.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// The gRPC door (`hexpulse.v1.Ingest`, schemas/proto/hexpulse/v1/ingest.proto) on `listen`.
+    #[serde(default)]
+    pub grpc: GrpcConfig,
+}
+
+/// The `[ingest.grpc]` section: gRPC on the device listener, with the limits of its streams. A
+/// batch's own limits are HTTP's (`max_body_bytes` per message, `max_items`, the rate limits and the
+/// in-flight budget).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// Serve `hexpulse.v1.Ingest` (unary `Submit`, streaming `Stream`) next to `POST /v1/readings`.
+    pub enabled: bool,
+    /// `Stream` calls open at once, over all clients; more are refused (RESOURCE_EXHAUSTED).
+    pub max_streams: usize,
+    /// `Stream` calls open at once per client address (one client cannot take every slot).
+    pub max_streams_per_client: usize,
+    /// A stream that sends no batch for this long is ended (DEADLINE_EXCEEDED). The connection's
+    /// own idle limit (twice `request_timeout` without traffic) also applies.
+    #[serde(with = "humantime_serde")]
+    pub stream_idle: Duration,
+    /// Batches of one stream checked or produced at once; past it the stream is not read until
+    /// answers are out, so a slow stream holds back only itself.
+    pub stream_window: usize,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            enabled: true,
+            max_streams: 1024,
+            max_streams_per_client: 16,
+            stream_idle: Duration::from_secs(30),
+            stream_window: 8,
+        }
+    }
 }
 
 fn default_retry_timeout() -> Duration {
@@ -100,6 +136,7 @@ impl IngestConfig {
             admin_token_sha256: String::new(),
             admin_listen: None,
             tls: None,
+            grpc: GrpcConfig::default(),
         }
     }
 }

@@ -18,3 +18,9 @@ pub const PRODUCER_REPLACED: &str = "hexpulse_ingest_producer_replaced_total";
 /// Deliveries the broker acknowledged without an offset: librdkafka's answer to a resent batch that
 /// the broker calls a duplicate (`DuplicateSequenceNumber`). Answered as not delivered.
 pub const DELIVERED_WITHOUT_OFFSET: &str = "hexpulse_ingest_delivered_without_offset_total";
+/// gRPC calls by method (`Submit`, `Stream`) and the status they ended with (for `Stream`: refused
+/// at opening, or ended by idling, shutdown or a bad message).
+pub const GRPC_CALLS: &str = "hexpulse_ingest_grpc_calls_total";
+/// Batches of gRPC streams refused as a whole, by code.
+pub const GRPC_STREAM_REFUSED: &str = "hexpulse_ingest_grpc_stream_refused_total";
+pub const GRPC_STREAMS_OPEN: &str = "hexpulse_ingest_grpc_streams_open";

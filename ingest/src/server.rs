@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use bytes::Bytes;
 use hexpulse_common::health::{Health, Report};
-use hexpulse_common::http::{error_answer, error_body, json_answer};
+use hexpulse_common::http::{error_body, json_answer};
 use hexpulse_common::kafka::KafkaConfig;
 use hexpulse_common::ratelimit::{Keyed, client_ip, retry_after_secs};
 use hexpulse_common::registry::{Device, Registry};
@@ -34,10 +34,13 @@ use crate::pipeline::{self, Checked};
 use crate::produce::{DeliveryFailure, Sink};
 
 mod admin;
+mod grpc;
 mod readings;
+mod submit;
 
 use admin::{admin_on_device_port, admin_routes, serve_admin};
-use readings::{SourceShares, post_readings};
+use readings::post_readings;
+use submit::{Batch, Refusal, SourceShares};
 
 /// Permits of the in-flight semaphore are KiB of request body.
 const PERMIT_BYTES: usize = 1024;
@@ -91,6 +94,10 @@ pub struct Ingest {
     /// Readings per device and source address: a replay of a device's captured readings from
     /// elsewhere spends only its own budget, never the real device's.
     per_device: Arc<Keyed<(Bytes, Option<IpAddr>)>>,
+    /// The open gRPC streams, against `grpc.max_streams` and `grpc.max_streams_per_client`.
+    streams: grpc::Streams,
+    /// Cancelled at shutdown: gRPC streams stop reading and end once their batches are answered.
+    shutdown: CancellationToken,
 }
 
 /// A started ingest node.
@@ -184,6 +191,8 @@ impl Ingest {
             health,
             per_ip: Arc::new(Keyed::new(cfg.rate_per_ip)),
             per_device: Arc::new(Keyed::new(cfg.rate_per_device)),
+            streams: grpc::Streams::default(),
+            shutdown: shutdown.clone(),
             cfg,
         });
         state
@@ -218,7 +227,7 @@ impl Ingest {
             max_connections: state.cfg.max_connections,
         };
         let grace = state.cfg.shutdown_timeout;
-        tracing::info!(%addr, tls = tls.is_some(), topic = %kafka.raw_topic, "ingest listening");
+        tracing::info!(%addr, tls = tls.is_some(), grpc = state.cfg.grpc.enabled, topic = %kafka.raw_topic, "ingest listening");
         let task = tokio::spawn(async move {
             let started = Instant::now();
             hexpulse_common::serve::serve(listener, router, tls, limits, shutdown, grace).await;
@@ -258,7 +267,8 @@ fn num_cpus() -> usize {
         .unwrap_or(1)
 }
 
-/// The device-facing routes; the admin routes too where [`admin_on_device_port`].
+/// The device-facing routes (`POST /v1/readings`, and the gRPC service where `grpc.enabled`); the
+/// admin routes too where [`admin_on_device_port`].
 pub fn router(state: Arc<Ingest>) -> Router {
     let devices = Router::new()
         .route("/v1/readings", post(post_readings))
@@ -268,7 +278,12 @@ pub fn router(state: Arc<Ingest>) -> Router {
     } else {
         devices
     };
-    with_limits(routes, state)
+    let grpc = state.cfg.grpc.enabled.then(|| grpc::routes(state.clone()));
+    let http = with_limits(routes, state);
+    match grpc {
+        Some(grpc) => http.merge(grpc),
+        None => http,
+    }
 }
 
 fn with_limits(routes: Router<Arc<Ingest>>, state: Arc<Ingest>) -> Router {

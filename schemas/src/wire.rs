@@ -6,9 +6,9 @@ pub mod v1 {
 }
 
 pub use v1::{
-    Heartbeat, IngestResponse, ItemRejection, Location, Measurement, Metric, ObservationType,
-    PayloadFormat, RadioTech, Reading, ReadingBatch, Road, Sensor, SignedReading, SpeedTest,
-    reading::Kind,
+    BatchAnswer, Heartbeat, IngestResponse, ItemRejection, Location, Measurement, Metric,
+    ObservationType, PayloadFormat, RadioTech, Reading, ReadingBatch, Refusal, Road, Sensor,
+    SignedReading, SpeedTest, batch_answer, reading::Kind,
 };
 
 /// The payload schema version this build understands.

@@ -7,6 +7,7 @@ mod accounting;
 mod cli;
 mod crash;
 mod faults;
+mod grpc;
 mod k8s;
 mod map;
 mod restart;

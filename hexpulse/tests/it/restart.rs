@@ -19,7 +19,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 /// The rows of `text` (as the admin role), or `null` when the query service does not answer.
-fn sql(query: &str, text: &str) -> serde_json::Value {
+pub(crate) fn sql(query: &str, text: &str) -> serde_json::Value {
     block_on(async {
         let r = reqwest::Client::new()
             .post(format!("{query}/v1/sql"))

@@ -1,7 +1,8 @@
 //! The operators' routes of ingest: the device registry's admin API behind a bearer token, and
 //! the listener that serves it apart from the device port.
 
-use super::readings::{header_str, rate_limited};
+use super::readings::{header_str, refusal_answer};
+use super::submit::Refusal;
 use super::*;
 
 /// Binds the admin listener and serves [`admin_routes`] on it as one of `tasks`.
@@ -53,7 +54,10 @@ async fn require_admin(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| client_ip(c.0.ip(), req.headers(), &s.cfg.trusted_proxies));
     match ip.and_then(|ip| s.per_ip.check(&ip).err()) {
-        Some(wait) => rate_limited("too many failed authentications from this address", wait),
+        Some(wait) => refusal_answer(Refusal::RateLimited {
+            why: "too many failed authentications from this address",
+            wait,
+        }),
         None => denied,
     }
 }
