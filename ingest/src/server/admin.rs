@@ -49,10 +49,11 @@ async fn require_admin(
     let Some(denied) = admin_auth(&s, req.headers()) else {
         return next.run(req).await;
     };
-    let ip = req
+    let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| client_ip(c.0.ip(), req.headers(), &s.cfg.trusted_proxies));
+        .map(|c| c.0);
+    let ip = s.client_of(peer, req.headers());
     match ip.and_then(|ip| s.per_ip.check(&ip).err()) {
         Some(wait) => refusal_answer(Refusal::RateLimited {
             why: "too many failed authentications from this address",

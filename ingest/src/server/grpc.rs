@@ -49,14 +49,6 @@ fn code_name(code: Code) -> &'static str {
     }
 }
 
-fn source_of(
-    s: &Ingest,
-    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
-    headers: &HeaderMap,
-) -> Option<IpAddr> {
-    peer.map(|axum::Extension(ConnectInfo(p))| client_ip(p.ip(), headers, &s.cfg.trusted_proxies))
-}
-
 /// The gRPC machinery with the batch limits: a message is at most `max_body_bytes`.
 fn grpc<T: prost::Message + Send + 'static>(s: &Ingest) -> Grpc<RawCodec<T>> {
     Grpc::new(RawCodec(PhantomData)).max_decoding_message_size(s.cfg.max_body_bytes)
@@ -68,7 +60,7 @@ async fn submit(
     req: axum::extract::Request,
 ) -> Response {
     let received_ms = now_ms();
-    let source = source_of(&s, peer, req.headers());
+    let source = s.client_of(peer.map(|p| p.0.0), req.headers());
     // The address's budget before the message is read, as HTTP spends it before the body.
     if let Err(r) = s.admit(source) {
         let status = status_of(&r);
@@ -122,7 +114,7 @@ async fn stream(
     peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     req: axum::extract::Request,
 ) -> Response {
-    let source = source_of(&s, peer, req.headers());
+    let source = s.client_of(peer.map(|p| p.0.0), req.headers());
     let slot = match s.streams.open(source, &s.cfg.grpc) {
         Ok(slot) => slot,
         Err(status) => {

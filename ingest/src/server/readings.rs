@@ -14,8 +14,7 @@ pub(super) async fn post_readings(
     body: Body,
 ) -> Response {
     let start = Instant::now();
-    let source = peer
-        .map(|axum::Extension(ConnectInfo(p))| client_ip(p.ip(), &headers, &s.cfg.trusted_proxies));
+    let source = s.client_of(peer.map(|p| p.0.0), &headers);
     let resp = match s.admit(source) {
         Ok(()) => handle_readings(&s, &headers, body, source).await,
         Err(r) => Err(r),

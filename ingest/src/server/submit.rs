@@ -107,6 +107,16 @@ pub(crate) struct Batch {
 }
 
 impl Ingest {
+    /// The client behind a request from `peer` (the TCP peer, or who a trusted proxy names in
+    /// X-Forwarded-For): the key of the per-address limits, whatever the door.
+    pub(crate) fn client_of(
+        &self,
+        peer: Option<SocketAddr>,
+        headers: &HeaderMap,
+    ) -> Option<IpAddr> {
+        peer.map(|p| client_ip(p.ip(), headers, &self.cfg.trusted_proxies))
+    }
+
     /// The client address's `rate_per_ip` budget, spent once per batch before it is read.
     pub(crate) fn admit(&self, source: Option<IpAddr>) -> Result<(), Refusal> {
         match source.and_then(|ip| self.per_ip.check(&ip).err()) {
