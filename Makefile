@@ -9,12 +9,17 @@ export CARGO_TARGET_DIR ?= $(HEXPULSE_CACHE)/target
 UP_BROKER_PORT ?= 9092
 UP_PARTITIONS ?= 6
 UP_ARGS ?=
+# `make up`'s MQTT bridge: against UP_MQTT_BROKER (HOST:PORT) when set, else against a Mosquitto on
+# 127.0.0.1:UP_MQTT_PORT (the one listening there, or one started by scripts/mosquitto.sh when
+# Mosquitto is installed); without either, no bridge.
+UP_MQTT_BROKER ?=
+UP_MQTT_PORT ?= 1883
 
 .PHONY: up reset test soak lint bench fuzz build assets broker-install broker-up broker-down help
 
 help:
 	@echo "make up    - run the whole pipeline on this machine (local broker, local lake, demo traffic)"
-	@echo "make reset - forget make up's data: stop its broker, delete the broker's topics and this clone's .run/ (lake, registry)"
+	@echo "make reset - forget make up's data: stop its brokers (Kafka, Mosquitto), delete their state and this clone's .run/ (lake, registry)"
 	@echo "make test  - run the whole test suite (starts and stops its own broker)"
 	@echo "make lint  - rustfmt, clippy, unused dependencies and the crates' layering"
 	@echo "make soak  - the soak test for 30 minutes (SOAK=2h for longer; SOAK_BUILD=dev on the test build; make test runs 3 minutes)"
@@ -45,8 +50,12 @@ broker-down:
 	scripts/broker.sh stop $(UP_BROKER_PORT)
 
 up: broker-up build
-	HEXPULSE_CONFIG=config/demo.toml HEXPULSE__KAFKA__BROKERS=127.0.0.1:$(UP_BROKER_PORT) \
-	  $(CARGO_TARGET_DIR)/release/hexpulse up \
+	@mqtt=""; \
+	if [ -n "$(UP_MQTT_BROKER)" ]; then mqtt="$(UP_MQTT_BROKER)"; \
+	elif scripts/mosquitto.sh start $(UP_MQTT_PORT); then mqtt="127.0.0.1:$(UP_MQTT_PORT)"; fi; \
+	set -x; HEXPULSE_CONFIG=config/demo.toml HEXPULSE__KAFKA__BROKERS=127.0.0.1:$(UP_BROKER_PORT) \
+	  HEXPULSE__MQTT__BROKER="$${mqtt:-127.0.0.1:$(UP_MQTT_PORT)}" \
+	  $(CARGO_TARGET_DIR)/release/hexpulse up $${mqtt:+--mqtt} \
 	  --broker-restart "$(CURDIR)/scripts/broker.sh restart sqlite $(UP_BROKER_PORT)" $(UP_ARGS)
 
 # The broker's state is machine-wide (in the cache, shared by every clone); the lake and the registry
@@ -54,7 +63,8 @@ up: broker-up build
 reset:
 	@if pgrep -f '[r]elease/hexpulse up' >/dev/null; then echo "make up is running: stop it (Ctrl-C) first" >&2; exit 1; fi
 	scripts/broker.sh stop $(UP_BROKER_PORT)
-	rm -rf $(HEXPULSE_CACHE)/run/broker-$(UP_BROKER_PORT) .run
+	scripts/mosquitto.sh stop $(UP_MQTT_PORT)
+	rm -rf $(HEXPULSE_CACHE)/run/broker-$(UP_BROKER_PORT) $(HEXPULSE_CACHE)/run/mosquitto-$(UP_MQTT_PORT) .run
 	@echo "reset: the broker on port $(UP_BROKER_PORT) has no topics, and .run/ (lake, registry) is gone"
 
 test:

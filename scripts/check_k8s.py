@@ -34,7 +34,7 @@ import kubernetes_validate.utils as kv
 KUBE_VERSIONS = ["1.30.0", "1.37.0"]
 STRIMZI_API = "kafka.strimzi.io/v1beta2"
 STRIMZI_KINDS = {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser"}
-ROLES = {"ingest", "process", "query", "seal"}
+ROLES = {"ingest", "mqtt", "process", "query", "seal"}
 
 
 class Report:
@@ -183,6 +183,16 @@ def check_overlay(overlay, docs, hexpulse, r):
             r.check(ing.get("admin_listen") and port_of(ing["admin_listen"]) == ports.get("metrics"), f"{name}: [ingest] admin_listen (metrics) is the container port `metrics`")
             r.check(grace > duration_s(ing["shutdown_timeout"]), f"{name}: terminationGracePeriodSeconds {grace} > [ingest] shutdown_timeout {ing['shutdown_timeout']}")
             r.check(mem > ing["max_inflight_bytes"], f"{name}: memory limit {limit} above [ingest] max_inflight_bytes")
+        elif role == "mqtt":
+            m, ing = cfg["mqtt"], cfg["ingest"]
+            r.check(port_of(m["listen"]) == ports.get("metrics"), f"{name}: [mqtt] listen port is the container port `metrics`")
+            r.check(grace > duration_s(ing["shutdown_timeout"]), f"{name}: terminationGracePeriodSeconds {grace} > [ingest] shutdown_timeout {ing['shutdown_timeout']}")
+            r.check(mem > ing["max_inflight_bytes"], f"{name}: memory limit {limit} above [ingest] max_inflight_bytes")
+            # A stable client id per pod: its MQTT session (unacknowledged messages) outlives a restart.
+            cid = {e["name"]: e for e in c.get("env", [])}.get("HEXPULSE__MQTT__CLIENT_ID", {})
+            r.check(w["kind"] == "StatefulSet" and cid.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
+                    f"{name}: a StatefulSet whose pod name is the MQTT client id (a session that outlives a restart)")
+            r.check(w["spec"].get("replicas", 1) == 1 or m["share_group"], f"{name}: several bridges share one subscription ([mqtt] share_group {m['share_group']!r})")
         elif role == "process":
             p = cfg["process"]
             r.check(port_of(p["listen"]) == ports.get("metrics"), f"{name}: [process] listen port is the container port `metrics`")
@@ -303,7 +313,7 @@ def check_overlay(overlay, docs, hexpulse, r):
         name = name_of(w)
         env = {e["name"]: e for e in c.get("env", [])}
         user = cfg["kafka"].get("sasl_username")
-        if role in ("ingest", "process"):
+        if role in ("ingest", "mqtt", "process"):
             u = users.get(user)
             if r.check(u is not None, f"{name}: connects to Kafka as a KafkaUser ({user})"):
                 us = u.get("spec", {})
@@ -314,7 +324,7 @@ def check_overlay(overlay, docs, hexpulse, r):
                 for a in acls:
                     res = a.get("resource", {})
                     ops.setdefault((res.get("type"), res.get("name"), res.get("patternType", "literal")), set()).update(a.get("operations", []))
-                want = {("topic", raw, "literal"): {"Write", "Describe"}} if role == "ingest" else {("topic", raw, "literal"): {"Read", "Describe"}, ("group", group, "literal"): {"Read"}}
+                want = {("topic", raw, "literal"): {"Write", "Describe"}} if role in ("ingest", "mqtt") else {("topic", raw, "literal"): {"Read", "Describe"}, ("group", group, "literal"): {"Read"}}
                 r.check(ops == want, f"KafkaUser/{user}: exactly the ACLs {role} needs ({ops})")
             pw = env.get("HEXPULSE__KAFKA__SASL_PASSWORD", {}).get("valueFrom", {}).get("secretKeyRef", {})
             r.check(pw.get("name") == user and pw.get("key") == "password", f"{name}: the Kafka password comes from the user's Secret")

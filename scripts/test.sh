@@ -29,6 +29,14 @@ if ! command -v chromium >/dev/null 2>&1; then
     { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends chromium >/dev/null; }
 fi
 export HEXPULSE_CHROMIUM="$(command -v chromium)"
+# Debian's Mosquitto broker and clients, for the MQTT bridge's test (hexpulse/tests/it/mqtt.rs).
+if [ ! -x /usr/sbin/mosquitto ] || ! command -v mosquitto_pub >/dev/null 2>&1; then
+  echo "installing Debian's mosquitto and mosquitto-clients (once per machine)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y --no-install-recommends mosquitto mosquitto-clients >/dev/null 2>&1 ||
+    { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends mosquitto mosquitto-clients >/dev/null; }
+fi
+export HEXPULSE_MOSQUITTO=/usr/sbin/mosquitto
 export HEXPULSE_E2E=1
 mkdir -p test-output
 

@@ -26,6 +26,8 @@ pub(crate) struct Cli {
 pub(crate) enum Cmd {
     /// Run the ingest service (devices POST signed batches; enqueued into Kafka).
     Ingest,
+    /// Bridge an MQTT broker's device topics into Kafka ([mqtt]), with ingest's checks and limits.
+    Mqtt,
     /// Run a stream processor (validate, H3-bin, write Parquet exactly once).
     Process,
     /// Seal epochs into deterministic reward inputs (device summaries, hex tables, manifest with a
@@ -40,22 +42,7 @@ pub(crate) enum Cmd {
     /// Send simulated device traffic to an ingest endpoint.
     Simulate(SimArgs),
     /// Run every built role in one process, with demo traffic, and print the URLs.
-    Up {
-        /// Do not start the demo traffic.
-        #[arg(long)]
-        no_traffic: bool,
-        /// Demo traffic rate in readings per second (default from [simulate]).
-        #[arg(long)]
-        rate: Option<f64>,
-        /// A shell command that restarts the broker on its durable storage. With it, `up` probes
-        /// the broker with a produce request every few seconds and runs the command when none was
-        /// acknowledged for --broker-stall (`make up` passes `scripts/broker.sh restart sqlite PORT`).
-        #[arg(long, value_name = "COMMAND")]
-        broker_restart: Option<String>,
-        /// How long without an acknowledged probe counts as a wedged broker.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        broker_stall: Duration,
-    },
+    Up(UpArgs),
     /// Inspect and maintain the lake's Delta tables.
     #[command(subcommand)]
     Lake(LakeCmd),
@@ -67,10 +54,39 @@ pub(crate) enum Cmd {
 }
 
 #[derive(Debug, clap::Args)]
+pub(crate) struct UpArgs {
+    /// Do not start the demo traffic.
+    #[arg(long)]
+    pub(crate) no_traffic: bool,
+    /// Demo traffic rate in readings per second (default from [simulate]).
+    #[arg(long)]
+    pub(crate) rate: Option<f64>,
+    /// A shell command that restarts the broker on its durable storage. With it, `up` probes
+    /// the broker with a produce request every few seconds and runs the command when none was
+    /// acknowledged for --broker-stall (`make up` passes `scripts/broker.sh restart sqlite PORT`).
+    #[arg(long, value_name = "COMMAND")]
+    pub(crate) broker_restart: Option<String>,
+    /// How long without an acknowledged probe counts as a wedged broker.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub(crate) broker_stall: Duration,
+    /// Also run the MQTT bridge against the MQTT broker of [mqtt] (`make up` passes it when
+    /// Mosquitto is installed or UP_MQTT_BROKER is set).
+    #[arg(long)]
+    pub(crate) mqtt: bool,
+}
+
+#[derive(Debug, clap::Args)]
 pub(crate) struct SimArgs {
-    /// Ingest base URL.
+    /// Ingest base URL (HTTP and gRPC).
     #[arg(long)]
     pub(crate) target_url: Option<String>,
+    /// The door to send through: http (POST /v1/readings), grpc (the hexpulse.v1.Ingest/Stream
+    /// stream at --target-url) or mqtt (QoS 1 messages through the bridge's MQTT broker).
+    #[arg(long)]
+    pub(crate) via: Option<hexpulse_load_tests::door::Via>,
+    /// The MQTT broker (host:port) for --via mqtt (default from [simulate] mqtt_broker).
+    #[arg(long)]
+    pub(crate) mqtt_broker: Option<String>,
     /// Readings per second (0 = flat out).
     #[arg(long)]
     pub(crate) rate: Option<f64>,

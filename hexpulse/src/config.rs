@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use hexpulse_common::kafka::KafkaConfig;
-use hexpulse_ingest::IngestConfig;
+use hexpulse_ingest::{IngestConfig, MqttConfig};
 use hexpulse_load_tests::sim::SimConfig;
 use hexpulse_processors::ProcessConfig;
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,9 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub registry: RegistryConfig,
     pub ingest: IngestConfig,
+    /// The MQTT bridge (`hexpulse mqtt`); its defaults apply where the section is absent.
+    #[serde(default)]
+    pub mqtt: MqttConfig,
     pub process: ProcessConfig,
     pub query: hexpulse_query::QueryConfig,
     pub simulate: SimConfig,
@@ -62,7 +65,11 @@ impl Config {
                 }
             }
         }
-        for secret in ["/kafka/envelope_key", "/kafka/sasl_password"] {
+        for secret in [
+            "/kafka/envelope_key",
+            "/kafka/sasl_password",
+            "/mqtt/password",
+        ] {
             if let Some(k) = v.pointer_mut(secret) {
                 *k = "<redacted>".into();
             }

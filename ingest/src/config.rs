@@ -140,3 +140,55 @@ impl IngestConfig {
         }
     }
 }
+
+/// The `[mqtt]` section: the bridge (`hexpulse mqtt`) from an MQTT broker's device topics into
+/// Kafka, with the checks and limits of `[ingest]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// The MQTT broker, `host:port` (plain MQTT over TCP).
+    pub broker: String,
+    /// The bridge's client id. Its session (subscription and unacknowledged messages) lives on in
+    /// the broker under it for `session_expiry`: a restarted bridge with the same id gets the
+    /// messages it had not acknowledged. Give each bridge its own.
+    pub client_id: String,
+    /// Credentials, when the broker wants them.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// The topic filter devices publish to; the last level names the device.
+    pub topic: String,
+    /// Bridges with the same group share the messages (MQTT 5 shared subscription
+    /// `$share/{group}/{topic}`); empty (the default): this bridge gets every message. Mosquitto
+    /// 2.0 does not keep shared subscriptions over its own restart (WIRE.md "MQTT").
+    pub share_group: String,
+    /// Where each message's verdict goes; `{device}` is the last level of the message's topic.
+    /// A message with an MQTT 5 response topic is answered there instead. Empty: no verdicts.
+    pub answers_topic: String,
+    /// Messages being bridged at once (the receive maximum the bridge announces).
+    pub inflight: u16,
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// How long the broker keeps the bridge's session while it is away.
+    #[serde(with = "humantime_serde")]
+    pub session_expiry: Duration,
+    /// Health (`/healthz`, `/readyz`) and `/metrics` of the bridge.
+    pub listen: SocketAddr,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            broker: "127.0.0.1:1883".into(),
+            client_id: "hexpulse-bridge-0".into(),
+            username: None,
+            password: None,
+            topic: "hexpulse/v1/readings/+".into(),
+            share_group: String::new(),
+            answers_topic: "hexpulse/v1/answers/{device}".into(),
+            inflight: 64,
+            keep_alive: Duration::from_secs(30),
+            session_expiry: Duration::from_secs(3600),
+            listen: "127.0.0.1:8083".parse().expect("static address"),
+        }
+    }
+}

@@ -20,5 +20,5 @@ pub mod pipeline;
 pub mod produce;
 pub mod server;
 
-pub use config::IngestConfig;
+pub use config::{IngestConfig, MqttConfig};
 pub use server::{Ingest, run};

@@ -35,6 +35,7 @@ use crate::produce::{DeliveryFailure, Sink};
 
 mod admin;
 mod grpc;
+pub mod mqtt;
 mod readings;
 mod submit;
 
@@ -140,25 +141,21 @@ fn readiness(sink: Sink, registry: Registry) -> impl Fn() -> Report + Send + Syn
 }
 
 impl Ingest {
-    /// Creates topics if missing, probes the broker, binds the listener and serves until `shutdown`;
-    /// then finishes in-flight requests, flushes the producer and returns.
-    pub async fn start(
+    /// The node without a listener: the producer (topics created if missing, the broker probed),
+    /// the verify pool, the rate limiters, and the background tasks (broker probe, registry
+    /// watch). [`Ingest::start`] adds the device listener; the MQTT bridge its subscription.
+    pub async fn build(
         cfg: IngestConfig,
-        kafka: KafkaConfig,
+        kafka: &KafkaConfig,
         registry: Registry,
         shutdown: CancellationToken,
-    ) -> Result<Running, StartError> {
-        let sink = Sink::new(&kafka, &cfg)?;
+    ) -> Result<(Arc<Ingest>, Tasks), StartError> {
+        let sink = Sink::new(kafka, &cfg)?;
         if let Err(e) = kafka.ensure_topics(&[&kafka.raw_topic]).await {
             // Not fatal: the broker may come up later; /readyz tells.
             tracing::warn!(error = %e, "could not ensure topics at start");
         }
         sink.probe(Duration::from_secs(2)).await;
-        let tls = cfg
-            .tls
-            .as_ref()
-            .map(hexpulse_common::serve::tls_acceptor)
-            .transpose()?;
         let threads = if cfg.verify_threads == 0 {
             num_cpus()
         } else {
@@ -169,16 +166,6 @@ impl Ingest {
             .thread_name(|i| format!("verify-{i}"))
             .build()?;
         let permits = (cfg.max_inflight_bytes / PERMIT_BYTES).max(1);
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: cfg.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
         let health = Health::new().with_report(readiness(sink.clone(), registry.clone()));
         let mut tasks = Tasks::new(health.clone(), shutdown.clone());
         let state = Arc::new(Ingest {
@@ -207,8 +194,46 @@ impl Ingest {
         );
         tasks.spawn(
             "registry-watch",
-            registry.watch(Duration::from_secs(1), shutdown.clone()),
+            registry.watch(Duration::from_secs(1), shutdown),
         );
+        Ok((state, tasks))
+    }
+
+    /// Readiness and the background tasks' failures (`/readyz`).
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Flushes the producer for at most `within` (at shutdown, once nothing produces any more).
+    pub async fn flush(&self, within: Duration) {
+        let sink = self.sink.clone();
+        let _ = tokio::task::spawn_blocking(move || sink.flush(within)).await;
+    }
+
+    /// [`Ingest::build`], then binds the listener and serves until `shutdown`; then finishes
+    /// in-flight requests, flushes the producer and returns.
+    pub async fn start(
+        cfg: IngestConfig,
+        kafka: KafkaConfig,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) -> Result<Running, StartError> {
+        let tls = cfg
+            .tls
+            .as_ref()
+            .map(hexpulse_common::serve::tls_acceptor)
+            .transpose()?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let (state, mut tasks) = Ingest::build(cfg, &kafka, registry, shutdown.clone()).await?;
         let admin_addr = match state.cfg.admin_listen {
             Some(a) => Some(serve_admin(a, state.clone(), &mut tasks).await?),
             None => {
@@ -234,8 +259,7 @@ impl Ingest {
             let left = grace
                 .saturating_sub(started.elapsed())
                 .max(Duration::from_secs(1));
-            let sink = state.sink.clone();
-            let _ = tokio::task::spawn_blocking(move || sink.flush(left)).await;
+            state.flush(left).await;
             tracing::info!("ingest stopped");
         });
         Ok(Running {

@@ -13,6 +13,7 @@
 pub mod account;
 pub mod adversary;
 pub mod bench;
+pub mod door;
 pub mod fleet;
 pub mod freshness;
 pub mod sim;

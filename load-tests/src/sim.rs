@@ -14,13 +14,21 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::adversary::{Adversarial, Ledger, Mixer, Outgoing};
+use crate::door::{Door, Reply, Sender, Via};
 use crate::fleet::{Fleet, KindMix};
 
 /// The `[simulate]` config section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimConfig {
+    /// Ingest's base URL (HTTP and gRPC).
     pub target_url: String,
+    /// The door: `http`, `grpc` (the stream at `target_url`) or `mqtt` (through `mqtt_broker`).
+    #[serde(default)]
+    pub via: Via,
+    /// The MQTT broker (`host:port`) that the bridge reads, for `via = "mqtt"`.
+    #[serde(default = "default_mqtt_broker")]
+    pub mqtt_broker: String,
     pub devices: usize,
     pub seed: u64,
     /// Readings per second in total; 0 = unlimited.
@@ -42,6 +50,10 @@ pub struct SimConfig {
     /// Readings and requests that must be refused (`[simulate.adversarial]`; none by default).
     #[serde(default)]
     pub adversarial: Adversarial,
+}
+
+fn default_mqtt_broker() -> String {
+    "127.0.0.1:1883".into()
 }
 
 impl SimConfig {
@@ -111,14 +123,22 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 }
 
 /// Runs until the duration or count is reached, or `stop` is cancelled. With a `ledger`, every
-/// reading sent and ingest's answer for it are recorded there (for [`crate::account`]).
+/// reading sent and ingest's answer for it are recorded there (for [`crate::account`]). Fails
+/// only when the door cannot be opened (an MQTT broker that does not answer).
 pub async fn run(
     cfg: &SimConfig,
     mut mixer: Mixer,
     stop: CancellationToken,
     progress: bool,
     ledger: Option<Arc<Mutex<Ledger>>>,
-) -> Summary {
+) -> anyhow::Result<Summary> {
+    let door = Door::open(
+        cfg.via,
+        &cfg.target_url,
+        &cfg.mqtt_broker,
+        cfg.concurrency.max(1),
+    )
+    .await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Outgoing>(cfg.concurrency.max(1) * 2);
     let gen_ledger = ledger.clone();
     let batch_size = cfg.batch_size.max(1);
@@ -209,11 +229,6 @@ pub async fn run(
         .expect("spawn generator");
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let counters = Arc::new(Counters::default());
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(cfg.concurrency)
-        .build()
-        .expect("http client");
-    let url = format!("{}/v1/readings", cfg.target_url.trim_end_matches('/'));
     let start = Instant::now();
     let deadline = (!cfg.duration.is_zero()).then(|| tokio::time::Instant::now() + cfg.duration);
     // Pace by batches: one batch every batch_size / rate seconds, shared by all senders.
@@ -226,11 +241,10 @@ pub async fn run(
 
     let mut senders = Vec::new();
     for _ in 0..cfg.concurrency.max(1) {
-        let (rx, counters, client, url, stop, ticker, ledger) = (
+        let (rx, counters, mut sender, stop, ticker, ledger) = (
             rx.clone(),
             counters.clone(),
-            client.clone(),
-            url.clone(),
+            door.sender(),
             stop.clone(),
             ticker.clone(),
             ledger.clone(),
@@ -249,7 +263,7 @@ pub async fn run(
                     }
                     return;
                 }
-                send_one(&client, &url, out, &counters, ledger.as_deref()).await;
+                send_one(&mut sender, out, &counters, ledger.as_deref()).await;
             }
         }));
     }
@@ -300,7 +314,7 @@ pub async fn run(
     let mut d = std::mem::take(&mut *counters.detail.lock().expect("lock"));
     d.latencies_us.sort_unstable();
     let accepted = counters.accepted.load(Ordering::Relaxed);
-    Summary {
+    Ok(Summary {
         sent: counters.sent.load(Ordering::Relaxed),
         accepted,
         rejected: counters.rejected.load(Ordering::Relaxed),
@@ -312,12 +326,11 @@ pub async fn run(
         accepted_per_s: accepted as f64 / elapsed.max(1e-9),
         latency_p50_ms: percentile(&d.latencies_us, 0.5),
         latency_p99_ms: percentile(&d.latencies_us, 0.99),
-    }
+    })
 }
 
 async fn send_one(
-    client: &reqwest::Client,
-    url: &str,
+    sender: &mut Sender,
     out: Outgoing,
     c: &Counters,
     ledger: Option<&Mutex<Ledger>>,
@@ -325,12 +338,7 @@ async fn send_one(
     let t = Instant::now();
     let n = out.n;
     c.sent.fetch_add(n, Ordering::Relaxed);
-    let resp = client
-        .post(url)
-        .header("content-type", out.content_type)
-        .body(out.body)
-        .send()
-        .await;
+    let Reply { status, body: json } = sender.send(&out).await;
     let record = |status: u16, json: &serde_json::Value| {
         if let Some(l) = ledger {
             let mut l = l.lock().expect("lock");
@@ -342,17 +350,11 @@ async fn send_one(
             }
         }
     };
-    let resp = match resp {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::debug!(error = %e, "request failed");
-            c.transport_errors.fetch_add(1, Ordering::Relaxed);
-            record(0, &serde_json::Value::Null);
-            return;
-        }
-    };
-    let status = resp.status().as_u16();
-    let json: serde_json::Value = resp.json().await.unwrap_or_default();
+    if status == 0 {
+        c.transport_errors.fetch_add(1, Ordering::Relaxed);
+        record(0, &json);
+        return;
+    }
     record(status, &json);
     let latency = t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
     let accepted = json["accepted"].as_u64().unwrap_or(0);

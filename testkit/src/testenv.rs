@@ -29,6 +29,30 @@ pub fn broker_or_skip(test: &str) -> Option<String> {
     }
 }
 
+/// Debian's `mosquitto` broker and its clients (`HEXPULSE_MOSQUITTO`: the broker binary, its
+/// clients beside it in PATH), which `make test` installs; `None` (skip) without them outside it.
+pub fn mosquitto_or_skip(test: &str) -> Option<String> {
+    let found = std::env::var("HEXPULSE_MOSQUITTO")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .or_else(|| {
+            ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
+                .into_iter()
+                .find(|p| std::path::Path::new(p).exists())
+                .map(str::to_string)
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var_os(REQUIRE_ENV).is_none(),
+            "{test}: make test must install mosquitto (scripts/test.sh)"
+        );
+        eprintln!(
+            "\n*** SKIPPING {test}: mosquitto is not installed. Run `make test` to run it. ***\n"
+        );
+    }
+    found
+}
+
 /// The Python of the cached venv with the outside readers (DuckDB, deltalake; `HEXPULSE_PYTHON`), or
 /// `None` (after a loud message) when tests should skip.
 ///

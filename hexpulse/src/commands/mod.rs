@@ -61,6 +61,18 @@ pub(crate) async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
             hexpulse_ingest::run(cfg.ingest, cfg.kafka, registry, stop).await?;
             Ok(())
         }
+        Cmd::Mqtt => {
+            tracing::info!(config = %cfg.redacted(), "starting the MQTT bridge");
+            let registry = open_registry(&cfg)?;
+            let stop = shutdown::on_signals();
+            let bridge = hexpulse_ingest::server::mqtt::start(
+                cfg.ingest, cfg.mqtt, cfg.kafka, registry, stop,
+            )
+            .await?;
+            out!("mqtt bridge: health and metrics on http://{}", bridge.addr);
+            bridge.wait().await;
+            Ok(())
+        }
         Cmd::Process => {
             tracing::info!(config = %cfg.redacted(), "starting processor");
             let registry = open_registry(&cfg)?;
@@ -94,19 +106,7 @@ pub(crate) async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
         }
         Cmd::Lake(c) => lake::lake(cfg, c).await,
         Cmd::Simulate(args) => simulate::simulate(cfg, args).await,
-        Cmd::Up {
-            no_traffic,
-            rate,
-            broker_restart,
-            broker_stall,
-        } => {
-            let watch = broker_restart.map(|restart| crate::broker_watch::Watch {
-                restart,
-                stall: broker_stall,
-                every: (broker_stall / 6).max(Duration::from_secs(1)),
-            });
-            up::up(cfg, no_traffic, rate, watch).await
-        }
+        Cmd::Up(args) => up::up(cfg, args).await,
         Cmd::Bench(b) => crate::bench::run(cfg, b).await,
     }
 }

@@ -15,6 +15,12 @@ pub(super) async fn simulate(mut cfg: Config, a: SimArgs) -> anyhow::Result<()> 
     if let Some(v) = a.target_url {
         s.target_url = v
     }
+    if let Some(v) = a.via {
+        s.via = v
+    }
+    if let Some(v) = a.mqtt_broker {
+        s.mqtt_broker = v
+    }
     if let Some(v) = a.rate {
         s.rate = v
     }
@@ -89,7 +95,7 @@ pub(super) async fn simulate(mut cfg: Config, a: SimArgs) -> anyhow::Result<()> 
         })
     });
     let summary =
-        hexpulse_load_tests::sim::run(&cfg.simulate, mixer, stop, true, ledger.clone()).await;
+        hexpulse_load_tests::sim::run(&cfg.simulate, mixer, stop, true, ledger.clone()).await?;
     sim_done.cancel();
     let mut out = serde_json::to_value(&summary)?;
     if let Some(f) = fresh {

@@ -4,15 +4,25 @@ use hexpulse_common::shutdown;
 use hexpulse_ingest::server::Ingest;
 
 use super::open_registry;
+use std::time::Duration;
+
 use crate::broker_watch;
+use crate::cli::UpArgs;
 use crate::config::Config;
 
-pub(super) async fn up(
-    mut cfg: Config,
-    no_traffic: bool,
-    rate: Option<f64>,
-    watch: Option<broker_watch::Watch>,
-) -> anyhow::Result<()> {
+pub(super) async fn up(mut cfg: Config, args: UpArgs) -> anyhow::Result<()> {
+    let UpArgs {
+        no_traffic,
+        rate,
+        broker_restart,
+        broker_stall,
+        mqtt,
+    } = args;
+    let watch = broker_restart.map(|restart| broker_watch::Watch {
+        restart,
+        stall: broker_stall,
+        every: (broker_stall / 6).max(Duration::from_secs(1)),
+    });
     let registry = open_registry(&cfg)?;
     let mixer = cfg.simulate.mixer(cfg.ingest.max_body_bytes);
     registry.upsert_all(mixer.fleet.registry_devices())?;
@@ -53,6 +63,20 @@ pub(super) async fn up(
         stop.clone(),
     )
     .await?;
+    let bridge = if mqtt {
+        Some(
+            hexpulse_ingest::server::mqtt::start(
+                cfg.ingest.clone(),
+                cfg.mqtt.clone(),
+                cfg.kafka.clone(),
+                registry.clone(),
+                stop.clone(),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let lake = hexpulse_lake::Lake::open(&cfg.process.lake_url)?;
     let mut processor = hexpulse_processors::run::start(
         cfg.process.clone(),
@@ -82,6 +106,27 @@ pub(super) async fn up(
     out!("Hexpulse is up.");
     out!("  ingest   POST {base}/v1/readings   (protobuf or JSON batches of signed readings)");
     out!("  health   {base}/healthz  {base}/readyz");
+    if cfg.ingest.grpc.enabled {
+        out!(
+            "  grpc     {base}   hexpulse.v1.Ingest/Submit and /Stream (schemas/proto/hexpulse/v1/ingest.proto)"
+        );
+    }
+    match &bridge {
+        Some(b) => out!(
+            "  mqtt     mqtt://{} topic {} -> answers on {}   bridge health http://{}/readyz",
+            cfg.mqtt.broker,
+            cfg.mqtt.topic,
+            if cfg.mqtt.answers_topic.is_empty() {
+                "(off)"
+            } else {
+                &cfg.mqtt.answers_topic
+            },
+            b.addr
+        ),
+        None => out!(
+            "  mqtt     off (make up runs the bridge when Mosquitto is installed, or with UP_MQTT_BROKER=HOST:PORT)"
+        ),
+    }
     let metrics = ingest
         .admin_addr
         .map_or_else(|| base.clone(), |a| format!("http://{a}"));
@@ -166,14 +211,19 @@ pub(super) async fn up(
         }))
     };
     ingest.wait().await;
+    if let Some(b) = bridge {
+        b.wait().await;
+    }
     if let Err(e) = processor.wait().await {
         tracing::error!(error = %e, "processor failed");
     }
     query.wait().await;
-    if let Some(t) = traffic
-        && let Ok(summary) = t.await
-    {
-        out!("{}", serde_json::to_string_pretty(&summary)?);
+    if let Some(t) = traffic {
+        match t.await {
+            Ok(Ok(summary)) => out!("{}", serde_json::to_string_pretty(&summary)?),
+            Ok(Err(e)) => tracing::error!(error = %e, "demo traffic"),
+            Err(e) => tracing::error!(error = %e, "demo traffic task"),
+        }
     }
     if let Some(w) = watch {
         let _ = w.await;

@@ -70,3 +70,90 @@ fn adversarial_run_accounts_for_every_reading() {
     assert_eq!(fresh["unseen"].as_u64(), Some(0), "{fresh}");
     assert!(fresh["p50_ms"].as_f64().unwrap() > 0.0, "{fresh}");
 }
+
+/// The adversarial mix over another door, at a bounded rate: every reading accounted for, every
+/// class sent, and the refused requests answered as HTTP would (the door's answers read by WIRE.md's
+/// refusal codes).
+fn adversarial_run_over(via: &str, extra: &[&str], up: &Up, brokers: &str) {
+    let mut args = vec![
+        "--via",
+        via,
+        "--adversarial",
+        "0.03",
+        "--count",
+        "8000",
+        "--devices",
+        "500",
+        "--batch-size",
+        "50",
+        "--concurrency",
+        "4",
+        "--rate",
+        "2000",
+        "--settle",
+        "90s",
+    ];
+    args.extend_from_slice(extra);
+    let out = up
+        .simulate(brokers, &args)
+        .output()
+        .expect("hexpulse simulate");
+    let summary = accounted(&out);
+    let acct = &summary["accounting"];
+    for class in [
+        "valid",
+        "bad_signature",
+        "unknown_device",
+        "replay",
+        "future",
+        "teleport",
+    ] {
+        let n = acct["sent_by_class"][class].as_u64().unwrap_or(0);
+        assert!(n > 0, "no {class} reading was sent over {via}");
+    }
+    let requests = acct["requests"].as_object().unwrap();
+    assert!(
+        requests.get("malformed_body:400").is_some(),
+        "{via}: {requests:?}"
+    );
+    assert!(
+        requests.get("oversize_body:413").is_some(),
+        "{via}: {requests:?}"
+    );
+    assert!(
+        acct["acknowledged"].as_u64().unwrap() > 5_000,
+        "{via}: {acct}"
+    );
+}
+
+#[test]
+fn adversarial_run_over_the_grpc_stream_accounts_for_every_reading() {
+    let Some(brokers) = testenv::broker_or_skip("adversarial_run_over_grpc") else {
+        return;
+    };
+    let layer = accounting_layer("max_body_bytes = 262144");
+    let up = Up::start("it-acct-grpc", &brokers, &["--no-traffic"], Some(&layer));
+    adversarial_run_over("grpc", &[], &up, &brokers);
+}
+
+#[test]
+fn adversarial_run_over_mqtt_accounts_for_every_reading() {
+    let Some(brokers) = testenv::broker_or_skip("adversarial_run_over_mqtt") else {
+        return;
+    };
+    let Some(mosquitto_bin) = testenv::mosquitto_or_skip("adversarial_run_over_mqtt") else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let mosquitto = crate::mqtt::Mosquitto::start(&mosquitto_bin, work.path());
+    let layer = accounting_layer("max_body_bytes = 262144");
+    let up = Up::start("it-acct-mqtt", &brokers, &["--no-traffic"], Some(&layer));
+    let log = work.path().join("bridge.log");
+    let _bridge = crate::mqtt::bridge(&up, &brokers, &mosquitto.address(), "it-acct", &log);
+    adversarial_run_over(
+        "mqtt",
+        &["--mqtt-broker", &mosquitto.address()],
+        &up,
+        &brokers,
+    );
+}

@@ -121,8 +121,14 @@ fn k8s_checks_catch_broken_manifests() {
     );
     edit(
         &k8s.join("base/hexpulse.toml"),
-        "trusted_proxies = [\"10.0.0.0/8\", \"172.16.0.0/12\", \"192.168.0.0/16\"]\n\n[process]",
-        "trusted_proxies = [\"0.0.0.0/0\"]\n\n[process]",
+        "trusted_proxies = [\"10.0.0.0/8\", \"172.16.0.0/12\", \"192.168.0.0/16\"]\n\n[mqtt]",
+        "trusted_proxies = [\"0.0.0.0/0\"]\n\n[mqtt]",
+    );
+    // Two bridges on one plain subscription: each device message would be bridged twice.
+    edit(
+        &k8s.join("base/hexpulse.toml"),
+        "share_group = \"hexpulse\"",
+        "share_group = \"\"",
     );
     // The sealer's spill volume left at the pods' default, and a budget above its memory limit.
     edit(
@@ -163,6 +169,7 @@ fn k8s_checks_catch_broken_manifests() {
         "StatefulSet/hexpulse-sealer: memory limit 4Gi above 1.5 x",
         "StatefulSet/hexpulse-sealer: /tmp sizeLimit 1Gi holds",
         "Deployment/hexpulse-query: [query.live] sources ['http://hexpulse-processor:9999']",
+        "StatefulSet/hexpulse-mqtt: several bridges share one subscription",
     ] {
         assert!(
             failed.iter().any(|l| l.contains(needle)),

@@ -10,6 +10,7 @@ mod faults;
 mod grpc;
 mod k8s;
 mod map;
+mod mqtt;
 mod restart;
 mod soak;
 mod up;

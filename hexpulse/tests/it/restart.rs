@@ -10,7 +10,7 @@ use hexpulse_testkit::testenv;
 use crate::up::{ADMIN_TOKEN, Up, accounting_layer};
 
 /// Runs `f` to completion on a runtime of its own (the test itself is synchronous).
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
