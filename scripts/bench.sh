@@ -13,8 +13,16 @@ export HEXPULSE__KAFKA__BROKERS="127.0.0.1:$PORT"
 mkdir -p load-tests/results
 echo "== raw Ed25519 verify rates per curve25519-dalek backend (serial, AVX2, AVX-512 IFMA)"
 scripts/bench_verify_backends.sh
-echo "== ingest"
-"$BIN" bench ingest --out load-tests/results/ingest.json
+echo "== ingest over each door (HTTP, gRPC stream, MQTT through a local Mosquitto)"
+MQTT_PORT="${HEXPULSE_BENCH_MQTT_PORT:-18883}"
+MQTT_ARGS=()
+if scripts/mosquitto.sh start "$MQTT_PORT"; then
+  MQTT_ARGS=(--mqtt-broker "127.0.0.1:$MQTT_PORT")
+  trap 'scripts/broker.sh stop "$PORT"; scripts/mosquitto.sh stop "$MQTT_PORT"' EXIT
+else
+  echo "no Mosquitto (apt-get install mosquitto): the MQTT door is not measured"
+fi
+"$BIN" bench ingest "${MQTT_ARGS[@]}" --out load-tests/results/ingest.json
 echo "== processor"
 "$BIN" bench process --out load-tests/results/process.json
 echo "== end to end (every role its own process; accounting, freshness, peak RSS)"

@@ -87,10 +87,20 @@ def stages(results):
                              "hexpulse bench ingest (raw_verify)",
                              note=f"batch sizes planned from the running share of bad signatures; not expecting them "
                                   f"{rv['ingest200_bad1pct_blind_per_s']:.0f}/s; single verify {rv['single_per_s']:.0f}/s"))
-        out.append(stage("ingest", round(ingest["accepted_per_ingest_core_s"]), "accepted readings per ingest core-second",
-                         round(raw), "raw batch verify of one core (same run)", ingest["ratio_to_raw_batch_verify"],
-                         "hexpulse bench ingest", target=0.70,
-                         note=f"{ingest['accepted_per_s']:.0f}/s wall, p50 {ingest['latency_p50_ms']:.0f} ms, p99 {ingest['latency_p99_ms']:.0f} ms"))
+        http = ingest["http"]
+        doors = [("ingest (HTTP)", http, 0.70, "per ingest core-second"),
+                 ("ingest (gRPC stream)", ingest["grpc"], round(http["ratio_to_raw_batch_verify"], 2),
+                  "per ingest core-second; target: HTTP's ratio in this run")]
+        if ingest.get("mqtt"):
+            doors.append(("ingest (MQTT bridge)", ingest["mqtt"], 0.70,
+                          "per core-second of `hexpulse mqtt` (Mosquitto's own CPU not counted)"))
+        for name, run, target, what in doors:
+            out.append(stage(name, round(run["accepted_per_ingest_core_s"]), "accepted readings " + what.split(";")[0],
+                             round(raw), "raw batch verify of one core (same run)", run["ratio_to_raw_batch_verify"],
+                             "hexpulse bench ingest --mqtt-broker HOST:PORT", target=target,
+                             note=f"{run['accepted_per_s']:.0f}/s wall, p50 {run['latency_p50_ms']:.0f} ms, "
+                                  f"p99 {run['latency_p99_ms']:.0f} ms, {run['non_200']} not answered 200"
+                                  + ("; " + what.split("; ")[1] if "; " in what else "")))
     if process:
         out.append(stage("processor", round(process["plain_rows_per_core_s_median"]), "lake rows per processor core-second",
                          200000, "200k rows/s per core", process["plain_rows_ratio_to_target_200k"],

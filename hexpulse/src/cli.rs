@@ -237,6 +237,10 @@ pub(crate) enum BenchCmd {
         batch: usize,
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// An MQTT broker (HOST:PORT) to run the MQTT door through as well (`hexpulse mqtt`);
+        /// without it, only HTTP and gRPC are measured.
+        #[arg(long, value_name = "HOST:PORT")]
+        mqtt_broker: Option<String>,
         /// Write the JSON report here too.
         #[arg(long)]
         out: Option<PathBuf>,

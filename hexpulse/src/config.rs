@@ -136,6 +136,7 @@ mod tests {
             .insert("ssl.keystore.location".into(), "/keystore-path".into());
         c.kafka.envelope_key = Some("5a".repeat(32));
         c.kafka.sasl_password = Some("scram-pw".into());
+        c.mqtt.password = Some("mqtt-pw".into());
         c.ingest.admin_token_sha256 = "ab".into();
         c.query
             .auth
@@ -155,6 +156,7 @@ mod tests {
             "/keystore-path",
             &"5a".repeat(32),
             "scram-pw",
+            "mqtt-pw",
         ] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }

@@ -13,6 +13,8 @@ use hexpulse_schemas::wire::ReadingBatch;
 use prost::Message;
 use serde::Serialize;
 
+use crate::adversary::{Class, Outgoing};
+use crate::door::{Door, Via};
 use crate::fleet::{Fleet, KindMix};
 
 /// CPU seconds (user + system, all threads) a process has used so far.
@@ -58,11 +60,14 @@ pub fn presign(fleet: &mut Fleet, total: usize, batch: usize, now_ms: i64) -> Ve
         .collect()
 }
 
-/// Result of one ingest benchmark run.
+/// One door's run of the ingest benchmark: what the process behind the door (ingest, or the MQTT
+/// bridge) accepted per core-second it spent.
 #[derive(Debug, Clone, Serialize)]
-pub struct IngestReport {
+pub struct DoorRun {
+    pub via: Via,
     pub readings: u64,
     pub accepted: u64,
+    /// Requests (messages) not answered 200.
     pub non_200: u64,
     pub wall_s: f64,
     pub accepted_per_s: f64,
@@ -71,48 +76,77 @@ pub struct IngestReport {
     pub ingest_cpu_s: f64,
     pub accepted_per_ingest_core_s: f64,
     pub ingest_peak_rss_bytes: Option<u64>,
-    pub raw_verify: sign::rates::VerifyRates,
-    /// accepted_per_ingest_core_s / raw_verify.batch128_per_s; the target is >= 0.7.
+    /// accepted_per_ingest_core_s / raw batch-verify rate of one core, measured in the same run.
     pub ratio_to_raw_batch_verify: f64,
 }
 
-/// Drives the ingest process `pid` at `url` flat out with `bodies`, `concurrency` requests at a time.
-pub async fn drive_ingest(
-    url: &str,
+/// The ingest benchmark: each door in turn, and the raw verify rate measured after them.
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestReport {
+    pub raw_verify: sign::rates::VerifyRates,
+    pub http: DoorRun,
+    pub grpc: DoorRun,
+    /// Absent without an MQTT broker to run it through.
+    pub mqtt: Option<DoorRun>,
+}
+
+impl IngestReport {
+    /// Each run's ratio, measured once all runs are over (the machine idle but for this).
+    pub async fn new(http: DoorRun, grpc: DoorRun, mqtt: Option<DoorRun>) -> IngestReport {
+        let raw =
+            tokio::task::spawn_blocking(|| sign::rates::raw_verify_rates(Duration::from_secs(3)))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let ratio = |mut r: DoorRun| {
+            r.ratio_to_raw_batch_verify = r.accepted_per_ingest_core_s / raw.batch128_per_s;
+            r
+        };
+        IngestReport {
+            raw_verify: raw,
+            http: ratio(http),
+            grpc: ratio(grpc),
+            mqtt: mqtt.map(ratio),
+        }
+    }
+}
+
+/// Sends `bodies` through `door` as fast as `concurrency` senders can, charging the CPU time of the
+/// process `pid` (the one behind the door).
+pub async fn drive_door(
+    door: &Door,
     pid: u32,
     bodies: Vec<Vec<u8>>,
     per_body: u64,
     concurrency: usize,
-) -> IngestReport {
-    let client = reqwest::Client::new();
-    let endpoint = format!("{}/v1/readings", url.trim_end_matches('/'));
+) -> DoorRun {
     let total = bodies.len() as u64 * per_body;
     let queue = std::sync::Arc::new(std::sync::Mutex::new(bodies));
     let cpu0 = process_cpu_seconds(pid).unwrap_or(0.0);
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (client, endpoint, queue) = (client.clone(), endpoint.clone(), queue.clone());
+    for _ in 0..concurrency.max(1) {
+        let (mut sender, queue) = (door.sender(), queue.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let (mut accepted, mut non_200) = (0u64, 0u64);
             loop {
-                let Some(body) = queue.lock().expect("lock").pop() else {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let Some(body) = next else {
                     break;
                 };
+                let out = Outgoing {
+                    body,
+                    content_type: "application/x-protobuf",
+                    n: per_body,
+                    request_class: Class::Valid,
+                    first: None,
+                };
                 let t = Instant::now();
-                match client
-                    .post(&endpoint)
-                    .header("content-type", "application/x-protobuf")
-                    .body(body)
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status() == 200 => {
-                        let v: serde_json::Value = r.json().await.unwrap_or_default();
-                        accepted += v["accepted"].as_u64().unwrap_or(0);
-                    }
-                    _ => non_200 += 1,
+                let reply = sender.send(&out).await;
+                if reply.status == 200 {
+                    accepted += reply.body["accepted"].as_u64().unwrap_or(0);
+                } else {
+                    non_200 += 1;
                 }
                 lat.push(t.elapsed().as_secs_f64() * 1000.0);
             }
@@ -121,7 +155,9 @@ pub async fn drive_ingest(
     }
     let (mut lat, mut accepted, mut non_200) = (Vec::new(), 0, 0);
     for t in tasks {
-        let (l, a, n) = t.await.expect("sender task");
+        let (l, a, n) = t
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         lat.extend(l);
         accepted += a;
         non_200 += n;
@@ -134,12 +170,8 @@ pub async fn drive_ingest(
             .copied()
             .unwrap_or(0.0)
     };
-    // Measured after the load, on this process's thread, with the ingest process idle.
-    let raw = tokio::task::spawn_blocking(|| sign::rates::raw_verify_rates(Duration::from_secs(3)))
-        .await
-        .expect("verify bench");
-    let per_core = accepted as f64 / cpu.max(1e-9);
-    IngestReport {
+    DoorRun {
+        via: door.via(),
         readings: total,
         accepted,
         non_200,
@@ -148,10 +180,9 @@ pub async fn drive_ingest(
         latency_p50_ms: pct(0.5),
         latency_p99_ms: pct(0.99),
         ingest_cpu_s: cpu,
-        accepted_per_ingest_core_s: per_core,
+        accepted_per_ingest_core_s: accepted as f64 / cpu.max(1e-9),
         ingest_peak_rss_bytes: peak_rss_bytes(pid),
-        raw_verify: raw,
-        ratio_to_raw_batch_verify: per_core / raw.batch128_per_s,
+        ratio_to_raw_batch_verify: 0.0,
     }
 }
 

@@ -51,6 +51,16 @@ impl FromStr for Via {
     }
 }
 
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Via::Http => "http",
+            Via::Grpc => "grpc",
+            Via::Mqtt => "mqtt",
+        })
+    }
+}
+
 /// A door's answer to one request, as the HTTP answer it stands for: `status` 0 when none came
 /// (a transport error, or no MQTT verdict in time).
 #[derive(Debug, Clone, PartialEq)]
@@ -186,6 +196,15 @@ impl Door {
             })),
             Via::Mqtt => Door::Mqtt(Arc::new(Mqtt::connect(mqtt_broker, concurrency).await?)),
         })
+    }
+
+    /// Which door this is.
+    pub fn via(&self) -> Via {
+        match self {
+            Door::Http { .. } => Via::Http,
+            Door::Grpc(_) => Via::Grpc,
+            Door::Mqtt(_) => Via::Mqtt,
+        }
     }
 
     /// A sender's own end of the door (a gRPC sender keeps its stream).

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hexpulse_load_tests::bench;
+use hexpulse_load_tests::door::{Door, Via};
 use serde::Serialize;
 
 use crate::cli::BenchCmd;
@@ -70,56 +71,105 @@ pub(crate) async fn wait_ready(url: &str) -> bool {
     false
 }
 
+/// The ingest benchmark over each door: HTTP and the gRPC stream to an ingest process of their
+/// own, MQTT through `mqtt_broker` to a bridge process (when given). Each door's accepted readings
+/// per core-second of the process behind it, over the raw batch-verify rate of the same run.
 pub async fn ingest(
     cfg: Config,
     readings: usize,
     batch: usize,
     concurrency: usize,
+    mqtt_broker: Option<String>,
     out: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("hexpulse-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let registry = dir.join("devices.json");
     let mut fleet = bench::bench_fleet(1000, &registry)?;
-    let port = free_port()?;
     let topic = format!("bench-ingest-{}", std::process::id());
-    eprintln!(
-        "[bench] starting ingest process on 127.0.0.1:{port} (broker {}, topic {topic})",
-        cfg.kafka.brokers
-    );
-    let child = spawn_role(
-        "ingest",
-        &[
-            ("HEXPULSE__INGEST__LISTEN", format!("127.0.0.1:{port}")),
-            ("HEXPULSE__REGISTRY__PATH", registry.display().to_string()),
-            ("HEXPULSE__KAFKA__RAW_TOPIC", topic.clone()),
-            ("HEXPULSE__KAFKA__BROKERS", cfg.kafka.brokers.clone()),
-            ("RUST_LOG", "warn".into()),
-        ],
-        &dir,
-    )?;
-    let url = format!("http://127.0.0.1:{port}");
-    if !wait_ready(&format!("{url}/readyz")).await {
-        stop(child);
-        bail!(
-            "ingest did not become ready; see {}",
-            dir.join("ingest.log").display()
+    let common = [
+        ("HEXPULSE__REGISTRY__PATH", registry.display().to_string()),
+        ("HEXPULSE__KAFKA__RAW_TOPIC", topic.clone()),
+        ("HEXPULSE__KAFKA__BROKERS", cfg.kafka.brokers.clone()),
+        ("RUST_LOG", "warn".into()),
+    ];
+    let mut runs = Vec::new();
+    let doors = [Via::Http, Via::Grpc, Via::Mqtt];
+    for via in doors {
+        if via == Via::Mqtt && mqtt_broker.is_none() {
+            eprintln!("[bench] ingest over mqtt: skipped (no --mqtt-broker)");
+            continue;
+        }
+        let port = free_port()?;
+        let mut env = common.to_vec();
+        let (role, health) = match via {
+            Via::Mqtt => {
+                env.push((
+                    "HEXPULSE__MQTT__BROKER",
+                    mqtt_broker.clone().unwrap_or_default(),
+                ));
+                env.push((
+                    "HEXPULSE__MQTT__CLIENT_ID",
+                    format!("hexpulse-bench-{}", std::process::id()),
+                ));
+                env.push(("HEXPULSE__MQTT__LISTEN", format!("127.0.0.1:{port}")));
+                ("mqtt", format!("http://127.0.0.1:{port}/readyz"))
+            }
+            _ => {
+                env.push(("HEXPULSE__INGEST__LISTEN", format!("127.0.0.1:{port}")));
+                ("ingest", format!("http://127.0.0.1:{port}/readyz"))
+            }
+        };
+        eprintln!(
+            "[bench] ingest over {via}: starting `hexpulse {role}` (broker {}, topic {topic})",
+            cfg.kafka.brokers
         );
+        let child = spawn_role(role, &env, &dir)?;
+        if !wait_ready(&health).await {
+            stop(child);
+            bail!(
+                "{role} did not become ready; see {}",
+                dir.join(format!("{role}.log")).display()
+            );
+        }
+        let door = Door::open(
+            via,
+            &format!("http://127.0.0.1:{port}"),
+            mqtt_broker.as_deref().unwrap_or_default(),
+            concurrency,
+        )
+        .await?;
+        eprintln!("[bench] pre-signing {readings} readings in batches of {batch}...");
+        let now = now_ms();
+        let (f, bodies) = tokio::task::spawn_blocking(move || {
+            let bodies = bench::presign(&mut fleet, readings, batch, now);
+            (fleet, bodies)
+        })
+        .await?;
+        fleet = f;
+        eprintln!("[bench] driving it with {concurrency} senders...");
+        let run = bench::drive_door(&door, child.id(), bodies, batch as u64, concurrency).await;
+        stop(child);
+        eprintln!(
+            "[bench]   {:.0} accepted/s, {:.0} per core-second of `hexpulse {role}`, {} not answered 200",
+            run.accepted_per_s, run.accepted_per_ingest_core_s, run.non_200
+        );
+        runs.push(run);
     }
-    eprintln!("[bench] pre-signing {readings} readings in batches of {batch}...");
-    let now = now_ms();
-    let bodies =
-        tokio::task::spawn_blocking(move || bench::presign(&mut fleet, readings, batch, now))
-            .await?;
-    eprintln!("[bench] driving ingest with {concurrency} concurrent requests...");
-    let report = bench::drive_ingest(&url, child.id(), bodies, batch as u64, concurrency).await;
-    stop(child);
+    let mut runs = runs.into_iter();
+    let (Some(http), Some(grpc)) = (runs.next(), runs.next()) else {
+        bail!("the HTTP and gRPC runs did not run");
+    };
+    let report = bench::IngestReport::new(http, grpc, runs.next()).await;
     eprintln!(
-        "[bench] ingest: {:.0} accepted/s, {:.0} per ingest core-second; raw batch verify {:.0}/s/core; ratio {:.2} (target >= 0.70)",
-        report.accepted_per_s,
-        report.accepted_per_ingest_core_s,
+        "[bench] raw batch verify {:.0}/s/core; ratio to it: http {:.2} (target >= 0.70), grpc {:.2} (target >= http's), mqtt {} (target >= 0.70)",
         report.raw_verify.batch128_per_s,
-        report.ratio_to_raw_batch_verify
+        report.http.ratio_to_raw_batch_verify,
+        report.grpc.ratio_to_raw_batch_verify,
+        report.mqtt.as_ref().map_or("not run".into(), |m| format!(
+            "{:.2}",
+            m.ratio_to_raw_batch_verify
+        )),
     );
     emit_report(&report, out)?;
     let _ = std::fs::remove_dir_all(&dir);
@@ -350,8 +400,9 @@ pub(crate) async fn run(cfg: Config, b: BenchCmd) -> anyhow::Result<()> {
             readings,
             batch,
             concurrency,
+            mqtt_broker,
             out,
-        } => ingest(cfg, readings, batch, concurrency, out).await,
+        } => ingest(cfg, readings, batch, concurrency, mqtt_broker, out).await,
         BenchCmd::Process { readings, out } => process(cfg, readings, out).await,
         BenchCmd::Query {
             readings,
