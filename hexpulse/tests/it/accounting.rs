@@ -74,7 +74,7 @@ fn adversarial_run_accounts_for_every_reading() {
 /// The adversarial mix over another door, at a bounded rate: every reading accounted for, every
 /// class sent, and the refused requests answered as HTTP would (the door's answers read by WIRE.md's
 /// refusal codes).
-fn adversarial_run_over(via: &str, extra: &[&str], up: &Up, brokers: &str) {
+fn adversarial_run_over(via: &str, extra: &[&str], up: &Up, brokers: &str) -> serde_json::Value {
     let mut args = vec![
         "--via",
         via,
@@ -124,6 +124,7 @@ fn adversarial_run_over(via: &str, extra: &[&str], up: &Up, brokers: &str) {
         acct["acknowledged"].as_u64().unwrap() > 5_000,
         "{via}: {acct}"
     );
+    summary
 }
 
 #[test]
@@ -136,6 +137,8 @@ fn adversarial_run_over_the_grpc_stream_accounts_for_every_reading() {
     adversarial_run_over("grpc", &[], &up, &brokers);
 }
 
+/// Over MQTT, through two bridges that share the device topics (an MQTT 5 shared subscription):
+/// every reading accounted for once, and each message taken by one bridge.
 #[test]
 fn adversarial_run_over_mqtt_accounts_for_every_reading() {
     let Some(brokers) = testenv::broker_or_skip("adversarial_run_over_mqtt") else {
@@ -149,11 +152,47 @@ fn adversarial_run_over_mqtt_accounts_for_every_reading() {
     let layer = accounting_layer("max_body_bytes = 262144");
     let up = Up::start("it-acct-mqtt", &brokers, &["--no-traffic"], Some(&layer));
     let log = work.path().join("bridge.log");
-    let _bridge = crate::mqtt::bridge(&up, &brokers, &mosquitto.address(), "it-acct", &log);
-    adversarial_run_over(
+    let bridges: Vec<_> = ["it-acct-a", "it-acct-b"]
+        .iter()
+        .map(|id| crate::mqtt::bridge(&up, &brokers, &mosquitto.address(), id, "it-acct", &log))
+        .collect();
+    let summary = adversarial_run_over(
         "mqtt",
         &["--mqtt-broker", &mosquitto.address()],
         &up,
         &brokers,
+    );
+    let sent: u64 = summary["accounting"]["requests"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|n| n.as_u64())
+        .sum();
+    let mut taken = Vec::new();
+    for (_, health) in &bridges {
+        let metrics = crate::restart::block_on(async {
+            reqwest::get(format!("{health}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        });
+        let messages: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("hexpulse_mqtt_messages_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        taken.push(messages as u64);
+    }
+    // Shared: each message went to one bridge (two plain subscriptions would take each twice).
+    assert_eq!(
+        taken.iter().sum::<u64>(),
+        sent,
+        "messages taken per bridge: {taken:?}"
+    );
+    assert!(
+        taken.iter().all(|n| *n >= 10),
+        "each bridge takes a share: {taken:?} of {sent}"
     );
 }

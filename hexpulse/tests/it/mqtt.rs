@@ -119,13 +119,15 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `hexpulse mqtt` against `up`'s Kafka topic and registry; returns once it serves its health.
-/// Its log goes to `log` (appended), at info level.
+/// `hexpulse mqtt` against `up`'s Kafka topic and registry, in the shared subscription
+/// `share_group` (none when empty); returns once it serves its health, with its base URL. Its log
+/// goes to `log` (appended), at info level.
 pub(crate) fn bridge(
     up: &Up,
     brokers: &str,
     mqtt: &str,
     client_id: &str,
+    share_group: &str,
     log: &Path,
 ) -> (Reaped, String) {
     let log = std::fs::OpenOptions::new()
@@ -140,6 +142,7 @@ pub(crate) fn bridge(
         .stderr(log)
         .env("HEXPULSE__MQTT__BROKER", mqtt)
         .env("HEXPULSE__MQTT__CLIENT_ID", client_id)
+        .env("HEXPULSE__MQTT__SHARE_GROUP", share_group)
         .env("HEXPULSE__MQTT__LISTEN", "127.0.0.1:0")
         .stdout(Stdio::piped())
         .spawn()
@@ -262,7 +265,7 @@ fn mqtt_readings_survive_bridge_kills_and_a_broker_restart_exactly_once() {
 
     let file = |k: &str| readings.join(format!("{k}.jsonl"));
     let log = work.path().join("bridge.log");
-    let (mut b, _) = bridge(&up, &brokers, &mosquitto.address(), "it-bridge", &log);
+    let (mut b, _) = bridge(&up, &brokers, &mosquitto.address(), "it-bridge", "", &log);
     // Device 0 with the bridge up.
     assert!(
         publish(&mosquitto_bin, mosquitto.port, &keys[0], &file(&keys[0]))
@@ -276,7 +279,7 @@ fn mqtt_readings_survive_bridge_kills_and_a_broker_restart_exactly_once() {
         std::thread::sleep(Duration::from_millis(150));
         b.sigkill();
         assert!(p.wait().unwrap().success());
-        b = bridge(&up, &brokers, &mosquitto.address(), "it-bridge", &log).0;
+        b = bridge(&up, &brokers, &mosquitto.address(), "it-bridge", "", &log).0;
     }
     // Mosquitto stopped and started again; the bridge reconnects by itself. Then device 3, and
     // the bad messages.

@@ -83,6 +83,44 @@ async fn broker_outage_gives_503_then_recovers() {
     );
     let ready = node.http.get(node.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
+    // The gRPC door answers the same outage UNAVAILABLE (14) with its retry delay. A refusal before
+    // any answer message is a trailers-only response: the status is in the headers.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let items: Vec<_> = (0..3)
+        .map(|_| {
+            seq += 1;
+            signed(&device_key((seq % 2) as u8), seq)
+        })
+        .collect();
+    let message = batch(&items);
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    let r = h2
+        .post(node.url("/hexpulse.v1.Ingest/Submit"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(frame)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "gRPC answers over HTTP 200");
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    assert_eq!(
+        header("grpc-status").as_deref(),
+        Some("14"),
+        "{:?}",
+        r.headers()
+    );
+    assert!(header("retry-after").is_some(), "{:?}", r.headers());
 
     broker.start();
     let deadline = Instant::now() + Duration::from_secs(60);
