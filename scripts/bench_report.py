@@ -122,6 +122,10 @@ def stages(results):
                          None, "no limit set", None, "hexpulse bench e2e", note=f"{e2e['freshness_samples']} probe readings"))
         out.append(stage("freshness p99", round(e2e["freshness_p99_ms"]), "ms from ingest acceptance to visible in query",
                          None, "no limit set", None, "hexpulse bench e2e"))
+        if "freshness_coverage_p99_ms" in e2e:
+            out.append(stage("freshness p99 through /v1/coverage", round(e2e["freshness_coverage_p99_ms"]),
+                             "ms from ingest acceptance to counted in the probe's hex", None, "no limit set", None,
+                             "hexpulse bench e2e", note=f"p50 {e2e['freshness_coverage_p50_ms']:.0f} ms"))
         for role, b in sorted(e2e["peak_rss_bytes"].items()):
             mib = b / 2**20
             lim = RSS_LIMITS_MIB.get(role)

@@ -9,6 +9,10 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
 
+/// The consumers' `fetch.wait.max.ms` unless `[kafka.extra]` sets it
+/// ([`KafkaConfig::consumer_config`]).
+pub const FETCH_WAIT_MAX_MS: &str = "50";
+
 /// The `[kafka]` section of every role's config.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,8 +112,16 @@ impl KafkaConfig {
     }
 
     /// Consumer in `group`, manual offset commits, reading from the earliest offset when none is committed.
+    ///
+    /// Fetches wait at most [`FETCH_WAIT_MAX_MS`] unless `extra` sets `fetch.wait.max.ms`: tansu
+    /// 0.6 sleeps half the fetch's wait after every read, records or not, so librdkafka's 500 ms
+    /// default holds each fetch (and so each record) for 250 ms there. Kafka answers a fetch as
+    /// soon as it has records; there the shorter wait only adds empty fetches while idle.
     pub fn consumer_config(&self, group: &str, client_id: &str) -> ClientConfig {
         let mut c = self.client_config();
+        if !self.extra.contains_key("fetch.wait.max.ms") {
+            c.set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
+        }
         c.set("group.id", group)
             .set("client.id", client_id)
             .set("enable.auto.commit", "false")
@@ -209,5 +221,17 @@ mod tests {
         let tls = c.producer_config("x", Duration::from_secs(1));
         assert_eq!(tls.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(tls.get("partitioner"), Some("consistent_random"));
+    }
+
+    #[test]
+    fn consumers_wait_briefly_unless_told_otherwise() {
+        let mut c = cfg();
+        let short = c.consumer_config("g", "x");
+        assert_eq!(short.get("fetch.wait.max.ms"), Some(FETCH_WAIT_MAX_MS));
+        c.extra.insert("fetch.wait.max.ms".into(), "500".into());
+        assert_eq!(
+            c.consumer_config("g", "x").get("fetch.wait.max.ms"),
+            Some("500")
+        );
     }
 }

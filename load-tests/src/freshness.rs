@@ -1,9 +1,15 @@
 //! Freshness: the time from ingest's acceptance of a reading to its visibility in the query service.
 //!
 //! A probe device (registered like the fleet, its key derived from the seed) sends one heartbeat
-//! per request every `interval`; the moment the answer arrives is its acceptance. A poller asks the
-//! query service for the probe's highest sequence number in `heartbeat` every `poll`; the first poll
-//! that sees sequence `s` makes every probe reading up to `s` visible. Resolution: `poll`.
+//! per request every `interval`; the moment the answer arrives is its acceptance. Two pollers ask
+//! the query service every `poll`, each on its own:
+//! - SQL: the probe's highest sequence number in `heartbeat`; the first poll that sees sequence `s`
+//!   makes every probe reading up to `s` visible;
+//! - `/v1/coverage`: the heartbeats counted in the probe's hexes at the finest resolution since the
+//!   run began. The probe sits far from every city of the fleet, so they are its own, and `n` of
+//!   them make its first `n` accepted readings visible (one device: one partition, in order).
+//!
+//! Resolution: `poll`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -20,7 +26,9 @@ use crate::account::LakeReader;
 use crate::adversary::{Answer, Ledger, Sent};
 use crate::fleet::{device_key, sign_reading};
 
-const HOME: (f64, f64) = (52.5163, 13.3777);
+/// In the fields south-west of Berlin, 90 km from the fleet's nearest city centre (the fleet's
+/// devices stay within 40 km of theirs), so that the probe's hexes are its own.
+const HOME: (f64, f64) = (52.05, 12.20);
 
 /// The probe device.
 pub struct Probe {
@@ -46,9 +54,17 @@ impl Default for Timing {
     }
 }
 
-/// Freshness figures of a run.
+/// Freshness figures of a run: through SQL, and through `/v1/coverage`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Freshness {
+    #[serde(flatten)]
+    pub sql: Figures,
+    pub coverage: Figures,
+}
+
+/// Freshness through one door of the query service.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Figures {
     pub samples: usize,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -147,68 +163,163 @@ impl Probe {
                         l.lock().expect("lock").answer(first, 1, status, &json);
                     }
                     if status == 200 && json["accepted"].as_u64() == Some(1) {
-                        accepted.lock().expect("lock").insert(seq, Instant::now());
+                        accepted
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(seq, Instant::now());
                     }
                 }
             })
         };
         let key = self.key_hex();
-        // Only the last two minutes: the event_time statistics prune every older file, so a poll
-        // stays cheap however large the lake grows. Once the probe's cell is known (from its first
-        // visible row), the filter on it lets the page index skip all but a page or so of each
-        // file (files are sorted by their coarsest cell), instead of decoding every device key.
-        let since = || {
-            humantime::format_rfc3339_millis(
-                std::time::SystemTime::now() - Duration::from_secs(120),
-            )
-            .to_string()
-        };
-        let sql = |cell: &str| {
-            format!(
-                "SELECT max(seq) AS s FROM heartbeat WHERE device_key = '{key}' AND event_time >= '{}'{cell}",
-                since()
-            )
-        };
-        // Looked up once; empty (unfiltered polls) when no H3 column is found.
-        let mut cell_filter: Option<String> = None;
-        let mut seen_up_to = 0u64;
-        let mut samples: Vec<f64> = Vec::new();
-        let mut tail_deadline: Option<Instant> = None;
-        loop {
-            if stop.is_cancelled() && tail_deadline.is_none() {
-                tail_deadline = Some(Instant::now() + timing.tail);
-            }
-            if let Ok(rows) = lake.sql(&sql(cell_filter.as_deref().unwrap_or(""))).await
-                && let Some(s) = rows.first().and_then(|r| r["s"].as_u64())
-                && s > seen_up_to
-            {
-                if cell_filter.is_none() {
-                    cell_filter = Some(
-                        probe_cell_filter(lake, &key, &since())
-                            .await
-                            .unwrap_or_default(),
-                    );
-                }
-                let now = Instant::now();
-                let acc = accepted.lock().expect("lock");
-                for (_, at) in acc.range(seen_up_to + 1..=s) {
-                    samples.push(now.duration_since(*at).as_secs_f64() * 1000.0);
-                }
-                seen_up_to = s;
-            }
-            let pending = accepted
-                .lock()
-                .expect("lock")
-                .range(seen_up_to + 1..)
-                .count();
-            if tail_deadline.is_some_and(|d| Instant::now() >= d || pending == 0) {
-                let _ = sender.await;
-                let mut f = summarize(samples);
-                f.unseen = pending;
-                return f;
-            }
-            tokio::time::sleep(timing.poll).await;
+        let sent_from = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        // Both pollers stop together: at `tail` after `stop`, or once neither waits for a reading.
+        let sql_poll = poll_until_seen(&accepted, timing, &stop, Sql::new(lake, key));
+        let coverage_poll = poll_until_seen(
+            &accepted,
+            timing,
+            &stop,
+            CoverageCount {
+                lake,
+                from: sent_from,
+            },
+        );
+        let (sql, coverage) = tokio::join!(sql_poll, coverage_poll);
+        let _ = sender.await;
+        Freshness { sql, coverage }
+    }
+}
+
+/// One way of asking the query service how many of the probe's readings it shows.
+trait Visible {
+    /// The highest probe sequence number visible (with `accepted`, the probe's accepted readings
+    /// by sequence number), or `None` when this poll learnt nothing.
+    async fn visible_up_to(&mut self, accepted: &BTreeMap<u64, Instant>) -> Option<u64>;
+}
+
+/// Polls `door` every `timing.poll` until `stop` and then the tail: each reading's freshness is
+/// the time from its acceptance to the first poll that shows it.
+async fn poll_until_seen(
+    accepted: &Mutex<BTreeMap<u64, Instant>>,
+    timing: Timing,
+    stop: &CancellationToken,
+    mut door: impl Visible,
+) -> Figures {
+    let mut seen_up_to = 0u64;
+    let mut samples: Vec<f64> = Vec::new();
+    let mut tail_deadline: Option<Instant> = None;
+    loop {
+        if stop.is_cancelled() && tail_deadline.is_none() {
+            tail_deadline = Some(Instant::now() + timing.tail);
         }
+        let snapshot = accepted.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(s) = door.visible_up_to(&snapshot).await
+            && s > seen_up_to
+        {
+            let now = Instant::now();
+            for (_, at) in snapshot.range(seen_up_to + 1..=s) {
+                samples.push(now.duration_since(*at).as_secs_f64() * 1000.0);
+            }
+            seen_up_to = s;
+        }
+        let pending = accepted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .range(seen_up_to + 1..)
+            .count();
+        if tail_deadline.is_some_and(|d| Instant::now() >= d || pending == 0) {
+            let mut f = summarize(samples);
+            f.unseen = pending;
+            return f;
+        }
+        tokio::time::sleep(timing.poll).await;
+    }
+}
+
+/// Through SQL: the probe's highest sequence number in `heartbeat`.
+struct Sql<'a> {
+    lake: &'a LakeReader,
+    key: String,
+    /// Looked up once; empty (unfiltered polls) when no H3 column is found.
+    cell_filter: Option<String>,
+}
+
+impl<'a> Sql<'a> {
+    fn new(lake: &'a LakeReader, key: String) -> Sql<'a> {
+        Sql {
+            lake,
+            key,
+            cell_filter: None,
+        }
+    }
+}
+
+/// Only the last two minutes: the event_time statistics prune every older file, so a poll stays
+/// cheap however large the lake grows.
+fn two_minutes_ago() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now() - Duration::from_secs(120))
+        .to_string()
+}
+
+impl Visible for Sql<'_> {
+    async fn visible_up_to(&mut self, _: &BTreeMap<u64, Instant>) -> Option<u64> {
+        // Once the probe's cell is known (from its first visible row), the filter on it lets the
+        // page index skip all but a page or so of each file (files are sorted by their coarsest
+        // cell), instead of decoding every device key.
+        let sql = format!(
+            "SELECT max(seq) AS s FROM heartbeat WHERE device_key = '{}' AND event_time >= '{}'{}",
+            self.key,
+            two_minutes_ago(),
+            self.cell_filter.as_deref().unwrap_or("")
+        );
+        let s = self.lake.sql(&sql).await.ok()?.first()?["s"].as_u64()?;
+        if self.cell_filter.is_none() {
+            self.cell_filter = Some(
+                probe_cell_filter(self.lake, &self.key, &two_minutes_ago())
+                    .await
+                    .unwrap_or_default(),
+            );
+        }
+        Some(s)
+    }
+}
+
+/// Through `/v1/coverage`: the heartbeats of the hexes around the probe since the run began.
+struct CoverageCount<'a> {
+    lake: &'a LakeReader,
+    from: String,
+}
+
+impl Visible for CoverageCount<'_> {
+    async fn visible_up_to(&mut self, accepted: &BTreeMap<u64, Instant>) -> Option<u64> {
+        let (lat, lng) = HOME;
+        let d = 0.0005;
+        let url = format!(
+            "{}/v1/coverage?bbox={},{},{},{}&zoom=24&from={}",
+            self.lake.url,
+            lng - d,
+            lat - d,
+            lng + d,
+            lat + d,
+            self.from
+        );
+        let mut req = self.lake.client.get(url);
+        if let Some(t) = &self.lake.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let body: serde_json::Value = resp.json().await.ok()?;
+        let n: u64 = body["features"]
+            .as_array()?
+            .iter()
+            .filter_map(|f| f["properties"]["heartbeats"].as_u64())
+            .sum();
+        // The n-th accepted reading, by sequence number (n = 0: none).
+        let n = usize::try_from(n).ok()?.checked_sub(1)?;
+        accepted.keys().nth(n).copied()
     }
 }
 
@@ -237,7 +348,7 @@ fn cell_filter_of(row: &serde_json::Map<String, serde_json::Value>) -> Option<St
     Some(format!(" AND {col} = {cell}"))
 }
 
-fn summarize(mut samples: Vec<f64>) -> Freshness {
+fn summarize(mut samples: Vec<f64>) -> Figures {
     samples.sort_by(f64::total_cmp);
     let pct = |p: f64| {
         if samples.is_empty() {
@@ -246,7 +357,7 @@ fn summarize(mut samples: Vec<f64>) -> Freshness {
             samples[((samples.len() - 1) as f64 * p).round() as usize]
         }
     };
-    Freshness {
+    Figures {
         samples: samples.len(),
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),

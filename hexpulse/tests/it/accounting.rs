@@ -69,6 +69,10 @@ fn adversarial_run_accounts_for_every_reading() {
     assert!(fresh["samples"].as_u64().unwrap() > 0, "{fresh}");
     assert_eq!(fresh["unseen"].as_u64(), Some(0), "{fresh}");
     assert!(fresh["p50_ms"].as_f64().unwrap() > 0.0, "{fresh}");
+    // The same readings seen through /v1/coverage (the probe's hexes).
+    let coverage = &fresh["coverage"];
+    assert!(coverage["samples"].as_u64().unwrap() > 0, "{fresh}");
+    assert_eq!(coverage["unseen"].as_u64(), Some(0), "{fresh}");
 }
 
 /// The adversarial mix over another door, at a bounded rate: every reading accounted for, every
