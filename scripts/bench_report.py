@@ -98,7 +98,8 @@ def stages(results):
             out.append(stage(name, round(run["accepted_per_ingest_core_s"]), "accepted readings " + what.split(";")[0],
                              round(raw), "raw batch verify of one core (same run)", run["ratio_to_raw_batch_verify"],
                              "hexpulse bench ingest --mqtt-broker HOST:PORT", target=target,
-                             note=f"{run['accepted_per_s']:.0f}/s wall, p50 {run['latency_p50_ms']:.0f} ms, "
+                             note=(f"median of {len(run['per_core_rounds'])} rounds (" + ", ".join(f"{x:.0f}" for x in run["per_core_rounds"]) + "); " if run.get("per_core_rounds") else "")
+                                  + f"{run['accepted_per_s']:.0f}/s wall, p50 {run['latency_p50_ms']:.0f} ms, "
                                   f"p99 {run['latency_p99_ms']:.0f} ms, {run['non_200']} not answered 200"
                                   + ("; " + what.split("; ")[1] if "; " in what else "")))
     if process:

@@ -230,13 +230,16 @@ pub(crate) enum LakeCmd {
 pub(crate) enum BenchCmd {
     /// Ingest throughput per ingest core against the raw Ed25519 batch-verify rate.
     Ingest {
-        /// Pre-signed readings to send.
+        /// Pre-signed readings to send through each door in each round.
         #[arg(long, default_value_t = 200_000)]
         readings: usize,
         #[arg(long, default_value_t = 500)]
         batch: usize,
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// Rounds of every door in turn; each door's figure is its median round.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// An MQTT broker (HOST:PORT) to run the MQTT door through as well (`hexpulse mqtt`);
         /// without it, only HTTP and gRPC are measured.
         #[arg(long, value_name = "HOST:PORT")]

@@ -76,38 +76,66 @@ pub struct DoorRun {
     pub ingest_cpu_s: f64,
     pub accepted_per_ingest_core_s: f64,
     pub ingest_peak_rss_bytes: Option<u64>,
-    /// accepted_per_ingest_core_s / raw batch-verify rate of one core, measured in the same run.
+    /// accepted_per_ingest_core_s / the median raw batch-verify rate of one core (same run).
     pub ratio_to_raw_batch_verify: f64,
+    /// Every round's accepted_per_ingest_core_s; this run is their median.
+    pub per_core_rounds: Vec<f64>,
 }
 
-/// The ingest benchmark: each door in turn, and the raw verify rate measured after them.
+/// The ingest benchmark: the doors in turn, round after round (the machine's speed drifts by
+/// tens of percent within minutes, so each door's figure is its median round), and one core's raw
+/// verify rate measured after each round.
 #[derive(Debug, Clone, Serialize)]
 pub struct IngestReport {
+    /// The round of median batch-verify rate.
     pub raw_verify: sign::rates::VerifyRates,
+    pub raw_batch_verify_rounds: Vec<f64>,
     pub http: DoorRun,
     pub grpc: DoorRun,
     /// Absent without an MQTT broker to run it through.
     pub mqtt: Option<DoorRun>,
 }
 
+/// One core's raw verify rates, measured now (3 s).
+pub async fn raw_verify_now() -> sign::rates::VerifyRates {
+    tokio::task::spawn_blocking(|| sign::rates::raw_verify_rates(Duration::from_secs(3)))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
 impl IngestReport {
-    /// Each run's ratio, measured once all runs are over (the machine idle but for this).
-    pub async fn new(http: DoorRun, grpc: DoorRun, mqtt: Option<DoorRun>) -> IngestReport {
-        let raw =
-            tokio::task::spawn_blocking(|| sign::rates::raw_verify_rates(Duration::from_secs(3)))
-                .await
-                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        let ratio = |mut r: DoorRun| {
+    /// Each door's median round against the median raw verify rate; `None` when a door other
+    /// than MQTT, or the raw rate, has no round.
+    pub fn new(
+        raw: Vec<sign::rates::VerifyRates>,
+        http: Vec<DoorRun>,
+        grpc: Vec<DoorRun>,
+        mqtt: Vec<DoorRun>,
+    ) -> Option<IngestReport> {
+        let raw_rounds: Vec<f64> = raw.iter().map(|r| r.batch128_per_s).collect();
+        let raw = median_by(raw, |r| r.batch128_per_s)?;
+        let door = |runs: Vec<DoorRun>| {
+            let rounds: Vec<f64> = runs.iter().map(|r| r.accepted_per_ingest_core_s).collect();
+            let mut r = median_by(runs, |r| r.accepted_per_ingest_core_s)?;
             r.ratio_to_raw_batch_verify = r.accepted_per_ingest_core_s / raw.batch128_per_s;
-            r
+            r.per_core_rounds = rounds;
+            Some(r)
         };
-        IngestReport {
+        Some(IngestReport {
+            http: door(http)?,
+            grpc: door(grpc)?,
+            mqtt: door(mqtt),
             raw_verify: raw,
-            http: ratio(http),
-            grpc: ratio(grpc),
-            mqtt: mqtt.map(ratio),
-        }
+            raw_batch_verify_rounds: raw_rounds,
+        })
     }
+}
+
+/// The item of median `key` (the upper one of an even count).
+fn median_by<T>(mut items: Vec<T>, key: impl Fn(&T) -> f64) -> Option<T> {
+    items.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let mid = items.len() / 2;
+    items.into_iter().nth(mid)
 }
 
 /// Sends `bodies` through `door` as fast as `concurrency` senders can, charging the CPU time of the
@@ -183,6 +211,7 @@ pub async fn drive_door(
         accepted_per_ingest_core_s: accepted as f64 / cpu.max(1e-9),
         ingest_peak_rss_bytes: peak_rss_bytes(pid),
         ratio_to_raw_batch_verify: 0.0,
+        per_core_rounds: Vec::new(),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use hexpulse_common::time::now_ms;
 use hexpulse_schemas::sign::rates;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -79,6 +80,7 @@ pub async fn ingest(
     readings: usize,
     batch: usize,
     concurrency: usize,
+    rounds: usize,
     mqtt_broker: Option<String>,
     out: Option<PathBuf>,
 ) -> anyhow::Result<()> {
@@ -93,76 +95,78 @@ pub async fn ingest(
         ("HEXPULSE__KAFKA__BROKERS", cfg.kafka.brokers.clone()),
         ("RUST_LOG", "warn".into()),
     ];
-    let mut runs = Vec::new();
-    let doors = [Via::Http, Via::Grpc, Via::Mqtt];
-    for via in doors {
-        if via == Via::Mqtt && mqtt_broker.is_none() {
-            eprintln!("[bench] ingest over mqtt: skipped (no --mqtt-broker)");
-            continue;
-        }
-        let port = free_port()?;
-        let mut env = common.to_vec();
-        let (role, health) = match via {
-            Via::Mqtt => {
-                env.push((
-                    "HEXPULSE__MQTT__BROKER",
-                    mqtt_broker.clone().unwrap_or_default(),
-                ));
-                env.push((
-                    "HEXPULSE__MQTT__CLIENT_ID",
-                    format!("hexpulse-bench-{}", std::process::id()),
-                ));
-                env.push(("HEXPULSE__MQTT__LISTEN", format!("127.0.0.1:{port}")));
-                ("mqtt", format!("http://127.0.0.1:{port}/readyz"))
-            }
-            _ => {
-                env.push(("HEXPULSE__INGEST__LISTEN", format!("127.0.0.1:{port}")));
-                ("ingest", format!("http://127.0.0.1:{port}/readyz"))
-            }
-        };
-        eprintln!(
-            "[bench] ingest over {via}: starting `hexpulse {role}` (broker {}, topic {topic})",
-            cfg.kafka.brokers
-        );
-        let child = spawn_role(role, &env, &dir)?;
-        if !wait_ready(&health).await {
-            stop(child);
-            bail!(
-                "{role} did not become ready; see {}",
-                dir.join(format!("{role}.log")).display()
-            );
-        }
-        let door = Door::open(
-            via,
-            &format!("http://127.0.0.1:{port}"),
-            mqtt_broker.as_deref().unwrap_or_default(),
-            concurrency,
-        )
-        .await?;
-        eprintln!("[bench] pre-signing {readings} readings in batches of {batch}...");
-        let now = now_ms();
-        let (f, bodies) = tokio::task::spawn_blocking(move || {
-            let bodies = bench::presign(&mut fleet, readings, batch, now);
-            (fleet, bodies)
-        })
-        .await?;
-        fleet = f;
-        eprintln!("[bench] driving it with {concurrency} senders...");
-        let run = bench::drive_door(&door, child.id(), bodies, batch as u64, concurrency).await;
-        stop(child);
-        eprintln!(
-            "[bench]   {:.0} accepted/s, {:.0} per core-second of `hexpulse {role}`, {} not answered 200",
-            run.accepted_per_s, run.accepted_per_ingest_core_s, run.non_200
-        );
-        runs.push(run);
+    let mut doors = vec![Via::Http, Via::Grpc];
+    match &mqtt_broker {
+        Some(_) => doors.push(Via::Mqtt),
+        None => eprintln!("[bench] ingest over mqtt: skipped (no --mqtt-broker)"),
     }
-    let mut runs = runs.into_iter();
-    let (Some(http), Some(grpc)) = (runs.next(), runs.next()) else {
-        bail!("the HTTP and gRPC runs did not run");
-    };
-    let report = bench::IngestReport::new(http, grpc, runs.next()).await;
+    let mut runs: BTreeMap<String, Vec<bench::DoorRun>> = BTreeMap::new();
+    let mut raw = Vec::new();
+    for round in 1..=rounds.max(1) {
+        for &via in &doors {
+            let port = free_port()?;
+            let mut env = common.to_vec();
+            let (role, health) = match via {
+                Via::Mqtt => {
+                    env.push((
+                        "HEXPULSE__MQTT__BROKER",
+                        mqtt_broker.clone().unwrap_or_default(),
+                    ));
+                    env.push((
+                        "HEXPULSE__MQTT__CLIENT_ID",
+                        format!("hexpulse-bench-{}", std::process::id()),
+                    ));
+                    env.push(("HEXPULSE__MQTT__LISTEN", format!("127.0.0.1:{port}")));
+                    ("mqtt", format!("http://127.0.0.1:{port}/readyz"))
+                }
+                _ => {
+                    env.push(("HEXPULSE__INGEST__LISTEN", format!("127.0.0.1:{port}")));
+                    ("ingest", format!("http://127.0.0.1:{port}/readyz"))
+                }
+            };
+            let child = spawn_role(role, &env, &dir)?;
+            if !wait_ready(&health).await {
+                stop(child);
+                bail!(
+                    "{role} did not become ready; see {}",
+                    dir.join(format!("{role}.log")).display()
+                );
+            }
+            let door = Door::open(
+                via,
+                &format!("http://127.0.0.1:{port}"),
+                mqtt_broker.as_deref().unwrap_or_default(),
+                concurrency,
+            )
+            .await?;
+            let now = now_ms();
+            let (f, bodies) = tokio::task::spawn_blocking(move || {
+                let bodies = bench::presign(&mut fleet, readings, batch, now);
+                (fleet, bodies)
+            })
+            .await?;
+            fleet = f;
+            let run = bench::drive_door(&door, child.id(), bodies, batch as u64, concurrency).await;
+            stop(child);
+            eprintln!(
+                "[bench] round {round}, {via} (`hexpulse {role}`): {:.0} accepted/s, {:.0} per core-second, {} not answered 200",
+                run.accepted_per_s, run.accepted_per_ingest_core_s, run.non_200
+            );
+            runs.entry(via.to_string()).or_default().push(run);
+        }
+        let r = bench::raw_verify_now().await;
+        eprintln!(
+            "[bench] round {round}: raw batch verify {:.0}/s on one core",
+            r.batch128_per_s
+        );
+        raw.push(r);
+    }
+    let mut take = |via: Via| runs.remove(&via.to_string()).unwrap_or_default();
+    let (http, grpc, mqtt) = (take(Via::Http), take(Via::Grpc), take(Via::Mqtt));
+    let report =
+        bench::IngestReport::new(raw, http, grpc, mqtt).context("the benchmark ran no round")?;
     eprintln!(
-        "[bench] raw batch verify {:.0}/s/core; ratio to it: http {:.2} (target >= 0.70), grpc {:.2} (target >= http's), mqtt {} (target >= 0.70)",
+        "[bench] medians of {rounds} rounds: raw batch verify {:.0}/s/core; ratio to it: http {:.2} (target >= 0.70), grpc {:.2} (target >= http's), mqtt {} (target >= 0.70)",
         report.raw_verify.batch128_per_s,
         report.http.ratio_to_raw_batch_verify,
         report.grpc.ratio_to_raw_batch_verify,
@@ -400,9 +404,10 @@ pub(crate) async fn run(cfg: Config, b: BenchCmd) -> anyhow::Result<()> {
             readings,
             batch,
             concurrency,
+            rounds,
             mqtt_broker,
             out,
-        } => ingest(cfg, readings, batch, concurrency, mqtt_broker, out).await,
+        } => ingest(cfg, readings, batch, concurrency, rounds, mqtt_broker, out).await,
         BenchCmd::Process { readings, out } => process(cfg, readings, out).await,
         BenchCmd::Query {
             readings,

@@ -179,6 +179,23 @@ fn publish(mosquitto: &str, mqtt_port: u16, device: &str, file: &Path) -> Child 
         .expect("mosquitto_pub")
 }
 
+/// Every verdict on the answers topics, appended to `file` as `mosquitto_sub -v` prints them.
+fn listen_to_answers(mosquitto: &str, mqtt_port: u16, file: &Path) -> Reaped {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .unwrap();
+    Reaped(
+        Command::new(mosquitto_client(mosquitto, "mosquitto_sub"))
+            .args(["-h", "127.0.0.1", "-p", &mqtt_port.to_string()])
+            .args(["-q", "1", "-v", "-t", "hexpulse/v1/answers/#"])
+            .stdout(out)
+            .spawn()
+            .expect("mosquitto_sub"),
+    )
+}
+
 fn mosquitto_client(mosquitto: &str, name: &str) -> String {
     // The clients are in /usr/bin; the broker in /usr/sbin.
     let beside = Path::new(mosquitto).with_file_name(name);
@@ -246,22 +263,7 @@ fn mqtt_readings_survive_bridge_kills_and_a_broker_restart_exactly_once() {
 
     // Every verdict, as a device listening to its answers would.
     let answers_file = work.path().join("answers.txt");
-    let mut answers = Reaped(
-        Command::new(mosquitto_client(&mosquitto_bin, "mosquitto_sub"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &mosquitto.port.to_string(),
-                "-q",
-                "1",
-                "-v",
-            ])
-            .args(["-t", "hexpulse/v1/answers/#"])
-            .stdout(std::fs::File::create(&answers_file).unwrap())
-            .spawn()
-            .expect("mosquitto_sub"),
-    );
+    let mut answers = listen_to_answers(&mosquitto_bin, mosquitto.port, &answers_file);
 
     let file = |k: &str| readings.join(format!("{k}.jsonl"));
     let log = work.path().join("bridge.log");
@@ -288,27 +290,7 @@ fn mqtt_readings_survive_bridge_kills_and_a_broker_restart_exactly_once() {
     std::thread::sleep(Duration::from_secs(2));
     mosquitto.run();
     answers.sigkill();
-    let mut answers = Reaped(
-        Command::new(mosquitto_client(&mosquitto_bin, "mosquitto_sub"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &mosquitto.port.to_string(),
-                "-q",
-                "1",
-                "-v",
-            ])
-            .args(["-t", "hexpulse/v1/answers/#"])
-            .stdout(
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(&answers_file)
-                    .unwrap(),
-            )
-            .spawn()
-            .expect("mosquitto_sub"),
-    );
+    let mut answers = listen_to_answers(&mosquitto_bin, mosquitto.port, &answers_file);
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         publish(&mosquitto_bin, mosquitto.port, &keys[3], &file(&keys[3]))
