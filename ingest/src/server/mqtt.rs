@@ -14,6 +14,8 @@
 //! - Each message's verdict is published (QoS 1) to its response topic (MQTT 5) or to
 //!   `answers_topic` with the device of the message's topic.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties, RetainForwardRule};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -121,9 +123,10 @@ async fn session(
     // in this loop may wait on the connection's progress, which only this loop's polling makes:
     // the channel is unbounded (the broker sends at most `inflight` unacknowledged messages, the
     // receive maximum, so it stays that small), and subscribing runs in a task of its own.
-    let (order_tx, order_rx) =
-        tokio::sync::mpsc::unbounded_channel::<(Publish, tokio::task::JoinHandle<bool>)>();
-    let acks = tokio::spawn(acknowledge(client.clone(), order_rx));
+    let (order_tx, order_rx) = tokio::sync::mpsc::unbounded_channel::<InHand>();
+    // Counts the connections lost: a message's acknowledgement is for the connection it came on.
+    let lost = Arc::new(AtomicU64::new(0));
+    let acks = tokio::spawn(acknowledge(client.clone(), order_rx, lost.clone()));
     let mqtt = Arc::new(mqtt);
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -162,12 +165,18 @@ async fn session(
                     publish.clone(),
                     shutdown.clone(),
                 ));
-                if order_tx.send((publish, task)).is_err() {
+                let in_hand = InHand {
+                    publish,
+                    task,
+                    connection: lost.load(Ordering::SeqCst),
+                };
+                if order_tx.send(in_hand).is_err() {
                     break;
                 }
             }
             Ok(_) => {}
             Err(e) => {
+                lost.fetch_add(1, Ordering::SeqCst);
                 metrics::gauge!(CONNECTED).set(0.0);
                 health.fail("mqtt", format!("the MQTT broker: {e}"));
                 tracing::warn!(error = %e, retry_in = ?backoff, "MQTT connection lost; reconnecting");
@@ -204,15 +213,32 @@ async fn session(
     tracing::info!("mqtt bridge stopped");
 }
 
+/// A message being bridged: its task, and the connection it came on.
+struct InHand {
+    publish: Publish,
+    task: tokio::task::JoinHandle<bool>,
+    /// Connections lost before it came.
+    connection: u64,
+}
+
 /// Acknowledges each message once its task settled it, in arrival order. A task that did not
 /// settle (shutdown before Kafka took it) leaves its message unacknowledged for redelivery.
+///
+/// A message from a connection since lost is not acknowledged: the broker delivers it again on
+/// the next one, and that copy is acknowledged in its turn. Acknowledging both would free the
+/// packet id twice, and the second PUBACK could settle whichever new message the broker had given
+/// that id meanwhile, before its readings were in Kafka. (One sent in the instant of a loss can
+/// still reach the next connection: rumqttc queues it.)
 async fn acknowledge(
     client: AsyncClient,
-    mut order: tokio::sync::mpsc::UnboundedReceiver<(Publish, tokio::task::JoinHandle<bool>)>,
+    mut order: tokio::sync::mpsc::UnboundedReceiver<InHand>,
+    lost: Arc<AtomicU64>,
 ) {
-    while let Some((publish, task)) = order.recv().await {
-        if matches!(task.await, Ok(true))
-            && let Err(e) = client.ack(&publish).await
+    while let Some(m) = order.recv().await {
+        let settled = matches!(m.task.await, Ok(true));
+        if settled
+            && m.connection == lost.load(Ordering::SeqCst)
+            && let Err(e) = client.ack(&m.publish).await
         {
             tracing::warn!(error = %e, "acknowledging a message");
         }
