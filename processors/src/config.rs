@@ -17,7 +17,9 @@ pub struct ProcessConfig {
     pub lake_url: String,
     /// H3 resolutions binned on every valid row, as columns `h3_r{res}`.
     pub h3_resolutions: Vec<u8>,
-    /// A unit (one set of files per partition) closes at this many rows, input bytes, or age.
+    /// A unit (one set of files per partition) closes at this many rows, input bytes, or age. It
+    /// is written while the next one fills, which may grow to twice these bounds before the
+    /// consumer waits for the write.
     pub roll_rows: usize,
     pub roll_bytes: usize,
     #[serde(with = "humantime_serde")]

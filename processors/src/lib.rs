@@ -9,7 +9,8 @@
 //! - `hexpulse_lake::epoch`: sealing epochs into deterministic reward inputs with a manifest and
 //!   Merkle root (`hexpulse process` runs the sealer's loop, `hexpulse_sealer`, beside the
 //!   processor where configured);
-//! - [`partition`]: one partition's unit buffer and its exactly-once flush;
+//! - [`partition`]: one partition's unit buffer and its exactly-once flush; [`sealed`]: writing a
+//!   unit taken out of the buffer, apart from the consumer loop;
 //! - [`live`]: the rows validated but not yet committed (and for a few seconds after), served to
 //!   the query service;
 //! - [`run`]: a processor's start, HTTP endpoints, background tasks and shutdown; `session`: one
@@ -26,6 +27,7 @@ pub mod partition;
 mod reread;
 pub mod rows;
 pub mod run;
+pub mod sealed;
 mod session;
 pub mod validate;
 

@@ -11,7 +11,7 @@ pub const REJOINS_ORPHANED_TOTAL: &str = "hexpulse_processor_group_rejoins_orpha
 pub const WATERMARK_MS: &str = "hexpulse_processor_watermark_ms"; // partition
 pub const LAG_MS: &str = "hexpulse_processor_lag_ms"; // partition
 pub const FLUSH_ERRORS: &str = "hexpulse_processor_flush_errors_total";
-/// Partitions stopped by a flush error that retrying cannot fix (see `session::Consuming::flush`).
+/// Partitions stopped by a flush error that retrying cannot fix (see `session::Consuming::on_flushed`).
 pub const PARTITIONS_STOPPED: &str = "hexpulse_processor_partitions_stopped_total";
 /// Bytes of rows the live tier holds (`live`).
 pub const LIVE_BYTES: &str = "hexpulse_processor_live_bytes";

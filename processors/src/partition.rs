@@ -7,7 +7,6 @@
 //! gate means another writer owns these offsets: this worker is fenced and must re-initialise.
 
 use hexpulse_common::time::now_ms;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,15 +16,14 @@ use bytes::Bytes;
 use hexpulse_schemas::tables;
 use hexpulse_schemas::wire::KindName;
 
-use hexpulse_lake::unit::{self, UnitFile, UnitOutcome};
-use hexpulse_lake::{HOUR_MS, Lake, LakeError, column, date_hour, decode_parquet, encode_parquet};
+use hexpulse_lake::unit::{self, UnitOutcome};
+use hexpulse_lake::{HOUR_MS, Lake, LakeError, column, date_hour, decode_parquet};
 
 use crate::h3bin::Binner;
 use crate::live::LiveStore;
 use crate::metrics as m;
-use crate::rows::{
-    Ctx, RejectedRow, Source, ValidRow, rejected_batch, sorted_valid_batch, valid_batch,
-};
+use crate::rows::{Ctx, RejectedRow, Source, ValidRow, rejected_batch, valid_batch};
+pub use crate::sealed::{FlushError, SealedUnit, Written};
 use crate::validate::{RawRecord, Validator, Verdict};
 
 /// Records re-verified together (when re-verification is on).
@@ -39,20 +37,14 @@ pub struct Roll {
     pub age: std::time::Duration,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum FlushError {
-    #[error("lake: {0}")]
-    Lake(#[from] LakeError),
-    #[error("arrow: {0}")]
-    Arrow(#[from] arrow::error::ArrowError),
-}
-
-impl hexpulse_common::fault::Classify for FlushError {
-    fn fault(&self) -> hexpulse_common::fault::Fault {
-        match self {
-            FlushError::Lake(e) => e.fault(),
-            // Rows that do not encode into their table's schema: ours to fix.
-            FlushError::Arrow(_) => hexpulse_common::fault::Fault::Internal,
+impl Roll {
+    /// Twice the row and byte bounds: how far a partition buffers while its previous unit is
+    /// still being written, before the consumer waits for that write.
+    pub fn twice(self) -> Roll {
+        Roll {
+            rows: self.rows.saturating_mul(2),
+            bytes: self.bytes.saturating_mul(2),
+            age: self.age,
         }
     }
 }
@@ -82,6 +74,7 @@ struct Pending {
 struct Unit {
     /// Records waiting for one batched signature re-verification.
     pending: Vec<Pending>,
+    first: Option<i64>,
     last: Option<i64>,
     valid: Vec<ValidRow>,
     rejected: Vec<RejectedRow>,
@@ -117,6 +110,8 @@ pub struct PartitionWorker {
     /// The live tier, and the first record whose rows are not live yet.
     live: Option<Arc<LiveStore>>,
     live_next: i64,
+    /// The last offset of the sealed unit being written, if one is.
+    in_flight: Option<i64>,
 }
 
 impl PartitionWorker {
@@ -150,6 +145,7 @@ impl PartitionWorker {
             tables_ready: false,
             live: None,
             live_next: next,
+            in_flight: None,
         };
         let remembered = w.rebuild_state(receive_ms).await?;
         tracing::info!(
@@ -303,11 +299,13 @@ impl PartitionWorker {
         Ok(tables)
     }
 
-    /// Writes this partition's watermark where sealers read it (`epoch::seal::watermark_path`).
-    pub async fn publish_watermark(&self) -> Result<(), LakeError> {
+    /// Writes this partition's watermark where sealers read it (`epoch::seal::watermark_path`),
+    /// with the chain's end: `watermark_ms` must hold for everything committed (the one a
+    /// [`Written`] unit carries, or the worker's own when nothing is buffered or in flight).
+    pub async fn publish_watermark(&self, watermark_ms: i64) -> Result<(), LakeError> {
         let wm = hexpulse_lake::epoch::seal::Watermark {
             partition: self.partition,
-            watermark_ms: self.watermark_ms,
+            watermark_ms,
             next_offset: self.next_offset,
         };
         let body = serde_json::to_vec(&wm).expect("watermark serialises");
@@ -319,6 +317,11 @@ impl PartitionWorker {
             .await
     }
 
+    /// This worker instance's id (in its files' names).
+    pub fn writer(&self) -> &str {
+        &self.writer
+    }
+
     /// First offset of the next unit.
     pub fn next_offset(&self) -> i64 {
         self.next_offset
@@ -326,7 +329,9 @@ impl PartitionWorker {
 
     /// Whether a record at `offset` was already handled by a published unit.
     pub fn already_done(&self, offset: i64) -> bool {
-        offset < self.next_offset || self.unit.last.is_some_and(|l| offset <= l)
+        offset < self.next_offset
+            || self.in_flight.is_some_and(|l| offset <= l)
+            || self.unit.last.is_some_and(|l| offset <= l)
     }
 
     /// Validates a record into the current unit: `value` is the record's value (enveloped by
@@ -338,6 +343,7 @@ impl PartitionWorker {
         self.watermark_ms = self.watermark_ms.max(receive_ms);
         self.pushed += 1;
         self.unit.opened.get_or_insert_with(Instant::now);
+        self.unit.first.get_or_insert(offset);
         self.unit.last = Some(offset);
         self.unit.bytes += signed.len();
         if self.validator.reverifies() {
@@ -464,136 +470,82 @@ impl PartitionWorker {
         self.buffered() > 0 && (self.buffered() >= roll.rows || self.unit.bytes >= roll.bytes)
     }
 
-    /// Writes and commits the unit. See the module docs.
-    pub async fn flush(&mut self, rules_version: &str) -> Result<Flushed, FlushError> {
+    /// Whether a sealed unit of this partition is being written ([`PartitionWorker::seal`]).
+    pub fn flushing(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// The first record of the unit being buffered, if any.
+    pub fn buffered_from(&self) -> Option<i64> {
+        self.unit.first
+    }
+
+    /// Takes the buffered unit out for writing ([`SealedUnit::write`]), after making its last rows
+    /// live (the live rows stay contiguous). The worker goes on buffering the next unit meanwhile;
+    /// a partition has at most one unit in flight, because the next unit's gate commit needs this
+    /// one's. `None`: nothing buffered, or a unit is in flight already.
+    pub fn seal(&mut self, rules_version: &str) -> Option<SealedUnit> {
+        if self.flushing() {
+            return None;
+        }
         self.drain_pending();
-        // The live rows stay contiguous: the unit's last rows go live before it commits.
         self.publish_live(rules_version);
-        let Some(end) = self.unit.last else {
-            return Ok(Flushed::Empty);
-        };
-        let start = self.next_offset;
-        let started = Instant::now();
-        let ctx = Ctx {
-            topic: &self.topic,
-            rules_version,
-            resolutions: &self.resolutions,
-        };
-        let mut files = Vec::new();
+        let end = self.unit.last?;
+        let unit = std::mem::take(&mut self.unit);
+        self.in_flight = Some(end);
+        Some(SealedUnit {
+            lake: self.lake.clone(),
+            topic: self.topic.clone(),
+            partition: self.partition,
+            writer: self.writer.clone(),
+            resolutions: self.resolutions.clone(),
+            rules_version: rules_version.to_string(),
+            ensure_tables: !self.tables_ready,
+            start: self.next_offset,
+            end,
+            valid: unit.valid,
+            rejected: unit.rejected,
+            watermark_ms: self.watermark_ms,
+            sealed_at: Instant::now(),
+        })
+    }
 
-        // Group by table and event hour; sort rows by coarsest cell, then time, so filters prune well.
-        let coarse = self
-            .resolutions
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, r)| **r)
-            .map(|(i, _)| i)
-            .unwrap_or(0);
-        // Keyed by the hour's index (the date is formatted once per file, not once per row).
-        let mut groups: BTreeMap<(KindName, i64), Vec<&ValidRow>> = BTreeMap::new();
-        for r in &self.unit.valid {
-            groups
-                .entry((
-                    r.valid.kind,
-                    r.valid.reading.device_time_ms.div_euclid(HOUR_MS),
-                ))
-                .or_default()
-                .push(r);
-        }
-        for ((kind, hour_index), rows) in groups {
-            let (date, hour) = date_hour(hour_index * HOUR_MS);
-            let batch = sorted_valid_batch(kind, &rows, coarse, &ctx)?;
-            files.push(unit_file(kind.as_str(), date, hour, &batch)?);
-        }
-        let mut rejected: BTreeMap<i64, Vec<&RejectedRow>> = BTreeMap::new();
-        for r in &self.unit.rejected {
-            rejected
-                .entry(r.src.receive_ms.div_euclid(HOUR_MS))
-                .or_default()
-                .push(r);
-        }
-        for (hour_index, rows) in rejected {
-            let (date, hour) = date_hour(hour_index * HOUR_MS);
-            let batch = rejected_batch(&rows, &ctx)?;
-            files.push(unit_file(tables::REJECTED_TABLE, date, hour, &batch)?);
-        }
-        metrics::histogram!(m::FILE_WRITE_SECONDS).record(started.elapsed().as_secs_f64());
-
-        if !self.tables_ready {
-            let resolutions = self.resolutions.clone();
-            unit::ensure_tables(&self.lake, |t| table_schema(t, &resolutions)).await?;
-            self.tables_ready = true;
-        }
-        let outcome = unit::commit_unit(
-            &self.lake,
-            unit::Unit {
-                topic: &self.topic,
-                partition: self.partition,
-                start,
-                end,
-                writer: &self.writer,
-                files,
-            },
-        )
-        .await?;
-        match outcome {
-            UnitOutcome::Committed => self.published(end, started),
+    /// Takes the outcome of writing the sealed unit in.
+    pub fn written(&mut self, w: &Written) -> Flushed {
+        self.in_flight = None;
+        match w.outcome {
+            UnitOutcome::Committed => {
+                self.tables_ready = true;
+                metrics::counter!(m::ROWS, "outcome" => "valid", "reason" => "").increment(w.valid);
+                for (reason, n) in &w.rejected {
+                    metrics::counter!(m::ROWS, "outcome" => "rejected", "reason" => *reason)
+                        .increment(*n);
+                }
+                self.next_offset = w.end + 1;
+                if let Some(live) = &self.live {
+                    live.committed(self.partition, w.end);
+                }
+                self.validator.prune(self.watermark_ms);
+                metrics::histogram!(m::UNIT_SECONDS).record(w.sealed_at.elapsed().as_secs_f64());
+                Flushed::Committed {
+                    next_offset: w.end + 1,
+                    rows: w.rows,
+                }
+            }
             UnitOutcome::Fenced { next_offset } => {
                 metrics::counter!(m::FENCED).increment(1);
-                Ok(Flushed::Fenced { next_offset })
+                Flushed::Fenced { next_offset }
             }
         }
     }
 
-    fn published(&mut self, end: i64, started: Instant) -> Result<Flushed, FlushError> {
-        let rows = self.buffered();
-        // Rows by outcome count what was published, once per unit (not per row: that is hot).
-        metrics::counter!(m::ROWS, "outcome" => "valid", "reason" => "")
-            .increment(self.unit.valid.len() as u64);
-        let mut by_reason: BTreeMap<&'static str, u64> = BTreeMap::new();
-        for r in &self.unit.rejected {
-            *by_reason.entry(r.reason).or_default() += 1;
-        }
-        for (reason, n) in by_reason {
-            metrics::counter!(m::ROWS, "outcome" => "rejected", "reason" => reason).increment(n);
-        }
-        self.next_offset = end + 1;
-        self.live_next = end + 1;
-        if let Some(live) = &self.live {
-            live.committed(self.partition, end);
-        }
-        self.unit = Unit::default();
-        self.validator.prune(self.watermark_ms);
-        metrics::histogram!(m::UNIT_SECONDS).record(started.elapsed().as_secs_f64());
-        Ok(Flushed::Committed {
-            next_offset: end + 1,
-            rows,
-        })
+    /// Seals, writes and commits the buffered unit, in one step. See the module docs. After an
+    /// error the unit is not in the worker any more: drop the worker (its records are read again).
+    pub async fn flush(&mut self, rules_version: &str) -> Result<Flushed, FlushError> {
+        let Some(unit) = self.seal(rules_version) else {
+            return Ok(Flushed::Empty);
+        };
+        let written = unit.write().await?;
+        Ok(self.written(&written))
     }
-}
-
-/// The Arrow schema of a stream table's files.
-pub fn table_schema(table: &str, resolutions: &[u8]) -> arrow::datatypes::SchemaRef {
-    match table {
-        t if t == KindName::Heartbeat.as_str() => tables::heartbeat_schema(resolutions),
-        t if t == KindName::Sensor.as_str() => tables::sensor_schema(resolutions),
-        t if t == KindName::Road.as_str() => tables::road_schema(resolutions),
-        _ => tables::rejected_schema(),
-    }
-}
-
-/// One encoded file of a unit, with its Delta statistics.
-fn unit_file(
-    table: &'static str,
-    date: String,
-    hour: u32,
-    batch: &arrow::array::RecordBatch,
-) -> Result<UnitFile, FlushError> {
-    Ok(UnitFile {
-        table,
-        date,
-        hour,
-        bytes: encode_parquet(batch, hexpulse_lake::UNIT_ZSTD_LEVEL)?,
-        stats: hexpulse_lake::stats::stats_json(batch),
-    })
 }

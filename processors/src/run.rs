@@ -135,7 +135,7 @@ pub async fn start(
             cfg.live.retention,
             cfg.live.memory_bytes,
             STREAM_TABLES.map(|t| {
-                hexpulse_lake::live::with_partition_fields(&crate::partition::table_schema(
+                hexpulse_lake::live::with_partition_fields(&crate::sealed::table_schema(
                     t,
                     &cfg.h3_resolutions,
                 ))

@@ -173,3 +173,86 @@ async fn a_permanent_store_error_stops_the_partitions_loudly_and_a_restart_resum
     p.wait().await.unwrap();
     assert_matches(&summary, &sc);
 }
+
+/// Rows of each partition in the processor's live tier, by asking its `/v1/live/{table}`.
+async fn live_rows_by_partition(
+    addr: std::net::SocketAddr,
+) -> std::collections::BTreeMap<i32, usize> {
+    let mut rows = std::collections::BTreeMap::new();
+    for table in hexpulse_lake::unit::STREAM_TABLES {
+        let body = reqwest::get(format!("http://{addr}/v1/live/{table}"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let (header, _, batches) = hexpulse_lake::live::decode(&body).unwrap();
+        for (segment, batch) in header.segments.iter().zip(&batches) {
+            *rows.entry(segment.partition).or_default() += batch.num_rows();
+        }
+    }
+    rows
+}
+
+/// A unit whose commit hangs (the store fails every write) does not stop the consumer loop: the
+/// partition goes on buffering its next unit, whose rows go live (up to twice the roll bounds,
+/// no more: the consumer then waits). Before units were written apart from the loop, a
+/// partition's live rows stopped at its first unit. Once the store recovers, every record is
+/// stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_commit_does_not_stop_the_consumer() {
+    let Some(Setup {
+        sc,
+        kafka,
+        _dir,
+        local,
+        flaky,
+        mut cfg,
+    }) = setup(
+        "a_hanging_commit_does_not_stop_the_consumer",
+        "it-proc-hang",
+    )
+    .await
+    else {
+        return;
+    };
+    const ROLL: usize = 20;
+    cfg.roll_rows = ROLL;
+    flaky.failing.store(true, Ordering::SeqCst);
+    let stop = CancellationToken::new();
+    let p = hexpulse_processors::run::start(
+        cfg,
+        kafka.clone(),
+        Registry::from_devices(sc.devices.clone()).unwrap(),
+        Lake::from_store(flaky.clone()),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    // Some partition gets past its first unit, while nothing can be committed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let live = loop {
+        let live = live_rows_by_partition(p.addr).await;
+        if live.values().any(|n| *n > ROLL) {
+            break live;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no partition's live rows went past its first unit of {ROLL} while its commit hung: \
+             {live:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("live rows by partition while the commits hung: {live:?}");
+    let during = hexpulse_testkit::inspect::summarize(&local).await.unwrap();
+    assert_eq!(
+        during.distinct_records(),
+        0,
+        "nothing committed while the store fails"
+    );
+    flaky.failing.store(false, Ordering::SeqCst);
+    let summary = wait_for(&local, sc.records.len(), Duration::from_secs(60)).await;
+    stop.cancel();
+    p.task.await.unwrap().unwrap();
+    assert_matches(&summary, &sc);
+}

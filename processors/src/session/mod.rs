@@ -8,24 +8,25 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use hexpulse_common::fault::Classify;
 use hexpulse_common::time::now_ms;
 use hexpulse_schemas::wire::envelope;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics as m;
-use crate::partition::{Flushed, PartitionWorker, Roll};
+use crate::partition::{PartitionWorker, Roll};
 use crate::reread::{
     OrphanWatch, REREAD_WINDOW, Reread, RereadStep, SILENT_AFTER, committed_offset,
     partition_count, seek,
 };
 use crate::run::{ProcessError, Shared};
 use crate::validate::Validator;
+
+mod flush;
+use flush::{FlushDone, commit_offset};
 
 /// Records partitions taken away by a rebalance, for the loop to drop their state, and counts
 /// completed rebalances (a join the group never answers shows as none).
@@ -104,6 +105,10 @@ pub(crate) async fn consume_session(
         loop {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                Some(done) = c.flushes.join_next() => {
+                    c.on_flushed(&consumer, done).await;
+                    continue;
+                }
                 _ = tick.tick() => None,
                 m = stream.next() => m,
             };
@@ -113,6 +118,9 @@ pub(crate) async fn consume_session(
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 None => {
                     if c.lost(&consumer).await {
+                        // What is written already is kept: let the units in flight land.
+                        c.settle(&consumer, Instant::now() + s.cfg.shutdown_timeout, false)
+                            .await;
                         drop(stream);
                         // Closing a consumer talks to the coordinator; keep that off the async
                         // workers.
@@ -120,7 +128,7 @@ pub(crate) async fn consume_session(
                         return Ok(Ended::Rejoin);
                     }
                     c.reread_silent(&consumer);
-                    c.on_tick(&consumer).await;
+                    c.on_tick().await;
                 }
             }
         }
@@ -149,8 +157,11 @@ struct Consuming<'a> {
     silent: HashMap<i32, (Instant, i64)>,
     orphans: OrphanWatch,
     /// Partitions stopped by a flush error that retrying cannot fix (see
-    /// [`Consuming::flush`]): paused until they are revoked or the processor restarts.
+    /// [`Consuming::on_flushed`]): paused until they are revoked or the processor restarts.
     stopped: HashSet<i32>,
+    /// The units being written, at most one per partition ([`Consuming::start_flush`]). Owned by
+    /// the session: ending it aborts what is still in flight (its records are read again).
+    flushes: JoinSet<FlushDone>,
 }
 
 impl<'a> Consuming<'a> {
@@ -173,6 +184,7 @@ impl<'a> Consuming<'a> {
             silent: HashMap::new(),
             orphans: OrphanWatch::new(s.cfg.session_timeout * 3),
             stopped: HashSet::new(),
+            flushes: JoinSet::new(),
         }
     }
 
@@ -257,21 +269,21 @@ impl<'a> Consuming<'a> {
         if w.commit_pending && !w.already_done(offset) {
             // Everything before this record is claimed and published.
             w.commit_pending = false;
-            let started = Instant::now();
-            let mut tpl = TopicPartitionList::new();
-            let _ = tpl.add_partition_offset(topic, p, Offset::Offset(offset));
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                // Harmless: the claim chain, not the Kafka offset, says where to resume.
-                tracing::debug!(partition = p, error = %e, "offset commit failed");
-            }
-            metrics::histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+            commit_offset(consumer, topic, p, offset);
         }
         if w.already_done(offset) {
             return Ok(());
         }
         w.push(offset, value, record_ms);
         if w.is_full(self.roll) {
-            self.flush(consumer, p, self.shutdown).await;
+            if !w.flushing() {
+                self.start_flush(p);
+            } else if w.is_full(self.roll.twice()) {
+                // The lake is slower than the stream: wait for the unit in flight rather than
+                // buffer without bound.
+                self.await_flush(consumer, p).await;
+                self.start_flush(p);
+            }
         }
         Ok(())
     }
@@ -351,7 +363,7 @@ impl<'a> Consuming<'a> {
 
     /// A tick (or the stream paused): rows validated since the last tick go live, units that are
     /// old enough flush, idle watermarks advance.
-    async fn on_tick(&mut self, consumer: &Kafka) {
+    async fn on_tick(&mut self) {
         if self.s.live.is_some() {
             for w in self.workers.values_mut() {
                 w.publish_live(&self.s.rules.version);
@@ -364,7 +376,7 @@ impl<'a> Consuming<'a> {
             .map(|(p, _)| *p)
             .collect();
         for p in due {
-            self.flush(consumer, p, self.shutdown).await;
+            self.start_flush(p);
         }
         self.advance_idle_watermarks().await;
     }
@@ -387,101 +399,12 @@ impl<'a> Consuming<'a> {
             }
             let quiet = a.1.elapsed() >= idle_after;
             let due = a.2.is_none_or(|t| t.elapsed() >= idle_after / 2);
-            if quiet && due && w.buffered() == 0 {
+            if quiet && due && w.buffered() == 0 && !w.flushing() {
                 w.watermark_ms = w.watermark_ms.max(now_ms() - idle_after.as_millis() as i64);
                 a.2 = Some(Instant::now());
-                if let Err(e) = w.publish_watermark().await {
+                if let Err(e) = w.publish_watermark(w.watermark_ms).await {
                     tracing::debug!(partition = p, error = %e, "idle watermark write failed");
                 }
-            }
-        }
-    }
-
-    /// Shutdown: flush and commit what is buffered, within the limit.
-    async fn finish(&mut self, consumer: &Kafka) {
-        let ps: Vec<i32> = self.workers.keys().copied().collect();
-        let deadline = Instant::now() + self.s.cfg.shutdown_timeout;
-        let never = CancellationToken::new();
-        for p in ps {
-            if Instant::now() >= deadline {
-                tracing::warn!(
-                    "shutdown limit reached; leaving the rest uncommitted (it will be re-read)"
-                );
-                break;
-            }
-            let _ = tokio::time::timeout_at(deadline.into(), self.flush(consumer, p, &never)).await;
-        }
-    }
-
-    /// Flushes one partition, retrying with backoff while the lake fails in a way that may pass;
-    /// commits on success. An error that retrying cannot fix (a permission, a schema, data that
-    /// does not encode) stops the partition, loudly: its unit is dropped uncommitted (its records
-    /// are read again after a restart), it is paused, `/readyz` fails with
-    /// `partition:{p}`, and `hexpulse_processor_partitions_stopped_total` counts it.
-    async fn flush(&mut self, consumer: &Kafka, p: i32, shutdown: &CancellationToken) {
-        let s = self.s;
-        let Some(w) = self.workers.get_mut(&p) else {
-            return;
-        };
-        let mut backoff = Duration::from_millis(100);
-        let outcome = loop {
-            match w.flush(&s.rules.version).await {
-                Ok(o) => break o,
-                Err(e) if !e.retryable() => {
-                    metrics::counter!(m::FLUSH_ERRORS).increment(1);
-                    metrics::counter!(m::PARTITIONS_STOPPED).increment(1);
-                    tracing::error!(
-                        partition = p,
-                        error = %e,
-                        fault = ?e.fault(),
-                        "flush failed and retrying cannot fix it: this partition stops until it \
-                         is revoked or the processor restarts (its records stay uncommitted and \
-                         are read again then)"
-                    );
-                    s.health
-                        .fail(&stopped_condition(p), format!("flush failed: {e}"));
-                    s.drop_worker(&mut self.workers, p);
-                    self.stopped.insert(p);
-                    let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition(&self.topic, p);
-                    if let Err(e) = consumer.pause(&tpl) {
-                        tracing::warn!(partition = p, error = %e, "pausing the partition failed");
-                    }
-                    return;
-                }
-                Err(e) => {
-                    metrics::counter!(m::FLUSH_ERRORS).increment(1);
-                    tracing::warn!(partition = p, error = %e, ?backoff, "flush failed; offsets stay uncommitted, retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
-        match outcome {
-            Flushed::Empty => {}
-            Flushed::Committed { next_offset, rows } => {
-                // The Kafka offset is committed when the next record arrives, at that record's
-                // offset: `next_offset` itself may lie in an offset gap, where tansu's fetches
-                // stall.
-                w.commit_pending = true;
-                // A partition stopped in an earlier session of this process works again.
-                s.health.clear(&stopped_condition(p));
-                if let Err(e) = w.publish_watermark().await {
-                    tracing::warn!(partition = p, error = %e, "writing the watermark failed");
-                }
-                let wm = w.watermark_ms;
-                metrics::gauge!(m::WATERMARK_MS, "partition" => p.to_string()).set(wm as f64);
-                metrics::gauge!(m::LAG_MS, "partition" => p.to_string())
-                    .set((now_ms() - wm).max(0) as f64);
-                tracing::debug!(partition = p, next_offset, rows, "unit committed");
-            }
-            Flushed::Fenced { next_offset } => {
-                s.drop_worker(&mut self.workers, p);
-                // The next record re-initialises the worker (and re-reads if the broker skipped).
-                seek(consumer, &self.topic, p, next_offset);
             }
         }
     }

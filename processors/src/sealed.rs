@@ -1,0 +1,237 @@
+//! Writing a sealed unit: the rows a [`PartitionWorker`](crate::partition::PartitionWorker) took
+//! out of its buffer ([`PartitionWorker::seal`](crate::partition::PartitionWorker::seal)), encoded
+//! into Parquet off the async workers and committed through
+//! [`hexpulse_lake::unit::commit_unit`]. A [`SealedUnit`] owns what that needs, so that the write
+//! runs apart from the consumer loop, which meanwhile buffers the partition's next unit.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use hexpulse_lake::unit::{self, UnitFile, UnitOutcome};
+use hexpulse_lake::{HOUR_MS, Lake, LakeError, date_hour, encode_parquet};
+use hexpulse_schemas::tables;
+use hexpulse_schemas::wire::KindName;
+
+use crate::metrics as m;
+use crate::rows::{Ctx, RejectedRow, ValidRow, rejected_batch, sorted_valid_batch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error("lake: {0}")]
+    Lake(#[from] LakeError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("encoding the unit panicked: {0}")]
+    Panicked(String),
+}
+
+impl hexpulse_common::fault::Classify for FlushError {
+    fn fault(&self) -> hexpulse_common::fault::Fault {
+        match self {
+            FlushError::Lake(e) => e.fault(),
+            // Rows that do not encode into their table's schema: ours to fix.
+            FlushError::Arrow(_) | FlushError::Panicked(_) => {
+                hexpulse_common::fault::Fault::Internal
+            }
+        }
+    }
+}
+
+/// A unit taken out of its worker ([`PartitionWorker::seal`](crate::partition::PartitionWorker::seal)): what writing and committing it
+/// needs, owned, so that it can be written off the consumer loop.
+pub struct SealedUnit {
+    pub(crate) lake: Lake,
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) writer: String,
+    pub(crate) resolutions: Vec<u8>,
+    pub(crate) rules_version: String,
+    /// The stream tables may not exist yet.
+    pub(crate) ensure_tables: bool,
+    pub(crate) start: i64,
+    pub(crate) end: i64,
+    pub(crate) valid: Vec<ValidRow>,
+    pub(crate) rejected: Vec<RejectedRow>,
+    /// The partition's watermark when the unit was sealed: every record received up to it is in
+    /// this unit or an earlier one.
+    pub(crate) watermark_ms: i64,
+    pub(crate) sealed_at: Instant,
+}
+
+/// A sealed unit, written: what its worker takes in ([`PartitionWorker::written`](crate::partition::PartitionWorker::written)).
+#[derive(Debug)]
+pub struct Written {
+    pub outcome: UnitOutcome,
+    pub(crate) end: i64,
+    /// The watermark the unit carries (publish it once the unit is committed).
+    pub(crate) watermark_ms: i64,
+    pub(crate) rows: usize,
+    pub(crate) valid: u64,
+    pub(crate) rejected: BTreeMap<&'static str, u64>,
+    pub(crate) sealed_at: Instant,
+}
+
+impl SealedUnit {
+    /// The writer instance of the worker that sealed it.
+    pub fn writer(&self) -> &str {
+        &self.writer
+    }
+
+    /// Encodes the unit's files and commits them once.
+    pub async fn write(mut self) -> Result<Written, FlushError> {
+        let (files, written) = self.encode().await?;
+        let outcome = self.commit(&files).await?;
+        Ok(Written { outcome, ..written })
+    }
+
+    /// Encodes the unit's files once, then commits them, retrying with backoff while the lake
+    /// fails in a way that may pass. Returns the first error that retrying cannot fix. It never
+    /// gives up otherwise: the caller owns the task and aborts it when it must stop.
+    pub async fn write_retrying(mut self) -> Result<Written, FlushError> {
+        let (files, written) = self.encode().await?;
+        let mut backoff = std::time::Duration::from_millis(100);
+        loop {
+            match self.commit(&files).await {
+                Ok(outcome) => return Ok(Written { outcome, ..written }),
+                Err(e) if !hexpulse_common::fault::Classify::retryable(&e) => return Err(e),
+                Err(e) => {
+                    metrics::counter!(m::FLUSH_ERRORS).increment(1);
+                    tracing::warn!(partition = self.partition, error = %e, ?backoff,
+                        "unit commit failed; offsets stay uncommitted, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// The unit's Parquet files, encoded off the async workers, and what its worker is told once
+    /// they are committed (the outcome still to be filled in).
+    async fn encode(&mut self) -> Result<(Vec<UnitFile>, Written), FlushError> {
+        let mut rejected: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for r in &self.rejected {
+            *rejected.entry(r.reason).or_default() += 1;
+        }
+        let written = Written {
+            outcome: UnitOutcome::Committed,
+            end: self.end,
+            watermark_ms: self.watermark_ms,
+            rows: self.valid.len() + self.rejected.len(),
+            valid: self.valid.len() as u64,
+            rejected,
+            sealed_at: self.sealed_at,
+        };
+        // The rows are not needed after encoding: they move into the blocking task.
+        let valid = std::mem::take(&mut self.valid);
+        let rejected = std::mem::take(&mut self.rejected);
+        let (topic, rules_version, resolutions) = (
+            self.topic.clone(),
+            self.rules_version.clone(),
+            self.resolutions.clone(),
+        );
+        let files = tokio::task::spawn_blocking(move || {
+            let ctx = Ctx {
+                topic: &topic,
+                rules_version: &rules_version,
+                resolutions: &resolutions,
+            };
+            encode_unit(&valid, &rejected, &resolutions, &ctx)
+        })
+        .await
+        .map_err(|e| FlushError::Panicked(e.to_string()))??;
+        Ok((files, written))
+    }
+
+    async fn commit(&self, files: &[UnitFile]) -> Result<UnitOutcome, FlushError> {
+        if self.ensure_tables {
+            let resolutions = &self.resolutions;
+            unit::ensure_tables(&self.lake, |t| table_schema(t, resolutions)).await?;
+        }
+        Ok(unit::commit_unit(
+            &self.lake,
+            unit::Unit {
+                topic: &self.topic,
+                partition: self.partition,
+                start: self.start,
+                end: self.end,
+                writer: &self.writer,
+                files: files.to_vec(),
+            },
+        )
+        .await?)
+    }
+}
+
+/// Encodes a unit's rows: one file per table and event hour (rejections by receive hour), rows
+/// sorted by their coarsest cell and then time, so that filters prune well.
+fn encode_unit(
+    valid: &[ValidRow],
+    rejected: &[RejectedRow],
+    resolutions: &[u8],
+    ctx: &Ctx<'_>,
+) -> Result<Vec<UnitFile>, FlushError> {
+    let started = Instant::now();
+    let mut files = Vec::new();
+    let coarse = resolutions
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, r)| **r)
+        .map(|(i, _)| i)
+        .unwrap_or(0);
+    // Keyed by the hour's index (the date is formatted once per file, not once per row).
+    let mut groups: BTreeMap<(KindName, i64), Vec<&ValidRow>> = BTreeMap::new();
+    for r in valid {
+        groups
+            .entry((
+                r.valid.kind,
+                r.valid.reading.device_time_ms.div_euclid(HOUR_MS),
+            ))
+            .or_default()
+            .push(r);
+    }
+    for ((kind, hour_index), rows) in groups {
+        let (date, hour) = date_hour(hour_index * HOUR_MS);
+        let batch = sorted_valid_batch(kind, &rows, coarse, ctx)?;
+        files.push(unit_file(kind.as_str(), date, hour, &batch)?);
+    }
+    let mut by_hour: BTreeMap<i64, Vec<&RejectedRow>> = BTreeMap::new();
+    for r in rejected {
+        by_hour
+            .entry(r.src.receive_ms.div_euclid(HOUR_MS))
+            .or_default()
+            .push(r);
+    }
+    for (hour_index, rows) in by_hour {
+        let (date, hour) = date_hour(hour_index * HOUR_MS);
+        let batch = rejected_batch(&rows, ctx)?;
+        files.push(unit_file(tables::REJECTED_TABLE, date, hour, &batch)?);
+    }
+    metrics::histogram!(m::FILE_WRITE_SECONDS).record(started.elapsed().as_secs_f64());
+    Ok(files)
+}
+
+/// The Arrow schema of a stream table's files.
+pub fn table_schema(table: &str, resolutions: &[u8]) -> arrow::datatypes::SchemaRef {
+    match table {
+        t if t == KindName::Heartbeat.as_str() => tables::heartbeat_schema(resolutions),
+        t if t == KindName::Sensor.as_str() => tables::sensor_schema(resolutions),
+        t if t == KindName::Road.as_str() => tables::road_schema(resolutions),
+        _ => tables::rejected_schema(),
+    }
+}
+
+/// One encoded file of a unit, with its Delta statistics.
+fn unit_file(
+    table: &'static str,
+    date: String,
+    hour: u32,
+    batch: &arrow::array::RecordBatch,
+) -> Result<UnitFile, FlushError> {
+    Ok(UnitFile {
+        table,
+        date,
+        hour,
+        bytes: encode_parquet(batch, hexpulse_lake::UNIT_ZSTD_LEVEL)?,
+        stats: hexpulse_lake::stats::stats_json(batch),
+    })
+}
