@@ -57,7 +57,7 @@ pub enum Flushed {
     /// The unit is durable and published; `next_offset` is `end + 1`. The Kafka offset is committed
     /// when the partition's next record arrives, at that record's offset (`next_offset` may lie in
     /// an offset gap, where tansu's fetches stall).
-    Committed { next_offset: i64, rows: usize },
+    Committed { next_offset: i64, rows: u64 },
     /// Another writer committed these offsets: drop this worker, re-initialise, and seek to `next_offset`.
     Fenced { next_offset: i64 },
 }
@@ -529,7 +529,7 @@ impl PartitionWorker {
                 metrics::histogram!(m::UNIT_SECONDS).record(w.sealed_at.elapsed().as_secs_f64());
                 Flushed::Committed {
                     next_offset: w.end + 1,
-                    rows: w.rows,
+                    rows: w.rows(),
                 }
             }
             UnitOutcome::Fenced { next_offset } => {

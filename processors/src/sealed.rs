@@ -65,10 +65,16 @@ pub struct Written {
     pub(crate) end: i64,
     /// The watermark the unit carries (publish it once the unit is committed).
     pub(crate) watermark_ms: i64,
-    pub(crate) rows: usize,
     pub(crate) valid: u64,
     pub(crate) rejected: BTreeMap<&'static str, u64>,
     pub(crate) sealed_at: Instant,
+}
+
+impl Written {
+    /// Rows in the unit, valid and rejected.
+    pub(crate) fn rows(&self) -> u64 {
+        self.valid + self.rejected.values().sum::<u64>()
+    }
 }
 
 impl SealedUnit {
@@ -116,7 +122,6 @@ impl SealedUnit {
             outcome: UnitOutcome::Committed,
             end: self.end,
             watermark_ms: self.watermark_ms,
-            rows: self.valid.len() + self.rejected.len(),
             valid: self.valid.len() as u64,
             rejected,
             sealed_at: self.sealed_at,

@@ -159,6 +159,7 @@ impl Consuming<'_> {
         let flushed = w.written(&written);
         let again = w.should_flush(self.roll);
         match flushed {
+            // A written unit always had rows: only `flush` of an empty buffer answers `Empty`.
             Flushed::Empty => {}
             Flushed::Committed { next_offset, rows } => {
                 // The Kafka offset is committed at the offset of the partition's next record: the
