@@ -103,13 +103,19 @@ else
 fi
 # Signature verdicts must not depend on curve25519-dalek's backend. The build above runs the fastest
 # the CPU has (AVX-512 IFMA where present, `.cargo/config.toml`); these force the fallbacks, each a
-# small build of hexpulse-schemas alone in a target directory of its own (its vectors, property
-# tests, and a check that the build ran the backend it was asked for; not its examples or doctests).
+# small build of hexpulse-schemas alone (its vectors, property tests, and a check that the build ran
+# the backend it was asked for; not its examples or doctests). Both share one target directory:
+# with an explicit --target, RUSTFLAGS reach only the target's crates, so the build scripts and
+# proc macros are built once, and cargo keeps each backend's crates apart by their flags.
 unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
+host="$(rustc -vV | sed -n 's/^host: //p')"
+# Until 2026-12-03 each backend had a directory of its own under it.
+rm -rf "$CACHE/backends/serial" "$CACHE/backends/simd"
 for b in serial:serial simd:avx2; do
   echo "== signature verdicts on the ${b#*:} backend"
-  RUSTFLAGS="--cfg curve25519_dalek_backend=\"${b%%:*}\"" CARGO_TARGET_DIR="$CACHE/backends/${b%%:*}" \
-    HEXPULSE_EXPECT_DALEK_BACKEND="${b#*:}" cargo test --locked -q -p hexpulse-schemas --lib --test it
+  RUSTFLAGS="--cfg curve25519_dalek_backend=\"${b%%:*}\"" CARGO_TARGET_DIR="$CACHE/backends" \
+    HEXPULSE_EXPECT_DALEK_BACKEND="${b#*:}" \
+    cargo test --locked -q -p hexpulse-schemas --lib --test it --target "$host"
 done
 # The fuzz targets' invariants run above, over their seeds and inputs mutated from them
 # (testkit/src/fuzz.rs); libFuzzer's coverage-guided runs, a second build of the whole tree, are
