@@ -36,6 +36,9 @@ use tokio_util::sync::CancellationToken;
 pub const LIVE_POLL_ERRORS: &str = "hexpulse_query_live_poll_errors_total";
 /// Polls skipped because the live mirror is at its memory bound.
 pub const LIVE_FULL: &str = "hexpulse_query_live_full_total";
+/// One poll round over every source and stream table: how far behind the processors' live rows
+/// the mirror runs, on top of the poll interval.
+pub const LIVE_POLL_SECONDS: &str = "hexpulse_query_live_poll_seconds";
 
 /// A partition of a topic.
 pub type TopicPartition = (String, i32);
@@ -184,6 +187,7 @@ impl LiveTier {
 
     /// One round: every address of every source, every stream table.
     pub async fn poll(&self) {
+        let started = std::time::Instant::now();
         let mut addrs = BTreeSet::new();
         for url in &self.urls {
             let port = url.port_or_known_default().unwrap_or(80);
@@ -220,6 +224,7 @@ impl LiveTier {
             }
         }
         self.trim();
+        metrics::histogram!(LIVE_POLL_SECONDS).record(started.elapsed().as_secs_f64());
     }
 
     async fn poll_source(&self, addr: SocketAddr) -> Result<(), LiveError> {
