@@ -69,6 +69,16 @@ impl Part {
     }
 }
 
+/// The bytes a batch's rows hold. Not `get_array_memory_size`: a batch decoded from an IPC answer
+/// shares that answer's one allocation among its buffers, and each buffer reports all of it, so
+/// the mirror counted a segment many times over and skipped polls at its bound (`LIVE_FULL`).
+fn batch_bytes(b: &RecordBatch) -> usize {
+    b.columns()
+        .iter()
+        .map(|c| crate::bounded::array_bytes(c.as_ref()))
+        .sum::<u64>() as usize
+}
+
 /// What the mirror holds of one source (a processor's address).
 #[derive(Debug, Default)]
 struct Source {
@@ -319,7 +329,7 @@ impl LiveTier {
                     };
                     while part.segments.front().is_some_and(|seg| seg.1 <= end) {
                         let (_, last, b) = part.segments.pop_front().expect("front");
-                        part.bytes -= b.get_array_memory_size();
+                        part.bytes -= batch_bytes(&b);
                         part.coverage.from = last + 1;
                     }
                 }
@@ -409,7 +419,7 @@ fn apply(s: &mut Source, table: usize, header: LiveHeader, batches: Vec<RecordBa
             }
             *part = Part::new(seg.first);
         }
-        part.bytes += batch.get_array_memory_size();
+        part.bytes += batch_bytes(&batch);
         part.coverage.to = seg.last;
         changed |= batch.num_rows() > 0;
         part.segments.push_back((seg.first, seg.last, batch));
