@@ -17,3 +17,6 @@ pub const PARTITIONS_STOPPED: &str = "hexpulse_processor_partitions_stopped_tota
 pub const LIVE_BYTES: &str = "hexpulse_processor_live_bytes";
 /// Segments the live tier refused at its memory bound (the partition waits for its unit's commit).
 pub const LIVE_FULL: &str = "hexpulse_processor_live_full_total";
+/// Age of a partition's newest record (now minus its receive time at ingest) when its rows go live:
+/// the processor's share of freshness (consumer lag plus the live interval).
+pub const LIVE_LAG_SECONDS: &str = "hexpulse_processor_live_lag_seconds";

@@ -250,7 +250,12 @@ impl PartitionWorker {
         };
         match self.live_batches(rules_version) {
             // Refused at the memory bound: the store starts again after the unit's commit.
-            Ok(tables) => _ = live.append(self.partition, self.live_next, last, tables),
+            Ok(tables) => {
+                if live.append(self.partition, self.live_next, last, tables) {
+                    let lag_ms = (now_ms() - self.watermark_ms).max(0);
+                    metrics::histogram!(m::LIVE_LAG_SECONDS).record(lag_ms as f64 / 1000.0);
+                }
+            }
             Err(e) => {
                 tracing::warn!(partition = self.partition, error = %e, "live rows not built");
                 live.reset(self.partition, last + 1);

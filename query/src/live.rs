@@ -36,6 +36,9 @@ use tokio_util::sync::CancellationToken;
 pub const LIVE_POLL_ERRORS: &str = "hexpulse_query_live_poll_errors_total";
 /// Polls skipped because the live mirror is at its memory bound.
 pub const LIVE_FULL: &str = "hexpulse_query_live_full_total";
+/// One poll round over every source and stream table: how far behind the processors' live rows
+/// the mirror runs, on top of the poll interval.
+pub const LIVE_POLL_SECONDS: &str = "hexpulse_query_live_poll_seconds";
 
 /// A partition of a topic.
 pub type TopicPartition = (String, i32);
@@ -64,6 +67,16 @@ impl Part {
             bytes: 0,
         }
     }
+}
+
+/// The bytes a batch's rows hold. Not `get_array_memory_size`: a batch decoded from an IPC answer
+/// shares that answer's one allocation among its buffers, and each buffer reports all of it, so
+/// the mirror counted a segment many times over and skipped polls at its bound (`LIVE_FULL`).
+fn batch_bytes(b: &RecordBatch) -> usize {
+    b.columns()
+        .iter()
+        .map(|c| crate::bounded::array_bytes(c.as_ref()))
+        .sum::<u64>() as usize
 }
 
 /// What the mirror holds of one source (a processor's address).
@@ -184,6 +197,7 @@ impl LiveTier {
 
     /// One round: every address of every source, every stream table.
     pub async fn poll(&self) {
+        let started = std::time::Instant::now();
         let mut addrs = BTreeSet::new();
         for url in &self.urls {
             let port = url.port_or_known_default().unwrap_or(80);
@@ -220,6 +234,7 @@ impl LiveTier {
             }
         }
         self.trim();
+        metrics::histogram!(LIVE_POLL_SECONDS).record(started.elapsed().as_secs_f64());
     }
 
     async fn poll_source(&self, addr: SocketAddr) -> Result<(), LiveError> {
@@ -314,7 +329,7 @@ impl LiveTier {
                     };
                     while part.segments.front().is_some_and(|seg| seg.1 <= end) {
                         let (_, last, b) = part.segments.pop_front().expect("front");
-                        part.bytes -= b.get_array_memory_size();
+                        part.bytes -= batch_bytes(&b);
                         part.coverage.from = last + 1;
                     }
                 }
@@ -404,7 +419,7 @@ fn apply(s: &mut Source, table: usize, header: LiveHeader, batches: Vec<RecordBa
             }
             *part = Part::new(seg.first);
         }
-        part.bytes += batch.get_array_memory_size();
+        part.bytes += batch_bytes(&batch);
         part.coverage.to = seg.last;
         changed |= batch.num_rows() > 0;
         part.segments.push_back((seg.first, seg.last, batch));
