@@ -52,7 +52,7 @@ use datafusion::sql::sqlparser::ast::{ArrayElemTypeDef, DataType as SqlType};
 
 mod size;
 
-pub use size::{array_bytes, value_bytes};
+pub use size::{array_bytes, batch_bytes, value_bytes};
 use size::{estimate, human};
 
 /// The bound of calls folded while the SQL text is planned (table function arguments), before the

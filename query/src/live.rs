@@ -69,14 +69,11 @@ impl Part {
     }
 }
 
-/// The bytes a batch's rows hold. Not `get_array_memory_size`: a batch decoded from an IPC answer
-/// shares that answer's one allocation among its buffers, and each buffer reports all of it, so
-/// the mirror counted a segment many times over and skipped polls at its bound (`LIVE_FULL`).
+/// The bytes a segment's rows hold ([`crate::bounded::batch_bytes`]): a batch decoded from a live
+/// answer shares the answer's one allocation among its buffers, which `get_array_memory_size`
+/// would count once per buffer (the mirror then sat at its bound and skipped polls).
 fn batch_bytes(b: &RecordBatch) -> usize {
-    b.columns()
-        .iter()
-        .map(|c| crate::bounded::array_bytes(c.as_ref()))
-        .sum::<u64>() as usize
+    crate::bounded::batch_bytes(b) as usize
 }
 
 /// What the mirror holds of one source (a processor's address).

@@ -254,11 +254,7 @@ pub async fn run(
         while let Some(b) = stream.next().await {
             let b = b.map_err(classify)?;
             rows += b.num_rows();
-            bytes += b
-                .columns()
-                .iter()
-                .map(|c| crate::bounded::array_bytes(c.as_ref()))
-                .sum::<u64>();
+            bytes += crate::bounded::batch_bytes(&b);
             if bytes > limits.max_bytes as u64 {
                 return Err(SqlError::new(
                     413,

@@ -86,6 +86,12 @@ pub fn array_bytes(a: &dyn Array) -> u64 {
         }
 }
 
+/// The bytes of a batch's rows: [`array_bytes`] of each column. Not `get_array_memory_size`, which
+/// counts a shared allocation (a batch decoded from one IPC message) once per buffer.
+pub fn batch_bytes(b: &datafusion::arrow::array::RecordBatch) -> u64 {
+    b.columns().iter().map(|c| array_bytes(c.as_ref())).sum()
+}
+
 /// The bytes of a value, counted `rows` times when it is a scalar (which stands for that many).
 pub fn value_bytes(v: &ColumnarValue, rows: usize) -> u64 {
     match v {
