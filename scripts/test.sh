@@ -37,6 +37,14 @@ if [ ! -x /usr/sbin/mosquitto ] || ! command -v mosquitto_pub >/dev/null 2>&1; t
     { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends mosquitto mosquitto-clients >/dev/null; }
 fi
 export HEXPULSE_MOSQUITTO=/usr/sbin/mosquitto
+# Debian's psql, for the query service's PostgreSQL door (query/tests/it/pg.rs).
+if ! command -v psql >/dev/null 2>&1; then
+  echo "installing Debian's postgresql-client (once per machine)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y --no-install-recommends postgresql-client >/dev/null 2>&1 ||
+    { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends postgresql-client >/dev/null; }
+fi
+export HEXPULSE_PSQL="$(command -v psql)"
 export HEXPULSE_E2E=1
 mkdir -p test-output
 

@@ -140,6 +140,11 @@ impl Auth {
                 "the Authorization header must be `Bearer <token>`",
             ));
         };
+        self.identify_token(token)
+    }
+
+    /// The caller behind a bare token (a PostgreSQL or Flight password).
+    pub fn identify_token(&self, token: &str) -> Result<Caller, Denied> {
         let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
         let mut found: Option<&Token> = None;
         for t in &self.tokens {
@@ -159,7 +164,15 @@ impl Auth {
 
     /// Identifies the caller and checks `group` in one step.
     pub fn check(&self, authorization: Option<&str>, group: &str) -> Result<Caller, Denied> {
-        let caller = self.identify(authorization)?;
+        self.allowed(self.identify(authorization)?, group)
+    }
+
+    /// [`Auth::check`] for a bare token.
+    pub fn check_token(&self, token: &str, group: &str) -> Result<Caller, Denied> {
+        self.allowed(self.identify_token(token)?, group)
+    }
+
+    fn allowed(&self, caller: Caller, group: &str) -> Result<Caller, Denied> {
         if self.allows(&caller, group) {
             return Ok(caller);
         }

@@ -18,6 +18,10 @@ pub struct QueryConfig {
     /// `metrics` group.
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
+    /// The PostgreSQL wire protocol's listener (psql, DBeaver, Grafana, psycopg): the password is a
+    /// token, and the same rules apply as on `POST /v1/sql` ([`crate::gate`]). Unset: off.
+    #[serde(default)]
+    pub pg_listen: Option<SocketAddr>,
     /// The lake (same as `process.lake_url` unless the query service reads a replica).
     pub lake_url: String,
     /// The rules file (for the k-anonymity threshold of road data); none: the built-in rules.
@@ -178,6 +182,7 @@ impl QueryConfig {
         QueryConfig {
             listen: "127.0.0.1:0".parse().expect("static"),
             admin_listen: None,
+            pg_listen: None,
             lake_url: lake_url.into(),
             rules_path: None,
             max_rows: 10_000,

@@ -3,15 +3,10 @@
 //! Only queries run: the plan is checked with DataFusion's `SQLOptions` (no DDL such as
 //! `CREATE EXTERNAL TABLE`, no DML such as `COPY` or `INSERT`, no statements such as `SET`), and the
 //! context knows no file or URL outside the lake (URL tables are off), so `SELECT * FROM '/etc/passwd'`
-//! finds no table. Answers stop at `max_rows`, at `max_answer_bytes` and at `query_timeout` (inside
-//! the plan: [`crate::deadline`]); operators' memory is bounded by the runtime's pool, and what
-//! expressions build by [`crate::bounded`].
+//! finds no table. [`crate::gate`] runs the plans, within the limits.
 
 use std::ops::ControlFlow;
-use std::time::Duration;
 
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
@@ -19,7 +14,6 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{Expr, ObjectNamePart, visit_expressions};
-use futures::StreamExt;
 
 /// A refused or failed query, with the HTTP status and a stable code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +21,8 @@ pub struct SqlError {
     pub status: u16,
     pub code: &'static str,
     pub message: String,
+    /// Seconds to wait before retrying (a rate limit).
+    pub retry_after_s: Option<u32>,
 }
 
 impl hexpulse_common::fault::Classify for SqlError {
@@ -42,12 +38,18 @@ impl hexpulse_common::fault::Classify for SqlError {
 }
 
 impl SqlError {
-    fn new(status: u16, code: &'static str, message: impl Into<String>) -> SqlError {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> SqlError {
         SqlError {
             status,
             code,
             message: message.into(),
+            retry_after_s: None,
         }
+    }
+
+    pub fn retry_after(mut self, secs: u32) -> SqlError {
+        self.retry_after_s = Some(secs);
+        self
     }
 }
 
@@ -61,15 +63,6 @@ pub const PRIVATE_TABLES: [&str; 2] = ["road", "rejected"];
 /// fails on the lake's tables anyway, since every call is wrapped by [`crate::bounded`]). No
 /// context holds them.
 pub const WITHHELD_FUNCTIONS: [&str; 1] = ["input_file_name"];
-
-/// Limits of one query.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_rows: usize,
-    /// Bytes of the answer's batches (see [`crate::bounded::array_bytes`]).
-    pub max_bytes: usize,
-    pub timeout: Duration,
-}
 
 const SPILL_LIMIT_TEXT: &str = "exceeded the allowable limit";
 
@@ -96,7 +89,7 @@ fn exhausted(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-fn classify(e: DataFusionError) -> SqlError {
+pub(crate) fn classify(e: DataFusionError) -> SqlError {
     let msg = e.to_string();
     if crate::deadline::is_time_limit(&e) {
         return SqlError::new(408, "time_limit", msg);
@@ -231,63 +224,25 @@ pub fn scanned_tables(plan: &LogicalPlan) -> Vec<String> {
     out
 }
 
-/// Runs `sql` read-only within `limits`: the schema and the batches of the answer.
-pub async fn run(
-    ctx: &SessionContext,
-    sql: &str,
-    limits: Limits,
-    allow_raw: bool,
-) -> Result<(SchemaRef, Vec<RecordBatch>), SqlError> {
-    let work = async {
-        let plan = plan(ctx, sql, allow_raw).await?;
-        let physical = ctx
-            .state()
-            .create_physical_plan(&plan)
-            .await
-            .map_err(classify)?;
-        let schema = physical.schema();
-        let physical = crate::deadline::wrap(physical, limits.timeout).map_err(classify)?;
-        let mut stream = datafusion::physical_plan::execute_stream(physical, ctx.task_ctx())
-            .map_err(classify)?;
-        let mut batches = Vec::new();
-        let (mut rows, mut bytes) = (0, 0u64);
-        while let Some(b) = stream.next().await {
-            let b = b.map_err(classify)?;
-            rows += b.num_rows();
-            bytes += crate::bounded::batch_bytes(&b);
-            if bytes > limits.max_bytes as u64 {
-                return Err(SqlError::new(
-                    413,
-                    "answer_limit",
-                    format!(
-                        "the answer is larger than {} bytes; select fewer or shorter columns, add \
-                         a LIMIT or aggregate",
-                        limits.max_bytes
-                    ),
-                ));
-            }
-            if rows > limits.max_rows {
-                return Err(SqlError::new(
-                    413,
-                    "row_limit",
-                    format!(
-                        "the answer has more than {} rows; add a LIMIT or aggregate",
-                        limits.max_rows
-                    ),
-                ));
-            }
-            batches.push(b);
-        }
-        Ok((schema, batches))
-    };
-    // The plan stops itself at the deadline (see `deadline`); the timeout covers planning, and
-    // waits on I/O.
-    match tokio::time::timeout(limits.timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err(SqlError::new(
-            408,
-            "time_limit",
-            crate::deadline::TimeLimit(limits.timeout).to_string(),
-        )),
+/// The types of a plan's parameters in their order (`$1`, `$2`, ...), from
+/// `LogicalPlan::get_parameter_types`. Parameters must be numbered from 1 without gaps.
+pub(crate) fn ordered_params(
+    types: std::collections::HashMap<String, Option<datafusion::arrow::datatypes::DataType>>,
+) -> Result<Vec<Option<datafusion::arrow::datatypes::DataType>>, SqlError> {
+    let mut out = vec![None; types.len()];
+    for (name, t) in types {
+        let i = name
+            .strip_prefix('$')
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| (1..=out.len()).contains(n))
+            .ok_or_else(|| {
+                SqlError::new(
+                    400,
+                    "sql_plan",
+                    format!("parameter {name}: parameters are $1, $2, ... without gaps"),
+                )
+            })?;
+        out[i - 1] = t;
     }
+    Ok(out)
 }

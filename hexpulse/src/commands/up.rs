@@ -192,6 +192,17 @@ pub(super) async fn up(mut cfg: Config, args: UpArgs) -> anyhow::Result<()> {
         "           {qbase}/v1/coverage?bbox=13.0,52.3,13.8,52.7&res=8   (GeoJSON hexes around Berlin)"
     );
     out!("           {qbase}/v1/deadzones?bbox=13.0,52.3,13.8,52.7&res=8");
+    if let Some(pg) = query.pg_addr {
+        let (host, port) = (pg.ip(), pg.port());
+        out!(
+            "  postgres psql -h {host} -p {port} -U anonymous hexpulse   (the same SQL over the PostgreSQL protocol)"
+        );
+        if let Some(t) = &admin_token {
+            out!(
+                "           PGPASSWORD={t} psql -h {host} -p {port} -U admin hexpulse   (raw rows too)"
+            );
+        }
+    }
     out!("           {qbase}/v1/sensors/series?metric=pm2_5&bbox=13.0,52.3,13.8,52.7&interval=5m");
     out!(
         "           {qbase}/v1/tiles/coverage/{{z}}/{{x}}/{{y}}.mvt   (vector tiles: coverage, air, road)"

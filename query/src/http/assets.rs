@@ -87,7 +87,7 @@ fn air_metrics() -> Vec<String> {
 
 /// `GET /map/config.json`: what the page needs to start.
 pub(crate) async fn config(State(st): State<Arc<AppState>>) -> Response {
-    let snap = st.catalog.context().1;
+    let snap = st.gate.catalog.context().1;
     axum::Json(json!({
         "style_url": st.cfg.map.style_url,
         "center": st.cfg.map.center,

@@ -34,7 +34,7 @@ const OPEN_EPOCHS_LISTED: i64 = 24;
 /// `awaiting_watermark` (ended; some partition's watermark is not yet past end + lateness) or
 /// `sealable` (the sealer will seal it on its next pass).
 pub(crate) async fn list_epochs(State(s): State<Arc<AppState>>) -> Response {
-    let lake = s.catalog.lake();
+    let lake = s.gate.catalog.lake();
     let ids = match sealed_ids(lake).await {
         Ok(ids) => ids,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "lake", e),
@@ -49,7 +49,7 @@ pub(crate) async fn list_epochs(State(s): State<Arc<AppState>>) -> Response {
             }));
         }
     }
-    let snap = s.catalog.context().1;
+    let snap = s.gate.catalog.context().1;
     let now = hexpulse_common::time::now_ms();
     let ecfg = &s.cfg.epoch;
     if let Ok(current) = ecfg.id_of(now) {
@@ -85,7 +85,7 @@ pub(crate) async fn list_epochs(State(s): State<Arc<AppState>>) -> Response {
 }
 
 async fn load_manifest(s: &AppState, id: i64) -> Result<seal::Manifest, Response> {
-    match seal::read_manifest(s.catalog.lake(), id).await {
+    match seal::read_manifest(s.gate.catalog.lake(), id).await {
         Ok(Some(m)) => Ok(m),
         Ok(None) => Err(error(
             StatusCode::NOT_FOUND,
@@ -124,7 +124,7 @@ pub(crate) async fn devices(
         Ok(f) => f,
         Err(r) => return r,
     };
-    let lake = s.catalog.lake();
+    let lake = s.gate.catalog.lake();
     if format == "parquet" {
         let Some(out) = m.output(tables::DEVICE_SUMMARY_TABLE) else {
             return error(StatusCode::NOT_FOUND, "no_file", "no device_summary file");
@@ -153,7 +153,7 @@ pub(crate) async fn proof(
     Path((id, device)): Path<(u64, String)>,
 ) -> Response {
     let id = epoch_id(id);
-    match seal::build_proof(s.catalog.lake(), id, &device.to_ascii_lowercase()).await {
+    match seal::build_proof(s.gate.catalog.lake(), id, &device.to_ascii_lowercase()).await {
         Ok(p) => axum::Json(p).into_response(),
         Err(e) => error(StatusCode::NOT_FOUND, "no_proof", e),
     }
@@ -167,7 +167,7 @@ pub(crate) async fn device_hexes(
     Path((id, device)): Path<(u64, String)>,
 ) -> ApiResult<Response> {
     let id = epoch_id(id);
-    let snap = st.catalog.context().1;
+    let snap = st.gate.catalog.context().1;
     let device = device.to_ascii_lowercase();
     if device.len() != 64 || !device.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(error(

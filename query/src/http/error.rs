@@ -55,10 +55,11 @@ pub(crate) async fn json_errors(resp: Response) -> Response {
 }
 
 pub(crate) fn sql_error(e: SqlError) -> Response {
-    error(
+    hexpulse_common::http::error_answer(
         StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
         e.code,
         e.message,
+        e.retry_after_s,
     )
 }
 

@@ -1,5 +1,5 @@
 //! What every request passes: the request metrics, and the caller's token checked against the
-//! route's endpoint group, with the per-caller rate.
+//! route's endpoint group, with the per-caller rate ([`crate::gate::Gate::admit`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::Response;
-use hexpulse_common::ratelimit::{client_ip, retry_after_secs};
+use hexpulse_common::ratelimit::client_ip;
 
-use super::error::error;
+use super::error::sql_error;
 use super::state::AppState;
-use crate::auth::{Caller, Denied};
+use crate::gate::Credential;
 
 /// Counts every request by endpoint (the route pattern) and status, with a latency histogram.
 pub(crate) async fn count_requests(
@@ -33,25 +33,8 @@ pub(crate) async fn count_requests(
     resp
 }
 
-fn denied(d: Denied) -> Response {
-    match d {
-        Denied::Unauthenticated(why) => {
-            let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", why);
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
-            r
-        }
-        Denied::Forbidden { role, group } => error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("role {role:?} may not use the {group} endpoints"),
-        ),
-    }
-}
-
-/// Who the caller is, checked against the route's endpoint group; the caller rides along.
+/// Who the caller is, checked against the route's endpoint group by the gate (the same rules as
+/// every SQL door: tokens, groups, per-caller rates); the caller rides along.
 pub(crate) async fn authorize(
     State((st, group)): State<(Arc<AppState>, &'static str)>,
     mut req: axum::extract::Request,
@@ -62,7 +45,7 @@ pub(crate) async fn authorize(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     // Callers without a valid token are keyed (and limited) by their address.
-    let ip_key = req
+    let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or_else(
@@ -72,35 +55,22 @@ pub(crate) async fn authorize(
                 format!("ip:{ip}")
             },
         );
-    let limited = |key: &String| {
-        st.per_client.check(key).err().map(|wait| {
-            hexpulse_common::http::error_answer(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!(
-                    "over {} requests/s for this caller; retry later",
-                    st.cfg.rate_per_client.per_second
-                ),
-                Some(retry_after_secs(wait)),
-            )
-        })
-    };
-    match st.auth.check(header, group) {
+    match st.gate.admit(Credential::Header(header), group, &peer) {
         Ok(caller) => {
-            let key = match &caller {
-                Caller::Token { name, .. } => name.clone(),
-                Caller::Anonymous => ip_key,
-            };
-            if let Some(r) = limited(&key) {
-                return r;
-            }
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
-        // A failed authentication spends its address's budget, so guessing tokens is as slow as
-        // the per-client rate (and never spends a real token's budget).
-        Err(d @ Denied::Unauthenticated(_)) => limited(&ip_key).unwrap_or_else(|| denied(d)),
-        Err(d) => denied(d),
+        Err(e) => {
+            let unauthorized = e.status == 401;
+            let mut r = sql_error(e);
+            if unauthorized {
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer"),
+                );
+            }
+            r
+        }
     }
 }
 

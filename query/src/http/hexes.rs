@@ -115,7 +115,7 @@ pub(crate) async fn coverage(
     State(st): State<Arc<AppState>>,
     QueryParams(p): QueryParams<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let snap = st.catalog.context().1;
+    let snap = st.gate.catalog.context().1;
     let a = area(&snap, &p, 8, None)?;
     let metric = p.get("metric").map(String::as_str).unwrap_or("devices");
     if !COVERAGE_METRICS.contains(&metric) {
@@ -153,7 +153,7 @@ pub(crate) async fn deadzones(
     State(st): State<Arc<AppState>>,
     QueryParams(p): QueryParams<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let snap = st.catalog.context().1;
+    let snap = st.gate.catalog.context().1;
     let a = area(&snap, &p, 8, None)?;
     let weak_dbm: f64 = match p.get("weak_dbm") {
         Some(s) => s

@@ -52,6 +52,7 @@ pub use road::{ROAD_TIME_GRAIN_MS, road_window};
 use crate::auth::Auth;
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::QueryConfig;
+use crate::gate::{Gate, GateLimits};
 use error::error;
 use state::AppState;
 
@@ -104,6 +105,8 @@ pub struct Query {
     pub addr: SocketAddr,
     /// The admin listener's address, when `admin_listen` is set.
     pub admin_addr: Option<SocketAddr>,
+    /// The PostgreSQL door's address, when `pg_listen` is set.
+    pub pg_addr: Option<SocketAddr>,
     /// The server: it ends at shutdown, once open requests are answered.
     pub task: tokio::task::JoinHandle<()>,
     /// The background tasks (catalog refresh, the live tier's poll, the rate limiter's cleanup).
@@ -146,7 +149,7 @@ impl Query {
         let catalog = Catalog::open(lake, runtime, cfg.max_expression_bytes, live).await?;
         let auth = Auth::new(&cfg.auth)?;
         let rules = hexpulse_lake::rules::Rules::load(cfg.rules_path.as_deref())?;
-        let exec = state::query_runtime(cfg.query_threads, shutdown.clone())
+        let exec = crate::gate::query_runtime(cfg.query_threads, shutdown.clone())
             .map_err(QueryError::Runtime)?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
@@ -158,32 +161,35 @@ impl Query {
             addr: cfg.listen,
             source,
         })?;
-        let state = Arc::new(AppState {
-            slots: Arc::new(tokio::sync::Semaphore::new(
-                cfg.max_concurrent_queries.max(1),
-            )),
-            running: Default::default(),
+        let gate = Arc::new(Gate::new(
             catalog,
             auth,
+            GateLimits {
+                max_concurrent_queries: cfg.max_concurrent_queries,
+                query_timeout: cfg.query_timeout,
+                rate_per_second: cfg.rate_per_client.per_second,
+            },
             exec,
+            Arc::new(Keyed::new(cfg.rate_per_client)),
+        ));
+        let state = Arc::new(AppState {
+            gate: gate.clone(),
             road_min_devices: rules.privacy.road_min_devices,
             lateness_ms: rules.time.allowed_lateness.as_millis() as i64,
-            per_client: Arc::new(Keyed::new(cfg.rate_per_client)),
             health: health.clone(),
             cfg,
         });
         // The report holds the state weakly: the state holds the health.
         let weak = Arc::downgrade(&state);
         let _ = health.with_report(move || readiness(weak.upgrade().as_deref()));
-        state
-            .per_client
+        gate.per_client
             .spawn_cleanup("forget-idle-callers", FORGET_IDLE_EVERY, &mut tasks);
         {
             let state = state.clone();
             tasks.spawn_every("catalog-refresh", state.cfg.refresh_interval, move || {
                 let state = state.clone();
                 async move {
-                    if let Err(e) = state.catalog.refresh().await {
+                    if let Err(e) = state.gate.catalog.refresh().await {
                         tracing::warn!(error = %e, "catalog refresh failed; serving the previous one");
                     }
                 }
@@ -192,6 +198,21 @@ impl Query {
         let max_features = state.cfg.max_features;
         let admin_addr = match state.cfg.admin_listen {
             Some(a) => Some(serve_admin(a, &state, &mut tasks).await?),
+            None => None,
+        };
+        let pg_addr = match state.cfg.pg_listen {
+            Some(a) => Some(
+                crate::pg::serve(
+                    a,
+                    gate.clone(),
+                    state.cfg.max_rows,
+                    state.cfg.max_connections,
+                    &mut tasks,
+                    shutdown.clone(),
+                )
+                .await
+                .map_err(|source| QueryError::Bind { addr: a, source })?,
+            ),
             None => None,
         };
         let request_timeout = state.cfg.request_timeout.max(state.cfg.query_timeout);
@@ -291,6 +312,7 @@ impl Query {
         Ok(Query {
             addr,
             admin_addr,
+            pg_addr,
             task,
             tasks,
         })
@@ -322,8 +344,8 @@ pub async fn run(cfg: QueryConfig, shutdown: CancellationToken) -> Result<(), Qu
 fn readiness(s: Option<&AppState>) -> Report {
     let mut r = Report::default();
     if let Some(s) = s {
-        let (_, snap) = s.catalog.context();
-        let running = s.running.load(std::sync::atomic::Ordering::Relaxed);
+        let (_, snap) = s.gate.catalog.context();
+        let running = s.gate.running();
         r.details.insert("catalog".into(), json!(snap));
         r.details.insert("running_queries".into(), json!(running));
     }

@@ -128,7 +128,7 @@ pub(crate) async fn road_hexes(
     State(st): State<Arc<AppState>>,
     QueryParams(p): QueryParams<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let snap = st.catalog.context().1;
+    let snap = st.gate.catalog.context().1;
     let a = area(&snap, &p, 8, None)?;
     let kind = match p.get("type") {
         Some(t) => Some(params::name("type", t).map_err(bad_param)?),

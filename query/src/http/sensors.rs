@@ -104,7 +104,7 @@ pub(crate) async fn sensor_hexes(
     State(st): State<Arc<AppState>>,
     QueryParams(p): QueryParams<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let snap = st.catalog.context().1;
+    let snap = st.gate.catalog.context().1;
     let metric = metric_param(&p)?;
     let a = area(&snap, &p, 8, None)?;
     let (hexes, newest) = sensor_cells(&st, &snap, &a, &metric).await?;
@@ -132,7 +132,7 @@ pub(crate) async fn sensor_series(
     State(st): State<Arc<AppState>>,
     QueryParams(p): QueryParams<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let snap = st.catalog.context().1;
+    let snap = st.gate.catalog.context().1;
     let metric = metric_param(&p)?;
     let range = TimeRange::parse(&p, hexpulse_common::time::now_ms(), DAY_MS).map_err(bad_param)?;
     let secs = params::interval(p.get("interval"), 3600, 60, 7 * 86_400).map_err(bad_param)?;

@@ -185,7 +185,7 @@ pub(crate) async fn run_sql(
         Ok(f) => f,
         Err(r) => return r,
     };
-    let allow_raw = caller.as_ref().is_some_and(|c| s.auth.allows(c, "raw"));
+    let allow_raw = caller.as_ref().is_some_and(|c| s.gate.allows_raw(c));
     let resp = match s.run(query, allow_raw, s.cfg.max_rows).await {
         Ok((schema, batches)) => respond(format, &schema, &batches, s.cfg.max_answer_bytes),
         Err(e) => sql_error(e),

@@ -35,7 +35,7 @@ pub(crate) async fn tile(
     headers: HeaderMap,
     QueryParams(p): QueryParams<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let snap = st.catalog.context().1;
+    let snap = st.gate.catalog.context().1;
     let Some(y) = y
         .strip_suffix(".mvt")
         .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))

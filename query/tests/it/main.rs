@@ -3,6 +3,7 @@
 mod api;
 mod limits;
 mod live;
+mod pg;
 mod preagg;
 mod readers;
 mod slt;
