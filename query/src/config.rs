@@ -22,6 +22,11 @@ pub struct QueryConfig {
     /// token, and the same rules apply as on `POST /v1/sql` ([`crate::gate`]). Unset: off.
     #[serde(default)]
     pub pg_listen: Option<SocketAddr>,
+    /// The Arrow Flight SQL listener (ADBC, JDBC, `arrow-flight`'s CLI; gRPC without TLS): a bearer
+    /// token in `authorization`, or Flight's handshake with basic auth (password = a token); the
+    /// same rules as `POST /v1/sql`. Unset: off.
+    #[serde(default)]
+    pub flight_listen: Option<SocketAddr>,
     /// The lake (same as `process.lake_url` unless the query service reads a replica).
     pub lake_url: String,
     /// The rules file (for the k-anonymity threshold of road data); none: the built-in rules.
@@ -183,6 +188,7 @@ impl QueryConfig {
             listen: "127.0.0.1:0".parse().expect("static"),
             admin_listen: None,
             pg_listen: None,
+            flight_listen: None,
             lake_url: lake_url.into(),
             rules_path: None,
             max_rows: 10_000,

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::common::ParamValues;
+use datafusion::common::{ParamValues, ScalarValue};
 use futures::{Stream, StreamExt};
 use hexpulse_common::ratelimit::{Keyed, retry_after_secs};
 use tokio::sync::mpsc;
@@ -203,13 +203,14 @@ impl Gate {
         task.join().await?
     }
 
-    /// Runs `sql` (with `$n` parameters, if any) within the limits: the answer's schema once the
-    /// plan has started, then its batches as they come. The plan is made anew against the newest
-    /// catalog each time, so a statement prepared long ago still reads fresh data.
+    /// Runs `sql` (with values for its `$n` parameters, if any, each cast to the type the plan
+    /// infers for it) within the limits: the answer's schema once the plan has started, then its
+    /// batches as they come. The plan is made anew against the newest catalog each time, so a
+    /// statement prepared long ago still reads fresh data.
     pub async fn query(
         &self,
         sql: &str,
-        params: Option<ParamValues>,
+        params: Option<Vec<ScalarValue>>,
         allow_raw: bool,
         max_rows: usize,
     ) -> Result<Answer, SqlError> {
@@ -227,9 +228,11 @@ impl Gate {
             let deadline = Instant::now() + timeout;
             let start = async {
                 let mut plan = sql::plan(&ctx, &sql, allow_raw).await?;
-                if let Some(params) = &params {
+                if let Some(values) = params {
+                    let types = plan.get_parameter_types().map_err(sql::classify)?;
+                    let values = bind(values, &sql::ordered_params(types)?)?;
                     plan = plan
-                        .replace_params_with_values(params)
+                        .replace_params_with_values(&values)
                         .map_err(sql::classify)?;
                 }
                 let physical = ctx
@@ -301,6 +304,33 @@ impl Gate {
             })),
         }
     }
+}
+
+/// `values` for parameters of `types` (as the plan infers them): one each, cast where the plan
+/// knows the type (a door may give text, or a wider type, for any parameter).
+fn bind(values: Vec<ScalarValue>, types: &[Option<DataType>]) -> Result<ParamValues, SqlError> {
+    if values.len() != types.len() {
+        return Err(SqlError::new(
+            400,
+            "bad_param",
+            format!(
+                "the statement has {} parameters, and {} values were given",
+                types.len(),
+                values.len()
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(values.len());
+    for (i, (v, t)) in values.into_iter().zip(types).enumerate() {
+        let v = match t {
+            Some(t) if v.data_type() != *t => v.cast_to(t).map_err(|e| {
+                SqlError::new(400, "bad_param", format!("parameter ${}: {e}", i + 1))
+            })?,
+            _ => v,
+        };
+        out.push(v.into());
+    }
+    Ok(ParamValues::List(out))
 }
 
 fn time_limit(limit: Duration) -> SqlError {

@@ -10,7 +10,8 @@
 //! - Sensor aggregates over sealed time read the epochs' hourly rows instead of raw rows ([`preagg`]).
 //! - Read-only SQL with row, time and memory limits, answering JSON, CSV or Arrow IPC ([`sql`]);
 //!   raw dashcam rows only for the `raw` group, checked on the plan. Every SQL door keeps the same
-//!   rules, in one place ([`gate`]): HTTP, and the PostgreSQL wire protocol ([`pg`]).
+//!   rules, in one place ([`gate`]): HTTP, the PostgreSQL wire protocol ([`pg`]) and Arrow
+//!   Flight SQL ([`flight`]).
 //! - Epoch endpoints for reward oracles (list, manifest, device summaries as JSON/CSV/Parquet,
 //!   Merkle proofs); bearer tokens → roles → endpoint groups ([`auth`]); `/openapi.json`.
 //! - Plans run on their own runtime, at most `max_concurrent_queries` at once, so HTTP and health
@@ -22,6 +23,7 @@ pub mod catalog;
 mod columns;
 pub mod config;
 pub mod deadline;
+pub mod flight;
 pub mod gate;
 pub mod geo;
 pub mod http;

@@ -203,6 +203,9 @@ pub(super) async fn up(mut cfg: Config, args: UpArgs) -> anyhow::Result<()> {
             );
         }
     }
+    if let Some(flight) = query.flight_addr {
+        out!("  flight   grpc://{flight}   (Arrow Flight SQL: ADBC, JDBC; the same SQL and rules)");
+    }
     out!("           {qbase}/v1/sensors/series?metric=pm2_5&bbox=13.0,52.3,13.8,52.7&interval=5m");
     out!(
         "           {qbase}/v1/tiles/coverage/{{z}}/{{x}}/{{y}}.mvt   (vector tiles: coverage, air, road)"

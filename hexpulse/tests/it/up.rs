@@ -130,6 +130,7 @@ impl Up {
             .env("HEXPULSE__PROCESS__LISTEN", "127.0.0.1:0")
             .env("HEXPULSE__QUERY__LISTEN", "127.0.0.1:0")
             .env("HEXPULSE__QUERY__PG_LISTEN", "127.0.0.1:0")
+            .env("HEXPULSE__QUERY__FLIGHT_LISTEN", "127.0.0.1:0")
             .env("HEXPULSE__SIMULATE__DEVICES", "300")
             .env("RUST_LOG", log_filter())
             .stdout(Stdio::piped())

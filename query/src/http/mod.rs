@@ -107,6 +107,8 @@ pub struct Query {
     pub admin_addr: Option<SocketAddr>,
     /// The PostgreSQL door's address, when `pg_listen` is set.
     pub pg_addr: Option<SocketAddr>,
+    /// The Flight SQL door's address, when `flight_listen` is set.
+    pub flight_addr: Option<SocketAddr>,
     /// The server: it ends at shutdown, once open requests are answered.
     pub task: tokio::task::JoinHandle<()>,
     /// The background tasks (catalog refresh, the live tier's poll, the rate limiter's cleanup).
@@ -216,6 +218,36 @@ impl Query {
             None => None,
         };
         let request_timeout = state.cfg.request_timeout.max(state.cfg.query_timeout);
+        let flight_addr = match state.cfg.flight_listen {
+            Some(a) => {
+                let listener = tokio::net::TcpListener::bind(a)
+                    .await
+                    .map_err(|source| QueryError::Bind { addr: a, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| QueryError::Bind { addr: a, source })?;
+                let router = crate::flight::router(gate.clone(), state.cfg.max_rows);
+                let limits = hexpulse_common::serve::ConnLimits {
+                    header_timeout: request_timeout,
+                    max_connections: state.cfg.max_connections,
+                };
+                let stop = shutdown.clone();
+                tasks.spawn("flight-door", async move {
+                    hexpulse_common::serve::serve(
+                        listener,
+                        router,
+                        None,
+                        limits,
+                        stop,
+                        SHUTDOWN_GRACE,
+                    )
+                    .await;
+                });
+                tracing::info!(addr = %bound, "flight sql door listening");
+                Some(bound)
+            }
+            None => None,
+        };
         let max_connections = state.cfg.max_connections;
         let group = |g: &'static str| {
             axum::middleware::from_fn_with_state((state.clone(), g), guard::authorize)
@@ -313,6 +345,7 @@ impl Query {
             addr,
             admin_addr,
             pg_addr,
+            flight_addr,
             task,
             tasks,
         })

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::common::ScalarValue;
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -115,7 +115,7 @@ impl Queries {
         &self,
         session: &Session,
         sql: &str,
-        params: Option<ParamValues>,
+        params: Option<Vec<ScalarValue>>,
         format: &Format,
     ) -> PgWireResult<Response> {
         let gate = &self.gate;
@@ -285,15 +285,14 @@ fn bad_parameter(i: usize, why: impl std::fmt::Display) -> PgWireError {
     )
 }
 
-/// The bound values of `portal`'s parameters, each decoded by its type (the client's, else the
-/// plan's) and cast to the type the plan inferred for it.
+/// The bound values of `portal`'s parameters, each decoded by its type: the client's, else the
+/// plan's (the gate casts each to the plan's type).
 fn parameters(
     portal: &Portal<PgStatement>,
     inferred: &[Option<DataType>],
-) -> PgWireResult<ParamValues> {
+) -> PgWireResult<Vec<ScalarValue>> {
     let mut values = Vec::with_capacity(portal.parameter_len());
     for i in 0..portal.parameter_len() {
-        let want = inferred.get(i).cloned().flatten();
         let declared = portal
             .statement
             .parameter_types
@@ -302,22 +301,21 @@ fn parameters(
             .flatten()
             .filter(|t| *t != Type::UNKNOWN);
         let pg_type = declared
-            .or_else(|| want.as_ref().and_then(|t| into_pg_type(t).ok()))
+            .or_else(|| {
+                inferred
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .and_then(|t| into_pg_type(&t).ok())
+            })
             .unwrap_or(Type::UNKNOWN);
-        let value = decode(portal, i, &pg_type)?;
-        let value = match &want {
-            Some(t) if value.data_type() != *t => {
-                value.cast_to(t).map_err(|e| bad_parameter(i, e))?
-            }
-            _ => value,
-        };
-        values.push(value.into());
+        values.push(decode(portal, i, &pg_type)?);
     }
-    Ok(ParamValues::List(values))
+    Ok(values)
 }
 
 /// One parameter's value as its PostgreSQL type says (text or binary format alike); a type
-/// without a case here is read as text, and cast by the caller.
+/// without a case here is read as text, and cast by the gate.
 fn decode(portal: &Portal<PgStatement>, i: usize, t: &Type) -> PgWireResult<ScalarValue> {
     let err = |e: PgWireError| bad_parameter(i, e);
     Ok(match *t {

@@ -1,6 +1,7 @@
 //! Query service tests against a lake the processors wrote from broker traffic.
 
 mod api;
+mod flight;
 mod limits;
 mod live;
 mod pg;

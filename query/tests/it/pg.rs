@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 use crate::support::*;
 
 /// A query that runs for minutes unless stopped.
-const RUNAWAY: &str = "SELECT sum(v * v % 7) AS s FROM generate_series(1, 3000000000) AS t(v)";
+pub(crate) const RUNAWAY: &str =
+    "SELECT sum(v * v % 7) AS s FROM generate_series(1, 3000000000) AS t(v)";
 
-fn sha(token: &str) -> String {
+pub(crate) fn sha(token: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
@@ -48,7 +49,7 @@ fn psql_or_skip(test: &str) -> Option<String> {
 
 /// Roles as a deployment has them: `planner` may run SQL, `admin` everything (raw rows too),
 /// `operator` only the coverage endpoints.
-fn auth() -> AuthConfig {
+pub(crate) fn auth() -> AuthConfig {
     let mut auth = AuthConfig::default();
     for (role, groups) in [
         ("operator", vec!["coverage"]),
@@ -66,9 +67,9 @@ fn auth() -> AuthConfig {
     auth
 }
 
-struct Service {
-    base: String,
-    port: u16,
+pub(crate) struct Service {
+    pub(crate) base: String,
+    pub(crate) port: u16,
 }
 
 async fn start(cfg: QueryConfig, url: &str, stop: &CancellationToken) -> Service {
@@ -82,7 +83,7 @@ async fn start(cfg: QueryConfig, url: &str, stop: &CancellationToken) -> Service
 }
 
 /// `POST /v1/sql` as `token`: the status and the JSON answer.
-async fn http_sql(s: &Service, token: &str, sql: &str) -> (u16, Value) {
+pub(crate) async fn http_sql(s: &Service, token: &str, sql: &str) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(format!("{}/v1/sql", s.base))
         .bearer_auth(token)
@@ -160,7 +161,7 @@ async fn psycopg(python: &str, s: &Service, role: &str, mut request: Value) -> V
 
 /// One value as text that the three clients agree on: numbers to 9 significant digits,
 /// timestamps without a `T` or trailing zeros, booleans as `true`/`false`, NULL as empty.
-fn norm(v: &Value) -> String {
+pub(crate) fn norm(v: &Value) -> String {
     let text = match v {
         Value::Null => return String::new(),
         Value::Bool(b) => return b.to_string(),
@@ -191,7 +192,7 @@ fn norm(v: &Value) -> String {
 }
 
 /// The HTTP answer's rows in `columns`' order, normalised.
-fn http_rows(answer: &Value, columns: &[String]) -> Vec<Vec<String>> {
+pub(crate) fn http_rows(answer: &Value, columns: &[String]) -> Vec<Vec<String>> {
     answer
         .as_array()
         .unwrap_or_else(|| panic!("an array of rows: {answer}"))
@@ -247,7 +248,7 @@ fn sqlstate(result: &Value) -> &str {
 }
 
 /// `/readyz`'s count of plans running now.
-async fn running(s: &Service) -> u64 {
+pub(crate) async fn running(s: &Service) -> u64 {
     let v: Value = reqwest::get(format!("{}/readyz", s.base))
         .await
         .unwrap()
@@ -258,7 +259,7 @@ async fn running(s: &Service) -> u64 {
 }
 
 /// Waits up to `within` for no plan to run; false if one still runs then.
-async fn slots_free(s: &Service, within: Duration) -> bool {
+pub(crate) async fn slots_free(s: &Service, within: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {
         if running(s).await == 0 {
@@ -267,6 +268,27 @@ async fn slots_free(s: &Service, within: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// A lake the processors wrote from broker traffic (a scenario of every kind of reading, valid and
+/// not), and its URL.
+pub(crate) async fn processed_lake(
+    brokers: &str,
+    test: &str,
+    now: i64,
+) -> (tempfile::TempDir, String) {
+    let sc = scenario::build(now, 10);
+    let kafka = kafka(brokers, test, 2);
+    produce(&kafka, &sc, now).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().to_str().unwrap().to_string();
+    let (_p, stop_processor) =
+        start_processor(&kafka, &format!("{}-g", kafka.raw_topic), &sc, &url).await;
+    let lake = Lake::open(&url).unwrap();
+    let summary = wait_for(&lake, sc.records.len(), Duration::from_secs(90)).await;
+    assert_matches(&summary, &sc);
+    stop_processor.cancel();
+    (dir, url)
 }
 
 /// Grafana's macros in `sql` for the window `from_ms`..`to_ms`, expanded as its PostgreSQL data
@@ -340,17 +362,7 @@ async fn psql_and_psycopg_answer_as_http_does_under_its_rules() {
         return;
     };
     let now = now_ms();
-    let sc = scenario::build(now, 10);
-    let kafka = kafka(&brokers, "it-pg", 2);
-    produce(&kafka, &sc, now).await;
-    let dir = tempfile::tempdir().unwrap();
-    let url = dir.path().to_str().unwrap().to_string();
-    let (_p, stop_processor) =
-        start_processor(&kafka, &format!("{}-g", kafka.raw_topic), &sc, &url).await;
-    let lake = Lake::open(&url).unwrap();
-    let summary = wait_for(&lake, sc.records.len(), Duration::from_secs(90)).await;
-    assert_matches(&summary, &sc);
-    stop_processor.cancel();
+    let (_dir, url) = processed_lake(&brokers, "it-pg", now).await;
 
     let mut cfg = QueryConfig::for_tests(&url);
     cfg.auth = auth();

@@ -1,0 +1,71 @@
+"""Runs SQL through the query service's Arrow Flight SQL door with ADBC (adbc-driver-flightsql and
+pyarrow), for the tests (query/tests/it/flight.rs) and as an example of a Python client.
+
+Reads a JSON request on stdin:
+  {"port": 8083, "token": "TOKEN", "basic": false,
+   "queries": [{"sql": "SELECT ... WHERE x = ?", "params": ["a"]}]}
+and prints {"results": [{"rows": N, "ipc": "<hex of the Arrow IPC stream>"} or
+{"error": "..."}]}; with "browse": true also the server's info and every table it lists
+(GetSqlInfo, GetTables). With "basic": true the client logs in with Flight's handshake (user and
+password) instead of sending the bearer token. Parameters make ADBC prepare the statement and bind
+them (Flight SQL's prepared statements).
+"""
+
+import json
+import sys
+
+import adbc_driver_flightsql
+import adbc_driver_flightsql.dbapi as flight_sql
+import pyarrow as pa
+
+
+def main():
+    req = json.load(sys.stdin)
+    if req.get("basic"):
+        db_kwargs = {"username": "hexpulse", "password": req["token"]}
+    else:
+        db_kwargs = {
+            adbc_driver_flightsql.DatabaseOptions.AUTHORIZATION_HEADER.value: "Bearer "
+            + req["token"]
+        }
+    results = []
+    try:
+        conn = flight_sql.connect(f"grpc://127.0.0.1:{req['port']}", db_kwargs=db_kwargs)
+    except Exception as e:  # the driver's errors carry the gRPC status in their text
+        print(json.dumps({"connect_error": str(e)}))
+        return
+    report = {}
+    if req.get("browse"):
+        # What a generic client sees: GetSqlInfo, then GetCatalogs/GetDbSchemas/GetTables.
+        info = conn.adbc_get_info()
+        objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
+        tables = []
+        for catalog in objects:
+            for schema in catalog["catalog_db_schemas"] or []:
+                for table in schema["db_schema_tables"] or []:
+                    tables.append(
+                        f"{catalog['catalog_name']}.{schema['db_schema_name']}.{table['table_name']}"
+                    )
+        report["info"] = {k: str(v) for k, v in info.items()}
+        report["tables"] = sorted(tables)
+    for q in req["queries"]:
+        try:
+            with conn.cursor() as cur:
+                if q.get("params") is not None:
+                    cur.execute(q["sql"], q["params"])
+                else:
+                    cur.execute(q["sql"])
+                table = cur.fetch_arrow_table()
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as w:
+                w.write_table(table)
+            results.append({"rows": table.num_rows, "ipc": sink.getvalue().to_pybytes().hex()})
+        except Exception as e:
+            results.append({"error": str(e)})
+    conn.close()
+    report["results"] = results
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
