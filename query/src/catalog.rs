@@ -350,12 +350,46 @@ pub async fn build(
         version.update(id.to_le_bytes());
     }
     snap.version = hex::encode(&version.finalize()[..8]);
+    ctx.register_table(FRESHNESS, freshness_table(&snap)?)?;
     let hourly = ctx.table_provider(crate::preagg::HOURLY).await?;
     if let Some(rule) = crate::preagg::PreAggregated::new(hourly, hourly_ranges) {
         ctx.add_optimizer_rule(Arc::new(rule));
     }
     let public = without_private(&ctx).await?;
     Ok((Contexts { all: ctx, public }, snap))
+}
+
+/// The view of what answers hold (`SELECT * FROM freshness`), on every SQL door.
+pub const FRESHNESS: &str = "freshness";
+
+/// One row of the catalog's freshness, as the HTTP answers' `freshness` says it: the lake's
+/// watermark (every reading received up to it is in the lake or rejected), when the processors'
+/// live rows were last read (answers hold their rows up to about then), when the catalog was
+/// built, and its data version.
+fn freshness_table(snap: &Snapshot) -> Result<Arc<MemTable>, CatalogError> {
+    use datafusion::arrow::array::{ArrayRef, StringArray, TimestampMillisecondArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    let ts = || DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("watermark", ts(), true),
+        Field::new("live_as_of", ts(), true),
+        Field::new("catalog_built_at", ts(), false),
+        Field::new("data_version", DataType::Utf8, false),
+    ]));
+    let at = |ms: Option<i64>| -> ArrayRef {
+        Arc::new(TimestampMillisecondArray::from(vec![ms]).with_timezone("UTC"))
+    };
+    let row = datafusion::arrow::array::RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            at(snap.watermark_ms),
+            at(snap.live_as_of_ms()),
+            at(Some(snap.built_at_ms)),
+            Arc::new(StringArray::from(vec![snap.data_version()])),
+        ],
+    )
+    .map_err(datafusion::error::DataFusionError::from)?;
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![row]])?))
 }
 
 /// The current catalog, swapped by [`Catalog::refresh`].

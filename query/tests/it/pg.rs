@@ -396,6 +396,22 @@ async fn psql_and_psycopg_answer_as_http_does_under_its_rules() {
         assert_eq!(rows, http_rows(&answer, &columns), "psycopg, {q}");
     }
 
+    // Freshness as a view, as HTTP answers state it: the catalog's data version, and a watermark
+    // once the processors have published one.
+    let (ok, out, err) = psql(
+        &psql_bin,
+        &s,
+        "planner",
+        "SELECT data_version, catalog_built_at, watermark IS NOT NULL AS watermarked FROM freshness",
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (_, rows) = psql_rows(&out);
+    let (_, snapshot) = http_sql(&s, "secret-planner", "SELECT data_version FROM freshness").await;
+    assert_eq!(rows.len(), 1, "{out}");
+    assert_eq!(rows[0][0], norm(&snapshot[0]["data_version"]), "{out}");
+    assert_eq!(rows[0][2], "true", "{out}");
+
     // A prepared statement with parameters (named, so psycopg parses it once and binds it twice):
     // the rows HTTP gives with the values written in.
     let (_, cells) = http_sql(
