@@ -135,18 +135,22 @@ impl FlightDoor {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        let peer = req
-            .extensions()
-            .get::<axum::extract::ConnectInfo<SocketAddr>>()
-            .map_or_else(
-                || "ip:?".to_string(),
-                |c| format!("ip:{}", hexpulse_common::ratelimit::client_key(c.0.ip())),
-            );
         let caller = self
             .gate
-            .admit(Credential::Header(auth), "sql", &peer)
+            .admit(Credential::Header(auth), "sql", &peer(req))
             .map_err(|e| status(&e))?;
         Ok(self.gate.allows_raw(&caller))
+    }
+
+    /// The FlightInfo of a browsing command (its answer's `schema`), for an admitted caller.
+    fn browse_info(
+        &self,
+        request: Request<FlightDescriptor>,
+        schema: &Schema,
+        command: impl ProstMessageExt,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.admit(&request)?;
+        info_for(schema, command, request.into_inner())
     }
 
     /// Runs `sql` and streams its batches as Flight data.
@@ -180,6 +184,16 @@ impl FlightDoor {
         let (_, snap) = self.gate.catalog.context();
         crate::http::freshness(&snap, None).to_string()
     }
+}
+
+/// The rate-limit key of a request's client address (`ip:<address>`).
+fn peer<T>(req: &Request<T>) -> String {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map_or_else(
+            || "ip:?".to_string(),
+            |c| format!("ip:{}", hexpulse_common::ratelimit::client_key(c.0.ip())),
+        )
 }
 
 /// A FlightInfo whose one endpoint's ticket is `ticket` (a command the client sends back to
@@ -244,15 +258,8 @@ impl FlightSqlService for FlightDoor {
             }
             None => header.strip_prefix("Bearer ").unwrap_or("").to_string(),
         };
-        let peer = request
-            .extensions()
-            .get::<axum::extract::ConnectInfo<SocketAddr>>()
-            .map_or_else(
-                || "ip:?".to_string(),
-                |c| format!("ip:{}", hexpulse_common::ratelimit::client_key(c.0.ip())),
-            );
         self.gate
-            .admit(Credential::Token(&token), "sql", &peer)
+            .admit(Credential::Token(&token), "sql", &peer(&request))
             .map_err(|e| status(&e))?;
         let bearer = format!("Bearer {token}");
         let answer = HandshakeResponse {
@@ -406,9 +413,7 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.admit(&request)?;
-        let schema = query.into_builder().schema();
-        info_for(&schema, query, request.into_inner())
+        self.browse_info(request, &query.into_builder().schema(), query)
     }
 
     async fn do_get_catalogs(
@@ -427,9 +432,7 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.admit(&request)?;
-        let schema = query.clone().into_builder().schema();
-        info_for(&schema, query, request.into_inner())
+        self.browse_info(request, &query.clone().into_builder().schema(), query)
     }
 
     async fn do_get_schemas(
@@ -455,9 +458,7 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.admit(&request)?;
-        let schema = query.clone().into_builder().schema();
-        info_for(&schema, query, request.into_inner())
+        self.browse_info(request, &query.clone().into_builder().schema(), query)
     }
 
     async fn do_get_tables(
@@ -498,9 +499,7 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.admit(&request)?;
-        let schema = query.into_builder().schema();
-        info_for(&schema, query, request.into_inner())
+        self.browse_info(request, &query.into_builder().schema(), query)
     }
 
     async fn do_get_table_types(
@@ -520,9 +519,11 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.admit(&request)?;
-        let schema = query.clone().into_builder(&self.info).schema();
-        info_for(&schema, query, request.into_inner())
+        self.browse_info(
+            request,
+            &query.clone().into_builder(&self.info).schema(),
+            query,
+        )
     }
 
     async fn do_get_sql_info(
