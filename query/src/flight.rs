@@ -142,6 +142,26 @@ impl FlightDoor {
         Ok(self.gate.allows_raw(&caller))
     }
 
+    /// Every schema the caller's SQL can name: (catalog, schema name, schema).
+    fn schemas(
+        &self,
+        allow_raw: bool,
+    ) -> Vec<(String, String, Arc<dyn datafusion::catalog::SchemaProvider>)> {
+        let ctx = self.gate.catalog.sql_context(allow_raw);
+        let mut out = Vec::new();
+        for catalog in ctx.catalog_names() {
+            let Some(c) = ctx.catalog(&catalog) else {
+                continue;
+            };
+            for name in c.schema_names() {
+                if let Some(schema) = c.schema(&name) {
+                    out.push((catalog.clone(), name, schema));
+                }
+            }
+        }
+        out
+    }
+
     /// The FlightInfo of a browsing command (its answer's `schema`), for an admitted caller.
     fn browse_info(
         &self,
@@ -441,14 +461,9 @@ impl FlightSqlService for FlightDoor {
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let allow_raw = self.admit(&request)?;
-        let ctx = self.gate.catalog.sql_context(allow_raw);
         let mut b = query.into_builder();
-        for catalog in ctx.catalog_names() {
-            if let Some(c) = ctx.catalog(&catalog) {
-                for schema in c.schema_names() {
-                    b.append(&catalog, schema);
-                }
-            }
+        for (catalog, schema, _) in self.schemas(allow_raw) {
+            b.append(catalog, schema);
         }
         one_batch(b.build())
     }
@@ -467,28 +482,19 @@ impl FlightSqlService for FlightDoor {
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let allow_raw = self.admit(&request)?;
-        let ctx = self.gate.catalog.sql_context(allow_raw);
         let mut b = query.into_builder();
-        for catalog in ctx.catalog_names() {
-            let Some(c) = ctx.catalog(&catalog) else {
-                continue;
-            };
-            for schema_name in c.schema_names() {
-                let Some(schema) = c.schema(&schema_name) else {
+        for (catalog, schema_name, schema) in self.schemas(allow_raw) {
+            for table in schema.table_names() {
+                let Ok(Some(provider)) = schema.table(&table).await else {
                     continue;
                 };
-                for table in schema.table_names() {
-                    let Ok(Some(provider)) = schema.table(&table).await else {
-                        continue;
-                    };
-                    let kind = if schema_name == "information_schema" {
-                        "VIEW"
-                    } else {
-                        "TABLE"
-                    };
-                    b.append(&catalog, &schema_name, &table, kind, &provider.schema())
-                        .map_err(|e| Status::internal(e.to_string()))?;
-                }
+                let kind = if schema_name == "information_schema" {
+                    "VIEW"
+                } else {
+                    "TABLE"
+                };
+                b.append(&catalog, &schema_name, &table, kind, &provider.schema())
+                    .map_err(|e| Status::internal(e.to_string()))?;
             }
         }
         one_batch(b.build())

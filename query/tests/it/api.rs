@@ -780,30 +780,14 @@ async fn maps_sensors_road_and_tiles(base: &str, by_cell: &[(String, u64, u64)])
     assert!(features(&air).is_empty());
 }
 
-fn sha(token: &str) -> String {
-    hex_sha256(token.as_bytes())
-}
-
 async fn auth_and_openapi(url: &str, stop: &CancellationToken, epoch: i64, device: &str) {
-    use hexpulse_query::config::{AuthConfig, TokenConfig};
     let mut cfg = QueryConfig::for_tests(url);
-    let mut auth = AuthConfig {
-        public: vec!["meta".into()],
-        ..AuthConfig::default()
-    };
-    for (role, groups) in [
-        ("operator", vec!["coverage", "epochs"]),
-        ("planner", vec!["coverage", "sensors", "road", "sql"]),
-        ("admin", vec!["*"]),
-    ] {
-        auth.roles
-            .insert(role.into(), groups.into_iter().map(String::from).collect());
-        auth.tokens.push(TokenConfig {
-            name: format!("{role}-token"),
-            role: role.into(),
-            sha256: sha(&format!("secret-{role}")),
-        });
-    }
+    let mut auth = crate::pg::roles(&[
+        ("operator", &["coverage", "epochs"]),
+        ("planner", &["coverage", "sensors", "road", "sql"]),
+        ("admin", &["*"]),
+    ]);
+    auth.public = vec!["meta".into()];
     cfg.auth = auth;
     cfg.admin_listen = Some("127.0.0.1:0".parse().unwrap());
     let q = Query::start(cfg, Lake::open(url).unwrap(), stop.clone())

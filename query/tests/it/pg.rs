@@ -47,24 +47,31 @@ fn psql_or_skip(test: &str) -> Option<String> {
     found
 }
 
-/// Roles as a deployment has them: `planner` may run SQL, `admin` everything (raw rows too),
-/// `operator` only the coverage endpoints.
-pub(crate) fn auth() -> AuthConfig {
+/// `roles` (name, endpoint groups), each with a token `secret-<role>` named `<role>-token`.
+pub(crate) fn roles(roles: &[(&str, &[&str])]) -> AuthConfig {
     let mut auth = AuthConfig::default();
-    for (role, groups) in [
-        ("operator", vec!["coverage"]),
-        ("planner", vec!["sql"]),
-        ("admin", vec!["*"]),
-    ] {
-        auth.roles
-            .insert(role.into(), groups.into_iter().map(String::from).collect());
+    for (role, groups) in roles {
+        auth.roles.insert(
+            role.to_string(),
+            groups.iter().map(|g| g.to_string()).collect(),
+        );
         auth.tokens.push(TokenConfig {
             name: format!("{role}-token"),
-            role: role.into(),
+            role: role.to_string(),
             sha256: sha(&format!("secret-{role}")),
         });
     }
     auth
+}
+
+/// Roles as a deployment has them: `planner` may run SQL, `admin` everything (raw rows too),
+/// `operator` only the coverage endpoints.
+pub(crate) fn auth() -> AuthConfig {
+    roles(&[
+        ("operator", &["coverage"]),
+        ("planner", &["sql"]),
+        ("admin", &["*"]),
+    ])
 }
 
 pub(crate) struct Service {
