@@ -38,5 +38,7 @@ echo "== sealing a 50M-row epoch within 512 MiB (time, spill, peak RSS)"
 PY="$(scripts/venv.sh)"
 echo "== query service vs DuckDB (10M readings)"
 HEXPULSE_PYTHON="$PY" "$BIN" bench query --out load-tests/results/query.json
+echo "== one large answer through each SQL door (Flight SQL, PostgreSQL, HTTP JSON/CSV/Arrow) vs in-process"
+HEXPULSE_PSQL="${HEXPULSE_PSQL:-$(command -v psql || echo psql)}" "$BIN" bench doors --out load-tests/results/doors.json
 echo "== report"
 python3 scripts/bench_report.py

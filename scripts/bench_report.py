@@ -155,6 +155,16 @@ def stages(results):
                          note=f"{seal['rows_per_s']:.0f} rows/s ({seal['seal_s']:.0f} s), {seal['buckets']} buckets, "
                               f"{seal['spilled_mb']:.0f} MB spilled; {seal['devices']} devices; outputs: "
                               f"{seal['device_summary_rows']} device summaries, {seal['sensor_hex_hourly_rows']} hourly sensor rows"))
+    doors = load(results, "doors")
+    if doors:
+        for d in doors["doors"]:
+            flight = d["door"] == "flight-sql"
+            out.append(stage(f"SQL door {d['door']}: {doors['rows'] / 1e6:g}M rows of sensor", round(d["rows_per_s"]),
+                             "rows/s to the client", round(doors["in_process_rows_per_s"]),
+                             "DataFusion executing the same statement in-process (same run)", d["ratio_to_in_process"],
+                             "hexpulse bench doors", target=0.8 if flight else None,
+                             note=f"{d['client']}; median of {doors['runs']} ("
+                                  + ", ".join(f"{s:.2f} s" for s in d["seconds"]) + f"); {d['bytes'] / 1e6:.0f} MB received"))
     if query:
         for q in query["queries"]:
             out.append(stage(f"query: {q['name']}", round(q["hexpulse_p50_ms"], 1), "ms p50",

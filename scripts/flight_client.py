@@ -8,7 +8,8 @@ and prints {"results": [{"rows": N, "ipc": "<hex of the Arrow IPC stream>"} or
 {"error": "..."}]}; with "browse": true also the server's info and every table it lists
 (GetSqlInfo, GetTables). With "basic": true the client logs in with Flight's handshake (user and
 password) instead of sending the bearer token. Parameters make ADBC prepare the statement and bind
-them (Flight SQL's prepared statements).
+them (Flight SQL's prepared statements). With "tls_root": "<PEM file>" the client connects with TLS
+(grpc+tls://localhost:PORT) and trusts that certificate; "scheme": "grpc" forces plain gRPC.
 """
 
 import json
@@ -28,9 +29,14 @@ def main():
             adbc_driver_flightsql.DatabaseOptions.AUTHORIZATION_HEADER.value: "Bearer "
             + req["token"]
         }
+    uri = f"grpc://127.0.0.1:{req['port']}"
+    if req.get("tls_root"):
+        with open(req["tls_root"]) as f:
+            db_kwargs[adbc_driver_flightsql.DatabaseOptions.TLS_ROOT_CERTS.value] = f.read()
+        uri = f"{req.get('scheme', 'grpc+tls')}://localhost:{req['port']}"
     results = []
     try:
-        conn = flight_sql.connect(f"grpc://127.0.0.1:{req['port']}", db_kwargs=db_kwargs)
+        conn = flight_sql.connect(uri, db_kwargs=db_kwargs)
     except Exception as e:  # the driver's errors carry the gRPC status in their text
         print(json.dumps({"connect_error": str(e)}))
         return

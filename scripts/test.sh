@@ -10,6 +10,15 @@ export CARGO_INCREMENTAL=0
 CACHE="${HEXPULSE_CACHE:-$HOME/.cache/hexpulse}"
 scripts/broker.sh install
 
+# Debian packages the tests run, installed once per machine (the package lists refreshed only when
+# the first try fails).
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get install -y --no-install-recommends "$@" >/dev/null 2>&1 ||
+    { $sudo apt-get update >/dev/null && $sudo apt-get install -y --no-install-recommends "$@" >/dev/null; }
+}
+
 # Python tools in a cached venv (scripts/requirements.txt): DuckDB with its delta extension and deltalake,
 # the independent Delta readers of the lake tests, and kubernetes-validate for the k8s/ checks.
 HEXPULSE_PYTHON="$(scripts/venv.sh)"
@@ -24,27 +33,26 @@ export HEXPULSE_PYTHON
 scripts/assets.sh
 if ! command -v chromium >/dev/null 2>&1; then
   echo "installing Debian's chromium (once per machine)"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 ||
-    { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends chromium >/dev/null; }
+  apt_install chromium
 fi
 export HEXPULSE_CHROMIUM="$(command -v chromium)"
 # Debian's Mosquitto broker and clients, for the MQTT bridge's test (hexpulse/tests/it/mqtt.rs).
 if [ ! -x /usr/sbin/mosquitto ] || ! command -v mosquitto_pub >/dev/null 2>&1; then
   echo "installing Debian's mosquitto and mosquitto-clients (once per machine)"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get install -y --no-install-recommends mosquitto mosquitto-clients >/dev/null 2>&1 ||
-    { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends mosquitto mosquitto-clients >/dev/null; }
+  apt_install mosquitto mosquitto-clients
 fi
 export HEXPULSE_MOSQUITTO=/usr/sbin/mosquitto
 # Debian's psql, for the query service's PostgreSQL door (query/tests/it/pg.rs).
 if ! command -v psql >/dev/null 2>&1; then
   echo "installing Debian's postgresql-client (once per machine)"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get install -y --no-install-recommends postgresql-client >/dev/null 2>&1 ||
-    { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends postgresql-client >/dev/null; }
+  apt_install postgresql-client
 fi
 export HEXPULSE_PSQL="$(command -v psql)"
+# openssl makes the TLS tests' certificates (query/tests/it/tls.rs).
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "installing Debian's openssl (once per machine)"
+  apt_install openssl
+fi
 export HEXPULSE_E2E=1
 mkdir -p test-output
 

@@ -49,8 +49,12 @@ pub enum TlsError {
     Config(String),
 }
 
-/// Builds a rustls acceptor (HTTP/2 and HTTP/1.1 by ALPN) from PEM files.
-pub fn tls_acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
+/// The ALPN protocols of an HTTP listener ([`serve`]): HTTP/2, then HTTP/1.1.
+pub const HTTP_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// Builds a rustls acceptor from PEM files, offering `alpn` ([`HTTP_ALPN`] for [`serve`]; a client
+/// that names no protocol is served all the same).
+pub fn tls_acceptor(cfg: &TlsConfig, alpn: &[&[u8]]) -> Result<TlsAcceptor, TlsError> {
     let read = |p: &Path| {
         std::fs::read(p).map_err(|source| TlsError::Read {
             path: p.display().to_string(),
@@ -71,7 +75,7 @@ pub fn tls_acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .map_err(|e| TlsError::Config(e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -287,4 +287,7 @@ pub(crate) enum BenchCmd {
     Lake(bench::lake::LakeArgs),
     /// Sealing one large epoch within a memory budget: time, spill and peak RSS.
     Seal(bench::seal::SealArgs),
+    /// One large answer (1M rows of `sensor`) through each SQL door (Flight SQL, PostgreSQL, HTTP
+    /// JSON/CSV/Arrow) against DataFusion in-process: rows per second and the ratio.
+    Doors(bench::doors::DoorsArgs),
 }

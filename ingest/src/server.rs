@@ -221,7 +221,7 @@ impl Ingest {
         let tls = cfg
             .tls
             .as_ref()
-            .map(hexpulse_common::serve::tls_acceptor)
+            .map(|t| hexpulse_common::serve::tls_acceptor(t, hexpulse_common::serve::HTTP_ALPN))
             .transpose()?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await

@@ -82,9 +82,19 @@ pub fn install(ctx: &SessionContext, max_expression_bytes: u64) {
     }));
 }
 
-/// Refuses SQL array types with a huge fixed size (`INT[2000000000]`); other types plan as usual.
-#[derive(Debug)]
-pub struct WideTypes;
+/// Refuses SQL array types with a huge fixed size (`INT[2000000000]`); other types go to the next
+/// planner, if any, then plan as usual.
+#[derive(Debug, Default)]
+pub struct WideTypes {
+    next: Option<Arc<dyn TypePlanner>>,
+}
+
+impl WideTypes {
+    /// These checks, then `next` (PostgreSQL's type names: [`crate::pg::system::type_planner`]).
+    pub fn then(next: Arc<dyn TypePlanner>) -> WideTypes {
+        WideTypes { next: Some(next) }
+    }
+}
 
 impl TypePlanner for WideTypes {
     fn plan_type_field(&self, sql_type: &SqlType) -> Result<Option<FieldRef>> {
@@ -96,7 +106,10 @@ impl TypePlanner for WideTypes {
                  type without a size"
             );
         }
-        Ok(None)
+        match &self.next {
+            Some(next) => next.plan_type_field(sql_type),
+            None => Ok(None),
+        }
     }
 }
 
@@ -528,7 +541,7 @@ mod tests {
             let ctx = SessionContext::new_with_state(
                 datafusion::execution::SessionStateBuilder::new()
                     .with_default_features()
-                    .with_type_planner(Arc::new(WideTypes))
+                    .with_type_planner(Arc::new(WideTypes::default()))
                     .build(),
             );
             install(&ctx, 16 << 20);

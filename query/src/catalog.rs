@@ -263,7 +263,7 @@ pub async fn build(
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features()
-        .with_type_planner(Arc::new(crate::bounded::WideTypes))
+        .with_type_planner(crate::pg::system::type_planner())
         .build();
     let ctx = SessionContext::new_with_state(state);
     ctx.register_object_store(&url::Url::parse(LAKE_URL)?, lake.store().clone());
@@ -313,6 +313,7 @@ pub async fn build(
     snap.resolutions.sort_unstable();
     // The functions, once the finest stored resolution (for `h3_lake_cell`) is known.
     crate::udf::register(&ctx, snap.finest());
+    crate::pg::system::functions(&ctx)?;
     for f in crate::sql::WITHHELD_FUNCTIONS {
         ctx.deregister_udf(f);
     }
@@ -356,6 +357,9 @@ pub async fn build(
         ctx.add_optimizer_rule(Arc::new(rule));
     }
     let public = without_private(&ctx).await?;
+    // PostgreSQL's system catalog, in each context over its own tables.
+    crate::pg::system::schema(&ctx)?;
+    crate::pg::system::schema(&public)?;
     Ok((Contexts { all: ctx, public }, snap))
 }
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hexpulse_common::ratelimit::RateLimit;
+use hexpulse_common::serve::TlsConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -22,11 +23,20 @@ pub struct QueryConfig {
     /// token, and the same rules apply as on `POST /v1/sql` ([`crate::gate`]). Unset: off.
     #[serde(default)]
     pub pg_listen: Option<SocketAddr>,
-    /// The Arrow Flight SQL listener (ADBC, JDBC, `arrow-flight`'s CLI; gRPC without TLS): a bearer
-    /// token in `authorization`, or Flight's handshake with basic auth (password = a token); the
-    /// same rules as `POST /v1/sql`. Unset: off.
+    /// TLS on the PostgreSQL door (`cert_pem`, `key_pem`). Set, the door requires it: a client that
+    /// does not ask for TLS (`sslmode=disable`) is refused (28000), since its password is a token.
+    /// Unset: plain text (keep the door on loopback or a private network).
+    #[serde(default)]
+    pub pg_tls: Option<TlsConfig>,
+    /// The Arrow Flight SQL listener (ADBC, JDBC, `arrow-flight`'s CLI): a bearer token in
+    /// `authorization`, or Flight's handshake with basic auth (password = a token); the same rules
+    /// as `POST /v1/sql`. Unset: off.
     #[serde(default)]
     pub flight_listen: Option<SocketAddr>,
+    /// TLS on the Flight SQL door (`grpc+tls://`); set, the door speaks nothing else. Unset: plain
+    /// gRPC (`grpc://`).
+    #[serde(default)]
+    pub flight_tls: Option<TlsConfig>,
     /// The lake (same as `process.lake_url` unless the query service reads a replica).
     pub lake_url: String,
     /// The rules file (for the k-anonymity threshold of road data); none: the built-in rules.
@@ -188,7 +198,9 @@ impl QueryConfig {
             listen: "127.0.0.1:0".parse().expect("static"),
             admin_listen: None,
             pg_listen: None,
+            pg_tls: None,
             flight_listen: None,
+            flight_tls: None,
             lake_url: lake_url.into(),
             rules_path: None,
             max_rows: 10_000,

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::cli::BenchCmd;
 use crate::config::Config;
 
+pub(crate) mod doors;
 pub(crate) mod e2e;
 pub(crate) mod lake;
 pub(crate) mod query;
@@ -419,5 +420,6 @@ pub(crate) async fn run(cfg: Config, b: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::E2e(args) => e2e::e2e(cfg, args).await,
         BenchCmd::Lake(args) => lake::lake(args).await,
         BenchCmd::Seal(args) => seal::seal(args).await,
+        BenchCmd::Doors(args) => doors::doors(args).await,
     }
 }

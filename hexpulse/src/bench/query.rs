@@ -63,7 +63,7 @@ pub(crate) fn percentile(v: &[f64], q: f64) -> f64 {
 }
 
 /// Writes the lake: readings in event-time order, spread over `span_ms` ending at `end_ms`.
-async fn build_lake(
+pub(crate) async fn build_lake(
     lake: &Lake,
     readings: usize,
     end_ms: i64,

@@ -78,6 +78,8 @@ pub enum QueryError {
     Runtime(std::io::Error),
     #[error("[query.live]: {0}")]
     Live(#[from] crate::live::LiveError),
+    #[error("TLS: {0}")]
+    Tls(#[from] hexpulse_common::serve::TlsError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -94,6 +96,7 @@ impl hexpulse_common::fault::Classify for QueryError {
             QueryError::Auth(_)
             | QueryError::Rules(_)
             | QueryError::Live(_)
+            | QueryError::Tls(_)
             | QueryError::Bind { .. } => Fault::User,
             QueryError::Runtime(_) => Fault::Internal,
         }
@@ -109,6 +112,8 @@ pub struct Query {
     pub pg_addr: Option<SocketAddr>,
     /// The Flight SQL door's address, when `flight_listen` is set.
     pub flight_addr: Option<SocketAddr>,
+    /// The rules and the catalog every door answers through.
+    pub gate: Arc<Gate>,
     /// The server: it ends at shutdown, once open requests are answered.
     pub task: tokio::task::JoinHandle<()>,
     /// The background tasks (catalog refresh, the live tier's poll, the rate limiter's cleanup).
@@ -206,6 +211,7 @@ impl Query {
             Some(a) => Some(
                 crate::pg::serve(
                     a,
+                    state.cfg.pg_tls.as_ref().map(crate::pg::tls).transpose()?,
                     gate.clone(),
                     state.cfg.max_rows,
                     state.cfg.max_connections,
@@ -227,6 +233,11 @@ impl Query {
                     .local_addr()
                     .map_err(|source| QueryError::Bind { addr: a, source })?;
                 let router = crate::flight::router(gate.clone(), state.cfg.max_rows);
+                let tls = (state.cfg.flight_tls.as_ref())
+                    .map(|t| {
+                        hexpulse_common::serve::tls_acceptor(t, hexpulse_common::serve::HTTP_ALPN)
+                    })
+                    .transpose()?;
                 let limits = hexpulse_common::serve::ConnLimits {
                     header_timeout: request_timeout,
                     max_connections: state.cfg.max_connections,
@@ -236,14 +247,14 @@ impl Query {
                     hexpulse_common::serve::serve(
                         listener,
                         router,
-                        None,
+                        tls,
                         limits,
                         stop,
                         SHUTDOWN_GRACE,
                     )
                     .await;
                 });
-                tracing::info!(addr = %bound, "flight sql door listening");
+                tracing::info!(addr = %bound, tls = state.cfg.flight_tls.is_some(), "flight sql door listening");
                 Some(bound)
             }
             None => None,
@@ -346,6 +357,7 @@ impl Query {
             admin_addr,
             pg_addr,
             flight_addr,
+            gate,
             task,
             tasks,
         })

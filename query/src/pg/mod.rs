@@ -7,12 +7,16 @@
 //! - every statement spends the token's budget and runs within the limits, planned read-only;
 //! - the simple and the extended query protocol (prepared statements with `$n` parameters);
 //! - `BEGIN`, `COMMIT` and `ROLLBACK` are accepted and change nothing (every statement reads);
-//! - a cancel request (psql's Ctrl-C) stops the running plan and frees its slot at once.
+//! - a cancel request (psql's Ctrl-C) stops the running plan and frees its slot at once;
+//! - with `[query] pg_tls`, TLS (libpq's `SSLRequest`, or a direct TLS handshake with ALPN
+//!   `postgresql`), required: a login over plain text is refused before its password is asked for.
 //!
 //! Errors carry SQLSTATEs ([`sqlstate`]): 28P01 for a wrong token, 42501 for a refused statement
-//! or table, 42601 for a syntax error, 53000 for the limits, 57014 for the time limit or a cancel.
+//! or table, 42601 for a syntax error, 53000 for the limits, 57014 for the time limit or a cancel,
+//! 28000 for a plain-text login where TLS is required.
 
 mod queries;
+pub mod system;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -21,6 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use futures::{Sink, SinkExt};
+use hexpulse_common::serve::{TlsConfig, TlsError};
 use hexpulse_common::tasks::Tasks;
 use pgwire::api::auth::{
     DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
@@ -112,9 +117,16 @@ impl Drop for Registered {
     }
 }
 
-/// The login: a cleartext password that is a token (send it over TLS or loopback only).
+/// The door's TLS acceptor, from PEM files (ALPN `postgresql`, which libpq 17 asks for).
+pub fn tls(cfg: &TlsConfig) -> Result<pgwire::tokio::TlsAcceptor, TlsError> {
+    hexpulse_common::serve::tls_acceptor(cfg, &[b"postgresql"])
+}
+
+/// The login: a cleartext password that is a token (over TLS where the door has it, which it then
+/// requires; else keep the door on loopback or a private network).
 struct TokenLogin {
     gate: Arc<Gate>,
+    require_tls: bool,
     cancels: Arc<Cancels>,
     keys: RandomPidSecretKeyGenerator,
     parameters: DefaultServerParameterProvider,
@@ -177,6 +189,18 @@ impl StartupHandler for TokenLogin {
     {
         match message {
             PgWireFrontendMessage::Startup(ref startup) => {
+                if self.require_tls && !client.is_secure() {
+                    // Before any password: a token must not cross the network in clear text.
+                    let mut info = ErrorInfo::new(
+                        "FATAL".into(),
+                        "28000".into(),
+                        "this door requires TLS: connect with sslmode=require (or verify-full \
+                         with the server's certificate)"
+                            .into(),
+                    );
+                    info.detail = Some("hexpulse code: tls_required, SQLSTATE 28000".into());
+                    return Err(PgWireError::UserError(Box::new(info)));
+                }
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
                 // The user `anonymous` logs in without a password where the `sql` group is
@@ -244,9 +268,11 @@ impl PgWireServerHandlers for Door {
     }
 }
 
-/// Binds `addr` and serves the door until `shutdown` (then open connections are closed).
+/// Binds `addr` and serves the door until `shutdown` (then open connections are closed); with
+/// `tls`, only over TLS.
 pub async fn serve(
     addr: SocketAddr,
+    tls: Option<pgwire::tokio::TlsAcceptor>,
     gate: Arc<Gate>,
     max_rows: usize,
     max_connections: usize,
@@ -256,12 +282,14 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let cancels = Arc::new(Cancels::default());
+    let require_tls = tls.is_some();
     let mut parameters = DefaultServerParameterProvider::default();
     parameters.search_path = crate::catalog::SCHEMA.to_string();
     parameters.default_transaction_read_only = true;
     let door = Arc::new(Door {
         login: Arc::new(TokenLogin {
             gate: gate.clone(),
+            require_tls,
             cancels: cancels.clone(),
             keys: RandomPidSecretKeyGenerator::default(),
             parameters,
@@ -292,16 +320,16 @@ pub async fn serve(
                 continue;
             };
             let _ = socket.set_nodelay(true);
-            let door = door.clone();
+            let (door, tls) = (door.clone(), tls.clone());
             connections.spawn(async move {
                 let _permit = permit;
-                if let Err(e) = pgwire::tokio::process_socket(socket, None, door).await {
+                if let Err(e) = pgwire::tokio::process_socket(socket, tls, door).await {
                     tracing::debug!(%peer, error = %e, "postgres connection ended");
                 }
             });
         }
         // Dropping the set aborts the open connections.
     });
-    tracing::info!(addr = %bound, "postgres door listening");
+    tracing::info!(addr = %bound, tls = require_tls, "postgres door listening");
     Ok(bound)
 }

@@ -9,8 +9,6 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::sql::sqlparser::ast::Statement;
-use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use datafusion::sql::sqlparser::parser::Parser;
 use futures::{Sink, StreamExt};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -96,16 +94,17 @@ fn transaction_response(kind: &Kind) -> Option<Response> {
     }
 }
 
-/// The statements of a simple query's text. A text that does not parse as PostgreSQL is passed
-/// whole to the gate, whose own parse gives the error (or accepts a dialect the service knows).
+/// The statements of a query's text, each as SQL for the gate: rewritten from what PostgreSQL's
+/// clients send into what DataFusion plans ([`super::system::compatible`]). A text that does not
+/// parse that way is passed whole to the gate, whose own parse gives the error (or accepts a
+/// dialect the service knows).
 fn split(text: &str) -> Vec<(String, Option<Kind>)> {
-    match Parser::parse_sql(&PostgreSqlDialect {}, text) {
-        Ok(statements) if statements.len() > 1 => statements
+    match super::system::compatible(text) {
+        Some(statements) if !statements.is_empty() => statements
             .iter()
             .map(|s| (s.to_string(), transaction(s)))
             .collect(),
-        Ok(statements) => vec![(text.to_string(), statements.first().and_then(transaction))],
-        Err(_) => vec![(text.to_string(), None)],
+        _ => vec![(text.to_string(), None)],
     }
 }
 
@@ -183,22 +182,24 @@ impl QueryParser for PgParser {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let session = session(client)?;
-        if let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql)
-            && let [statement] = statements.as_slice()
-            && let Some(kind) = transaction(statement)
-        {
-            return Ok(Some(PgStatement {
-                sql: sql.to_string(),
-                kind,
-            }));
-        }
+        // One statement (a text of several goes whole to the gate, which refuses it).
+        let sql = match split(sql).as_slice() {
+            [(_, Some(kind))] => {
+                return Ok(Some(PgStatement {
+                    sql: sql.to_string(),
+                    kind: kind.clone(),
+                }));
+            }
+            [(one, None)] => one.clone(),
+            _ => sql.to_string(),
+        };
         let described = self
             .gate
-            .describe(sql, session.allow_raw)
+            .describe(&sql, session.allow_raw)
             .await
             .map_err(|e| pg_error(&e, false))?;
         Ok(Some(PgStatement {
-            sql: sql.to_string(),
+            sql,
             kind: Kind::Query {
                 params: described.params,
                 schema: described.schema,

@@ -42,7 +42,7 @@ fn spawn_client(python: &str, request: &Value) -> tokio::process::Child {
     child
 }
 
-async fn adbc(python: &str, request: Value) -> Value {
+pub(crate) async fn adbc(python: &str, request: Value) -> Value {
     let out = spawn_client(python, &request)
         .wait_with_output()
         .await

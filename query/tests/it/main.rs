@@ -8,4 +8,5 @@ mod pg;
 mod preagg;
 mod readers;
 mod slt;
+mod tls;
 use hexpulse_testkit::processing as support;

@@ -28,7 +28,7 @@ pub(crate) fn sha(token: &str) -> String {
 }
 
 /// Debian's psql, which `make test` installs (postgresql-client); `None` (skip) outside it.
-fn psql_or_skip(test: &str) -> Option<String> {
+pub(crate) fn psql_or_skip(test: &str) -> Option<String> {
     let found = std::env::var("HEXPULSE_PSQL")
         .ok()
         .filter(|p| !p.is_empty())
@@ -356,6 +356,119 @@ fn dashboard_queries(from_ms: i64, to_ms: i64) -> Vec<(String, String)> {
     out
 }
 
+/// What the clients' table browsers send, and what they must find: psql's `\dt` and `\d`, Grafana's
+/// PostgreSQL data source (its query builder's table and column lists, as Grafana 10 and later
+/// spell them), and the `pg_catalog` joins DBeaver and JDBC clients make (`'name'::regclass`).
+/// Each role finds the tables it may read, and no more.
+async fn browsing(psql_bin: &str, python: &str, s: &Service) {
+    // psql's own commands (the queries psql builds over pg_class, pg_namespace, pg_attribute).
+    for (role, sees_raw) in [("admin", true), ("planner", false)] {
+        let (ok, out, err) = psql(psql_bin, s, role, "\\dt").await;
+        assert!(ok, "{role}: \\dt: {err}");
+        let (columns, rows) = psql_rows(&out);
+        assert_eq!(columns[..2], ["Schema", "Name"], "{out}");
+        let names: Vec<String> = rows.iter().map(|r| format!("{}.{}", r[0], r[1])).collect();
+        for t in [
+            "lake.heartbeat",
+            "lake.sensor",
+            "committed.heartbeat",
+            "lake.freshness",
+        ] {
+            assert!(
+                names.contains(&t.to_string()),
+                "{role}: \\dt lists {t}: {names:?}"
+            );
+        }
+        for t in ["lake.rejected", "lake.road"] {
+            assert_eq!(
+                names.contains(&t.to_string()),
+                sees_raw,
+                "{role}: {t} in {names:?}"
+            );
+        }
+        assert!(
+            !names.iter().any(|n| n.starts_with("pg_catalog.")),
+            "{names:?}"
+        );
+    }
+    let (ok, out, err) = psql(psql_bin, s, "planner", "\\d sensor").await;
+    assert!(ok, "\\d sensor: {err}");
+    for column in ["device_key", "metric", "unit", "event_time", "h3_r8"] {
+        assert!(out.contains(column), "\\d sensor lists {column}: {out}");
+    }
+    let (ok, out, err) = psql(psql_bin, s, "planner", "\\d rejected").await;
+    assert!(
+        !ok || !out.contains("reason"),
+        "a planner's \\d must not describe rejected: {out}{err}"
+    );
+
+    // Grafana's query builder: the tables (schema-qualified, as it shows tables outside the search
+    // path) and a table's columns.
+    let search_path = "SELECT CASE WHEN trim(s[i]) = '\"$user\"' THEN user ELSE trim(s[i]) END \
+         FROM generate_series(array_lower(string_to_array(current_setting('search_path'),','),1), \
+         array_upper(string_to_array(current_setting('search_path'),','),1)) as i, \
+         string_to_array(current_setting('search_path'),',') s";
+    let tables = format!(
+        "SELECT CASE WHEN quote_ident(table_schema) IN ({search_path}) THEN quote_ident(table_name) \
+         ELSE quote_ident(table_schema) || '.' || quote_ident(table_name) END AS \"table\" \
+         FROM information_schema.tables WHERE quote_ident(table_schema) NOT IN \
+         ('information_schema', 'pg_catalog', '_timescaledb_cache', '_timescaledb_catalog', \
+         '_timescaledb_internal', '_timescaledb_config', 'timescaledb_information', \
+         'timescaledb_experimental') ORDER BY CASE WHEN quote_ident(table_schema) IN \
+         ({search_path}) THEN 0 ELSE 1 END, 1"
+    );
+    let columns = format!(
+        "SELECT quote_ident(column_name) AS \"column\", data_type AS \"type\" \
+         FROM information_schema.columns WHERE CASE WHEN array_length(parse_ident('lake.sensor'),1) = 2 \
+         THEN quote_ident(table_schema) = (parse_ident('lake.sensor'))[1] \
+         AND quote_ident(table_name) = (parse_ident('lake.sensor'))[2] \
+         ELSE quote_ident(table_name) = 'lake.sensor' AND quote_ident(table_schema) IN ({search_path}) END"
+    );
+    // DBeaver's and JDBC's kind: namespaces, then a table's columns through a regclass cast.
+    let namespaces = "SELECT n.oid, n.nspname FROM pg_catalog.pg_namespace n ORDER BY n.nspname";
+    let attributes = "SELECT attname, atttypid FROM pg_catalog.pg_class AS cls \
+         INNER JOIN pg_catalog.pg_attribute AS attr ON cls.oid = attr.attrelid \
+         INNER JOIN pg_catalog.pg_type AS typ ON attr.atttypid = typ.oid \
+         WHERE attr.attnum >= 0 AND cls.oid = 'sensor'::regclass::oid ORDER BY attr.attnum";
+    let queries: Vec<Value> = [tables.as_str(), &columns, namespaces, attributes]
+        .iter()
+        .map(|q| json!({"sql": q}))
+        .collect();
+    let answer = psycopg(python, s, "planner", json!({"queries": queries})).await;
+    let values = |i: usize, column: usize| -> Vec<String> {
+        let result = &answer["results"][i];
+        assert!(result.get("error").is_none(), "query {i}: {result}");
+        let (_, rows) = psycopg_rows(result);
+        rows.into_iter().map(|r| r[column].clone()).collect()
+    };
+    let tables = values(0, 0);
+    assert!(
+        tables.contains(&"lake.sensor".to_string()),
+        "Grafana's tables: {tables:?}"
+    );
+    assert!(
+        !tables.iter().any(|t| t.ends_with(".rejected")),
+        "{tables:?}"
+    );
+    let columns = values(1, 0);
+    for c in ["metric", "unit", "device_key"] {
+        assert!(
+            columns.contains(&c.to_string()),
+            "Grafana's columns of lake.sensor: {columns:?}"
+        );
+    }
+    let schemas = values(2, 1);
+    assert!(
+        schemas.contains(&"lake".to_string()),
+        "namespaces: {schemas:?}"
+    );
+    let attributes = values(3, 0);
+    assert!(
+        attributes.contains(&"metric".to_string()),
+        "sensor's attributes: {attributes:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_and_psycopg_answer_as_http_does_under_its_rules() {
     let test = "psql_and_psycopg_answer_as_http_does_under_its_rules";
@@ -466,6 +579,8 @@ async fn psql_and_psycopg_answer_as_http_does_under_its_rules() {
         let rows = result["rows"].as_array().unwrap();
         assert!(!rows.is_empty(), "{panel}: no rows: {q}");
     }
+
+    browsing(&psql_bin, &python, &s).await;
 
     // Who may log in, and what a planner may not do: each refusal with its SQLSTATE.
     let wrong = psycopg(

@@ -1,0 +1,321 @@
+//! `hexpulse bench doors`: one large answer (`SELECT * FROM sensor LIMIT rows`) fetched through
+//! each SQL door of the query service, against DataFusion executing the same statement in-process
+//! on the same catalog (issue #23).
+//!
+//! A lake of simulated readings is written by the processors' partition workers, as for
+//! `bench query`. The query service runs in this process with its HTTP, Flight SQL and PostgreSQL
+//! doors on loopback; the clients are arrow-flight's Flight SQL client (Arrow batches as they
+//! come), psql (when installed: the PostgreSQL door's text rows, read to the end) and HTTP with
+//! each answer format (JSON, CSV, Arrow IPC; the HTTP door builds the whole answer before sending
+//! it). Each door runs `runs` times in turn with the in-process baseline, one after the other in
+//! the same run, and its figure is the median; every answer's row count is checked.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use futures::StreamExt;
+use hexpulse_common::time::now_ms;
+use hexpulse_lake::{HOUR_MS, Lake};
+use hexpulse_query::datafusion::arrow::ipc::reader::StreamReader;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::query::{build_lake, percentile};
+
+/// Settings of one run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DoorsArgs {
+    /// Rows of `sensor` in the answer.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows: usize,
+    /// Timed fetches through each door (after one warm-up of each).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// psql for the PostgreSQL door (Debian's postgresql-client); without it that door is not
+    /// measured.
+    #[arg(long, env = "HEXPULSE_PSQL", default_value = "psql")]
+    pub psql: PathBuf,
+    /// Write the JSON report here too.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct DoorRun {
+    door: String,
+    client: String,
+    /// Wall time of each timed fetch, seconds.
+    seconds: Vec<f64>,
+    rows_per_s: f64,
+    /// The answer's size as the client received it (bytes on the wire or in its output).
+    bytes: u64,
+    /// rows_per_s over the in-process rate of the same run.
+    ratio_to_in_process: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct DoorsReport {
+    rows: usize,
+    runs: usize,
+    sql: String,
+    lake_sensor_rows: usize,
+    in_process_rows_per_s: f64,
+    in_process_seconds: Vec<f64>,
+    doors: Vec<DoorRun>,
+    /// The Flight SQL door's ratio to in-process (target >= 0.8).
+    flight_ratio: f64,
+}
+
+/// A fetch through one door: the rows and the bytes it received.
+type Fetched = (usize, u64);
+
+async fn in_process(q: &hexpulse_query::Query, sql: &str) -> anyhow::Result<Fetched> {
+    let (ctx, _) = q.gate.catalog.context();
+    let mut stream = ctx.sql(sql).await?.execute_stream().await?;
+    let (mut rows, mut bytes) = (0usize, 0u64);
+    while let Some(b) = stream.next().await {
+        let b = b?;
+        rows += b.num_rows();
+        bytes += b.get_array_memory_size() as u64;
+    }
+    Ok((rows, bytes))
+}
+
+async fn flight(addr: std::net::SocketAddr, sql: &str) -> anyhow::Result<Fetched> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let mut client = FlightSqlServiceClient::new(channel);
+    let info = client.execute(sql.to_string(), None).await?;
+    let (mut rows, mut bytes) = (0usize, 0u64);
+    for endpoint in info.endpoint {
+        let ticket = endpoint
+            .ticket
+            .context("a Flight endpoint without a ticket")?;
+        let mut stream = client.do_get(ticket).await?;
+        while let Some(b) = stream.next().await {
+            let b = b?;
+            rows += b.num_rows();
+            bytes += b.get_array_memory_size() as u64;
+        }
+    }
+    Ok((rows, bytes))
+}
+
+async fn psql(psql: &PathBuf, addr: std::net::SocketAddr, sql: &str) -> anyhow::Result<Fetched> {
+    let out = tokio::process::Command::new(psql)
+        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args([
+            "-U",
+            hexpulse_query::pg::ANONYMOUS,
+            "-d",
+            "hexpulse",
+            "-c",
+            sql,
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running {}", psql.display()))?;
+    ensure!(
+        out.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = out.stdout.iter().filter(|&&b| b == b'\n').count();
+    Ok((rows, out.stdout.len() as u64))
+}
+
+async fn http(
+    client: &reqwest::Client,
+    base: &str,
+    format: &str,
+    sql: &str,
+) -> anyhow::Result<Fetched> {
+    let r = client
+        .post(format!("{base}/v1/sql?format={format}"))
+        .body(sql.to_string())
+        .send()
+        .await?;
+    ensure!(r.status() == 200, "HTTP {format}: {}", r.status());
+    let body = r.bytes().await?;
+    let bytes = body.len() as u64;
+    // Counted after the clock stops (the caller times the fetch alone): parsing is the client's.
+    let rows = match format {
+        "json" => serde_json::from_slice::<Vec<serde_json::Value>>(&body)?.len(),
+        "csv" => body
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            .saturating_sub(1),
+        _ => StreamReader::try_new(std::io::Cursor::new(body), None)?
+            .map(|b| b.map(|b| b.num_rows()))
+            .sum::<Result<usize, _>>()?,
+    };
+    Ok((rows, bytes))
+}
+
+pub(crate) async fn doors(args: DoorsArgs) -> anyhow::Result<()> {
+    if args.runs < 1 {
+        bail!("--runs must be at least 1");
+    }
+    let dir = std::env::temp_dir().join(format!("hexpulse-bench-doors-{}", std::process::id()));
+    let lake_dir = dir.join("lake");
+    std::fs::create_dir_all(&lake_dir)?;
+    let url = lake_dir.to_str().context("lake path")?.to_string();
+    let lake = Lake::open(&url)?;
+    // A sensor reading gives a row per metric (three to five): a third of the readings are sensor
+    // readings, so `rows` readings give more than `rows` sensor rows.
+    let readings = args.rows.max(1000);
+    let end_ms = (now_ms() / HOUR_MS - 2) * HOUR_MS;
+    let t = Instant::now();
+    eprintln!(
+        "[bench] writing {readings} simulated readings to {}",
+        lake_dir.display()
+    );
+    build_lake(&lake, readings, end_ms, 24 * HOUR_MS).await?;
+    eprintln!("[bench] lake written in {:.0} s", t.elapsed().as_secs_f64());
+
+    let mut qcfg = hexpulse_query::QueryConfig::for_tests(&url);
+    qcfg.max_rows = args.rows;
+    qcfg.max_answer_bytes = 8 << 30;
+    qcfg.query_timeout = Duration::from_secs(600);
+    qcfg.request_timeout = Duration::from_secs(600);
+    qcfg.memory_limit_bytes = 8 << 30;
+    qcfg.query_threads = 0;
+    qcfg.refresh_interval = Duration::from_secs(3600);
+    qcfg.pg_listen = Some("127.0.0.1:0".parse()?);
+    qcfg.flight_listen = Some("127.0.0.1:0".parse()?);
+    let stop = CancellationToken::new();
+    let q = hexpulse_query::Query::start(qcfg, lake, stop.clone()).await?;
+    let base = format!("http://{}", q.addr);
+    let (pg_addr, flight_addr) = (
+        q.pg_addr.context("pg door")?,
+        q.flight_addr.context("flight door")?,
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()?;
+    let sql = format!("SELECT * FROM sensor LIMIT {}", args.rows);
+    let lake_sensor_rows = q
+        .gate
+        .catalog
+        .context()
+        .0
+        .table("sensor")
+        .await?
+        .count()
+        .await?;
+    if lake_sensor_rows < args.rows {
+        bail!(
+            "the lake has {lake_sensor_rows} sensor rows, fewer than --rows {}",
+            args.rows
+        );
+    }
+    let psql_ok = tokio::process::Command::new(&args.psql)
+        .arg("--version")
+        .output()
+        .await
+        .is_ok_and(|o| o.status.success());
+    if !psql_ok {
+        eprintln!(
+            "[bench] no psql at {} (apt-get install postgresql-client): the PostgreSQL door is not measured",
+            args.psql.display()
+        );
+    }
+
+    // (door, client) in the order they run each round; in-process first.
+    let mut doors: Vec<(&str, &str)> = vec![
+        ("in-process", "DataFusion on the service's catalog"),
+        ("flight-sql", "arrow-flight FlightSqlServiceClient"),
+    ];
+    if psql_ok {
+        doors.push(("postgres", "psql -A -t (text rows)"));
+    }
+    doors.extend([
+        ("http-json", "reqwest, POST /v1/sql?format=json"),
+        ("http-csv", "reqwest, POST /v1/sql?format=csv"),
+        ("http-arrow", "reqwest, POST /v1/sql?format=arrow"),
+    ]);
+    let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); doors.len()];
+    let mut bytes = vec![0u64; doors.len()];
+    // One warm-up round, then `runs` timed rounds, every door in turn in each.
+    for round in 0..=args.runs {
+        for (i, (door, _)) in doors.iter().enumerate() {
+            let t = Instant::now();
+            let fetched = match *door {
+                "in-process" => in_process(&q, &sql).await,
+                "flight-sql" => flight(flight_addr, &sql).await,
+                "postgres" => psql(&args.psql, pg_addr, &sql).await,
+                "http-json" => http(&client, &base, "json", &sql).await,
+                "http-csv" => http(&client, &base, "csv", &sql).await,
+                _ => http(&client, &base, "arrow", &sql).await,
+            };
+            let elapsed = t.elapsed().as_secs_f64();
+            let (rows, b) = fetched.with_context(|| format!("fetching through {door}"))?;
+            ensure!(
+                rows == args.rows,
+                "{door} returned {rows} rows, not {}",
+                args.rows
+            );
+            if round > 0 {
+                seconds[i].push(elapsed);
+                bytes[i] = b;
+                eprintln!(
+                    "[bench] round {round}, {door}: {:.2} s, {:.0} rows/s",
+                    elapsed,
+                    rows as f64 / elapsed
+                );
+            }
+        }
+    }
+    stop.cancel();
+    q.wait().await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let rate = |s: &[f64]| args.rows as f64 / percentile(s, 0.5);
+    let base_rate = rate(&seconds[0]);
+    let runs: Vec<DoorRun> = doors
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(i, (door, client))| DoorRun {
+            door: door.to_string(),
+            client: client.to_string(),
+            rows_per_s: rate(&seconds[i]),
+            ratio_to_in_process: rate(&seconds[i]) / base_rate,
+            seconds: seconds[i].clone(),
+            bytes: bytes[i],
+        })
+        .collect();
+    let flight_ratio = runs
+        .iter()
+        .find(|r| r.door == "flight-sql")
+        .map_or(0.0, |r| r.ratio_to_in_process);
+    eprintln!(
+        "[bench] {} rows of sensor, medians of {} runs: in-process {base_rate:.0} rows/s; {}; Flight SQL {flight_ratio:.2}x in-process (target >= 0.80)",
+        args.rows,
+        args.runs,
+        runs.iter()
+            .map(|r| format!(
+                "{} {:.0} rows/s ({:.2}x)",
+                r.door, r.rows_per_s, r.ratio_to_in_process
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let report = DoorsReport {
+        rows: args.rows,
+        runs: args.runs,
+        sql,
+        lake_sensor_rows,
+        in_process_rows_per_s: base_rate,
+        in_process_seconds: seconds[0].clone(),
+        doors: runs,
+        flight_ratio,
+    };
+    super::emit_report(&report, args.out)
+}

@@ -1,0 +1,159 @@
+//! PostgreSQL's system catalog, for the clients of the PostgreSQL door: psql's `\d` commands,
+//! DBeaver, Metabase and Grafana's table browser read `pg_catalog` (`pg_namespace`, `pg_class`,
+//! `pg_attribute`, `pg_type`, ...) and call its functions (`pg_table_is_visible`, `format_type`,
+//! `current_schema`, ...). datafusion-pg-catalog provides both, over DataFusion's own catalog, and
+//! its parser ([`compatible`]) rewrites what those clients send that DataFusion does not plan
+//! (`OPERATOR(pg_catalog.~)`, `'name'::regclass`, `COLLATE`, ...).
+//!
+//! Wired here by hand rather than by the crate's `setup_pg_catalog`, which would replace the
+//! session's type planner ([`crate::bounded::WideTypes`]) and add functions after
+//! [`crate::bounded::install`] has wrapped every function: [`functions`] come before that (so they
+//! are bounded like the rest), the crate's type planner runs after ours ([`type_planner`]), and
+//! [`schema`] is registered in each context over that context's own catalog list, so that a caller
+//! without `raw` does not find the private tables in `pg_class` either.
+
+use std::sync::{Arc, OnceLock};
+
+use datafusion::arrow::array::{Array, AsArray, StringArray};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::ScalarValue;
+use datafusion::common::utils::SingleRowListArrayBuilder;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::planner::TypePlanner;
+use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility};
+use datafusion::prelude::{SessionContext, create_udf};
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_pg_catalog::pg_catalog::{
+    self as pgc, PgCatalogSchemaProvider, PgCatalogStaticTables, array_bounds_udf, format_type,
+    has_privilege_udf, oid_type_planner::PgOidTypePlanner, pg_get_expr_udf, quote_ident_udf,
+};
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+
+use crate::catalog::{CATALOG, SCHEMA};
+
+/// The schema's name.
+pub const PG_CATALOG: &str = "pg_catalog";
+
+/// PostgreSQL's static system tables (types, operators, functions, ...), read once per process.
+fn static_tables() -> Result<Arc<PgCatalogStaticTables>> {
+    static TABLES: OnceLock<std::result::Result<Arc<PgCatalogStaticTables>, String>> =
+        OnceLock::new();
+    TABLES
+        .get_or_init(|| {
+            PgCatalogStaticTables::try_new()
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(|e| DataFusionError::Internal(format!("pg_catalog's static tables: {e}")))
+}
+
+/// The session's type planner: [`crate::bounded::WideTypes`], then PostgreSQL's oid aliases
+/// (`regclass`, `regtype`, `oid`, ...) and `pg_catalog.`-qualified type names.
+pub fn type_planner() -> Arc<dyn TypePlanner> {
+    Arc::new(crate::bounded::WideTypes::then(Arc::new(PgOidTypePlanner)))
+}
+
+/// The system catalog's functions, registered in `ctx` (before [`crate::bounded::install`]).
+pub fn functions(ctx: &SessionContext) -> Result<()> {
+    for f in [
+        pgc::create_current_database_udf(CATALOG),
+        current_schema(),
+        current_schemas(),
+        pgc::create_pg_get_userbyid_udf(),
+        pgc::create_pg_table_is_visible(),
+        pgc::create_session_user_udf(),
+        pgc::create_pg_get_partkeydef_udf(),
+        pgc::create_pg_relation_is_publishable_udf(),
+        pgc::create_pg_get_statisticsobjdef_columns_udf(),
+        pgc::create_pg_encoding_to_char_udf(),
+        pgc::create_pg_backend_pid_udf(),
+        pgc::create_pg_relation_size_udf(),
+        pgc::create_pg_total_relation_size_udf(),
+        pgc::create_pg_stat_get_numscans(),
+        pgc::create_pg_get_constraintdef(),
+        pgc::create_pg_get_partition_ancestors_udf(),
+        has_privilege_udf::create_has_privilege_udf("has_table_privilege"),
+        has_privilege_udf::create_has_privilege_udf("has_schema_privilege"),
+        has_privilege_udf::create_has_privilege_udf("has_database_privilege"),
+        has_privilege_udf::create_has_privilege_udf("has_any_column_privilege"),
+        format_type::create_format_type_udf(),
+        pg_get_expr_udf::create_pg_get_expr_udf(),
+        quote_ident_udf::create_quote_ident_udf(),
+        quote_ident_udf::create_parse_ident_udf(),
+        array_bounds_udf::create_array_upper_udf(),
+        array_bounds_udf::create_array_lower_udf(),
+    ] {
+        ctx.register_udf(f);
+    }
+    ctx.register_udtf("pg_get_keywords", static_tables()?.pg_get_keywords.clone());
+    Ok(())
+}
+
+/// `current_schema()`: the service's default schema, `lake` (the crate's says `public`, which is
+/// not there; `'name'::regclass` looks names up in it).
+fn current_schema() -> ScalarUDF {
+    create_udf(
+        "current_schema",
+        vec![],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|_: &[ColumnarValue]| {
+            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
+                SCHEMA.into(),
+            ))))
+        }),
+    )
+}
+
+/// `current_schemas(implicit)`: the search path, `lake`, and with `implicit` the system schemas.
+fn current_schemas() -> ScalarUDF {
+    create_udf(
+        "current_schemas",
+        vec![DataType::Boolean],
+        DataType::new_list(DataType::Utf8, true),
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let implicit = match &args[0] {
+                ColumnarValue::Scalar(ScalarValue::Boolean(b)) => b.unwrap_or(false),
+                ColumnarValue::Array(a) => {
+                    !a.is_empty() && a.is_valid(0) && a.as_boolean().value(0)
+                }
+                _ => false,
+            };
+            let mut schemas = vec![SCHEMA];
+            if implicit {
+                schemas.extend(["information_schema", PG_CATALOG]);
+            }
+            let list = SingleRowListArrayBuilder::new(Arc::new(StringArray::from(schemas)));
+            Ok(ColumnarValue::Scalar(ScalarValue::List(Arc::new(
+                list.build_list_array(),
+            ))))
+        }),
+    )
+}
+
+/// Registers `pg_catalog` in `ctx`'s catalog, listing the tables of `ctx`'s own catalog list.
+pub fn schema(ctx: &SessionContext) -> Result<()> {
+    let provider = PgCatalogSchemaProvider::try_new(
+        ctx.state().catalog_list().clone(),
+        static_tables()?,
+        EmptyContextProvider,
+    )?;
+    ctx.catalog(CATALOG)
+        .ok_or_else(|| DataFusionError::Internal(format!("no catalog {CATALOG}")))?
+        .register_schema(PG_CATALOG, Arc::new(provider))?;
+    Ok(())
+}
+
+/// The PostgreSQL clients' statements in `text`, rewritten into SQL that DataFusion plans (see
+/// the module's notes); `None` where `text` does not parse that way (the gate's own parse then
+/// gives the error, or accepts a dialect it knows).
+pub fn compatible(text: &str) -> Option<Vec<Statement>> {
+    static PARSER: OnceLock<PostgresCompatibilityParser> = OnceLock::new();
+    PARSER
+        .get_or_init(PostgresCompatibilityParser::new)
+        .parse(text)
+        .ok()
+}
