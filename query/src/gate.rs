@@ -456,7 +456,7 @@ impl Drop for Running {
 }
 
 /// A task that is aborted when its handle is dropped before it ended.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
 
 impl<T> AbortOnDrop<T> {
     async fn join(mut self) -> Result<T, SqlError> {

@@ -7,7 +7,8 @@
 //! - every statement spends the token's budget and runs within the limits, planned read-only;
 //! - the simple and the extended query protocol (prepared statements with `$n` parameters);
 //! - `BEGIN`, `COMMIT` and `ROLLBACK` are accepted and change nothing (every statement reads);
-//! - a cancel request (psql's Ctrl-C) stops the running plan and frees its slot at once;
+//! - a cancel request (psql's Ctrl-C) stops the running plan and frees its slot at once, and so
+//!   does a client that hangs up mid-statement ([`watch_hang_up`]);
 //! - with `[query] pg_tls`, TLS (libpq's `SSLRequest`, or a direct TLS handshake with ALPN
 //!   `postgresql`), required: a login over plain text is refused before its password is asked for.
 //!
@@ -43,7 +44,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Caller;
-use crate::gate::{Credential, Gate};
+use crate::gate::{AbortOnDrop, Credential, Gate};
 use crate::sql::SqlError;
 
 /// The SQLSTATE of a gate's refusal or a query's failure.
@@ -99,10 +100,12 @@ impl Session {
 /// The cancel of a connection's running statement (replaced as each statement starts).
 type Current = Arc<Mutex<CancellationToken>>;
 
-/// The connections that may be cancelled, by process id, with their secret keys.
+/// The connections that may be cancelled, by process id, with their secret keys; and each open
+/// connection's cancel by its peer address, from its accept to its login.
 #[derive(Default)]
 struct Cancels {
     by_pid: Mutex<HashMap<i32, (SecretKey, Current)>>,
+    by_peer: Mutex<HashMap<SocketAddr, Current>>,
 }
 
 /// Removes a connection from [`Cancels`] when it ends.
@@ -154,7 +157,11 @@ impl TokenLogin {
         tracing::debug!(caller = caller.label(), %peer, "postgres login");
         let (pid, key) = self.keys.generate(&*client);
         client.set_pid_and_secret_key(pid, key.clone());
-        let current = Arc::new(Mutex::new(CancellationToken::new()));
+        // The cancel the connection's hang-up watch holds (see `serve`).
+        let current = (self.cancels.by_peer.lock().expect("lock"))
+            .get(&client.socket_addr())
+            .cloned()
+            .unwrap_or_default();
         self.cancels
             .by_pid
             .lock()
@@ -243,6 +250,33 @@ impl CancelHandler for CancelByKey {
     }
 }
 
+/// A second handle on `socket`'s connection (a duplicated descriptor), for [`watch_hang_up`].
+fn duplicate(socket: &tokio::net::TcpStream) -> std::io::Result<tokio::net::TcpStream> {
+    use std::os::fd::AsFd;
+    let fd = socket.as_fd().try_clone_to_owned()?;
+    let std = std::net::TcpStream::from(fd);
+    std.set_nonblocking(true)?;
+    tokio::net::TcpStream::from_std(std)
+}
+
+/// Cancels the connection's running statement when the client hangs up: pgwire reads a connection
+/// only between statements, so without this a client killed mid-statement would hold its query
+/// slot until the answer's next row is written or the time limit. Peeks at the connection without
+/// reading it: an end of stream or an error is the hang-up; bytes waiting (a client sending ahead)
+/// are left to pgwire, and looked at again shortly.
+async fn watch_hang_up(dup: tokio::net::TcpStream, current: Current) {
+    let mut byte = [0u8; 1];
+    loop {
+        match dup.peek(&mut byte).await {
+            Ok(0) | Err(_) => {
+                current.lock().expect("lock").cancel();
+                return;
+            }
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+}
+
 /// The door's handlers, shared by every connection.
 struct Door {
     login: Arc<TokenLogin>,
@@ -295,7 +329,9 @@ pub async fn serve(
             parameters,
         }),
         queries: Arc::new(queries::Queries::new(gate, max_rows)),
-        cancel: Arc::new(CancelByKey { cancels }),
+        cancel: Arc::new(CancelByKey {
+            cancels: cancels.clone(),
+        }),
     });
     let open = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
     tasks.spawn("postgres-door", async move {
@@ -320,12 +356,27 @@ pub async fn serve(
                 continue;
             };
             let _ = socket.set_nodelay(true);
-            let (door, tls) = (door.clone(), tls.clone());
+            let (door, tls, cancels) = (door.clone(), tls.clone(), cancels.clone());
             connections.spawn(async move {
                 let _permit = permit;
+                let current = Current::default();
+                cancels
+                    .by_peer
+                    .lock()
+                    .expect("lock")
+                    .insert(peer, current.clone());
+                let watch = match duplicate(&socket) {
+                    Ok(dup) => Some(AbortOnDrop(tokio::spawn(watch_hang_up(dup, current)))),
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "postgres door: no hang-up watch");
+                        None
+                    }
+                };
                 if let Err(e) = pgwire::tokio::process_socket(socket, tls, door).await {
                     tracing::debug!(%peer, error = %e, "postgres connection ended");
                 }
+                drop(watch);
+                cancels.by_peer.lock().expect("lock").remove(&peer);
             });
         }
         // Dropping the set aborts the open connections.

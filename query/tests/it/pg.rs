@@ -631,45 +631,46 @@ async fn psql_and_psycopg_answer_as_http_does_under_its_rules() {
     assert_eq!(sqlstate(&answer["results"][0]), "57014", "{answer}");
     assert_eq!(answer["results"][1]["rows"], json!([[1]]), "{answer}");
     assert!(slots_free(&s, Duration::from_secs(3)).await);
-    let child = tokio::process::Command::new(&psql_bin)
-        .args(["-X", "-v", "VERBOSITY=verbose", "-h", "127.0.0.1"])
-        .args([
-            "-p",
-            &s.port.to_string(),
-            "-U",
-            "planner",
-            "-d",
-            "hexpulse",
-            "-c",
-            RUNAWAY,
-        ])
-        .env("PGPASSWORD", "secret-planner")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while running(&s).await == 0 {
+    // psql's Ctrl-C (SIGINT: a cancel request), and a psql killed outright (SIGKILL: the
+    // connection hangs up mid-statement, which the door notices without reading it).
+    for signal in ["INT", "KILL"] {
+        let child = tokio::process::Command::new(&psql_bin)
+            .args(["-X", "-v", "VERBOSITY=verbose", "-h", "127.0.0.1"])
+            .args(["-p", &s.port.to_string(), "-U", "planner", "-d", "hexpulse"])
+            .args(["-c", RUNAWAY])
+            .env("PGPASSWORD", "secret-planner")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while running(&s).await == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "psql's query never started"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let pid = child.id().unwrap().to_string();
+        let killed = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let out = tokio::time::timeout(Duration::from_secs(5), child.wait_with_output())
+            .await
+            .expect("psql ends soon after the signal")
+            .unwrap();
+        if signal == "INT" {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("57014"), "{err}");
+        }
         assert!(
-            tokio::time::Instant::now() < deadline,
-            "psql's query never started"
+            slots_free(&s, Duration::from_secs(3)).await,
+            "SIG{signal}: the slot stays taken"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let pid = child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let out = tokio::time::timeout(Duration::from_secs(5), child.wait_with_output())
-        .await
-        .expect("psql ends soon after Ctrl-C")
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("57014"), "{err}");
-    assert!(slots_free(&s, Duration::from_secs(3)).await);
     stop.cancel();
 }
 
