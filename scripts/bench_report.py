@@ -158,13 +158,13 @@ def stages(results):
     doors = load(results, "doors")
     if doors:
         for d in doors["doors"]:
-            flight = d["door"] == "flight-sql"
             out.append(stage(f"SQL door {d['door']}: {doors['rows'] / 1e6:g}M rows of sensor", round(d["rows_per_s"]),
                              "rows/s to the client", round(doors["in_process_rows_per_s"]),
                              "DataFusion executing the same statement in-process (same run)", d["ratio_to_in_process"],
-                             "hexpulse bench doors", target=0.8 if flight else None,
+                             "hexpulse bench doors", target=0.8 if d["door"] == "flight-sql" else None,
                              note=f"{d['client']}; median of {doors['runs']} ("
-                                  + ", ".join(f"{s:.2f} s" for s in d["seconds"]) + f"); {d['bytes'] / 1e6:.0f} MB received"))
+                                  + ", ".join(f"{s:.2f} s" for s in d["seconds"]) + ")"
+                                  + (f"; {d['bytes'] / 1e6:.0f} MB received" if d.get("bytes") else "")))
     if query:
         for q in query["queries"]:
             out.append(stage(f"query: {q['name']}", round(q["hexpulse_p50_ms"], 1), "ms p50",
