@@ -21,12 +21,21 @@ apt_install() {
 
 # Python tools in a cached venv (scripts/requirements.txt): DuckDB with its delta extension and deltalake,
 # the independent Delta readers of the lake tests, and kubernetes-validate for the k8s/ checks.
-HEXPULSE_PYTHON="$(scripts/venv.sh)"
+# Installed in the background (mostly downloads and unpacking) while the workspace compiles; the
+# tests wait for it below.
+mkdir -p test-output
+scripts/venv.sh >test-output/venv.out 2>test-output/venv.log &
+venv_pid=$!
+python_ready() {
+  wait "$venv_pid" || { cat test-output/venv.log >&2; echo "the Python venv did not install" >&2; exit 1; }
+  cat test-output/venv.log >&2
+  HEXPULSE_PYTHON="$(cat test-output/venv.out)"
+  export HEXPULSE_PYTHON
+}
 if ! command -v kubectl >/dev/null 2>&1; then
   echo "kubectl is missing: the k8s/ checks render the overlays with 'kubectl kustomize'" >&2
   exit 1
 fi
-export HEXPULSE_PYTHON
 
 # The map page's bundle (embedded into the binary) and, for its end-to-end test, Debian's Chromium
 # driven by playwright-core (web/e2e.mjs); no browser download.
@@ -59,7 +68,8 @@ mkdir -p test-output
 # A fresh memory broker per run: no state leaks between runs.
 scripts/broker.sh stop "$PORT" >/dev/null
 scripts/broker.sh start memory "$PORT"
-trap 'scripts/broker.sh stop "$PORT"' EXIT
+side_pid=""
+trap '[ -z "$side_pid" ] || kill -- "-$side_pid" 2>/dev/null; scripts/broker.sh stop "$PORT"' EXIT
 
 export HEXPULSE_TEST_BROKER="127.0.0.1:$PORT"
 export HEXPULSE_REQUIRE_BROKER=1
@@ -85,6 +95,7 @@ if [ "${1:-}" = "--only" ] && [ "${2:-}" = "soak" ]; then
     dev) build=(--workspace) ;;
     *) echo "HEXPULSE_SOAK_BUILD must be release or dev, not ${HEXPULSE_SOAK_BUILD}" >&2; exit 2 ;;
   esac
+  python_ready
   status=0
   cargo nextest run "${build[@]}" --locked --profile soak -E 'test(soak)' --no-capture || status=$?
   # The per-minute table as load-tests/RESULTS.md records runs (also when the run failed).
@@ -104,35 +115,52 @@ echo "== cargo clippy (through the test build; -D warnings)"
 export RUSTC_WORKSPACE_WRAPPER="$(rustc --print sysroot)/bin/clippy-driver"
 export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 cargo build --workspace --locked --examples
-echo "== unused dependencies"
-scripts/machete.sh
 echo "== crate layering"
 python3 scripts/check_layers.py --self-test
 python3 scripts/check_layers.py
+# Checks with builds of their own run beside the tests, at the lowest CPU priority: the tests spend
+# most of their time waiting (the soak alone takes three minutes of mostly sleep), and these take
+# the idle cycles instead of adding minutes to a cold run (issue #27). Their output follows the
+# tests'.
+side_checks() {
+  unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
+  echo "== unused dependencies"
+  scripts/machete.sh
+  # Signature verdicts must not depend on curve25519-dalek's backend. The build above runs the fastest
+  # the CPU has (AVX-512 IFMA where present, `.cargo/config.toml`); these force the fallbacks, each a
+  # small build of hexpulse-schemas alone (its vectors, property tests, and a check that the build ran
+  # the backend it was asked for; not its examples or doctests). Both share one target directory:
+  # with an explicit --target, RUSTFLAGS reach only the target's crates, so the build scripts and
+  # proc macros are built once, and cargo keeps each backend's crates apart by their flags.
+  host="$(rustc -vV | sed -n 's/^host: //p')"
+  # Until 2026-12-03 each backend had a directory of its own under it.
+  rm -rf "$CACHE/backends/serial" "$CACHE/backends/simd"
+  for b in serial:serial simd:avx2; do
+    echo "== signature verdicts on the ${b#*:} backend"
+    RUSTFLAGS="--cfg curve25519_dalek_backend=\"${b%%:*}\"" CARGO_TARGET_DIR="$CACHE/backends" \
+      HEXPULSE_EXPECT_DALEK_BACKEND="${b#*:}" \
+      cargo test --locked -q -p hexpulse-schemas --lib --test it --target "$host"
+  done
+}
+python_ready
+setsid nice -n 19 bash -c "$(declare -f side_checks); set -euo pipefail; CACHE='$CACHE'; side_checks" \
+  >test-output/side-checks.log 2>&1 &
+side_pid=$!
 echo "== tests"
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
+  cargo nextest run --workspace --locked --no-fail-fast || status=$?
   # nextest does not run doctests.
-  cargo test --workspace --locked --doc
+  cargo test --workspace --locked --doc || status=$?
 else
-  cargo test --workspace --locked --no-fail-fast
+  cargo test --workspace --locked --no-fail-fast || status=$?
 fi
-# Signature verdicts must not depend on curve25519-dalek's backend. The build above runs the fastest
-# the CPU has (AVX-512 IFMA where present, `.cargo/config.toml`); these force the fallbacks, each a
-# small build of hexpulse-schemas alone (its vectors, property tests, and a check that the build ran
-# the backend it was asked for; not its examples or doctests). Both share one target directory:
-# with an explicit --target, RUSTFLAGS reach only the target's crates, so the build scripts and
-# proc macros are built once, and cargo keeps each backend's crates apart by their flags.
-unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
-host="$(rustc -vV | sed -n 's/^host: //p')"
-# Until 2026-12-03 each backend had a directory of its own under it.
-rm -rf "$CACHE/backends/serial" "$CACHE/backends/simd"
-for b in serial:serial simd:avx2; do
-  echo "== signature verdicts on the ${b#*:} backend"
-  RUSTFLAGS="--cfg curve25519_dalek_backend=\"${b%%:*}\"" CARGO_TARGET_DIR="$CACHE/backends" \
-    HEXPULSE_EXPECT_DALEK_BACKEND="${b#*:}" \
-    cargo test --locked -q -p hexpulse-schemas --lib --test it --target "$host"
-done
+side=0
+wait "$side_pid" || side=$?
+side_pid=""
+cat test-output/side-checks.log
+[ "$side" = 0 ] || { echo "the side checks failed (above)" >&2; status=1; }
 # The fuzz targets' invariants run above, over their seeds and inputs mutated from them
 # (testkit/src/fuzz.rs); libFuzzer's coverage-guided runs, a second build of the whole tree, are
 # `make fuzz`.
+exit "$status"

@@ -37,10 +37,26 @@ pub struct DoorsArgs {
     /// measured.
     #[arg(long, env = "HEXPULSE_PSQL", default_value = "psql")]
     pub psql: PathBuf,
+    /// Measure only these doors (comma-separated: flight-sql, postgres, http-json, http-csv,
+    /// http-arrow); in-process DataFusion always runs as the baseline.
+    #[arg(long, value_delimiter = ',')]
+    pub doors: Vec<String>,
     /// Write the JSON report here too.
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
+
+/// Every door the bench can measure, after the in-process baseline: (door, client).
+const DOORS: [(&str, &str); 5] = [
+    (
+        "flight-sql",
+        "arrow-flight FlightSqlServiceClient (tonic, adaptive HTTP/2 window)",
+    ),
+    ("postgres", "psql -A -t (text rows)"),
+    ("http-json", "reqwest, POST /v1/sql?format=json"),
+    ("http-csv", "reqwest, POST /v1/sql?format=csv"),
+    ("http-arrow", "reqwest, POST /v1/sql?format=arrow"),
+];
 
 #[derive(Debug, Serialize)]
 struct DoorRun {
@@ -162,6 +178,16 @@ pub(crate) async fn doors(args: DoorsArgs) -> anyhow::Result<()> {
     if args.runs < 1 {
         bail!("--runs must be at least 1");
     }
+    if let Some(d) = args
+        .doors
+        .iter()
+        .find(|d| !DOORS.iter().any(|(n, _)| n == d))
+    {
+        bail!(
+            "--doors: no door {d:?}; the doors are {}",
+            DOORS.map(|(n, _)| n).join(", ")
+        );
+    }
     let dir = std::env::temp_dir().join(format!("hexpulse-bench-doors-{}", std::process::id()));
     let lake_dir = dir.join("lake");
     std::fs::create_dir_all(&lake_dir)?;
@@ -215,12 +241,14 @@ pub(crate) async fn doors(args: DoorsArgs) -> anyhow::Result<()> {
             args.rows
         );
     }
-    let psql_ok = tokio::process::Command::new(&args.psql)
-        .arg("--version")
-        .output()
-        .await
-        .is_ok_and(|o| o.status.success());
-    if !psql_ok {
+    let wanted = |door: &str| args.doors.is_empty() || args.doors.iter().any(|d| d == door);
+    let psql_ok = wanted("postgres")
+        && tokio::process::Command::new(&args.psql)
+            .arg("--version")
+            .output()
+            .await
+            .is_ok_and(|o| o.status.success());
+    if wanted("postgres") && !psql_ok {
         eprintln!(
             "[bench] no psql at {} (apt-get install postgresql-client): the PostgreSQL door is not measured",
             args.psql.display()
@@ -228,21 +256,12 @@ pub(crate) async fn doors(args: DoorsArgs) -> anyhow::Result<()> {
     }
 
     // (door, client) in the order they run each round; in-process first.
-    let mut doors: Vec<(&str, &str)> = vec![
-        ("in-process", "DataFusion on the service's catalog"),
-        (
-            "flight-sql",
-            "arrow-flight FlightSqlServiceClient (tonic, adaptive HTTP/2 window)",
-        ),
-    ];
-    if psql_ok {
-        doors.push(("postgres", "psql -A -t (text rows)"));
-    }
-    doors.extend([
-        ("http-json", "reqwest, POST /v1/sql?format=json"),
-        ("http-csv", "reqwest, POST /v1/sql?format=csv"),
-        ("http-arrow", "reqwest, POST /v1/sql?format=arrow"),
-    ]);
+    let mut doors: Vec<(&str, &str)> = vec![("in-process", "DataFusion on the service's catalog")];
+    doors.extend(
+        DOORS
+            .into_iter()
+            .filter(|(door, _)| wanted(door) && (*door != "postgres" || psql_ok)),
+    );
     let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); doors.len()];
     let mut bytes = vec![None; doors.len()];
     // One warm-up round, then `runs` timed rounds, every door in turn in each.
