@@ -40,5 +40,7 @@ echo "== query service vs DuckDB (10M readings)"
 HEXPULSE_PYTHON="$PY" "$BIN" bench query --out load-tests/results/query.json
 echo "== one large answer through each SQL door (Flight SQL, PostgreSQL, HTTP JSON/CSV/Arrow) vs in-process"
 HEXPULSE_PSQL="${HEXPULSE_PSQL:-$(command -v psql || echo psql)}" "$BIN" bench doors --out load-tests/results/doors.json
+echo "== device status over 100k devices (the cache's first read; one device's p99, target <= 50 ms)"
+"$BIN" bench status --out load-tests/results/status.json
 echo "== report"
 python3 scripts/bench_report.py

@@ -55,7 +55,7 @@ def stage(name, value, unit, limit, limit_what, ratio, command, target=None, not
 
 
 def target_is_max(name):
-    return name.startswith("query") or name.startswith("peak RSS")
+    return name.startswith("query") or name.startswith("peak RSS") or name.startswith("device status")
 
 
 def stages(results):
@@ -165,6 +165,16 @@ def stages(results):
                              note=f"{d['client']}; median of {doors['runs']} ("
                                   + ", ".join(f"{s:.2f} s" for s in d["seconds"]) + ")"
                                   + (f"; {d['bytes'] / 1e6:.0f} MB received" if d.get("bytes") else "")))
+    status = load(results, "status")
+    if status:
+        one = status["one_device"]
+        out.append(stage(f"device status: one device, {status['lake_devices']:,} devices in the lake", round(one["p99_ms"], 2),
+                         "ms p99 (HTTP on loopback)", status["target_p99_ms"], "the issue's limit", round(one["p99_ms"] / status["target_p99_ms"], 3),
+                         "hexpulse bench status", target=1.0,
+                         note=f"p50 {one['p50_ms']:.2f} ms, max {one['max_ms']:.1f} ms, {one['per_s']:.0f} requests/s from "
+                              f"{one['requests']} requests; the cache's first read {status['first_read_s']:.1f} s "
+                              f"({status['readings']:,} readings); a city box of {status['city_box_devices']:,} devices "
+                              f"p50 {status['city_box']['p50_ms']:.0f} ms"))
     if query:
         for q in query["queries"]:
             out.append(stage(f"query: {q['name']}", round(q["hexpulse_p50_ms"], 1), "ms p50",

@@ -290,4 +290,7 @@ pub(crate) enum BenchCmd {
     /// One large answer (1M rows of `sensor`) through each SQL door (Flight SQL, PostgreSQL, HTTP
     /// JSON/CSV/Arrow) against DataFusion in-process: rows per second and the ratio.
     Doors(bench::doors::DoorsArgs),
+    /// Device status over a lake of 100k devices: the cache's first read, and the latency of one
+    /// device's status and of a city's devices.
+    Status(bench::status::StatusArgs),
 }

@@ -43,9 +43,11 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 use crate::store::{Lake, LakeError};
 
+mod changes;
 mod log;
 mod snapshot;
 
+pub use changes::Added;
 pub use log::{describe_commit, parse_commit, txn, txn_in};
 use log::{encode_commit, log_path};
 

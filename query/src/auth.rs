@@ -11,8 +11,8 @@ use subtle::ConstantTimeEq;
 use crate::config::AuthConfig;
 
 /// The endpoint groups (see [`AuthConfig`]).
-pub const GROUPS: [&str; 9] = [
-    "coverage", "sensors", "road", "epochs", "sql", "raw", "metrics", "map", "meta",
+pub const GROUPS: [&str; 10] = [
+    "coverage", "sensors", "road", "epochs", "sql", "raw", "metrics", "map", "meta", "devices",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -95,6 +95,9 @@ pub struct QueryConfig {
     /// The processors' live rows (`[query.live]`).
     #[serde(default)]
     pub live: LiveConfig,
+    /// The device status cache (`[query.status]`, [`crate::status`]).
+    #[serde(default)]
+    pub status: crate::status::StatusConfig,
     /// The epochs (length, origin): always the processors' `[process.epoch]`, copied in by the
     /// binary, so the two cannot disagree.
     #[serde(skip)]
@@ -153,8 +156,8 @@ impl Default for MapConfig {
 /// Bearer tokens, roles and the endpoint groups each role may use.
 ///
 /// Endpoint groups: `coverage` (hex maps, dead zones, coverage tiles), `sensors`, `road`, `epochs`,
-/// `sql`, `raw` (SQL over raw dashcam rows and their locations), `metrics`, `map` (the web page) and
-/// `meta` (`/openapi.json`). `/healthz` and `/readyz` are always open.
+/// `sql`, `raw` (SQL over raw dashcam rows and their locations), `metrics`, `map` (the web page),
+/// `meta` (`/openapi.json`) and `devices` (device status). `/healthz` and `/readyz` are always open.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
@@ -225,6 +228,7 @@ impl QueryConfig {
             epoch: Default::default(),
             map: MapConfig::default(),
             live: LiveConfig::default(),
+            status: crate::status::StatusConfig::default(),
         }
     }
 }

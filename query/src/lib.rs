@@ -14,6 +14,8 @@
 //!   Flight SQL ([`flight`]).
 //! - Epoch endpoints for reward oracles (list, manifest, device summaries as JSON/CSV/Parquet,
 //!   Merkle proofs); bearer tokens → roles → endpoint groups ([`auth`]); `/openapi.json`.
+//! - Device status (last heartbeat and reading, online/stale/offline, last location, rejections)
+//!   from a bounded cache that follows the lake's commits ([`status`]).
 //! - Plans run on their own runtime, at most `max_concurrent_queries` at once, so HTTP and health
 //!   checks stay responsive.
 
@@ -35,6 +37,7 @@ pub mod pg;
 pub mod preagg;
 pub mod snapshot;
 pub mod sql;
+pub mod status;
 pub mod udf;
 
 pub use datafusion;

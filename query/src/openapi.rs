@@ -222,6 +222,26 @@ pub fn document(max_features: usize) -> Value {
         time_param("from", "RFC 3339 or ms (default: to minus 24 h; before to)"),
         time_param("to", "RFC 3339 or ms (default: a minute from now)"),
     ];
+    let in_box = vec![
+        bbox_param(
+            true,
+            "west,south,east,north in degrees (-180..180, -90..90; west < east, south < north)",
+        ),
+        typed(
+            "kind",
+            "query",
+            false,
+            "only devices of this kind",
+            json!({"enum": crate::status::KINDS}),
+        ),
+        typed(
+            "state",
+            "query",
+            false,
+            "only devices in this state",
+            json!({"enum": ["online", "stale", "offline"]}),
+        ),
+    ];
     let id = epoch_id();
     json!({
         "openapi": "3.1.0",
@@ -256,6 +276,8 @@ pub fn document(max_features: usize) -> Value {
                 "requestBody": {"required": true, "content": {"text/plain": {"schema": {"type": "string", "minLength": 1}}, "application/json": {"schema": {"type": "object", "required": ["sql"], "properties": {"sql": {"type": "string", "minLength": 1}}}}}},
                 "responses": {"200": {"description": "rows", "content": {"application/json": {}, "text/csv": {}, "application/vnd.apache.arrow.stream": {}}}, "400": {"$ref": "#/components/responses/Error"}, "403": {"$ref": "#/components/responses/Error"}, "408": {"$ref": "#/components/responses/Error"}, "413": {"$ref": "#/components/responses/Error"}}
             }},
+            "/v1/devices/{device}/status": {"get": op("A device's status: online, stale or offline by the age of its newest valid row; last heartbeat and last reading with their ages; last location and cell (road devices: raw group only); rejections by reason over the window. From a cache that follows the lake's commits; 404 for a device with no row in the window, 503 while the cache first reads the lake", "devices", vec![device_key()], "application/json")},
+            "/v1/devices/status": {"get": op("The devices whose last location lies in a box, with their state (road devices only for the raw group); 413 past max_features", "devices", in_box, "application/json")},
             "/v1/epochs": {"get": op("Sealed epochs with their Merkle roots", "epochs", vec![], "application/json")},
             "/v1/epochs/{id}/manifest": {"get": op("An epoch's manifest", "epochs", vec![id.clone()], "application/json")},
             "/v1/epochs/{id}/devices": {"get": op("Per-device summaries: JSON, CSV or Parquet (Accept or ?format=)", "epochs", vec![id.clone(), typed("format", "query", false, "the answer format (default by Accept, else json)", json!({"enum": ["json", "csv", "parquet", "arrow"]}))], "application/json, text/csv, application/vnd.apache.parquet, application/vnd.apache.arrow.stream")},

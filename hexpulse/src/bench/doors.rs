@@ -202,7 +202,7 @@ pub(crate) async fn doors(args: DoorsArgs) -> anyhow::Result<()> {
         "[bench] writing {readings} simulated readings to {}",
         lake_dir.display()
     );
-    build_lake(&lake, readings, end_ms, 24 * HOUR_MS).await?;
+    build_lake(&lake, super::query::FLEET, readings, end_ms, 24 * HOUR_MS).await?;
     eprintln!("[bench] lake written in {:.0} s", t.elapsed().as_secs_f64());
 
     let mut qcfg = hexpulse_query::QueryConfig::for_tests(&url);

@@ -21,6 +21,7 @@ pub(crate) mod e2e;
 pub(crate) mod lake;
 pub(crate) mod query;
 pub(crate) mod seal;
+pub(crate) mod status;
 
 /// Prints a benchmark's JSON report on stdout and, with `out`, writes it there too.
 pub fn emit_report<T: Serialize>(report: &T, out: Option<PathBuf>) -> anyhow::Result<()> {
@@ -421,5 +422,6 @@ pub(crate) async fn run(cfg: Config, b: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Lake(args) => lake::lake(args).await,
         BenchCmd::Seal(args) => seal::seal(args).await,
         BenchCmd::Doors(args) => doors::doors(args).await,
+        BenchCmd::Status(args) => status::status(args).await,
     }
 }

@@ -27,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 const TOPIC: &str = "bench-query";
 const PARTITIONS: usize = 2;
+/// Devices of the simulated fleet of `bench query` and `bench doors`.
+pub(crate) const FLEET: usize = 5_000;
 
 #[derive(Debug, Serialize)]
 struct QueryTiming {
@@ -62,9 +64,11 @@ pub(crate) fn percentile(v: &[f64], q: f64) -> f64 {
     s[i.min(s.len() - 1)]
 }
 
-/// Writes the lake: readings in event-time order, spread over `span_ms` ending at `end_ms`.
+/// Writes the lake: readings of a fleet of `devices` (each at least once, where `readings` allow) in
+/// event-time order, spread over `span_ms` ending at `end_ms`.
 pub(crate) async fn build_lake(
     lake: &Lake,
+    devices: usize,
     readings: usize,
     end_ms: i64,
     span_ms: i64,
@@ -74,7 +78,7 @@ pub(crate) async fn build_lake(
         sensor: 0.3,
         road: 0.1,
     };
-    let mut fleet = hexpulse_load_tests::fleet::Fleet::new(5_000, 11, mix);
+    let mut fleet = hexpulse_load_tests::fleet::Fleet::new(devices, 11, mix);
     let devices = fleet.registry_devices();
     let keys: Vec<Vec<u8>> = devices
         .iter()
@@ -129,8 +133,15 @@ pub(crate) async fn build_lake(
     let mut offsets = [0i64; PARTITIONS];
     let mut chunks: Vec<Vec<(i64, Vec<u8>, i64)>> = vec![Vec::new(); PARTITIONS];
     let started = Instant::now();
+    let fleet_size = keys.len();
     for i in 0..readings {
-        let d = fleet.pick();
+        // Every device sends first, in turn (when there are readings enough), so that the lake holds
+        // the whole fleet; then devices at random.
+        let d = if readings >= fleet_size && i < fleet_size {
+            i
+        } else {
+            fleet.pick()
+        };
         let t = start_ms + (i as f64 * step) as i64;
         let reading = fleet.next_reading(d, t);
         let payload = reading.encode_to_vec();
@@ -252,7 +263,7 @@ pub async fn query(
             "[bench] writing {readings} simulated readings (a week, 5,000 devices) to {}",
             lake_dir.display()
         );
-        build_lake(&lake, readings, end_ms, span_ms).await?;
+        build_lake(&lake, FLEET, readings, end_ms, span_ms).await?;
         eprintln!("[bench] compacting closed hours");
         let opts = hexpulse_lake::compact::CompactOptions {
             retention: Duration::ZERO,

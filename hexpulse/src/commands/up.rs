@@ -192,6 +192,9 @@ pub(super) async fn up(mut cfg: Config, args: UpArgs) -> anyhow::Result<()> {
         "           {qbase}/v1/coverage?bbox=13.0,52.3,13.8,52.7&res=8   (GeoJSON hexes around Berlin)"
     );
     out!("           {qbase}/v1/deadzones?bbox=13.0,52.3,13.8,52.7&res=8");
+    out!(
+        "           {qbase}/v1/devices/status?bbox=13.0,52.3,13.8,52.7   (device status; one: /v1/devices/KEY/status)"
+    );
     if let Some(pg) = query.pg_addr {
         let (host, port) = (pg.ip(), pg.port());
         out!(

@@ -5,6 +5,8 @@
 //!   [`tiles`], over the hexes of [`crate::geo`].
 //! - `POST /v1/sql`: body = the SQL text (or JSON `{"sql": "..."}`); answer by `Accept`:
 //!   `application/json` (default), `text/csv`, `application/vnd.apache.arrow.stream`.
+//! - `GET /v1/devices/{device}/status`, `/v1/devices/status?bbox=`: device status from a cache that
+//!   follows the lake ([`devices`], [`crate::status`]).
 //! - `GET /v1/epochs`: sealed epochs with their root and device count.
 //! - `GET /v1/epochs/{id}/manifest`: the manifest.
 //! - `GET /v1/epochs/{id}/devices`: the device summaries, JSON, CSV or Parquet (`Accept` or
@@ -21,6 +23,7 @@
 
 mod area;
 pub mod assets;
+mod devices;
 mod epochs;
 mod error;
 mod guard;
@@ -80,6 +83,8 @@ pub enum QueryError {
     Live(#[from] crate::live::LiveError),
     #[error("TLS: {0}")]
     Tls(#[from] hexpulse_common::serve::TlsError),
+    #[error("[query.status]: {0}")]
+    Status(String),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -97,6 +102,7 @@ impl hexpulse_common::fault::Classify for QueryError {
             | QueryError::Rules(_)
             | QueryError::Live(_)
             | QueryError::Tls(_)
+            | QueryError::Status(_)
             | QueryError::Bind { .. } => Fault::User,
             QueryError::Runtime(_) => Fault::Internal,
         }
@@ -153,9 +159,16 @@ impl Query {
             );
             Some(live)
         };
+        cfg.status.check().map_err(QueryError::Status)?;
+        let rules = hexpulse_lake::rules::Rules::load(cfg.rules_path.as_deref())?;
+        let lateness_ms = rules.time.allowed_lateness.as_millis() as i64;
+        let status = Arc::new(crate::status::StatusCache::new(
+            cfg.status.clone(),
+            lake.clone(),
+            lateness_ms,
+        ));
         let catalog = Catalog::open(lake, runtime, cfg.max_expression_bytes, live).await?;
         let auth = Auth::new(&cfg.auth)?;
-        let rules = hexpulse_lake::rules::Rules::load(cfg.rules_path.as_deref())?;
         let exec = crate::gate::query_runtime(cfg.query_threads, shutdown.clone())
             .map_err(QueryError::Runtime)?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -182,7 +195,8 @@ impl Query {
         let state = Arc::new(AppState {
             gate: gate.clone(),
             road_min_devices: rules.privacy.road_min_devices,
-            lateness_ms: rules.time.allowed_lateness.as_millis() as i64,
+            lateness_ms,
+            status,
             health: health.clone(),
             cfg,
         });
@@ -191,6 +205,7 @@ impl Query {
         let _ = health.with_report(move || readiness(weak.upgrade().as_deref()));
         gate.per_client
             .spawn_cleanup("forget-idle-callers", FORGET_IDLE_EVERY, &mut tasks);
+        tasks.spawn("device-status", state.status.clone().run(shutdown.clone()));
         {
             let state = state.clone();
             tasks.spawn_every("catalog-refresh", state.cfg.refresh_interval, move || {
@@ -281,6 +296,14 @@ impl Query {
                 get(sensors::sensor_series).layer(group("sensors")),
             )
             .route("/v1/road/hexes", get(road::road_hexes).layer(group("road")))
+            .route(
+                "/v1/devices/status",
+                get(devices::devices_in_box).layer(group("devices")),
+            )
+            .route(
+                "/v1/devices/{device}/status",
+                get(devices::device_status).layer(group("devices")),
+            )
             .route(
                 "/v1/tiles/{layer}/{z}/{x}/{y}",
                 get(tiles::tile).layer(axum::middleware::from_fn_with_state(

@@ -19,6 +19,8 @@ pub(crate) struct AppState {
     pub(crate) road_min_devices: u64,
     /// The rules' allowed lateness (an ended epoch is sealable once the watermark passes end + it).
     pub(crate) lateness_ms: i64,
+    /// The device status cache.
+    pub(crate) status: Arc<crate::status::StatusCache>,
     /// Readiness (`/readyz`): a background task that died takes it down.
     pub(crate) health: hexpulse_common::health::Health,
 }

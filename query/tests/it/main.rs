@@ -8,5 +8,6 @@ mod pg;
 mod preagg;
 mod readers;
 mod slt;
+mod status;
 mod tls;
 use hexpulse_testkit::processing as support;
