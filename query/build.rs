@@ -1,5 +1,5 @@
-//! Embeds the map page's vendor bundle (MapLibre GL JS, copied from npm by `scripts/assets.sh`,
-//! which `make up` and `make test` run first) when it is there. Without it the binary still builds;
+//! Embeds the map page's vendor bundle (MapLibre GL JS and the basemap's data, copied from npm by
+//! `scripts/assets.sh`, which `make up` and `make test` run first) when it is there. Without it the binary still builds;
 //! the page then explains how to build the bundle.
 
 fn main() {
@@ -11,6 +11,11 @@ fn main() {
         "maplibre-gl-worker.mjs",
         "maplibre-gl-shared.mjs",
         "maplibre-gl.css",
+        "countries-10m.json",
+        "topojson-client.min.js",
+        "places.json",
+        "uPlot.esm.js",
+        "uPlot.min.css",
     ];
     for f in needed {
         println!("cargo::rerun-if-changed=assets/vendor/{f}");

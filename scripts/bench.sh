@@ -11,6 +11,8 @@ scripts/broker.sh start memory "$PORT"
 trap 'scripts/broker.sh stop "$PORT"' EXIT
 export HEXPULSE__KAFKA__BROKERS="127.0.0.1:$PORT"
 mkdir -p load-tests/results
+# Debian's Mosquitto (the MQTT door's broker) and psql (the PostgreSQL door's client), once per machine.
+scripts/need.sh /usr/sbin/mosquitto:mosquitto psql:postgresql-client
 echo "== raw Ed25519 verify rates per curve25519-dalek backend (serial, AVX2, AVX-512 IFMA)"
 scripts/bench_verify_backends.sh
 echo "== ingest over each door (HTTP, gRPC stream, MQTT through a local Mosquitto)"
@@ -39,7 +41,7 @@ PY="$(scripts/venv.sh)"
 echo "== query service vs DuckDB (10M readings)"
 HEXPULSE_PYTHON="$PY" "$BIN" bench query --out load-tests/results/query.json
 echo "== one large answer through each SQL door (Flight SQL, PostgreSQL, HTTP JSON/CSV/Arrow) vs in-process"
-HEXPULSE_PSQL="${HEXPULSE_PSQL:-$(command -v psql || echo psql)}" "$BIN" bench doors --out load-tests/results/doors.json
+HEXPULSE_PSQL="${HEXPULSE_PSQL:-$(command -v psql)}" "$BIN" bench doors --out load-tests/results/doors.json
 echo "== device status over 100k devices (the cache's first read; one device's p99, target <= 50 ms)"
 "$BIN" bench status --out load-tests/results/status.json
 echo "== report"

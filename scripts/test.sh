@@ -10,24 +10,26 @@ export CARGO_INCREMENTAL=0
 CACHE="${HEXPULSE_CACHE:-$HOME/.cache/hexpulse}"
 scripts/broker.sh install
 
-# Debian packages the tests run, installed once per machine (the package lists refreshed only when
-# the first try fails).
-apt_install() {
-  local sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get install -y --no-install-recommends "$@" >/dev/null 2>&1 ||
-    { $sudo apt-get update >/dev/null && $sudo apt-get install -y --no-install-recommends "$@" >/dev/null; }
-}
-
 # Python tools in a cached venv (scripts/requirements.txt): DuckDB with its delta extension and deltalake,
 # the independent Delta readers of the lake tests, and kubernetes-validate for the k8s/ checks.
 # Installed in the background (mostly downloads and unpacking) while the workspace compiles; the
 # tests wait for it below.
 mkdir -p test-output
-scripts/venv.sh >test-output/venv.out 2>test-output/venv.log &
+# Background jobs run in process groups of their own; whatever way this script ends, they and the
+# broker go with it.
+venv_pid="" side_pid="" broker_up=""
+cleanup() {
+  [ -z "$venv_pid" ] || kill -- "-$venv_pid" 2>/dev/null || true
+  [ -z "$side_pid" ] || kill -- "-$side_pid" 2>/dev/null || true
+  [ -z "$broker_up" ] || scripts/broker.sh stop "$PORT"
+}
+trap cleanup EXIT
+setsid scripts/venv.sh >test-output/venv.out 2>test-output/venv.log &
 venv_pid=$!
 python_ready() {
-  wait "$venv_pid" || { cat test-output/venv.log >&2; echo "the Python venv did not install" >&2; exit 1; }
+  local pid="$venv_pid"
+  venv_pid=""
+  wait "$pid" || { cat test-output/venv.log >&2; echo "the Python venv did not install" >&2; exit 1; }
   cat test-output/venv.log >&2
   HEXPULSE_PYTHON="$(cat test-output/venv.out)"
   export HEXPULSE_PYTHON
@@ -40,36 +42,21 @@ fi
 # The map page's bundle (embedded into the binary) and, for its end-to-end test, Debian's Chromium
 # driven by playwright-core (web/e2e.mjs); no browser download.
 scripts/assets.sh
-if ! command -v chromium >/dev/null 2>&1; then
-  echo "installing Debian's chromium (once per machine)"
-  apt_install chromium
-fi
+# Debian's packages the tests run, installed once per machine: Chromium for the map page's browser
+# test, Mosquitto and its clients for the MQTT bridge's (hexpulse/tests/it/mqtt.rs), psql for the
+# PostgreSQL door's (query/tests/it/pg.rs), openssl for the TLS tests' certificates.
+scripts/need.sh chromium:chromium /usr/sbin/mosquitto:mosquitto mosquitto_pub:mosquitto-clients \
+  psql:postgresql-client openssl:openssl
 export HEXPULSE_CHROMIUM="$(command -v chromium)"
-# Debian's Mosquitto broker and clients, for the MQTT bridge's test (hexpulse/tests/it/mqtt.rs).
-if [ ! -x /usr/sbin/mosquitto ] || ! command -v mosquitto_pub >/dev/null 2>&1; then
-  echo "installing Debian's mosquitto and mosquitto-clients (once per machine)"
-  apt_install mosquitto mosquitto-clients
-fi
 export HEXPULSE_MOSQUITTO=/usr/sbin/mosquitto
-# Debian's psql, for the query service's PostgreSQL door (query/tests/it/pg.rs).
-if ! command -v psql >/dev/null 2>&1; then
-  echo "installing Debian's postgresql-client (once per machine)"
-  apt_install postgresql-client
-fi
 export HEXPULSE_PSQL="$(command -v psql)"
-# openssl makes the TLS tests' certificates (query/tests/it/tls.rs).
-if ! command -v openssl >/dev/null 2>&1; then
-  echo "installing Debian's openssl (once per machine)"
-  apt_install openssl
-fi
 export HEXPULSE_E2E=1
 mkdir -p test-output
 
 # A fresh memory broker per run: no state leaks between runs.
 scripts/broker.sh stop "$PORT" >/dev/null
+broker_up=1
 scripts/broker.sh start memory "$PORT"
-side_pid=""
-trap '[ -z "$side_pid" ] || kill -- "-$side_pid" 2>/dev/null; scripts/broker.sh stop "$PORT"' EXIT
 
 export HEXPULSE_TEST_BROKER="127.0.0.1:$PORT"
 export HEXPULSE_REQUIRE_BROKER=1

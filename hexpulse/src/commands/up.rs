@@ -24,7 +24,11 @@ pub(super) async fn up(mut cfg: Config, args: UpArgs) -> anyhow::Result<()> {
         every: (broker_stall / 6).max(Duration::from_secs(1)),
     });
     let registry = open_registry(&cfg)?;
-    let mixer = cfg.simulate.mixer(cfg.ingest.max_body_bytes);
+    if let Some(p) = &cfg.simulate.pilot {
+        p.check().map_err(anyhow::Error::msg)?;
+    }
+    let run_start = hexpulse_common::time::now_ms();
+    let mixer = cfg.simulate.mixer(cfg.ingest.max_body_bytes, run_start);
     registry.upsert_all(mixer.fleet.registry_devices())?;
     // A fresh admin token for this run unless the config names one, so that the README's registry
     // examples work under `make up`.
@@ -100,6 +104,11 @@ pub(super) async fn up(mut cfg: Config, args: UpArgs) -> anyhow::Result<()> {
         stop.clone(),
     )
     .await?;
+    let demo_pilot = if no_traffic {
+        None
+    } else {
+        demo_pilot(&cfg, run_start).await?
+    };
     let base = format!("http://{}", ingest.addr);
     let qbase = format!("http://{}", query.addr);
     out!();
@@ -209,6 +218,14 @@ pub(super) async fn up(mut cfg: Config, args: UpArgs) -> anyhow::Result<()> {
     if let Some(flight) = query.flight_addr {
         out!("  flight   grpc://{flight}   (Arrow Flight SQL: ADBC, JDBC; the same SQL and rules)");
     }
+    if let Some(p) = &demo_pilot {
+        out!(
+            "  pilot    {qbase}/v1/pilots/{}/report   ({:?}: new hotspots from {}; the map's Pilots panel)",
+            p.id,
+            p.name,
+            p.start
+        );
+    }
     out!("           {qbase}/v1/sensors/series?metric=pm2_5&bbox=13.0,52.3,13.8,52.7&interval=5m");
     out!(
         "           {qbase}/v1/tiles/coverage/{{z}}/{{x}}/{{y}}.mvt   (vector tiles: coverage, air, road)"
@@ -246,4 +263,42 @@ pub(super) async fn up(mut cfg: Config, args: UpArgs) -> anyhow::Result<()> {
         let _ = w.await;
     }
     Ok(())
+}
+
+/// The pilot of the demo traffic's pilot scenario (`[simulate.pilot]`), starting when its new
+/// hotspots do. One made by an earlier `make up` under the same name is replaced.
+async fn demo_pilot(
+    cfg: &Config,
+    run_start_ms: i64,
+) -> anyhow::Result<Option<hexpulse_query::pilots::Pilot>> {
+    let (Some(scenario), Some(start)) = (
+        &cfg.simulate.pilot,
+        cfg.simulate.pilot_start_ms(run_start_ms),
+    ) else {
+        return Ok(None);
+    };
+    const BY: &str = "make up";
+    let pilots = hexpulse_query::pilots::Pilots::new(
+        hexpulse_lake::Lake::open(&cfg.process.lake_url)?,
+        cfg.query.pilots.clone(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    for old in pilots.list().await? {
+        if old.name == scenario.name && old.created_by == BY {
+            pilots.delete(&old.id).await?;
+        }
+    }
+    let new = hexpulse_query::pilots::NewPilot {
+        name: scenario.name.clone(),
+        area: Some(scenario.polygon()),
+        cells: None,
+        start: hexpulse_query::params::rfc3339(start),
+        end: None,
+        baseline: None,
+    };
+    Ok(Some(
+        pilots
+            .create(new, BY, hexpulse_common::time::now_ms())
+            .await?,
+    ))
 }

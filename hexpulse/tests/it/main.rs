@@ -11,6 +11,7 @@ mod grpc;
 mod k8s;
 mod map;
 mod mqtt;
+mod pilot;
 mod restart;
 mod soak;
 mod up;

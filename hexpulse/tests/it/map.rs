@@ -1,7 +1,8 @@
 //! The map page end to end: `hexpulse up` with simulated traffic, then Debian's Chromium (driven by
 //! playwright-core, `web/e2e.mjs`) loads the page, waits for rendered hexes, switches layers,
 //! clicks a hex and checks the popup against the API, opens the epoch view of an (early-sealed)
-//! epoch and shows a device's hexes, and saves a screenshot under `test-output/`; without WebGL
+//! epoch and shows a device's hexes, and saves a screenshot under `test-output/`; draws a pilot's
+//! area, creates it and checks its report and charts (`test-output/pilot.png`); without WebGL
 //! (plain headless Chromium) the page lists the hexes in a table and says what to enable.
 
 use std::process::Command;
@@ -86,6 +87,11 @@ fn map_page_shows_live_hexes_that_match_the_api() {
         .arg(format!("{root}/web/e2e.mjs"))
         .arg(&base)
         .arg(&shot)
+        .arg(
+            up.admin_token
+                .as_deref()
+                .expect("up printed an admin token"),
+        )
         .output()
         .expect("node web/e2e.mjs");
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));

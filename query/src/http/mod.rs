@@ -7,6 +7,8 @@
 //!   `application/json` (default), `text/csv`, `application/vnd.apache.arrow.stream`.
 //! - `GET /v1/devices/{device}/status`, `/v1/devices/status?bbox=`: device status from a cache that
 //!   follows the lake ([`devices`], [`crate::status`]).
+//! - `GET`/`POST /v1/pilots`, `GET`/`DELETE /v1/pilots/{id}`, `GET /v1/pilots/{id}/report`:
+//!   pilots and their reports ([`pilots`], [`crate::pilots`]).
 //! - `GET /v1/epochs`: sealed epochs with their root and device count.
 //! - `GET /v1/epochs/{id}/manifest`: the manifest.
 //! - `GET /v1/epochs/{id}/devices`: the device summaries, JSON, CSV or Parquet (`Accept` or
@@ -28,6 +30,7 @@ mod epochs;
 mod error;
 mod guard;
 mod hexes;
+mod pilots;
 mod road;
 mod sensors;
 mod sql;
@@ -39,7 +42,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use hexpulse_common::health::{Health, Report};
 use hexpulse_common::ratelimit::Keyed;
@@ -85,6 +88,8 @@ pub enum QueryError {
     Tls(#[from] hexpulse_common::serve::TlsError),
     #[error("[query.status]: {0}")]
     Status(String),
+    #[error("{0}")]
+    Pilots(String),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -103,6 +108,7 @@ impl hexpulse_common::fault::Classify for QueryError {
             | QueryError::Live(_)
             | QueryError::Tls(_)
             | QueryError::Status(_)
+            | QueryError::Pilots(_)
             | QueryError::Bind { .. } => Fault::User,
             QueryError::Runtime(_) => Fault::Internal,
         }
@@ -167,6 +173,10 @@ impl Query {
             lake.clone(),
             lateness_ms,
         ));
+        let pilots = Arc::new(
+            crate::pilots::Pilots::new(lake.clone(), cfg.pilots.clone())
+                .map_err(QueryError::Pilots)?,
+        );
         let catalog = Catalog::open(lake, runtime, cfg.max_expression_bytes, live).await?;
         let auth = Auth::new(&cfg.auth)?;
         let exec = crate::gate::query_runtime(cfg.query_threads, shutdown.clone())
@@ -197,6 +207,7 @@ impl Query {
             road_min_devices: rules.privacy.road_min_devices,
             lateness_ms,
             status,
+            pilots,
             health: health.clone(),
             cfg,
         });
@@ -303,6 +314,22 @@ impl Query {
             .route(
                 "/v1/devices/{device}/status",
                 get(devices::device_status).layer(group("devices")),
+            )
+            .route(
+                "/v1/pilots",
+                get(pilots::list)
+                    .layer(group("pilots"))
+                    .merge(post(pilots::create).layer(group("pilots_write"))),
+            )
+            .route(
+                "/v1/pilots/{id}",
+                get(pilots::get)
+                    .layer(group("pilots"))
+                    .merge(delete(pilots::delete).layer(group("pilots_write"))),
+            )
+            .route(
+                "/v1/pilots/{id}/report",
+                get(pilots::report).layer(group("pilots")),
             )
             .route(
                 "/v1/tiles/{layer}/{z}/{x}/{y}",

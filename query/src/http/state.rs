@@ -21,6 +21,8 @@ pub(crate) struct AppState {
     pub(crate) lateness_ms: i64,
     /// The device status cache.
     pub(crate) status: Arc<crate::status::StatusCache>,
+    /// The pilots' store.
+    pub(crate) pilots: Arc<crate::pilots::Pilots>,
     /// Readiness (`/readyz`): a background task that died takes it down.
     pub(crate) health: hexpulse_common::health::Health,
 }

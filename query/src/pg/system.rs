@@ -16,13 +16,17 @@ use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{Array, AsArray, StringArray};
 use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::CatalogProviderList;
 use datafusion::common::ScalarValue;
 use datafusion::common::utils::SingleRowListArrayBuilder;
+use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::planner::TypePlanner;
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility};
 use datafusion::prelude::{SessionContext, create_udf};
 use datafusion::sql::sqlparser::ast::Statement;
+use datafusion_pg_catalog::pg_catalog::catalog_info::CatalogInfo;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::pg_catalog::{
     self as pgc, PgCatalogSchemaProvider, PgCatalogStaticTables, array_bounds_udf, format_type,
@@ -134,10 +138,58 @@ fn current_schemas() -> ScalarUDF {
     )
 }
 
+/// A catalog list as `pg_catalog` sees it: its catalogs, schemas and tables in name order.
+///
+/// `pg_catalog` numbers them (their OIDs) in the order it lists them, afresh in each context, and
+/// the service builds a new context whenever the lake moves on. DataFusion's in-memory providers
+/// list in hash order, which differs between contexts: a client that read a table's OID and then
+/// asked for its columns by that OID (psql's `\d`, DBeaver) found nothing when a refresh fell in
+/// between. In name order, equal tables get equal OIDs in every context.
+#[derive(Debug, Clone)]
+struct NameOrder(Arc<dyn CatalogProviderList>);
+
+fn sorted(mut names: Vec<String>) -> Vec<String> {
+    names.sort_unstable();
+    names
+}
+
+#[async_trait::async_trait]
+impl CatalogInfo for NameOrder {
+    async fn catalog_names(&self) -> Result<Vec<String>> {
+        Ok(sorted(CatalogInfo::catalog_names(&self.0).await?))
+    }
+
+    async fn schema_names(&self, catalog: &str) -> Result<Option<Vec<String>>> {
+        Ok(self.0.schema_names(catalog).await?.map(sorted))
+    }
+
+    async fn table_names(&self, catalog: &str, schema: &str) -> Result<Option<Vec<String>>> {
+        Ok(self.0.table_names(catalog, schema).await?.map(sorted))
+    }
+
+    async fn table_schema(
+        &self,
+        catalog: &str,
+        schema: &str,
+        table: &str,
+    ) -> Result<Option<SchemaRef>> {
+        self.0.table_schema(catalog, schema, table).await
+    }
+
+    async fn table_type(
+        &self,
+        catalog: &str,
+        schema: &str,
+        table: &str,
+    ) -> Result<Option<TableType>> {
+        self.0.table_type(catalog, schema, table).await
+    }
+}
+
 /// Registers `pg_catalog` in `ctx`'s catalog, listing the tables of `ctx`'s own catalog list.
 pub fn schema(ctx: &SessionContext) -> Result<()> {
     let provider = PgCatalogSchemaProvider::try_new(
-        ctx.state().catalog_list().clone(),
+        NameOrder(ctx.state().catalog_list().clone()),
         static_tables()?,
         EmptyContextProvider,
     )?;
@@ -156,4 +208,57 @@ pub fn compatible(text: &str) -> Option<Vec<Statement>> {
         .get_or_init(PostgresCompatibilityParser::new)
         .parse(text)
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::RecordBatch;
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::datasource::MemTable;
+    use datafusion::prelude::SessionConfig;
+
+    /// A context like the service's, with `tables` (empty) in `hexpulse.lake`, registered in the
+    /// order given, and `pg_catalog` over them.
+    fn context(tables: &[String]) -> SessionContext {
+        let ctx = SessionContext::new_with_config(
+            SessionConfig::new().with_default_catalog_and_schema(CATALOG, SCHEMA),
+        );
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
+        for t in tables {
+            let table = MemTable::try_new(
+                schema.clone(),
+                vec![vec![RecordBatch::new_empty(schema.clone())]],
+            )
+            .unwrap();
+            ctx.register_table(t.as_str(), Arc::new(table)).unwrap();
+        }
+        super::schema(&ctx).unwrap();
+        ctx
+    }
+
+    async fn oid(ctx: &SessionContext, table: &str) -> i64 {
+        let b = ctx
+            .sql(&format!("SELECT CAST(oid AS BIGINT) AS oid FROM pg_catalog.pg_class WHERE relname = '{table}'"))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        crate::columns::i64s(&b[0], "oid")[0].unwrap()
+    }
+
+    /// The OIDs a client reads in one context name the same tables in the next (psql's `\d`
+    /// reads a table's OID, then its columns by that OID, and the service may have built a new
+    /// context in between).
+    #[tokio::test]
+    async fn oids_do_not_change_between_contexts() {
+        let mut tables: Vec<String> = (0..24).map(|i| format!("t{i:02}")).collect();
+        let a = context(&tables);
+        tables.reverse();
+        let b = context(&tables);
+        for t in ["t00", "t07", "t23"] {
+            assert_eq!(oid(&a, t).await, oid(&b, t).await, "{t}");
+        }
+    }
 }

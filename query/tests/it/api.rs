@@ -356,6 +356,7 @@ async fn sql_and_epochs_over_a_processed_lake() {
     assert_eq!(v[0]["n"].as_u64(), Some(m.merkle_leaves));
 
     maps_sensors_road_and_tiles(&base, &heartbeats_sql(&base).await).await;
+    crate::pilots::report_matches_sql(&base).await;
     auth_and_openapi(&url, &stop, id, device).await;
 
     stop.cancel();
@@ -909,14 +910,31 @@ async fn auth_and_openapi(url: &str, stop: &CancellationToken, epoch: i64, devic
     assert_eq!(s, 200);
     let doc: Value = serde_json::from_str(&doc).unwrap();
     let paths = doc["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 21, "the router serves 21 routes");
+    assert_eq!(paths.len(), 24, "the router serves 24 routes");
+    // A pilot for its path to name.
+    let pilot = client
+        .post(format!("{base}/v1/pilots"))
+        .bearer_auth("secret-admin")
+        .json(&serde_json::json!({"name": "openapi", "start": "2026-12-01T00:00:00Z",
+            "area": {"type": "Polygon", "coordinates": [[[13.38, 52.48], [13.44, 52.48], [13.44, 52.54], [13.38, 52.54], [13.38, 52.48]]]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pilot.status(), 201);
+    let pilot: Value = pilot.json().await.unwrap();
+    let pilot = pilot["id"].as_str().unwrap().to_string();
     for (path, item) in paths {
+        let id = if path.starts_with("/v1/pilots") {
+            pilot.clone()
+        } else {
+            epoch.to_string()
+        };
         let concrete = path
             .replace("{layer}", "coverage")
             .replace("{z}", "1")
             .replace("{x}", "1")
             .replace("{y}", "0.mvt")
-            .replace("{id}", &epoch.to_string())
+            .replace("{id}", &id)
             .replace("{device}", device)
             .replace("{file}", "app.js");
         let with_query = if concrete.contains("sensors") {
@@ -926,7 +944,7 @@ async fn auth_and_openapi(url: &str, stop: &CancellationToken, epoch: i64, devic
         } else {
             concrete
         };
-        let method = if item.get("post").is_some() {
+        let method = if item.get("post").is_some() && item.get("get").is_none() {
             "POST"
         } else {
             "GET"

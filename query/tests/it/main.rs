@@ -5,6 +5,7 @@ mod flight;
 mod limits;
 mod live;
 mod pg;
+mod pilots;
 mod preagg;
 mod readers;
 mod slt;
