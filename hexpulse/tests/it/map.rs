@@ -71,16 +71,7 @@ fn map_page_shows_live_hexes_that_match_the_api() {
     while now() < epoch_end_ms + 500 {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let sealed = up
-        .command(&brokers)
-        .args(["seal", "--epoch", &epoch.to_string(), "--force"])
-        .output()
-        .expect("hexpulse seal");
-    assert!(
-        sealed.status.success(),
-        "seal: {}",
-        String::from_utf8_lossy(&sealed.stderr)
-    );
+    up.seal_forced(&brokers, epoch);
     let shot = format!("{root}/test-output/map.png");
     let _ = std::fs::create_dir_all(format!("{root}/test-output"));
     let out = Command::new("node")

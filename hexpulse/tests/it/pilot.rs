@@ -114,16 +114,7 @@ fn pilot_scenario_report_matches_duckdb() {
         while now_ms() < ORIGIN_MS + (epoch + 1) * EPOCH_MS + 2_000 {
             std::thread::sleep(Duration::from_millis(200));
         }
-        let sealed = up
-            .command(&brokers)
-            .args(["seal", "--epoch", &epoch.to_string(), "--force"])
-            .output()
-            .expect("hexpulse seal");
-        assert!(
-            sealed.status.success(),
-            "seal {epoch}: {}",
-            String::from_utf8_lossy(&sealed.stderr)
-        );
+        up.seal_forced(&brokers, epoch);
         epochs.push(epoch);
     }
     // The query service sees the sealed epochs once its catalog is refreshed.

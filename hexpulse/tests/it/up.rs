@@ -229,6 +229,21 @@ impl Up {
         c
     }
 
+    /// `hexpulse seal --epoch EPOCH --force` against this setup (an ended epoch, sealed before its
+    /// lateness has passed, and published).
+    pub fn seal_forced(&self, brokers: &str, epoch: i64) {
+        let out = self
+            .command(brokers)
+            .args(["seal", "--epoch", &epoch.to_string(), "--force"])
+            .output()
+            .expect("hexpulse seal");
+        assert!(
+            out.status.success(),
+            "seal {epoch}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The `hexpulse up` process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -234,24 +234,45 @@ async fn compute(
     } else {
         Default::default()
     };
-    // The sealed epochs that overlap the pilot, with their roots.
+    // The sealed epochs that overlap the pilot and whose device summaries the catalog's snapshot
+    // holds (the same snapshot the cost is summed over), with their roots.
+    let overlapping: Vec<String> = snap
+        .sealed_epochs
+        .iter()
+        .filter(|id| {
+            st.cfg
+                .epoch
+                .bounds(**id)
+                .is_ok_and(|(from, to)| started && from < window.end_ms && to > window.start_ms)
+        })
+        .map(i64::to_string)
+        .collect();
+    let published = if overlapping.is_empty() {
+        Vec::new()
+    } else {
+        let sql = format!(
+            "SELECT DISTINCT epoch FROM device_summary WHERE epoch IN ({}) ORDER BY epoch",
+            overlapping.join(", ")
+        );
+        let batches = st.internal_query(sql).await?;
+        batches
+            .iter()
+            .flat_map(|b| crate::columns::i64s(b, "epoch"))
+            .flatten()
+            .collect()
+    };
     let lake = st.gate.catalog.lake();
-    let ids = hexpulse_lake::epoch::sealed_ids(lake)
-        .await
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, "lake", e))?;
     let mut epochs = Vec::new();
-    for id in ids {
+    for id in published {
         let Ok((from, to)) = st.cfg.epoch.bounds(id) else {
             continue;
         };
-        if from < window.end_ms && to > window.start_ms && started {
-            let root = match hexpulse_lake::epoch::seal::read_manifest(lake, id).await {
-                Ok(Some(m)) => m.merkle_root,
-                Ok(None) => continue,
-                Err(e) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, "lake", e)),
-            };
-            epochs.push((id, from, to, root));
-        }
+        let root = match hexpulse_lake::epoch::seal::read_manifest(lake, id).await {
+            Ok(Some(m)) => m.merkle_root,
+            Ok(None) => continue,
+            Err(e) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, "lake", e)),
+        };
+        epochs.push((id, from, to, root));
     }
     let ids: Vec<i64> = epochs.iter().map(|e| e.0).collect();
     let cost = match report::cost_query(pilot, &window, &cell, &ids) {
