@@ -15,22 +15,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
-
-async fn sql(base: &str, q: &str, accept: &str) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("{base}/v1/sql"))
-        .header("accept", accept)
-        .body(q.to_string())
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn sql_json(base: &str, q: &str) -> (u16, Value) {
-    let r = sql(base, q, "application/json").await;
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap())
-}
+use crate::{sql, sql_json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_and_epochs_over_a_processed_lake() {

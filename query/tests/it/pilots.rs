@@ -182,15 +182,9 @@ async fn pilots_are_kept_checked_and_survive_a_restart() {
 }
 
 async fn sql_rows(base: &str, q: &str) -> Vec<Value> {
-    let r = reqwest::Client::new()
-        .post(format!("{base}/v1/sql"))
-        .header("accept", "application/json")
-        .body(q.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{q}");
-    r.json::<Value>().await.unwrap().as_array().unwrap().clone()
+    let (status, v) = crate::sql_json(base, q).await;
+    assert_eq!(status, 200, "{q}: {v}");
+    v.as_array().unwrap().clone()
 }
 
 /// A pilot over the busiest cells of a processed, sealed lake (`api.rs` builds it), its start at

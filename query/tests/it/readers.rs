@@ -13,6 +13,8 @@ use hexpulse_lake::epoch::EpochConfig;
 use hexpulse_query::{Query, QueryConfig};
 use hexpulse_testkit::scenario;
 use hexpulse_testkit::testenv;
+
+use crate::sql_json;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -137,18 +139,6 @@ async fn partitions_agree_and_prune(base: &str, report: &Value) {
         .await;
         assert_eq!(none[0]["n"], 0, "{none}");
     }
-}
-
-async fn sql_json(base: &str, q: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{base}/v1/sql"))
-        .header("accept", "application/json")
-        .body(q.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap())
 }
 
 fn counts(rows: &BTreeMap<String, Vec<Value>>) -> Vec<(&str, usize)> {
