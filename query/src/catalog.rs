@@ -358,8 +358,8 @@ pub async fn build(
     }
     let public = without_private(&ctx).await?;
     // PostgreSQL's system catalog, in each context over its own tables.
-    crate::pg::system::schema(&ctx)?;
-    crate::pg::system::schema(&public)?;
+    crate::pg::system::schema(&ctx).await?;
+    crate::pg::system::schema(&public).await?;
     Ok((Contexts { all: ctx, public }, snap))
 }
 

@@ -186,8 +186,17 @@ impl CatalogInfo for NameOrder {
     }
 }
 
-/// Registers `pg_catalog` in `ctx`'s catalog, listing the tables of `ctx`'s own catalog list.
-pub fn schema(ctx: &SessionContext) -> Result<()> {
+/// Registers `pg_catalog` in `ctx`'s catalog, listing the tables of `ctx`'s own catalog list,
+/// and numbers them.
+///
+/// `pg_catalog` hands out OIDs from a counter, in the order its tables first meet an object:
+/// `pg_class` numbers the catalog, then each schema and its tables; `pg_attribute` only the
+/// tables. In a context whose first catalog read was `pg_attribute`, a table's OID was not the
+/// one `pg_class` gave it in the context before, and psql's `\d` (a table's OID from `pg_class`,
+/// then its columns by that OID from `pg_attribute`) described another table when a refresh fell
+/// in between. Reading `pg_class` here numbers every object in [`NameOrder`], the same in every
+/// context over the same tables, before any client reads.
+pub async fn schema(ctx: &SessionContext) -> Result<()> {
     let provider = PgCatalogSchemaProvider::try_new(
         NameOrder(ctx.state().catalog_list().clone()),
         static_tables()?,
@@ -196,6 +205,10 @@ pub fn schema(ctx: &SessionContext) -> Result<()> {
     ctx.catalog(CATALOG)
         .ok_or_else(|| DataFusionError::Internal(format!("no catalog {CATALOG}")))?
         .register_schema(PG_CATALOG, Arc::new(provider))?;
+    ctx.sql("SELECT oid FROM pg_catalog.pg_class")
+        .await?
+        .collect()
+        .await?;
     Ok(())
 }
 
@@ -220,7 +233,7 @@ mod tests {
 
     /// A context like the service's, with `tables` (empty) in `hexpulse.lake`, registered in the
     /// order given, and `pg_catalog` over them.
-    fn context(tables: &[String]) -> SessionContext {
+    async fn context(tables: &[String]) -> SessionContext {
         let ctx = SessionContext::new_with_config(
             SessionConfig::new().with_default_catalog_and_schema(CATALOG, SCHEMA),
         );
@@ -233,7 +246,7 @@ mod tests {
             .unwrap();
             ctx.register_table(t.as_str(), Arc::new(table)).unwrap();
         }
-        super::schema(&ctx).unwrap();
+        super::schema(&ctx).await.unwrap();
         ctx
     }
 
@@ -248,17 +261,48 @@ mod tests {
         crate::columns::i64s(&b[0], "oid")[0].unwrap()
     }
 
+    /// The OID `ctx`'s `pg_attribute` gives the table with column `x`s, asked before anything
+    /// else in `ctx`.
+    async fn attrelids(ctx: &SessionContext) -> Vec<i64> {
+        let b = ctx
+            .sql("SELECT CAST(attrelid AS BIGINT) AS oid FROM pg_catalog.pg_attribute WHERE attname = 'x' ORDER BY 1")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        b.iter()
+            .flat_map(|b| crate::columns::i64s(b, "oid"))
+            .map(Option::unwrap)
+            .collect()
+    }
+
     /// The OIDs a client reads in one context name the same tables in the next (psql's `\d`
     /// reads a table's OID, then its columns by that OID, and the service may have built a new
     /// context in between).
     #[tokio::test]
     async fn oids_do_not_change_between_contexts() {
         let mut tables: Vec<String> = (0..24).map(|i| format!("t{i:02}")).collect();
-        let a = context(&tables);
+        let a = context(&tables).await;
         tables.reverse();
-        let b = context(&tables);
+        let b = context(&tables).await;
         for t in ["t00", "t07", "t23"] {
             assert_eq!(oid(&a, t).await, oid(&b, t).await, "{t}");
         }
+    }
+
+    /// A client that read a table's OID from `pg_class` in one context and asks `pg_attribute`
+    /// for its columns in the next, where `pg_attribute` is the first catalog table read, finds
+    /// that table's columns (psql's `\d` when a refresh falls between its two queries).
+    #[tokio::test]
+    async fn pg_attribute_first_numbers_as_pg_class_does() {
+        let tables: Vec<String> = (0..3).map(|i| format!("t{i}")).collect();
+        let a = context(&tables).await;
+        let mut by_class = Vec::new();
+        for t in &tables {
+            by_class.push(oid(&a, t).await);
+        }
+        by_class.sort_unstable();
+        assert_eq!(attrelids(&context(&tables).await).await, by_class);
     }
 }
