@@ -39,6 +39,9 @@ pub(crate) enum Cmd {
     /// Run the query service: hex maps, vector tiles, dead zones, sensor and road aggregates,
     /// epochs and read-only SQL over the lake (routes: /openapi.json).
     Query,
+    /// Run the alerts role: evaluate the alert rules ([query.alerts], /v1/alerts/rules) over the
+    /// lake and deliver what fires to the rules' webhooks, signed, retried, once per firing.
+    Alerts,
     /// Send simulated device traffic to an ingest endpoint.
     Simulate(SimArgs),
     /// Run every built role in one process, with demo traffic, and print the URLs.

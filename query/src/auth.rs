@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 use crate::config::AuthConfig;
 
 /// The endpoint groups (see [`AuthConfig`]).
-pub const GROUPS: [&str; 12] = [
+pub const GROUPS: [&str; 14] = [
     "coverage",
     "sensors",
     "road",
@@ -24,6 +24,8 @@ pub const GROUPS: [&str; 12] = [
     "devices",
     "pilots",
     "pilots_write",
+    "alerts",
+    "alerts_write",
 ];
 
 #[derive(Debug, thiserror::Error)]

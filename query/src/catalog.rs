@@ -272,6 +272,8 @@ pub async fn build(
         live: live.cloned(),
         ..Default::default()
     };
+    // Read before the tables' files: every reading received up to it is in the files listed after.
+    snap.watermark_ms = lake_watermark(lake).await?;
     let mut version = Sha256::new();
     // The partitions with live rows: each table's snapshot says, with its files, how far each of
     // them is committed (the seam, `crate::live`).
@@ -318,7 +320,6 @@ pub async fn build(
         ctx.deregister_udf(f);
     }
     crate::bounded::install(&ctx, max_expression_bytes);
-    snap.watermark_ms = lake_watermark(lake).await?;
     // The epoch tables' newest snapshots: the outputs of the sealed epochs published so far.
     let mut published: BTreeMap<&str, std::collections::BTreeSet<i64>> = BTreeMap::new();
     for t in EPOCH_TABLES {

@@ -101,6 +101,9 @@ pub struct QueryConfig {
     /// Pilots (`[query.pilots]`, [`crate::pilots`]).
     #[serde(default)]
     pub pilots: crate::pilots::PilotsConfig,
+    /// Alert rules and the alerts role (`[query.alerts]`, [`crate::alerts`]).
+    #[serde(default)]
+    pub alerts: crate::alerts::AlertsConfig,
     /// The epochs (length, origin): always the processors' `[process.epoch]`, copied in by the
     /// binary, so the two cannot disagree.
     #[serde(skip)]
@@ -160,8 +163,9 @@ impl Default for MapConfig {
 ///
 /// Endpoint groups: `coverage` (hex maps, dead zones, coverage tiles), `sensors`, `road`, `epochs`,
 /// `sql`, `raw` (SQL over raw dashcam rows and their locations), `metrics`, `map` (the web page),
-/// `meta` (`/openapi.json`), `devices` (device status), `pilots` (reading pilots) and
-/// `pilots_write` (creating and deleting them). `/healthz` and `/readyz` are always open.
+/// `meta` (`/openapi.json`), `devices` (device status), `pilots` (reading pilots),
+/// `pilots_write` (creating and deleting them), `alerts` (reading alert rules) and `alerts_write`
+/// (creating and deleting them). `/healthz` and `/readyz` are always open.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
@@ -234,6 +238,7 @@ impl QueryConfig {
             live: LiveConfig::default(),
             status: crate::status::StatusConfig::default(),
             pilots: crate::pilots::PilotsConfig::default(),
+            alerts: crate::alerts::AlertsConfig::default(),
         }
     }
 }

@@ -16,9 +16,12 @@
 //!   Merkle proofs); bearer tokens → roles → endpoint groups ([`auth`]); `/openapi.json`.
 //! - Device status (last heartbeat and reading, online/stale/offline, last location, rejections)
 //!   from a bounded cache that follows the lake's commits ([`status`]).
+//! - Alert rules over the lake (devices offline, a hex's metric over a threshold, a pilot's
+//!   coverage dropping), evaluated by the alerts role, delivered as signed webhooks ([`alerts`]).
 //! - Plans run on their own runtime, at most `max_concurrent_queries` at once, so HTTP and health
 //!   checks stay responsive.
 
+pub mod alerts;
 pub mod auth;
 pub mod bounded;
 pub mod catalog;

@@ -87,6 +87,51 @@ fn pilot_id() -> Value {
     )
 }
 
+fn rule_id() -> Value {
+    typed(
+        "id",
+        "path",
+        true,
+        "alert rule id: 16 lowercase hex digits",
+        json!({"type": "string", "pattern": "^[0-9a-f]{16}$"}),
+    )
+}
+
+/// `POST /v1/alerts/rules`'s body (schemas/ALERTS.md).
+fn rule_body() -> Value {
+    let span =
+        json!({"type": "string", "description": "a duration, 1m to 7days (\"90s\", \"1h\")"});
+    json!({
+        "type": "object",
+        "required": ["name", "condition", "webhook"],
+        "additionalProperties": false,
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 120},
+            "condition": {"oneOf": [
+                {"type": "object", "additionalProperties": false, "required": ["kind", "devices", "after"], "properties": {
+                    "kind": {"const": "device_offline"},
+                    "devices": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}},
+                    "after": span}},
+                {"type": "object", "additionalProperties": false, "required": ["kind", "metric", "above", "for"], "properties": {
+                    "kind": {"const": "hex_metric"},
+                    "metric": {"type": "string", "description": "a sensor metric of the validation rules' [ranges] (pm2_5, no2, ...)"},
+                    "above": {"type": "number"},
+                    "for": span,
+                    "resolution": {"type": "integer", "minimum": 0, "maximum": 15, "default": 8},
+                    "cells": {"type": ["array", "null"], "items": {"type": "string"}}}},
+                {"type": "object", "additionalProperties": false, "required": ["kind", "pilot", "drop_percent"], "properties": {
+                    "kind": {"const": "pilot_coverage_drop"},
+                    "pilot": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+                    "drop_percent": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+                    "window": span}}
+            ]},
+            "webhook": {"type": "object", "additionalProperties": false, "required": ["url", "secret"], "properties": {
+                "url": {"type": "string", "format": "uri", "description": "scheme and host must be allowed by [query.alerts] webhook_schemes and webhook_hosts"},
+                "secret": {"type": "string", "minLength": 16, "maxLength": 256, "description": "the HMAC-SHA256 key of X-Hexpulse-Signature; never answered back"}}}
+        }
+    })
+}
+
 /// `POST /v1/pilots`'s body.
 fn pilot_body() -> Value {
     json!({
@@ -325,6 +370,24 @@ pub fn document(max_features: usize) -> Value {
                 }
             },
             "/v1/pilots/{id}/report": {"get": op("A pilot's report over its cells, the window before the start against the pilot's (schemas/PILOTS.md): coverage share and the cells that went from dead to covered, speed-test and signal percentiles, active devices and the time to 50% and 90% of the final coverage, the rewards of the area's devices in the sealed epochs against the baseline; hourly or daily series; CSV: the series", "pilots", vec![pilot_id(), typed("format", "query", false, "json (default), csv (the series) or geojson (the area's cells, each with covered_before and covered_during)", json!({"enum": ["json", "csv", "geojson"]}))], "application/json, text/csv, application/geo+json")},
+            "/v1/alerts/rules": {
+                "get": op_without_404("The alert rules (without their webhooks' secrets)", "alerts", vec![], "application/json"),
+                "post": {
+                    "summary": "Creates an alert rule (schemas/ALERTS.md): device_offline, hex_metric or pilot_coverage_drop, with a webhook the alerts role POSTs each firing to, signed with the secret. 400 for an unknown metric or pilot, a bad duration, or a webhook URL whose scheme or host [query.alerts] does not allow; 409 past max_rules",
+                    "x-hexpulse-group": "alerts_write",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": rule_body()}}},
+                    "responses": {"201": {"description": "the stored rule, without its secret", "content": {"application/json": {}}}, "400": {"$ref": "#/components/responses/Error"}, "401": {"$ref": "#/components/responses/Error"}, "403": {"$ref": "#/components/responses/Error"}, "409": {"$ref": "#/components/responses/Error"}, "503": {"$ref": "#/components/responses/Error"}}
+                }
+            },
+            "/v1/alerts/rules/{id}": {
+                "get": op("An alert rule (without its webhook's secret)", "alerts", vec![rule_id()], "application/json"),
+                "delete": {
+                    "summary": "Deletes an alert rule and its firing state",
+                    "x-hexpulse-group": "alerts_write",
+                    "parameters": [rule_id()],
+                    "responses": {"204": {"description": "deleted"}, "401": {"$ref": "#/components/responses/Error"}, "403": {"$ref": "#/components/responses/Error"}, "404": {"$ref": "#/components/responses/Error"}, "503": {"$ref": "#/components/responses/Error"}}
+                }
+            },
             "/v1/devices/{device}/status": {"get": op("A device's status: online, stale or offline by the age of its newest valid row; last heartbeat and last reading with their ages; last location and cell (road devices: raw group only); rejections by reason over the window. From a cache that follows the lake's commits; 404 for a device with no row in the window, 503 while the cache first reads the lake", "devices", vec![device_key()], "application/json")},
             "/v1/devices/status": {"get": op("The devices whose last location lies in a box, with their state (road devices only for the raw group); 413 past max_features", "devices", in_box, "application/json")},
             "/v1/epochs": {"get": op("Sealed epochs with their Merkle roots", "epochs", vec![], "application/json")},

@@ -428,6 +428,21 @@ impl StatusCache {
         })
     }
 
+    /// When the newest heartbeat of `key` was received (ms): `Ok(None)` for a device without one in
+    /// the window, `Err(())` while the cache has not read the lake yet.
+    #[allow(clippy::result_unit_err)]
+    pub fn last_heartbeat_ms(&self, key: &Key) -> Result<Option<i64>, ()> {
+        let inner = self.inner.read().expect("lock");
+        if inner.as_of_ms.is_none() {
+            return Err(());
+        }
+        Ok(inner
+            .devices
+            .get(key)
+            .and_then(|d| d.heartbeat)
+            .map(|s| s.receive_ms))
+    }
+
     /// The status of one device at `now_ms`: `Ok(None)` for a device without any row in the
     /// window, `Err(())` while the cache has not read the lake yet. `located` says whether its
     /// location may be shown (road devices' locations are raw dashcam positions).

@@ -104,6 +104,15 @@ pub(crate) async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
             hexpulse_query::run(q, stop).await?;
             Ok(())
         }
+        Cmd::Alerts => {
+            tracing::info!(config = %cfg.redacted(), "starting the alerts role");
+            let stop = shutdown::on_signals();
+            let lake = hexpulse_lake::Lake::open(&cfg.query.lake_url)?;
+            hexpulse_query::alerts::run(cfg.query, lake, stop)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            Ok(())
+        }
         Cmd::Lake(c) => lake::lake(cfg, c).await,
         Cmd::Simulate(args) => simulate::simulate(cfg, args).await,
         Cmd::Up(args) => up::up(cfg, args).await,

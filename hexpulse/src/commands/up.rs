@@ -104,6 +104,15 @@ pub(super) async fn up(mut cfg: Config, args: UpArgs) -> anyhow::Result<()> {
         stop.clone(),
     )
     .await?;
+    // The alerts role, in this process (its metrics are on the query service's /metrics).
+    let mut acfg = cfg.query.clone();
+    acfg.lake_url = cfg.process.lake_url.clone();
+    acfg.alerts.listen = None;
+    let alerts = tokio::spawn(hexpulse_query::alerts::run(
+        acfg,
+        hexpulse_lake::Lake::open(&cfg.process.lake_url)?,
+        stop.clone(),
+    ));
     let demo_pilot = if no_traffic {
         None
     } else {
@@ -226,6 +235,11 @@ pub(super) async fn up(mut cfg: Config, args: UpArgs) -> anyhow::Result<()> {
             p.start
         );
     }
+    out!(
+        "  alerts   {qbase}/v1/alerts/rules   (rules evaluated every {}; webhooks to the hosts of [query.alerts] webhook_hosts: {:?})",
+        humantime::format_duration(cfg.query.alerts.interval),
+        cfg.query.alerts.webhook_hosts
+    );
     out!("           {qbase}/v1/sensors/series?metric=pm2_5&bbox=13.0,52.3,13.8,52.7&interval=5m");
     out!(
         "           {qbase}/v1/tiles/coverage/{{z}}/{{x}}/{{y}}.mvt   (vector tiles: coverage, air, road)"
@@ -252,6 +266,11 @@ pub(super) async fn up(mut cfg: Config, args: UpArgs) -> anyhow::Result<()> {
         tracing::error!(error = %e, "processor failed");
     }
     query.wait().await;
+    match alerts.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "alerts role failed"),
+        Err(e) => tracing::error!(error = %e, "alerts role task"),
+    }
     if let Some(t) = traffic {
         match t.await {
             Ok(Ok(summary)) => out!("{}", serde_json::to_string_pretty(&summary)?),

@@ -9,6 +9,8 @@
 //!   follows the lake ([`devices`], [`crate::status`]).
 //! - `GET`/`POST /v1/pilots`, `GET`/`DELETE /v1/pilots/{id}`, `GET /v1/pilots/{id}/report`:
 //!   pilots and their reports ([`pilots`], [`crate::pilots`]).
+//! - `GET`/`POST /v1/alerts/rules`, `GET`/`DELETE /v1/alerts/rules/{id}`: alert rules
+//!   ([`alerts`], [`crate::alerts`]; the alerts role evaluates them).
 //! - `GET /v1/epochs`: sealed epochs with their root and device count.
 //! - `GET /v1/epochs/{id}/manifest`: the manifest.
 //! - `GET /v1/epochs/{id}/devices`: the device summaries, JSON, CSV or Parquet (`Accept` or
@@ -23,6 +25,7 @@
 //! middleware (metrics, auth, rates), [`error`] the error answers: JSON
 //! `{"error": code, "message": ...}`.
 
+mod alerts;
 mod area;
 pub mod assets;
 mod devices;
@@ -177,6 +180,12 @@ impl Query {
             crate::pilots::Pilots::new(lake.clone(), cfg.pilots.clone())
                 .map_err(QueryError::Pilots)?,
         );
+        cfg.alerts.check().map_err(QueryError::Pilots)?;
+        let alerts = Arc::new(crate::alerts::Rules::new(
+            lake.clone(),
+            cfg.alerts.clone(),
+            rules.ranges.keys().cloned().collect(),
+        ));
         let catalog = Catalog::open(lake, runtime, cfg.max_expression_bytes, live).await?;
         let auth = Auth::new(&cfg.auth)?;
         let exec = crate::gate::query_runtime(cfg.query_threads, shutdown.clone())
@@ -208,6 +217,7 @@ impl Query {
             lateness_ms,
             status,
             pilots,
+            alerts,
             health: health.clone(),
             cfg,
         });
@@ -326,6 +336,18 @@ impl Query {
                 get(pilots::get)
                     .layer(group("pilots"))
                     .merge(delete(pilots::delete).layer(group("pilots_write"))),
+            )
+            .route(
+                "/v1/alerts/rules",
+                get(alerts::list)
+                    .layer(group("alerts"))
+                    .merge(post(alerts::create).layer(group("alerts_write"))),
+            )
+            .route(
+                "/v1/alerts/rules/{id}",
+                get(alerts::get)
+                    .layer(group("alerts"))
+                    .merge(delete(alerts::delete).layer(group("alerts_write"))),
             )
             .route(
                 "/v1/pilots/{id}/report",

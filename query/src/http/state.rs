@@ -23,6 +23,8 @@ pub(crate) struct AppState {
     pub(crate) status: Arc<crate::status::StatusCache>,
     /// The pilots' store.
     pub(crate) pilots: Arc<crate::pilots::Pilots>,
+    /// The alert rules' store.
+    pub(crate) alerts: Arc<crate::alerts::Rules>,
     /// Readiness (`/readyz`): a background task that died takes it down.
     pub(crate) health: hexpulse_common::health::Health,
 }

@@ -776,6 +776,7 @@ async fn auth_and_openapi(url: &str, stop: &CancellationToken, epoch: i64, devic
     auth.public = vec!["meta".into()];
     cfg.auth = auth;
     cfg.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.alerts.webhook_hosts = vec!["hooks.example.com".into()];
     let q = Query::start(cfg, Lake::open(url).unwrap(), stop.clone())
         .await
         .unwrap();
@@ -895,7 +896,7 @@ async fn auth_and_openapi(url: &str, stop: &CancellationToken, epoch: i64, devic
     assert_eq!(s, 200);
     let doc: Value = serde_json::from_str(&doc).unwrap();
     let paths = doc["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 24, "the router serves 24 routes");
+    assert_eq!(paths.len(), 26, "the router serves 26 routes");
     // A pilot for its path to name.
     let pilot = client
         .post(format!("{base}/v1/pilots"))
@@ -908,9 +909,25 @@ async fn auth_and_openapi(url: &str, stop: &CancellationToken, epoch: i64, devic
     assert_eq!(pilot.status(), 201);
     let pilot: Value = pilot.json().await.unwrap();
     let pilot = pilot["id"].as_str().unwrap().to_string();
+    // And an alert rule.
+    let rule = client
+        .post(format!("{base}/v1/alerts/rules"))
+        .bearer_auth("secret-admin")
+        .json(&serde_json::json!({"name": "openapi",
+            "condition": {"kind": "device_offline", "devices": [device], "after": "10m"},
+            "webhook": {"url": "https://hooks.example.com/x", "secret": "0123456789abcdef"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rule.status(), 201);
+    let rule: Value = rule.json().await.unwrap();
+    assert!(rule["webhook"].get("secret").is_none(), "{rule}");
+    let rule = rule["id"].as_str().unwrap().to_string();
     for (path, item) in paths {
         let id = if path.starts_with("/v1/pilots") {
             pilot.clone()
+        } else if path.starts_with("/v1/alerts") {
+            rule.clone()
         } else {
             epoch.to_string()
         };

@@ -1,5 +1,6 @@
 //! Query service tests against a lake the processors wrote from broker traffic.
 
+mod alerts;
 mod api;
 mod flight;
 mod limits;

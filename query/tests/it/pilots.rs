@@ -22,7 +22,12 @@ async fn start(url: &str) -> (String, CancellationToken) {
     (format!("http://{}", q.addr), stop)
 }
 
-async fn call(method: &str, url: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+pub(crate) async fn call(
+    method: &str,
+    url: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let client = reqwest::Client::new();
     let mut rb = match method {
         "POST" => client.post(url),
