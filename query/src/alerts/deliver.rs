@@ -181,9 +181,10 @@ impl Alerts {
         })
     }
 
-    /// Evaluates and delivers every `interval` until `stop`.
+    /// Evaluates and delivers at once, then every `interval` until `stop`.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let period = self.rules.config().interval;
+        self.round().await;
         hexpulse_common::tasks::every(period, stop, move || {
             let me = self.clone();
             async move { me.round().await }
