@@ -34,7 +34,7 @@ import kubernetes_validate.utils as kv
 KUBE_VERSIONS = ["1.30.0", "1.37.0"]
 STRIMZI_API = "kafka.strimzi.io/v1beta2"
 STRIMZI_KINDS = {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser"}
-ROLES = {"ingest", "mqtt", "process", "query", "seal"}
+ROLES = {"ingest", "mqtt", "process", "query", "seal", "alerts"}
 
 
 class Report:
@@ -226,8 +226,13 @@ def check_overlay(overlay, docs, hexpulse, r):
             tmp = next((v["emptyDir"].get("sizeLimit") for v in pod.get("volumes", []) if v["name"] == "tmp" and "emptyDir" in v), None)
             # About 120 bytes a row spilled at the peak: an epoch of 50M rows.
             r.check(tmp is not None and quantity_bytes(tmp) >= 6 * 10**9, f"{name}: /tmp sizeLimit {tmp} holds a 50M-row epoch's spill (6 GB)")
-        if role in ("process", "query", "seal"):
-            lake = cfg["query" if role == "query" else "process"]["lake_url"]
+        elif role == "alerts":
+            a = cfg["query"].get("alerts", {})
+            r.check(a.get("listen") and port_of(a["listen"]) == ports.get("metrics"), f"{name}: [query.alerts] listen is the container port `metrics`")
+            r.check(w["kind"] == "StatefulSet" and w["spec"].get("replicas") == 1, f"{name}: one alerts role (StatefulSet of 1: each event delivered by one pod)")
+            r.check(a.get("webhook_schemes", ["https"]) == ["https"], f"{name}: webhooks over https only ({a.get('webhook_schemes')})")
+        if role in ("process", "query", "seal", "alerts"):
+            lake = cfg["query" if role in ("query", "alerts") else "process"]["lake_url"]
             r.check(re.match(r"^(s3|gs|az)://", lake), f"{name}: the lake is an object store ({lake})")
             r.check(any("secretRef" in e for e in c.get("envFrom", [])), f"{name}: object store credentials from a Secret")
         # The registry file lies in the mounted registry ConfigMap.
@@ -238,7 +243,7 @@ def check_overlay(overlay, docs, hexpulse, r):
         cm = vols.get(mounts.get(d), {}).get("configMap", {}).get("name")
         r.check(cm in configmaps and key in configmaps[cm].get("data", {}), f"{name}: registry {reg} is in a mounted ConfigMap")
 
-    lake_urls = {cfg["query" if role == "query" else "process"]["lake_url"] for role, (_, _, cfg) in configs.items() if role != "ingest"}
+    lake_urls = {cfg["query" if role in ("query", "alerts") else "process"]["lake_url"] for role, (_, _, cfg) in configs.items() if role not in ("ingest", "mqtt")}
     r.check(len(lake_urls) == 1, f"processors, sealer and query read one lake ({sorted(lake_urls)})")
     r.check(set(configs) == ROLES, f"every role is deployed ({sorted(configs)})")
 
