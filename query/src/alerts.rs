@@ -266,7 +266,7 @@ const MIN_SPAN: Duration = Duration::from_secs(60);
 
 /// The rule store and its checks.
 pub struct Rules {
-    lake: Lake,
+    store: crate::objects::Objects,
     cfg: AlertsConfig,
     /// The sensor metrics (the validation rules' `[ranges]`).
     metrics: BTreeSet<String>,
@@ -274,7 +274,11 @@ pub struct Rules {
 
 impl Rules {
     pub fn new(lake: Lake, cfg: AlertsConfig, metrics: BTreeSet<String>) -> Rules {
-        Rules { lake, cfg, metrics }
+        Rules {
+            store: crate::objects::Objects::new(lake, RULES),
+            cfg,
+            metrics,
+        }
     }
 
     pub fn config(&self) -> &AlertsConfig {
@@ -302,7 +306,7 @@ impl Rules {
                 format!("condition.pilot: no pilot {pilot:?} (GET /v1/pilots lists them)"),
             ));
         }
-        let stored = self.lake.list(RULES).await?.len();
+        let stored = self.store.count().await?;
         if stored >= self.cfg.max_rules {
             return Err(RuleError::Full(stored));
         }
@@ -314,8 +318,7 @@ impl Rules {
             created: crate::params::rfc3339(now_ms),
             created_by: created_by.to_string(),
         };
-        let bytes = serde_json::to_vec(&rule).map_err(|e| bad(e.to_string()))?;
-        if !self.lake.put_if_absent(&rule_path(&rule.id), bytes).await? {
+        if !self.store.create(&rule.id, &rule).await? {
             return Err(bad(format!("rule {} exists already", rule.id)));
         }
         Ok(rule)
@@ -417,52 +420,24 @@ impl Rules {
 
     /// Every stored rule, oldest first.
     pub async fn list(&self) -> Result<Vec<Rule>, RuleError> {
-        let mut out = Vec::new();
-        for p in self.lake.list(RULES).await? {
-            if !p.ends_with(".json") {
-                continue;
-            }
-            if let Some(rule) = self.read(&p).await? {
-                out.push(rule);
-            }
-        }
+        let mut out: Vec<Rule> = self.store.list().await?;
         out.sort_by(|a, b| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
         Ok(out)
     }
 
     /// One rule, if stored.
     pub async fn get(&self, id: &str) -> Result<Option<Rule>, RuleError> {
-        if !crate::pilots::valid_id(id) {
-            return Ok(None);
-        }
-        self.read(&rule_path(id)).await
+        Ok(self.store.get(id).await?)
     }
 
     /// Deletes a rule and its state; whether there was one.
     pub async fn delete(&self, id: &str) -> Result<bool, RuleError> {
-        if !crate::pilots::valid_id(id) || !self.lake.exists(&rule_path(id)).await? {
+        if !self.store.delete(id).await? {
             return Ok(false);
         }
-        self.lake.delete(&rule_path(id)).await?;
-        self.lake.delete(&state_path(id)).await?;
+        self.store.lake().delete(&state_path(id)).await?;
         Ok(true)
     }
-
-    async fn read(&self, p: &str) -> Result<Option<Rule>, RuleError> {
-        let Some(bytes) = self.lake.get(p).await? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            RuleError::Store(LakeError::Corrupt {
-                path: p.to_string(),
-                message: e.to_string(),
-            })
-        })
-    }
-}
-
-fn rule_path(id: &str) -> String {
-    format!("{RULES}{id}.json")
 }
 
 pub(crate) fn state_path(id: &str) -> String {

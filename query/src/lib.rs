@@ -34,6 +34,7 @@ pub mod geo;
 pub mod http;
 pub mod live;
 pub mod mvt;
+mod objects;
 pub mod openapi;
 pub mod params;
 pub mod pg;

@@ -157,7 +157,7 @@ fn bad_area(message: impl Into<String>) -> PilotError {
 
 /// The pilot store and its rules.
 pub struct Pilots {
-    lake: Lake,
+    store: crate::objects::Objects,
     cfg: PilotsConfig,
     res: Resolution,
 }
@@ -177,7 +177,11 @@ impl Pilots {
                     .into(),
             );
         }
-        Ok(Pilots { lake, cfg, res })
+        Ok(Pilots {
+            store: crate::objects::Objects::new(lake, PREFIX),
+            cfg,
+            res,
+        })
     }
 
     pub fn config(&self) -> &PilotsConfig {
@@ -192,12 +196,11 @@ impl Pilots {
         now_ms: i64,
     ) -> Result<Pilot, PilotError> {
         let pilot = self.build(new, created_by, now_ms)?;
-        let stored = self.lake.list(PREFIX).await?.len();
+        let stored = self.store.count().await?;
         if stored >= self.cfg.max_pilots {
             return Err(PilotError::Full(stored));
         }
-        let bytes = serde_json::to_vec(&pilot).map_err(|e| bad_area(e.to_string()))?;
-        if !self.lake.put_if_absent(&path(&pilot.id), bytes).await? {
+        if !self.store.create(&pilot.id, &pilot).await? {
             // The same name, area and times within the same millisecond: the same pilot twice.
             return Err(invalid(
                 "bad_pilot",
@@ -347,60 +350,23 @@ impl Pilots {
 
     /// Every stored pilot, oldest first.
     pub async fn list(&self) -> Result<Vec<Pilot>, PilotError> {
-        let mut out = Vec::new();
-        for p in self.lake.list(PREFIX).await? {
-            if !p.ends_with(".json") {
-                continue;
-            }
-            if let Some(pilot) = self.read(&p).await? {
-                out.push(pilot);
-            }
-        }
+        let mut out: Vec<Pilot> = self.store.list().await?;
         out.sort_by(|a, b| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
         Ok(out)
     }
 
     /// One pilot, if stored.
     pub async fn get(&self, id: &str) -> Result<Option<Pilot>, PilotError> {
-        if !valid_id(id) {
-            return Ok(None);
-        }
-        self.read(&path(id)).await
+        Ok(self.store.get(id).await?)
     }
 
     /// Deletes a pilot; whether there was one.
     pub async fn delete(&self, id: &str) -> Result<bool, PilotError> {
-        if !valid_id(id) || !self.lake.exists(&path(id)).await? {
-            return Ok(false);
-        }
-        self.lake.delete(&path(id)).await?;
-        Ok(true)
-    }
-
-    async fn read(&self, p: &str) -> Result<Option<Pilot>, PilotError> {
-        let Some(bytes) = self.lake.get(p).await? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            PilotError::Store(LakeError::Corrupt {
-                path: p.to_string(),
-                message: e.to_string(),
-            })
-        })
+        Ok(self.store.delete(id).await?)
     }
 }
 
-fn path(id: &str) -> String {
-    format!("{PREFIX}{id}.json")
-}
-
-/// Ids are 16 lowercase hex digits: nothing else names a stored object.
-pub fn valid_id(id: &str) -> bool {
-    id.len() == 16
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
+pub use crate::objects::valid_id;
 
 /// A pilot's id: a digest of what it is and when it was made.
 fn pilot_id(name: &str, cells: &[String], start_ms: i64, now_ms: i64) -> String {

@@ -89,6 +89,23 @@ async fn start_role(cfg: &QueryConfig, url: &str) -> CancellationToken {
     stop
 }
 
+/// Column `c` of an operator's SQL answer.
+async fn column(base: &str, sql: &str) -> Vec<String> {
+    let (status, rows) = call(
+        "POST",
+        &format!("{base}/v1/sql"),
+        "operator",
+        Some(json!({ "sql": sql })),
+    )
+    .await;
+    assert_eq!(status, 200, "{sql}: {rows}");
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["c"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// Waits until `f` holds; past `within`, fails with what `f` saw and the rules' states.
 async fn wait_until<F: AsyncFn() -> Result<(), String>>(
     what: &str,
@@ -230,20 +247,11 @@ async fn alerts_reach_the_webhook_once_per_firing() {
     );
 
     // The pilot: the cells of the heartbeats.
-    let (status, cells) = call(
-        "POST",
-        &format!("{base}/v1/sql"),
-        "operator",
-        Some(json!({"sql": "SELECT DISTINCT h3_cell_to_string(h3_r8) AS c FROM heartbeat ORDER BY 1"})),
+    let cells = column(
+        &base,
+        "SELECT DISTINCT h3_cell_to_string(h3_r8) AS c FROM heartbeat ORDER BY 1",
     )
     .await;
-    assert_eq!(status, 200, "{cells}");
-    let cells: Vec<Value> = cells
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["c"].clone())
-        .collect();
     let (status, pilot) = call(
         "POST",
         &format!("{base}/v1/pilots"),
@@ -254,20 +262,13 @@ async fn alerts_reach_the_webhook_once_per_firing() {
     assert_eq!(status, 201, "{pilot}");
     let pilot = pilot["id"].as_str().unwrap().to_string();
     // The hex of the pm2_5 readings, from SQL over the lake.
-    let (status, hexes) = call(
-        "POST",
-        &format!("{base}/v1/sql"),
-        "operator",
-        Some(json!({"sql": "SELECT DISTINCT h3_cell_to_string(h3_r8) AS c FROM sensor WHERE metric = 'pm2_5'"})),
+    let hexes: BTreeSet<String> = column(
+        &base,
+        "SELECT DISTINCT h3_cell_to_string(h3_r8) AS c FROM sensor WHERE metric = 'pm2_5'",
     )
-    .await;
-    assert_eq!(status, 200, "{hexes}");
-    let hexes: BTreeSet<String> = hexes
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["c"].as_str().unwrap().to_string())
-        .collect();
+    .await
+    .into_iter()
+    .collect();
 
     // The rules: each of these fires, but for `quiet` (pm2_5 fell to 10 after each 14, the newest
     // reading too). A device the lake never heard of does not fire.
