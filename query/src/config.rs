@@ -164,7 +164,7 @@ impl Default for MapConfig {
 /// Endpoint groups: `coverage` (hex maps, dead zones, coverage tiles), `sensors`, `road`, `epochs`,
 /// `sql`, `raw` (SQL over raw dashcam rows and their locations), `metrics`, `map` (the web page),
 /// `meta` (`/openapi.json`), `devices` (device status), `pilots` (reading pilots),
-/// `pilots_write` (creating and deleting them), `alerts` (reading alert rules) and `alerts_write`
+/// `pilots_write` (creating, ending and deleting them), `alerts` (reading alert rules) and `alerts_write`
 /// (creating and deleting them). `/healthz` and `/readyz` are always open.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,5 +1,5 @@
 //! Small JSON objects kept next to the lake's tables on its object store, one per id under a prefix
-//! (pilots, alert rules): written once with a conditional put, listed, read and deleted. They
+//! (pilots, alert rules): created with a conditional put, listed, read, edited and deleted. They
 //! survive restarts, and every replica of a service sees the same set.
 
 use hexpulse_lake::{Lake, LakeError};
@@ -49,6 +49,15 @@ impl Objects {
             message: e.to_string(),
         })?;
         self.lake.put_if_absent(&self.path(id), bytes).await
+    }
+
+    /// Rewrites the object `id` with `value` (the caller has read it: an edit).
+    pub(crate) async fn replace<T: Serialize>(&self, id: &str, value: &T) -> Result<(), LakeError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| LakeError::Corrupt {
+            path: self.path(id),
+            message: e.to_string(),
+        })?;
+        self.lake.put(&self.path(id), bytes.into()).await
     }
 
     /// Every object, in the store's order.

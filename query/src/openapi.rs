@@ -362,6 +362,13 @@ pub fn document(max_features: usize) -> Value {
             },
             "/v1/pilots/{id}": {
                 "get": op("A pilot with its cells", "pilots", vec![pilot_id()], "application/json"),
+                "patch": {
+                    "summary": "Sets or clears a pilot's end (the rest of a pilot does not change once made); 400 for an end not after the start or over ten years after it",
+                    "x-hexpulse-group": "pilots_write",
+                    "parameters": [pilot_id()],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["end"], "additionalProperties": false, "properties": {"end": {"type": ["string", "null"], "format": "date-time"}}}}}},
+                    "responses": {"200": {"description": "the pilot as stored now", "content": {"application/json": {}}}, "400": {"$ref": "#/components/responses/Error"}, "401": {"$ref": "#/components/responses/Error"}, "403": {"$ref": "#/components/responses/Error"}, "404": {"$ref": "#/components/responses/Error"}, "503": {"$ref": "#/components/responses/Error"}}
+                },
                 "delete": {
                     "summary": "Deletes a pilot",
                     "x-hexpulse-group": "pilots_write",

@@ -9,8 +9,9 @@
 //! computation once the area is past its bound: a hostile polygon costs at most
 //! `max_area_vertices` points and `max_area_cells` cells.
 //!
-//! Pilots live next to the lake's tables, one JSON object each under `_pilots/` (written once, never
-//! overwritten), so they survive restarts and every replica of the query service sees the same set.
+//! Pilots live next to the lake's tables, one JSON object each under `_pilots/` (created with a
+//! conditional put; only the end can be edited later), so they survive restarts and every replica
+//! of the query service sees the same set.
 
 use std::collections::BTreeSet;
 use std::str::FromStr;
@@ -210,6 +211,20 @@ impl Pilots {
         Ok(pilot)
     }
 
+    /// Sets (or, with `None`, clears) the end of pilot `id`: the pilot as stored now, or `None`
+    /// when there is none. The same checks as at creation: after the start, within ten years of it.
+    pub async fn set_end(&self, id: &str, end: Option<&str>) -> Result<Option<Pilot>, PilotError> {
+        let Some(mut pilot) = self.get(id).await? else {
+            return Ok(None);
+        };
+        let end_ms = end.map(|e| rfc3339_ms("end", e)).transpose()?;
+        check_end(pilot.start_ms, end_ms)?;
+        pilot.end_ms = end_ms;
+        pilot.end = end_ms.map(ms_rfc3339);
+        self.store.replace(&pilot.id, &pilot).await?;
+        Ok(Some(pilot))
+    }
+
     /// The pilot `new` describes, without storing it.
     fn build(&self, new: NewPilot, created_by: &str, now_ms: i64) -> Result<Pilot, PilotError> {
         let name = new.name.trim().to_string();
@@ -225,16 +240,11 @@ impl Pilots {
             .as_deref()
             .map(|e| rfc3339_ms("end", e))
             .transpose()?;
-        if end_ms.is_some_and(|e| e <= start_ms) {
-            return Err(invalid("bad_pilot", "end: must be after start"));
-        }
         // Reports cover the pilot and as long before it, in hours or days: bounded spans.
         if (start_ms - now_ms).abs() > MAX_SPAN_MS {
             return Err(invalid("bad_pilot", "start: within ten years of now"));
         }
-        if end_ms.is_some_and(|e| e - start_ms > MAX_SPAN_MS) {
-            return Err(invalid("bad_pilot", "end: at most ten years after start"));
-        }
+        check_end(start_ms, end_ms)?;
         let (baseline, baseline_is_default) = match new.baseline {
             Some(b) => {
                 let ok = |v: f64| v.is_finite() && v > 0.0;
@@ -378,6 +388,17 @@ fn pilot_id(name: &str, cells: &[String], start_ms: i64, now_ms: i64) -> String 
     h.update(start_ms.to_le_bytes());
     h.update(now_ms.to_le_bytes());
     hex::encode(&h.finalize()[..8])
+}
+
+/// An end after the start, within ten years of it (a report's span is bounded).
+fn check_end(start_ms: i64, end_ms: Option<i64>) -> Result<(), PilotError> {
+    if end_ms.is_some_and(|e| e <= start_ms) {
+        return Err(invalid("bad_pilot", "end: must be after start"));
+    }
+    if end_ms.is_some_and(|e| e - start_ms > MAX_SPAN_MS) {
+        return Err(invalid("bad_pilot", "end: at most ten years after start"));
+    }
+    Ok(())
 }
 
 fn rfc3339_ms(field: &str, s: &str) -> Result<i64, PilotError> {

@@ -7,7 +7,7 @@
 //!   `application/json` (default), `text/csv`, `application/vnd.apache.arrow.stream`.
 //! - `GET /v1/devices/{device}/status`, `/v1/devices/status?bbox=`: device status from a cache that
 //!   follows the lake ([`devices`], [`crate::status`]).
-//! - `GET`/`POST /v1/pilots`, `GET`/`DELETE /v1/pilots/{id}`, `GET /v1/pilots/{id}/report`:
+//! - `GET`/`POST /v1/pilots`, `GET`/`PATCH`/`DELETE /v1/pilots/{id}`, `GET /v1/pilots/{id}/report`:
 //!   pilots and their reports ([`pilots`], [`crate::pilots`]).
 //! - `GET`/`POST /v1/alerts/rules`, `GET`/`DELETE /v1/alerts/rules/{id}`: alert rules
 //!   ([`alerts`], [`crate::alerts`]; the alerts role evaluates them).
@@ -333,9 +333,11 @@ impl Query {
             )
             .route(
                 "/v1/pilots/{id}",
-                get(pilots::get)
-                    .layer(group("pilots"))
-                    .merge(delete(pilots::delete).layer(group("pilots_write"))),
+                get(pilots::get).layer(group("pilots")).merge(
+                    delete(pilots::delete)
+                        .patch(pilots::edit)
+                        .layer(group("pilots_write")),
+                ),
             )
             .route(
                 "/v1/alerts/rules",

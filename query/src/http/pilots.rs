@@ -1,5 +1,5 @@
-//! Pilots (`pilots` group to read, `pilots_write` to create and delete): `GET`/`POST /v1/pilots`,
-//! `GET`/`DELETE /v1/pilots/{id}` over the store of [`crate::pilots`], and
+//! Pilots (`pilots` group to read, `pilots_write` to create, end and delete): `GET`/`POST
+//! /v1/pilots`, `GET`/`PATCH`/`DELETE /v1/pilots/{id}` over the store of [`crate::pilots`], and
 //! `GET /v1/pilots/{id}/report` ([`crate::pilots::report`]).
 
 use std::collections::HashMap;
@@ -121,6 +121,46 @@ pub(crate) async fn create(
             tracing::info!(id = %p.id, name = %p.name, cells = p.cells.len(), by = %by, "pilot created");
             (StatusCode::CREATED, Json(p)).into_response()
         }
+        Err(e) => answer(e),
+    }
+}
+
+/// `PATCH /v1/pilots/{id}`'s body: the end to set, or `null` to clear it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewEnd {
+    end: Option<String>,
+}
+
+/// `PATCH /v1/pilots/{id}`: sets or clears the pilot's end (`{"end": "2026-12-31T00:00:00Z"}` or
+/// `{"end": null}`); the rest of a pilot does not change once made.
+pub(crate) async fn edit(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = bad_id(&id) {
+        return r;
+    }
+    let new: NewEnd = match serde_json::from_slice(&body) {
+        Ok(n) => n,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_pilot",
+                format!(
+                    "the body must be {{\"end\": an RFC 3339 time or null}} (only the end of a \
+                     pilot can change): {e}"
+                ),
+            );
+        }
+    };
+    match st.pilots.set_end(&id, new.end.as_deref()).await {
+        Ok(Some(p)) => {
+            tracing::info!(id = %p.id, end = ?p.end, "pilot end set");
+            Json(p).into_response()
+        }
+        Ok(None) => not_found(&id),
         Err(e) => answer(e),
     }
 }

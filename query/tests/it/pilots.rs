@@ -31,6 +31,7 @@ pub(crate) async fn call(
     let client = reqwest::Client::new();
     let mut rb = match method {
         "POST" => client.post(url),
+        "PATCH" => client.patch(url),
         "DELETE" => client.delete(url),
         _ => client.get(url),
     }
@@ -164,6 +165,52 @@ async fn pilots_are_kept_checked_and_survive_a_restart() {
         (s, e["error"]["code"].as_str()),
         (404, Some("unknown_pilot"))
     );
+
+    // The end can be set later, and cleared; nothing else changes, and a bad end is refused.
+    let one = format!("{pilots}/{id}");
+    let (s, ended) = call(
+        "PATCH",
+        &one,
+        "operator",
+        Some(json!({"end": "2027-02-01T00:00:00+01:00"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{ended}");
+    assert_eq!(ended["end"], "2027-01-31T23:00:00.000Z", "{ended}");
+    let mut same = ended.clone();
+    same["end"] = a["end"].clone();
+    same["end_ms"] = a["end_ms"].clone();
+    assert_eq!(same, a, "only the end changed");
+    let (s, _) = call("PATCH", &one, "planner", Some(json!({"end": null}))).await;
+    assert_eq!(s, 403, "a planner cannot end a pilot");
+    for (body, words) in [
+        (json!({"end": "2020-01-01T00:00:00Z"}), "after start"),
+        (json!({"end": "tomorrow"}), "RFC 3339"),
+        (json!({"end": null, "name": "renamed"}), "only the end"),
+    ] {
+        let (s, e) = call("PATCH", &one, "operator", Some(body)).await;
+        assert_eq!(s, 400, "{e}");
+        let message = e["error"]["message"].as_str().unwrap();
+        assert!(message.contains(words), "{words}: {message}");
+    }
+    let (s, e) = call(
+        "PATCH",
+        &format!("{pilots}/0123456789abcdef"),
+        "operator",
+        Some(json!({"end": null})),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (404, Some("unknown_pilot"))
+    );
+    let (s, open) = call("PATCH", &one, "operator", Some(json!({"end": null}))).await;
+    assert_eq!(
+        (s, &open["end"], &open["end_ms"]),
+        (200, &Value::Null, &Value::Null)
+    );
+    let (s, back) = call("PATCH", &one, "operator", Some(json!({"end": a["end"]}))).await;
+    assert_eq!((s, &back), (200, &a), "the end as made again");
 
     // A restart keeps them; a deletion is kept too.
     stop.cancel();
