@@ -293,14 +293,17 @@ impl Alerts {
         }
     }
 
-    /// Sends the outbox's due events in order; whether the outbox changed.
+    /// Sends the outbox's due events in order, until one fails: the receiver is then taken to be
+    /// down, and the rest wait for the next round, so a receiver that hangs costs its rule one
+    /// `timeout` a round, not one per event. Whether the outbox changed.
     async fn deliver_due(&self, rule: &Rule, state: &mut RuleState) -> bool {
         let cfg = self.rules.config();
         let mut changed = false;
+        let mut failed = false;
         let mut keep = Vec::new();
         for mut p in std::mem::take(&mut state.outbox) {
             let now = now_ms();
-            if p.next_attempt_ms > now {
+            if failed || p.next_attempt_ms > now {
                 keep.push(p);
                 continue;
             }
@@ -312,6 +315,7 @@ impl Alerts {
                 }
                 Err(e) => {
                     metrics::counter!(DELIVERIES, "result" => "failed").increment(1);
+                    failed = true;
                     p.attempts += 1;
                     if now - p.fired_at_ms >= cfg.give_up_after.as_millis() as i64 {
                         metrics::counter!(DROPPED).increment(1);
