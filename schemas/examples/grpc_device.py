@@ -114,6 +114,13 @@ def seq_of(pb, item):
     return pb.Reading.FromString(item.payload).seq
 
 
+def refused(answer):
+    """The refused items of a batch's answer as `; refused [(index, code, message), ...]`, or ''."""
+    if not answer.rejected:
+        return ""
+    return "; refused " + repr([(r.index, r.code, r.message) for r in answer.rejected])
+
+
 def verdict_of(answer, index):
     for r in answer.rejected:
         if r.index == index:
@@ -165,7 +172,7 @@ def main():
         answer = ingest.Submit(batch, timeout=30)
         take(batch, answer)
         checks.expect("submit_accepts", answer.accepted == args.batch_size and not answer.rejected,
-                      f"accepted {answer.accepted} of {args.batch_size}")
+                      f"accepted {answer.accepted} of {args.batch_size}{refused(answer)}")
 
     # One stream of batches: one answer per batch, in order.
     sent = [pb.ReadingBatch(readings=[devices[i % len(devices)].heartbeat()
@@ -178,7 +185,8 @@ def main():
         if a.WhichOneof("outcome") == "verdicts":
             take(batch, a.verdicts)
     full = [a.verdicts.accepted for a in answers if a.WhichOneof("outcome") == "verdicts"]
-    checks.expect("stream_accepts", full == [args.batch_size] * len(sent), f"accepted {full}")
+    refusals = "".join(refused(a.verdicts) for a in answers if a.WhichOneof("outcome") == "verdicts")
+    checks.expect("stream_accepts", full == [args.batch_size] * len(sent), f"accepted {full}{refusals}")
 
     vectors = []
     if args.checks:
