@@ -120,11 +120,7 @@ impl Registry {
     }
 
     fn replace(&self, devices: Vec<Device>) -> Result<()> {
-        let mut map = HashMap::with_capacity_and_hasher(devices.len(), Default::default());
-        for d in devices {
-            let k = d.parsed_key()?;
-            map.insert(k.to_bytes(), (d, k));
-        }
+        let map = keyed(devices)?;
         self.inner.write().expect("registry lock").devices = map;
         Ok(())
     }
@@ -214,8 +210,12 @@ impl Registry {
         let Some(path) = &self.path else {
             return Ok(false);
         };
+        // Under the lock from the stamp to the swap: an edit (which writes the file under it)
+        // falling between the file's read and the swap would see its device dropped from memory,
+        // and from the file at the next edit, which writes what memory holds.
+        let mut snap = self.inner.write().expect("registry lock");
         let stamp = file_stamp(path);
-        if stamp == self.inner.read().expect("registry lock").stamp {
+        if stamp == snap.stamp {
             return Ok(false);
         }
         let devices = if stamp.is_some() {
@@ -223,8 +223,8 @@ impl Registry {
         } else {
             Vec::new()
         };
-        self.replace(devices)?;
-        self.inner.write().expect("registry lock").stamp = stamp;
+        snap.devices = keyed(devices)?;
+        snap.stamp = stamp;
         Ok(true)
     }
 
@@ -243,6 +243,16 @@ impl Registry {
         })
         .await;
     }
+}
+
+/// Devices by their parsed keys.
+fn keyed(devices: Vec<Device>) -> Result<HashMap<[u8; 32], (Device, VerifyingKey)>> {
+    let mut map = HashMap::with_capacity_and_hasher(devices.len(), Default::default());
+    for d in devices {
+        let k = d.parsed_key()?;
+        map.insert(k.to_bytes(), (d, k));
+    }
+    Ok(map)
 }
 
 fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
@@ -312,6 +322,32 @@ mod tests {
             lng: 13.4,
             owner: format!("owner{i}"),
         }
+    }
+
+    /// Edits racing the file watcher's reloads keep every device, in memory and in the file (a
+    /// reload that read the file before an edit and swapped after it dropped the edit's device).
+    #[test]
+    fn edits_racing_reloads_lose_no_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.json");
+        let reg = Registry::open(&path).unwrap();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (reg, done) = (reg.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    reg.reload_if_changed().unwrap();
+                }
+            })
+        };
+        for i in 1..=150u8 {
+            reg.upsert(device(i)).unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        watcher.join().unwrap();
+        reg.reload_if_changed().unwrap();
+        assert_eq!(reg.len(), 150);
+        assert_eq!(read_file(&path).unwrap().len(), 150);
     }
 
     #[test]
