@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::error::error;
+use super::error::{error, json_body};
 use super::state::AppState;
 use crate::alerts::{NewRule, RuleError};
 use crate::auth::Caller;
@@ -63,19 +63,14 @@ pub(crate) async fn create(
     caller: Option<axum::Extension<Caller>>,
     body: Bytes,
 ) -> Response {
-    let new: NewRule = match serde_json::from_slice(&body) {
+    let new: NewRule = match json_body(
+        &body,
+        "bad_rule",
+        "a JSON alert rule: {\"name\", \"condition\" (kind device_offline, hex_metric or \
+         pilot_coverage_drop, schemas/ALERTS.md), \"webhook\": {\"url\", \"secret\"}}",
+    ) {
         Ok(n) => n,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_rule",
-                format!(
-                    "the body must be a JSON alert rule: {{\"name\", \"condition\" (kind \
-                     device_offline, hex_metric or pilot_coverage_drop, schemas/ALERTS.md), \
-                     \"webhook\": {{\"url\", \"secret\"}}}}: {e}"
-                ),
-            );
-        }
+        Err(r) => return r,
     };
     let by = caller.map_or_else(
         || "anonymous".to_string(),

@@ -63,6 +63,24 @@ pub(crate) fn sql_error(e: SqlError) -> Response {
     )
 }
 
+/// A request body as JSON of type `T`, or a 400 `code` that says what the body must be (`shape`)
+/// and what was wrong with it.
+// The error is the answer itself, built once per bad request: boxing it would buy nothing.
+#[allow(clippy::result_large_err)]
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    code: &str,
+    shape: &str,
+) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            code,
+            format!("the body must be {shape}: {e}"),
+        )
+    })
+}
+
 pub(crate) fn bad_param(e: params::BadParam) -> Response {
     error(
         StatusCode::BAD_REQUEST,

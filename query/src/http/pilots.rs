@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::area::{freshness, geojson};
-use super::error::error;
+use super::error::{error, json_body};
 use super::state::AppState;
 use crate::auth::Caller;
 use crate::geo::{Hex, feature_collection};
@@ -98,18 +98,14 @@ pub(crate) async fn create(
     caller: Option<axum::Extension<Caller>>,
     body: Bytes,
 ) -> Response {
-    let new: NewPilot = match serde_json::from_slice(&body) {
+    let new: NewPilot = match json_body(
+        &body,
+        "bad_pilot",
+        "a JSON pilot: {\"name\", \"area\" (GeoJSON polygon) or \"cells\", \"start\", \
+         optional \"end\" and \"baseline\"}",
+    ) {
         Ok(n) => n,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_pilot",
-                format!(
-                    "the body must be a JSON pilot: {{\"name\", \"area\" (GeoJSON polygon) or \
-                     \"cells\", \"start\", optional \"end\" and \"baseline\"}}: {e}"
-                ),
-            );
-        }
+        Err(r) => return r,
     };
     let by = caller.map_or_else(
         || "anonymous".to_string(),
@@ -142,18 +138,13 @@ pub(crate) async fn edit(
     if let Some(r) = bad_id(&id) {
         return r;
     }
-    let new: NewEnd = match serde_json::from_slice(&body) {
+    let new: NewEnd = match json_body(
+        &body,
+        "bad_pilot",
+        "{\"end\": an RFC 3339 time or null} (only the end of a pilot can change)",
+    ) {
         Ok(n) => n,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_pilot",
-                format!(
-                    "the body must be {{\"end\": an RFC 3339 time or null}} (only the end of a \
-                     pilot can change): {e}"
-                ),
-            );
-        }
+        Err(r) => return r,
     };
     match st.pilots.set_end(&id, new.end.as_deref()).await {
         Ok(Some(p)) => {
