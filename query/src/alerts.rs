@@ -21,7 +21,9 @@ use std::collections::BTreeSet;
 use std::str::FromStr;
 use std::time::Duration;
 
-use hexpulse_lake::{Lake, LakeError};
+use hexpulse_lake::Lake;
+
+use crate::objects::{ObjectError, invalid};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -233,27 +235,9 @@ impl Rule {
     }
 }
 
-/// Why a rule was refused or could not be stored.
-#[derive(Debug, thiserror::Error)]
-pub enum RuleError {
-    /// 400: the request is wrong; the code names what (`bad_rule`, `unknown_metric`,
-    /// `webhook_not_allowed`, `unknown_pilot`).
-    #[error("{message}")]
-    Invalid { code: &'static str, message: String },
-    /// 409: `max_rules` are stored.
-    #[error("{0} rules are stored, the most this service keeps (max_rules)")]
-    Full(usize),
-    /// 503: the lake's store failed.
-    #[error("rule store: {0}")]
-    Store(#[from] LakeError),
-}
-
-fn invalid(code: &'static str, message: impl Into<String>) -> RuleError {
-    RuleError::Invalid {
-        code,
-        message: message.into(),
-    }
-}
+/// Why a rule was refused (`bad_rule`, `unknown_metric`, `webhook_not_allowed`, `unknown_pilot`,
+/// `too_many_rules`) or could not be stored.
+pub type RuleError = ObjectError;
 
 fn bad(message: impl Into<String>) -> RuleError {
     invalid("bad_rule", message)
@@ -308,7 +292,12 @@ impl Rules {
         }
         let stored = self.store.count().await?;
         if stored >= self.cfg.max_rules {
-            return Err(RuleError::Full(stored));
+            return Err(ObjectError::Full {
+                code: "too_many_rules",
+                message: format!(
+                    "{stored} rules are stored, the most this service keeps (max_rules)"
+                ),
+            });
         }
         let rule = Rule {
             id: rule_id(&new, now_ms),

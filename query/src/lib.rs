@@ -35,6 +35,7 @@ pub mod http;
 pub mod live;
 pub mod mvt;
 mod objects;
+pub use objects::ObjectError;
 pub mod openapi;
 pub mod params;
 pub mod pg;

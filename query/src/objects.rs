@@ -6,6 +6,31 @@ use hexpulse_lake::{Lake, LakeError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// Why a request about a stored object (a pilot, an alert rule) was refused or failed: the same
+/// three ways for each kind, answered alike (`http::error::object_error`).
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    /// 400: the request is wrong; the code names what (`bad_area`, `bad_rule`, `unknown_metric`,
+    /// `area_too_large`, ...).
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    /// 409: as many objects of the kind are stored as the service keeps; the code names the kind
+    /// (`too_many_pilots`, `too_many_rules`).
+    #[error("{message}")]
+    Full { code: &'static str, message: String },
+    /// 503: the lake's store failed.
+    #[error("object store: {0}")]
+    Store(#[from] LakeError),
+}
+
+/// A 400 with its code.
+pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> ObjectError {
+    ObjectError::Invalid {
+        code,
+        message: message.into(),
+    }
+}
+
 /// The objects under one prefix of the lake's store.
 pub(crate) struct Objects {
     lake: Lake,

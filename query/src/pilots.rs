@@ -19,7 +19,9 @@ use std::str::FromStr;
 use ::geo::{Coord, LineString, MultiPolygon, Polygon, Validation};
 use h3o::geom::{ContainmentMode, TilerBuilder};
 use h3o::{CellIndex, Resolution};
-use hexpulse_lake::{Lake, LakeError};
+use hexpulse_lake::Lake;
+
+use crate::objects::{ObjectError, invalid};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -128,29 +130,9 @@ pub struct Pilot {
     pub created_by: String,
 }
 
-/// Why a pilot was refused or could not be stored.
-#[derive(Debug, thiserror::Error)]
-pub enum PilotError {
-    /// 400: the request is wrong; the code names what (`bad_area`, `bad_pilot`).
-    #[error("{message}")]
-    Invalid { code: &'static str, message: String },
-    /// 400: the area is past `max_area_cells`.
-    #[error("the area holds more than {max} cells at resolution {res} (max_area_cells)")]
-    TooLarge { max: usize, res: u8 },
-    /// 409: `max_pilots` are stored.
-    #[error("{0} pilots are stored, the most this service keeps (max_pilots)")]
-    Full(usize),
-    /// 503: the lake's store failed.
-    #[error("pilot store: {0}")]
-    Store(#[from] LakeError),
-}
-
-fn invalid(code: &'static str, message: impl Into<String>) -> PilotError {
-    PilotError::Invalid {
-        code,
-        message: message.into(),
-    }
-}
+/// Why a pilot was refused (`bad_area`, `bad_pilot`, `area_too_large`, `too_many_pilots`) or could
+/// not be stored.
+pub type PilotError = ObjectError;
 
 fn bad_area(message: impl Into<String>) -> PilotError {
     invalid("bad_area", message)
@@ -199,7 +181,12 @@ impl Pilots {
         let pilot = self.build(new, created_by, now_ms)?;
         let stored = self.store.count().await?;
         if stored >= self.cfg.max_pilots {
-            return Err(PilotError::Full(stored));
+            return Err(ObjectError::Full {
+                code: "too_many_pilots",
+                message: format!(
+                    "{stored} pilots are stored, the most this service keeps (max_pilots)"
+                ),
+            });
         }
         if !self.store.create(&pilot.id, &pilot).await? {
             // The same name, area and times within the same millisecond: the same pilot twice.
@@ -311,33 +298,34 @@ impl Pilots {
         // The tiler's estimate is from bounding boxes: far above the real count for a thin
         // diagonal shape, so only a wide margin refuses before tiling.
         if tiler.coverage_size_hint() > self.cfg.max_area_cells.saturating_mul(50) {
-            return Err(PilotError::TooLarge {
-                max: self.cfg.max_area_cells,
-                res: self.cfg.resolution,
-            });
+            return Err(self.too_large());
         }
         let mut cells = BTreeSet::new();
         for cell in tiler.into_coverage() {
             cells.insert(cell);
             if cells.len() > self.cfg.max_area_cells {
-                return Err(PilotError::TooLarge {
-                    max: self.cfg.max_area_cells,
-                    res: self.cfg.resolution,
-                });
+                return Err(self.too_large());
             }
         }
         Ok(cells)
     }
 
+    /// The 400 of an area past `max_area_cells`.
+    fn too_large(&self) -> PilotError {
+        invalid(
+            "area_too_large",
+            format!(
+                "the area holds more than {} cells at resolution {} (max_area_cells)",
+                self.cfg.max_area_cells, self.cfg.resolution
+            ),
+        )
+    }
+
     /// Listed cells at the pilots' resolution: a coarser cell stands for its children, a finer
     /// one for its parent.
     fn listed_cells(&self, listed: &[String]) -> Result<BTreeSet<CellIndex>, PilotError> {
-        let too_large = || PilotError::TooLarge {
-            max: self.cfg.max_area_cells,
-            res: self.cfg.resolution,
-        };
         if listed.len() > self.cfg.max_area_cells {
-            return Err(too_large());
+            return Err(self.too_large());
         }
         let mut cells = BTreeSet::new();
         for (i, s) in listed.iter().enumerate() {
@@ -345,14 +333,14 @@ impl Pilots {
                 .map_err(|_| bad_area(format!("cells[{i}]: {s:?} is not an H3 cell")))?;
             if cell.resolution() <= self.res {
                 if cell.children_count(self.res) > self.cfg.max_area_cells as u64 {
-                    return Err(too_large());
+                    return Err(self.too_large());
                 }
                 cells.extend(cell.children(self.res));
             } else if let Some(parent) = cell.parent(self.res) {
                 cells.insert(parent);
             }
             if cells.len() > self.cfg.max_area_cells {
-                return Err(too_large());
+                return Err(self.too_large());
             }
         }
         Ok(cells)
@@ -562,8 +550,7 @@ mod tests {
 
     fn code(e: PilotError) -> String {
         match e {
-            PilotError::Invalid { code, message } => format!("{code}: {message}"),
-            PilotError::TooLarge { .. } => "area_too_large".into(),
+            ObjectError::Invalid { code, message } => format!("{code}: {message}"),
             other => other.to_string(),
         }
     }
@@ -615,7 +602,7 @@ mod tests {
             p.build(new(square(13.0, 52.0, 2.0)), "op", NOW)
                 .unwrap_err(),
         );
-        assert_eq!(e, "area_too_large");
+        assert!(e.starts_with("area_too_large: "), "{e}");
         let e = code(p.build(new(json!("Berlin")), "op", NOW).unwrap_err());
         assert!(e.starts_with("bad_area"), "{e}");
         let tiny = square(13.4, 52.5, 0.0001);
@@ -672,10 +659,8 @@ mod tests {
         let mut huge = new(Value::Null);
         huge.area = None;
         huge.cells = Some(vec![r7.parent(Resolution::Zero).unwrap().to_string()]);
-        assert_eq!(
-            code(p.build(huge, "op", NOW).unwrap_err()),
-            "area_too_large"
-        );
+        let e = code(p.build(huge, "op", NOW).unwrap_err());
+        assert!(e.starts_with("area_too_large: "), "{e}");
     }
 
     #[tokio::test]
@@ -712,6 +697,10 @@ mod tests {
             .create(new(square(13.2, 52.4, 0.05)), "op", NOW + 2)
             .await
             .unwrap_err();
-        assert!(matches!(e, PilotError::Full(1)), "{e}");
+        assert!(
+            matches!(&e, ObjectError::Full { code: "too_many_pilots", message }
+                if message.starts_with("1 pilots are stored")),
+            "{e}"
+        );
     }
 }

@@ -11,26 +11,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::error::{error, json_body};
+use super::error::{error, json_body, object_error};
 use super::state::AppState;
-use crate::alerts::{NewRule, RuleError};
+use crate::alerts::NewRule;
 use crate::auth::Caller;
-
-fn answer(e: RuleError) -> Response {
-    let (status, code, retry) = match &e {
-        RuleError::Invalid { code, .. } => (StatusCode::BAD_REQUEST, *code, None),
-        RuleError::Full(_) => (StatusCode::CONFLICT, "too_many_rules", None),
-        RuleError::Store(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            Some(5),
-        ),
-    };
-    if retry.is_some() {
-        tracing::warn!(error = %e, "alert rule store failed");
-    }
-    hexpulse_common::http::error_answer(status, code, e, retry)
-}
 
 fn not_found(id: &str) -> Response {
     error(
@@ -46,7 +30,7 @@ pub(crate) async fn list(State(st): State<Arc<AppState>>) -> Response {
             "rules": all.iter().map(|r| r.public()).collect::<Vec<_>>(),
         }))
         .into_response(),
-        Err(e) => answer(e),
+        Err(e) => object_error(e),
     }
 }
 
@@ -54,7 +38,7 @@ pub(crate) async fn get(State(st): State<Arc<AppState>>, Path(id): Path<String>)
     match st.alerts.get(&id).await {
         Ok(Some(r)) => Json(r.public()).into_response(),
         Ok(None) => not_found(&id),
-        Err(e) => answer(e),
+        Err(e) => object_error(e),
     }
 }
 
@@ -82,7 +66,7 @@ pub(crate) async fn create(
             tracing::info!(id = %r.id, name = %r.name, kind = r.condition.kind(), by = %by, "alert rule created");
             (StatusCode::CREATED, Json(r.public())).into_response()
         }
-        Err(e) => answer(e),
+        Err(e) => object_error(e),
     }
 }
 
@@ -90,6 +74,6 @@ pub(crate) async fn delete(State(st): State<Arc<AppState>>, Path(id): Path<Strin
     match st.alerts.delete(&id).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => not_found(&id),
-        Err(e) => answer(e),
+        Err(e) => object_error(e),
     }
 }

@@ -5,6 +5,7 @@
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 
+use crate::objects::ObjectError;
 use crate::params;
 use crate::sql::SqlError;
 
@@ -52,6 +53,24 @@ pub(crate) async fn json_errors(resp: Response) -> Response {
         }
     }
     out
+}
+
+/// A pilot's or an alert rule's refusal (400 or 409 with its code) or its store's failure (503,
+/// retry in 5 s; logged).
+pub(crate) fn object_error(e: ObjectError) -> Response {
+    let (status, code, retry) = match &e {
+        ObjectError::Invalid { code, .. } => (StatusCode::BAD_REQUEST, *code, None),
+        ObjectError::Full { code, .. } => (StatusCode::CONFLICT, *code, None),
+        ObjectError::Store(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            Some(5),
+        ),
+    };
+    if retry.is_some() {
+        tracing::warn!(error = %e, "pilot or alert rule store failed");
+    }
+    hexpulse_common::http::error_answer(status, code, e, retry)
 }
 
 pub(crate) fn sql_error(e: SqlError) -> Response {

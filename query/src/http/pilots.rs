@@ -13,29 +13,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::area::{freshness, geojson};
-use super::error::{error, json_body};
+use super::error::{error, json_body, object_error};
 use super::state::AppState;
 use crate::auth::Caller;
 use crate::geo::{Hex, feature_collection};
 use crate::pilots::report::{self, Answers, Window};
-use crate::pilots::{NewPilot, Pilot, PilotError};
-
-fn answer(e: PilotError) -> Response {
-    let (status, code, retry) = match &e {
-        PilotError::Invalid { code, .. } => (StatusCode::BAD_REQUEST, *code, None),
-        PilotError::TooLarge { .. } => (StatusCode::BAD_REQUEST, "area_too_large", None),
-        PilotError::Full(_) => (StatusCode::CONFLICT, "too_many_pilots", None),
-        PilotError::Store(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            Some(5),
-        ),
-    };
-    if retry.is_some() {
-        tracing::warn!(error = %e, "pilot store failed");
-    }
-    hexpulse_common::http::error_answer(status, code, e, retry)
-}
+use crate::pilots::{NewPilot, Pilot};
 
 /// A pilot without its cells, for lists: the cells are in `GET /v1/pilots/{id}`.
 fn summary(p: &Pilot) -> serde_json::Value {
@@ -59,7 +42,7 @@ pub(crate) async fn list(State(st): State<Arc<AppState>>) -> Response {
             "pilots": all.iter().map(summary).collect::<Vec<_>>(),
         }))
         .into_response(),
-        Err(e) => answer(e),
+        Err(e) => object_error(e),
     }
 }
 
@@ -81,7 +64,7 @@ pub(crate) async fn get(State(st): State<Arc<AppState>>, Path(id): Path<String>)
     match st.pilots.get(&id).await {
         Ok(Some(p)) => Json(p).into_response(),
         Ok(None) => not_found(&id),
-        Err(e) => answer(e),
+        Err(e) => object_error(e),
     }
 }
 
@@ -117,7 +100,7 @@ pub(crate) async fn create(
             tracing::info!(id = %p.id, name = %p.name, cells = p.cells.len(), by = %by, "pilot created");
             (StatusCode::CREATED, Json(p)).into_response()
         }
-        Err(e) => answer(e),
+        Err(e) => object_error(e),
     }
 }
 
@@ -152,7 +135,7 @@ pub(crate) async fn edit(
             Json(p).into_response()
         }
         Ok(None) => not_found(&id),
-        Err(e) => answer(e),
+        Err(e) => object_error(e),
     }
 }
 
@@ -163,7 +146,7 @@ pub(crate) async fn delete(State(st): State<Arc<AppState>>, Path(id): Path<Strin
     match st.pilots.delete(&id).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => not_found(&id),
-        Err(e) => answer(e),
+        Err(e) => object_error(e),
     }
 }
 
@@ -193,7 +176,7 @@ pub(crate) async fn report(
     let pilot = match st.pilots.get(&id).await {
         Ok(Some(p)) => p,
         Ok(None) => return not_found(&id),
-        Err(e) => return answer(e),
+        Err(e) => return object_error(e),
     };
     let (body, states) = match compute(&st, &pilot).await {
         Ok(r) => r,
