@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::eval::{Firing, Sources};
-use super::{Rule, Rules, state_path};
+use super::{AlertsConfig, Rule, Rules, state_path};
 use crate::params::rfc3339;
 
 const EVALUATIONS: &str = "hexpulse_alerts_evaluations_total";
@@ -293,45 +293,16 @@ impl Alerts {
         }
     }
 
-    /// Sends the outbox's due events in order, until one fails: the receiver is then taken to be
-    /// down, and the rest wait for the next round, so a receiver that hangs costs its rule one
-    /// `timeout` a round, not one per event. Whether the outbox changed.
+    /// Sends the rule's due events (`deliver_outbox`): whether its outbox changed.
     async fn deliver_due(&self, rule: &Rule, state: &mut RuleState) -> bool {
-        let cfg = self.rules.config();
-        let mut changed = false;
-        let mut failed = false;
-        let mut keep = Vec::new();
-        for mut p in std::mem::take(&mut state.outbox) {
-            let now = now_ms();
-            if failed || p.next_attempt_ms > now {
-                keep.push(p);
-                continue;
-            }
-            changed = true;
-            match self.send(rule, &p).await {
-                Ok(()) => {
-                    metrics::counter!(DELIVERIES, "result" => "ok").increment(1);
-                    tracing::info!(rule = %rule.id, event_id = %p.event_id, attempts = p.attempts + 1, "alert delivered");
-                }
-                Err(e) => {
-                    metrics::counter!(DELIVERIES, "result" => "failed").increment(1);
-                    failed = true;
-                    p.attempts += 1;
-                    if now - p.fired_at_ms >= cfg.give_up_after.as_millis() as i64 {
-                        metrics::counter!(DROPPED).increment(1);
-                        tracing::error!(rule = %rule.id, event_id = %p.event_id, attempts = p.attempts, error = %e, "alert dropped: not delivered within give_up_after");
-                        continue;
-                    }
-                    let wait = backoff(cfg.backoff_min, cfg.backoff_max, p.attempts);
-                    tracing::warn!(rule = %rule.id, event_id = %p.event_id, attempts = p.attempts, retry_in = ?wait, error = %e, "alert delivery failed");
-                    p.next_attempt_ms = now + wait.as_millis() as i64;
-                    p.last_error = Some(e);
-                    keep.push(p);
-                }
-            }
-        }
-        state.outbox = keep;
-        changed
+        deliver_outbox(
+            &rule.id,
+            self.rules.config(),
+            state,
+            now_ms,
+            |p| async move { self.send(rule, &p).await },
+        )
+        .await
     }
 
     async fn send(&self, rule: &Rule, p: &Pending) -> Result<(), String> {
@@ -361,6 +332,53 @@ impl Alerts {
             Err(format!("the receiver answered {}", r.status()))
         }
     }
+}
+
+/// Sends the outbox's due events in order through `send`, until one fails: the receiver is then
+/// taken to be down, and the rest wait for the next round, so a receiver that hangs costs its rule
+/// one `timeout` a round, not one per event. A failed event waits its backoff, or is dropped once
+/// it is `give_up_after` old. Whether the outbox changed.
+async fn deliver_outbox<F: Future<Output = Result<(), String>>>(
+    rule_id: &str,
+    cfg: &AlertsConfig,
+    state: &mut RuleState,
+    now_ms: impl Fn() -> i64,
+    send: impl Fn(Pending) -> F,
+) -> bool {
+    let mut changed = false;
+    let mut failed = false;
+    let mut keep = Vec::new();
+    for mut p in std::mem::take(&mut state.outbox) {
+        let now = now_ms();
+        if failed || p.next_attempt_ms > now {
+            keep.push(p);
+            continue;
+        }
+        changed = true;
+        match send(p.clone()).await {
+            Ok(()) => {
+                metrics::counter!(DELIVERIES, "result" => "ok").increment(1);
+                tracing::info!(rule = %rule_id, event_id = %p.event_id, attempts = p.attempts + 1, "alert delivered");
+            }
+            Err(e) => {
+                metrics::counter!(DELIVERIES, "result" => "failed").increment(1);
+                failed = true;
+                p.attempts += 1;
+                if now - p.fired_at_ms >= cfg.give_up_after.as_millis() as i64 {
+                    metrics::counter!(DROPPED).increment(1);
+                    tracing::error!(rule = %rule_id, event_id = %p.event_id, attempts = p.attempts, error = %e, "alert dropped: not delivered within give_up_after");
+                    continue;
+                }
+                let wait = backoff(cfg.backoff_min, cfg.backoff_max, p.attempts);
+                tracing::warn!(rule = %rule_id, event_id = %p.event_id, attempts = p.attempts, retry_in = ?wait, error = %e, "alert delivery failed");
+                p.next_attempt_ms = now + wait.as_millis() as i64;
+                p.last_error = Some(e);
+                keep.push(p);
+            }
+        }
+    }
+    state.outbox = keep;
+    changed
 }
 
 /// Runs the alerts role over `cfg`'s lake until `stop`: `hexpulse alerts`, and inside `hexpulse
@@ -466,6 +484,60 @@ mod tests {
         assert!(apply(&r, &mut s, vec![firing("a", 30)], &[], 100, 4000));
         assert_eq!(s.outbox.len(), 2);
         assert_ne!(s.outbox[0].event_id, s.outbox[1].event_id);
+    }
+
+    fn pending(id: &str, fired_at_ms: i64) -> Pending {
+        Pending {
+            event: Value::Null,
+            event_id: id.into(),
+            fired_at_ms,
+            attempts: 0,
+            next_attempt_ms: 0,
+            last_error: None,
+        }
+    }
+
+    /// A receiver that fails (or hangs until the client's timeout) is tried once a round, whatever
+    /// the number of due events: the first waits its backoff, the others are not tried. A later
+    /// round sends the others in order, and the first once its backoff is over; an event older than
+    /// `give_up_after` is dropped at its next failure.
+    #[tokio::test]
+    async fn a_failing_receiver_is_tried_once_a_round() {
+        let cfg = AlertsConfig::default();
+        let mut s = RuleState {
+            outbox: (0..5).map(|i| pending(&format!("e{i}"), 1_000)).collect(),
+            ..RuleState::default()
+        };
+        let tried = std::sync::Mutex::new(Vec::new());
+        let down = |p: Pending| {
+            tried.lock().unwrap().push(p.event_id);
+            async { Err("the receiver did not answer within the timeout".to_string()) }
+        };
+        assert!(deliver_outbox("r", &cfg, &mut s, || 2_000, down).await);
+        assert_eq!(*tried.lock().unwrap(), ["e0"]);
+        assert_eq!(s.outbox.len(), 5);
+        assert_eq!(s.outbox[0].attempts, 1);
+        let retry_at = 2_000 + cfg.backoff_min.as_millis() as i64;
+        assert_eq!(s.outbox[0].next_attempt_ms, retry_at);
+        assert!(s.outbox[1..].iter().all(|p| p.attempts == 0));
+
+        // Up again, before the first event's backoff is over: the other four go, in order.
+        tried.lock().unwrap().clear();
+        let up = |p: Pending| {
+            tried.lock().unwrap().push(p.event_id);
+            async { Ok(()) }
+        };
+        assert!(deliver_outbox("r", &cfg, &mut s, || retry_at - 1, up).await);
+        assert_eq!(*tried.lock().unwrap(), ["e1", "e2", "e3", "e4"]);
+        assert_eq!(s.outbox.len(), 1);
+        // Nothing due: nothing tried, nothing changed.
+        tried.lock().unwrap().clear();
+        assert!(!deliver_outbox("r", &cfg, &mut s, || retry_at - 1, up).await);
+        assert!(tried.lock().unwrap().is_empty());
+        // Past give_up_after, a failure drops it.
+        let late = 1_000 + cfg.give_up_after.as_millis() as i64;
+        assert!(deliver_outbox("r", &cfg, &mut s, || late, down).await);
+        assert!(s.outbox.is_empty());
     }
 
     #[test]
