@@ -50,7 +50,7 @@ pub struct DoorsArgs {
 const DOORS: [(&str, &str); 5] = [
     (
         "flight-sql",
-        "arrow-flight FlightSqlServiceClient (tonic, adaptive HTTP/2 window)",
+        "arrow-flight FlightSqlServiceClient (tonic, adaptive HTTP/2 window, 1 MiB frames)",
     ),
     ("postgres", "psql -A -t (text rows)"),
     ("http-json", "reqwest, POST /v1/sql?format=json"),
@@ -100,9 +100,12 @@ async fn in_process(q: &hexpulse_query::Query, sql: &str) -> anyhow::Result<Fetc
 
 async fn flight(addr: std::net::SocketAddr, sql: &str) -> anyhow::Result<Fetched> {
     // HTTP/2 flow control sized to the connection, as grpc-go (ADBC's driver) and grpc-java size it:
-    // with h2's fixed 64 KiB window the client, not the door, would set the pace.
+    // with h2's fixed 64 KiB window the client, not the door, would set the pace. Frames of up to
+    // 1 MiB instead of h2's 16 KiB: a 1M-row answer is about 180 MB of Arrow IPC, and 16 KiB frames
+    // cost a wake-up each (measured 2026-12-05: 2.17M against 2.99M rows/s, medians of 7).
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .http2_adaptive_window(true)
+        .max_frame_size(1 << 20)
         .connect()
         .await?;
     let mut client = FlightSqlServiceClient::new(channel);
