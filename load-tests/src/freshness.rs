@@ -71,6 +71,11 @@ pub struct Figures {
     pub max_ms: f64,
     /// Probe readings accepted but never seen by the end of the run.
     pub unseen: usize,
+    /// How long the query service took to answer a poll (each poll's whole round trip): the part
+    /// of freshness that is the query's own latency rather than the pipeline's.
+    pub poll_p50_ms: f64,
+    pub poll_p99_ms: f64,
+    pub poll_max_ms: f64,
 }
 
 impl Probe {
@@ -207,16 +212,20 @@ async fn poll_until_seen(
 ) -> Figures {
     let mut seen_up_to = 0u64;
     let mut samples: Vec<f64> = Vec::new();
+    let mut polls: Vec<f64> = Vec::new();
     let mut tail_deadline: Option<Instant> = None;
     loop {
         if stop.is_cancelled() && tail_deadline.is_none() {
             tail_deadline = Some(Instant::now() + timing.tail);
         }
         let snapshot = accepted.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(s) = door.visible_up_to(&snapshot).await
+        let asked = Instant::now();
+        let visible = door.visible_up_to(&snapshot).await;
+        let now = Instant::now();
+        polls.push(now.duration_since(asked).as_secs_f64() * 1000.0);
+        if let Some(s) = visible
             && s > seen_up_to
         {
-            let now = Instant::now();
             for (_, at) in snapshot.range(seen_up_to + 1..=s) {
                 samples.push(now.duration_since(*at).as_secs_f64() * 1000.0);
             }
@@ -228,9 +237,18 @@ async fn poll_until_seen(
             .range(seen_up_to + 1..)
             .count();
         if tail_deadline.is_some_and(|d| Instant::now() >= d || pending == 0) {
-            let mut f = summarize(samples);
-            f.unseen = pending;
-            return f;
+            let polls = Percentiles::of(polls);
+            let f = Percentiles::of(samples);
+            return Figures {
+                samples: f.n,
+                p50_ms: f.p50,
+                p99_ms: f.p99,
+                max_ms: f.max,
+                unseen: pending,
+                poll_p50_ms: polls.p50,
+                poll_p99_ms: polls.p99,
+                poll_max_ms: polls.max,
+            };
         }
         tokio::time::sleep(timing.poll).await;
     }
@@ -348,21 +366,30 @@ fn cell_filter_of(row: &serde_json::Map<String, serde_json::Value>) -> Option<St
     Some(format!(" AND {col} = {cell}"))
 }
 
-fn summarize(mut samples: Vec<f64>) -> Figures {
-    samples.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        if samples.is_empty() {
-            0.0
-        } else {
-            samples[((samples.len() - 1) as f64 * p).round() as usize]
+/// Nearest-rank percentiles of a sample, in its unit (zeros when it is empty).
+struct Percentiles {
+    n: usize,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Percentiles {
+    fn of(mut samples: Vec<f64>) -> Percentiles {
+        samples.sort_by(f64::total_cmp);
+        let pct = |p: f64| {
+            if samples.is_empty() {
+                0.0
+            } else {
+                samples[((samples.len() - 1) as f64 * p).round() as usize]
+            }
+        };
+        Percentiles {
+            n: samples.len(),
+            p50: pct(0.5),
+            p99: pct(0.99),
+            max: samples.last().copied().unwrap_or(0.0),
         }
-    };
-    Figures {
-        samples: samples.len(),
-        p50_ms: pct(0.5),
-        p99_ms: pct(0.99),
-        max_ms: samples.last().copied().unwrap_or(0.0),
-        unseen: 0,
     }
 }
 

@@ -467,3 +467,38 @@ impl Catalog {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refresh replaces the catalog, and the one it replaces is dropped with every table in it
+    /// (here: the live tier's hold on the stream tables' ends, which trimming waits for). With
+    /// `pg_catalog` holding its own catalog list strongly, the count rose by four per refresh.
+    #[tokio::test]
+    async fn a_replaced_catalog_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let live = Arc::new(LiveTier::new(&["http://127.0.0.1:9".into()], 1 << 20).unwrap());
+        let catalog = Catalog::open(
+            lake,
+            Arc::new(RuntimeEnv::default()),
+            64 << 20,
+            Some(live.clone()),
+        )
+        .await
+        .unwrap();
+        let one = live.catalogs_alive();
+        assert_eq!(one, hexpulse_lake::unit::STREAM_TABLES.len());
+        // A query running on the current catalog keeps it alive through a refresh, and only it.
+        let held = catalog.context().0;
+        for _ in 0..3 {
+            catalog.refresh().await.unwrap();
+        }
+        assert_eq!(live.catalogs_alive(), 2 * one);
+        drop(held);
+        assert_eq!(live.catalogs_alive(), one);
+        drop(catalog);
+        assert_eq!(live.catalogs_alive(), 0);
+    }
+}

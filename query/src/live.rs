@@ -39,6 +39,10 @@ pub const LIVE_FULL: &str = "hexpulse_query_live_full_total";
 /// One poll round over every source and stream table: how far behind the processors' live rows
 /// the mirror runs, on top of the poll interval.
 pub const LIVE_POLL_SECONDS: &str = "hexpulse_query_live_poll_seconds";
+/// Stream tables of the catalogs alive ([`LiveTier::catalogs_alive`]): about four (one catalog)
+/// when the service is idle; a figure that only grows means catalogs are not dropped, and the
+/// mirror stops trimming.
+pub const LIVE_CATALOGS: &str = "hexpulse_query_live_catalogs";
 
 /// A partition of a topic.
 pub type TopicPartition = (String, i32);
@@ -299,6 +303,15 @@ impl LiveTier {
         c.push(Arc::downgrade(ends));
     }
 
+    /// The stream tables of catalogs still alive (a catalog has one per stream table): those of
+    /// the current catalog and of any query still running on an older one. Trimming waits for the
+    /// oldest, so a catalog that is never dropped would hold every live row from then on.
+    pub fn catalogs_alive(&self) -> usize {
+        let mut c = self.catalogs.lock().expect("live lock");
+        c.retain(|w| w.strong_count() > 0);
+        c.len()
+    }
+
     /// Drops the rows that every live catalog's snapshot holds.
     fn trim(&self) {
         let alive: Vec<Arc<Ends>> = {
@@ -306,6 +319,7 @@ impl LiveTier {
             c.retain(|w| w.strong_count() > 0);
             c.iter().filter_map(Weak::upgrade).collect()
         };
+        metrics::gauge!(LIVE_CATALOGS).set(alive.len() as f64);
         // Per table and partition: the lowest end any live catalog reads from.
         let mut floor: BTreeMap<(usize, &TopicPartition), Option<i64>> = BTreeMap::new();
         for e in &alive {

@@ -12,7 +12,7 @@
 //! [`schema`] is registered in each context over that context's own catalog list, so that a caller
 //! without `raw` does not find the private tables in `pg_class` either.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 use datafusion::arrow::array::{Array, AsArray, StringArray};
 use datafusion::arrow::datatypes::DataType;
@@ -145,8 +145,23 @@ fn current_schemas() -> ScalarUDF {
 /// list in hash order, which differs between contexts: a client that read a table's OID and then
 /// asked for its columns by that OID (psql's `\d`, DBeaver) found nothing when a refresh fell in
 /// between. In name order, equal tables get equal OIDs in every context.
+///
+/// Held weakly: `pg_catalog` lives in the very catalog list it describes, so a strong reference
+/// made a cycle, and no context was ever dropped. Every catalog refresh (twice a second) then kept
+/// its whole context, and the live tier, which trims the rows that every catalog alive has in its
+/// snapshot, stopped trimming: its mirror filled up and skipped polls, and fresh readings went
+/// unseen for seconds (issue #26). A query holds its context's list while it runs, so the list is
+/// there whenever `pg_catalog` is read.
 #[derive(Debug, Clone)]
-struct NameOrder(Arc<dyn CatalogProviderList>);
+struct NameOrder(Weak<dyn CatalogProviderList>);
+
+impl NameOrder {
+    fn list(&self) -> Result<Arc<dyn CatalogProviderList>> {
+        self.0
+            .upgrade()
+            .ok_or_else(|| DataFusionError::Execution("the catalog was replaced; ask again".into()))
+    }
+}
 
 fn sorted(mut names: Vec<String>) -> Vec<String> {
     names.sort_unstable();
@@ -156,15 +171,15 @@ fn sorted(mut names: Vec<String>) -> Vec<String> {
 #[async_trait::async_trait]
 impl CatalogInfo for NameOrder {
     async fn catalog_names(&self) -> Result<Vec<String>> {
-        Ok(sorted(CatalogInfo::catalog_names(&self.0).await?))
+        Ok(sorted(CatalogInfo::catalog_names(&self.list()?).await?))
     }
 
     async fn schema_names(&self, catalog: &str) -> Result<Option<Vec<String>>> {
-        Ok(self.0.schema_names(catalog).await?.map(sorted))
+        Ok(self.list()?.schema_names(catalog).await?.map(sorted))
     }
 
     async fn table_names(&self, catalog: &str, schema: &str) -> Result<Option<Vec<String>>> {
-        Ok(self.0.table_names(catalog, schema).await?.map(sorted))
+        Ok(self.list()?.table_names(catalog, schema).await?.map(sorted))
     }
 
     async fn table_schema(
@@ -173,7 +188,7 @@ impl CatalogInfo for NameOrder {
         schema: &str,
         table: &str,
     ) -> Result<Option<SchemaRef>> {
-        self.0.table_schema(catalog, schema, table).await
+        self.list()?.table_schema(catalog, schema, table).await
     }
 
     async fn table_type(
@@ -182,7 +197,7 @@ impl CatalogInfo for NameOrder {
         schema: &str,
         table: &str,
     ) -> Result<Option<TableType>> {
-        self.0.table_type(catalog, schema, table).await
+        self.list()?.table_type(catalog, schema, table).await
     }
 }
 
@@ -198,7 +213,7 @@ impl CatalogInfo for NameOrder {
 /// context over the same tables, before any client reads.
 pub async fn schema(ctx: &SessionContext) -> Result<()> {
     let provider = PgCatalogSchemaProvider::try_new(
-        NameOrder(ctx.state().catalog_list().clone()),
+        NameOrder(Arc::downgrade(ctx.state().catalog_list())),
         static_tables()?,
         EmptyContextProvider,
     )?;
