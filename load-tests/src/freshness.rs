@@ -76,6 +76,10 @@ pub struct Figures {
     pub poll_p50_ms: f64,
     pub poll_p99_ms: f64,
     pub poll_max_ms: f64,
+    /// The slowest readings, slowest first, at most five: `[accepted, freshness]`, accepted in
+    /// seconds after the probe began (to place them in the run: its start, the units' commits,
+    /// its end), freshness in ms.
+    pub slowest: Vec<[f64; 2]>,
 }
 
 impl Probe {
@@ -138,18 +142,30 @@ impl Probe {
                         })),
                     };
                     let s = sign_reading(&key, &r);
-                    let first = ledger.as_ref().map(|l| {
-                        let mut l = l.lock().expect("lock");
-                        l.sent.push(Sent {
-                            key: hex::encode(&s.public_key),
-                            seq,
-                            kind: KindName::Heartbeat,
-                            class: crate::adversary::Class::Valid,
-                            rows: 1,
-                            answer: Answer::Pending,
-                        });
-                        l.sent.len() - 1
-                    });
+                    // The ledger's lock is held for whole batches while the simulator presigns:
+                    // waited for on an async worker, it stalled this runtime's other tasks (the
+                    // pollers, whose stalls counted as seconds of freshness), so it is taken on
+                    // the blocking pool.
+                    let first = match &ledger {
+                        Some(l) => {
+                            let (l, key) = (l.clone(), hex::encode(&s.public_key));
+                            tokio::task::spawn_blocking(move || {
+                                let mut l = l.lock().unwrap_or_else(|e| e.into_inner());
+                                l.sent.push(Sent {
+                                    key,
+                                    seq,
+                                    kind: KindName::Heartbeat,
+                                    class: crate::adversary::Class::Valid,
+                                    rows: 1,
+                                    answer: Answer::Pending,
+                                });
+                                l.sent.len() - 1
+                            })
+                            .await
+                            .ok()
+                        }
+                        None => None,
+                    };
                     let body = ReadingBatch { readings: vec![s] }.encode_to_vec();
                     let resp = client
                         .post(&url)
@@ -164,14 +180,22 @@ impl Probe {
                         }
                         Err(_) => (0, serde_json::Value::Null),
                     };
+                    // Accepted when the answer arrived, whatever the ledger waits for after.
+                    let answered = Instant::now();
                     if let (Some(l), Some(first)) = (&ledger, first) {
-                        l.lock().expect("lock").answer(first, 1, status, &json);
+                        let (l, json) = (l.clone(), json.clone());
+                        let _ = tokio::task::spawn_blocking(move || {
+                            l.lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .answer(first, 1, status, &json)
+                        })
+                        .await;
                     }
                     if status == 200 && json["accepted"].as_u64() == Some(1) {
                         accepted
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .insert(seq, Instant::now());
+                            .insert(seq, answered);
                     }
                 }
             })
@@ -211,7 +235,9 @@ async fn poll_until_seen(
     mut door: impl Visible,
 ) -> Figures {
     let mut seen_up_to = 0u64;
+    let began = Instant::now();
     let mut samples: Vec<f64> = Vec::new();
+    let mut slowest: Vec<[f64; 2]> = Vec::new();
     let mut polls: Vec<f64> = Vec::new();
     let mut tail_deadline: Option<Instant> = None;
     loop {
@@ -227,7 +253,11 @@ async fn poll_until_seen(
             && s > seen_up_to
         {
             for (_, at) in snapshot.range(seen_up_to + 1..=s) {
-                samples.push(now.duration_since(*at).as_secs_f64() * 1000.0);
+                let ms = now.duration_since(*at).as_secs_f64() * 1000.0;
+                samples.push(ms);
+                slowest.push([at.duration_since(began).as_secs_f64(), ms]);
+                slowest.sort_by(|a, b| b[1].total_cmp(&a[1]));
+                slowest.truncate(5);
             }
             seen_up_to = s;
         }
@@ -248,6 +278,7 @@ async fn poll_until_seen(
                 poll_p50_ms: polls.p50,
                 poll_p99_ms: polls.p99,
                 poll_max_ms: polls.max,
+                slowest,
             };
         }
         tokio::time::sleep(timing.poll).await;

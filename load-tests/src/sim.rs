@@ -226,8 +226,9 @@ pub async fn run(
             // Minutes of CPU work: off the async workers (the runtime is multi-threaded).
             #[expect(
                 clippy::disallowed_methods,
-                reason = "before any traffic starts, nothing else waits on this worker; the work \
-                          borrows the run's state, which spawn_blocking cannot"
+                reason = "before any traffic starts; the worker's other tasks (the freshness \
+                          probe) move to another worker, and the work borrows the run's state, \
+                          which spawn_blocking cannot"
             )]
             let batches = tokio::task::block_in_place(|| {
                 let mut batches = Vec::new();
