@@ -180,22 +180,23 @@ impl Probe {
                         }
                         Err(_) => (0, serde_json::Value::Null),
                     };
-                    // Accepted when the answer arrived, whatever the ledger waits for after.
-                    let answered = Instant::now();
+                    // Accepted when the answer arrived, and known to the pollers at once: the
+                    // ledger may wait for the presigning's lock, and a reading visible before the
+                    // pollers know it was accepted taught the coverage poll nothing (below).
+                    if status == 200 && json["accepted"].as_u64() == Some(1) {
+                        accepted
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(seq, Instant::now());
+                    }
                     if let (Some(l), Some(first)) = (&ledger, first) {
-                        let (l, json) = (l.clone(), json.clone());
+                        let l = l.clone();
                         let _ = tokio::task::spawn_blocking(move || {
                             l.lock()
                                 .unwrap_or_else(|e| e.into_inner())
                                 .answer(first, 1, status, &json)
                         })
                         .await;
-                    }
-                    if status == 200 && json["accepted"].as_u64() == Some(1) {
-                        accepted
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(seq, answered);
                     }
                 }
             })
@@ -366,10 +367,22 @@ impl Visible for CoverageCount<'_> {
             .iter()
             .filter_map(|f| f["properties"]["heartbeats"].as_u64())
             .sum();
-        // The n-th accepted reading, by sequence number (n = 0: none).
-        let n = usize::try_from(n).ok()?.checked_sub(1)?;
-        accepted.keys().nth(n).copied()
+        visible_of_count(n, accepted)
     }
+}
+
+/// The highest probe sequence number that `n` visible heartbeats show: the n-th accepted reading
+/// by sequence number (one device, one partition, in order; n = 0: none). With more heartbeats
+/// than accepted readings known to the poll (a reading visible before its answer reached the
+/// probe), every one known is visible; answering nothing there held coverage's freshness back by
+/// seconds while the simulator presigned.
+fn visible_of_count(n: u64, accepted: &BTreeMap<u64, Instant>) -> Option<u64> {
+    let n = usize::try_from(n).ok()?.checked_sub(1)?;
+    accepted
+        .keys()
+        .nth(n)
+        .or_else(|| accepted.keys().next_back())
+        .copied()
 }
 
 /// The cell filter from one of the probe's rows ([`cell_filter_of`]), or `None` when there is no row.
@@ -427,6 +440,18 @@ impl Percentiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_count_of_heartbeats_shows_the_readings_up_to_the_nth() {
+        let now = Instant::now();
+        let accepted: BTreeMap<u64, Instant> = [(10, now), (11, now), (13, now)].into();
+        assert_eq!(visible_of_count(0, &accepted), None);
+        assert_eq!(visible_of_count(1, &accepted), Some(10));
+        assert_eq!(visible_of_count(3, &accepted), Some(13));
+        // A reading visible before the probe knew it was accepted: all it knows are visible.
+        assert_eq!(visible_of_count(4, &accepted), Some(13));
+        assert_eq!(visible_of_count(1, &BTreeMap::new()), None);
+    }
 
     #[test]
     fn the_cell_filter_uses_the_coarsest_h3_column() {
