@@ -9,8 +9,8 @@
 //!
 //! The end-to-end figure is the sustained rate from simulator to queryable Parquet: readings
 //! acknowledged by ingest divided by the time from the first send until the lake held every one of
-//! them (the run plus the accounting's settle time). It is compared with half the raw batch-verify
-//! rate of one core, measured in the same run.
+//! them (the run plus the accounting's settle time). It is compared with the raw batch-verify rate
+//! of one core, measured in the same run: issue #26 asks for 0.75 of it.
 
 use hexpulse_schemas::sign::rates;
 use std::collections::BTreeMap;
@@ -75,8 +75,9 @@ pub struct E2eReport {
     pub visible_s: f64,
     /// acknowledged / (send_s + visible_s).
     pub end_to_end_per_s: f64,
-    /// The limit: half of one core's raw batch-verify rate, the higher of the two measurements.
-    pub limit_per_s: f64,
+    /// One core's raw batch-verify rate, the higher of the two measurements.
+    pub one_core_batch_verify_per_s: f64,
+    /// `end_to_end_per_s` over it (issue #26's target: 0.75).
     pub ratio: f64,
     pub accounting_mismatches: u64,
     pub freshness_p50_ms: f64,
@@ -251,7 +252,7 @@ pub async fn e2e(cfg: Config, a: E2eArgs) -> anyhow::Result<()> {
     let send_s = s["elapsed_s"].as_f64().unwrap_or(0.0);
     let visible_s = acct["visible_s"].as_f64().unwrap_or(f64::NAN);
     let end_to_end_per_s = acknowledged as f64 / (send_s + visible_s).max(1e-9);
-    let limit_per_s = 0.5 * raw.batch128_per_s.max(raw_after.batch128_per_s);
+    let one_core = raw.batch128_per_s.max(raw_after.batch128_per_s);
     let report = E2eReport {
         target_rate: a.rate,
         presigned: a.presign,
@@ -264,8 +265,8 @@ pub async fn e2e(cfg: Config, a: E2eArgs) -> anyhow::Result<()> {
         send_s,
         visible_s,
         end_to_end_per_s,
-        limit_per_s,
-        ratio: end_to_end_per_s / limit_per_s,
+        one_core_batch_verify_per_s: one_core,
+        ratio: end_to_end_per_s / one_core,
         accounting_mismatches: acct["mismatch_total"].as_u64().unwrap_or(u64::MAX),
         freshness_p50_ms: s["freshness"]["p50_ms"].as_f64().unwrap_or(0.0),
         freshness_p99_ms: s["freshness"]["p99_ms"].as_f64().unwrap_or(0.0),
@@ -278,10 +279,10 @@ pub async fn e2e(cfg: Config, a: E2eArgs) -> anyhow::Result<()> {
         simulate: s.clone(),
     };
     eprintln!(
-        "[bench] end to end: {:.0} readings/s sustained (limit {:.0}/s = half a core's batch verify; ratio {:.2}); mismatches {}; freshness p50 {:.0} ms p99 {:.0} ms (SQL), p50 {:.0} ms p99 {:.0} ms (coverage); the SQL poll's own answer time p99 {:.0} ms",
+        "[bench] end to end: {:.0} readings/s sustained ({:.2} of one core's raw batch verify, {:.0}/s; target 0.75); mismatches {}; freshness p50 {:.0} ms p99 {:.0} ms (SQL), p50 {:.0} ms p99 {:.0} ms (coverage); the SQL poll's own answer time p99 {:.0} ms",
         report.end_to_end_per_s,
-        report.limit_per_s,
         report.ratio,
+        report.one_core_batch_verify_per_s,
         report.accounting_mismatches,
         report.freshness_p50_ms,
         report.freshness_p99_ms,
