@@ -28,12 +28,11 @@ fi
 echo "== processor"
 "$BIN" bench process --out load-tests/results/process.json
 echo "== end to end (every role its own process; accounting, freshness, peak RSS)"
-"$BIN" bench e2e --broker-pid "$(cat "${HEXPULSE_CACHE:-$HOME/.cache/hexpulse}/run/broker-$PORT/pid")" \
-  --out load-tests/results/e2e.json
+BROKER_PID="$(cat "${HEXPULSE_CACHE:-$HOME/.cache/hexpulse}/run/broker-$PORT/pid")"
+"$BIN" bench e2e --broker-pid "$BROKER_PID" --out load-tests/results/e2e.json
 echo "== end to end at half the sustained rate (issue #26's freshness at half load)"
 HALF="$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["end_to_end_per_s"] / 2))' load-tests/results/e2e.json)"
-"$BIN" bench e2e --rate "$HALF" --broker-pid "$(cat "${HEXPULSE_CACHE:-$HOME/.cache/hexpulse}/run/broker-$PORT/pid")" \
-  --out load-tests/results/e2e-half.json
+"$BIN" bench e2e --rate "$HALF" --broker-pid "$BROKER_PID" --out load-tests/results/e2e-half.json
 echo "== Delta log: six simulated hours with the whole log kept, and a simulated day with the log cleaned"
 # (A whole day kept with a checkpoint every minute takes about 6 GB and half an hour.)
 "$BIN" bench lake --hours 6 --out load-tests/results/lake.json
