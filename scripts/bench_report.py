@@ -89,11 +89,13 @@ def stages(results):
                              note=f"batch of 128 {r['batch128_per_s']:.0f}/s ({r['batch128_per_s'] / serial['batch128_per_s']:.2f}x serial); "
                                   f"ingest's verifier, batches of 200: {r['ingest200_clean_per_s']:.0f}/s"))
     if ingest:
-        raw = ingest["raw_verify"]["batch128_per_s"]
+        rv = ingest["raw_verify"]
+        # Reports before 2026-12-05 had no fastest_batch_per_s: their yardstick was ed25519-dalek's batch.
+        raw = rv.get("fastest_batch_per_s", rv["batch128_per_s"])
         out.append(stage("raw Ed25519 batch verify, one core", round(raw), "verifies/s", None, "reference", None,
-                         "hexpulse bench ingest (raw_verify)", note=f"{ingest['raw_verify'].get('backend', 'unnamed')} backend; single verify {ingest['raw_verify']['single_per_s']:.0f}/s"
-                         + (f"; our rule (ZIP-215, ed25519-zebra): batch of 128 {ingest['raw_verify']['batch128_rule_per_s']:.0f}/s, "
-                            f"single {ingest['raw_verify']['single_rule_per_s']:.0f}/s" if "batch128_rule_per_s" in ingest["raw_verify"] else "")))
+                         "hexpulse bench ingest (raw_verify)", note=f"{rv.get('backend', 'unnamed')} backend; the faster of ed25519-dalek's batch of 128 "
+                         f"({rv['batch128_per_s']:.0f}/s) and our rule's (ZIP-215; {rv.get('batch128_rule_per_s', float('nan')):.0f}/s); "
+                         f"single verify {rv['single_per_s']:.0f}/s (dalek), {rv.get('single_rule_per_s', float('nan')):.0f}/s (our rule)"))
         rv = ingest["raw_verify"]
         if "ingest200_bad1pct_planned_per_s" in rv:
             out.append(stage("ingest verifier, 1% bad signatures (two in each batch of 200)",
@@ -104,7 +106,7 @@ def stages(results):
                              note=f"batch sizes planned from the running share of bad signatures; not expecting them "
                                   f"{rv['ingest200_bad1pct_blind_per_s']:.0f}/s; single verify {rv['single_per_s']:.0f}/s"))
         http = ingest["http"]
-        doors = [("ingest (HTTP)", http, 0.70, "per ingest core-second"),
+        doors = [("ingest (HTTP)", http, 0.90, "per ingest core-second"),
                  ("ingest (gRPC stream)", ingest["grpc"], round(http["ratio_to_raw_batch_verify"], 2),
                   "per ingest core-second; target: HTTP's ratio in this run")]
         if ingest.get("mqtt"):
@@ -126,7 +128,8 @@ def stages(results):
                          process["plain_rows_per_core_s_median"] / target,
                          "hexpulse bench process", target=1.0, note="median of three runs, re-verification off"))
         out.append(stage("processor with re-verification", round(process["runs"][-1]["readings_per_core_s"]),
-                         "readings per processor core-second", round(process["raw_verify"]["batch128_per_s"]),
+                         "readings per processor core-second",
+                         round(process["raw_verify"].get("fastest_batch_per_s", process["raw_verify"]["batch128_per_s"])),
                          "raw batch verify of one core (same run)", process["reverify_ratio_to_raw_batch_verify"],
                          "hexpulse bench process"))
     if e2e:
@@ -138,8 +141,8 @@ def stages(results):
                          note=f"{e2e['acknowledged']} readings acknowledged in {e2e['send_s']:.0f} s at a {e2e['target_rate']:.0f}/s target, "
                               f"adversarial share {e2e['adversarial_share']} per class, accounting mismatches {e2e['accounting_mismatches']}"
                               + ("; readings signed before the clock started (--presign)" if e2e.get("presigned") else "")
-                              + (f"; raw batch verify {e2e['raw_verify']['batch128_per_s']:.0f}/s before, "
-                                 f"{e2e['raw_verify_after']['batch128_per_s']:.0f}/s after" if "raw_verify_after" in e2e else "")))
+                              + (f"; raw batch verify {e2e['raw_verify'].get('fastest_batch_per_s', e2e['raw_verify']['batch128_per_s']):.0f}/s before, "
+                                 f"{e2e['raw_verify_after'].get('fastest_batch_per_s', e2e['raw_verify_after']['batch128_per_s']):.0f}/s after" if "raw_verify_after" in e2e else "")))
         out.extend(freshness_stages(e2e, "", 2000, "issue #26: 2 s at the full load", "hexpulse bench e2e"))
         half = load(results, "e2e-half")
         if half:

@@ -2,8 +2,8 @@
 //!
 //! The signed message is [`DOMAIN_PREFIX`] followed by the payload bytes exactly as sent. The prefix
 //! keeps a Hexpulse signature from being valid in any other protocol that signs raw bytes with the
-//! same key. Verification follows ZIP-215 (ed25519-zebra: canonical `S`, the cofactored equation),
-//! the same rule alone and in a batch, and refuses a small-order `R`; keys of small order are refused
+//! same key. Verification follows ZIP-215 (canonical `S`, the cofactored equation: ed25519-zebra's
+//! rule, written here on curve25519-dalek, see [`accepts`]), the same rule alone and in a batch, and refuses a small-order `R`; keys of small order are refused
 //! before any signature is looked at. Signing uses ed25519-dalek.
 //!
 //! [`verify_batch`] checks many signatures with one multiscalar multiplication. When a batch fails,
@@ -12,7 +12,12 @@
 //! running [`BadShare`]) and picks the first batch size from it: under a steady trickle of bad
 //! signatures a large batch would almost always fail, and checking it first would only add its cost.
 
+use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use sha2::{Digest, Sha512};
 
 /// Domain separation prefix prepended to the payload before signing.
 pub const DOMAIN_PREFIX: &[u8] = b"hexpulse/v1/reading\x00";
@@ -120,33 +125,89 @@ pub fn verify(
     }
 }
 
-/// The acceptance rule: ZIP-215's (canonical `S`, the cofactored equation
-/// `[8][S]B = [8]R + [8][k]A`), which a batch check and a single check share (ed25519-zebra), and
-/// `R` not of small order (our own refusal, made the same way in both). Keys of small order are
-/// refused when parsed ([`parse_public_key`]). ed25519-dalek's `verify_strict` checks the
-/// cofactorless equation and its batch a randomised cofactorless one, so a signature whose `R` has
-/// a small-order component failed alone and passed some batches, depending on its neighbours.
+/// The acceptance rule: ZIP-215's (canonical `S`, `R` any encoding that decompresses, the
+/// cofactored equation `[8][S]B = [8]R + [8][k]A` with `k = H(R || A || M)`), which a batch check
+/// and a single check share, and `R` not of small order (our own refusal, made the same way in
+/// both). Keys of small order are refused when parsed ([`parse_public_key`]). ed25519-dalek's
+/// `verify_strict` checks the cofactorless equation and its batch a randomised cofactorless one, so
+/// a signature whose `R` has a small-order component failed alone and passed some batches,
+/// depending on its neighbours.
+///
+/// The equations are written here on curve25519-dalek, as ed25519-zebra writes them, because
+/// zebra's API takes a key as bytes and decompresses it again for every check: about a quarter of a
+/// batch's cost per signature. Here the key's point comes from the [`VerifyingKey`], decompressed
+/// once when the registry parsed it. ed25519-zebra stays the reference: the tests compare every
+/// verdict with its single and batch verifiers (`sign/tests.rs`).
 fn accepts(key: &VerifyingKey, message: &[u8], signature: &Signature) -> bool {
-    !r_is_small_order(signature)
-        && ed25519_zebra::VerificationKey::try_from(key.to_bytes())
-            .and_then(|k| k.verify(signature, message))
-            .is_ok()
+    if r_is_small_order(signature) {
+        return false;
+    }
+    let Some((r, s)) = signature_parts(signature) else {
+        return false;
+    };
+    let k = challenge(key, message, signature);
+    let r_expected = EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &-key.to_edwards(), &s);
+    (r - r_expected).mul_by_cofactor().is_identity()
+}
+
+/// `R` decompressed (any encoding of a point, as ZIP-215 allows) and `S`, which must be canonical
+/// (below the group order); `None` when either is not.
+fn signature_parts(signature: &Signature) -> Option<(EdwardsPoint, Scalar)> {
+    let r = CompressedEdwardsY(*signature.r_bytes()).decompress()?;
+    let s = Option::from(Scalar::from_canonical_bytes(*signature.s_bytes()))?;
+    Some((r, s))
+}
+
+/// The challenge `k = H(R || A || M)`, with `A` as the key's bytes (as sent, not re-encoded).
+fn challenge(key: &VerifyingKey, message: &[u8], signature: &Signature) -> Scalar {
+    let mut h = Sha512::new();
+    h.update(signature.r_bytes());
+    h.update(key.as_bytes());
+    h.update(message);
+    Scalar::from_bytes_mod_order_wide(&h.finalize().into())
 }
 
 /// One batch check of ZIP-215's equation over the items whose `R` is not of small order (those are
 /// refused without it): true when every one of them holds.
+///
+/// With a random 128-bit `z_i` per item, the batch holds when
+/// `[8]([-Σ z_i S_i]B + Σ [z_i]R_i + Σ_A [Σ_{i by A} z_i k_i]A) = 0`: the terms of one key are
+/// merged into one point of the multiscalar multiplication (a device signs many readings of a
+/// batch), so `n` items by `m` keys need `n + m + 1` points.
 fn batch_holds_zip215(keys: &[VerifyingKey], messages: &[&[u8]], signatures: &[Signature]) -> bool {
-    let mut batch = ed25519_zebra::batch::Verifier::new();
-    for ((k, m), s) in keys.iter().zip(messages).zip(signatures) {
-        if !r_is_small_order(s) {
-            batch.queue((
-                ed25519_zebra::VerificationKeyBytes::from(k.to_bytes()),
-                *s,
-                *m,
-            ));
+    use rand10::RngExt;
+    let mut rng = rand10::rng();
+    let n = signatures.len();
+    let mut b_coeff = Scalar::ZERO;
+    let (mut r_coeffs, mut r_points) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut a_coeffs, mut a_points) = (Vec::<Scalar>::new(), Vec::<EdwardsPoint>::new());
+    let mut key_slot: std::collections::HashMap<&[u8; PUBLIC_KEY_LEN], usize> =
+        std::collections::HashMap::with_capacity(n);
+    for ((key, message), signature) in keys.iter().zip(messages).zip(signatures) {
+        if r_is_small_order(signature) {
+            continue;
         }
+        let Some((r, s)) = signature_parts(signature) else {
+            return false;
+        };
+        let z = Scalar::from(rng.random::<u128>());
+        b_coeff -= z * s;
+        r_coeffs.push(z);
+        r_points.push(r);
+        let slot = *key_slot.entry(key.as_bytes()).or_insert_with(|| {
+            a_points.push(key.to_edwards());
+            a_coeffs.push(Scalar::ZERO);
+            a_points.len() - 1
+        });
+        a_coeffs[slot] += z * challenge(key, message, signature);
     }
-    batch.verify(rand10::rng()).is_ok()
+    let sum = EdwardsPoint::vartime_multiscalar_mul(
+        std::iter::once(&b_coeff).chain(&a_coeffs).chain(&r_coeffs),
+        std::iter::once(&ED25519_BASEPOINT_POINT)
+            .chain(&a_points)
+            .chain(&r_points),
+    );
+    sum.mul_by_cofactor().is_identity()
 }
 
 /// One item of a batch verification.

@@ -159,7 +159,7 @@ pub async fn ingest(
         let r = bench::raw_verify_now().await;
         eprintln!(
             "[bench] round {round}: raw batch verify {:.0}/s on one core",
-            r.batch128_per_s
+            r.fastest_batch_per_s
         );
         raw.push(r);
     }
@@ -168,8 +168,8 @@ pub async fn ingest(
     let report =
         bench::IngestReport::new(raw, http, grpc, mqtt).context("the benchmark ran no round")?;
     eprintln!(
-        "[bench] medians of {rounds} rounds: raw batch verify {:.0}/s/core; ratio to it: http {:.2} (target >= 0.70), grpc {:.2} (target >= http's), mqtt {} (target >= 0.70)",
-        report.raw_verify.batch128_per_s,
+        "[bench] medians of {rounds} rounds: raw batch verify {:.0}/s/core; ratio to it: http {:.2} (target >= 0.90), grpc {:.2} (target >= http's), mqtt {} (target >= 0.70)",
+        report.raw_verify.fastest_batch_per_s,
         report.http.ratio_to_raw_batch_verify,
         report.grpc.ratio_to_raw_batch_verify,
         report.mqtt.as_ref().map_or("not run".into(), |m| format!(
@@ -339,7 +339,8 @@ pub async fn process(cfg: Config, readings: usize, out: Option<PathBuf>) -> anyh
         PROCESS_TARGET_ROWS_PER_CORE_S / 1000.0
     );
     let report = ProcessReport {
-        reverify_ratio_to_raw_batch_verify: reverified.readings_per_core_s / raw.batch128_per_s,
+        reverify_ratio_to_raw_batch_verify: reverified.readings_per_core_s
+            / raw.fastest_batch_per_s,
         plain_rows_per_core_s_median: median_plain,
         target_rows_per_core_s: PROCESS_TARGET_ROWS_PER_CORE_S,
         runs,
@@ -400,8 +401,12 @@ pub(crate) async fn run(cfg: Config, b: BenchCmd) -> anyhow::Result<()> {
             let r = tokio::task::spawn_blocking(|| rates::raw_verify_rates(Duration::from_secs(3)))
                 .await?;
             eprintln!(
-                "[bench] verify on curve25519-dalek's {} backend: {:.0}/s single (verify_strict), {:.0}/s in batches of 128, {:.0}/s ingest's verifier on batches of 200",
-                r.backend, r.single_per_s, r.batch128_per_s, r.ingest200_clean_per_s
+                "[bench] verify on curve25519-dalek's {} backend: {:.0}/s single (our rule), {:.0}/s in batches of 128 (our rule; ed25519-dalek's batch {:.0}/s), {:.0}/s ingest's verifier on batches of 200",
+                r.backend,
+                r.single_rule_per_s,
+                r.batch128_rule_per_s,
+                r.batch128_per_s,
+                r.ingest200_clean_per_s
             );
             out!("{}", serde_json::to_string_pretty(&r)?);
             Ok(())

@@ -213,9 +213,7 @@ fn small_order_table_is_exactly_the_weak_encodings() {
 /// A signature by `k` over `payload` whose `R` has a component of order 8: `R = [r]B + T`, with
 /// `S = r + H(R || A || M)·a`. The cofactored equation holds; the cofactorless one does not.
 fn mixed_order_signature(k: &SigningKey, payload: &[u8], r: u8) -> Signature {
-    use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
-    use curve25519_dalek::scalar::Scalar;
-    use sha2::{Digest, Sha512};
+    use curve25519_dalek::constants::EIGHT_TORSION;
     let r = Scalar::from_bytes_mod_order([r; 32]);
     let big_r = (ED25519_BASEPOINT_POINT * r + EIGHT_TORSION[1]).compress();
     let mut h = Sha512::new();
@@ -255,6 +253,173 @@ fn one_item_and_a_batch_accept_the_same_signatures() {
                 ok.iter().all(|v| *v),
                 "r {r}, expected share {share}: {ok:?}"
             );
+        }
+    }
+}
+
+/// The kinds of item the differential test below mixes into a batch.
+#[derive(Clone, Copy, Debug)]
+enum Crafted {
+    /// An honest signature.
+    Honest,
+    /// Signed by another key.
+    OtherKey,
+    /// An honest signature over another payload.
+    OtherPayload,
+    /// `R` with a component of order 8 (the cofactored equation holds, the cofactorless not).
+    MixedOrderR,
+    /// A key with a component of order 8, and a signature made for it.
+    MixedOrderKey,
+    /// An honest signature with `S + ℓ` (not canonical: refused by ZIP-215).
+    NonCanonicalS,
+    /// `R` a point of small order (refused by our rule).
+    SmallOrderR,
+    /// `R` bytes that decompress to no point.
+    NotAPointR,
+}
+
+/// A key `a·B + T` (`T` of order 8) with its secret scalar `a`, and a signature by it over
+/// `payload` that holds under the cofactored equation.
+fn mixed_order_key_signature(seed: u8, payload: &[u8]) -> (VerifyingKey, Signature) {
+    use curve25519_dalek::constants::EIGHT_TORSION;
+    let a = Scalar::from_bytes_mod_order([seed; 32]);
+    let big_a = ED25519_BASEPOINT_POINT * a + EIGHT_TORSION[3];
+    let vk = VerifyingKey::from(big_a);
+    let r = Scalar::from_bytes_mod_order([seed.wrapping_add(7); 32]);
+    let big_r = (ED25519_BASEPOINT_POINT * r).compress();
+    let mut h = Sha512::new();
+    h.update(big_r.as_bytes());
+    h.update(vk.as_bytes());
+    h.update(signing_message(payload));
+    let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+    let s = r + k * a;
+    let mut bytes = [0u8; 64];
+    bytes[..32].copy_from_slice(big_r.as_bytes());
+    bytes[32..].copy_from_slice(s.as_bytes());
+    (vk, Signature::from_bytes(&bytes))
+}
+
+/// One crafted item: its key, payload and signature.
+fn crafted(kind: Crafted, i: u8) -> (VerifyingKey, Vec<u8>, Signature) {
+    let k = key(i);
+    let payload = vec![i; 11];
+    let honest = Signature::from_bytes(&sign(&k, &payload));
+    let with = |r: [u8; 32], s: [u8; 32]| {
+        let mut bytes = [0u8; 64];
+        bytes[..32].copy_from_slice(&r);
+        bytes[32..].copy_from_slice(&s);
+        Signature::from_bytes(&bytes)
+    };
+    let sig = match kind {
+        Crafted::Honest => honest,
+        Crafted::OtherKey => Signature::from_bytes(&sign(&key(i.wrapping_add(1)), &payload)),
+        Crafted::OtherPayload => Signature::from_bytes(&sign(&k, b"another payload")),
+        Crafted::MixedOrderR => mixed_order_signature(&k, &payload, i.max(1)),
+        Crafted::MixedOrderKey => {
+            let (vk, sig) = mixed_order_key_signature(i, &payload);
+            return (vk, payload, sig);
+        }
+        Crafted::NonCanonicalS => {
+            let s = Scalar::from_canonical_bytes(*honest.s_bytes()).unwrap();
+            // S + ℓ as a 256-bit integer (S < ℓ < 2^253, so it fits).
+            let mut sum = [0u8; 32];
+            let mut carry = 0u16;
+            // ℓ = 2^252 + 27742317777372353535851937790883648493, little-endian.
+            let ell: [u8; 32] = [
+                0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+                0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+            ];
+            for j in 0..32 {
+                let v = u16::from(s.as_bytes()[j]) + u16::from(ell[j]) + carry;
+                sum[j] = v as u8;
+                carry = v >> 8;
+            }
+            with(*honest.r_bytes(), sum)
+        }
+        Crafted::SmallOrderR => {
+            let table = small_order_encodings();
+            with(table[usize::from(i) % table.len()], *honest.s_bytes())
+        }
+        Crafted::NotAPointR => {
+            // y = 2 is not the y-coordinate of a curve point.
+            let mut r = [0u8; 32];
+            r[0] = 2;
+            assert!(CompressedEdwardsY(r).decompress().is_none());
+            with(r, *honest.s_bytes())
+        }
+    };
+    (k.verifying_key(), payload, sig)
+}
+
+/// ed25519-zebra's verdict for one item, with our small-order `R` refusal: the reference rule.
+fn zebra_accepts(vk: &VerifyingKey, payload: &[u8], sig: &Signature) -> bool {
+    !r_is_small_order(sig)
+        && ed25519_zebra::VerificationKey::try_from(vk.to_bytes())
+            .and_then(|k| k.verify(sig, &signing_message(payload)))
+            .is_ok()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+    /// Our equations reach ed25519-zebra's verdicts, one by one and as one batch, on honest,
+    /// forged and edge-case signatures (mixed-order `R` and keys, non-canonical `S`, small-order and
+    /// undecodable `R`), with keys repeated within a batch (their terms merged).
+    #[test]
+    fn verdicts_equal_ed25519_zebras(
+        picks in proptest::collection::vec((0usize..8, 0u8..6), 1..40),
+    ) {
+        let kinds = [
+            Crafted::Honest, Crafted::OtherKey, Crafted::OtherPayload, Crafted::MixedOrderR,
+            Crafted::MixedOrderKey, Crafted::NonCanonicalS, Crafted::SmallOrderR, Crafted::NotAPointR,
+        ];
+        // Few key seeds, so that keys repeat within a batch.
+        let items: Vec<_> = picks.iter().map(|&(k, i)| crafted(kinds[k], i)).collect();
+        let expected: Vec<bool> = items.iter().map(|(vk, p, s)| zebra_accepts(vk, p, s)).collect();
+        for ((vk, p, s), want) in items.iter().zip(&expected) {
+            proptest::prop_assert_eq!(verify(vk, p, s).is_ok(), *want);
+        }
+        let batch: Vec<BatchItem<'_>> = items
+            .iter()
+            .map(|(key, payload, signature)| BatchItem { key, payload, signature })
+            .collect();
+        let (ok, _) = verify_batch(&batch);
+        proptest::prop_assert_eq!(&ok, &expected);
+        // The whole batch as one equation, against zebra's batch verifier over the same items.
+        let messages: Vec<Vec<u8>> = items.iter().map(|(_, p, _)| signing_message(p)).collect();
+        let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        let keys: Vec<VerifyingKey> = items.iter().map(|(k, _, _)| *k).collect();
+        let sigs: Vec<Signature> = items.iter().map(|(_, _, s)| *s).collect();
+        let mut zebra = ed25519_zebra::batch::Verifier::new();
+        for ((k, m), s) in keys.iter().zip(&refs).zip(&sigs) {
+            if !r_is_small_order(s) {
+                zebra.queue((ed25519_zebra::VerificationKeyBytes::from(k.to_bytes()), *s, *m));
+            }
+        }
+        proptest::prop_assert_eq!(
+            batch_holds_zip215(&keys, &refs, &sigs),
+            zebra.verify(rand10::rng()).is_ok()
+        );
+    }
+}
+
+#[test]
+fn crafted_items_have_the_verdicts_they_were_made_for() {
+    // So that the differential test above compares verdicts of both kinds.
+    let want = [
+        (Crafted::Honest, true),
+        (Crafted::OtherKey, false),
+        (Crafted::OtherPayload, false),
+        (Crafted::MixedOrderR, true),
+        (Crafted::MixedOrderKey, true),
+        (Crafted::NonCanonicalS, false),
+        (Crafted::SmallOrderR, false),
+        (Crafted::NotAPointR, false),
+    ];
+    for (kind, accepted) in want {
+        for i in 0..4u8 {
+            let (vk, p, s) = crafted(kind, i);
+            assert_eq!(zebra_accepts(&vk, &p, &s), accepted, "{kind:?} {i}");
+            assert_eq!(verify(&vk, &p, &s).is_ok(), accepted, "{kind:?} {i}");
         }
     }
 }
