@@ -135,9 +135,10 @@ pub fn verify(
 ///
 /// The equations are written here on curve25519-dalek, as ed25519-zebra writes them, because
 /// zebra's API takes a key as bytes and decompresses it again for every check: with its per-key
-/// bookkeeping, about 40% of a batch's cost per signature (load-tests/RESULTS.md). Here the key's point comes from the [`VerifyingKey`], decompressed
-/// once when the registry parsed it. ed25519-zebra stays the reference: the tests compare every
-/// verdict with its single and batch verifiers (`sign/tests.rs`).
+/// bookkeeping, about 40% of a batch's cost per signature (load-tests/RESULTS.md). Here the key's
+/// point comes from the [`VerifyingKey`], decompressed once when the registry parsed it.
+/// ed25519-zebra stays the reference: the tests compare every verdict with its single and batch
+/// verifiers (`sign/tests.rs`).
 fn accepts(key: &VerifyingKey, message: &[u8], signature: &Signature) -> bool {
     if r_is_small_order(signature) {
         return false;
