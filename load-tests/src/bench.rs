@@ -87,6 +87,8 @@ pub struct DoorRun {
 /// verify rate measured after each round.
 #[derive(Debug, Clone, Serialize)]
 pub struct IngestReport {
+    /// The target of the HTTP door's `ratio_to_raw_batch_verify`: [`INGEST_TARGET_RATIO`].
+    pub http_target_ratio: f64,
     /// The round of median batch-verify rate.
     pub raw_verify: sign::rates::VerifyRates,
     pub raw_batch_verify_rounds: Vec<f64>,
@@ -95,6 +97,10 @@ pub struct IngestReport {
     /// Absent without an MQTT broker to run it through.
     pub mqtt: Option<DoorRun>,
 }
+
+/// Issue #26's target for ingest (HTTP): accepted readings per ingest core-second over one core's
+/// fastest raw batch verify.
+pub const INGEST_TARGET_RATIO: f64 = 0.90;
 
 /// One core's raw verify rates, measured now (3 s).
 pub async fn raw_verify_now() -> sign::rates::VerifyRates {
@@ -122,6 +128,7 @@ impl IngestReport {
             Some(r)
         };
         Some(IngestReport {
+            http_target_ratio: INGEST_TARGET_RATIO,
             http: door(http)?,
             grpc: door(grpc)?,
             mqtt: door(mqtt),
