@@ -185,6 +185,10 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
+/// The line the simulator prints (with progress on) when its clock starts and the first reading is
+/// about to be sent.
+pub const SENDING_MARK: &str = "[simulate] sending";
+
 /// Runs until the duration or count is reached, or `stop` is cancelled. With a `ledger`, every
 /// reading sent and ingest's answer for it are recorded there (for [`crate::account`]). Fails
 /// only when the door cannot be opened (an MQTT broker that does not answer).
@@ -248,7 +252,7 @@ pub async fn run(
             let built: u64 = batches.iter().map(|b| b.n).sum();
             presign_s = t.elapsed().as_secs_f64();
             if progress {
-                eprintln!("[simulate] presigned {built} readings in {presign_s:.1} s; sending");
+                eprintln!("[simulate] presigned {built} readings in {presign_s:.1} s");
             }
             presigned = Some(batches);
         }
@@ -294,6 +298,10 @@ pub async fn run(
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let counters = Arc::new(Counters::default());
     let start = Instant::now();
+    if progress {
+        // `hexpulse bench e2e` starts its CPU window at this line.
+        eprintln!("{SENDING_MARK}");
+    }
     let deadline = (!cfg.duration.is_zero()).then(|| tokio::time::Instant::now() + cfg.duration);
     // Pace by batches: one batch every batch_size / rate seconds, shared by all senders.
     let pace = (cfg.rate > 0.0).then(|| Duration::from_secs_f64(batch_size as f64 / cfg.rate));

@@ -27,23 +27,75 @@ pub const PUBLIC_KEY_LEN: usize = 32;
 /// Length of an Ed25519 signature.
 pub const SIGNATURE_LEN: usize = 64;
 
-/// Cost per item of one batch check of `n` signatures, relative to one single (strict) verification:
-/// `(n, cost)` points, interpolated linearly, flat past the last.
-///
-/// Measured on the build machine (ed25519-dalek 2, `verify_batch` against `verify_strict`): the cost
-/// falls quickly up to 8 items, is flat near 0.47 until about 95 items (where curve25519-dalek switches
-/// from Straus to Pippenger for the 2n + 1 points of the equation), and falls again after.
-const BATCH_COST: &[(usize, f64)] = &[
-    (1, 1.00),
-    (2, 0.81),
-    (4, 0.62),
-    (8, 0.50),
-    (16, 0.47),
-    (96, 0.46),
-    (128, 0.40),
-    (256, 0.36),
-    (512, 0.34),
-];
+/// Cost per item of the batch equation over `n` signatures by `n` keys, relative to one single
+/// equation (the double-scalar multiplication of [`Parts::equation_holds`]), with each signature's
+/// parts already computed ([`Parts`]) and spans of [`Costs::pippenger_from`] points or more padded
+/// to Pippenger's method: `(n, cost)` points, interpolated linearly, flat past the last.
+/// `sign::tests::calibrate_msm_cost` (ignored) measures them.
+struct Costs {
+    msm: &'static [(usize, f64)],
+    pippenger_from: usize,
+}
+
+/// curve25519-dalek's AVX-512 IFMA backend (AMD EPYC, 2026-12-05): single equation 13.3 µs, a
+/// signature's parts 4.6 µs. Straus's method gets dearer per item from 32 items (its tables outgrow
+/// the cache), Pippenger's is cheaper from about 36 items.
+const COSTS_IFMA: Costs = Costs {
+    msm: &[
+        (1, 1.00),
+        (2, 0.83),
+        (4, 0.60),
+        (8, 0.47),
+        (16, 0.45),
+        (24, 0.44),
+        (32, 0.54),
+        (40, 0.47),
+        (48, 0.41),
+        (64, 0.35),
+        (96, 0.29),
+        (128, 0.26),
+        (192, 0.23),
+        (256, 0.22),
+        (512, 0.20),
+    ],
+    pippenger_from: 72,
+};
+
+/// The AVX2 backend (the same machine with IFMA left out of the build): single equation 33 µs,
+/// parts 4.5 µs; Pippenger's method is cheaper from about 64 items. The serial backend uses these
+/// too.
+const COSTS_AVX2: Costs = Costs {
+    msm: &[
+        (1, 1.00),
+        (2, 0.69),
+        (4, 0.49),
+        (8, 0.38),
+        (16, 0.34),
+        (24, 0.34),
+        (32, 0.37),
+        (48, 0.36),
+        (64, 0.39),
+        (96, 0.33),
+        (128, 0.31),
+        (192, 0.28),
+        (256, 0.26),
+        (512, 0.23),
+    ],
+    pippenger_from: 128,
+};
+
+/// Where curve25519-dalek's `vartime_multiscalar_mul` switches from Straus's method to
+/// Pippenger's, in points.
+const DALEK_PIPPENGER_FROM: usize = 190;
+
+/// The cost model of the backend this process runs on.
+fn costs() -> &'static Costs {
+    if backend() == "avx512ifma" {
+        &COSTS_IFMA
+    } else {
+        &COSTS_AVX2
+    }
+}
 
 /// Batch sizes the planner considers, besides the whole run.
 const CHUNK_LADDER: &[usize] = &[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256];
@@ -140,23 +192,39 @@ pub fn verify(
 /// ed25519-zebra stays the reference: the tests compare every verdict with its single and batch
 /// verifiers (`sign/tests.rs`).
 fn accepts(key: &VerifyingKey, message: &[u8], signature: &Signature) -> bool {
-    if r_is_small_order(signature) {
-        return false;
-    }
-    let Some((r, s)) = signature_parts(signature) else {
-        return false;
-    };
-    let k = challenge(key, message, signature);
-    let r_expected = EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &-key.to_edwards(), &s);
-    (r - r_expected).mul_by_cofactor().is_identity()
+    Parts::of(key, message, signature).is_some_and(|p| p.equation_holds(&key.to_edwards()))
 }
 
-/// `R` decompressed (any encoding of a point, as ZIP-215 allows) and `S`, which must be canonical
-/// (below the group order); `None` when either is not.
-fn signature_parts(signature: &Signature) -> Option<(EdwardsPoint, Scalar)> {
-    let r = CompressedEdwardsY(*signature.r_bytes()).decompress()?;
-    let s = Option::from(Scalar::from_canonical_bytes(*signature.s_bytes()))?;
-    Some((r, s))
+/// What the equation needs of one signature, computed once however often the signature is checked:
+/// `R` decompressed (any encoding of a point, as ZIP-215 allows; the square root of its
+/// decompression is the largest single cost of a verification), `S` and the challenge `k`.
+struct Parts {
+    r: EdwardsPoint,
+    s: Scalar,
+    k: Scalar,
+}
+
+impl Parts {
+    /// `None` when the signature is refused without any equation: `R` of small order, `R` no point,
+    /// or `S` not canonical (not below the group order).
+    fn of(key: &VerifyingKey, message: &[u8], signature: &Signature) -> Option<Parts> {
+        if r_is_small_order(signature) {
+            return None;
+        }
+        let r = CompressedEdwardsY(*signature.r_bytes()).decompress()?;
+        let s = Option::from(Scalar::from_canonical_bytes(*signature.s_bytes()))?;
+        Some(Parts {
+            r,
+            s,
+            k: challenge(key, message, signature),
+        })
+    }
+
+    /// The single equation `[8]R = [8]([S]B - [k]A)` for the key point `a`.
+    fn equation_holds(&self, a: &EdwardsPoint) -> bool {
+        let r_expected = EdwardsPoint::vartime_double_scalar_mul_basepoint(&self.k, &-a, &self.s);
+        (self.r - r_expected).mul_by_cofactor().is_identity()
+    }
 }
 
 /// The challenge `k = H(R || A || M)`, with `A` as the key's bytes (as sent, not re-encoded).
@@ -166,49 +234,6 @@ fn challenge(key: &VerifyingKey, message: &[u8], signature: &Signature) -> Scala
     h.update(key.as_bytes());
     h.update(message);
     Scalar::from_bytes_mod_order_wide(&h.finalize().into())
-}
-
-/// One batch check of ZIP-215's equation over the items whose `R` is not of small order (those are
-/// refused without it): true when every one of them holds.
-///
-/// With a random 128-bit `z_i` per item, the batch holds when
-/// `[8]([-Σ z_i S_i]B + Σ [z_i]R_i + Σ_A [Σ_{i by A} z_i k_i]A) = 0`: the terms of one key are
-/// merged into one point of the multiscalar multiplication (a device signs many readings of a
-/// batch), so `n` items by `m` keys need `n + m + 1` points.
-fn batch_holds_zip215(keys: &[VerifyingKey], messages: &[&[u8]], signatures: &[Signature]) -> bool {
-    use rand10::RngExt;
-    let mut rng = rand10::rng();
-    let n = signatures.len();
-    let mut b_coeff = Scalar::ZERO;
-    let (mut r_coeffs, mut r_points) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut a_coeffs, mut a_points) = (Vec::<Scalar>::new(), Vec::<EdwardsPoint>::new());
-    let mut key_slot: std::collections::HashMap<&[u8; PUBLIC_KEY_LEN], usize> =
-        std::collections::HashMap::with_capacity(n);
-    for ((key, message), signature) in keys.iter().zip(messages).zip(signatures) {
-        if r_is_small_order(signature) {
-            continue;
-        }
-        let Some((r, s)) = signature_parts(signature) else {
-            return false;
-        };
-        let z = Scalar::from(rng.random::<u128>());
-        b_coeff -= z * s;
-        r_coeffs.push(z);
-        r_points.push(r);
-        let slot = *key_slot.entry(key.as_bytes()).or_insert_with(|| {
-            a_points.push(key.to_edwards());
-            a_coeffs.push(Scalar::ZERO);
-            a_points.len() - 1
-        });
-        a_coeffs[slot] += z * challenge(key, message, signature);
-    }
-    let sum = EdwardsPoint::vartime_multiscalar_mul(
-        std::iter::once(&b_coeff).chain(&a_coeffs).chain(&r_coeffs),
-        std::iter::once(&ED25519_BASEPOINT_POINT)
-            .chain(&a_points)
-            .chain(&r_points),
-    );
-    sum.mul_by_cofactor().is_identity()
 }
 
 /// One item of a batch verification.
@@ -241,87 +266,88 @@ pub fn verify_batch(items: &[BatchItem<'_>]) -> (Vec<bool>, BatchStats) {
 
 /// Verifies every item, expecting each signature to be bad with probability `bad_share`.
 ///
-/// The items are checked in batches of the size with the least expected cost ([`BATCH_COST`]): the
-/// whole run when bad signatures are rare, smaller batches as they get common. A failing batch is
-/// checked again the same way, now expecting at least one bad item in it, down to single
-/// verifications. An item is accepted only if a batch containing it verified (and its `R` is not of
-/// small order) or it verified alone, under the same rule ([`accepts`]), so the expectation changes
-/// the cost, never a verdict.
+/// Each signature's [`Parts`] are computed once. The items are then checked in batches of the size
+/// with the least expected cost ([`plan_chunk`]): the whole run when bad signatures are rare,
+/// smaller batches as they get common, one by one when most are bad. A failing batch is searched by
+/// halves: the batch equation is a sum over its items, so with the same random weights a half's
+/// value is the whole's minus the other half's, and each step of the search evaluates one half only.
+/// An item is accepted only if an evaluated batch containing it held, or it held alone, under the
+/// same rule ([`accepts`]), so the expectation changes the cost, never a verdict.
 pub fn verify_batch_expecting(items: &[BatchItem<'_>], bad_share: f64) -> (Vec<bool>, BatchStats) {
     let mut ok = vec![false; items.len()];
     let mut stats = BatchStats::default();
-    if items.is_empty() {
-        return (ok, stats);
+    let mut message = Vec::new();
+    let mut batch = Batch::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        message.clear();
+        message.extend_from_slice(DOMAIN_PREFIX);
+        message.extend_from_slice(item.payload);
+        if let Some(parts) = Parts::of(item.key, &message, item.signature) {
+            batch.push(i, item.key, parts);
+        }
     }
-    // Build every signed message once, in one buffer.
-    let total: usize = items
-        .iter()
-        .map(|i| DOMAIN_PREFIX.len() + i.payload.len())
-        .sum();
-    let mut buf = Vec::with_capacity(total);
-    let mut bounds = Vec::with_capacity(items.len());
-    for item in items {
-        let start = buf.len();
-        buf.extend_from_slice(DOMAIN_PREFIX);
-        buf.extend_from_slice(item.payload);
-        bounds.push(start..buf.len());
-    }
-    let messages: Vec<&[u8]> = bounds.iter().map(|r| &buf[r.clone()]).collect();
-    let signatures: Vec<Signature> = items.iter().map(|i| *i.signature).collect();
-    let keys: Vec<VerifyingKey> = items.iter().map(|i| *i.key).collect();
-    let all = Span {
-        messages: &messages,
-        signatures: &signatures,
-        keys: &keys,
-        offset: 0,
-    };
     let share = if bad_share.is_finite() {
         bad_share.clamp(0.0, 1.0)
     } else {
         0.0
     };
-    all.check(share, false, &mut ok, &mut stats);
+    let live = batch.len();
+    if live > 0 {
+        let size = plan_chunk(live, share);
+        for start in (0..live).step_by(size) {
+            let span = start..(start + size).min(live);
+            if span.len() == 1 {
+                batch.single(span.start, &mut ok, &mut stats);
+            } else {
+                let value = batch.value(span.clone(), &mut stats);
+                batch.search(span, value, &mut ok, &mut stats);
+            }
+        }
+    }
     stats.bad = ok.iter().filter(|v| !**v).count();
     (ok, stats)
 }
 
 /// The batch size with the least expected cost per item for a run of `len` items, each bad with
-/// probability `share`; never `len` itself when `failed` (the run already failed as one batch).
-/// Chunks are even: `len` split into `ceil(len / size)` parts.
-fn plan_chunk(len: usize, share: f64, failed: bool) -> usize {
+/// probability `share`. Chunks are even: `len` split into `ceil(len / size)` parts.
+fn plan_chunk(len: usize, share: f64) -> usize {
     let even = |size: usize| len.div_ceil(len.div_ceil(size));
     CHUNK_LADDER
         .iter()
         .map(|&s| even(s))
         .chain(std::iter::once(len))
-        .filter(|&c| c <= len && !(failed && c == len))
-        .map(|c| (c, expected_cost(c, share)))
+        .filter(|&c| c >= 1 && c <= len)
+        .map(|c| (c, expected_cost(costs(), c, share)))
         .min_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
         .map_or(1, |(c, _)| c)
 }
 
-/// Expected cost per item (in single verifications) of checking items in batches of `c`, each bad
-/// with probability `share`: the batch check, plus, when the batch fails (at least one bad item), the
-/// cost of finding the bad items. That is a single check of each item for a batch of up to 8; for a
-/// larger one, checks in batches of 8 and single checks of the failing ones' items, where a failed
-/// batch of `c` holds at least one bad item in `c`.
-fn expected_cost(c: usize, share: f64) -> f64 {
-    let fails = |n: usize, p: f64| 1.0 - (1.0 - p).powi(n as i32);
+/// Expected cost per item (in single equations) of checking items in batches of `c`, each bad with
+/// probability `share`: the batch equation, plus the search by halves for each bad item (one half
+/// evaluated per step, a pair decided by one or two single equations), `c × share` of them on
+/// average (their paths share the first steps; the model leaves that out).
+fn expected_cost(costs: &Costs, c: usize, share: f64) -> f64 {
     if c <= 1 {
         return 1.0;
     }
-    let recheck = if c <= 8 {
-        1.0
-    } else {
-        batch_cost(8) + fails(8, share.max(1.0 / c as f64))
-    };
-    batch_cost(c) + fails(c, share) * recheck
+    let mut search = 0.0;
+    let mut n = c;
+    while n > 2 {
+        let half = n / 2;
+        search += half as f64 * msm_cost(costs, half);
+        n -= half;
+    }
+    if n == 2 {
+        search += 1.5;
+    }
+    msm_cost(costs, c) + share * search
 }
 
-/// [`BATCH_COST`] at `n`.
-fn batch_cost(n: usize) -> f64 {
-    let mut prev = BATCH_COST[0];
-    for &(size, cost) in BATCH_COST {
+/// The batch equation's cost per item at `n` items.
+fn msm_cost(costs: &Costs, n: usize) -> f64 {
+    let table = costs.msm;
+    let mut prev = table[0];
+    for &(size, cost) in table {
         if n <= size {
             if size == prev.0 {
                 return cost;
@@ -370,76 +396,164 @@ impl BadShare {
     }
 }
 
-/// A run of consecutive items of one [`verify_batch`] call.
-#[derive(Clone, Copy)]
-struct Span<'a> {
-    messages: &'a [&'a [u8]],
-    signatures: &'a [Signature],
-    keys: &'a [VerifyingKey],
-    offset: usize,
+/// The items of one [`verify_batch_expecting`] call that need an equation, with their parts and
+/// random weights. The batch equation over a span of them is
+/// `V = [-Σ z_i S_i]B + Σ [z_i]R_i + Σ_A [Σ_{i by A} z_i k_i]A`, and every item of the span holds
+/// exactly when `[8]V = 0` (but with probability about 2^-128 over the `z_i`, 128-bit random
+/// weights drawn for the call): the terms of one key are merged into one point of the multiscalar
+/// multiplication (a device signs many readings of a batch), so `n` items by `m` keys need
+/// `n + m + 1` points.
+struct Batch {
+    /// Each live item's index in the call's items.
+    index: Vec<usize>,
+    parts: Vec<Parts>,
+    z: Vec<Scalar>,
+    /// `z_i S_i` and `z_i k_i`.
+    zs: Vec<Scalar>,
+    zk: Vec<Scalar>,
+    /// Each live item's key, as an index into `keys`.
+    key_of: Vec<usize>,
+    keys: Vec<EdwardsPoint>,
+    key_slot: std::collections::HashMap<[u8; PUBLIC_KEY_LEN], usize>,
+    /// Scratch of [`Batch::value`]: each key's merged weight, and the keys a span touched.
+    key_weight: Vec<Option<Scalar>>,
+    touched: Vec<usize>,
+    rng: rand10::rngs::ThreadRng,
+    /// [`Costs::pippenger_from`] of this process's backend.
+    pippenger_from: usize,
 }
 
-impl<'a> Span<'a> {
+impl Batch {
+    fn with_capacity(n: usize) -> Self {
+        Batch {
+            index: Vec::with_capacity(n),
+            parts: Vec::with_capacity(n),
+            z: Vec::with_capacity(n),
+            zs: Vec::with_capacity(n),
+            zk: Vec::with_capacity(n),
+            key_of: Vec::with_capacity(n),
+            keys: Vec::new(),
+            key_slot: std::collections::HashMap::with_capacity(n),
+            key_weight: Vec::new(),
+            touched: Vec::new(),
+            rng: rand10::rng(),
+            pippenger_from: costs().pippenger_from,
+        }
+    }
+
     fn len(&self) -> usize {
-        self.messages.len()
+        self.index.len()
     }
 
-    fn chunks(&self, size: usize) -> impl Iterator<Item = Span<'a>> + '_ {
-        (0..self.len()).step_by(size).map(move |start| {
-            let end = (start + size).min(self.len());
-            Span {
-                messages: &self.messages[start..end],
-                signatures: &self.signatures[start..end],
-                keys: &self.keys[start..end],
-                offset: self.offset + start,
+    fn push(&mut self, index: usize, key: &VerifyingKey, parts: Parts) {
+        use rand10::RngExt;
+        let z = Scalar::from(self.rng.random::<u128>());
+        let slot = *self.key_slot.entry(*key.as_bytes()).or_insert_with(|| {
+            self.keys.push(key.to_edwards());
+            self.key_weight.push(None);
+            self.keys.len() - 1
+        });
+        self.index.push(index);
+        self.zs.push(z * parts.s);
+        self.zk.push(z * parts.k);
+        self.z.push(z);
+        self.parts.push(parts);
+        self.key_of.push(slot);
+    }
+
+    /// `V` of the items in `span` (see [`Batch`]): one multiscalar multiplication.
+    fn value(&mut self, span: std::ops::Range<usize>, stats: &mut BatchStats) -> EdwardsPoint {
+        stats.batch_checks += 1;
+        let mut b = Scalar::ZERO;
+        self.touched.clear();
+        for i in span.clone() {
+            b -= self.zs[i];
+            let slot = self.key_of[i];
+            match &mut self.key_weight[slot] {
+                Some(w) => *w += self.zk[i],
+                w @ None => {
+                    *w = Some(self.zk[i]);
+                    self.touched.push(slot);
+                }
             }
-        })
+        }
+        let weights: Vec<Scalar> = self
+            .touched
+            .iter()
+            .map(|&k| self.key_weight[k].take().unwrap_or(Scalar::ZERO))
+            .collect();
+        // curve25519-dalek picks Straus's method below 190 points and Pippenger's from there; on
+        // the vector backends Pippenger's is already cheaper from about `pippenger_from` points, so
+        // such a span is padded to 190 with points of weight zero, which add nothing to the sum.
+        let points = 1 + weights.len() + span.len();
+        let pad = if points >= self.pippenger_from {
+            DALEK_PIPPENGER_FROM.saturating_sub(points)
+        } else {
+            0
+        };
+        EdwardsPoint::vartime_multiscalar_mul(
+            std::iter::once(&b)
+                .chain(&weights)
+                .chain(&self.z[span.clone()])
+                .chain(std::iter::repeat_n(&Scalar::ZERO, pad)),
+            std::iter::once(&ED25519_BASEPOINT_POINT)
+                .chain(self.touched.iter().map(|&k| &self.keys[k]))
+                .chain(self.parts[span].iter().map(|p| &p.r))
+                .chain(std::iter::repeat_n(&ED25519_BASEPOINT_POINT, pad)),
+        )
     }
 
-    /// Decides every item of the span (see [`verify_batch_expecting`]); `failed` when the span
-    /// already failed as one batch.
-    fn check(&self, share: f64, failed: bool, ok: &mut [bool], stats: &mut BatchStats) {
-        if self.len() == 1 {
-            self.singly(ok, stats);
+    /// Decides live item `i` alone: the single equation, without weights.
+    fn single(&self, i: usize, ok: &mut [bool], stats: &mut BatchStats) -> bool {
+        stats.single_checks += 1;
+        let holds = self.parts[i].equation_holds(&self.keys[self.key_of[i]]);
+        ok[self.index[i]] = holds;
+        holds
+    }
+
+    /// Decides every item of `span`, whose batch value is `value`.
+    fn search(
+        &mut self,
+        span: std::ops::Range<usize>,
+        value: EdwardsPoint,
+        ok: &mut [bool],
+        stats: &mut BatchStats,
+    ) {
+        if value.mul_by_cofactor().is_identity() {
+            for i in span {
+                ok[self.index[i]] = true;
+            }
             return;
         }
-        // A failed batch holds at least one bad item.
-        let share = if failed {
-            share.max(1.0 / self.len() as f64)
-        } else {
-            share
-        };
-        let size = plan_chunk(self.len(), share, failed);
-        if size == self.len() {
-            if !self.batch_holds(ok, stats) {
-                self.check(share, true, ok, stats);
+        // At least one item of the span is bad.
+        match span.len() {
+            0 => {}
+            1 => ok[self.index[span.start]] = false,
+            2 => {
+                // When the first holds, the second is the bad one.
+                if self.single(span.start, ok, stats) {
+                    ok[self.index[span.start + 1]] = false;
+                } else {
+                    self.single(span.start + 1, ok, stats);
+                }
             }
-        } else if size == 1 {
-            self.singly(ok, stats);
-        } else {
-            for chunk in self.chunks(size) {
-                chunk.check(share, false, ok, stats);
+            3 => {
+                // The first alone: when it holds, its term of the value is of small order, which
+                // the cofactor clears, so the other two keep the value.
+                let rest = span.start + 1..span.end;
+                if self.single(span.start, ok, stats) {
+                    self.search(rest, value, ok, stats);
+                } else {
+                    let v = self.value(rest.clone(), stats);
+                    self.search(rest, v, ok, stats);
+                }
             }
-        }
-    }
-
-    /// One batch check; when it holds, marks the items valid, except those whose `R` is of small
-    /// order (refused by [`accepts`] too, and left out of the equation).
-    fn batch_holds(&self, ok: &mut [bool], stats: &mut BatchStats) -> bool {
-        stats.batch_checks += 1;
-        if !batch_holds_zip215(self.keys, self.messages, self.signatures) {
-            return false;
-        }
-        for (i, sig) in self.signatures.iter().enumerate() {
-            ok[self.offset + i] = !r_is_small_order(sig);
-        }
-        true
-    }
-
-    fn singly(&self, ok: &mut [bool], stats: &mut BatchStats) {
-        for i in 0..self.len() {
-            stats.single_checks += 1;
-            ok[self.offset + i] = accepts(&self.keys[i], self.messages[i], &self.signatures[i]);
+            n => {
+                let mid = span.start + n / 2;
+                let left = self.value(span.start..mid, stats);
+                self.search(span.start..mid, left, ok, stats);
+                self.search(mid..span.end, value - left, ok, stats);
+            }
         }
     }
 }

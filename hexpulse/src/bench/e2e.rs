@@ -16,7 +16,7 @@ use hexpulse_schemas::sign::rates;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hexpulse_load_tests::bench as lt;
@@ -98,8 +98,16 @@ pub struct E2eReport {
     pub freshness_poll_p99_ms: f64,
     /// Peak resident set size per role, bytes (VmHWM).
     pub peak_rss_bytes: BTreeMap<String, u64>,
-    /// CPU seconds used per role during the run (user + system).
+    /// CPU seconds used per role during the run (user + system), from its start (the simulator's
+    /// includes presigning, the query service's the accounting's full read).
     pub cpu_s: BTreeMap<String, f64>,
+    /// CPU seconds per role within the measured window only (from the simulator's first send for
+    /// `send_s + visible_s`; sampled every half second), and the same per acknowledged reading in
+    /// microseconds: where the machine's cores went while the rate was measured.
+    pub window_cpu_s: BTreeMap<String, f64>,
+    pub window_cpu_us_per_reading: BTreeMap<String, f64>,
+    /// All roles' window CPU seconds over the window's length: the cores the run kept busy.
+    pub window_cores_busy: f64,
     /// The simulator's whole JSON summary.
     pub simulate: serde_json::Value,
 }
@@ -211,7 +219,10 @@ pub async fn e2e(cfg: Config, a: E2eArgs) -> anyhow::Result<()> {
     let mut peak: BTreeMap<String, u64> = BTreeMap::new();
     let mut cpu: BTreeMap<String, f64> = BTreeMap::new();
     let broker_cpu0 = a.broker_pid.and_then(|p| lt::process_cpu_seconds(p).ok());
-    let mut sample = |name: &str, pid: u32| {
+    let sample = |peak: &mut BTreeMap<String, u64>,
+                  cpu: &mut BTreeMap<String, f64>,
+                  name: &str,
+                  pid: u32| {
         if let Some(b) = lt::peak_rss_bytes(pid) {
             let e = peak.entry(name.to_string()).or_default();
             *e = (*e).max(b);
@@ -225,13 +236,26 @@ pub async fn e2e(cfg: Config, a: E2eArgs) -> anyhow::Result<()> {
             cpu.insert(name.to_string(), c);
         }
     };
+    // Each role's CPU seconds so far, every half second, and when the simulator started sending.
+    let mut timeline: Vec<(Instant, BTreeMap<String, f64>)> = Vec::new();
+    let mut sending_at = None;
+    let sim_log = dir.join("simulate.log");
     let status = loop {
         for (role, c) in &roles {
-            sample(role, c.id());
+            sample(&mut peak, &mut cpu, role, c.id());
         }
-        sample("simulate", sim.id());
+        sample(&mut peak, &mut cpu, "simulate", sim.id());
         if let Some(pid) = a.broker_pid {
-            sample("broker", pid);
+            sample(&mut peak, &mut cpu, "broker", pid);
+        }
+        timeline.push((Instant::now(), cpu.clone()));
+        if sending_at.is_none()
+            && std::fs::read_to_string(&sim_log).is_ok_and(|l| {
+                l.lines()
+                    .any(|l| l == hexpulse_load_tests::sim::SENDING_MARK)
+            })
+        {
+            sending_at = Some(Instant::now());
         }
         if let Some(s) = sim.try_wait()? {
             break s;
@@ -239,7 +263,7 @@ pub async fn e2e(cfg: Config, a: E2eArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     for (role, c) in &roles {
-        sample(role, c.id());
+        sample(&mut peak, &mut cpu, role, c.id());
     }
     for (_, c) in roles {
         stop(c);
@@ -260,6 +284,16 @@ pub async fn e2e(cfg: Config, a: E2eArgs) -> anyhow::Result<()> {
     let visible_s = acct["visible_s"].as_f64().unwrap_or(f64::NAN);
     let end_to_end_per_s = acknowledged as f64 / (send_s + visible_s).max(1e-9);
     let one_core = raw.fastest_batch_per_s.max(raw_after.fastest_batch_per_s);
+    let window_s = send_s + visible_s;
+    let window_cpu_s = sending_at
+        .filter(|_| window_s.is_finite())
+        .map(|t0| window_cpu(&timeline, t0, t0 + Duration::from_secs_f64(window_s)))
+        .unwrap_or_default();
+    let window_cpu_us_per_reading = window_cpu_s
+        .iter()
+        .map(|(k, v)| (k.clone(), 1e6 * v / (acknowledged.max(1) as f64)))
+        .collect();
+    let window_cores_busy = window_cpu_s.values().sum::<f64>() / window_s.max(1e-9);
     let report = E2eReport {
         target_rate: a.rate,
         presigned: a.presign,
@@ -284,6 +318,9 @@ pub async fn e2e(cfg: Config, a: E2eArgs) -> anyhow::Result<()> {
         freshness_poll_p99_ms: s["freshness"]["poll_p99_ms"].as_f64().unwrap_or(0.0),
         peak_rss_bytes: peak,
         cpu_s: cpu,
+        window_cpu_s,
+        window_cpu_us_per_reading,
+        window_cores_busy,
         simulate: s.clone(),
     };
     eprintln!(
@@ -299,6 +336,18 @@ pub async fn e2e(cfg: Config, a: E2eArgs) -> anyhow::Result<()> {
         report.freshness_coverage_p99_ms,
         report.freshness_poll_p99_ms
     );
+    if !report.window_cpu_s.is_empty() {
+        eprintln!(
+            "[bench] end to end: {:.2} cores busy in the measured window; CPU µs per acknowledged reading: {}",
+            report.window_cores_busy,
+            report
+                .window_cpu_us_per_reading
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if report.end_to_end_per_s >= 0.95 * a.rate {
         eprintln!(
             "[bench] end to end: the run sustained {:.0}% of its {:.0}/s target, so the simulator, not the pipeline, set the pace: the rate is a lower bound; run it again with a higher --rate",
@@ -315,4 +364,65 @@ pub async fn e2e(cfg: Config, a: E2eArgs) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Each role's CPU seconds between `from` and `to`, from the samples nearest to each (a role
+/// missing from a sample counts as zero there).
+fn window_cpu(
+    timeline: &[(Instant, BTreeMap<String, f64>)],
+    from: Instant,
+    to: Instant,
+) -> BTreeMap<String, f64> {
+    let nearest = |t: Instant| {
+        timeline.iter().min_by_key(|(at, _)| {
+            if *at > t {
+                at.duration_since(t)
+            } else {
+                t.duration_since(*at)
+            }
+        })
+    };
+    let (Some((_, a)), Some((_, b))) = (nearest(from), nearest(to)) else {
+        return BTreeMap::new();
+    };
+    b.iter()
+        .map(|(k, v)| (k.clone(), v - a.get(k).copied().unwrap_or(0.0)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_cpu_takes_the_samples_nearest_to_its_edges() {
+        let t0 = Instant::now();
+        let at = |ms: u64, ingest: f64, sim: Option<f64>| {
+            let mut m = BTreeMap::from([("ingest".to_string(), ingest)]);
+            if let Some(s) = sim {
+                m.insert("simulate".to_string(), s);
+            }
+            (t0 + Duration::from_millis(ms), m)
+        };
+        let timeline = [
+            at(0, 1.0, None),
+            at(500, 1.5, Some(3.0)),
+            at(1000, 2.5, Some(3.5)),
+            at(1500, 4.0, Some(3.6)),
+            at(2000, 9.0, Some(9.0)),
+        ];
+        let w = window_cpu(
+            &timeline,
+            t0 + Duration::from_millis(480),
+            t0 + Duration::from_millis(1600),
+        );
+        assert_eq!(w["ingest"], 2.5);
+        assert!((w["simulate"] - 0.6).abs() < 1e-9);
+        let w = window_cpu(&timeline, t0, t0 + Duration::from_millis(600));
+        assert_eq!(w["ingest"], 0.5);
+        assert_eq!(
+            w["simulate"], 3.0,
+            "a role not yet sampled at the start counts from zero"
+        );
+    }
 }
