@@ -85,6 +85,10 @@ struct Unit {
     /// Rows of `valid` and `rejected` already live.
     live_valid: usize,
     live_rejected: usize,
+    /// The first `built_rows` rows of `valid`, built into Arrow when they went live, per stream
+    /// table in [`KindName::ALL`]'s order ([`SealedUnit::built`]).
+    built: [Vec<arrow::array::RecordBatch>; 3],
+    built_rows: usize,
 }
 
 /// State of one partition in this process.
@@ -250,7 +254,14 @@ impl PartitionWorker {
         };
         match self.live_batches(rules_version) {
             // Refused at the memory bound: the store starts again after the unit's commit.
-            Ok(tables) => {
+            Ok((tables, plain)) => {
+                // Kept for the unit's files while every row so far was built.
+                if self.unit.built_rows == self.unit.live_valid {
+                    for (kept, batch) in self.unit.built.iter_mut().zip(plain) {
+                        kept.extend(batch);
+                    }
+                    self.unit.built_rows = self.unit.valid.len();
+                }
                 if live.append(self.partition, self.live_next, last, tables) {
                     let lag_ms = (now_ms() - self.watermark_ms).max(0);
                     metrics::histogram!(m::LIVE_LAG_SECONDS).record(lag_ms as f64 / 1000.0);
@@ -267,19 +278,28 @@ impl PartitionWorker {
     }
 
     /// The rows validated since the last [`PartitionWorker::publish_live`], per stream table, with
-    /// the partition columns.
+    /// the partition columns (the live tables, the rejected last), and the stream tables' batches
+    /// without them (in [`KindName::ALL`]'s order).
+    #[allow(clippy::type_complexity)]
     fn live_batches(
         &self,
         rules_version: &str,
-    ) -> Result<[Option<arrow::array::RecordBatch>; 4], arrow::error::ArrowError> {
+    ) -> Result<
+        (
+            [Option<arrow::array::RecordBatch>; 4],
+            [Option<arrow::array::RecordBatch>; 3],
+        ),
+        arrow::error::ArrowError,
+    > {
         let ctx = Ctx {
             topic: &self.topic,
             rules_version,
             resolutions: &self.resolutions,
         };
         let mut tables: [Option<arrow::array::RecordBatch>; 4] = Default::default();
+        let mut plain: [Option<arrow::array::RecordBatch>; 3] = Default::default();
         let valid = &self.unit.valid[self.unit.live_valid..];
-        for kind in KindName::ALL {
+        for (k, kind) in KindName::ALL.into_iter().enumerate() {
             let rows: Vec<&ValidRow> = valid.iter().filter(|r| r.valid.kind == kind).collect();
             if rows.is_empty() {
                 continue;
@@ -290,6 +310,7 @@ impl PartitionWorker {
                 kind.as_str(),
                 &batch,
             )?);
+            plain[k] = Some(batch);
         }
         let rejected: Vec<&RejectedRow> = self.unit.rejected[self.unit.live_rejected..]
             .iter()
@@ -301,7 +322,7 @@ impl PartitionWorker {
                 &batch,
             )?);
         }
-        Ok(tables)
+        Ok((tables, plain))
     }
 
     /// Writes this partition's watermark where sealers read it (`epoch::seal::watermark_path`),
@@ -508,6 +529,7 @@ impl PartitionWorker {
             ensure_tables: !self.tables_ready,
             start: self.next_offset,
             end,
+            built: (unit.built_rows == unit.valid.len()).then_some(unit.built),
             valid: unit.valid,
             rejected: unit.rejected,
             watermark_ms: self.watermark_ms,

@@ -2,11 +2,16 @@
 
 use std::sync::Arc;
 
+use arrow::array::AsArray;
 use arrow::array::{
     ArrayRef, BinaryBuilder, Float32Builder, Float64Builder, Int32Builder, Int64Builder,
-    RecordBatch, StringBuilder, TimestampMillisecondBuilder, UInt32Array, UInt64Builder,
+    RecordBatch, StringArray, StringBuilder, TimestampMillisecondBuilder, UInt32Array,
+    UInt64Builder,
 };
+use arrow::buffer::OffsetBuffer;
+use arrow::datatypes::{Int64Type, TimestampMillisecondType, UInt64Type};
 use arrow::error::ArrowError;
+use hexpulse_lake::HOUR_MS;
 use hexpulse_schemas::json::{metric_name, observation_name, radio_name};
 use hexpulse_schemas::tables;
 use hexpulse_schemas::wire::{Kind, KindName, Metric, ObservationType, RadioTech};
@@ -79,7 +84,9 @@ fn common_columns(
     let n: usize = rows.iter().map(|r| repeat(r)).sum();
     let mut event = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut recv = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut key = StringBuilder::with_capacity(n, n * 64);
+    // The key's 64 hex characters per row: one buffer, offsets by arithmetic (a builder checked
+    // capacity and pushed an offset per row).
+    let mut key_hex_values = Vec::with_capacity(n * 64);
     let mut seq = UInt64Builder::with_capacity(n);
     let mut lat = Float64Builder::with_capacity(n);
     let mut lng = Float64Builder::with_capacity(n);
@@ -90,19 +97,16 @@ fn common_columns(
         .iter()
         .map(|_| UInt64Builder::with_capacity(n))
         .collect();
-    let mut topic = StringBuilder::with_capacity(n, n * ctx.topic.len());
     let mut part = Int32Builder::with_capacity(n);
     let mut off = Int64Builder::with_capacity(n);
-    let mut rules = StringBuilder::with_capacity(n, n * ctx.rules_version.len());
     let mut hexbuf = [0u8; 64];
     for r in rows {
         let loc = r.valid.reading.location.unwrap_or_default();
         hex::encode_to_slice(r.valid.key, &mut hexbuf).expect("64 hex chars");
-        let key_hex = std::str::from_utf8(&hexbuf).expect("hex is ascii");
         for _ in 0..repeat(r) {
             event.append_value(r.valid.reading.device_time_ms);
             recv.append_value(r.src.receive_ms);
-            key.append_value(key_hex);
+            key_hex_values.extend_from_slice(&hexbuf);
             seq.append_value(r.valid.reading.seq);
             lat.append_value(loc.lat);
             lng.append_value(loc.lng);
@@ -111,16 +115,14 @@ fn common_columns(
             for (b, c) in cells.iter_mut().zip(r.cells.iter()) {
                 b.append_value(*c);
             }
-            topic.append_value(ctx.topic);
             part.append_value(r.src.partition);
             off.append_value(r.src.offset);
-            rules.append_value(ctx.rules_version);
         }
     }
     let mut cols: Vec<ArrayRef> = vec![
         Arc::new(event.finish()),
         Arc::new(recv.finish()),
-        Arc::new(key.finish()),
+        Arc::new(fixed_width_strings(key_hex_values, 64, n)),
         Arc::new(seq.finish()),
         Arc::new(lat.finish()),
         Arc::new(lng.finish()),
@@ -129,12 +131,31 @@ fn common_columns(
     ];
     cols.extend(cells.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
     cols.extend([
-        Arc::new(topic.finish()) as ArrayRef,
+        Arc::new(fixed_width_strings(
+            ctx.topic.repeat(n).into_bytes(),
+            ctx.topic.len(),
+            n,
+        )) as ArrayRef,
         Arc::new(part.finish()),
         Arc::new(off.finish()),
-        Arc::new(rules.finish()),
+        Arc::new(fixed_width_strings(
+            ctx.rules_version.repeat(n).into_bytes(),
+            ctx.rules_version.len(),
+            n,
+        )),
     ]);
     cols
+}
+
+/// A string column of `n` values of `width` bytes each, laid end to end in `values` (UTF-8, every
+/// value whole: hex, or one string repeated).
+fn fixed_width_strings(values: Vec<u8>, width: usize, n: usize) -> StringArray {
+    debug_assert_eq!(values.len(), width * n);
+    StringArray::new(
+        OffsetBuffer::from_lengths(std::iter::repeat_n(width, n)),
+        values.into(),
+        None,
+    )
 }
 
 /// Record batch of `table` for `rows` (all of that table's kind).
@@ -146,12 +167,13 @@ pub fn valid_batch(
     match table {
         KindName::Heartbeat => {
             let mut cols = common_columns(rows, rows_of, ctx);
-            let mut radio = StringBuilder::new();
-            let mut signal = Float32Builder::new();
+            let n = rows.len();
+            let mut radio = StringBuilder::with_capacity(n, n * 4);
+            let mut signal = Float32Builder::with_capacity(n);
             let (mut down, mut up, mut lat) = (
-                Float32Builder::new(),
-                Float32Builder::new(),
-                Float32Builder::new(),
+                Float32Builder::with_capacity(n),
+                Float32Builder::with_capacity(n),
+                Float32Builder::with_capacity(n),
             );
             for r in rows {
                 let Some(Kind::Heartbeat(h)) = &r.valid.reading.kind else {
@@ -176,10 +198,11 @@ pub fn valid_batch(
         }
         KindName::Sensor => {
             let mut cols = common_columns(rows, rows_of, ctx);
+            let n: usize = rows.iter().map(|r| rows_of(r)).sum();
             let (mut metric, mut value, mut unit) = (
-                StringBuilder::new(),
-                Float64Builder::new(),
-                StringBuilder::new(),
+                StringBuilder::with_capacity(n, n * 12),
+                Float64Builder::with_capacity(n),
+                StringBuilder::with_capacity(n, n * 5),
             );
             for r in rows {
                 let Some(Kind::Sensor(s)) = &r.valid.reading.kind else {
@@ -201,11 +224,12 @@ pub fn valid_batch(
         }
         KindName::Road => {
             let mut cols = common_columns(rows, rows_of, ctx);
+            let n = rows.len();
             let (mut obs, mut heading, mut speed, mut conf) = (
-                StringBuilder::new(),
-                Float32Builder::new(),
-                Float32Builder::new(),
-                Float32Builder::new(),
+                StringBuilder::with_capacity(n, n * 12),
+                Float32Builder::with_capacity(n),
+                Float32Builder::with_capacity(n),
+                Float32Builder::with_capacity(n),
             );
             for r in rows {
                 let Some(Kind::Road(x)) = &r.valid.reading.kind else {
@@ -230,45 +254,51 @@ pub fn valid_batch(
     }
 }
 
-/// The batch of one unit file of `table`: `rows` (in arrival order) sorted by their cell at the
-/// resolution `coarse` indexes, then device time, then offset, so that filters prune well. Offsets
-/// are unique in a unit, so the order is total.
+/// The batches of a unit's files of one table, from the table's rows in arrival order (`batch`,
+/// built once: whole, or in the pieces the live tier published, concatenated): one per event hour,
+/// in hour order, its rows sorted by the cell of `coarse_column`, then device time, then offset, so
+/// that filters prune well. Offsets are unique in a unit, and the rows of one reading (a sensor's
+/// metrics) keep their order.
 ///
-/// The columns are built in arrival order, in which the rows lie in memory, and then reordered with
-/// a compact sort key; building them in sorted order read every row at random, a cache miss each.
-pub fn sorted_valid_batch(
-    table: KindName,
-    rows: &[&ValidRow],
-    coarse: usize,
-    ctx: &Ctx<'_>,
-) -> Result<RecordBatch, ArrowError> {
-    let batch = valid_batch(table, rows, ctx)?;
-    // (cell, device time, offset, first batch row, batch rows) per reading.
-    let mut first = 0u32;
-    let mut order: Vec<(u64, i64, i64, u32, u32)> = rows
-        .iter()
-        .map(|r| {
-            let n = rows_of(r) as u32;
-            first += n;
+/// The order comes from the batch's own columns, and the rows move with one `take` per file:
+/// building the columns in sorted order read every row at random, a cache miss each.
+pub fn hour_batches(
+    batch: &RecordBatch,
+    coarse_column: &str,
+) -> Result<Vec<(i64, RecordBatch)>, ArrowError> {
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .ok_or_else(|| ArrowError::SchemaError(format!("no column {name}")))
+    };
+    let event = column("event_time")?.as_primitive::<TimestampMillisecondType>();
+    let cell = column(coarse_column)?.as_primitive::<UInt64Type>();
+    let offset = column("src_offset")?.as_primitive::<Int64Type>();
+    let mut order: Vec<(i64, u64, i64, i64, u32)> = (0..batch.num_rows())
+        .map(|i| {
+            let t = event.value(i);
             (
-                r.cells[coarse],
-                r.valid.reading.device_time_ms,
-                r.src.offset,
-                first - n,
-                n,
+                t.div_euclid(HOUR_MS),
+                cell.value(i),
+                t,
+                offset.value(i),
+                i as u32,
             )
         })
         .collect();
-    order.sort_unstable_by_key(|o| (o.0, o.1, o.2));
-    if order.windows(2).all(|w| w[0].3 < w[1].3) {
-        return Ok(batch);
+    order.sort_unstable();
+    let mut out = Vec::new();
+    for group in order.chunk_by(|a, b| a.0 == b.0) {
+        let in_place = group.len() == batch.num_rows() && group.windows(2).all(|w| w[0].4 < w[1].4);
+        let file = if in_place {
+            batch.clone()
+        } else {
+            let indices: UInt32Array = group.iter().map(|o| o.4).collect::<Vec<u32>>().into();
+            arrow::compute::take_record_batch(batch, &indices)?
+        };
+        out.push((group[0].0, file));
     }
-    let indices: UInt32Array = order
-        .iter()
-        .flat_map(|o| o.3..o.3 + o.4)
-        .collect::<Vec<u32>>()
-        .into();
-    arrow::compute::take_record_batch(&batch, &indices)
+    Ok(out)
 }
 
 /// Record batch of the `rejected` table.
@@ -384,9 +414,10 @@ mod tests {
         }
     }
 
-    /// The batch equals the one built from the rows sorted first (as units were written before).
+    /// The files' batches equal the batches of each hour's rows sorted first (as units were written
+    /// before), whether the table's batch was built whole or in pieces (as the live tier publishes).
     #[test]
-    fn a_sorted_batch_equals_the_batch_of_sorted_rows() {
+    fn hour_batches_equal_the_batches_of_sorted_rows() {
         let resolutions = [8u8, 12];
         let binner = Binner::new(&resolutions).unwrap();
         let ctx = Ctx {
@@ -394,15 +425,48 @@ mod tests {
             rules_version: "v1",
             resolutions: &resolutions,
         };
+        let coarse = tables::h3_column(8);
         for (seed, kind) in (0..20u64).zip([KindName::Sensor, KindName::Heartbeat].iter().cycle()) {
             let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
             let rows: Vec<ValidRow> = (0..rng.random_range(1..300))
-                .map(|i| row(&mut rng, &binner, *kind, 100 + i))
+                .map(|i| {
+                    let mut r = row(&mut rng, &binner, *kind, 100 + i);
+                    // Up to three hours.
+                    r.valid.reading.device_time_ms += rng.random_range(0..3) * HOUR_MS;
+                    r
+                })
                 .collect();
-            let mut refs: Vec<&ValidRow> = rows.iter().collect();
-            let got = sorted_valid_batch(*kind, &refs, 0, &ctx).unwrap();
-            refs.sort_by_key(|r| (r.cells[0], r.valid.reading.device_time_ms, r.src.offset));
-            let want = valid_batch(*kind, &refs, &ctx).unwrap();
+            let refs: Vec<&ValidRow> = rows.iter().collect();
+            let whole = valid_batch(*kind, &refs, &ctx).unwrap();
+            let mut pieces = Vec::new();
+            let mut rest = &refs[..];
+            while !rest.is_empty() {
+                let (piece, tail) = rest.split_at(rng.random_range(1..=rest.len()));
+                pieces.push(valid_batch(*kind, piece, &ctx).unwrap());
+                rest = tail;
+            }
+            let concatenated = arrow::compute::concat_batches(&whole.schema(), &pieces).unwrap();
+            let got = hour_batches(&whole, &coarse).unwrap();
+            assert_eq!(
+                got,
+                hour_batches(&concatenated, &coarse).unwrap(),
+                "seed {seed}"
+            );
+            let mut want = std::collections::BTreeMap::<i64, Vec<&ValidRow>>::new();
+            for r in &refs {
+                want.entry(r.valid.reading.device_time_ms.div_euclid(HOUR_MS))
+                    .or_default()
+                    .push(r);
+            }
+            let want: Vec<(i64, RecordBatch)> = want
+                .into_iter()
+                .map(|(hour, mut rows)| {
+                    rows.sort_by_key(|r| {
+                        (r.cells[0], r.valid.reading.device_time_ms, r.src.offset)
+                    });
+                    (hour, valid_batch(*kind, &rows, &ctx).unwrap())
+                })
+                .collect();
             assert_eq!(got, want, "seed {seed}");
         }
     }

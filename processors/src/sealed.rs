@@ -13,7 +13,9 @@ use hexpulse_schemas::tables;
 use hexpulse_schemas::wire::KindName;
 
 use crate::metrics as m;
-use crate::rows::{Ctx, RejectedRow, ValidRow, rejected_batch, sorted_valid_batch};
+use arrow::array::RecordBatch;
+
+use crate::rows::{Ctx, RejectedRow, ValidRow, hour_batches, rejected_batch, valid_batch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlushError {
@@ -51,6 +53,11 @@ pub struct SealedUnit {
     pub(crate) start: i64,
     pub(crate) end: i64,
     pub(crate) valid: Vec<ValidRow>,
+    /// The valid rows already built into Arrow (for the live tier), per stream table in
+    /// [`KindName::ALL`]'s order, in arrival order: then the files are cut from these, and the rows
+    /// are not built twice. `None` when some rows were not built (no live tier, or a publish that
+    /// failed).
+    pub(crate) built: Option<[Vec<RecordBatch>; 3]>,
     pub(crate) rejected: Vec<RejectedRow>,
     /// The partition's watermark when the unit was sealed: every record received up to it is in
     /// this unit or an earlier one.
@@ -128,6 +135,7 @@ impl SealedUnit {
         };
         // The rows are not needed after encoding: they move into the blocking task.
         let valid = std::mem::take(&mut self.valid);
+        let built = self.built.take();
         let rejected = std::mem::take(&mut self.rejected);
         let (topic, rules_version, resolutions) = (
             self.topic.clone(),
@@ -140,7 +148,7 @@ impl SealedUnit {
                 rules_version: &rules_version,
                 resolutions: &resolutions,
             };
-            encode_unit(&valid, &rejected, &resolutions, &ctx)
+            encode_unit(&valid, built, &rejected, &resolutions, &ctx)
         })
         .await
         .map_err(|e| FlushError::Panicked(e.to_string()))??;
@@ -168,36 +176,34 @@ impl SealedUnit {
 }
 
 /// Encodes a unit's rows: one file per table and event hour (rejections by receive hour), rows
-/// sorted by their coarsest cell and then time, so that filters prune well.
+/// sorted by their coarsest cell and then time, so that filters prune well ([`hour_batches`]).
+/// Each stream table's rows are built into Arrow once: `built` holds them when the live tier did.
 fn encode_unit(
     valid: &[ValidRow],
+    built: Option<[Vec<RecordBatch>; 3]>,
     rejected: &[RejectedRow],
     resolutions: &[u8],
     ctx: &Ctx<'_>,
 ) -> Result<Vec<UnitFile>, FlushError> {
     let started = Instant::now();
     let mut files = Vec::new();
-    let coarse = resolutions
-        .iter()
-        .enumerate()
-        .min_by_key(|(_, r)| **r)
-        .map(|(i, _)| i)
-        .unwrap_or(0);
-    // Keyed by the hour's index (the date is formatted once per file, not once per row).
-    let mut groups: BTreeMap<(KindName, i64), Vec<&ValidRow>> = BTreeMap::new();
-    for r in valid {
-        groups
-            .entry((
-                r.valid.kind,
-                r.valid.reading.device_time_ms.div_euclid(HOUR_MS),
-            ))
-            .or_default()
-            .push(r);
-    }
-    for ((kind, hour_index), rows) in groups {
-        let (date, hour) = date_hour(hour_index * HOUR_MS);
-        let batch = sorted_valid_batch(kind, &rows, coarse, ctx)?;
-        files.push(unit_file(kind.as_str(), date, hour, &batch)?);
+    let coarse = tables::h3_column(resolutions.iter().copied().min().unwrap_or(0));
+    for (i, kind) in KindName::ALL.into_iter().enumerate() {
+        let batch = match &built {
+            Some(pieces) if pieces[i].is_empty() => continue,
+            Some(pieces) => arrow::compute::concat_batches(&pieces[i][0].schema(), &pieces[i])?,
+            None => {
+                let rows: Vec<&ValidRow> = valid.iter().filter(|r| r.valid.kind == kind).collect();
+                if rows.is_empty() {
+                    continue;
+                }
+                valid_batch(kind, &rows, ctx)?
+            }
+        };
+        for (hour_index, file) in hour_batches(&batch, &coarse)? {
+            let (date, hour) = date_hour(hour_index * HOUR_MS);
+            files.push(unit_file(kind.as_str(), date, hour, &file)?);
+        }
     }
     let mut by_hour: BTreeMap<i64, Vec<&RejectedRow>> = BTreeMap::new();
     for r in rejected {

@@ -45,6 +45,10 @@ pub struct E2eArgs {
     /// 120,000 a second).
     #[arg(long, default_value_t = 60000)]
     pub devices: usize,
+    /// Requests the simulator keeps in flight (each of 200 readings). 16 instead of 8 changed the
+    /// rate by under 2% on a 2-core machine (load-tests/RESULTS.md): the pipeline's CPU bounds it.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
     /// Share of each adversarial class.
     #[arg(long, default_value_t = 0.005)]
     pub adversarial: f64,
@@ -67,6 +71,8 @@ pub struct E2eReport {
     pub presigned: bool,
     pub duration_s: f64,
     pub devices: usize,
+    /// Requests the simulator kept in flight.
+    pub concurrency: usize,
     pub adversarial_share: f64,
     /// One core's verify rates, measured before the roles start and again after they stop (this
     /// machine's speed drifts by tens of percent within minutes).
@@ -198,14 +204,8 @@ pub async fn e2e(cfg: Config, a: E2eArgs) -> anyhow::Result<()> {
         .args(["--duration", &format!("{}s", a.duration.as_secs())])
         .args(["--devices", &a.devices.to_string()])
         .args(["--adversarial", &a.adversarial.to_string()])
-        .args([
-            "--batch-size",
-            "200",
-            "--concurrency",
-            "8",
-            "--settle",
-            "300s",
-        ])
+        .args(["--batch-size", "200", "--settle", "300s"])
+        .args(["--concurrency", &a.concurrency.to_string()])
         .args(a.presign.then_some("--presign"))
         .arg("--out")
         .arg(&sim_out)
@@ -299,6 +299,7 @@ pub async fn e2e(cfg: Config, a: E2eArgs) -> anyhow::Result<()> {
         presigned: a.presign,
         duration_s: a.duration.as_secs_f64(),
         devices: a.devices,
+        concurrency: a.concurrency,
         adversarial_share: a.adversarial,
         raw_verify: raw,
         raw_verify_after: raw_after,

@@ -374,8 +374,10 @@ impl Validator {
                 &decoded,
             );
         }
-        let state = self.devices.get(&key);
-        if state.is_some_and(|s| s.has_seq(r.seq)) {
+        // One look-up of the device's state for all the checks and the update (a map of many
+        // devices: each look-up is likely a cache miss).
+        let state = self.devices.get_mut(&key);
+        if state.as_deref().is_some_and(|s| s.has_seq(r.seq)) {
             return with(
                 RejectReason::Duplicate,
                 format!("sequence number {} already stored", r.seq),
@@ -400,14 +402,14 @@ impl Validator {
             }
         }
         let here = (r.device_time_ms, loc.lat, loc.lng);
-        if let Some(problem) = state.and_then(|s| {
+        if let Some(problem) = state.as_deref().and_then(|s| {
             s.neighbours(r.device_time_ms)
                 .find_map(|n| checks::speed_problem(n, here, decoded.kind, &self.rules))
         }) {
             return with(RejectReason::ImpossibleSpeed, problem, &decoded);
         }
         let window = self.rules.rate.window.as_millis() as i64;
-        if state.is_some_and(|s| {
+        if state.as_deref().is_some_and(|s| {
             s.count_in_window(r.device_time_ms, window) >= self.rules.rate.max_per_window
         }) {
             return with(
@@ -419,13 +421,19 @@ impl Validator {
                 &decoded,
             );
         }
-        self.devices.entry(key).or_default().accept(
-            r.seq,
-            r.device_time_ms,
-            (loc.lat, loc.lng),
-            decoded.kind == KindName::Road,
-            window,
-        );
+        let accept = |s: &mut DeviceState| {
+            s.accept(
+                r.seq,
+                r.device_time_ms,
+                (loc.lat, loc.lng),
+                decoded.kind == KindName::Road,
+                window,
+            )
+        };
+        match state {
+            Some(s) => accept(s),
+            None => accept(self.devices.entry(key).or_default()),
+        }
         Verdict::Valid(ValidReading {
             key,
             kind: decoded.kind,
