@@ -121,19 +121,22 @@ fn batch_finds_exactly_the_bad_items() {
     }
 }
 
+/// A [`Batch`] of `items`, every one with parts.
+fn batch_of(items: &[BatchItem<'_>]) -> Batch {
+    let mut batch = Batch::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let message = signing_message(item.payload);
+        let parts = Parts::of(item.key, &message, item.signature).expect("parts");
+        batch.push(i, item.key, parts);
+    }
+    batch
+}
+
 #[test]
 fn the_search_decides_a_span_from_the_half_it_evaluated() {
     // Two items, the second bad: the first holds alone, so the second is bad without its own check.
     let f = Fixture::new(2, &[1]);
-    let mut batch = Batch::with_capacity(2);
-    for (i, item) in f.items().iter().enumerate() {
-        let message = signing_message(item.payload);
-        batch.push(
-            i,
-            item.key,
-            Parts::of(item.key, &message, item.signature).unwrap(),
-        );
-    }
+    let mut batch = batch_of(&f.items());
     let (mut ok, mut stats) = (vec![true; 2], BatchStats::default());
     let value = batch.value(0..2, &mut stats);
     batch.search(0..2, value, &mut ok, &mut stats);
@@ -142,15 +145,7 @@ fn the_search_decides_a_span_from_the_half_it_evaluated() {
     // Eight items, item 5 bad: the whole, then one half per step (0..4 holds, so 4..8 fails; 4..6
     // fails, so 6..8 holds), then the pair (4 holds alone, so 5 is the bad one).
     let f = Fixture::new(8, &[5]);
-    let mut batch = Batch::with_capacity(8);
-    for (i, item) in f.items().iter().enumerate() {
-        let message = signing_message(item.payload);
-        batch.push(
-            i,
-            item.key,
-            Parts::of(item.key, &message, item.signature).unwrap(),
-        );
-    }
+    let mut batch = batch_of(&f.items());
     let (mut ok, mut stats) = (vec![false; 8], BatchStats::default());
     let value = batch.value(0..8, &mut stats);
     batch.search(0..8, value, &mut ok, &mut stats);
@@ -300,15 +295,7 @@ fn calibrate_msm_cost() {
             signature: &sigs[i],
         })
         .collect();
-    let mut batch = Batch::with_capacity(n_max);
-    for (i, item) in items.iter().enumerate() {
-        let message = signing_message(item.payload);
-        batch.push(
-            i,
-            item.key,
-            Parts::of(item.key, &message, item.signature).unwrap(),
-        );
-    }
+    let mut batch = batch_of(&items);
     let mut stats = BatchStats::default();
     let per_item = |work: &mut dyn FnMut() -> usize| {
         let (mut items, t) = (0usize, Instant::now());
