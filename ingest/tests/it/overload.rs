@@ -297,9 +297,11 @@ async fn one_clients_bad_signatures_do_not_tax_the_others() {
         assert_eq!(r.status().as_u16(), 200);
     }
     let before = single_checks(&node).await;
+    // Half of 1,000 items bad: checked alone or in pairs (a pair's second is decided by its
+    // first), about 0.75 single checks per item.
     assert!(
-        before >= 500,
-        "the flood's bad items were checked singly: {before}"
+        before >= 300,
+        "the flood's items were checked one or two at a time: {before}"
     );
     // An honest client's valid batch is checked as a batch, not item by item.
     let items: Vec<_> = (0..200u64)
