@@ -76,19 +76,22 @@ struct Unit {
     pending: Vec<Pending>,
     first: Option<i64>,
     last: Option<i64>,
+    /// The valid readings not built into Arrow yet (the unit's last ones; all of them without a
+    /// live tier).
     valid: Vec<ValidRow>,
+    /// The unit's valid readings, built or not.
+    valid_count: usize,
     rejected: Vec<RejectedRow>,
     bytes: usize,
     opened: Option<Instant>,
     /// The last record validated (not waiting for re-verification).
     handled_last: Option<i64>,
-    /// Rows of `valid` and `rejected` already live.
+    /// Rows of `valid` and `rejected` already live (or that failed to build for the live tier).
     live_valid: usize,
     live_rejected: usize,
-    /// The first `built_rows` rows of `valid`, built into Arrow when they went live, per stream
-    /// table in [`KindName::ALL`]'s order ([`SealedUnit::built`]).
+    /// The unit's first valid readings, built into Arrow when they went live, per stream table in
+    /// [`KindName::ALL`]'s order ([`SealedUnit::built`]): `valid` holds the ones after them.
     built: [Vec<arrow::array::RecordBatch>; 3],
-    built_rows: usize,
 }
 
 /// State of one partition in this process.
@@ -255,12 +258,13 @@ impl PartitionWorker {
         match self.live_batches(rules_version) {
             // Refused at the memory bound: the store starts again after the unit's commit.
             Ok((tables, plain)) => {
-                // Kept for the unit's files while every row so far was built.
-                if self.unit.built_rows == self.unit.live_valid {
+                // Kept for the unit's files when they follow the built rows directly (no earlier
+                // build failed in this unit); the readings' vector is then reused.
+                if self.unit.live_valid == 0 {
                     for (kept, batch) in self.unit.built.iter_mut().zip(plain) {
                         kept.extend(batch);
                     }
-                    self.unit.built_rows = self.unit.valid.len();
+                    self.unit.valid.clear();
                 }
                 if live.append(self.partition, self.live_next, last, tables) {
                     let lag_ms = (now_ms() - self.watermark_ms).max(0);
@@ -430,6 +434,7 @@ impl PartitionWorker {
                 match self.binner.cells_of(&valid.key, loc.lat, loc.lng) {
                     Some(cells) => {
                         self.unit.valid.push(ValidRow { src, valid, cells });
+                        self.unit.valid_count += 1;
                     }
                     None => self.reject(
                         src,
@@ -483,7 +488,7 @@ impl PartitionWorker {
     }
 
     pub fn buffered(&self) -> usize {
-        self.unit.valid.len() + self.unit.rejected.len() + self.unit.pending.len()
+        self.unit.valid_count + self.unit.rejected.len() + self.unit.pending.len()
     }
 
     pub fn should_flush(&self, roll: Roll) -> bool {
@@ -517,7 +522,11 @@ impl PartitionWorker {
         self.drain_pending();
         self.publish_live(rules_version);
         let end = self.unit.last?;
-        let unit = std::mem::take(&mut self.unit);
+        let mut unit = std::mem::take(&mut self.unit);
+        if unit.valid.is_empty() {
+            // All built: the next unit reuses the allocation.
+            std::mem::swap(&mut self.unit.valid, &mut unit.valid);
+        }
         self.in_flight = Some(end);
         Some(SealedUnit {
             lake: self.lake.clone(),
@@ -529,8 +538,9 @@ impl PartitionWorker {
             ensure_tables: !self.tables_ready,
             start: self.next_offset,
             end,
-            built: (unit.built_rows == unit.valid.len()).then_some(unit.built),
+            built: unit.built,
             valid: unit.valid,
+            valid_count: unit.valid_count,
             rejected: unit.rejected,
             watermark_ms: self.watermark_ms,
             sealed_at: Instant::now(),

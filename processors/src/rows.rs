@@ -254,47 +254,61 @@ pub fn valid_batch(
     }
 }
 
-/// The batches of a unit's files of one table, from the table's rows in arrival order (`batch`,
-/// built once: whole, or in the pieces the live tier published, concatenated): one per event hour,
-/// in hour order, its rows sorted by the cell of `coarse_column`, then device time, then offset, so
-/// that filters prune well. Offsets are unique in a unit, and the rows of one reading (a sensor's
-/// metrics) keep their order.
+/// The batches of a unit's files of one table, from the table's rows in arrival order (`pieces`:
+/// built once, whole or in the pieces the live tier published): one per event hour, in hour order,
+/// its rows sorted by the cell of `coarse_column`, then device time, then offset, so that filters
+/// prune well. Offsets are unique in a unit, and the rows of one reading (a sensor's metrics) keep
+/// their order.
 ///
-/// The order comes from the batch's own columns, and the rows move with one `take` per file:
-/// building the columns in sorted order read every row at random, a cache miss each.
+/// The order comes from the pieces' own columns, and the rows move once per file, gathered from
+/// the pieces (`take` from one, `interleave` from several): building the columns in sorted order
+/// read every row at random, a cache miss each, and concatenating the pieces first copied every
+/// row twice.
 pub fn hour_batches(
-    batch: &RecordBatch,
+    pieces: &[RecordBatch],
     coarse_column: &str,
 ) -> Result<Vec<(i64, RecordBatch)>, ArrowError> {
-    let column = |name: &str| {
-        batch
-            .column_by_name(name)
-            .ok_or_else(|| ArrowError::SchemaError(format!("no column {name}")))
-    };
-    let event = column("event_time")?.as_primitive::<TimestampMillisecondType>();
-    let cell = column(coarse_column)?.as_primitive::<UInt64Type>();
-    let offset = column("src_offset")?.as_primitive::<Int64Type>();
-    let mut order: Vec<(i64, u64, i64, i64, u32)> = (0..batch.num_rows())
-        .map(|i| {
+    let rows: usize = pieces.iter().map(RecordBatch::num_rows).sum();
+    // (hour, cell, time, offset, piece, row): offsets are unique, so the last two never decide.
+    let mut order: Vec<(i64, u64, i64, i64, u32, u32)> = Vec::with_capacity(rows);
+    for (p, batch) in pieces.iter().enumerate() {
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| ArrowError::SchemaError(format!("no column {name}")))
+        };
+        let event = column("event_time")?.as_primitive::<TimestampMillisecondType>();
+        let cell = column(coarse_column)?.as_primitive::<UInt64Type>();
+        let offset = column("src_offset")?.as_primitive::<Int64Type>();
+        order.extend((0..batch.num_rows()).map(|i| {
             let t = event.value(i);
             (
                 t.div_euclid(HOUR_MS),
                 cell.value(i),
                 t,
                 offset.value(i),
+                p as u32,
                 i as u32,
             )
-        })
-        .collect();
+        }));
+    }
     order.sort_unstable();
     let mut out = Vec::new();
     for group in order.chunk_by(|a, b| a.0 == b.0) {
-        let in_place = group.len() == batch.num_rows() && group.windows(2).all(|w| w[0].4 < w[1].4);
-        let file = if in_place {
-            batch.clone()
-        } else {
-            let indices: UInt32Array = group.iter().map(|o| o.4).collect::<Vec<u32>>().into();
-            arrow::compute::take_record_batch(batch, &indices)?
+        let file = match pieces {
+            [batch] if group.len() == rows && group.windows(2).all(|w| w[0].5 < w[1].5) => {
+                batch.clone()
+            }
+            [batch] => {
+                let indices: UInt32Array = group.iter().map(|o| o.5).collect::<Vec<u32>>().into();
+                arrow::compute::take_record_batch(batch, &indices)?
+            }
+            _ => {
+                let refs: Vec<&RecordBatch> = pieces.iter().collect();
+                let indices: Vec<(usize, usize)> =
+                    group.iter().map(|o| (o.4 as usize, o.5 as usize)).collect();
+                arrow::compute::interleave_record_batch(&refs, &indices)?
+            }
         };
         out.push((group[0].0, file));
     }
@@ -445,13 +459,8 @@ mod tests {
                 pieces.push(valid_batch(*kind, piece, &ctx).unwrap());
                 rest = tail;
             }
-            let concatenated = arrow::compute::concat_batches(&whole.schema(), &pieces).unwrap();
-            let got = hour_batches(&whole, &coarse).unwrap();
-            assert_eq!(
-                got,
-                hour_batches(&concatenated, &coarse).unwrap(),
-                "seed {seed}"
-            );
+            let got = hour_batches(std::slice::from_ref(&whole), &coarse).unwrap();
+            assert_eq!(got, hour_batches(&pieces, &coarse).unwrap(), "seed {seed}");
             let mut want = std::collections::BTreeMap::<i64, Vec<&ValidRow>>::new();
             for r in &refs {
                 want.entry(r.valid.reading.device_time_ms.div_euclid(HOUR_MS))

@@ -52,12 +52,14 @@ pub struct SealedUnit {
     pub(crate) ensure_tables: bool,
     pub(crate) start: i64,
     pub(crate) end: i64,
+    /// The unit's first valid readings, already built into Arrow for the live tier, per stream
+    /// table in [`KindName::ALL`]'s order, in arrival order: the files are cut from these, and the
+    /// rows are not built twice.
+    pub(crate) built: [Vec<RecordBatch>; 3],
+    /// The readings after them, not built yet (all of them without a live tier).
     pub(crate) valid: Vec<ValidRow>,
-    /// The valid rows already built into Arrow (for the live tier), per stream table in
-    /// [`KindName::ALL`]'s order, in arrival order: then the files are cut from these, and the rows
-    /// are not built twice. `None` when some rows were not built (no live tier, or a publish that
-    /// failed).
-    pub(crate) built: Option<[Vec<RecordBatch>; 3]>,
+    /// Valid readings in the unit, built or not.
+    pub(crate) valid_count: usize,
     pub(crate) rejected: Vec<RejectedRow>,
     /// The partition's watermark when the unit was sealed: every record received up to it is in
     /// this unit or an earlier one.
@@ -129,13 +131,13 @@ impl SealedUnit {
             outcome: UnitOutcome::Committed,
             end: self.end,
             watermark_ms: self.watermark_ms,
-            valid: self.valid.len() as u64,
+            valid: self.valid_count as u64,
             rejected,
             sealed_at: self.sealed_at,
         };
         // The rows are not needed after encoding: they move into the blocking task.
         let valid = std::mem::take(&mut self.valid);
-        let built = self.built.take();
+        let built = std::mem::take(&mut self.built);
         let rejected = std::mem::take(&mut self.rejected);
         let (topic, rules_version, resolutions) = (
             self.topic.clone(),
@@ -177,10 +179,11 @@ impl SealedUnit {
 
 /// Encodes a unit's rows: one file per table and event hour (rejections by receive hour), rows
 /// sorted by their coarsest cell and then time, so that filters prune well ([`hour_batches`]).
-/// Each stream table's rows are built into Arrow once: `built` holds them when the live tier did.
+/// Each stream table's rows are built into Arrow once: `built` holds those the live tier built,
+/// `valid` the rest.
 fn encode_unit(
     valid: &[ValidRow],
-    built: Option<[Vec<RecordBatch>; 3]>,
+    built: [Vec<RecordBatch>; 3],
     rejected: &[RejectedRow],
     resolutions: &[u8],
     ctx: &Ctx<'_>,
@@ -188,19 +191,15 @@ fn encode_unit(
     let started = Instant::now();
     let mut files = Vec::new();
     let coarse = tables::h3_column(resolutions.iter().copied().min().unwrap_or(0));
-    for (i, kind) in KindName::ALL.into_iter().enumerate() {
-        let batch = match &built {
-            Some(pieces) if pieces[i].is_empty() => continue,
-            Some(pieces) => arrow::compute::concat_batches(&pieces[i][0].schema(), &pieces[i])?,
-            None => {
-                let rows: Vec<&ValidRow> = valid.iter().filter(|r| r.valid.kind == kind).collect();
-                if rows.is_empty() {
-                    continue;
-                }
-                valid_batch(kind, &rows, ctx)?
-            }
-        };
-        for (hour_index, file) in hour_batches(&batch, &coarse)? {
+    for (kind, mut pieces) in KindName::ALL.into_iter().zip(built) {
+        let rows: Vec<&ValidRow> = valid.iter().filter(|r| r.valid.kind == kind).collect();
+        if !rows.is_empty() {
+            pieces.push(valid_batch(kind, &rows, ctx)?);
+        }
+        if pieces.is_empty() {
+            continue;
+        }
+        for (hour_index, file) in hour_batches(&pieces, &coarse)? {
             let (date, hour) = date_hour(hour_index * HOUR_MS);
             files.push(unit_file(kind.as_str(), date, hour, &file)?);
         }
