@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 /// ([`KafkaConfig::consumer_config`]).
 pub const FETCH_WAIT_MAX_MS: &str = "50";
 
+/// The producers' defaults that `[kafka.extra]` may override ([`KafkaConfig::producer_config`]):
+/// batching for 2 ms, and lz4 (about half the log's bytes on the brokers, k8s/README.md).
+pub const PRODUCER_DEFAULTS: [(&str, &str); 2] = [("linger.ms", "2"), ("compression.type", "lz4")];
+
 /// The `[kafka]` section of every role's config.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,14 +97,26 @@ impl KafkaConfig {
         c
     }
 
+    /// Sets `key` to `value` unless `extra` names it: a default, where a plain `set` after
+    /// [`Self::client_config`] pins a property against `extra`.
+    fn default_unless_extra(&self, c: &mut ClientConfig, key: &str, value: &str) {
+        if !self.extra.contains_key(key) {
+            c.set(key, value);
+        }
+    }
+
     /// Durable producer: idempotent, acks=all, bounded retries by time (`delivery_timeout`).
+    /// [`PRODUCER_DEFAULTS`] apply unless `extra` sets them (e.g. `compression.type = "none"`
+    /// where CPU is dearer than the brokers' disks); the durability settings and the partitioner
+    /// are pinned.
     pub fn producer_config(&self, client_id: &str, delivery_timeout: Duration) -> ClientConfig {
         let mut c = self.client_config();
+        for (key, value) in PRODUCER_DEFAULTS {
+            self.default_unless_extra(&mut c, key, value);
+        }
         c.set("client.id", client_id)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "2")
-            .set("compression.type", "lz4")
             // Pinned (not left to `extra`): processors that re-verify signatures check that each
             // record sits in its key's partition under this rule (`wire::partition_of`).
             .set("partitioner", "consistent_random")
@@ -119,9 +135,7 @@ impl KafkaConfig {
     /// soon as it has records; there the shorter wait only adds empty fetches while idle.
     pub fn consumer_config(&self, group: &str, client_id: &str) -> ClientConfig {
         let mut c = self.client_config();
-        if !self.extra.contains_key("fetch.wait.max.ms") {
-            c.set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
-        }
+        self.default_unless_extra(&mut c, "fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
         c.set("group.id", group)
             .set("client.id", client_id)
             .set("enable.auto.commit", "false")
@@ -221,6 +235,24 @@ mod tests {
         let tls = c.producer_config("x", Duration::from_secs(1));
         assert_eq!(tls.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(tls.get("partitioner"), Some("consistent_random"));
+    }
+
+    #[test]
+    fn extra_overrides_the_producers_defaults_but_not_its_durability() {
+        let mut c = cfg();
+        let plain = c.producer_config("x", Duration::from_secs(1));
+        for (key, value) in PRODUCER_DEFAULTS {
+            assert_eq!(plain.get(key), Some(value), "{key}");
+        }
+        c.extra.insert("compression.type".into(), "none".into());
+        c.extra.insert("linger.ms".into(), "20".into());
+        c.extra.insert("acks".into(), "1".into());
+        c.extra.insert("enable.idempotence".into(), "false".into());
+        let tuned = c.producer_config("x", Duration::from_secs(1));
+        assert_eq!(tuned.get("compression.type"), Some("none"));
+        assert_eq!(tuned.get("linger.ms"), Some("20"));
+        assert_eq!(tuned.get("acks"), Some("all"));
+        assert_eq!(tuned.get("enable.idempotence"), Some("true"));
     }
 
     #[test]
