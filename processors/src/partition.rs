@@ -256,7 +256,6 @@ impl PartitionWorker {
             return;
         };
         match self.live_batches(rules_version) {
-            // Refused at the memory bound: the store starts again after the unit's commit.
             Ok((tables, plain)) => {
                 // Kept for the unit's files when they follow the built rows directly (no earlier
                 // build failed in this unit); the readings' vector is then reused.
@@ -266,6 +265,7 @@ impl PartitionWorker {
                     }
                     self.unit.valid.clear();
                 }
+                // `append` refuses at the memory bound: the store starts again after the unit's commit.
                 if live.append(self.partition, self.live_next, last, tables) {
                     let lag_ms = (now_ms() - self.watermark_ms).max(0);
                     metrics::histogram!(m::LIVE_LAG_SECONDS).record(lag_ms as f64 / 1000.0);
