@@ -288,6 +288,26 @@ pub fn build(now_ms: i64, per_device: u64) -> Scenario {
 }
 
 impl Scenario {
+    /// One more valid heartbeat of the scenario's heartbeat device `i` (0 to 3, `devices[i]`):
+    /// sequence number `seq` (above the scenario's own, which end at `per_device + 3`), device time
+    /// `t`, at the device's place. The devices are the scenario's.
+    pub fn heartbeat_of(&self, i: u64, seq: u64, t: i64) -> Scenario {
+        assert!(i < 4, "the scenario has four heartbeat devices");
+        let k = device_key(SEED, i);
+        let mut b = Builder {
+            records: Vec::new(),
+        };
+        b.valid(
+            &k,
+            KindName::Heartbeat,
+            &reading(seq, t, BERLIN, heartbeat()),
+        );
+        Scenario {
+            devices: self.devices.clone(),
+            records: b.records,
+        }
+    }
+
     /// (kind, device key hex, seq) of every valid reading, sorted.
     pub fn expected_valid(&self) -> Vec<(String, String, u64)> {
         let mut v: Vec<_> = self

@@ -2,12 +2,13 @@
 //! delivers its events to the rule's webhook, at least once and each under one id.
 //!
 //! Per rule, one JSON object under `_alerts/state/` holds the subjects that fire (with their event
-//! ids) and the events not yet delivered (the outbox). A new firing is written there before any
-//! delivery is tried, and an event leaves the outbox only once its receiver answered 2xx: a crash in
-//! between delivers it again under the same id, which receivers de-duplicate; a restart reads the
-//! state and sends nothing for subjects that fired already. An event id is a digest of the rule,
-//! the subject and the time its condition began to hold, so the same firing has the same id even
-//! if the state was lost. One alerts role per lake: two would each deliver every event.
+//! ids) and the events not yet delivered (the outbox). A firing makes a `firing` event and its end a
+//! `resolved` event; each is written there before any delivery is tried, and an event leaves the
+//! outbox only once its receiver answered 2xx: a crash in between delivers it again under the same
+//! id, which receivers de-duplicate; a restart reads the state and sends nothing for subjects that
+//! fired already. A firing's id is a digest of the rule, the subject and the time its condition
+//! began to hold, so the same firing has the same id even if the state was lost; its end's id is a
+//! digest of the firing's. One alerts role per lake: two would each deliver every event.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -51,10 +52,25 @@ pub struct Fired {
 pub struct Pending {
     pub event: Value,
     pub event_id: String,
+    /// When the event was made (a firing's, or its end's): `give_up_after` counts from it.
     pub fired_at_ms: i64,
     pub attempts: u32,
     pub next_attempt_ms: i64,
     pub last_error: Option<String>,
+}
+
+impl Pending {
+    /// `event` under `event_id`, made at `now` and due at once.
+    fn new(event: Value, event_id: String, now: i64) -> Pending {
+        Pending {
+            event,
+            event_id,
+            fired_at_ms: now,
+            attempts: 0,
+            next_attempt_ms: now,
+            last_error: None,
+        }
+    }
 }
 
 /// A rule's stored state.
@@ -75,6 +91,16 @@ pub fn event_id(rule: &str, subject: &str, since_ms: i64) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
+/// The id of the event that ends the firing `firing_event_id` (32 hexadecimal digits): the first
+/// 16 bytes of SHA-256 over that id, a zero byte and `resolved`.
+pub fn resolved_id(firing_event_id: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(firing_event_id.as_bytes());
+    h.update([0]);
+    h.update(b"resolved");
+    hex::encode(&h.finalize()[..16])
+}
+
 /// `X-Hexpulse-Signature`'s value: `sha256=` and the hexadecimal HMAC-SHA256, under `secret`, of
 /// the timestamp (`X-Hexpulse-Timestamp`, Unix seconds), a dot, and the body.
 pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
@@ -85,8 +111,9 @@ pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Applies one evaluation to `state`: new firings get an event in the outbox, subjects that no
-/// longer fire (and are not `unknown`) are dropped. Whether anything changed.
+/// Applies one evaluation to `state`: new firings get an event in the outbox, and so do the
+/// firings of subjects that no longer fire (and are not `unknown`), which end with a `resolved`
+/// event. Whether anything changed.
 pub fn apply(
     rule: &Rule,
     state: &mut RuleState,
@@ -101,16 +128,32 @@ pub fn apply(
         .map(|f| f.subject.as_str())
         .chain(unknown.iter().map(String::as_str))
         .collect();
-    let before = state.firing.len();
-    state.firing.retain(|subject, f| {
-        let keep = live.contains(subject.as_str());
-        if !keep {
-            metrics::counter!(RESOLVED).increment(1);
-            tracing::info!(rule = %rule.id, subject, event_id = %f.event_id, "alert resolved");
-        }
-        keep
-    });
-    changed |= state.firing.len() != before;
+    let ended: Vec<String> = state
+        .firing
+        .keys()
+        .filter(|subject| !live.contains(subject.as_str()))
+        .cloned()
+        .collect();
+    for subject in ended {
+        let f = state.firing.remove(&subject).expect("listed from the map");
+        let id = resolved_id(&f.event_id);
+        tracing::info!(rule = %rule.id, subject, event_id = %id, firing_event_id = %f.event_id, "alert resolved");
+        metrics::counter!(RESOLVED).increment(1);
+        let event = json!({
+            "event_id": id,
+            "rule": {"id": rule.id, "name": rule.name, "kind": rule.condition.kind()},
+            "subject": subject,
+            "state": "resolved",
+            "firing_event_id": f.event_id,
+            "since": rfc3339(f.since_ms),
+            "fired_at": rfc3339(f.fired_at_ms),
+            "resolved_at": rfc3339(now),
+            "watermark": rfc3339(watermark_ms),
+            "details": {},
+        });
+        state.outbox.push(Pending::new(event, id, now));
+        changed = true;
+    }
     for f in firing {
         if state.firing.contains_key(&f.subject) {
             continue;
@@ -128,14 +171,7 @@ pub fn apply(
         });
         tracing::info!(rule = %rule.id, subject = %f.subject, event_id = %id, "alert fired");
         metrics::counter!(FIRED, "kind" => rule.condition.kind()).increment(1);
-        state.outbox.push(Pending {
-            event,
-            event_id: id.clone(),
-            fired_at_ms: now,
-            attempts: 0,
-            next_attempt_ms: now,
-            last_error: None,
-        });
+        state.outbox.push(Pending::new(event, id.clone(), now));
         state.firing.insert(
             f.subject,
             Fired {
@@ -468,22 +504,49 @@ mod tests {
         }
     }
 
-    /// A subject fires once per firing: the next evaluations that still see it add nothing, one
-    /// that does not see it ends the firing, and firing again makes a new event.
+    /// A subject fires once per firing: the next evaluations that still see it (or cannot tell)
+    /// add nothing, one that does not see it ends the firing with one `resolved` event, and firing
+    /// again makes a new event.
     #[test]
-    fn a_firing_makes_one_event_until_it_ends() {
+    fn a_firing_makes_one_event_and_its_end_another() {
         let r = rule();
         let mut s = RuleState::default();
         assert!(apply(&r, &mut s, vec![firing("a", 10)], &[], 100, 1000));
         assert!(!apply(&r, &mut s, vec![firing("a", 20)], &[], 100, 2000));
         assert!(!apply(&r, &mut s, vec![], &["a".into()], 100, 2500));
         assert_eq!(s.outbox.len(), 1);
-        assert_eq!(s.outbox[0].event_id, event_id(&r.id, "a", 10));
-        assert!(apply(&r, &mut s, vec![], &[], 100, 3000));
+        let fired = event_id(&r.id, "a", 10);
+        assert_eq!(s.outbox[0].event_id, fired);
+        assert_eq!(s.outbox[0].event["state"], "firing");
+
+        assert!(apply(&r, &mut s, vec![], &[], 150, 3000));
         assert!(s.firing.is_empty());
-        assert!(apply(&r, &mut s, vec![firing("a", 30)], &[], 100, 4000));
         assert_eq!(s.outbox.len(), 2);
-        assert_ne!(s.outbox[0].event_id, s.outbox[1].event_id);
+        let end = &s.outbox[1];
+        assert_eq!(end.event_id, resolved_id(&fired));
+        // schemas/ALERTS.md's example.
+        assert_eq!(
+            resolved_id("1770f0d80b0c2d2db4817ae386bd695f"),
+            "fb74224655d7f2e34d8d469775de0908"
+        );
+        assert_ne!(end.event_id, fired);
+        assert_eq!(end.event["event_id"], end.event_id);
+        assert_eq!(end.event["state"], "resolved");
+        assert_eq!(end.event["subject"], "a");
+        assert_eq!(end.event["firing_event_id"], fired);
+        assert_eq!(end.event["since"], rfc3339(10));
+        assert_eq!(end.event["fired_at"], rfc3339(1000));
+        assert_eq!(end.event["resolved_at"], rfc3339(3000));
+        assert_eq!(end.event["watermark"], rfc3339(150));
+        assert_eq!(end.fired_at_ms, 3000);
+        // Ended once: the next evaluation without it adds nothing.
+        assert!(!apply(&r, &mut s, vec![], &[], 160, 3500));
+        assert_eq!(s.outbox.len(), 2);
+
+        assert!(apply(&r, &mut s, vec![firing("a", 30)], &[], 200, 4000));
+        assert_eq!(s.outbox.len(), 3);
+        let ids: std::collections::BTreeSet<_> = s.outbox.iter().map(|p| &p.event_id).collect();
+        assert_eq!(ids.len(), 3, "three events, three ids");
     }
 
     fn pending(id: &str, fired_at_ms: i64) -> Pending {

@@ -1,7 +1,8 @@
 //! Alerts end to end (issue #25): rules made over HTTP, a lake that a real processor writes from
 //! broker traffic, the alerts role, and a webhook receiver on loopback that checks every
 //! signature. Each firing reaches the receiver once, also when the receiver was down when it fired;
-//! a restart of the role sends nothing again; bad rules get a 400 with their reason.
+//! a restart of the role sends nothing again; a device heard again ends its firing with one
+//! `resolved` event; bad rules get a 400 with their reason.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -393,6 +394,63 @@ async fn alerts_reach_the_webhook_once_per_firing() {
     assert_eq!(check(&got), delivered);
     let firing: usize = states(&lake).await.iter().map(|s| s.firing.len()).sum();
     assert_eq!(firing, want.len());
+
+    // devices[0] is heard again: its firing ends with one `resolved` event, signed, that names the
+    // firing it ends; devices[1] stays offline. (The pilot's coverage may recover too.)
+    let heard = now_ms();
+    produce(&kafka, &sc.heartbeat_of(0, 1_000, heard), heard).await;
+    let offline_of = |subject: &str| (ids["offline"].clone(), subject.to_string());
+    let resolved = |got: &Got| -> Vec<Value> {
+        got.lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, b, _)| b["state"] == "resolved")
+            .map(|(_, b, _)| b.clone())
+            .collect()
+    };
+    wait_until(
+        "devices[0]'s firing to end at the receiver",
+        &lake,
+        Duration::from_secs(60),
+        async || {
+            let ended: BTreeSet<(String, String)> = resolved(&got)
+                .iter()
+                .map(|b| {
+                    (
+                        b["rule"]["id"].as_str().unwrap_or_default().to_string(),
+                        b["subject"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect();
+            holds(ended.contains(&offline_of(&devices[0])), &ended)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    {
+        let got = got.lock().unwrap();
+        let ids: BTreeSet<&str> = got.iter().map(|(id, _, _)| id.as_str()).collect();
+        assert_eq!(ids.len(), got.len(), "an event arrived twice: {got:?}");
+        assert!(got.iter().all(|(_, _, signed)| *signed), "{got:?}");
+    }
+    for body in resolved(&got) {
+        let firing = body["firing_event_id"].as_str().unwrap();
+        assert!(delivered.contains(firing), "ends a firing it sent: {body}");
+        assert_eq!(body["event_id"], deliver::resolved_id(firing), "{body}");
+        assert!(
+            (body["rule"]["id"].as_str(), body["subject"].as_str())
+                != (Some(ids["offline"].as_str()), Some(devices[1].as_str())),
+            "devices[1] is still silent: {body}"
+        );
+    }
+    // Only the offline rule has device keys for subjects.
+    let still: BTreeSet<String> = states(&lake)
+        .await
+        .iter()
+        .flat_map(|s| s.firing.keys().cloned())
+        .collect();
+    assert!(!still.contains(&devices[0]), "devices[0] fires: {still:?}");
+    assert!(still.contains(&devices[1]), "devices[1] stopped: {still:?}");
 
     // Deleting a rule deletes its state.
     let (status, _) = call(
