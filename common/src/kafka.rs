@@ -9,18 +9,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
 
-/// The consumers' defaults that `[kafka.extra]` may override ([`KafkaConfig::consumer_config`]):
-/// - `fetch.wait.max.ms` 50: tansu 0.6 sleeps half the fetch's wait after every read, records or
-///   not, so librdkafka's 500 ms default holds each fetch (and so each record) for 250 ms there.
-///   Kafka answers a fetch as soon as it has records; there the shorter wait only adds empty
-///   fetches while idle;
-/// - `max.partition.fetch.bytes` 8 MiB (librdkafka's default is 1 MiB): a processor catching up
-///   makes an eighth of the fetches, each a round of wake-ups (load-tests/RESULTS.md, "Larger
-///   fetches"). The consumer's prefetch queue stays bounded by `queued.max.messages.kbytes`.
-pub const CONSUMER_DEFAULTS: [(&str, &str); 2] = [
-    ("fetch.wait.max.ms", "50"),
-    ("max.partition.fetch.bytes", "8388608"),
-];
+/// The consumers' `fetch.wait.max.ms` unless `[kafka.extra]` sets it
+/// ([`KafkaConfig::consumer_config`]).
+pub const FETCH_WAIT_MAX_MS: &str = "50";
 
 /// The producers' defaults that `[kafka.extra]` may override ([`KafkaConfig::producer_config`]):
 /// batching for 2 ms, and lz4 (about half the log's bytes on the brokers, k8s/README.md).
@@ -138,13 +129,13 @@ impl KafkaConfig {
 
     /// Consumer in `group`, manual offset commits, reading from the earliest offset when none is committed.
     ///
-    /// [`CONSUMER_DEFAULTS`] apply unless `extra` sets them; the group's settings (manual commits,
-    /// read_committed) are pinned.
+    /// Fetches wait at most [`FETCH_WAIT_MAX_MS`] unless `extra` sets `fetch.wait.max.ms`: tansu
+    /// 0.6 sleeps half the fetch's wait after every read, records or not, so librdkafka's 500 ms
+    /// default holds each fetch (and so each record) for 250 ms there. Kafka answers a fetch as
+    /// soon as it has records; there the shorter wait only adds empty fetches while idle.
     pub fn consumer_config(&self, group: &str, client_id: &str) -> ClientConfig {
         let mut c = self.client_config();
-        for (key, value) in CONSUMER_DEFAULTS {
-            self.default_unless_extra(&mut c, key, value);
-        }
+        self.default_unless_extra(&mut c, "fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
         c.set("group.id", group)
             .set("client.id", client_id)
             .set("enable.auto.commit", "false")
@@ -265,19 +256,14 @@ mod tests {
     }
 
     #[test]
-    fn extra_overrides_the_consumers_defaults_but_not_its_commits() {
+    fn consumers_wait_briefly_unless_told_otherwise() {
         let mut c = cfg();
-        let plain = c.consumer_config("g", "x");
-        for (key, value) in CONSUMER_DEFAULTS {
-            assert_eq!(plain.get(key), Some(value), "{key}");
-        }
+        let short = c.consumer_config("g", "x");
+        assert_eq!(short.get("fetch.wait.max.ms"), Some(FETCH_WAIT_MAX_MS));
         c.extra.insert("fetch.wait.max.ms".into(), "500".into());
-        c.extra
-            .insert("max.partition.fetch.bytes".into(), "1048576".into());
-        c.extra.insert("enable.auto.commit".into(), "true".into());
-        let tuned = c.consumer_config("g", "x");
-        assert_eq!(tuned.get("fetch.wait.max.ms"), Some("500"));
-        assert_eq!(tuned.get("max.partition.fetch.bytes"), Some("1048576"));
-        assert_eq!(tuned.get("enable.auto.commit"), Some("false"));
+        assert_eq!(
+            c.consumer_config("g", "x").get("fetch.wait.max.ms"),
+            Some("500")
+        );
     }
 }
