@@ -111,9 +111,9 @@ pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Applies one evaluation to `state`: new firings get an event in the outbox, and so do the
-/// firings of subjects that no longer fire (and are not `unknown`), which end with a `resolved`
-/// event. Whether anything changed.
+/// Applies one evaluation to `state`: each new firing puts a `firing` event in the outbox, and each
+/// firing whose subject no longer fires (and is not `unknown`) ends and puts a `resolved` event
+/// there. Whether anything changed.
 pub fn apply(
     rule: &Rule,
     state: &mut RuleState,
@@ -141,7 +141,7 @@ pub fn apply(
         metrics::counter!(RESOLVED).increment(1);
         let event = json!({
             "event_id": id,
-            "rule": {"id": rule.id, "name": rule.name, "kind": rule.condition.kind()},
+            "rule": rule_summary(rule),
             "subject": subject,
             "state": "resolved",
             "firing_event_id": f.event_id,
@@ -161,7 +161,7 @@ pub fn apply(
         let id = event_id(&rule.id, &f.subject, f.since_ms);
         let event = json!({
             "event_id": id,
-            "rule": {"id": rule.id, "name": rule.name, "kind": rule.condition.kind()},
+            "rule": rule_summary(rule),
             "subject": f.subject,
             "state": "firing",
             "since": rfc3339(f.since_ms),
@@ -183,6 +183,11 @@ pub fn apply(
         changed = true;
     }
     changed
+}
+
+/// The rule as an event names it.
+fn rule_summary(rule: &Rule) -> Value {
+    json!({"id": rule.id, "name": rule.name, "kind": rule.condition.kind()})
 }
 
 /// The delay before retry number `attempts` (1 for the first retry).
@@ -533,6 +538,11 @@ mod tests {
         assert_eq!(end.event["event_id"], end.event_id);
         assert_eq!(end.event["state"], "resolved");
         assert_eq!(end.event["subject"], "a");
+        assert_eq!(
+            end.event["rule"],
+            json!({"id": r.id, "name": "r", "kind": "device_offline"})
+        );
+        assert_eq!(end.event["rule"], s.outbox[0].event["rule"]);
         assert_eq!(end.event["firing_event_id"], fired);
         assert_eq!(end.event["since"], rfc3339(10));
         assert_eq!(end.event["fired_at"], rfc3339(1000));
