@@ -130,6 +130,14 @@ fn holds(ok: bool, saw: impl std::fmt::Debug) -> Result<(), String> {
     if ok { Ok(()) } else { Err(format!("{saw:?}")) }
 }
 
+/// An event's rule id and subject.
+fn rule_and_subject(body: &Value) -> (String, String) {
+    (
+        body["rule"]["id"].as_str().unwrap_or_default().to_string(),
+        body["subject"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_reach_the_webhook_once_per_firing() {
     let Some(brokers) = testenv::broker_or_skip("alerts_reach_the_webhook_once_per_firing") else {
@@ -337,12 +345,7 @@ async fn alerts_reach_the_webhook_once_per_firing() {
         got.lock()
             .unwrap()
             .iter()
-            .map(|(_, b, _)| {
-                (
-                    b["rule"]["id"].as_str().unwrap_or_default().to_string(),
-                    b["subject"].as_str().unwrap_or_default().to_string(),
-                )
-            })
+            .map(|(_, b, _)| rule_and_subject(b))
             .collect()
     };
     wait_until(
@@ -413,15 +416,8 @@ async fn alerts_reach_the_webhook_once_per_firing() {
         &lake,
         Duration::from_secs(60),
         async || {
-            let ended: BTreeSet<(String, String)> = resolved(&got)
-                .iter()
-                .map(|b| {
-                    (
-                        b["rule"]["id"].as_str().unwrap_or_default().to_string(),
-                        b["subject"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect();
+            let ended: BTreeSet<(String, String)> =
+                resolved(&got).iter().map(rule_and_subject).collect();
             holds(ended.contains(&offline_of(&devices[0])), &ended)
         },
     )
