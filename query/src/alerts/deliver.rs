@@ -128,14 +128,10 @@ pub fn apply(
         .map(|f| f.subject.as_str())
         .chain(unknown.iter().map(String::as_str))
         .collect();
-    let ended: Vec<String> = state
+    let ended = state
         .firing
-        .keys()
-        .filter(|subject| !live.contains(subject.as_str()))
-        .cloned()
-        .collect();
-    for subject in ended {
-        let f = state.firing.remove(&subject).expect("listed from the map");
+        .extract_if(.., |subject, _| !live.contains(subject.as_str()));
+    for (subject, f) in ended {
         let id = resolved_id(&f.event_id);
         tracing::info!(rule = %rule.id, subject, event_id = %id, firing_event_id = %f.event_id, "alert resolved");
         metrics::counter!(RESOLVED).increment(1);
