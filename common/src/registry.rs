@@ -9,6 +9,7 @@
 //! CSV: a header `public_key,kind,lat,lng,owner` and one row per device.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -98,6 +99,8 @@ struct Snapshot {
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     inner: Arc<RwLock<Snapshot>>,
+    /// Bumped under the write lock by every change of the devices ([`Registry::generation`]).
+    generation: Arc<AtomicU64>,
     path: Option<PathBuf>,
 }
 
@@ -113,6 +116,7 @@ impl Registry {
     pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
         let reg = Registry {
             inner: Default::default(),
+            generation: Default::default(),
             path: Some(path.into()),
         };
         reg.reload_if_changed()?;
@@ -121,8 +125,22 @@ impl Registry {
 
     fn replace(&self, devices: Vec<Device>) -> Result<()> {
         let map = keyed(devices)?;
-        self.inner.write().expect("registry lock").devices = map;
+        let mut snap = self.inner.write().expect("registry lock");
+        snap.devices = map;
+        self.changed();
         Ok(())
+    }
+
+    /// A number that changes whenever the devices change, so that a caller may keep what it looked
+    /// up while the number stays. Read it before the look-up: an answer is then never newer than
+    /// the number kept with it claims, only older, and the next change is seen.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Called with the write lock held, after the change.
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// The device with this public key.
@@ -196,6 +214,7 @@ impl Registry {
     fn edit(&self, f: impl FnOnce(&mut HashMap<[u8; 32], (Device, VerifyingKey)>)) -> Result<()> {
         let mut snap = self.inner.write().expect("registry lock");
         f(&mut snap.devices);
+        self.changed();
         if let Some(path) = &self.path {
             let mut devices: Vec<&Device> = snap.devices.values().map(|(d, _)| d).collect();
             devices.sort_by(|a, b| a.public_key.cmp(&b.public_key));
@@ -225,6 +244,7 @@ impl Registry {
         };
         snap.devices = keyed(devices)?;
         snap.stamp = stamp;
+        self.changed();
         Ok(true)
     }
 

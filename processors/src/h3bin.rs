@@ -2,7 +2,6 @@
 //! its parents (about 5 ns each instead of about 1 µs for a cell from coordinates).
 
 use h3o::{LatLng, Resolution};
-use rustc_hash::FxHashMap;
 
 /// Bins points at a fixed list of resolutions.
 #[derive(Debug, Clone)]
@@ -10,14 +9,14 @@ pub struct Binner {
     /// Configured resolutions, in the caller's order.
     resolutions: Vec<Resolution>,
     finest: Resolution,
-    /// Each device's last point and its cells ([`Binner::cells_of`]): hotspots and sensors report
-    /// from where they are installed, so most rows repeat their device's last point exactly.
-    last: FxHashMap<[u8; 32], ((u64, u64), Cells)>,
 }
 
-/// Devices whose last point [`Binner::cells_of`] remembers, at most (then it starts again empty):
-/// about 90 bytes each, so at most about 6 MiB per partition.
-const MAX_REMEMBERED: usize = 1 << 16;
+/// One device's last point and its cells ([`Binner::cells_at`]): hotspots and sensors report from
+/// where they are installed, so most rows repeat their device's last point exactly. It lives in the
+/// device's validation state ([`crate::validate::DeviceState`]), which the record's checks have
+/// just read: a map of its own cost a cache miss per record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LastPoint(Option<((u64, u64), Cells)>);
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid H3 resolutions (each 0..=15, one to {MAX_RESOLUTIONS} of them): {0}")]
@@ -57,25 +56,22 @@ impl Binner {
         Ok(Binner {
             resolutions,
             finest,
-            last: FxHashMap::default(),
         })
     }
 
-    /// [`Binner::cells`] of a point reported by device `key`, from a cache of each device's last
-    /// point: computing a cell costs about 1 µs, the largest part of a row's processing before the
-    /// cache (load-tests/RESULTS.md, the processor profile of issue #26). Same answers as `cells`.
-    pub fn cells_of(&mut self, key: &[u8; 32], lat: f64, lng: f64) -> Option<Cells> {
+    /// [`Binner::cells`] of a point reported by a device whose last point is `last`, which it
+    /// updates: computing a cell costs about 1 µs, the largest part of a row's processing before
+    /// this cache (load-tests/RESULTS.md, the processor profile of issue #26). Same answers as
+    /// `cells`.
+    pub fn cells_at(&self, last: &mut LastPoint, lat: f64, lng: f64) -> Option<Cells> {
         let point = (lat.to_bits(), lng.to_bits());
-        if let Some((p, cells)) = self.last.get(key)
-            && *p == point
+        if let Some((p, cells)) = last.0
+            && p == point
         {
-            return Some(*cells);
+            return Some(cells);
         }
         let cells = self.cells(lat, lng)?;
-        if self.last.len() >= MAX_REMEMBERED {
-            self.last.clear();
-        }
-        self.last.insert(*key, (point, cells));
+        last.0 = Some((point, cells));
         Some(cells)
     }
 
@@ -128,12 +124,12 @@ mod tests {
         }
     }
 
-    /// The cache of each device's last point gives the cells `cells` computes, for a device that
-    /// stays, moves, and comes back.
+    /// A device's last point gives the cells `cells` computes, for a device that stays, moves, and
+    /// comes back.
     #[test]
-    fn cells_of_a_device_equal_the_cells_of_its_point() {
-        let mut b = Binner::new(&[12, 8]).unwrap();
-        let (k1, k2) = ([1u8; 32], [2u8; 32]);
+    fn cells_at_a_last_point_equal_the_cells_of_the_point() {
+        let b = Binner::new(&[12, 8]).unwrap();
+        let (mut k1, mut k2) = (LastPoint::default(), LastPoint::default());
         let points = [
             (52.52, 13.405),
             (52.52, 13.405),
@@ -142,17 +138,17 @@ mod tests {
         ];
         for (lat, lng) in points {
             assert_eq!(
-                b.cells_of(&k1, lat, lng),
+                b.cells_at(&mut k1, lat, lng),
                 b.cells(lat, lng),
                 "({lat}, {lng})"
             );
             assert_eq!(
-                b.cells_of(&k2, lng, lat),
+                b.cells_at(&mut k2, lng, lat),
                 b.cells(lng, lat),
                 "({lng}, {lat})"
             );
         }
-        assert_eq!(b.cells_of(&k1, f64::NAN, 0.0), None);
-        assert_eq!(b.cells_of(&k1, 52.52, 13.405), b.cells(52.52, 13.405));
+        assert_eq!(b.cells_at(&mut k1, f64::NAN, 0.0), None);
+        assert_eq!(b.cells_at(&mut k1, 52.52, 13.405), b.cells(52.52, 13.405));
     }
 }

@@ -431,7 +431,10 @@ impl PartitionWorker {
         match verdict {
             Verdict::Valid(valid) => {
                 let loc = valid.reading.location.unwrap_or_default();
-                match self.binner.cells_of(&valid.key, loc.lat, loc.lng) {
+                match self
+                    .validator
+                    .cells_of(&self.binner, &valid.key, loc.lat, loc.lng)
+                {
                     Some(cells) => {
                         self.unit.valid.push(ValidRow { src, valid, cells });
                         self.unit.valid_count += 1;

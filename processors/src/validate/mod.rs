@@ -22,7 +22,7 @@ mod checks;
 mod state;
 
 pub use checks::{distance_m, location_problem};
-pub use state::DeviceState;
+pub use state::{DeviceState, Registered};
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -35,6 +35,8 @@ use hexpulse_schemas::wire::{Kind, KindName, Reading, SignedReading, partition_o
 use prost::Message;
 
 use hexpulse_lake::rules::Rules;
+
+use crate::h3bin::{Binner, Cells};
 
 /// A raw Kafka record to validate.
 #[derive(Debug, Clone, Copy)]
@@ -154,6 +156,21 @@ impl Validator {
     /// Number of devices with state.
     pub fn devices(&self) -> usize {
         self.devices.len()
+    }
+
+    /// The H3 cells of a valid reading's point, from the last point of its device, whose state the
+    /// reading's checks have just read (so this look-up finds it in the cache).
+    pub fn cells_of(
+        &mut self,
+        binner: &Binner,
+        key: &[u8; 32],
+        lat: f64,
+        lng: f64,
+    ) -> Option<Cells> {
+        match self.devices.get_mut(key) {
+            Some(s) => binner.cells_at(&mut s.last_point, lat, lng),
+            None => binner.cells(lat, lng),
+        }
     }
 
     /// Feeds a reading already in the lake (state rebuild after a restart or a rebalance).
@@ -291,30 +308,50 @@ impl Validator {
             reading: Some(d.reading.clone()),
             kind: Some(d.kind),
         };
-        // The registry holds each known device's parsed key, so keys are not decompressed per record
-        // (and the parsed key, 192 bytes, is not copied out of it).
-        let (kind, asserted, key, signature_ok) = {
-            let view = self.registry.read();
-            match view.get_with_key(&envelope.public_key) {
-                Some((d, vk)) => {
-                    let ok = !self.reverify
-                        || signature_ok.unwrap_or_else(|| {
-                            sign::verify(vk, &envelope.payload, &decoded.signature).is_ok()
-                        });
-                    (d.kind, (d.lat, d.lng), vk.to_bytes(), ok)
-                }
-                None => {
-                    let (reason, message) = match parse_key(&envelope) {
-                        Err(r) => (r.reason, r.message),
-                        Ok(_) => (
-                            RejectReason::UnknownDevice,
-                            "device is no longer registered".into(),
-                        ),
-                    };
-                    return with(reason, message, &decoded);
+        // What the registry says of the device: from the device's state when the registry has not
+        // changed since a reading of it was accepted (with re-verification off, which needs the
+        // parsed key); else from the registry, which holds each known device's parsed key, so keys
+        // are not decompressed per record (and the parsed key, 192 bytes, is not copied out of it).
+        // Each look-up in a map of many devices is likely a cache miss: this one also brings in the
+        // state that the checks below read.
+        let generation = self.registry.generation();
+        let remembered = match key {
+            Some(k) if !self.reverify => {
+                self.devices.get(&k).and_then(|s| s.registered(generation))
+            }
+            _ => None,
+        };
+        let (registered, key, signature_ok) = match (remembered, key) {
+            (Some(r), Some(k)) => (r, k, true),
+            _ => {
+                let view = self.registry.read();
+                match view.get_with_key(&envelope.public_key) {
+                    Some((d, vk)) => {
+                        let ok = !self.reverify
+                            || signature_ok.unwrap_or_else(|| {
+                                sign::verify(vk, &envelope.payload, &decoded.signature).is_ok()
+                            });
+                        let r = Registered {
+                            generation,
+                            kind: d.kind,
+                            asserted: (d.lat, d.lng),
+                        };
+                        (r, vk.to_bytes(), ok)
+                    }
+                    None => {
+                        let (reason, message) = match parse_key(&envelope) {
+                            Err(r) => (r.reason, r.message),
+                            Ok(_) => (
+                                RejectReason::UnknownDevice,
+                                "device is no longer registered".into(),
+                            ),
+                        };
+                        return with(reason, message, &decoded);
+                    }
                 }
             }
         };
+        let (kind, asserted) = (registered.kind, registered.asserted);
         if !signature_ok {
             return with(
                 RejectReason::BadSignature,
@@ -422,6 +459,7 @@ impl Validator {
             );
         }
         let accept = |s: &mut DeviceState| {
+            s.set_registered(registered);
             s.accept(
                 r.seq,
                 r.device_time_ms,

@@ -8,8 +8,13 @@
 
 use std::collections::BTreeMap;
 
+use hexpulse_schemas::wire::KindName;
+
+use crate::h3bin::LastPoint;
+
 /// What a partition remembers of one device: stored sequence numbers (with their device time, for
-/// pruning), its valid positions by device time, and valid readings per rate window.
+/// pruning), its valid positions by device time, and valid readings per rate window; also, so that a
+/// record needs one look-up of its device, what the registry said of it and its last point's cells.
 #[derive(Debug, Clone)]
 pub struct DeviceState {
     /// Stored sequence numbers with their device time, sorted by sequence number.
@@ -31,6 +36,21 @@ pub struct DeviceState {
     /// An installed device's position (held near its asserted location): the newest only, kept
     /// here rather than in `fixes`. When it is set, `fixes` is empty.
     installed_fix: Option<(i64, (f64, f64))>,
+    /// The registry's entry for the device when a reading of it was last accepted, with the
+    /// registry's generation then ([`Registered`]).
+    registered: Option<Registered>,
+    /// The last valid point's H3 cells ([`crate::h3bin::Binner::cells_at`]).
+    pub(crate) last_point: LastPoint,
+}
+
+/// What the registry said of a device (its kind and asserted location), valid while the registry's
+/// generation ([`hexpulse_common::registry::Registry::generation`]) is the one read before the
+/// look-up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Registered {
+    pub generation: u64,
+    pub kind: KindName,
+    pub asserted: (f64, f64),
 }
 
 impl Default for DeviceState {
@@ -43,11 +63,23 @@ impl Default for DeviceState {
             older_windows: Vec::new(),
             fixes: BTreeMap::new(),
             installed_fix: None,
+            registered: None,
+            last_point: LastPoint::default(),
         }
     }
 }
 
 impl DeviceState {
+    /// What the registry said of the device, if that is still what it says (its `generation`).
+    pub fn registered(&self, generation: u64) -> Option<Registered> {
+        self.registered.filter(|r| r.generation == generation)
+    }
+
+    /// Remembers what the registry said of the device at `registered.generation`.
+    pub fn set_registered(&mut self, registered: Registered) {
+        self.registered = Some(registered);
+    }
+
     pub fn has_seq(&self, seq: u64) -> bool {
         match self.newest_seq {
             None => false,

@@ -267,3 +267,66 @@ fn a_backdated_reading_is_checked_against_its_neighbours_in_time() {
         "valid"
     );
 }
+
+/// Without re-verification a device's registry entry is kept in its state; every change of the
+/// registry (kind, asserted location, removal) still decides the next reading.
+#[test]
+fn a_change_of_the_registry_decides_the_next_reading() {
+    let mut v = setup();
+    v.reverify = false;
+    let registry = v.registry.clone();
+    let device = |kind, lat| Device {
+        public_key: hex::encode(key(1).verifying_key().as_bytes()),
+        kind,
+        lat,
+        lng: 13.405,
+        owner: "a".into(),
+    };
+    let mut seq = 0;
+    let mut next = |v: &mut Validator| {
+        seq += 1;
+        let t = T0 + seq as i64 * 60_000;
+        verdict(v, 1, &hb(seq, t, 52.52, 13.405), t)
+    };
+    assert_eq!(next(&mut v), "valid");
+    assert_eq!(next(&mut v), "valid");
+    registry.upsert(device(KindName::Sensor, 52.52)).unwrap();
+    assert_eq!(next(&mut v), "kind_mismatch");
+    registry.upsert(device(KindName::Heartbeat, 52.52)).unwrap();
+    assert_eq!(next(&mut v), "valid");
+    registry.upsert(device(KindName::Heartbeat, 53.52)).unwrap();
+    assert_eq!(next(&mut v), "too_far_from_asserted");
+    registry.upsert(device(KindName::Heartbeat, 52.52)).unwrap();
+    assert_eq!(next(&mut v), "valid");
+    assert!(registry.remove(key(1).verifying_key().as_bytes()).unwrap());
+    assert_eq!(next(&mut v), "unknown_device");
+}
+
+/// The cells of a device's point, from its state's last point, equal the binner's.
+#[test]
+fn cells_of_a_device_equal_the_binners() {
+    let mut v = setup();
+    let binner = Binner::new(&[12, 8]).unwrap();
+    let k = key(1).verifying_key().to_bytes();
+    for (seq, (lat, lng)) in [
+        (52.52, 13.405),
+        (52.52, 13.405),
+        (52.5201, 13.4051),
+        (52.52, 13.405),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let t = T0 + seq as i64 * 60_000;
+        assert_eq!(
+            verdict(&mut v, 1, &hb(seq as u64 + 1, t, lat, lng), t),
+            "valid"
+        );
+        assert_eq!(v.cells_of(&binner, &k, lat, lng), binner.cells(lat, lng));
+    }
+    // A device without state (never accepted) gets the binner's cells too.
+    assert_eq!(
+        v.cells_of(&binner, &[9; 32], 1.0, 2.0),
+        binner.cells(1.0, 2.0)
+    );
+}
