@@ -272,7 +272,9 @@ impl Validator {
                 format!("record not written by an ingest holding the envelope key: {problem}"),
             );
         }
-        let envelope = match SignedReading::decode(rec.value) {
+        // Decoded from one copy of the record, which its byte fields then share: decoding the
+        // borrowed record copied each of them into an allocation of its own.
+        let envelope = match SignedReading::decode(bytes::Bytes::copy_from_slice(rec.value)) {
             Ok(e) => e,
             Err(e) => return reject(RejectReason::Malformed, format!("signed reading: {e}")),
         };
