@@ -317,15 +317,12 @@ impl Validator {
         // Each look-up in a map of many devices is likely a cache miss: this one also brings in the
         // state that the checks below read.
         let generation = self.registry.generation();
-        let remembered = match key {
-            Some(k) if !self.reverify => {
-                self.devices.get(&k).and_then(|s| s.registered(generation))
-            }
-            _ => None,
-        };
-        let (registered, key, signature_ok) = match (remembered, key) {
-            (Some(r), Some(k)) => (r, k, true),
-            _ => {
+        let remembered = key
+            .filter(|_| !self.reverify)
+            .and_then(|k| Some((self.devices.get(&k)?.registered(generation)?, k)));
+        let (registered, key, signature_ok) = match remembered {
+            Some((r, k)) => (r, k, true),
+            None => {
                 let view = self.registry.read();
                 match view.get_with_key(&envelope.public_key) {
                     Some((d, vk)) => {
