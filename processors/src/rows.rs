@@ -367,14 +367,20 @@ pub fn rejected_batch(rows: &[&RejectedRow], ctx: &Ctx<'_>) -> Result<RecordBatc
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use hexpulse_schemas::wire::{Heartbeat, Location, Measurement, Reading, Sensor};
     use rand::{Rng, SeedableRng};
 
     use super::*;
     use crate::h3bin::Binner;
 
-    fn row(rng: &mut impl Rng, binner: &Binner, kind: KindName, offset: i64) -> ValidRow {
+    /// A valid reading of `kind` at `offset`, near Berlin, with few distinct times and cells.
+    pub(crate) fn row(
+        rng: &mut impl Rng,
+        binner: &Binner,
+        kind: KindName,
+        offset: i64,
+    ) -> ValidRow {
         let (lat, lng) = (
             52.4 + rng.random_range(0.0..0.3),
             13.2 + rng.random_range(0.0..0.4),
