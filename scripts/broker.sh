@@ -13,6 +13,8 @@
 # State lives outside the clone: $HEXPULSE_CACHE (default ~/.cache/hexpulse): the binary in
 # tansu/bin/tansu, and per port run/broker-PORT/{pid,log,tansu.db}.
 set -euo pipefail
+# shellcheck source=scripts/pidfile.sh
+. "$(dirname "$0")/pidfile.sh"
 
 CACHE="${HEXPULSE_CACHE:-$HOME/.cache/hexpulse}"
 TANSU_VERSION=0.6.0
@@ -38,13 +40,7 @@ cmd_install() {
   installed_ok || die "tansu did not install at $TANSU"
 }
 
-pid_of() {
-  local f; f="$(run_dir "$1")/pid"
-  [ -f "$f" ] || return 1
-  local pid; pid=$(cat "$f")
-  kill -0 "$pid" 2>/dev/null || return 1
-  echo "$pid"
-}
+pid_of() { pid_in "$(run_dir "$1")"; }
 
 answers() {
   "$TANSU" topic list --broker "tcp://127.0.0.1:$1" >/dev/null 2>&1

@@ -10,6 +10,8 @@
 # State lives outside the clone: $HEXPULSE_CACHE/run/mosquitto-PORT/{mosquitto.conf,pid,log,mosquitto.db}.
 # `make up` does not install Mosquitto (`make test` does); without it, `make up` runs no bridge.
 set -euo pipefail
+# shellcheck source=scripts/pidfile.sh
+. "$(dirname "$0")/pidfile.sh"
 
 CACHE="${HEXPULSE_CACHE:-$HOME/.cache/hexpulse}"
 die() { echo "mosquitto.sh: $*" >&2; exit 1; }
@@ -26,13 +28,7 @@ binary() {
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-pid_of() {
-  local f; f="$(run_dir "$1")/pid"
-  [ -f "$f" ] || return 1
-  local pid; pid=$(cat "$f")
-  kill -0 "$pid" 2>/dev/null || return 1
-  echo "$pid"
-}
+pid_of() { pid_in "$(run_dir "$1")"; }
 
 cmd_start() {
   local port=$1 dir bin i

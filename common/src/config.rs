@@ -45,6 +45,20 @@ pub fn load_with_env<T: DeserializeOwned, P: AsRef<Path>>(
     fig.extract().map_err(|e| ConfigError(Box::new(e)))
 }
 
+/// `host:port` (or `[v6]:port`) split into the host, without brackets, and the port; `None` when
+/// the port is missing or not a number, or the host is empty.
+pub fn host_port(addr: &str) -> Option<(String, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_string(), port.parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +99,18 @@ mod tests {
         assert_eq!(c.server.port, 4);
         assert_eq!(c.server.timeout, std::time::Duration::from_secs(3));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn host_port_splits_names_v4_and_v6() {
+        assert_eq!(
+            host_port("mqtt.local:1883"),
+            Some(("mqtt.local".into(), 1883))
+        );
+        assert_eq!(host_port("127.0.0.1:1"), Some(("127.0.0.1".into(), 1)));
+        assert_eq!(host_port("[::1]:1883"), Some(("::1".into(), 1883)));
+        for bad in ["mqtt.local", "mqtt.local:", ":1883", "h:70000", "h:x"] {
+            assert_eq!(host_port(bad), None, "{bad}");
+        }
     }
 }

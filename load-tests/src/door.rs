@@ -356,9 +356,7 @@ impl Mqtt {
         use rumqttc::v5::mqttbytes::QoS;
         use rumqttc::v5::mqttbytes::v5::Packet;
         use rumqttc::v5::{Event, MqttOptions};
-        let (host, port) = broker
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+        let (host, port) = hexpulse_common::config::host_port(broker)
             .with_context(|| format!("mqtt broker {broker:?}: expected host:port"))?;
         let id = format!("hexpulse-sim-{:016x}", rand::random::<u64>());
         let mut options = MqttOptions::new(id.clone(), host, port);

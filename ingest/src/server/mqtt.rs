@@ -61,10 +61,7 @@ pub async fn start(
     registry: Registry,
     shutdown: CancellationToken,
 ) -> Result<Bridge, BridgeError> {
-    let (host, port) = mqtt
-        .broker
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+    let (host, port) = hexpulse_common::config::host_port(&mqtt.broker)
         .ok_or_else(|| BridgeError::Broker(mqtt.broker.clone()))?;
     let (state, mut tasks) = Ingest::build(cfg, &kafka, registry, shutdown.clone()).await?;
     let health = state.health.clone();
