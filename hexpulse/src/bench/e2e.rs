@@ -35,15 +35,16 @@ pub const E2E_TARGET_RATIO: f64 = 0.75;
 #[derive(Debug, Clone, clap::Args)]
 pub struct E2eArgs {
     /// Target readings per second (above what this machine sustains, so the pipeline sets the pace;
-    /// a run that sustains nearly all of it says so, and its rate is only a lower bound).
-    #[arg(long, default_value_t = 60000.0)]
+    /// a run that sustains nearly all of it says so, and its rate is only a lower bound). 60,000 was
+    /// below what a 2-core AVX-512 IFMA machine sustains (load-tests/RESULTS.md, 2026-12-06 08:20).
+    #[arg(long, default_value_t = 100000.0)]
     pub rate: f64,
     /// How long to send.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     pub duration: Duration,
-    /// Simulated devices (the rules allow each 120 readings a minute, so 60,000 devices may send
-    /// 120,000 a second).
-    #[arg(long, default_value_t = 60000)]
+    /// Simulated devices (the rules allow each 120 readings a minute, so 100,000 devices may send
+    /// 200,000 a second).
+    #[arg(long, default_value_t = 100000)]
     pub devices: usize,
     /// Requests the simulator keeps in flight (each of 200 readings). 16 instead of 8 changed the
     /// rate by under 2% on a 2-core machine (load-tests/RESULTS.md): the pipeline's CPU bounds it.
