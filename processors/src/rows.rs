@@ -374,6 +374,35 @@ pub(crate) mod tests {
     use super::*;
     use crate::h3bin::Binner;
 
+    /// The H3 resolutions of the tests' rows.
+    pub(crate) const RESOLUTIONS: &[u8] = &[8, 12];
+
+    /// The context of the tests' batches.
+    pub(crate) fn ctx() -> Ctx<'static> {
+        Ctx {
+            topic: "raw",
+            rules_version: "v1",
+            resolutions: RESOLUTIONS,
+        }
+    }
+
+    /// `rows` of `kind` built into batches of random sizes, in order, as the live tier publishes.
+    pub(crate) fn in_pieces(
+        rng: &mut impl Rng,
+        kind: KindName,
+        rows: &[&ValidRow],
+        ctx: &Ctx<'_>,
+    ) -> Vec<RecordBatch> {
+        let mut pieces = Vec::new();
+        let mut rest = rows;
+        while !rest.is_empty() {
+            let (piece, tail) = rest.split_at(rng.random_range(1..=rest.len()));
+            pieces.push(valid_batch(kind, piece, ctx).unwrap());
+            rest = tail;
+        }
+        pieces
+    }
+
     /// A valid reading of `kind` at `offset`, near Berlin, with few distinct times and cells.
     pub(crate) fn row(
         rng: &mut impl Rng,
@@ -438,13 +467,7 @@ pub(crate) mod tests {
     /// before), whether the table's batch was built whole or in pieces (as the live tier publishes).
     #[test]
     fn hour_batches_equal_the_batches_of_sorted_rows() {
-        let resolutions = [8u8, 12];
-        let binner = Binner::new(&resolutions).unwrap();
-        let ctx = Ctx {
-            topic: "raw",
-            rules_version: "v1",
-            resolutions: &resolutions,
-        };
+        let (binner, ctx) = (Binner::new(RESOLUTIONS).unwrap(), ctx());
         let coarse = tables::h3_column(8);
         for (seed, kind) in (0..20u64).zip([KindName::Sensor, KindName::Heartbeat].iter().cycle()) {
             let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
@@ -458,13 +481,7 @@ pub(crate) mod tests {
                 .collect();
             let refs: Vec<&ValidRow> = rows.iter().collect();
             let whole = valid_batch(*kind, &refs, &ctx).unwrap();
-            let mut pieces = Vec::new();
-            let mut rest = &refs[..];
-            while !rest.is_empty() {
-                let (piece, tail) = rest.split_at(rng.random_range(1..=rest.len()));
-                pieces.push(valid_batch(*kind, piece, &ctx).unwrap());
-                rest = tail;
-            }
+            let pieces = in_pieces(&mut rng, *kind, &refs, &ctx);
             let got = hour_batches(std::slice::from_ref(&whole), &coarse).unwrap();
             assert_eq!(got, hour_batches(&pieces, &coarse).unwrap(), "seed {seed}");
             let mut want = std::collections::BTreeMap::<i64, Vec<&ValidRow>>::new();

@@ -252,7 +252,7 @@ mod tests {
 
     use super::*;
     use crate::h3bin::Binner;
-    use crate::rows::tests::row;
+    use crate::rows::tests::{RESOLUTIONS, ctx, in_pieces, row};
 
     fn files(
         valid: &[ValidRow],
@@ -270,13 +270,7 @@ mod tests {
     /// are built at the seal writes the same files as a unit built whole at the seal.
     #[test]
     fn files_of_built_pieces_and_rows_built_at_the_seal_equal_a_whole_build() {
-        let resolutions = [8u8, 12];
-        let binner = Binner::new(&resolutions).unwrap();
-        let ctx = Ctx {
-            topic: "raw",
-            rules_version: "v1",
-            resolutions: &resolutions,
-        };
+        let (binner, ctx) = (Binner::new(RESOLUTIONS).unwrap(), ctx());
         for seed in 0..12u64 {
             let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
             let rows: Vec<ValidRow> = (0..rng.random_range(2..200))
@@ -301,12 +295,7 @@ mod tests {
                     .iter()
                     .filter(|r| r.valid.kind == kind)
                     .collect();
-                let mut rest = &mine[..];
-                while !rest.is_empty() {
-                    let (piece, tail) = rest.split_at(rng.random_range(1..=rest.len()));
-                    pieces.push(valid_batch(kind, piece, &ctx).unwrap());
-                    rest = tail;
-                }
+                *pieces = in_pieces(&mut rng, kind, &mine, &ctx);
             }
             let mixed = files(&rows[cut..], built, &ctx);
             assert!(!whole.is_empty());
