@@ -289,14 +289,13 @@ mod tests {
             // The live tier built the first `cut` readings, each table's in arrival order, in
             // pieces of random sizes.
             let cut = rng.random_range(1..rows.len());
-            let mut built: [Vec<RecordBatch>; 3] = Default::default();
-            for (kind, pieces) in KindName::ALL.into_iter().zip(built.iter_mut()) {
+            let built = KindName::ALL.map(|kind| {
                 let mine: Vec<&ValidRow> = rows[..cut]
                     .iter()
                     .filter(|r| r.valid.kind == kind)
                     .collect();
-                *pieces = in_pieces(&mut rng, kind, &mine, &ctx);
-            }
+                in_pieces(&mut rng, kind, &mine, &ctx)
+            });
             let mixed = files(&rows[cut..], built, &ctx);
             assert!(!whole.is_empty());
             assert_eq!(whole, mixed, "seed {seed}, cut {cut} of {}", rows.len());
