@@ -150,7 +150,7 @@ impl SealedUnit {
                 rules_version: &rules_version,
                 resolutions: &resolutions,
             };
-            encode_unit(&valid, built, &rejected, &resolutions, &ctx)
+            encode_unit(&valid, built, &rejected, &ctx)
         })
         .await
         .map_err(|e| FlushError::Panicked(e.to_string()))??;
@@ -185,12 +185,11 @@ fn encode_unit(
     valid: &[ValidRow],
     built: [Vec<RecordBatch>; 3],
     rejected: &[RejectedRow],
-    resolutions: &[u8],
     ctx: &Ctx<'_>,
 ) -> Result<Vec<UnitFile>, FlushError> {
     let started = Instant::now();
     let mut files = Vec::new();
-    let coarse = tables::h3_column(resolutions.iter().copied().min().unwrap_or(0));
+    let coarse = tables::h3_column(ctx.resolutions.iter().copied().min().unwrap_or(0));
     for (kind, mut pieces) in KindName::ALL.into_iter().zip(built) {
         let rows: Vec<&ValidRow> = valid.iter().filter(|r| r.valid.kind == kind).collect();
         if !rows.is_empty() {
@@ -259,7 +258,7 @@ mod tests {
         built: [Vec<RecordBatch>; 3],
         ctx: &Ctx<'_>,
     ) -> Vec<(&'static str, String, u32, bytes::Bytes, String)> {
-        encode_unit(valid, built, &[], ctx.resolutions, ctx)
+        encode_unit(valid, built, &[], ctx)
             .unwrap()
             .into_iter()
             .map(|f| (f.table, f.date, f.hour, f.bytes, f.stats))
