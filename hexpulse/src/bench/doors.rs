@@ -9,6 +9,10 @@
 //! each answer format (JSON, CSV, Arrow IPC; the HTTP door builds the whole answer before sending
 //! it). Each door runs `runs` times in turn with the in-process baseline, one after the other in
 //! the same run, and its figure is the median; every answer's row count is checked.
+//!
+//! `ipc-over-tcp` is measured the same way but is no door: the in-process plan's batches go as
+//! Arrow IPC through one bare loopback TCP socket. Its ratio is a ceiling for every door over TCP on
+//! the machine, so a door's figure can be read against what the transport alone allows.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -18,7 +22,9 @@ use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::StreamExt;
 use hexpulse_common::time::now_ms;
 use hexpulse_lake::{HOUR_MS, Lake};
+use hexpulse_query::datafusion::arrow::array::RecordBatch;
 use hexpulse_query::datafusion::arrow::ipc::reader::StreamReader;
+use hexpulse_query::datafusion::arrow::ipc::writer::StreamWriter;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +44,7 @@ pub struct DoorsArgs {
     #[arg(long, env = "HEXPULSE_PSQL", default_value = "psql")]
     pub psql: PathBuf,
     /// Measure only these doors (comma-separated: flight-sql, postgres, http-json, http-csv,
-    /// http-arrow); in-process DataFusion always runs as the baseline.
+    /// http-arrow, ipc-over-tcp: the floor under any door over TCP); in-process DataFusion always runs as the baseline.
     #[arg(long, value_delimiter = ',')]
     pub doors: Vec<String>,
     /// Write the JSON report here too.
@@ -46,8 +52,9 @@ pub struct DoorsArgs {
     pub out: Option<PathBuf>,
 }
 
-/// Every door the bench can measure, after the in-process baseline: (door, client).
-const DOORS: [(&str, &str); 5] = [
+/// Every door the bench can measure, after the in-process baseline: (door, client). The last is
+/// not a door but the floor under every door over TCP ([`ipc_over_tcp`]).
+const DOORS: [(&str, &str); 6] = [
     (
         "flight-sql",
         "arrow-flight FlightSqlServiceClient (tonic, adaptive HTTP/2 window, 1 MiB frames)",
@@ -56,6 +63,10 @@ const DOORS: [(&str, &str); 5] = [
     ("http-json", "reqwest, POST /v1/sql?format=json"),
     ("http-csv", "reqwest, POST /v1/sql?format=csv"),
     ("http-arrow", "reqwest, POST /v1/sql?format=arrow"),
+    (
+        "ipc-over-tcp",
+        "no door: the in-process plan's batches as Arrow IPC through one loopback TCP socket, read and discarded (no gRPC, HTTP/2 or decoding): a ceiling for any door over TCP on these cores",
+    ),
 ];
 
 #[derive(Debug, Serialize)]
@@ -96,6 +107,55 @@ async fn in_process(q: &hexpulse_query::Query, sql: &str) -> anyhow::Result<Fetc
         rows += b?.num_rows();
     }
     Ok((rows, None))
+}
+
+/// Not a door: the in-process plan's batches written as an Arrow IPC stream into one loopback TCP
+/// socket by one thread and read and thrown away by another. Any door over TCP moves at least these
+/// bytes through the kernel on the same cores as the plan, and does more (framing, copies into
+/// messages, the client's decoding), so this figure bounds every door's ratio to in-process.
+async fn ipc_over_tcp(q: &hexpulse_query::Query, sql: &str) -> anyhow::Result<Fetched> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let reader = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut socket, _) = listener.accept()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            match socket.read(&mut buf)? {
+                0 => return Ok(total),
+                n => total += n as u64,
+            }
+        }
+    });
+    let (ctx, _) = q.gate.catalog.context();
+    let mut stream = ctx.sql(sql).await?.execute_stream().await?;
+    let schema = stream.schema();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(4);
+    let writer = std::thread::spawn(move || -> anyhow::Result<usize> {
+        let socket = std::net::TcpStream::connect(addr)?;
+        let out = std::io::BufWriter::with_capacity(1 << 20, socket);
+        let mut w = StreamWriter::try_new(out, &schema)?;
+        let mut rows = 0;
+        while let Some(b) = rx.blocking_recv() {
+            rows += b.num_rows();
+            w.write(&b)?;
+        }
+        w.finish()?;
+        w.into_inner()?.flush()?;
+        Ok(rows)
+    });
+    while let Some(b) = stream.next().await {
+        if tx.send(b?).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let joined = tokio::task::spawn_blocking(move || (writer.join(), reader.join())).await?;
+    let panicked = |_| anyhow::anyhow!("a thread of the TCP floor panicked");
+    let rows = joined.0.map_err(panicked)??;
+    let bytes = joined.1.map_err(panicked)??;
+    Ok((rows, Some(bytes)))
 }
 
 async fn flight(addr: std::net::SocketAddr, sql: &str) -> anyhow::Result<Fetched> {
@@ -277,6 +337,7 @@ pub(crate) async fn doors(args: DoorsArgs) -> anyhow::Result<()> {
                 "postgres" => psql(&args.psql, pg_addr, &sql).await,
                 "http-json" => http(&client, &base, "json", &sql).await,
                 "http-csv" => http(&client, &base, "csv", &sql).await,
+                "ipc-over-tcp" => ipc_over_tcp(&q, &sql).await,
                 _ => http(&client, &base, "arrow", &sql).await,
             };
             let elapsed = t.elapsed().as_secs_f64();
