@@ -44,7 +44,8 @@ pub struct DoorsArgs {
     #[arg(long, env = "HEXPULSE_PSQL", default_value = "psql")]
     pub psql: PathBuf,
     /// Measure only these doors (comma-separated: flight-sql, postgres, http-json, http-csv,
-    /// http-arrow, ipc-over-tcp: the floor under any door over TCP); in-process DataFusion always runs as the baseline.
+    /// http-arrow, ipc-over-tcp: the ceiling of any door over TCP); in-process DataFusion always
+    /// runs as the baseline.
     #[arg(long, value_delimiter = ',')]
     pub doors: Vec<String>,
     /// Write the JSON report here too.
@@ -53,7 +54,7 @@ pub struct DoorsArgs {
 }
 
 /// Every door the bench can measure, after the in-process baseline: (door, client). The last is
-/// not a door but the floor under every door over TCP ([`ipc_over_tcp`]).
+/// not a door but the ceiling of every door over TCP ([`ipc_over_tcp`]).
 const DOORS: [(&str, &str); 6] = [
     (
         "flight-sql",
@@ -99,9 +100,17 @@ struct DoorsReport {
 /// A fetch through one door: the rows, and the bytes it received where the client counts them.
 type Fetched = (usize, Option<u64>);
 
-async fn in_process(q: &hexpulse_query::Query, sql: &str) -> anyhow::Result<Fetched> {
+/// `sql` planned and started in-process on the service's catalog.
+async fn in_process_stream(
+    q: &hexpulse_query::Query,
+    sql: &str,
+) -> anyhow::Result<hexpulse_query::datafusion::execution::SendableRecordBatchStream> {
     let (ctx, _) = q.gate.catalog.context();
-    let mut stream = ctx.sql(sql).await?.execute_stream().await?;
+    Ok(ctx.sql(sql).await?.execute_stream().await?)
+}
+
+async fn in_process(q: &hexpulse_query::Query, sql: &str) -> anyhow::Result<Fetched> {
+    let mut stream = in_process_stream(q, sql).await?;
     let mut rows = 0usize;
     while let Some(b) = stream.next().await {
         rows += b?.num_rows();
@@ -128,8 +137,7 @@ async fn ipc_over_tcp(q: &hexpulse_query::Query, sql: &str) -> anyhow::Result<Fe
             }
         }
     });
-    let (ctx, _) = q.gate.catalog.context();
-    let mut stream = ctx.sql(sql).await?.execute_stream().await?;
+    let mut stream = in_process_stream(q, sql).await?;
     let schema = stream.schema();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(4);
     let writer = std::thread::spawn(move || -> anyhow::Result<usize> {
@@ -152,7 +160,7 @@ async fn ipc_over_tcp(q: &hexpulse_query::Query, sql: &str) -> anyhow::Result<Fe
     }
     drop(tx);
     let joined = tokio::task::spawn_blocking(move || (writer.join(), reader.join())).await?;
-    let panicked = |_| anyhow::anyhow!("a thread of the TCP floor panicked");
+    let panicked = |_| anyhow::anyhow!("a thread of the TCP ceiling panicked");
     let rows = joined.0.map_err(panicked)??;
     let bytes = joined.1.map_err(panicked)??;
     Ok((rows, Some(bytes)))
