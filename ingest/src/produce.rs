@@ -1,15 +1,15 @@
 //! The Kafka side of ingest: durable produce of accepted items, and broker reachability.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hexpulse_common::kafka::KafkaConfig;
 use hexpulse_schemas::wire::envelope;
-use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::IngestConfig;
@@ -33,6 +33,122 @@ impl DeliveryFailure {
     }
 }
 
+/// What became of one record of a [`Sink::produce_all`] call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Outcome {
+    /// No report yet.
+    Pending = 0,
+    /// The broker acknowledged it at an offset.
+    Acked,
+    /// Acknowledged without an offset (see [`Sink::produce_all`]).
+    WithoutOffset,
+    /// The broker refused it, or the producer gave up on it.
+    Failed,
+    /// The producer dropped it without a report (it was never sent, or its producer went away).
+    Dropped,
+    /// Not enqueued: the local queue was full.
+    QueueFull,
+    /// Not enqueued: any other error.
+    NotEnqueued,
+}
+
+impl Outcome {
+    fn from_u8(v: u8) -> Outcome {
+        [
+            Outcome::Pending,
+            Outcome::Acked,
+            Outcome::WithoutOffset,
+            Outcome::Failed,
+            Outcome::Dropped,
+            Outcome::QueueFull,
+            Outcome::NotEnqueued,
+        ]
+        .get(usize::from(v))
+        .copied()
+        .unwrap_or(Outcome::Dropped)
+    }
+}
+
+/// The outcomes of one [`Sink::produce_all`] call, settled once each by the producer's polling
+/// thread (or by the call itself for records it could not enqueue). The call is woken once, when
+/// the last one settles, rather than once per record.
+struct Reports {
+    outcomes: Box<[AtomicU8]>,
+    unsettled: AtomicUsize,
+    all_settled: tokio::sync::Notify,
+}
+
+impl Reports {
+    fn new(n: usize) -> Arc<Reports> {
+        Arc::new(Reports {
+            outcomes: (0..n)
+                .map(|_| AtomicU8::new(Outcome::Pending as u8))
+                .collect(),
+            unsettled: AtomicUsize::new(n),
+            all_settled: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn settle(&self, i: usize, outcome: Outcome) {
+        self.outcomes[i].store(outcome as u8, Ordering::Release);
+        if self.unsettled.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Stores a permit when the call is not waiting yet.
+            self.all_settled.notify_one();
+        }
+    }
+
+    fn outcome(&self, i: usize) -> Outcome {
+        Outcome::from_u8(self.outcomes[i].load(Ordering::Acquire))
+    }
+}
+
+/// A record's place in its call's [`Reports`]: the delivery opaque librdkafka hands back with the
+/// record's report. Dropped without a report (the producer discarded the record), it settles as
+/// [`Outcome::Dropped`], so a call never waits out its deadline for a report that cannot come.
+struct Ticket {
+    reports: Arc<Reports>,
+    index: usize,
+    settled: bool,
+}
+
+impl Ticket {
+    fn settle(mut self, outcome: Outcome) {
+        self.settled = true;
+        self.reports.settle(self.index, outcome);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.reports.settle(self.index, Outcome::Dropped);
+        }
+    }
+}
+
+/// The producer's context: each delivery report settles its record's [`Ticket`].
+struct Reporter;
+
+impl ClientContext for Reporter {}
+
+impl ProducerContext for Reporter {
+    type DeliveryOpaque = Box<Ticket>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<Ticket>) {
+        ticket.settle(match result {
+            Ok(m) if m.offset() < 0 => Outcome::WithoutOffset,
+            Ok(_) => Outcome::Acked,
+            Err((e, _)) => {
+                tracing::debug!(error = %e, "delivery failed");
+                Outcome::Failed
+            }
+        });
+    }
+}
+
+type RawProducer = Arc<ThreadedProducer<Reporter>>;
+
 /// Idempotent, acks=all producer of raw readings.
 ///
 /// After a failed delivery the producer is replaced by a new one (a new producer id): librdkafka
@@ -42,7 +158,7 @@ impl DeliveryFailure {
 #[derive(Clone)]
 pub struct Sink {
     /// The current producer and its generation.
-    producer: Arc<RwLock<(u64, FutureProducer)>>,
+    producer: Arc<RwLock<(u64, RawProducer)>>,
     config: ClientConfig,
     topic: String,
     node: String,
@@ -66,7 +182,7 @@ impl Sink {
             cfg.producer_queue_messages.to_string(),
         );
         Ok(Sink {
-            producer: Arc::new(RwLock::new((0, cc.create()?))),
+            producer: Arc::new(RwLock::new((0, create(&cc)?))),
             config: cc,
             topic: kafka.raw_topic.clone(),
             node: cfg.node_name.clone(),
@@ -76,13 +192,13 @@ impl Sink {
         })
     }
 
-    fn current(&self) -> (u64, FutureProducer) {
+    fn current(&self) -> (u64, RawProducer) {
         self.producer.read().expect("producer lock").clone()
     }
 
     /// Replaces generation `failed` of the producer with a new one, unless that happened already.
     fn replace(&self, failed: u64) {
-        let fresh = match self.config.create::<FutureProducer>() {
+        let fresh = match create(&self.config) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "could not create a new producer; keeping the old one");
@@ -160,55 +276,72 @@ impl Sink {
         received_ms: i64,
     ) -> Vec<Result<(), DeliveryFailure>> {
         let start = Instant::now();
-        let mut pending = Vec::with_capacity(items.len());
-        let mut results = vec![Err(DeliveryFailure::QueueFull); items.len()];
+        let reports = Reports::new(items.len());
         let (generation, producer) = self.current();
+        let mut sent = 0;
         for (i, (key, value)) in items.iter().enumerate() {
             let value =
                 envelope::encode(received_ms, &self.node, value, self.envelope_key.as_ref());
-            let record = FutureRecord::to(&self.topic)
+            let ticket = Box::new(Ticket {
+                reports: reports.clone(),
+                index: i,
+                settled: false,
+            });
+            let record = BaseRecord::with_opaque_to(&self.topic, ticket)
                 .key(key.as_ref())
                 .payload(&value);
-            match producer.send_result(record) {
-                Ok(fut) => pending.push((i, fut)),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => break,
-                Err((e, _)) => {
+            sent = i + 1;
+            match producer.send(record) {
+                Ok(()) => {}
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    r.delivery_opaque.settle(Outcome::QueueFull);
+                    break;
+                }
+                Err((e, r)) => {
                     tracing::warn!(error = %e, "enqueue failed");
-                    results[i] = Err(DeliveryFailure::NotDelivered);
+                    r.delivery_opaque.settle(Outcome::NotEnqueued);
                     break;
                 }
             }
         }
+        // The items after a failed enqueue were not tried: the queue is full.
+        for i in sent..items.len() {
+            reports.settle(i, Outcome::QueueFull);
+        }
         let deadline = tokio::time::Instant::from_std(start + self.delivery_timeout);
+        if reports.unsettled.load(Ordering::Acquire) > 0 {
+            let _ = tokio::time::timeout_at(deadline, reports.all_settled.notified()).await;
+        }
         let mut failed = 0usize;
         let mut refused = false;
         let mut without_offset = 0usize;
-        for (i, fut) in pending {
-            results[i] = match tokio::time::timeout_at(deadline, fut).await {
+        let results = (0..items.len())
+            .map(|i| match reports.outcome(i) {
+                Outcome::Acked => Ok(()),
                 // A report without an offset is librdkafka's answer to a resent batch the broker
                 // called a duplicate: written before, says the broker, but nothing shows where.
                 // Apache Kafka answers such a resend with the original offset; tansu 0.6 does not.
                 // Acknowledged readings must be in the log, so the item is answered as not
                 // delivered: the device sends it again, and if the broker did hold it, the copy
                 // lands as `duplicate`.
-                Ok(Ok(Ok(delivery))) if delivery.offset < 0 => {
+                Outcome::WithoutOffset => {
                     without_offset += 1;
                     Err(DeliveryFailure::NotDelivered)
                 }
-                Ok(Ok(Ok(_))) => Ok(()),
-                Ok(Ok(Err((e, _)))) => {
+                Outcome::Failed => {
                     failed += 1;
                     refused = true;
-                    tracing::debug!(error = %e, "delivery failed");
                     Err(DeliveryFailure::NotDelivered)
                 }
-                Ok(Err(_cancelled)) => Err(DeliveryFailure::NotDelivered),
-                Err(_elapsed) => {
+                // No report by the deadline: the producer keeps retrying it.
+                Outcome::Pending => {
                     failed += 1;
                     Err(DeliveryFailure::NotDelivered)
                 }
-            };
-        }
+                Outcome::Dropped | Outcome::NotEnqueued => Err(DeliveryFailure::NotDelivered),
+                Outcome::QueueFull => Err(DeliveryFailure::QueueFull),
+            })
+            .collect();
         if without_offset > 0 {
             metrics::counter!(m::DELIVERED_WITHOUT_OFFSET).increment(without_offset as u64);
             tracing::warn!(
@@ -237,5 +370,48 @@ impl Sink {
         if let Err(e) = producer.flush(timeout) {
             tracing::error!(error = %e, "producer flush incomplete at shutdown");
         }
+    }
+}
+
+fn create(config: &ClientConfig) -> Result<RawProducer, KafkaError> {
+    Ok(Arc::new(config.create_with_context(Reporter)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticket(reports: &Arc<Reports>, index: usize) -> Ticket {
+        Ticket {
+            reports: reports.clone(),
+            index,
+            settled: false,
+        }
+    }
+
+    /// Each record settles once: by its report, or as dropped when librdkafka discards its ticket;
+    /// the waiting call is woken when the last one settles, even if it was not waiting yet.
+    #[tokio::test]
+    async fn every_ticket_settles_once_and_the_last_wakes_the_call() {
+        let reports = Reports::new(3);
+        let (a, b, c) = (
+            ticket(&reports, 0),
+            ticket(&reports, 1),
+            ticket(&reports, 2),
+        );
+        a.settle(Outcome::Acked);
+        drop(b);
+        assert_eq!(reports.unsettled.load(Ordering::Acquire), 1);
+        assert_eq!(reports.outcome(2), Outcome::Pending);
+        c.settle(Outcome::Failed);
+        assert_eq!(reports.unsettled.load(Ordering::Acquire), 0);
+        tokio::time::timeout(Duration::from_secs(1), reports.all_settled.notified())
+            .await
+            .expect("the last settle left a wake-up for the call");
+        let outcomes: Vec<Outcome> = (0..3).map(|i| reports.outcome(i)).collect();
+        assert_eq!(
+            outcomes,
+            [Outcome::Acked, Outcome::Dropped, Outcome::Failed]
+        );
     }
 }

@@ -188,7 +188,8 @@ impl Ingest {
         source: Option<IpAddr>,
     ) -> Result<IngestResponse, Refusal> {
         let mut rejected: Vec<ItemRejection> = Vec::new();
-        let mut to_send: Vec<(usize, (Bytes, Bytes))> = Vec::new();
+        // The items to produce, and each one's index in the batch.
+        let (mut records, mut to_send): (Vec<(Bytes, Bytes)>, Vec<usize>) = Default::default();
         let mut device_wait: Option<Duration> = None;
         for (i, (item, verdict)) in items.into_iter().zip(&checked.verdicts).enumerate() {
             match verdict {
@@ -211,7 +212,8 @@ impl Ingest {
                         });
                         continue;
                     }
-                    to_send.push((i, (key, item.value)));
+                    records.push((key, item.value));
+                    to_send.push(i);
                 }
                 Err(r) => {
                     count_rejected(r.reason.as_str());
@@ -236,13 +238,12 @@ impl Ingest {
                     "the Kafka broker is unreachable; nothing was accepted",
                 ));
             }
-            let records: Vec<(Bytes, Bytes)> = to_send.iter().map(|(_, r)| r.clone()).collect();
             let results = self.sink.produce_all(&records, received_ms).await;
             let mut not_delivered = Vec::new();
-            for ((i, _), res) in to_send.iter().zip(results) {
+            for (i, res) in to_send.into_iter().zip(results) {
                 match res {
                     Ok(()) => accepted += 1,
-                    Err(f) => not_delivered.push((*i, f)),
+                    Err(f) => not_delivered.push((i, f)),
                 }
             }
             metrics::counter!(m::ITEMS, "outcome" => "accepted", "reason" => "")

@@ -317,3 +317,46 @@ async fn one_clients_bad_signatures_do_not_tax_the_others() {
     );
     node.shutdown().await;
 }
+
+/// A batch larger than the producer's queue: the items that fit are produced and answered
+/// accepted, the rest are answered `queue_full` each (retry them), and Kafka holds exactly the
+/// accepted ones. One delivery report per record settles its item; none is lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_producer_queue_answers_the_rest_of_a_batch_queue_full() {
+    let Some(brokers) = testenv::broker_or_skip("full_producer_queue") else {
+        return;
+    };
+    let mut cfg = IngestConfig::for_tests();
+    cfg.producer_queue_messages = 10;
+    let node = Node::start("it-ingest-queue-full", &brokers, cfg, registry(4)).await;
+    let items: Vec<_> = (0..60)
+        .map(|i| signed(&device_key((i % 4) as u8), i))
+        .collect();
+    let (status, body, _) = node.post("application/x-protobuf", batch(&items)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["accepted"], 10, "{body}");
+    let rejected = rejections(&body);
+    let expected: Vec<(u64, String)> = (10..60).map(|i| (i, "queue_full".into())).collect();
+    assert_eq!(rejected, expected, "{body}");
+
+    // The queue has room again once those ten are delivered.
+    let (status, body, _) = node
+        .post("application/x-protobuf", batch(&items[10..15]))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["accepted"], 5, "{body}");
+
+    let kafka = node.kafka.clone();
+    node.shutdown().await;
+    let got = tokio::task::spawn_blocking(move || read_all(&kafka))
+        .await
+        .unwrap();
+    let mut want: Vec<Vec<u8>> = items[..15]
+        .iter()
+        .map(prost::Message::encode_to_vec)
+        .collect();
+    let mut got: Vec<Vec<u8>> = got.into_iter().map(|r| r.value).collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "Kafka holds exactly the accepted readings");
+}
