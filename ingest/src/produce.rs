@@ -45,7 +45,7 @@ enum Outcome {
     WithoutOffset,
     /// The broker refused it, or the producer gave up on it.
     Failed,
-    /// The producer dropped it without a report (it was never sent, or its producer went away).
+    /// librdkafka dropped its ticket without a report.
     Dropped,
     /// Not enqueued: the local queue was full.
     QueueFull,
@@ -87,6 +87,15 @@ impl Reports {
                 .collect(),
             unsettled: AtomicUsize::new(n),
             all_settled: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Record `index`'s ticket, which its delivery report (or its drop) settles.
+    fn ticket(self: &Arc<Self>, index: usize) -> Box<Ticket> {
+        Box::new(Ticket {
+            reports: self.clone(),
+            index,
+            settled: false,
         })
     }
 
@@ -282,12 +291,7 @@ impl Sink {
         for (i, (key, value)) in items.iter().enumerate() {
             let value =
                 envelope::encode(received_ms, &self.node, value, self.envelope_key.as_ref());
-            let ticket = Box::new(Ticket {
-                reports: reports.clone(),
-                index: i,
-                settled: false,
-            });
-            let record = BaseRecord::with_opaque_to(&self.topic, ticket)
+            let record = BaseRecord::with_opaque_to(&self.topic, reports.ticket(i))
                 .key(key.as_ref())
                 .payload(&value);
             sent = i + 1;
@@ -381,24 +385,12 @@ fn create(config: &ClientConfig) -> Result<RawProducer, KafkaError> {
 mod tests {
     use super::*;
 
-    fn ticket(reports: &Arc<Reports>, index: usize) -> Ticket {
-        Ticket {
-            reports: reports.clone(),
-            index,
-            settled: false,
-        }
-    }
-
     /// Each record settles once: by its report, or as dropped when librdkafka discards its ticket;
     /// the waiting call is woken when the last one settles, even if it was not waiting yet.
     #[tokio::test]
     async fn every_ticket_settles_once_and_the_last_wakes_the_call() {
         let reports = Reports::new(3);
-        let (a, b, c) = (
-            ticket(&reports, 0),
-            ticket(&reports, 1),
-            ticket(&reports, 2),
-        );
+        let (a, b, c) = (reports.ticket(0), reports.ticket(1), reports.ticket(2));
         a.settle(Outcome::Acked);
         drop(b);
         assert_eq!(reports.unsettled.load(Ordering::Acquire), 1);
