@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub const FETCH_WAIT_MAX_MS: &str = "50";
 
 /// The producers' defaults that `[kafka.extra]` may override ([`KafkaConfig::producer_config`]):
-/// batching for 2 ms, and lz4 (about half the log's bytes on the brokers, k8s/README.md).
+/// batching for 2 ms, and lz4 (the log's bytes to about 0.70 of the records', k8s/README.md).
 pub const PRODUCER_DEFAULTS: [(&str, &str); 2] = [("linger.ms", "2"), ("compression.type", "lz4")];
 
 /// The `[kafka]` section of every role's config.
