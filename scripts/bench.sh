@@ -43,8 +43,8 @@ echo "== sealing a 50M-row epoch within 512 MiB (time, spill, peak RSS)"
 PY="$(scripts/venv.sh)"
 echo "== query service vs DuckDB (10M readings)"
 HEXPULSE_PYTHON="$PY" "$BIN" bench query --out load-tests/results/query.json
-echo "== one large answer through each SQL door (Flight SQL, PostgreSQL, HTTP JSON/CSV/Arrow) vs in-process"
-HEXPULSE_PSQL="${HEXPULSE_PSQL:-$(command -v psql)}" "$BIN" bench doors --out load-tests/results/doors.json
+echo "== one large answer through each SQL door (Flight SQL with two clients, PostgreSQL, HTTP JSON/CSV/Arrow) vs in-process"
+HEXPULSE_PYTHON="$PY" HEXPULSE_PSQL="${HEXPULSE_PSQL:-$(command -v psql)}" "$BIN" bench doors --out load-tests/results/doors.json
 echo "== device status over 100k devices (the cache's first read; one device's p99, target <= 50 ms)"
 "$BIN" bench status --out load-tests/results/status.json
 echo "== report"

@@ -185,7 +185,7 @@ def stages(results):
             out.append(stage(f"{what}: {doors['rows'] / 1e6:g}M rows of sensor", round(d["rows_per_s"]),
                              "rows/s to the client", round(doors["in_process_rows_per_s"]),
                              "DataFusion executing the same statement in-process (same run)", d["ratio_to_in_process"],
-                             "hexpulse bench doors", target=0.8 if d["door"] == "flight-sql" else None,
+                             "hexpulse bench doors", target=0.8 if d["door"].startswith("flight-sql") else None,
                              note=f"{d['client']}; median of {doors['runs']} ("
                                   + ", ".join(f"{s:.2f} s" for s in d["seconds"]) + ")"
                                   + (f"; {d['bytes'] / 1e6:.0f} MB received" if d.get("bytes") else "")))

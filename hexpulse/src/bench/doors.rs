@@ -5,7 +5,10 @@
 //! A lake of simulated readings is written by the processors' partition workers, as for
 //! `bench query`. The query service runs in this process with its HTTP, Flight SQL and PostgreSQL
 //! doors on loopback; the clients are arrow-flight's Flight SQL client (Arrow batches as they
-//! come), psql (when installed: the PostgreSQL door's text rows, read to the end) and HTTP with
+//! come), ADBC's Flight SQL driver from Python (`flight-sql-adbc`, when the venv has it: the answer
+//! fetched as one Arrow table, timed by the script from the statement's execution, so neither the
+//! interpreter's start nor the connection counts), psql (when installed: the PostgreSQL door's text
+//! rows, read to the end) and HTTP with
 //! each answer format (JSON, CSV, Arrow IPC; the HTTP door builds the whole answer before sending
 //! it). Each door runs `runs` times in turn with the in-process baseline, one after the other in
 //! the same run, and its figure is the median; every answer's row count is checked.
@@ -43,9 +46,13 @@ pub struct DoorsArgs {
     /// measured.
     #[arg(long, env = "HEXPULSE_PSQL", default_value = "psql")]
     pub psql: PathBuf,
-    /// Measure only these doors (comma-separated: flight-sql, postgres, http-json, http-csv,
-    /// http-arrow, ipc-over-tcp: the ceiling of any door over TCP); in-process DataFusion always
-    /// runs as the baseline.
+    /// The Python with ADBC's Flight SQL driver (scripts/requirements.txt; `make bench` passes the
+    /// cached venv's) for flight-sql-adbc; without the driver that door is not measured.
+    #[arg(long, env = "HEXPULSE_PYTHON", default_value = "python3")]
+    pub python: PathBuf,
+    /// Measure only these doors (comma-separated: flight-sql, flight-sql-adbc, postgres,
+    /// http-json, http-csv, http-arrow, ipc-over-tcp: the ceiling of any door over TCP);
+    /// in-process DataFusion always runs as the baseline.
     #[arg(long, value_delimiter = ',')]
     pub doors: Vec<String>,
     /// Write the JSON report here too.
@@ -55,10 +62,14 @@ pub struct DoorsArgs {
 
 /// Every door the bench can measure, after the in-process baseline: (door, client). The last is
 /// not a door but the ceiling of every door over TCP ([`ipc_over_tcp`]).
-const DOORS: [(&str, &str); 6] = [
+const DOORS: [(&str, &str); 7] = [
     (
         "flight-sql",
         "arrow-flight FlightSqlServiceClient (tonic, adaptive HTTP/2 window, 1 MiB frames)",
+    ),
+    (
+        "flight-sql-adbc",
+        "ADBC's Flight SQL driver (grpc-go) from Python, fetch_arrow_table, timed by the script",
     ),
     ("postgres", "psql -A -t (text rows)"),
     ("http-json", "reqwest, POST /v1/sql?format=json"),
@@ -97,8 +108,9 @@ struct DoorsReport {
     flight_ratio: f64,
 }
 
-/// A fetch through one door: the rows, and the bytes it received where the client counts them.
-type Fetched = (usize, Option<u64>);
+/// A fetch through one door: the rows, the bytes it received where the client counts them, and
+/// the seconds it took where the client times itself (otherwise the caller's clock counts).
+type Fetched = (usize, Option<u64>, Option<f64>);
 
 /// `sql` planned and started in-process on the service's catalog.
 async fn in_process_stream(
@@ -115,7 +127,7 @@ async fn in_process(q: &hexpulse_query::Query, sql: &str) -> anyhow::Result<Fetc
     while let Some(b) = stream.next().await {
         rows += b?.num_rows();
     }
-    Ok((rows, None))
+    Ok((rows, None, None))
 }
 
 /// Not a door: the in-process plan's batches written as an Arrow IPC stream into one loopback TCP
@@ -163,7 +175,7 @@ async fn ipc_over_tcp(q: &hexpulse_query::Query, sql: &str) -> anyhow::Result<Fe
     let panicked = |_| anyhow::anyhow!("a thread of the TCP ceiling panicked");
     let rows = joined.0.map_err(panicked)??;
     let bytes = joined.1.map_err(panicked)??;
-    Ok((rows, Some(bytes)))
+    Ok((rows, Some(bytes), None))
 }
 
 async fn flight(addr: std::net::SocketAddr, sql: &str) -> anyhow::Result<Fetched> {
@@ -188,7 +200,58 @@ async fn flight(addr: std::net::SocketAddr, sql: &str) -> anyhow::Result<Fetched
             rows += b?.num_rows();
         }
     }
-    Ok((rows, None))
+    Ok((rows, None, None))
+}
+
+/// The Flight SQL door through ADBC's driver (scripts/flight_client.py), which times the fetch.
+async fn adbc(python: &PathBuf, addr: std::net::SocketAddr, sql: &str) -> anyhow::Result<Fetched> {
+    let request = serde_json::json!({
+        "port": addr.port(),
+        "queries": [{"sql": sql, "timed": true}],
+    });
+    let report = run_flight_client(python, &request).await?;
+    let result = &report["results"][0];
+    if let Some(e) = result["error"].as_str() {
+        bail!("ADBC: {e}");
+    }
+    let rows = result["rows"].as_u64().context("ADBC: no row count")? as usize;
+    let seconds = result["seconds"].as_f64().context("ADBC: no time")?;
+    Ok((rows, None, Some(seconds)))
+}
+
+/// Runs scripts/flight_client.py with `request` on its stdin; its JSON report.
+async fn run_flight_client(
+    python: &PathBuf,
+    request: &serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    use tokio::io::AsyncWriteExt;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/flight_client.py");
+    let mut child = tokio::process::Command::new(python)
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", python.display()))?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    stdin.write_all(request.to_string().as_bytes()).await?;
+    drop(stdin);
+    let out = child.wait_with_output().await?;
+    ensure!(
+        out.status.success(),
+        "flight_client.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "flight_client.py's answer: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })?;
+    if let Some(e) = report["connect_error"].as_str() {
+        bail!("ADBC could not connect: {e}");
+    }
+    Ok(report)
 }
 
 async fn psql(psql: &PathBuf, addr: std::net::SocketAddr, sql: &str) -> anyhow::Result<Fetched> {
@@ -213,7 +276,7 @@ async fn psql(psql: &PathBuf, addr: std::net::SocketAddr, sql: &str) -> anyhow::
         String::from_utf8_lossy(&out.stderr)
     );
     let rows = out.stdout.iter().filter(|&&b| b == b'\n').count();
-    Ok((rows, Some(out.stdout.len() as u64)))
+    Ok((rows, Some(out.stdout.len() as u64), None))
 }
 
 async fn http(
@@ -242,7 +305,7 @@ async fn http(
             .map(|b| b.map(|b| b.num_rows()))
             .sum::<Result<usize, _>>()?,
     };
-    Ok((rows, bytes))
+    Ok((rows, bytes, None))
 }
 
 pub(crate) async fn doors(args: DoorsArgs) -> anyhow::Result<()> {
@@ -325,14 +388,25 @@ pub(crate) async fn doors(args: DoorsArgs) -> anyhow::Result<()> {
             args.psql.display()
         );
     }
+    let adbc_ok = wanted("flight-sql-adbc")
+        && tokio::process::Command::new(&args.python)
+            .args(["-c", "import adbc_driver_flightsql, pyarrow"])
+            .output()
+            .await
+            .is_ok_and(|o| o.status.success());
+    if wanted("flight-sql-adbc") && !adbc_ok {
+        eprintln!(
+            "[bench] {} has no ADBC Flight SQL driver (scripts/requirements.txt; make bench uses the \
+             cached venv): the flight-sql-adbc door is not measured",
+            args.python.display()
+        );
+    }
 
     // (door, client) in the order they run each round; in-process first.
     let mut doors: Vec<(&str, &str)> = vec![("in-process", "DataFusion on the service's catalog")];
-    doors.extend(
-        DOORS
-            .into_iter()
-            .filter(|(door, _)| wanted(door) && (*door != "postgres" || psql_ok)),
-    );
+    doors.extend(DOORS.into_iter().filter(|(door, _)| {
+        wanted(door) && (*door != "postgres" || psql_ok) && (*door != "flight-sql-adbc" || adbc_ok)
+    }));
     let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); doors.len()];
     let mut bytes = vec![None; doors.len()];
     // One warm-up round, then `runs` timed rounds, every door in turn in each.
@@ -342,6 +416,7 @@ pub(crate) async fn doors(args: DoorsArgs) -> anyhow::Result<()> {
             let fetched = match *door {
                 "in-process" => in_process(&q, &sql).await,
                 "flight-sql" => flight(flight_addr, &sql).await,
+                "flight-sql-adbc" => adbc(&args.python, flight_addr, &sql).await,
                 "postgres" => psql(&args.psql, pg_addr, &sql).await,
                 "http-json" => http(&client, &base, "json", &sql).await,
                 "http-csv" => http(&client, &base, "csv", &sql).await,
@@ -349,7 +424,8 @@ pub(crate) async fn doors(args: DoorsArgs) -> anyhow::Result<()> {
                 _ => http(&client, &base, "arrow", &sql).await,
             };
             let elapsed = t.elapsed().as_secs_f64();
-            let (rows, b) = fetched.with_context(|| format!("fetching through {door}"))?;
+            let (rows, b, timed) = fetched.with_context(|| format!("fetching through {door}"))?;
+            let elapsed = timed.unwrap_or(elapsed);
             ensure!(
                 rows == args.rows,
                 "{door} returned {rows} rows, not {}",
