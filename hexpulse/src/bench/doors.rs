@@ -2,16 +2,16 @@
 //! each SQL door of the query service, against DataFusion executing the same statement in-process
 //! on the same catalog (issue #23).
 //!
-//! A lake of simulated readings is written by the processors' partition workers, as for
-//! `bench query`. The query service runs in this process with its HTTP, Flight SQL and PostgreSQL
-//! doors on loopback; the clients are arrow-flight's Flight SQL client (Arrow batches as they
-//! come), ADBC's Flight SQL driver from Python (`flight-sql-adbc`, when the venv has it: the answer
-//! fetched as one Arrow table, timed by the script from the statement's execution, so neither the
+//! A lake of simulated readings is written by the processors' partition workers, as for `bench
+//! query`. The query service runs in this process with its HTTP, Flight SQL and PostgreSQL doors on
+//! loopback; the clients are arrow-flight's Flight SQL client (Arrow batches as they come), ADBC's
+//! Flight SQL driver from Python (`flight-sql-adbc`, when the venv has it: the answer fetched as
+//! one Arrow table, timed by the script from the statement's execution, so neither the
 //! interpreter's start nor the connection counts), psql (when installed: the PostgreSQL door's text
-//! rows, read to the end) and HTTP with
-//! each answer format (JSON, CSV, Arrow IPC; the HTTP door builds the whole answer before sending
-//! it). Each door runs `runs` times in turn with the in-process baseline, one after the other in
-//! the same run, and its figure is the median; every answer's row count is checked.
+//! rows, read to the end) and HTTP with each answer format (JSON, CSV, Arrow IPC; the HTTP door
+//! builds the whole answer before sending it). Each door runs `runs` times in turn with the
+//! in-process baseline, one after the other in the same run, and its figure is the median; every
+//! answer's row count is checked.
 //!
 //! `ipc-over-tcp` is measured the same way but is no door: the in-process plan's batches go as
 //! Arrow IPC through one bare loopback TCP socket. Its ratio is a ceiling for every door over TCP on
@@ -204,12 +204,19 @@ async fn flight(addr: std::net::SocketAddr, sql: &str) -> anyhow::Result<Fetched
 }
 
 /// The Flight SQL door through ADBC's driver (scripts/flight_client.py), which times the fetch.
-async fn adbc(python: &PathBuf, addr: std::net::SocketAddr, sql: &str) -> anyhow::Result<Fetched> {
+async fn adbc(
+    python: &std::path::Path,
+    addr: std::net::SocketAddr,
+    sql: &str,
+) -> anyhow::Result<Fetched> {
     let request = serde_json::json!({
         "port": addr.port(),
         "queries": [{"sql": sql, "timed": true}],
     });
-    let report = run_flight_client(python, &request).await?;
+    let report = super::python_json(python, "flight_client.py", &request).await?;
+    if let Some(e) = report["connect_error"].as_str() {
+        bail!("ADBC could not connect: {e}");
+    }
     let result = &report["results"][0];
     if let Some(e) = result["error"].as_str() {
         bail!("ADBC: {e}");
@@ -217,41 +224,6 @@ async fn adbc(python: &PathBuf, addr: std::net::SocketAddr, sql: &str) -> anyhow
     let rows = result["rows"].as_u64().context("ADBC: no row count")? as usize;
     let seconds = result["seconds"].as_f64().context("ADBC: no time")?;
     Ok((rows, None, Some(seconds)))
-}
-
-/// Runs scripts/flight_client.py with `request` on its stdin; its JSON report.
-async fn run_flight_client(
-    python: &PathBuf,
-    request: &serde_json::Value,
-) -> anyhow::Result<serde_json::Value> {
-    use tokio::io::AsyncWriteExt;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/flight_client.py");
-    let mut child = tokio::process::Command::new(python)
-        .arg(script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {}", python.display()))?;
-    let mut stdin = child.stdin.take().context("stdin")?;
-    stdin.write_all(request.to_string().as_bytes()).await?;
-    drop(stdin);
-    let out = child.wait_with_output().await?;
-    ensure!(
-        out.status.success(),
-        "flight_client.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "flight_client.py's answer: {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })?;
-    if let Some(e) = report["connect_error"].as_str() {
-        bail!("ADBC could not connect: {e}");
-    }
-    Ok(report)
 }
 
 async fn psql(psql: &PathBuf, addr: std::net::SocketAddr, sql: &str) -> anyhow::Result<Fetched> {

@@ -33,6 +33,38 @@ pub fn emit_report<T: Serialize>(report: &T, out: Option<PathBuf>) -> anyhow::Re
     Ok(())
 }
 
+/// Runs `scripts/<script>` with `python`, `request` on its stdin (JSON); the JSON it prints. The
+/// script's stderr goes to ours.
+pub(crate) async fn python_json(
+    python: &Path,
+    script: &str,
+    request: &serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    use tokio::io::AsyncWriteExt;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts")
+        .join(script);
+    let mut child = tokio::process::Command::new(python)
+        .arg(&path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {} {script}", python.display()))?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    stdin.write_all(request.to_string().as_bytes()).await?;
+    drop(stdin);
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        bail!("{script} failed ({})", out.status);
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "{script}'s answer: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
 pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?

@@ -451,26 +451,9 @@ pub async fn query(
         "tables": tables,
         "queries": queries.iter().map(|(n, _, _, sql)| json!({"name": n, "sql": sql})).collect::<Vec<_>>(),
     });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/bench_duckdb.py");
-    let mut child = std::process::Command::new(&python)
-        .arg(script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {} (DuckDB from PyPI)", python.display()))?;
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(spec.to_string().as_bytes())?;
-    }
-    let output = child.wait_with_output()?;
-    if !output.status.success() {
-        bail!("bench_duckdb.py failed");
-    }
-    let duck: Value = serde_json::from_slice(&output.stdout)?;
+    let duck = super::python_json(&python, "bench_duckdb.py", &spec)
+        .await
+        .context("DuckDB from PyPI")?;
     let mut timings = Vec::new();
     for (i, (name, path, body, sql)) in queries.iter().enumerate() {
         let d = &duck["queries"][i];
