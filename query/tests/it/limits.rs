@@ -6,16 +6,13 @@ use std::time::{Duration, Instant};
 
 use hexpulse_common::ratelimit::RateLimit;
 use hexpulse_lake::Lake;
-use hexpulse_query::config::{AuthConfig, TokenConfig};
+use hexpulse_query::config::AuthConfig;
 use hexpulse_query::{Query, QueryConfig};
 use hexpulse_testkit::testenv::{self, SlowClient};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-fn sha(token: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(token.as_bytes()))
-}
+use crate::pg::token;
 
 async fn start(cfg: QueryConfig, url: &str, stop: &CancellationToken) -> String {
     let q = Query::start(cfg, Lake::open(url).unwrap(), stop.clone())
@@ -74,11 +71,9 @@ async fn rate_limit_per_token_and_per_ip() {
         .roles
         .insert("oracle".into(), vec!["epochs".into(), "meta".into()]);
     for name in ["a", "b"] {
-        cfg.auth.tokens.push(TokenConfig {
-            name: name.into(),
-            role: "oracle".into(),
-            sha256: sha(&format!("secret-{name}")),
-        });
+        cfg.auth
+            .tokens
+            .push(token(name, "oracle", &format!("secret-{name}")));
     }
     let stop = CancellationToken::new();
     let base = start(cfg, &url, &stop).await;
@@ -584,11 +579,7 @@ async fn encoded_tile_layers_are_authorised_as_their_layer() {
     cfg.auth
         .roles
         .insert("planner".into(), vec!["coverage".into(), "sensors".into()]);
-    cfg.auth.tokens.push(TokenConfig {
-        name: "p".into(),
-        role: "planner".into(),
-        sha256: sha("secret-p"),
-    });
+    cfg.auth.tokens.push(token("p", "planner", "secret-p"));
     let stop = CancellationToken::new();
     let base = start(cfg, &url, &stop).await;
     let client = reqwest::Client::new();

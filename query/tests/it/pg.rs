@@ -55,13 +55,22 @@ pub(crate) fn roles(roles: &[(&str, &[&str])]) -> AuthConfig {
             role.to_string(),
             groups.iter().map(|g| g.to_string()).collect(),
         );
-        auth.tokens.push(TokenConfig {
-            name: format!("{role}-token"),
-            role: role.to_string(),
-            sha256: sha(&format!("secret-{role}")),
-        });
+        auth.tokens.push(token(
+            &format!("{role}-token"),
+            role,
+            &format!("secret-{role}"),
+        ));
     }
     auth
+}
+
+/// A token `name` of `role`, whose secret is `secret`.
+pub(crate) fn token(name: &str, role: &str, secret: &str) -> TokenConfig {
+    TokenConfig {
+        name: name.into(),
+        role: role.into(),
+        sha256: sha(secret),
+    }
 }
 
 /// Roles as a deployment has them: `planner` may run SQL, `admin` everything (raw rows too),
