@@ -107,6 +107,17 @@ impl Bbox {
     }
 }
 
+/// SQL predicate: `column` (an H3 cell column) is one of `cells` (H3 cells as hex strings, written
+/// into the SQL as the numbers they parse to; strings that are no cell are left out, never written).
+pub fn cells_sql(column: &str, cells: &[String]) -> String {
+    let numbers: Vec<String> = cells
+        .iter()
+        .filter_map(|c| c.parse::<h3o::CellIndex>().ok())
+        .map(|c| u64::from(c).to_string())
+        .collect();
+    format!("{column} IN ({})", numbers.join(", "))
+}
+
 /// A time range `[from, to)` in ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeRange {
@@ -277,6 +288,14 @@ pub fn interval(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cells_sql_writes_cell_numbers_and_leaves_out_the_rest() {
+        let cell = "881f1d4887fffff";
+        let n = u64::from(cell.parse::<h3o::CellIndex>().unwrap());
+        let cells = [cell.to_string(), "0; DROP TABLE x".to_string()];
+        assert_eq!(cells_sql("h3_r8", &cells), format!("h3_r8 IN ({n})"));
+    }
 
     fn p(kv: &[(&str, &str)]) -> HashMap<String, String> {
         kv.iter()

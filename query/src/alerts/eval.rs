@@ -151,7 +151,7 @@ impl Sources {
         }
         .sql();
         let only = match cells {
-            Some(cells) => format!(" AND {cell} IN ({})", cell_numbers(cells).join(", ")),
+            Some(cells) => format!(" AND {}", crate::params::cells_sql(&cell, cells)),
             None => String::new(),
         };
         Ok(format!(
@@ -187,10 +187,10 @@ impl Sources {
         .sql();
         let sql = format!(
             "SELECT CAST(CAST(event_time AS BIGINT) >= {} AS BIGINT) AS last, \
-             count(DISTINCT {cell}) AS cells FROM heartbeat WHERE {cell} IN ({}) AND {time} \
+             count(DISTINCT {cell}) AS cells FROM heartbeat WHERE {} AND {time} \
              GROUP BY 1",
             end - window_ms,
-            cell_numbers(&p.cells).join(", ")
+            crate::params::cells_sql(&cell, &p.cells)
         );
         let batches = self.query(sql).await?;
         let (mut before, mut last) = (0u64, 0u64);
@@ -240,14 +240,6 @@ impl Sources {
 }
 
 /// H3 cells as the numbers the lake's cell columns hold.
-fn cell_numbers(cells: &[String]) -> Vec<String> {
-    cells
-        .iter()
-        .filter_map(|c| c.parse::<h3o::CellIndex>().ok())
-        .map(|c| u64::from(c).to_string())
-        .collect()
-}
-
 /// The hexes of the query's rows whose readings above the threshold span at least `for`.
 fn hex_metric_firing(batches: &[RecordBatch], above: f64, for_ms: i64) -> Outcome {
     let mut out = Outcome::default();

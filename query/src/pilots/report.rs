@@ -91,15 +91,9 @@ pub struct Queries {
 
 /// The filter of a pilot's heartbeats in `[from, to)`.
 fn heartbeats_in(p: &Pilot, cell: &str, from_ms: i64, to_ms: i64) -> String {
-    let cells: Vec<String> = p
-        .cells
-        .iter()
-        .filter_map(|c| c.parse::<h3o::CellIndex>().ok())
-        .map(|c| u64::from(c).to_string())
-        .collect();
     format!(
-        "{cell} IN ({}) AND {}",
-        cells.join(", "),
+        "{} AND {}",
+        crate::params::cells_sql(cell, &p.cells),
         crate::params::TimeRange { from_ms, to_ms }.sql()
     )
 }
