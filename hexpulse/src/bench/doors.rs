@@ -280,6 +280,20 @@ async fn http(
     Ok((rows, bytes, None))
 }
 
+/// Whether `door`'s outside client runs (`program args` succeeds); if not, says so (`why`) and that
+/// the door is not measured.
+async fn client_runs(door: &str, program: &std::path::Path, args: &[&str], why: &str) -> bool {
+    let runs = tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .is_ok_and(|o| o.status.success());
+    if !runs {
+        eprintln!("[bench] {why}: the {door} door is not measured");
+    }
+    runs
+}
+
 pub(crate) async fn doors(args: DoorsArgs) -> anyhow::Result<()> {
     if args.runs < 1 {
         bail!("--runs must be at least 1");
@@ -348,37 +362,45 @@ pub(crate) async fn doors(args: DoorsArgs) -> anyhow::Result<()> {
         );
     }
     let wanted = |door: &str| args.doors.is_empty() || args.doors.iter().any(|d| d == door);
-    let psql_ok = wanted("postgres")
-        && tokio::process::Command::new(&args.psql)
-            .arg("--version")
-            .output()
-            .await
-            .is_ok_and(|o| o.status.success());
-    if wanted("postgres") && !psql_ok {
-        eprintln!(
-            "[bench] no psql at {} (apt-get install postgresql-client): the PostgreSQL door is not measured",
-            args.psql.display()
-        );
+    // Doors whose outside client is missing on this machine.
+    let mut missing: Vec<&str> = Vec::new();
+    if wanted("postgres")
+        && !client_runs(
+            "postgres",
+            &args.psql,
+            &["--version"],
+            &format!(
+                "no psql at {} (apt-get install postgresql-client)",
+                args.psql.display()
+            ),
+        )
+        .await
+    {
+        missing.push("postgres");
     }
-    let adbc_ok = wanted("flight-sql-adbc")
-        && tokio::process::Command::new(&args.python)
-            .args(["-c", "import adbc_driver_flightsql, pyarrow"])
-            .output()
-            .await
-            .is_ok_and(|o| o.status.success());
-    if wanted("flight-sql-adbc") && !adbc_ok {
-        eprintln!(
-            "[bench] {} has no ADBC Flight SQL driver (scripts/requirements.txt; make bench uses the \
-             cached venv): the flight-sql-adbc door is not measured",
-            args.python.display()
-        );
+    if wanted("flight-sql-adbc")
+        && !client_runs(
+            "flight-sql-adbc",
+            &args.python,
+            &["-c", "import adbc_driver_flightsql, pyarrow"],
+            &format!(
+                "{} has no ADBC Flight SQL driver (scripts/requirements.txt; make bench uses the \
+                 cached venv)",
+                args.python.display()
+            ),
+        )
+        .await
+    {
+        missing.push("flight-sql-adbc");
     }
 
     // (door, client) in the order they run each round; in-process first.
     let mut doors: Vec<(&str, &str)> = vec![("in-process", "DataFusion on the service's catalog")];
-    doors.extend(DOORS.into_iter().filter(|(door, _)| {
-        wanted(door) && (*door != "postgres" || psql_ok) && (*door != "flight-sql-adbc" || adbc_ok)
-    }));
+    doors.extend(
+        DOORS
+            .into_iter()
+            .filter(|(door, _)| wanted(door) && !missing.contains(door)),
+    );
     let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); doors.len()];
     let mut bytes = vec![None; doors.len()];
     // One warm-up round, then `runs` timed rounds, every door in turn in each.

@@ -239,7 +239,6 @@ impl Sources {
     }
 }
 
-/// H3 cells as the numbers the lake's cell columns hold.
 /// The hexes of the query's rows whose readings above the threshold span at least `for`.
 fn hex_metric_firing(batches: &[RecordBatch], above: f64, for_ms: i64) -> Outcome {
     let mut out = Outcome::default();
