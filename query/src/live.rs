@@ -59,8 +59,53 @@ pub struct Ends {
 #[derive(Debug, Clone)]
 struct Part {
     coverage: Coverage,
-    segments: VecDeque<(i64, i64, RecordBatch)>,
+    segments: VecDeque<Segment>,
+    /// The segments' bytes, their cached conformed copies included.
     bytes: usize,
+}
+
+/// The rows of records `[first, last]` as the source sent them, and the same rows conformed to
+/// the table's schema as the last query asked for it ([`conform`]): the lake's scans read strings
+/// as views, the processors send plain strings, and casting every live row again for every query
+/// cost the query service more than keeping the cast once.
+#[derive(Debug, Clone)]
+struct Segment {
+    first: i64,
+    last: i64,
+    batch: RecordBatch,
+    conformed: Option<Conformed>,
+}
+
+#[derive(Debug, Clone)]
+struct Conformed {
+    batch: RecordBatch,
+    /// The bytes of the columns the cast made (counted in [`Part::bytes`]).
+    bytes: usize,
+}
+
+impl Segment {
+    fn bytes(&self) -> usize {
+        batch_bytes(&self.batch) + self.conformed.as_ref().map_or(0, |c| c.bytes)
+    }
+
+    /// The segment's rows as batches of `schema`; conformed once per schema. Returns the change
+    /// of the segment's bytes too.
+    fn conformed(&mut self, schema: &SchemaRef) -> Result<(RecordBatch, isize)> {
+        if let Some(c) = &self.conformed
+            && c.batch.schema().fields() == schema.fields()
+        {
+            return Ok((c.batch.clone(), 0));
+        }
+        let (batch, bytes) = conform(&self.batch, schema)?;
+        let old = self.conformed.take().map_or(0, |c| c.bytes);
+        if bytes > 0 {
+            self.conformed = Some(Conformed {
+                batch: batch.clone(),
+                bytes,
+            });
+        }
+        Ok((batch, bytes as isize - old as isize))
+    }
 }
 
 impl Part {
@@ -338,10 +383,10 @@ impl LiveTier {
                     let Some(Some(end)) = floor.get(&(t, &(topic.clone(), *p))).copied() else {
                         continue;
                     };
-                    while part.segments.front().is_some_and(|seg| seg.1 <= end) {
-                        let (_, last, b) = part.segments.pop_front().expect("front");
-                        part.bytes -= batch_bytes(&b);
-                        part.coverage.from = last + 1;
+                    while part.segments.front().is_some_and(|seg| seg.last <= end) {
+                        let seg = part.segments.pop_front().expect("front");
+                        part.bytes -= seg.bytes();
+                        part.coverage.from = seg.last + 1;
                     }
                 }
             }
@@ -351,43 +396,48 @@ impl LiveTier {
     /// The live rows of `ends.table` above each partition's end, as batches of `schema` (columns
     /// matched by name; a column the live rows lack reads as NULL).
     pub fn rows(&self, ends: &Ends, schema: &SchemaRef) -> Vec<RecordBatch> {
-        let m = self.mirror.lock().expect("live lock");
+        let mut m = self.mirror.lock().expect("live lock");
         let mut out = Vec::new();
         for ((topic, p), end) in &ends.ends {
             // The source whose rows continue the snapshot and reach furthest.
             let best = m
                 .sources
-                .values()
-                .filter(|s| s.topic == *topic)
-                .filter_map(|s| s.tables[ends.table].get(p))
-                .filter(|part| match end {
+                .iter()
+                .filter(|(_, s)| s.topic == *topic)
+                .filter_map(|(addr, s)| Some((*addr, s.tables[ends.table].get(p)?)))
+                .filter(|(_, part)| match end {
                     Some(e) => part.coverage.from <= e + 1 && part.coverage.to >= *e,
                     None => true,
                 })
-                .max_by_key(|part| part.coverage.to);
-            let Some(part) = best else { continue };
-            for (first, last, batch) in &part.segments {
-                let rows = match end {
-                    Some(e) if last <= e => continue,
-                    Some(e) if first <= e => match live::rows_after(batch, *e) {
-                        Ok(b) => b,
-                        Err(err) => {
-                            tracing::warn!(error = %err, "live rows without src_offset");
-                            continue;
-                        }
-                    },
-                    _ => batch.clone(),
-                };
-                if rows.num_rows() == 0 {
+                .max_by_key(|(_, part)| part.coverage.to)
+                .map(|(addr, _)| addr);
+            let Some(part) =
+                best.and_then(|a| m.sources.get_mut(&a)?.tables[ends.table].get_mut(p))
+            else {
+                continue;
+            };
+            let mut grown = 0isize;
+            for seg in &mut part.segments {
+                if end.is_some_and(|e| seg.last <= e) {
                     continue;
                 }
-                match conform(&rows, schema) {
+                let rows = seg.conformed(schema).and_then(|(b, g)| {
+                    grown += g;
+                    // The segment that straddles the end keeps only the rows past it.
+                    match end {
+                        Some(e) if seg.first <= *e => Ok(live::rows_after(&b, *e)?),
+                        _ => Ok(b),
+                    }
+                });
+                match rows {
+                    Ok(b) if b.num_rows() == 0 => {}
                     Ok(b) => out.push(b),
                     Err(err) => {
                         tracing::warn!(error = %err, "live rows do not fit the table; left out")
                     }
                 }
             }
+            part.bytes = part.bytes.saturating_add_signed(grown);
         }
         out
     }
@@ -433,7 +483,12 @@ fn apply(s: &mut Source, table: usize, header: LiveHeader, batches: Vec<RecordBa
         part.bytes += batch_bytes(&batch);
         part.coverage.to = seg.last;
         changed |= batch.num_rows() > 0;
-        part.segments.push_back((seg.first, seg.last, batch));
+        part.segments.push_back(Segment {
+            first: seg.first,
+            last: seg.last,
+            batch,
+            conformed: None,
+        });
     }
     // Partitions the source no longer owns go; a partition whose coverage does not end where ours
     // does (we missed segments, or the source started it again) is asked for in full next time.
@@ -467,23 +522,27 @@ fn apply(s: &mut Source, table: usize, header: LiveHeader, batches: Vec<RecordBa
 }
 
 /// `batch` with the columns of `schema`, by name: cast where the types differ, NULL where missing.
-fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+/// Also returns the bytes of the columns it made (0: every column is the batch's own).
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<(RecordBatch, usize)> {
     if batch.schema().fields() == schema.fields() {
-        return Ok(RecordBatch::try_new(
-            schema.clone(),
-            batch.columns().to_vec(),
-        )?);
+        let b = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?;
+        return Ok((b, 0));
     }
+    let mut made = 0;
     let columns: Vec<ArrayRef> = schema
         .fields()
         .iter()
-        .map(|f| match batch.column_by_name(f.name()) {
-            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
-            Some(c) => Ok(datafusion::arrow::compute::cast(c, f.data_type())?),
-            None => Ok(new_null_array(f.data_type(), batch.num_rows())),
+        .map(|f| {
+            let c = match batch.column_by_name(f.name()) {
+                Some(c) if c.data_type() == f.data_type() => return Ok(c.clone()),
+                Some(c) => datafusion::arrow::compute::cast(c, f.data_type())?,
+                None => new_null_array(f.data_type(), batch.num_rows()),
+            };
+            made += crate::bounded::array_bytes(c.as_ref()) as usize;
+            Ok(c)
         })
         .collect::<Result<_>>()?;
-    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+    Ok((RecordBatch::try_new(schema.clone(), columns)?, made))
 }
 
 /// A stream table as its lake snapshot plus the live rows past it.
@@ -719,5 +778,95 @@ mod tests {
         // Only the newer catalog is left: the segment it holds whole goes.
         assert!(counted(&t, &[(0, Some(2))]).is_empty());
         assert_eq!(counted(&t, &[(0, Some(7))]), vec![8, 9]);
+    }
+
+    /// Live rows with a string column, asked for as the lake's scans read strings (views).
+    fn with_text(offsets: std::ops::RangeInclusive<i64>) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("src_offset", DataType::Int64, false),
+            Field::new("device_key", DataType::Utf8, false),
+        ]));
+        let keys: Vec<String> = offsets.clone().map(|o| format!("device-{o:04}")).collect();
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(offsets)),
+                Arc::new(datafusion::arrow::array::StringArray::from(keys)),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn live_rows_are_cast_once_per_schema_and_counted_until_trimmed() {
+        let t = tier();
+        let (header, _) = answer("a", 2, &[(0, 0, 9)], &[(0, 0, 4), (0, 5, 9)]);
+        load(&t, 1, (header, vec![with_text(0..=4), with_text(5..=9)]));
+        let sent = t
+            .mirror
+            .lock()
+            .unwrap()
+            .sources
+            .values()
+            .next()
+            .unwrap()
+            .bytes();
+        let views: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("src_offset", DataType::Int64, false),
+            Field::new("device_key", DataType::Utf8View, false),
+        ]));
+        let ends = |e| Ends {
+            table: 0,
+            ends: [(("raw".to_string(), 0), e)].into(),
+        };
+        let first = t.rows(&ends(Some(2)), &views);
+        let again = t.rows(&ends(Some(2)), &views);
+        let offsets = |bs: &[RecordBatch]| -> Vec<i64> {
+            bs.iter()
+                .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+                .collect()
+        };
+        assert_eq!(offsets(&first), (3..=9).collect::<Vec<_>>());
+        assert_eq!(offsets(&again), offsets(&first));
+        let keys = |bs: &[RecordBatch]| -> Vec<String> {
+            bs.iter()
+                .flat_map(|b| {
+                    b.column(1)
+                        .as_string_view()
+                        .iter()
+                        .map(|k| k.unwrap().to_string())
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        assert_eq!(keys(&again)[0], "device-0003");
+        assert_eq!(keys(&again), keys(&first));
+        // The whole segment past the end comes from the cast kept the first time, not a new one.
+        assert!(Arc::ptr_eq(first[1].column(1), again[1].column(1)));
+        // The kept casts count against the mirror's bound while they are held, and go with their rows.
+        let held = t
+            .mirror
+            .lock()
+            .unwrap()
+            .sources
+            .values()
+            .next()
+            .unwrap()
+            .bytes();
+        assert!(held > sent, "{held} > {sent}");
+        let catalog = Arc::new(ends(Some(9)));
+        t.track(&catalog);
+        t.trim();
+        assert_eq!(
+            t.mirror
+                .lock()
+                .unwrap()
+                .sources
+                .values()
+                .next()
+                .unwrap()
+                .bytes(),
+            0
+        );
     }
 }
