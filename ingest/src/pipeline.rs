@@ -92,7 +92,7 @@ pub fn check_batch(items: &[RawItem], registry: &Registry, bad_share: &sign::Bad
         })
         .collect();
     let (ok, stats) = sign::verify_batch_expecting(&batch, bad_share.get());
-    bad_share.observe(stats.bad, batch.len());
+    bad_share.observe_batch(&stats, batch.len());
     metrics::counter!(crate::metrics::SIGNATURE_CHECKS, "kind" => "batch")
         .increment(stats.batch_checks as u64);
     metrics::counter!(crate::metrics::SIGNATURE_CHECKS, "kind" => "single")

@@ -256,6 +256,10 @@ pub struct BatchStats {
     pub single_checks: usize,
     /// Items found bad.
     pub bad: usize,
+    /// Of those, the items refused before any equation (`R` of small order or no point, `S` not
+    /// canonical): they cost nothing to find, so the share of bad signatures the planner expects
+    /// ([`BadShare::observe_batch`]) leaves them out.
+    pub refused_unchecked: usize,
 }
 
 /// Verifies every item; `result[i]` tells whether item `i` is valid. Expects no bad signatures: a
@@ -282,8 +286,9 @@ pub fn verify_batch_expecting(items: &[BatchItem<'_>], bad_share: f64) -> (Vec<b
         message.clear();
         message.extend_from_slice(DOMAIN_PREFIX);
         message.extend_from_slice(item.payload);
-        if let Some(parts) = Parts::of(item.key, &message, item.signature) {
-            batch.push(i, item.key, parts);
+        match Parts::of(item.key, &message, item.signature) {
+            Some(parts) => batch.push(i, item.key, parts),
+            None => stats.refused_unchecked += 1,
         }
     }
     let share = if bad_share.is_finite() {
@@ -378,6 +383,15 @@ impl BadShare {
     /// The current estimate, in `[0, 1]`.
     pub fn get(&self) -> f64 {
         f64::from_bits(self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Folds in one [`verify_batch_expecting`] call over `items` items: the share among the items
+    /// that reached an equation, which is the share the planner's model is about.
+    pub fn observe_batch(&self, stats: &BatchStats, items: usize) {
+        self.observe(
+            stats.bad.saturating_sub(stats.refused_unchecked),
+            items.saturating_sub(stats.refused_unchecked),
+        );
     }
 
     /// Folds in one verification of `total` items of which `bad` failed.

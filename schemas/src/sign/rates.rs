@@ -126,7 +126,7 @@ pub fn raw_verify_rates(each: Duration) -> VerifyRates {
                 .collect();
             let expect = if planned { share.get() } else { 0.0 };
             let (ok, stats) = super::verify_batch_expecting(&items, expect);
-            share.observe(stats.bad, items.len());
+            share.observe_batch(&stats, items.len());
             assert_eq!(ok.iter().filter(|v| !**v).count(), 2 * usize::from(bad));
             done += 200;
         }

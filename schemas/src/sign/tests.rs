@@ -114,6 +114,7 @@ fn batch_finds_exactly_the_bad_items() {
                     batch_checks: n.div_ceil(plan_chunk(n, share)),
                     single_checks: 0,
                     bad: 0,
+                    refused_unchecked: 0,
                 },
                 "{n} {share}"
             );
@@ -349,6 +350,34 @@ fn calibrate_msm_cost() {
         }
         println!("    ({n}, {:.2}, {:.2}),", by_method[0], by_method[1]);
     }
+}
+
+#[test]
+fn the_expected_share_leaves_out_signatures_refused_before_any_equation() {
+    // 200 items: item 3 signed by another key (found by the equations), items 10 and 20 with an
+    // `R` of small order and item 30 with an `S` that is not canonical (refused before any).
+    let mut f = Fixture::new(200, &[3]);
+    for i in [10, 20] {
+        let mut b = f.sigs[i].to_bytes();
+        b[..32].copy_from_slice(&small_order_encodings()[i % 8]);
+        f.sigs[i] = Signature::from_bytes(&b);
+    }
+    let mut b = f.sigs[30].to_bytes();
+    b[32..].copy_from_slice(&[0xff; 32]);
+    f.sigs[30] = Signature::from_bytes(&b);
+    let (ok, stats) = verify_batch(&f.items());
+    assert_verdicts(&ok, &[3, 10, 20, 30]);
+    assert_eq!((stats.bad, stats.refused_unchecked), (4, 3), "{stats:?}");
+    let share = BadShare::new();
+    for _ in 0..200 {
+        share.observe_batch(&stats, 200);
+    }
+    // One bad among the 197 that reached an equation, not four among 200.
+    assert!(
+        (share.get() - 1.0 / 197.0).abs() < 0.0005,
+        "{}",
+        share.get()
+    );
 }
 
 #[test]
