@@ -797,20 +797,18 @@ mod tests {
         .unwrap()
     }
 
+    /// The bytes the mirror holds of its one source.
+    fn held(t: &LiveTier) -> usize {
+        let m = t.mirror.lock().unwrap();
+        m.sources.values().map(Source::bytes).sum()
+    }
+
     #[test]
     fn live_rows_are_cast_once_per_schema_and_counted_until_trimmed() {
         let t = tier();
         let (header, _) = answer("a", 2, &[(0, 0, 9)], &[(0, 0, 4), (0, 5, 9)]);
         load(&t, 1, (header, vec![with_text(0..=4), with_text(5..=9)]));
-        let sent = t
-            .mirror
-            .lock()
-            .unwrap()
-            .sources
-            .values()
-            .next()
-            .unwrap()
-            .bytes();
+        let sent = held(&t);
         let views: SchemaRef = Arc::new(Schema::new(vec![
             Field::new("src_offset", DataType::Int64, false),
             Field::new("device_key", DataType::Utf8View, false),
@@ -844,19 +842,12 @@ mod tests {
         // The whole segment past the end comes from the cast kept the first time, not a new one.
         assert!(Arc::ptr_eq(first[1].column(1), again[1].column(1)));
         // The kept casts count against the mirror's bound while they are held, and go with their rows.
-        let held = t
-            .mirror
-            .lock()
-            .unwrap()
-            .sources
-            .values()
-            .next()
-            .unwrap()
-            .bytes();
-        assert!(held > sent, "{held} > {sent}");
+        let kept = held(&t);
+        assert!(kept > sent, "{kept} > {sent}");
         let catalog = Arc::new(ends(Some(9)));
         t.track(&catalog);
         t.trim();
+        assert_eq!(held(&t), 0);
         assert_eq!(
             t.mirror
                 .lock()
