@@ -241,6 +241,7 @@ pub async fn e2e(cfg: Config, a: E2eArgs) -> anyhow::Result<()> {
     let mut timeline: Vec<(Instant, BTreeMap<String, f64>)> = Vec::new();
     let mut sending_at = None;
     let sim_log = dir.join("simulate.log");
+    let mut relay = Relay::default();
     let status = loop {
         for (role, c) in &roles {
             sample(&mut peak, &mut cpu, role, c.id());
@@ -250,13 +251,14 @@ pub async fn e2e(cfg: Config, a: E2eArgs) -> anyhow::Result<()> {
             sample(&mut peak, &mut cpu, "broker", pid);
         }
         timeline.push((Instant::now(), cpu.clone()));
-        if sending_at.is_none()
-            && std::fs::read_to_string(&sim_log).is_ok_and(|l| {
-                l.lines()
-                    .any(|l| l == hexpulse_load_tests::sim::SENDING_MARK)
-            })
-        {
-            sending_at = Some(Instant::now());
+        let log = std::fs::read_to_string(&sim_log).unwrap_or_default();
+        for line in relay.new_lines(&log) {
+            if sending_at.is_none() && line == hexpulse_load_tests::sim::SENDING_MARK {
+                sending_at = Some(Instant::now());
+            }
+            if relay.shows(line, Instant::now()) {
+                eprintln!("{line}");
+            }
         }
         if let Some(s) = sim.try_wait()? {
             break s;
@@ -368,6 +370,53 @@ pub async fn e2e(cfg: Config, a: E2eArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Passes the simulator's progress on (it writes to a log of its own): the presigning, the start
+/// of sending, the accounting's rounds, and of its once-a-second sending lines one every
+/// [`Relay::EVERY`].
+#[derive(Debug, Default)]
+struct Relay {
+    /// Bytes of the log already read (whole lines only).
+    read: usize,
+    last_tick: Option<Instant>,
+}
+
+impl Relay {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    /// The lines completed since the last call.
+    fn new_lines<'a>(&mut self, log: &'a str) -> Vec<&'a str> {
+        let Some(fresh) = log.get(self.read..) else {
+            return Vec::new();
+        };
+        let whole = fresh.rfind('\n').map_or(0, |i| i + 1);
+        self.read += whole;
+        fresh[..whole].lines().collect()
+    }
+
+    /// Whether to show `line` now.
+    fn shows(&mut self, line: &str, now: Instant) -> bool {
+        let Some(rest) = line.strip_prefix("[simulate] ") else {
+            return line.starts_with("[account] ");
+        };
+        // "[simulate]     12s sent ...": once a second while sending.
+        let tick = rest
+            .trim_start()
+            .split_once("s sent ")
+            .is_some_and(|(secs, _)| !secs.is_empty() && secs.bytes().all(|b| b.is_ascii_digit()));
+        if !tick {
+            return true;
+        }
+        if self
+            .last_tick
+            .is_some_and(|t| now.duration_since(t) < Self::EVERY)
+        {
+            return false;
+        }
+        self.last_tick = Some(now);
+        true
+    }
+}
+
 /// Each role's CPU seconds between `from` and `to`, from the samples nearest to each (a role
 /// missing from a sample counts as zero there).
 fn window_cpu(
@@ -395,6 +444,41 @@ fn window_cpu(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_simulators_progress_is_passed_on_with_its_ticks_thinned() {
+        let t0 = Instant::now();
+        let mut r = Relay::default();
+        let mut log = String::from("[simulate] presigned 100 of 200 readings\n[simulate] pre");
+        assert_eq!(
+            r.new_lines(&log),
+            ["[simulate] presigned 100 of 200 readings"],
+            "a line still being written waits"
+        );
+        log.push_str("signed 200 readings in 3.0 s\n[simulate] sending\nwarn: something\n");
+        let lines = r.new_lines(&log);
+        assert_eq!(
+            lines,
+            [
+                "[simulate] presigned 200 readings in 3.0 s",
+                "[simulate] sending",
+                "warn: something"
+            ]
+        );
+        let shown: Vec<bool> = lines.iter().map(|l| r.shows(l, t0)).collect();
+        assert_eq!(shown, [true, true, false]);
+        let tick = |secs: u64| format!("[simulate] {secs:>6}s sent 10 accepted 10 (10/s)");
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        assert!(r.shows(&tick(1), at(1)));
+        assert!(!r.shows(&tick(2), at(2)));
+        assert!(!r.shows(&tick(10), at(10)));
+        assert!(r.shows(&tick(11), at(11)));
+        assert!(r.shows(
+            "[account]    2s lake holds 10 of 20 acknowledged readings",
+            at(12)
+        ));
+        assert!(r.new_lines(&log).is_empty(), "nothing new");
+    }
 
     #[test]
     fn window_cpu_takes_the_samples_nearest_to_its_edges() {
