@@ -362,36 +362,34 @@ pub(crate) async fn doors(args: DoorsArgs) -> anyhow::Result<()> {
         );
     }
     let wanted = |door: &str| args.doors.is_empty() || args.doors.iter().any(|d| d == door);
-    // Doors whose outside client is missing on this machine.
-    let mut missing: Vec<&str> = Vec::new();
-    if wanted("postgres")
-        && !client_runs(
+    // Doors whose outside client is missing on this machine: (door, program, its arguments, what
+    // to say when it does not run).
+    let clients = [
+        (
             "postgres",
             &args.psql,
-            &["--version"],
-            &format!(
+            &["--version"][..],
+            format!(
                 "no psql at {} (apt-get install postgresql-client)",
                 args.psql.display()
             ),
-        )
-        .await
-    {
-        missing.push("postgres");
-    }
-    if wanted("flight-sql-adbc")
-        && !client_runs(
+        ),
+        (
             "flight-sql-adbc",
             &args.python,
-            &["-c", "import adbc_driver_flightsql, pyarrow"],
-            &format!(
+            &["-c", "import adbc_driver_flightsql, pyarrow"][..],
+            format!(
                 "{} has no ADBC Flight SQL driver (scripts/requirements.txt; make bench uses the \
                  cached venv)",
                 args.python.display()
             ),
-        )
-        .await
-    {
-        missing.push("flight-sql-adbc");
+        ),
+    ];
+    let mut missing: Vec<&str> = Vec::new();
+    for (door, program, client_args, why) in &clients {
+        if wanted(door) && !client_runs(door, program, client_args, why).await {
+            missing.push(door);
+        }
     }
 
     // (door, client) in the order they run each round; in-process first.
